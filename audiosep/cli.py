@@ -1,0 +1,104 @@
+"""``audiosep`` entry point: a thin layer over the typed library API.
+
+``fit``/``validate``/``test`` go to LightningCLI (recipes are its YAML); every other command is a
+module in :mod:`audiosep.commands` with ``add_arguments(parser)`` and ``run(args) -> int``, imported
+only when that command runs so that ``audiosep --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from audiosep import __version__
+from audiosep.errors import UserError
+
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train a model from a recipe YAML (LightningCLI)",
+    "validate": "validate a model from a recipe YAML (LightningCLI)",
+    "test": "test a model from a recipe YAML; writes per-utterance scores (LightningCLI)",
+}
+
+# name -> (module, help). Groups map to a nested table of the same shape.
+COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
+    "demo": ("audiosep.commands.demo", "build the built-in demo data, train, separate, report SI-SNRi"),
+    "infer": ("audiosep.commands.infer", "separate audio files with a checkpoint"),
+    "transcribe": ("audiosep.commands.transcribe", "transcribe audio files with an ASR checkpoint"),
+    "data": {
+        "demo": ("audiosep.commands.data_demo", "synthesise a small LibriMix-shaped demo set"),
+        "librispeech": ("audiosep.commands.data_librispeech", "write LibriSpeech JSON-lines manifests"),
+        "librimix": ("audiosep.commands.data_librimix", "generate LibriMix from the official metadata"),
+    },
+    "convert": {
+        "speechbrain": ("audiosep.commands.convert_speechbrain", "import a SpeechBrain SepFormer folder"),
+        "nemo": ("audiosep.commands.convert_nemo", "import a NeMo QuartzNet .nemo archive"),
+    },
+}
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _add_command(subparsers: argparse._SubParsersAction, name: str, module: str, help_text: str) -> None:
+    if not _available(module):
+        return
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(_module=module)
+    importlib.import_module(module).add_arguments(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available command (Lightning commands are listed only)."""
+    parser = argparse.ArgumentParser(
+        prog="audiosep",
+        description="Efficient speech separation and recognition.",
+        epilog="Run `audiosep COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"audiosep {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, help_text in LIGHTNING_COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
+    for name, entry in COMMANDS.items():
+        if isinstance(entry, tuple):
+            _add_command(subparsers, name, *entry)
+            continue
+        group = subparsers.add_parser(name, help=f"{name} commands", description=f"{name} commands")
+        group_sub = group.add_subparsers(title=f"{name} commands", metavar="COMMAND")
+        group.set_defaults(_group_parser=group)
+        for sub_name, (module, help_text) in entry.items():
+            _add_command(group_sub, sub_name, module, help_text)
+    return parser
+
+
+def _run_lightning(argv: list[str]) -> int:
+    from audiosep.training_cli import run_lightning_cli
+
+    run_lightning_cli(argv)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``audiosep``; returns the exit code (0 ok, 1 failure, 2 usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            return _run_lightning(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not hasattr(args, "_module"):
+            (getattr(args, "_group_parser", None) or parser).print_help()
+            return 2
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except UserError as err:
+        print(f"audiosep: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("audiosep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

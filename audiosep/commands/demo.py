@@ -1,0 +1,80 @@
+"""``audiosep demo``: the whole loop on built-in data, on a laptop CPU, in minutes.
+
+Synthesises a small LibriMix-shaped set, trains ``recipes/demo/convtasnet_tiny.yaml``, separates
+held-out mixtures, and reports SI-SNRi before and after training. Writes to ``--out``:
+``model.ckpt`` (audiosep model file), ``separated/*.wav``, ``spectrograms.png``, ``report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from audiosep.checkpoint import save_model
+from audiosep.data.demo_set import build_demo_set
+from audiosep.demo_report import (
+    ValidationHistory,
+    evaluate_separator,
+    plot_spectrograms,
+    write_examples,
+)
+from audiosep.inference import Separator
+from audiosep.training_cli import packaged_recipe, run_lightning_cli
+
+RECIPE = "demo/convtasnet_tiny.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data and training")
+    parser.add_argument("--max-time", default=None, help="training time limit DD:HH:MM:SS (recipe default: 6 min)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    print(f"[1/4] building the demo data set in {out / 'data'}")
+    build_demo_set(out / "data", seed=args.seed)
+    recipe = packaged_recipe(RECIPE)
+    overrides = [
+        "fit", "--config", str(recipe), "--data.root", str(out / "data"),
+        "--trainer.default_root_dir", str(out / "train"), "--seed_everything", str(args.seed),
+    ]
+    if args.max_time:
+        overrides += ["--trainer.max_time", args.max_time]
+    cli = run_lightning_cli(overrides[1:], run=False)
+    test_set = cli.datamodule.split_dataset("test", None)
+    sample_rate = cli.datamodule.sample_rate
+    before = evaluate_separator(Separator(cli.model.model, sample_rate), test_set)
+    print(f"[2/4] untrained model on {len(test_set)} held-out mixtures: SI-SNRi {before:.2f} dB; training")
+    history = ValidationHistory()
+    cli.trainer.callbacks.append(history)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    best = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
+    separator = Separator.from_checkpoint(best)
+    save_model(separator.model, out / "model.ckpt", {"sample_rate": sample_rate})
+    print("[3/4] separating held-out mixtures with the best checkpoint")
+    after = evaluate_separator(separator, test_set)
+    examples = write_examples(separator, test_set, out / "separated", count=3)
+    plot_spectrograms(examples[0], sample_rate, out / "spectrograms.png")
+    report = {
+        "si_snri_before_db": before,
+        "si_snri_after_db": after,
+        "best_val_si_snri_db": max((h["val_si_snri"] for h in history.rows), default=None),
+        "validation_curve": history.rows,
+        "best_checkpoint": best,
+        "wall_time_s": round(time.monotonic() - started, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print("[4/4] validation SI-SNRi per epoch: " + ", ".join(f"{h['val_si_snri']:.1f}" for h in history.rows))
+    print(f"SI-SNRi on held-out test mixtures: {before:.2f} dB before training, {after:.2f} dB after")
+    print(f"wrote {out / 'model.ckpt'}, {out / 'separated'}, {out / 'spectrograms.png'}, {out / 'report.json'}")
+    print(f"try: audiosep infer --ckpt {out / 'model.ckpt'} your_mixture.wav")
+    return 0

@@ -1,0 +1,75 @@
+"""Audio I/O: soundfile for reading/writing, torchaudio for resampling.
+
+Reads wav/flac/ogg (and mp3 where libsndfile supports it) as ``float32 [C, T]``; writes through a
+temporary file and a rename so outputs appear whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from torch import Tensor
+
+from audiosep.errors import UserError
+
+
+def read_audio(path: str | os.PathLike) -> tuple[Tensor, int]:
+    """Read ``path`` as ``(float32 Tensor[C, T], sample_rate)``.
+
+    Raises:
+        UserError: the file is missing, unreadable or empty; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)  # [T, C]
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: cannot read audio ({err})") from err
+    if data.shape[0] == 0:
+        raise UserError(f"{path}: the file holds no audio samples")
+    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
+
+
+def to_mono(waveform: Tensor) -> Tensor:
+    """Average the channels of ``[C, T]`` (or pass ``[T]`` through) into ``[T]``."""
+    if waveform.dim() == 1:
+        return waveform
+    if waveform.dim() != 2:
+        raise ValueError(f"expected [C, T] or [T] audio, got shape {tuple(waveform.shape)}")
+    return waveform.mean(dim=0)
+
+
+def resample(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
+    """Band-limited sinc resampling along the last dim (torchaudio); a no-op for equal rates."""
+    if orig_rate == new_rate:
+        return waveform
+    return AF.resample(waveform, orig_rate, new_rate)
+
+
+def write_audio_atomic(
+    path: str | os.PathLike, waveform: Tensor, sample_rate: int, subtype: str | None = None
+) -> None:
+    """Write ``[T]`` or ``[C, T]`` audio to ``path`` via a temp file + rename (never half-written).
+
+    The format follows the suffix (``.wav``, ``.flac``, ``.ogg``); ``subtype`` defaults to
+    soundfile's default for the format (16-bit PCM for wav/flac).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = waveform.detach().cpu().float()
+    data = data.unsqueeze(0) if data.dim() == 1 else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        sf.write(tmp, data.T.numpy(), sample_rate, subtype=subtype)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

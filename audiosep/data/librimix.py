@@ -1,0 +1,196 @@
+"""LibriMix in its official on-disk layout, as Datasets and a LightningDataModule.
+
+Layout (what the official generator writes; point ``root`` at ``Libri2Mix`` or its parent)::
+
+    Libri2Mix/wav8k/min/{train-100,train-360,dev,test}/{mix_clean,mix_both,s1,s2,noise}/<id>.wav
+    Libri2Mix/wav8k/min/metadata/mixture_<split>_<mix_clean|mix_both>.csv
+
+Files are located by ``mixture_ID`` and the layout rather than by the CSV's absolute paths, so a
+moved or copied folder still works.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import soundfile as sf
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from audiosep.errors import UserError
+
+Task = Literal["sep_clean", "sep_noisy"]
+Mode = Literal["min", "max"]
+MIXTURE_FOLDER: dict[str, str] = {"sep_clean": "mix_clean", "sep_noisy": "mix_both"}
+
+
+def resolve_librimix_dir(root: str | Path, n_src: int, sample_rate: int, mode: str) -> Path:
+    """Find ``.../Libri{n}Mix/wav{sr}k/{mode}`` from ``root`` (that folder, ``Libri{n}Mix`` or its parent)."""
+    root = Path(root).expanduser()
+    tail = Path(f"wav{sample_rate // 1000}k") / mode
+    for candidate in (root, root / tail, root / f"Libri{n_src}Mix" / tail):
+        if (candidate / "metadata").is_dir():
+            return candidate
+    raise UserError(
+        f"{root}: no LibriMix folder found (looked for metadata/ in {root}, {root / tail} and "
+        f"{root / f'Libri{n_src}Mix' / tail})"
+    )
+
+
+def read_mixture_ids(metadata_csv: Path) -> list[str]:
+    """The ``mixture_ID`` column of an official metadata CSV, in file order."""
+    if not metadata_csv.is_file():
+        raise UserError(f"{metadata_csv}: metadata file not found")
+    with metadata_csv.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "mixture_ID" not in reader.fieldnames:
+            raise UserError(f"{metadata_csv}: no mixture_ID column (got {reader.fieldnames})")
+        return [row["mixture_ID"] for row in reader]
+
+
+class LibriMixDataset(Dataset):
+    """One split of LibriMix: items are ``(mixture[T], sources[S, T], mixture_id)``.
+
+    With ``segment`` (seconds), each item is a random ``segment``-long crop (zero-padded when the
+    utterance is shorter); without it, whole utterances.
+    """
+
+    def __init__(
+        self,
+        split_dir: Path,
+        metadata_csv: Path,
+        n_src: int = 2,
+        task: Task = "sep_clean",
+        sample_rate: int = 8000,
+        segment: float | None = None,
+    ) -> None:
+        if task not in MIXTURE_FOLDER:
+            raise ValueError(f"unknown task {task!r}; valid: {', '.join(MIXTURE_FOLDER)}")
+        self.split_dir = Path(split_dir)
+        self.ids = read_mixture_ids(metadata_csv)
+        self.n_src = n_src
+        self.mixture_folder = MIXTURE_FOLDER[task]
+        self.sample_rate = sample_rate
+        self.segment_samples = None if segment is None else int(segment * sample_rate)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _read(self, folder: str, mixture_id: str, start: int, frames: int) -> Tensor:
+        path = self.split_dir / folder / f"{mixture_id}.wav"
+        try:
+            data, sample_rate = sf.read(str(path), start=start, frames=frames, dtype="float32")
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise UserError(f"{path}: cannot read audio ({err})") from err
+        if sample_rate != self.sample_rate:
+            raise UserError(f"{path}: sample rate {sample_rate} Hz, expected {self.sample_rate} Hz")
+        return torch.from_numpy(data)
+
+    def _crop(self, mixture_id: str) -> tuple[int, int]:
+        """Start and frame count of this item's crop (``-1`` frames = whole file)."""
+        if self.segment_samples is None:
+            return 0, -1
+        length = sf.info(str(self.split_dir / self.mixture_folder / f"{mixture_id}.wav")).frames
+        start = random.randint(0, max(0, length - self.segment_samples))
+        return start, self.segment_samples
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
+        mixture_id = self.ids[index]
+        start, frames = self._crop(mixture_id)
+        mixture = self._read(self.mixture_folder, mixture_id, start, frames)
+        sources = torch.stack(
+            [self._read(f"s{i + 1}", mixture_id, start, frames) for i in range(self.n_src)]
+        )  # S, T
+        if self.segment_samples is not None and mixture.shape[-1] < self.segment_samples:
+            pad = self.segment_samples - mixture.shape[-1]
+            mixture = torch.nn.functional.pad(mixture, (0, pad))
+            sources = torch.nn.functional.pad(sources, (0, pad))
+        return mixture, sources, mixture_id
+
+
+def collate_padded(batch: list[tuple[Tensor, Tensor, str]]) -> tuple[Tensor, Tensor, list[str]]:
+    """Stack items, zero-padding to the longest: ``(mixture[B, T], sources[B, S, T], ids)``."""
+    length = max(item[0].shape[-1] for item in batch)
+    mixtures = torch.stack([torch.nn.functional.pad(m, (0, length - m.shape[-1])) for m, _, _ in batch])
+    sources = torch.stack([torch.nn.functional.pad(s, (0, length - s.shape[-1])) for _, s, _ in batch])
+    return mixtures, sources, [item[2] for item in batch]
+
+
+class LibriMixDataModule(L.LightningDataModule):
+    """LibriMix train/dev/test loaders from the official folder layout.
+
+    Args:
+        root: the ``Libri2Mix``/``Libri3Mix`` folder, its parent, or the ``wav8k/min`` folder itself.
+        n_src: number of speakers (2 or 3).
+        sample_rate: 8000 or 16000 (selects ``wav8k``/``wav16k``).
+        mode: ``min`` (truncated to the shortest source) or ``max`` (zero-padded).
+        task: ``sep_clean`` (``mix_clean``) or ``sep_noisy`` (``mix_both``).
+        train_split: ``train-360`` (the usual recipe), ``train-100``, or both joined with ``+``.
+        segment: training crop length in seconds (validation/test use whole utterances).
+        batch_size: training batch size (validation and test use 1).
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        n_src: int = 2,
+        sample_rate: int = 8000,
+        mode: Mode = "min",
+        task: Task = "sep_clean",
+        train_split: str = "train-360",
+        segment: float = 3.0,
+        batch_size: int = 4,
+        num_workers: int = 2,
+    ) -> None:
+        super().__init__()
+        self.root = root
+        self.n_src = n_src
+        self.sample_rate = sample_rate
+        self.mode = mode
+        self.task = task
+        self.train_split = train_split
+        self.segment = segment
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def split_dataset(self, split: str, segment: float | None) -> Dataset:
+        """The dataset of one split (``train-100+train-360`` concatenates)."""
+        base = resolve_librimix_dir(self.root, self.n_src, self.sample_rate, self.mode)
+        parts = [
+            LibriMixDataset(
+                base / name,
+                base / "metadata" / f"mixture_{name}_{MIXTURE_FOLDER[self.task]}.csv",
+                n_src=self.n_src,
+                task=self.task,
+                sample_rate=self.sample_rate,
+                segment=segment,
+            )
+            for name in split.split("+")
+        ]
+        return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_padded,
+            drop_last=shuffle,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.split_dataset(self.train_split, self.segment), self.batch_size, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.split_dataset("dev", None), 1, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.split_dataset("test", None), 1, False)

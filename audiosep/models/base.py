@@ -1,0 +1,39 @@
+"""A plain ``nn.Module`` that remembers its constructor arguments.
+
+Why: a checkpoint must rebuild the model without the recipe (class path + init args + weights),
+and a pruned model must come back with its pruned channel counts. Subclasses stay ordinary
+``nn.Module``s; the only addition is the read-only :attr:`init_args` recorded at construction.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+
+class RebuildableModule(nn.Module):
+    """``nn.Module`` whose ``init_args`` are the (defaults-filled) arguments it was built with."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> RebuildableModule:
+        obj = super().__new__(cls)
+        bound = inspect.signature(cls.__init__).bind(obj, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop("self", None)
+        # Flatten **kwargs so that the arguments can be passed back to the constructor.
+        for name, param in inspect.signature(cls.__init__).parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(arguments.pop(name, {}))
+        object.__setattr__(obj, "_init_args", arguments)
+        return obj
+
+    @property
+    def init_args(self) -> dict[str, Any]:
+        """Constructor arguments, as needed by :func:`audiosep.checkpoint.load_model`."""
+        return dict(self._init_args)
+
+    def class_path(self) -> str:
+        """Importable ``module.ClassName`` of this model."""
+        return f"{type(self).__module__}.{type(self).__qualname__}"

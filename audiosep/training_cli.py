@@ -1,0 +1,61 @@
+"""``audiosep fit|validate|test``: LightningCLI over our tasks and data modules.
+
+Recipes are LightningCLI YAML whose keys are constructor arguments (typos fail at parse time).
+``--config`` also accepts a recipe shipped with the package, e.g. ``demo/convtasnet_tiny.yaml``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from audiosep.errors import UserError
+
+
+def packaged_recipe(name: str) -> Path | None:
+    """Path of a recipe shipped in ``audiosep.recipes`` (``demo/convtasnet_tiny.yaml``), if any."""
+    candidate = resources.files("audiosep.recipes").joinpath(*Path(name).parts)
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def resolve_config_paths(argv: list[str]) -> list[str]:
+    """Replace ``--config NAME`` that is not a file by the packaged recipe of that name."""
+    resolved = list(argv)
+    for i, arg in enumerate(resolved):
+        if arg == "--config" and i + 1 < len(resolved):
+            value = resolved[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        if Path(value).is_file():
+            continue
+        recipe = packaged_recipe(value.removeprefix("recipes/"))
+        if recipe is None:
+            raise UserError(f"{value}: recipe not found (neither a file nor a recipe shipped with audiosep)")
+        if arg == "--config":
+            resolved[i + 1] = str(recipe)
+        else:
+            resolved[i] = f"--config={recipe}"
+    return resolved
+
+
+def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
+    """Run ``fit``/``validate``/``test`` with ``argv`` (starting with the sub-command).
+
+    With ``run=False``, ``argv`` holds no sub-command and the CLI only builds the trainer, model
+    and data module (for programmatic use such as ``audiosep demo``).
+    """
+    return LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=resolve_config_paths(argv),
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "audiosep"},
+        run=run,
+    )

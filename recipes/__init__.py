@@ -1,0 +1,1 @@
+"""Tiny and paper recipes (LightningCLI YAML), shipped inside the package."""

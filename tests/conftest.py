@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny on-the-fly corpora in the official layouts (no downloads)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY_SPLITS = {"train-360": 6, "train-100": 4, "dev": 3, "test": 3}
+
+
+def harmonic_tone(rng: np.random.Generator, num_samples: int, sample_rate: int) -> np.ndarray:
+    """A voiced-speech stand-in: a few harmonics of a random, slowly gliding f0, plus a little noise."""
+    t = np.arange(num_samples) / sample_rate
+    f0 = rng.uniform(90, 260) * (1 + 0.1 * np.sin(2 * math.pi * rng.uniform(0.5, 3) * t))
+    phase = 2 * math.pi * np.cumsum(f0) / sample_rate
+    wave = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * np.sin(2 * math.pi * rng.uniform(1, 4) * t) ** 2
+    return (0.2 * wave * envelope + 0.005 * rng.standard_normal(num_samples)).astype(np.float32)
+
+
+def write_tiny_librimix(root: Path, n_src: int = 2, sample_rate: int = 8000, seed: int = 0) -> Path:
+    """Write a tiny ``Libri{n}Mix/wav8k/min`` tree with official folder names and metadata CSVs."""
+    rng = np.random.default_rng(seed)
+    base = root / f"Libri{n_src}Mix" / f"wav{sample_rate // 1000}k" / "min"
+    (base / "metadata").mkdir(parents=True, exist_ok=True)
+    for split, count in TINY_SPLITS.items():
+        rows = {"mix_clean": [], "mix_both": []}
+        for index in range(count):
+            mixture_id = f"{100 + index}-1-{index:04d}_{200 + index}-2-{index:04d}"
+            length = int(sample_rate * rng.uniform(0.4, 0.7))
+            sources = [harmonic_tone(rng, length, sample_rate) for _ in range(n_src)]
+            noise = (0.02 * rng.standard_normal(length)).astype(np.float32)
+            mixtures = {"mix_clean": sum(sources), "mix_both": sum(sources) + noise}
+            folders = {f"s{i + 1}": s for i, s in enumerate(sources)} | {"noise": noise} | mixtures
+            for folder, audio in folders.items():
+                (base / split / folder).mkdir(parents=True, exist_ok=True)
+                sf.write(base / split / folder / f"{mixture_id}.wav", audio, sample_rate, subtype="FLOAT")
+            for mix in rows:
+                row = {"mixture_ID": mixture_id, "mixture_path": str(base / split / mix / f"{mixture_id}.wav")}
+                row |= {f"source_{i + 1}_path": str(base / split / f"s{i + 1}" / f"{mixture_id}.wav") for i in range(n_src)}
+                if mix == "mix_both":
+                    row["noise_path"] = str(base / split / "noise" / f"{mixture_id}.wav")
+                rows[mix].append(row | {"length": length})
+        for mix, mix_rows in rows.items():
+            with (base / "metadata" / f"mixture_{split}_{mix}.csv").open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(mix_rows[0]))
+                writer.writeheader()
+                writer.writerows(mix_rows)
+    return root / f"Libri{n_src}Mix"
+
+
+@pytest.fixture(scope="session")
+def tiny_librimix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a tiny Libri2Mix (8 kHz, min) with train-360/train-100/dev/test splits."""
+    return write_tiny_librimix(tmp_path_factory.mktemp("librimix"))
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir() -> Path:
+    """The Free Spoken Digit Dataset in ../shared/data (skips when absent)."""
+    path = SHARED_DATA / "fsdd"
+    if not (path / "manifest.csv").is_file():
+        pytest.skip(f"real speech not found at {path} (see ../shared/data/README.md)")
+    return path
