@@ -15,10 +15,21 @@ from lightning.pytorch.cli import LightningCLI
 from audiosep.errors import UserError
 
 
+SOURCE_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
 def packaged_recipe(name: str) -> Path | None:
-    """Path of a recipe shipped in ``audiosep.recipes`` (``demo/convtasnet_tiny.yaml``), if any."""
-    candidate = resources.files("audiosep.recipes").joinpath(*Path(name).parts)
-    return Path(str(candidate)) if candidate.is_file() else None
+    """Path of a shipped recipe such as ``demo/convtasnet_tiny.yaml``, if any.
+
+    Installed wheels carry the recipes as ``audiosep.recipes``; a source checkout (where ``audiosep``
+    is imported from the working tree) has them in the top-level ``recipes/`` folder.
+    """
+    try:
+        root = Path(str(resources.files("audiosep.recipes")))
+    except ModuleNotFoundError:
+        root = SOURCE_RECIPES
+    candidate = root.joinpath(*Path(name).parts)
+    return candidate if candidate.is_file() else None
 
 
 def resolve_config_paths(argv: list[str]) -> list[str]:
