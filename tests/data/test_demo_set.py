@@ -1,0 +1,174 @@
+"""The synthetic LibriMix-shaped demo set: layout, metadata, mixing arithmetic, determinism, caching."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiosep.cli import main
+from audiosep.data import demo_set
+from audiosep.data.demo_set import build_demo_set
+from audiosep.errors import UserError
+
+TINY = {"num_train": 6, "num_dev": 3, "num_test": 3, "num_speakers": 8, "progress": False}
+SPLITS = ("train-100", "dev", "test")
+HEADER = ["mixture_ID", "mixture_path", "source_1_path", "source_2_path", "length"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_demo_set(tmp_path_factory.mktemp("demo") / "set", seed=0, num_workers=0, **TINY)
+
+
+def _rows(root: Path, split: str) -> list[dict[str, str]]:
+    path = root / "Libri2Mix" / "wav8k" / "min" / "metadata" / f"mixture_{split}_mix_clean.csv"
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == HEADER
+        return list(reader)
+
+
+def _manifest(root: Path, split: str) -> list[dict]:
+    lines = (root / "manifests" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _read_int(path: str | Path) -> np.ndarray:
+    info = sf.info(str(path))
+    assert (info.samplerate, info.channels, info.subtype) == (8000, 1, "PCM_16")
+    return sf.read(str(path), dtype="int16")[0].astype(np.int64)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_and_metadata_follow_librimix(built: Path) -> None:
+    base = built / "Libri2Mix" / "wav8k" / "min"
+    for split, count in zip(SPLITS, (6, 3, 3), strict=True):
+        rows = _rows(built, split)
+        assert len(rows) == count
+        for row in rows:
+            paths = [Path(row[key]) for key in HEADER[1:4]]
+            for path, folder in zip(paths, ("mix_clean", "s1", "s2"), strict=True):
+                assert path.is_absolute() and path == base / split / folder / f"{row['mixture_ID']}.wav"
+                assert sf.info(str(path)).frames == int(row["length"])
+        assert sorted(p.stem for p in (base / split / "mix_clean").iterdir()) == sorted(r["mixture_ID"] for r in rows)
+    assert json.loads((built / "demo_set.json").read_text())["complete"] is True
+
+
+def test_mixtures_are_exact_sums_of_min_truncated_normalised_sources(built: Path) -> None:
+    for split in SPLITS:
+        utterances = {Path(u["audio_filepath"]).stem: u for u in _manifest(built, split)}
+        for row in _rows(built, split):
+            first, second = row["mixture_ID"].split("_")
+            assert utterances[first]["speaker"] != utterances[second]["speaker"]
+            mix, s1, s2 = (_read_int(row[key]) for key in HEADER[1:4])
+            assert np.array_equal(mix, s1 + s2)  # exact: the mixture is the integer sum
+            assert np.abs(mix).max() <= 0.9 * 32768 + 1
+            u1, u2 = (_read_int(utterances[u]["audio_filepath"]) for u in (first, second))
+            assert len(mix) == min(len(u1), len(u2))  # "min" mode
+            # each source is its utterance, truncated and scaled: least-squares gain, tiny residual
+            gains = []
+            for source, utterance in ((s1, u1[: len(mix)]), (s2, u2[: len(mix)])):
+                gain = float(source @ utterance) / float(utterance @ utterance)
+                residual = source - gain * utterance
+                assert np.sqrt(np.mean(residual**2.0)) < 1.0  # within 16-bit rounding
+                gains.append(gain)
+            assert abs(20 * np.log10(gains[0] / gains[1])) <= demo_set.RELATIVE_GAIN_DB + 0.05
+
+
+def test_utterances_are_loudness_normalised(built: Path) -> None:
+    for entry in _manifest(built, "dev"):
+        samples = _read_int(entry["audio_filepath"]).astype(np.float64) / 32768
+        frames = samples[: len(samples) // 160 * 160].reshape(-1, 160)  # 20 ms frames at 8 kHz
+        energy = (frames**2).mean(axis=1)
+        active = energy[energy >= energy.max() * 1e-4]
+        level_db = 10 * np.log10(active.mean())
+        if np.abs(samples).max() < 0.98:  # else scaled down to avoid clipping: quieter, never louder
+            assert level_db == pytest.approx(demo_set.TARGET_DBFS, abs=0.1)
+        assert level_db < demo_set.TARGET_DBFS + 0.1
+
+
+def test_manifests_and_speaker_disjointness(built: Path) -> None:
+    speakers = {}
+    for split in SPLITS:
+        entries = _manifest(built, split)
+        assert entries and all(set(e) == {"audio_filepath", "duration", "text", "speaker"} for e in entries)
+        for entry in entries:
+            path = Path(entry["audio_filepath"])
+            assert path.is_absolute() and path.parent == built / "speech" / split / entry["speaker"]
+            assert entry["duration"] == sf.info(str(path)).frames / 8000
+            assert 8 <= len(entry["text"].split()) <= 16
+        speakers[split] = {e["speaker"] for e in entries}
+        assert len(speakers[split]) >= 2
+    assert not speakers["train-100"] & speakers["dev"]
+    assert not speakers["train-100"] & speakers["test"]
+    assert not speakers["dev"] & speakers["test"]
+
+
+def test_same_seed_same_bytes_any_workers_other_seed_differs(built: Path, tmp_path: Path) -> None:
+    again = build_demo_set(tmp_path / "again", seed=0, num_workers=2, **TINY)
+    ours, theirs = _files(built), _files(again)
+    assert ours.keys() == theirs.keys()
+    for name, data in ours.items():
+        if name.endswith(".wav"):
+            assert data == theirs[name], name
+        else:  # text files hold absolute paths: equal once the folder is substituted
+            assert data.replace(str(built).encode(), b"") == theirs[name].replace(str(again).encode(), b""), name
+    other = _files(build_demo_set(tmp_path / "other", seed=1, num_workers=0, **TINY))
+    assert [data for name, data in sorted(other.items()) if name.endswith(".wav")] != [
+        data for name, data in sorted(ours.items()) if name.endswith(".wav")]
+
+
+def test_complete_set_is_reused_and_changed_parameters_rebuild(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    out = build_demo_set(tmp_path / "set", num_workers=0, **TINY)
+    before = _files(out)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("rebuilt a complete set")
+
+    monkeypatch.setattr(demo_set, "_synthesise_all", fail)
+    assert build_demo_set(tmp_path / "set", num_workers=0, **TINY) == out
+    assert _files(out) == before
+    monkeypatch.undo()
+    build_demo_set(tmp_path / "set", num_workers=0, **{**TINY, "num_train": 4})
+    assert len(_rows(out, "train-100")) == 4
+    assert len(list((out / "Libri2Mix" / "wav8k" / "min" / "train-100" / "s1").iterdir())) == 4
+
+
+def test_refuses_foreign_data_and_bad_sizes(tmp_path: Path) -> None:
+    (tmp_path / "foreign" / "Libri2Mix").mkdir(parents=True)
+    with pytest.raises(UserError, match="not written by"):
+        build_demo_set(tmp_path / "foreign", **TINY)
+    with pytest.raises(UserError, match="num_train"):
+        build_demo_set(tmp_path / "bad", **{**TINY, "num_train": 0})
+
+
+def test_speed_perturbation_shifts_frequency_by_the_rate_ratio() -> None:
+    native, sample_rate = 22050, 8000
+    t = np.arange(native) / native
+    tone = np.sin(2 * np.pi * 1000.0 * t) * np.hanning(native)
+    for index, rate in enumerate((7200, 8000, 8800)):
+        out = demo_set._perturb_and_colour(tone, native, rate, sample_rate, np.random.default_rng(index))
+        assert len(out) == round(native * rate / native)
+        spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+        peak_hz = int(spectrum.argmax()) * sample_rate / len(out)
+        # resampled to `rate` but labelled `sample_rate`: 1 kHz plays at 1000 * sample_rate / rate
+        assert peak_hz == pytest.approx(1000.0 * sample_rate / rate, abs=2.0)
+
+
+def test_cli_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["data", "demo", "--out", str(tmp_path / "cli"), "--num-train", "4", "--num-dev", "2",
+                 "--num-test", "2", "--num-speakers", "6", "--workers", "0", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert str(tmp_path / "cli") in printed and "manifests" in printed
+    assert len(_rows(tmp_path / "cli", "dev")) == 2
+    assert main(["data", "demo", "--out", str(tmp_path / "bad"), "--num-speakers", "2", "--no-progress"]) == 1
