@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from audiosep.data.dynamic_mixing import dynamic_mixing_dataset, dynamic_mixing_loader
 from audiosep.errors import UserError
 
 Task = Literal["sep_clean", "sep_noisy"]
@@ -134,6 +135,13 @@ class LibriMixDataModule(L.LightningDataModule):
         segment: training crop length in seconds (validation/test use whole utterances).
         batch_size: training batch size (validation and test use 1).
         num_workers: DataLoader worker processes.
+        dynamic_mixing: train on mixtures drawn on the fly from LibriSpeech (+ WHAM! ``tr`` noise for
+            ``sep_noisy``) instead of the fixed train split; validation and test stay fixed.
+        librispeech_root: LibriSpeech folder for dynamic mixing (subsets follow ``train_split``).
+        wham_root: WHAM! noise folder for dynamic mixing with ``sep_noisy``.
+        dm_cache_dir: where inputs resampled once to ``sample_rate`` are kept (default
+            ``~/.cache/audiosep/dynamic_mixing``).
+        dm_seed: seed of the drawn mixtures; ``None`` follows ``seed_everything``.
     """
 
     def __init__(
@@ -147,8 +155,17 @@ class LibriMixDataModule(L.LightningDataModule):
         segment: float = 3.0,
         batch_size: int = 4,
         num_workers: int = 2,
+        dynamic_mixing: bool = False,
+        librispeech_root: str | None = None,
+        wham_root: str | None = None,
+        dm_cache_dir: str | None = None,
+        dm_seed: int | None = None,
     ) -> None:
         super().__init__()
+        if dynamic_mixing and librispeech_root is None:
+            raise UserError("dynamic_mixing needs librispeech_root (the LibriSpeech folder)")
+        if dynamic_mixing and task == "sep_noisy" and wham_root is None:
+            raise UserError("dynamic_mixing with task sep_noisy needs wham_root (the wham_noise folder)")
         self.root = root
         self.n_src = n_src
         self.sample_rate = sample_rate
@@ -158,6 +175,11 @@ class LibriMixDataModule(L.LightningDataModule):
         self.segment = segment
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.dynamic_mixing = dynamic_mixing
+        self.librispeech_root = librispeech_root
+        self.wham_root = wham_root
+        self.dm_cache_dir = dm_cache_dir
+        self.dm_seed = dm_seed
 
     def split_dataset(self, split: str, segment: float | None) -> Dataset:
         """The dataset of one split (``train-100+train-360`` concatenates)."""
@@ -187,6 +209,18 @@ class LibriMixDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.dynamic_mixing:
+            dataset = dynamic_mixing_dataset(
+                self.librispeech_root,
+                self.train_split,
+                self.wham_root if self.task == "sep_noisy" else None,
+                self.n_src,
+                self.sample_rate,
+                self.segment,
+                seed=self.dm_seed,
+                cache_dir=self.dm_cache_dir,
+            )
+            return dynamic_mixing_loader(dataset, self.batch_size, self.num_workers, collate_padded)
         return self._loader(self.split_dataset(self.train_split, self.segment), self.batch_size, True)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,0 +1,45 @@
+"""``audiosep data librispeech``: JSON-lines manifests from the official LibriSpeech layout."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from audiosep.data.librispeech import write_subset_manifest
+
+MAX_LISTED = 20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True, help="the LibriSpeech folder (holding dev-clean/ etc.)")
+    parser.add_argument(
+        "--subsets", required=True, help="comma-separated subset folders, e.g. train-clean-100,dev-clean"
+    )
+    parser.add_argument("--out", required=True, help="folder for <subset>.jsonl (and <subset>.skipped.tsv)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reader processes")
+    parser.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="read file headers only (fast) instead of decoding every file (catches corrupt flacs)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    subsets = [name.strip() for name in args.subsets.split(",") if name.strip()]
+    for subset in subsets:
+        report = write_subset_manifest(
+            args.root, subset, args.out, workers=args.workers, decode=not args.headers_only
+        )
+        print(f"{subset}: {report.num_written} utterances -> {report.manifest}")
+        if report.skipped:
+            print(
+                f"{subset}: skipped {len(report.skipped)} file(s), listed in "
+                f"{report.manifest.with_name(f'{subset}.skipped.tsv')}:",
+                file=sys.stderr,
+            )
+            for path, reason in report.skipped[:MAX_LISTED]:
+                print(f"  {path}: {reason}", file=sys.stderr)
+            if len(report.skipped) > MAX_LISTED:
+                print(f"  ... and {len(report.skipped) - MAX_LISTED} more", file=sys.stderr)
+    return 0

@@ -1,0 +1,104 @@
+"""`audiosep data librispeech`: manifests from a fabricated LibriSpeech tree with a corrupt flac."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiosep.cli import main
+from audiosep.data.librispeech import list_utterances, read_speaker_sexes
+
+SAMPLE_RATE = 16000
+
+
+def fabricate_librispeech(root: Path, subset: str, seed: int = 0) -> dict[str, tuple[int, str, str]]:
+    """Write ``root/subset/<spk>/<chap>/*.flac`` + transcripts; returns ``{utt_id: (frames, text, speaker)}``."""
+    rng = np.random.default_rng(seed)
+    expected = {}
+    for speaker, chapter, count in [("19", "198", 3), ("19", "227", 1), ("1272", "128104", 2)]:
+        folder = root / subset / speaker / chapter
+        folder.mkdir(parents=True)
+        lines = []
+        for index in range(count):
+            utterance_id = f"{speaker}-{chapter}-{index:04d}"
+            frames = int(rng.integers(2000, 6000))
+            sf.write(folder / f"{utterance_id}.flac", 0.1 * rng.standard_normal(frames), SAMPLE_RATE)
+            text = f"WORD{index} {'SPEECH ' * (index + 1)}".strip()
+            lines.append(f"{utterance_id} {text}\n")
+            expected[utterance_id] = (frames, text, speaker)
+        (folder / f"{speaker}-{chapter}.trans.txt").write_text("".join(lines))
+    return expected
+
+
+def corrupt(path: Path) -> None:
+    """Cut a flac to 60% of its bytes: the header still reads, decoding fails."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 6 // 10])
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    return {Path(r["audio_filepath"]).stem: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_manifest_skips_and_reports_a_corrupt_flac(tmp_path, capsys, workers):
+    expected = fabricate_librispeech(tmp_path / "LibriSpeech", "dev-clean")
+    bad = tmp_path / "LibriSpeech" / "dev-clean" / "19" / "198" / "19-198-0001.flac"
+    corrupt(bad)
+    code = main(
+        ["data", "librispeech", "--root", str(tmp_path / "LibriSpeech"), "--subsets", "dev-clean"]
+        + ["--out", str(tmp_path / "manifests"), "--workers", workers]
+    )
+    assert code == 0
+    manifest = read_manifest(tmp_path / "manifests" / "dev-clean.jsonl")
+    assert sorted(manifest) == sorted(set(expected) - {bad.stem})
+    for utterance_id, record in manifest.items():
+        frames, text, speaker = expected[utterance_id]
+        assert record["duration"] == pytest.approx(frames / SAMPLE_RATE, abs=1e-9)
+        assert record["text"] == text and record["speaker"] == speaker
+        assert Path(record["audio_filepath"]).is_absolute() and Path(record["audio_filepath"]).is_file()
+    skipped = (tmp_path / "manifests" / "dev-clean.skipped.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in skipped] == [str(bad)]
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_headers_only_still_catches_an_unreadable_file_and_missing_transcript(tmp_path):
+    expected = fabricate_librispeech(tmp_path / "LS", "train-clean-100")
+    chapter = tmp_path / "LS" / "train-clean-100" / "1272" / "128104"
+    (chapter / "1272-128104-0000.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    sf.write(chapter / "1272-128104-0099.flac", np.zeros(3000), SAMPLE_RATE)  # no transcript line
+    code = main(
+        ["data", "librispeech", "--root", str(tmp_path / "LS"), "--subsets", "train-clean-100"]
+        + ["--out", str(tmp_path / "m"), "--workers", "1", "--headers-only"]
+    )
+    assert code == 0
+    manifest = read_manifest(tmp_path / "m" / "train-clean-100.jsonl")
+    assert sorted(manifest) == sorted(set(expected) - {"1272-128104-0000"})
+    skipped = dict(
+        line.split("\t") for line in (tmp_path / "m" / "train-clean-100.skipped.tsv").read_text().splitlines()
+    )
+    assert set(map(lambda p: Path(p).stem, skipped)) == {"1272-128104-0000", "1272-128104-0099"}
+    assert "trans.txt" in skipped[str(chapter / "1272-128104-0099.flac")]
+
+
+def test_missing_subset_is_a_one_line_error(tmp_path, capsys):
+    code = main(
+        ["data", "librispeech", "--root", str(tmp_path), "--subsets", "dev-clean", "--out", str(tmp_path)]
+    )
+    assert code == 1
+    assert str(tmp_path / "dev-clean") in capsys.readouterr().err
+
+
+def test_listing_and_speakers_file(tmp_path):
+    fabricate_librispeech(tmp_path, "test-clean")
+    (tmp_path / "SPEAKERS.TXT").write_text(
+        "; ID |SEX| SUBSET | MINUTES | NAME\n19 | F | train-clean-100 | 25.19 | Kara\n"
+    )
+    utterances = list_utterances(tmp_path, "test-clean")
+    assert [u.utterance_id for u in utterances] == sorted(u.utterance_id for u in utterances)
+    assert {u.speaker for u in utterances} == {"19", "1272"}
+    assert read_speaker_sexes(tmp_path) == {"19": "F"}
