@@ -6,6 +6,7 @@ Recipes are LightningCLI YAML whose keys are constructor arguments (typos fail a
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
     With ``run=False``, ``argv`` holds no sub-command and the CLI only builds the trainer, model
     and data module (for programmatic use such as ``audiosep demo``).
     """
+    # `audiosep` passes its own argv on purpose; Lightning warns when sys.argv also holds arguments.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return LightningCLI(
         LightningModule,
         LightningDataModule,
