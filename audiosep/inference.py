@@ -20,6 +20,9 @@ from torch import Tensor, nn
 from audiosep.checkpoint import load_model
 from audiosep.data.audio import read_audio, resample, to_mono
 from audiosep.losses import best_permutation
+from audiosep.transcriber import Transcriber
+
+__all__ = ["ChunkConfig", "Separator", "Transcriber", "write_sources_atomic"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from lightning.pytorch.cli import LightningCLI
 
 from audiosep.errors import UserError
 
-
 SOURCE_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 

@@ -1,0 +1,266 @@
+"""ASR data: JSON-lines manifests, an utterance Dataset, duration-bucketed batches, a DataModule.
+
+A manifest line is ``{"audio_filepath": ..., "duration": seconds, "text": ...}`` (NeMo's format);
+relative paths are resolved against the manifest's folder. Batches hold utterances of similar
+duration (little padding) and are shuffled as whole batches; batch size is a count, a total
+duration, or both. Text is returned raw: the task owns the tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from audiosep.data.audio import read_audio, resample, to_mono
+
+REQUIRED_KEYS = ("audio_filepath", "duration", "text")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One manifest entry with an absolute audio path."""
+
+    audio_filepath: str
+    duration: float
+    text: str
+
+
+def read_manifest(
+    path: str | os.PathLike, min_duration: float = 0.0, max_duration: float | None = None
+) -> list[Utterance]:
+    """Read a JSON-lines manifest, keeping utterances with ``min_duration <= duration <= max_duration``.
+
+    Raises:
+        ValueError: a missing file, a line that is not JSON or lacks a required key (line number given).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: manifest not found")
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from err
+        missing = [key for key in REQUIRED_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"{path}:{number}: missing {missing} (need {', '.join(REQUIRED_KEYS)})")
+        duration = float(row["duration"])
+        if duration < min_duration or (max_duration is not None and duration > max_duration):
+            continue
+        audio = Path(row["audio_filepath"])
+        audio = audio if audio.is_absolute() else path.parent / audio
+        entries.append(Utterance(str(audio), duration, str(row["text"])))
+    return entries
+
+
+def write_manifest(path: str | os.PathLike, utterances: Sequence[Utterance]) -> None:
+    """Write utterances as a JSON-lines manifest (paths as given)."""
+    lines = [
+        json.dumps({"audio_filepath": u.audio_filepath, "duration": u.duration, "text": u.text})
+        for u in utterances
+    ]
+    Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+class ASRDataset(Dataset):
+    """Utterances as ``(waveform [N] float32 at sample_rate, text)``; mono mixdown, resampled if needed."""
+
+    def __init__(self, utterances: Sequence[Utterance], sample_rate: int) -> None:
+        self.utterances = list(utterances)
+        self.sample_rate = sample_rate
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, str]:
+        utterance = self.utterances[index]
+        waveform, rate = read_audio(utterance.audio_filepath)  # [C, N]
+        return resample(to_mono(waveform), rate, self.sample_rate), utterance.text
+
+
+def collate_utterances(items: Sequence[tuple[Tensor, str]]) -> tuple[Tensor, Tensor, list[str]]:
+    """Zero-pad to ``(waveforms [B, N_max], lengths [B], texts)``."""
+    lengths = torch.tensor([wave.shape[-1] for wave, _ in items], dtype=torch.long)
+    waves = torch.zeros(len(items), int(lengths.max()))
+    for row, (wave, _) in enumerate(items):
+        waves[row, : wave.shape[-1]] = wave
+    return waves, lengths, [text for _, text in items]
+
+
+class DurationBucketSampler(Sampler[list[int]]):
+    """Batches of utterances of similar duration, shuffled as whole batches each epoch.
+
+    Utterances are sorted by duration (with a little seeded jitter so ties mix), cut into batches
+    of at most ``batch_size`` items and ``max_batch_duration`` seconds, and the batch order is
+    shuffled. With several processes each rank takes every ``num_replicas``-th batch; all ranks
+    get the same number of batches (the list is padded by repeating batches).
+
+    Args:
+        durations: seconds per utterance.
+        batch_size: maximum utterances per batch (``None`` = no count limit).
+        max_batch_duration: maximum total seconds per batch (``None`` = no duration limit).
+        shuffle: shuffle the batch order (and jitter the sort) each epoch.
+        seed: base seed; the epoch is added (call :meth:`set_epoch`).
+        num_replicas, rank: distributed sharding.
+    """
+
+    def __init__(
+        self,
+        durations: Sequence[float],
+        batch_size: int | None = 32,
+        max_batch_duration: float | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if batch_size is None and max_batch_duration is None:
+            raise ValueError("set batch_size, max_batch_duration or both")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside [0, {num_replicas})")
+        self.durations = list(durations)
+        self.batch_size, self.max_batch_duration = batch_size, max_batch_duration
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the shuffle for ``epoch`` (Lightning calls this)."""
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        jitter = [rng.uniform(-0.05, 0.05) if self.shuffle else 0.0 for _ in self.durations]
+        order = sorted(range(len(self.durations)), key=lambda i: self.durations[i] * (1 + jitter[i]))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for index in order:
+            full = self.batch_size is not None and len(current) >= self.batch_size
+            longest = max([self.durations[i] for i in current] + [self.durations[index]])
+            too_long = (
+                self.max_batch_duration is not None and longest * (len(current) + 1) > self.max_batch_duration
+            )
+            if current and (full or too_long):
+                batches.append(current)
+                current = []
+            current.append(index)
+        if current:
+            batches.append(current)
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def _rank_batches(self) -> list[list[int]]:
+        batches = self._all_batches()
+        if self.num_replicas > 1 and batches:
+            per_rank = -(-len(batches) // self.num_replicas)
+            batches = (batches * self.num_replicas)[: per_rank * self.num_replicas]
+            batches = batches[self.rank :: self.num_replicas]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._rank_batches())
+
+    def __len__(self) -> int:
+        return len(self._rank_batches())
+
+
+class ASRDataModule(pl.LightningDataModule):
+    """Train/val/test loaders from JSON-lines manifests, batched by duration.
+
+    Args:
+        train_manifest: manifest path(s) for training (several are concatenated).
+        val_manifest: manifest path(s) for validation.
+        test_manifest: manifest path(s) for testing (optional).
+        sample_rate: rate the audio is resampled to (must match the task's features).
+        batch_size: maximum utterances per batch.
+        max_batch_duration: maximum padded seconds per batch (``None`` = count only).
+        min_duration, max_duration: training utterances outside this range are skipped (seconds).
+        num_workers: DataLoader worker processes.
+        seed: shuffling seed.
+    """
+
+    def __init__(
+        self,
+        train_manifest: str | list[str],
+        val_manifest: str | list[str],
+        test_manifest: str | list[str] | None = None,
+        sample_rate: int = 16000,
+        batch_size: int = 32,
+        max_batch_duration: float | None = None,
+        min_duration: float = 0.1,
+        max_duration: float | None = 16.7,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.manifests = {"train": train_manifest, "val": val_manifest, "test": test_manifest}
+        self.sample_rate, self.batch_size, self.max_batch_duration = (
+            sample_rate,
+            batch_size,
+            max_batch_duration,
+        )
+        self.min_duration, self.max_duration = min_duration, max_duration
+        self.num_workers, self.seed = num_workers, seed
+        self.datasets: dict[str, ASRDataset] = {}
+
+    def _load(self, split: str) -> ASRDataset:
+        paths = self.manifests[split]
+        if paths is None:
+            raise ValueError(f"no {split}_manifest configured")
+        limits = (self.min_duration, self.max_duration) if split == "train" else (0.0, None)
+        paths = [paths] if isinstance(paths, str | os.PathLike) else paths
+        utterances = [u for p in paths for u in read_manifest(p, *limits)]
+        if not utterances:
+            raise ValueError(f"{split} manifest(s) {paths} hold no usable utterances")
+        return ASRDataset(utterances, self.sample_rate)
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "fit", ())
+        for split in splits:
+            if split not in self.datasets:
+                self.datasets[split] = self._load(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.datasets[split] = self._load(split)
+        dataset = self.datasets[split]
+        trainer = self.trainer
+        sampler = DurationBucketSampler(
+            [u.duration for u in dataset.utterances],
+            self.batch_size,
+            self.max_batch_duration,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_utterances,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,88 @@
+"""Manifests, duration-bucketed batching, the ASR data module, and the FSDD digit-string builder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import soundfile as sf
+import torch
+
+from audiosep.data.asr import ASRDataModule, DurationBucketSampler, read_manifest
+from audiosep.data.fsdd import DIGIT_WORDS, FSDDSplits, build_fsdd_asr
+
+
+def test_read_manifest_resolves_relative_paths_and_filters(tiny_asr):
+    entries = read_manifest(tiny_asr["train"])
+    assert len(entries) == 4 and all(
+        e.audio_filepath.startswith(str(tiny_asr["train"].parent)) for e in entries
+    )
+    assert len(read_manifest(tiny_asr["train"], min_duration=0.33, max_duration=0.39)) == 2
+
+
+@pytest.mark.parametrize(
+    ("line", "message"), [("not json", "not JSON"), ('{"audio_filepath": "a.wav"}', "missing")]
+)
+def test_bad_manifest_lines_name_the_line(tmp_path, line, message):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"audio_filepath": "x.wav", "duration": 1, "text": "a"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=rf"m.jsonl:2: {message}"):
+        read_manifest(path)
+
+
+def test_sampler_covers_everything_once_with_limits():
+    durations = [0.5 + (i * 37 % 23) / 10 for i in range(101)]
+    sampler = DurationBucketSampler(durations, batch_size=8, max_batch_duration=12.0, seed=3)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(101))
+    for batch in batches:
+        longest = max(durations[i] for i in batch)
+        assert len(batch) <= 8 and (len(batch) == 1 or longest * len(batch) <= 12.0)
+    spread = sum(max(durations[i] for i in b) - min(durations[i] for i in b) for b in batches) / len(batches)
+    assert spread < 0.6  # buckets hold similar durations (random batches would spread ~2 s)
+    sampler.set_epoch(1)
+    assert list(sampler) != batches and len(sampler) == len(batches)
+
+
+def test_sampler_shards_across_ranks_evenly():
+    durations = [1.0 + i / 10 for i in range(50)]
+    shards = [list(DurationBucketSampler(durations, 4, num_replicas=3, rank=r)) for r in range(3)]
+    assert len({len(s) for s in shards}) == 1
+    assert {i for s in shards for b in s for i in b} == set(range(50))
+
+
+def test_datamodule_batches_resampled_audio(tiny_asr):
+    dm = ASRDataModule(tiny_asr["train"], tiny_asr["val"], sample_rate=8000, batch_size=3)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert sum(len(texts) for _, _, texts in batches) == 4
+    waves, lengths, texts = batches[0]
+    assert waves.shape == (len(texts), int(lengths.max())) and waves.dtype == torch.float32
+    durations = {
+        json.loads(line)["text"]: json.loads(line)["duration"]
+        for line in tiny_asr["train"].read_text().splitlines()
+    }
+    for length, text in zip(lengths.tolist(), texts, strict=True):
+        assert length == round(durations[text] * 8000)  # 16 kHz files resampled to 8 kHz
+
+
+def test_fsdd_builder_is_seeded_and_splits_speakers_and_takes(fsdd_dir, tmp_path):
+    splits = FSDDSplits(num_train=6, num_val=2, num_test=2, num_unseen=3, min_digits=3, max_digits=4)
+    manifests = build_fsdd_asr(fsdd_dir, tmp_path / "a", splits, seed=1)
+    again = build_fsdd_asr(fsdd_dir, tmp_path / "b", splits, seed=1)
+    for split, path in manifests.items():
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert rows == [json.loads(line) for line in again[split].read_text().splitlines()]
+        assert len(rows) == {"train": 6, "val": 2, "test": 2, "unseen": 3}[split]
+        for row in rows:
+            words = row["text"].split()
+            assert 3 <= len(words) <= 4 and set(words) <= set(DIGIT_WORDS)
+            info = sf.info(str(path.parent / row["audio_filepath"]))
+            assert info.samplerate == 8000 and row["duration"] == pytest.approx(info.frames / 8000, abs=1e-4)
+        speakers = {row["audio_filepath"].split("/")[1].split("_")[0] for row in rows}
+        assert (speakers == {"theo"}) == (split == "unseen")
+
+
+def test_fsdd_builder_rejects_unknown_speaker(fsdd_dir, tmp_path):
+    with pytest.raises(ValueError, match="unseen speaker"):
+        build_fsdd_asr(fsdd_dir, tmp_path, FSDDSplits(unseen_speaker="nobody"))

@@ -1,0 +1,101 @@
+"""QuartzNet: paper parameter counts, shapes and lengths, padding invariance, rebuild from a record."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from asr_helpers import TINY_BLOCKS, randomize_batchnorm
+
+from audiosep.checkpoint import load_model, save_model
+from audiosep.models.quartznet import QuartzNet, parse_block, quartznet_5x5, quartznet_15x5
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("factory", "millions"), [(quartznet_5x5, 6.71), (quartznet_15x5, 18.92)])
+def test_preset_parameter_counts_match_nemo(factory, millions):
+    model = factory()
+    assert abs(count(model) / 1e6 - millions) / millions < 0.01
+    assert len(model.blocks) == 2 + (5 if factory is quartznet_5x5 else 15) + 1 and model.stride == 2
+
+
+def test_parameter_count_formula_for_tiny_model():
+    model = QuartzNet(8, 5, [[4, 3, 1, 2, 1, False], [6, 5, 2], [6, 1, 1, 1, 1, False, False]])
+    c1 = 8 * 3 + 8 * 4 + 2 * 4  # depthwise, pointwise, norm
+    b1 = (4 * 5 + 4 * 6 + 2 * 6) + (6 * 5 + 6 * 6 + 2 * 6) + (4 * 6 + 2 * 6)  # two sub-blocks + residual
+    c3 = 6 * 6 + 2 * 6  # dense 1x1
+    assert count(model) == c1 + b1 + c3 + 6 * 5 + 5
+
+
+def test_output_shapes_lengths_and_log_probs():
+    model = QuartzNet(64, 29, TINY_BLOCKS).eval()
+    log_probs, lengths = model(torch.randn(3, 64, 101), torch.tensor([101, 64, 7]))
+    assert log_probs.shape == (3, 51, 29) and log_probs.dtype == torch.float32
+    assert lengths.tolist() == [(n - 1) // 2 + 1 for n in (101, 64, 7)]
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(3, 51))
+
+
+@pytest.mark.parametrize("norm", ["batch_norm", "channel_ln", "cumulative_ln"])
+def test_batch_of_one_equals_batch_of_four(norm):
+    torch.manual_seed(0)
+    model = QuartzNet(64, 29, TINY_BLOCKS, norm=norm)
+    randomize_batchnorm(model)
+    model.eval()
+    lengths = torch.tensor([90, 37, 64, 11])
+    feats = torch.randn(4, 64, 90) * (torch.arange(90) < lengths[:, None]).unsqueeze(1)
+    feats[1, :, 37:] = 3.0  # garbage in the padding must not matter either
+    batch_lp, batch_len = model(feats, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        alone_lp, alone_len = model(feats[b : b + 1, :, :n], lengths[b : b + 1])
+        assert alone_len.item() == batch_len[b].item()
+        torch.testing.assert_close(batch_lp[b, : batch_len[b]], alone_lp[0], atol=1e-5, rtol=1e-5)
+        assert torch.equal(batch_lp[b, : batch_len[b]].argmax(-1), alone_lp[0].argmax(-1))
+
+
+def test_block_specs_as_lists_and_dicts_agree():
+    as_dict = {"channels": 16, "kernel_size": 7, "repeat": 2}
+    assert parse_block([16, 7, 2]) == parse_block(as_dict)
+    assert parse_block(as_dict)["separable"] and parse_block(as_dict)["residual"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"channels": 8},
+        {"channels": 8, "kernel_size": 3, "colour": 1},
+        [8, 3, 0],
+        [8, 3, 1, 2, 2],
+        [8, 3, 1, 1, 1, True, True, 0.1, 9],
+    ],
+)
+def test_bad_block_specs_raise(spec):
+    with pytest.raises(ValueError):
+        parse_block(spec)
+
+
+def test_residual_block_cannot_stride_and_unknown_activation_raises():
+    with pytest.raises(ValueError, match="residual"):
+        QuartzNet(8, 5, [[4, 3, 2, 2]])
+    with pytest.raises(ValueError, match="activation"):
+        QuartzNet(8, 5, TINY_BLOCKS, activation="tanh")
+
+
+def test_rebuilds_from_checkpoint(tmp_path):
+    model = QuartzNet(64, 29, TINY_BLOCKS, dropout=0.1)
+    randomize_batchnorm(model)
+    save_model(model, tmp_path / "m.pt", {"sample_rate": 16000})
+    loaded, metadata = load_model(tmp_path / "m.pt")
+    feats, lengths = torch.randn(2, 64, 40), torch.tensor([40, 25])
+    torch.testing.assert_close(loaded(feats, lengths)[0], model.eval()(feats, lengths)[0], rtol=0, atol=0)
+    assert metadata == {"sample_rate": 16000}
+
+
+def test_bf16_autocast_gives_float32_log_probs():
+    model = QuartzNet(64, 29, TINY_BLOCKS).eval()
+    feats, lengths = torch.randn(2, 64, 40), torch.tensor([40, 25])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        log_probs, _ = model(feats, lengths)
+    assert log_probs.dtype == torch.float32
+    torch.testing.assert_close(log_probs, model(feats, lengths)[0], atol=0.1, rtol=0.05)

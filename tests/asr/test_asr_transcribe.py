@@ -1,0 +1,92 @@
+"""``Transcriber`` and ``audiosep transcribe``: any rate, mono mixdown, batch invariance, per-file errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from asr_helpers import TINY_BLOCKS, randomize_batchnorm, speechlike
+
+from audiosep.checkpoint import save_model
+from audiosep.cli import main
+from audiosep.data.audio import resample
+from audiosep.data.tokenizer import CharTokenizer
+from audiosep.models.quartznet import QuartzNet
+from audiosep.nn.features import LogMelFeatures
+from audiosep.transcriber import Transcriber, asr_metadata
+
+
+@pytest.fixture(scope="module")
+def asr_ckpt(tmp_path_factory):
+    """An untrained but fixed tiny model whose outputs vary with the input (not a constant transcript)."""
+    torch.manual_seed(0)
+    model = QuartzNet(64, 29, TINY_BLOCKS)
+    randomize_batchnorm(model)
+    with torch.no_grad():
+        model.head.weight.mul_(20)  # sharpen the posteriors so that transcripts are non-empty
+    path = tmp_path_factory.mktemp("asr_ckpt") / "model.pt"
+    save_model(model, path, asr_metadata(LogMelFeatures(), CharTokenizer().vocabulary))
+    return path
+
+
+@pytest.fixture(scope="module")
+def audio_files(tmp_path_factory):
+    """A 16 kHz source written as an 8 kHz wav, a 44.1 kHz stereo flac and a 16 kHz wav."""
+    root = tmp_path_factory.mktemp("audio")
+    source = torch.from_numpy(speechlike(8000, 16000, seed=5))
+    other = speechlike(6400, 16000, seed=6)
+    sf.write(root / "a8k.wav", resample(source, 16000, 8000).numpy(), 8000)
+    stereo = resample(source, 16000, 44100).numpy()
+    sf.write(root / "b44k.flac", np.stack([stereo, 0.5 * stereo], axis=1), 44100)
+    sf.write(root / "c16k.wav", other, 16000)
+    return [root / "a8k.wav", root / "b44k.flac", root / "c16k.wav"]
+
+
+def test_prepare_mixes_down_and_resamples(asr_ckpt):
+    transcriber = Transcriber.from_checkpoint(asr_ckpt)
+    stereo = torch.randn(2, 44100)
+    mono = transcriber.prepare(stereo, 44100)
+    torch.testing.assert_close(mono, resample(stereo.mean(0), 44100, 16000))
+    assert mono.shape == (16000,)
+
+
+def test_batch_of_one_equals_batch_of_four(asr_ckpt):
+    transcriber = Transcriber.from_checkpoint(asr_ckpt, batch_size=4)
+    waves = [torch.from_numpy(speechlike(n, 16000, seed=n)) for n in (4000, 9000, 6100, 2500)]
+    batched_lp = transcriber.log_probs(waves)
+    batched_text = transcriber.transcribe(waves)
+    for wave, lp, text in zip(waves, batched_lp, batched_text, strict=True):
+        alone = transcriber.log_probs([wave])[0]
+        assert alone.shape == lp.shape
+        torch.testing.assert_close(lp, alone, atol=1e-4, rtol=1e-4)
+        assert transcriber.transcribe([wave]) == [text]
+    assert any(batched_text)
+
+
+def test_cli_transcribes_wav_and_flac_at_8k_and_44k(asr_ckpt, audio_files, capsys):
+    assert main(["transcribe", "--ckpt", str(asr_ckpt), *map(str, audio_files)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == list(map(str, audio_files))
+    transcriber = Transcriber.from_checkpoint(asr_ckpt)
+    assert [line.split("\t", 1)[1] for line in lines] == [transcriber.transcribe_file(f) for f in audio_files]
+
+
+def test_cli_reports_bad_files_and_still_writes_the_others(asr_ckpt, audio_files, tmp_path, capsys):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio")
+    out = tmp_path / "out" / "transcripts.tsv"
+    args = ["transcribe", "--ckpt", str(asr_ckpt), "--beam-size", "4", "--out", str(out)]
+    code = main([*args, str(audio_files[0]), str(broken), str(tmp_path / "missing.wav"), str(audio_files[2])])
+    assert code == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("audiosep: error: ") for line in errors)
+    assert "broken.wav" in errors[0] and "missing.wav" in errors[1]
+    names = [line.split("\t")[0] for line in out.read_text().splitlines()]
+    assert names == [str(audio_files[0]), str(audio_files[2])]
+
+
+def test_cli_rejects_non_asr_checkpoint(tmp_path, audio_files, capsys):
+    save_model(QuartzNet(64, 29, TINY_BLOCKS), tmp_path / "bare.pt", {"sample_rate": 16000})
+    assert main(["transcribe", "--ckpt", str(tmp_path / "bare.pt"), str(audio_files[0])]) == 1
+    assert "not an ASR checkpoint" in capsys.readouterr().err
