@@ -60,8 +60,15 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
     With ``run=False``, ``argv`` holds no sub-command and the CLI only builds the trainer, model
     and data module (for programmatic use such as ``audiosep demo``).
     """
-    # `audiosep` passes its own argv on purpose; Lightning warns when sys.argv also holds arguments.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # Expected, not actionable for our users: `audiosep` passes its own argv on purpose; recipes'
+    # optimizers replace the task's default; CSV logging without TensorBoard is our default.
+    for message in (
+        "LightningCLI's args parameter is intended",
+        ".*configure_optimizers` will be overridden",
+        ".*tensorboardX` has been removed",
+        ".*isinstance\\(treespec, LeafSpec\\)",
+    ):
+        warnings.filterwarnings("ignore", message=message)
     return LightningCLI(
         LightningModule,
         LightningDataModule,

@@ -32,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data and training")
     parser.add_argument("--max-time", default=None, help="training time limit DD:HH:MM:SS (recipe default: 6 min)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (quick checks)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    sizes = parser.add_argument_group("demo data size (mixtures per split)")
+    sizes.add_argument("--num-train", type=int, default=2000)
+    sizes.add_argument("--num-dev", type=int, default=150)
+    sizes.add_argument("--num-test", type=int, default=100)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     print(f"[1/4] building the demo data set in {out / 'data'}")
-    build_demo_set(out / "data", seed=args.seed)
+    build_demo_set(
+        out / "data", seed=args.seed, num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test
+    )
     recipe = packaged_recipe(RECIPE)
     overrides = [
         "fit", "--config", str(recipe), "--data.root", str(out / "data"),
@@ -49,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     if args.max_time:
         overrides += ["--trainer.max_time", args.max_time]
+    if args.max_steps:
+        overrides += [f"--trainer.max_steps={args.max_steps}", "--trainer.val_check_interval=1.0"]
     cli = run_lightning_cli(overrides[1:], run=False)
     test_set = cli.datamodule.split_dataset("test", None)
     sample_rate = cli.datamodule.sample_rate

@@ -1,0 +1,188 @@
+"""Norm registry: every entry against an independent float64 formula, causality, errors, BN folding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from audiosep.nn.norms import (
+    NORM_ALIASES,
+    NORM_NAMES,
+    build_norm,
+    canonical_norm_name,
+    check_causal_norm,
+    fold_batchnorm,
+    is_causal_norm,
+)
+
+BATCH, CHANNELS, FRAMES = 3, 6, 11
+PAPER_ALIASES = {"gLN": "global_ln", "cLN": "cumulative_ln", "layer_norm": "channel_ln"}
+
+
+def _input(seed: int = 0) -> Tensor:
+    """float64 ``[B, C, T]`` with per-channel offsets and scales, so that every statistic matters."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(BATCH, CHANNELS, FRAMES, generator=gen, dtype=torch.float64)
+    scale = torch.rand(1, CHANNELS, 1, generator=gen, dtype=torch.float64) * 3 + 0.5
+    offset = torch.randn(1, CHANNELS, 1, generator=gen, dtype=torch.float64) * 2
+    return x * scale + offset
+
+
+def _built(name: str, seed: int = 1) -> nn.Module:
+    """The norm in float64 with random non-trivial affine parameters (and DyT alpha)."""
+    norm = build_norm(name, CHANNELS).double()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in norm.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float64) + 0.5)
+    return norm
+
+
+def _affine(norm: nn.Module, x: Tensor) -> Tensor:
+    return x * norm.weight.view(1, -1, 1) + norm.bias.view(1, -1, 1)
+
+
+def _standardize(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def reference(name: str, norm: nn.Module, x: Tensor) -> Tensor:
+    """The textbook definition of each norm, written with explicit loops/reductions in float64."""
+    if name == "global_ln":
+        mean = x.mean(dim=(1, 2), keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=(1, 2), keepdim=True)
+        return _affine(norm, _standardize(x, mean, var, norm.eps))
+    if name == "cumulative_ln":
+        out = torch.empty_like(x)
+        for t in range(x.shape[2]):
+            past = x[:, :, : t + 1]
+            mean = past.mean(dim=(1, 2), keepdim=True)
+            var = ((past - mean) ** 2).mean(dim=(1, 2), keepdim=True)
+            out[:, :, t : t + 1] = _standardize(x[:, :, t : t + 1], mean, var, norm.eps)
+        return _affine(norm, out)
+    if name == "channel_ln":
+        mean = x.mean(dim=1, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=1, keepdim=True)
+        return _affine(norm, _standardize(x, mean, var, norm.eps))
+    if name == "time_ln":
+        mean = x.mean(dim=2, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=2, keepdim=True)
+        return _affine(norm, _standardize(x, mean, var, norm.eps))
+    if name == "rms_norm":
+        return _affine(norm, x / torch.sqrt((x**2).mean(dim=1, keepdim=True) + norm.eps))
+    if name == "dyt":
+        return _affine(norm, torch.tanh(norm.alpha * x))
+    if name == "batch_norm":  # training mode: batch statistics over B and T
+        mean = x.mean(dim=(0, 2), keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=(0, 2), keepdim=True)
+        return _affine(norm, _standardize(x, mean, var, norm.eps))
+    if name == "none":
+        return x
+    raise AssertionError(f"no reference for {name}")
+
+
+@pytest.mark.parametrize("name", NORM_NAMES)
+def test_norm_matches_reference_formula(name: str) -> None:
+    norm, x = _built(name).train(), _input()
+    torch.testing.assert_close(norm(x), reference(name, norm, x), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("alias", sorted(PAPER_ALIASES))
+def test_paper_aliases_keep_the_paper_meaning(alias: str) -> None:
+    assert canonical_norm_name(alias) == PAPER_ALIASES[alias]
+    norm, x = _built(alias).train(), _input()
+    torch.testing.assert_close(norm(x), reference(PAPER_ALIASES[alias], norm, x), rtol=1e-9, atol=1e-9)
+
+
+def test_every_alias_points_to_a_registered_name() -> None:
+    assert set(NORM_ALIASES.values()) <= set(NORM_NAMES)
+
+
+def test_batch_norm_eval_uses_running_statistics_and_train_updates_them() -> None:
+    norm, x = _built("batch_norm"), _input()
+    running_mean = torch.randn(CHANNELS, dtype=torch.float64)
+    running_var = torch.rand(CHANNELS, dtype=torch.float64) + 0.5
+    norm.running_mean.copy_(running_mean)
+    norm.running_var.copy_(running_var)
+    expected = _affine(
+        norm, _standardize(x, running_mean.view(1, -1, 1), running_var.view(1, -1, 1), norm.eps)
+    )
+    torch.testing.assert_close(norm.eval()(x), expected, rtol=1e-9, atol=1e-9)
+
+    norm.train()(x)
+    momentum = norm.momentum
+    unbiased_var = x.transpose(0, 1).reshape(CHANNELS, -1).var(dim=1, unbiased=True)
+    torch.testing.assert_close(
+        norm.running_mean, (1 - momentum) * running_mean + momentum * x.mean(dim=(0, 2))
+    )
+    torch.testing.assert_close(norm.running_var, (1 - momentum) * running_var + momentum * unbiased_var)
+
+
+@pytest.mark.parametrize("name", NORM_NAMES)
+def test_causal_norms_ignore_the_future_and_the_others_do_not(name: str) -> None:
+    norm, x = _built(name).eval(), _input()
+    cut = FRAMES // 2
+    changed = x.clone()
+    changed[:, :, cut:] = changed[:, :, cut:] * 3 + 1
+    past, past_changed = norm(x)[:, :, :cut], norm(changed)[:, :, :cut]
+    assert norm.causal == is_causal_norm(name)
+    if is_causal_norm(name):
+        torch.testing.assert_close(past_changed, past, rtol=0, atol=1e-12)
+    else:
+        assert (past_changed - past).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", [n for n in NORM_NAMES if n != "cumulative_ln"])
+def test_norms_accept_a_trailing_singleton_dim_in_channels_last_layout(name: str) -> None:
+    """Conv-TasNet feeds ``[B, C, M, 1]`` channels-last tensors; the result must equal the 3-D one."""
+    norm, x = _built(name).eval(), _input()
+    x4 = x.unsqueeze(3).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(norm(x4).squeeze(3), norm(x), rtol=1e-12, atol=1e-12)
+
+
+def test_unknown_name_raises_and_lists_the_valid_names() -> None:
+    with pytest.raises(ValueError, match="'group_norm'") as info:
+        build_norm("group_norm", CHANNELS)
+    for name in NORM_NAMES + tuple(PAPER_ALIASES):
+        assert name in str(info.value)
+    with pytest.raises(ValueError):
+        is_causal_norm("gln")  # names are case-sensitive: no silent fallback
+
+
+@pytest.mark.parametrize("name", ["gLN", "global_ln", "time_ln"])
+def test_check_causal_norm_rejects_non_causal_norms_in_causal_models(name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        check_causal_norm(name, causal=True)
+    check_causal_norm(name, causal=False)
+
+
+@pytest.mark.parametrize("name", ["cLN", "channel_ln", "batch_norm", "rms_norm", "dyt", "none"])
+def test_check_causal_norm_accepts_causal_norms(name: str) -> None:
+    check_causal_norm(name, causal=True)
+
+
+CONV_CASES = [
+    dict(bias=True),
+    dict(bias=False),
+    dict(bias=True, kernel_size=3, padding=2, dilation=2),
+    dict(bias=False, kernel_size=5, padding=1, stride=2),
+    dict(bias=True, kernel_size=3, padding=1, groups=CHANNELS),
+    dict(bias=True, kernel_size=3, groups=2, padding_mode="reflect", padding=1),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
+def test_fold_batchnorm_leaves_outputs_unchanged(case: dict) -> None:
+    torch.manual_seed(0)
+    kwargs = {"kernel_size": 1} | case
+    conv = nn.Conv1d(CHANNELS, 2 * CHANNELS, **kwargs).double()
+    bn = nn.BatchNorm1d(2 * CHANNELS).double().eval()
+    with torch.no_grad():
+        bn.weight.normal_()
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    x = _input()
+    fused = fold_batchnorm(conv, bn)
+    torch.testing.assert_close(fused(x), bn(conv(x)), rtol=1e-10, atol=1e-10)
