@@ -1,0 +1,453 @@
+"""Import SpeechBrain SepFormer and RE-SepFormer checkpoints as audiosep models.
+
+SpeechBrain stores a separator as three state dicts (``encoder.ckpt``, ``masknet.ckpt``,
+``decoder.ckpt``) and describes it in ``hyperparams.yaml``. The architecture is inferred from
+the tensor shapes (filterbank, widths, layer and block counts, sources); what shapes cannot
+tell (heads, chunk size, which LayerNorm flavour, causality, pre/post norm) comes from
+``hyperparams.yaml`` when present, else from the paper defaults, and every value can be
+overridden. The YAML is read as plain data: its ``!new:``/``!apply:`` tags are never executed.
+
+Example:
+    >>> model = sepformer_from_speechbrain(encoder_sd, masknet_sd, decoder_sd, num_heads=8)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from audiosep.models.resepformer import RESepFormer
+from audiosep.models.sepformer import SepFormer
+
+StateDict = Mapping[str, Tensor]
+ModelKind = Literal["sepformer", "resepformer"]
+CHECKPOINT_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt")
+
+# SpeechBrain select_norm names -> registry names ("ln" is GroupNorm(1, C), i.e. global LN).
+SPEECHBRAIN_NORMS = {"ln": "global_ln", "gln": "global_ln", "cln": "channel_ln"}
+
+# One SpeechBrain TransformerEncoder -> our SequenceStack (keys relative to both).
+_STACK_RENAMES: list[tuple[str, str]] = [
+    (r"layers\.(\d+)\.self_att\.att\.in_proj_(weight|bias)", r"layers.\1.attention.qkv.\2"),
+    (r"layers\.(\d+)\.self_att\.att\.out_proj\.(weight|bias)", r"layers.\1.attention.out.\2"),
+    (r"layers\.(\d+)\.pos_ffn\.ffn\.([03])\.(weight|bias)", r"layers.\1.ffn.\2.\3"),
+    (r"layers\.(\d+)\.norm([12])\.norm\.(weight|bias)", r"layers.\1.norm\2.\3"),
+    (r"norm\.norm\.(weight|bias)", r"norm.\1"),
+]
+# Masknet keys; a target of None drops the tensor (position codes are recomputed).
+_SEPFORMER_RENAMES: list[tuple[str, str | None]] = [
+    (r"norm\.(weight|bias)", r"masker.norm.\1"),
+    (r"conv1d\.weight", r"masker.bottleneck.weight"),
+    (r"dual_mdl\.(\d+)\.(intra|inter)_mdl\.mdl\.(.+)", r"masker.blocks.\1.\2.<stack:\3>"),
+    (r"dual_mdl\.(\d+)\.(intra|inter)_mdl\.pos_enc\.pe", None),
+    (r"dual_mdl\.(\d+)\.(intra|inter)_norm\.(weight|bias)", r"masker.blocks.\1.\2_norm.\3"),
+    (r"conv2d\.(weight|bias)", r"masker.to_sources.\1"),
+    (r"output\.0\.(weight|bias)", r"masker.output.\1"),
+    (r"output_gate\.0\.(weight|bias)", r"masker.output_gate.\1"),
+    (r"end_conv1x1\.weight", r"masker.to_masks.weight"),
+    (r"prelu\.weight", r"masker.prelu.weight"),
+]
+_RESEPFORMER_RENAMES: list[tuple[str, str | None]] = [
+    (r"model\.seg_model\.(\d+)\.mdl\.(.+)", r"masker.intra.\1.<stack:\2>"),
+    (r"model\.seg_model\.(\d+)\.norm\.(weight|bias)", r"masker.intra_norms.\1.\2"),
+    (r"model\.mem_model\.(\d+)\.mdl\.(.+)", r"masker.inter.\1.<stack:\2>"),
+    (r"model\.mem_model\.(\d+)\.norm\.(weight|bias)", r"masker.inter_norms.\1.\2"),
+    (r"model\.(seg|mem)_model\.(\d+)\.pos_enc\.pe", None),
+    (r"model\.output_fc\.0\.weight", r"masker.prelu.weight"),
+    (r"model\.output_fc\.1\.(weight|bias)", r"masker.to_masks.\1"),
+]
+
+
+class ConversionError(ValueError):
+    """A SpeechBrain checkpoint that does not describe a supported model."""
+
+
+def _rename_stack_key(key: str) -> str:
+    for pattern, target in _STACK_RENAMES:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, target, key)
+    raise ConversionError(f"unsupported transformer tensor {key!r} (only regularMHA encoders are supported)")
+
+
+def _rename(key: str, renames: list[tuple[str, str | None]]) -> str | None:
+    """Our key for SpeechBrain masknet ``key``; None to drop it; raises for unknown keys."""
+    for pattern, target in renames:
+        match = re.fullmatch(pattern, key)
+        if match is None:
+            continue
+        if target is None:
+            return None
+        renamed = match.expand(target)
+        return re.sub(r"<stack:(.+)>", lambda m: _rename_stack_key(m.group(1)), renamed)
+    raise ConversionError(f"unexpected masknet tensor {key!r}: not a supported SpeechBrain separator")
+
+
+def _count(state: StateDict, prefix: str) -> int:
+    """Number of consecutive indices ``i`` with keys starting ``prefix + f"{i}."``."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(m.group(1)) for key in state if (m := pattern.match(key))}
+    return len(indices)
+
+
+def _get(state: StateDict, key: str, what: str) -> Tensor:
+    if key not in state:
+        raise ConversionError(f"{what} checkpoint lacks {key!r}; is it a SpeechBrain SepFormer/RE-SepFormer?")
+    return state[key]
+
+
+def _filterbank_args(encoder_sd: StateDict, decoder_sd: StateDict) -> dict[str, int]:
+    encoder = _get(encoder_sd, "conv1d.weight", "encoder")  # [N, 1, W]
+    decoder = _get(decoder_sd, "weight", "decoder")  # [N, 1, W]
+    if encoder.shape[1] != 1 or encoder.shape != decoder.shape:
+        raise ConversionError(
+            f"encoder {tuple(encoder.shape)} and decoder {tuple(decoder.shape)} weights do not form a "
+            "single-channel filterbank"
+        )
+    return {"encoder_channels": encoder.shape[0], "kernel_size": encoder.shape[2]}
+
+
+def _layer_count(state: StateDict, stack_prefix: str) -> int:
+    count = _count(state, stack_prefix + "layers.")
+    if count == 0:
+        raise ConversionError(f"no transformer layers under {stack_prefix!r}")
+    return count
+
+
+def infer_sepformer_args(
+    encoder_sd: StateDict, masknet_sd: StateDict, decoder_sd: StateDict
+) -> dict[str, Any]:
+    """:class:`SepFormer` constructor arguments read from SpeechBrain tensor shapes."""
+    _check_kind(masknet_sd, "sepformer")
+    args: dict[str, Any] = _filterbank_args(encoder_sd, decoder_sd)
+    model_channels = _get(masknet_sd, "conv1d.weight", "masknet").shape[0]
+    stack = "dual_mdl.0.intra_mdl.mdl."
+    args.update(
+        model_channels=model_channels,
+        num_sources=_get(masknet_sd, "conv2d.weight", "masknet").shape[0] // model_channels,
+        num_blocks=_count(masknet_sd, "dual_mdl."),
+        num_intra_layers=_layer_count(masknet_sd, stack),
+        num_inter_layers=_layer_count(masknet_sd, "dual_mdl.0.inter_mdl.mdl."),
+        ffn_dim=_get(masknet_sd, stack + "layers.0.pos_ffn.ffn.0.weight", "masknet").shape[0],
+    )
+    return args
+
+
+def infer_resepformer_args(
+    encoder_sd: StateDict, masknet_sd: StateDict, decoder_sd: StateDict
+) -> dict[str, Any]:
+    """:class:`RESepFormer` constructor arguments read from SpeechBrain tensor shapes."""
+    _check_kind(masknet_sd, "resepformer")
+    args: dict[str, Any] = _filterbank_args(encoder_sd, decoder_sd)
+    channels = args["encoder_channels"]
+    stack = "model.seg_model.0.mdl."
+    num_blocks = _count(masknet_sd, "model.seg_model.")
+    intra_layers = _layer_count(masknet_sd, stack)
+    args.update(
+        num_sources=_get(masknet_sd, "model.output_fc.1.weight", "masknet").shape[0] // channels,
+        num_blocks=num_blocks,
+        num_intra_layers=intra_layers,
+        num_inter_layers=_layer_count(masknet_sd, "model.mem_model.0.mdl.")
+        if num_blocks > 1
+        else intra_layers,
+        ffn_dim=_get(masknet_sd, stack + "layers.0.pos_ffn.ffn.0.weight", "masknet").shape[0],
+    )
+    return args
+
+
+def _check_kind(masknet_sd: StateDict, expected: ModelKind) -> None:
+    kind = detect_model_kind(masknet_sd)
+    if kind != expected:
+        raise ConversionError(f"masknet checkpoint holds a {kind}, not a {expected}")
+
+
+def _build(cls: Callable[..., nn.Module], args: dict[str, Any]) -> nn.Module:
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"cannot build {cls.__name__} with {args}: {err}") from err
+
+
+def _load(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load renamed tensors, reshaping 1x1 convolutions and [C, 1] norms to our shapes."""
+    target = model.state_dict()
+    unexpected = sorted(set(state) - set(target))
+    missing = sorted(set(target) - set(state))
+    if unexpected or missing:
+        raise ConversionError(
+            f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for key, value in state.items():
+        if value.numel() != target[key].numel():
+            raise ConversionError(
+                f"{key}: SpeechBrain tensor {tuple(value.shape)} vs model {tuple(target[key].shape)}; "
+                "pass the architecture explicitly"
+            )
+        state[key] = value.reshape(target[key].shape)
+    model.load_state_dict(state)
+
+
+def _converted_state(
+    encoder_sd: StateDict, masknet_sd: StateDict, decoder_sd: StateDict, renames: list[tuple[str, str | None]]
+) -> dict[str, Tensor]:
+    state = {"encoder.weight": encoder_sd["conv1d.weight"], "decoder.weight": decoder_sd["weight"]}
+    for key, value in masknet_sd.items():
+        ours = _rename(key, renames)
+        if ours is not None:
+            state[ours] = value
+    return state
+
+
+def _default_norm(masknet_sd: StateDict, norm_key: str, causal: bool) -> str:
+    """``[C, 1]``-shaped weights are SpeechBrain's gLN; ``[C]`` is GroupNorm ("ln") or cLN."""
+    if _get(masknet_sd, norm_key, "masknet").dim() > 1:
+        return "global_ln"
+    return "channel_ln" if causal else "global_ln"
+
+
+def sepformer_from_speechbrain(
+    encoder_sd: StateDict, masknet_sd: StateDict, decoder_sd: StateDict, **overrides: Any
+) -> SepFormer:
+    """Build a :class:`SepFormer` holding SpeechBrain SepFormer weights (eval mode).
+
+    Args:
+        encoder_sd: state dict of ``speechbrain.lobes.models.dual_path.Encoder``.
+        masknet_sd: state dict of ``Dual_Path_Model`` with ``SBTransformerBlock`` intra/inter models.
+        decoder_sd: state dict of ``Decoder``.
+        **overrides: :class:`SepFormer` arguments replacing the inferred ones; shapes cannot tell
+            ``num_heads`` (default 8), ``chunk_size`` (250), ``norm`` (``global_ln`` for
+            SpeechBrain ``ln``/``gln``; pass ``channel_ln`` for ``cln``) or ``pre_norm`` (True).
+
+    Raises:
+        ConversionError: tensors of another architecture or options we do not implement.
+    """
+    args = infer_sepformer_args(encoder_sd, masknet_sd, decoder_sd)
+    args["norm"] = _default_norm(masknet_sd, "dual_mdl.0.intra_norm.weight", causal=False)
+    args.update(overrides)
+    model = _build(SepFormer, args)
+    _load(model, _converted_state(encoder_sd, masknet_sd, decoder_sd, _SEPFORMER_RENAMES))
+    return model.eval()
+
+
+def resepformer_from_speechbrain(
+    encoder_sd: StateDict, masknet_sd: StateDict, decoder_sd: StateDict, **overrides: Any
+) -> RESepFormer:
+    """Build a :class:`RESepFormer` holding SpeechBrain RE-SepFormer weights (eval mode).
+
+    Args:
+        encoder_sd: state dict of ``speechbrain.lobes.models.dual_path.Encoder``.
+        masknet_sd: state dict of ``ResourceEfficientSeparator`` with
+            ``SBTransformerBlock_wnormandskip`` seg/mem models and ``mem_type="av"``.
+        decoder_sd: state dict of ``Decoder``.
+        **overrides: :class:`RESepFormer` arguments replacing the inferred ones; shapes cannot
+            tell ``num_heads`` (8), ``chunk_size`` (150), ``causal`` (False) or ``pre_norm``.
+
+    Raises:
+        ConversionError: tensors of another architecture or options we do not implement.
+    """
+    args = infer_resepformer_args(encoder_sd, masknet_sd, decoder_sd)
+    causal = bool(overrides.get("causal", False))
+    args["norm"] = _default_norm(masknet_sd, "model.seg_model.0.norm.weight", causal)
+    args.update(overrides)
+    model = _build(RESepFormer, args)
+    state = _converted_state(encoder_sd, masknet_sd, decoder_sd, _RESEPFORMER_RENAMES)
+    # SpeechBrain orders the mask channels (channel, source); ours are (source, channel).
+    channels, sources = args["encoder_channels"], args["num_sources"]
+    for name in ("masker.to_masks.weight", "masker.to_masks.bias"):
+        tensor = state[name]
+        state[name] = tensor.reshape(channels, sources, -1).transpose(0, 1).reshape(tensor.shape)
+    _load(model, state)
+    return model.eval()
+
+
+def detect_model_kind(masknet_sd: StateDict) -> ModelKind:
+    """``"sepformer"`` or ``"resepformer"`` from the masknet's tensor names."""
+    if any(key.startswith("dual_mdl.") for key in masknet_sd):
+        return "sepformer"
+    if any(key.startswith("model.seg_model.") for key in masknet_sd):
+        return "resepformer"
+    raise ConversionError(
+        "masknet.ckpt is neither a SepFormer (dual_mdl.*) nor an RE-SepFormer (model.seg_model.*)"
+    )
+
+
+class _TaggedLoader(yaml.SafeLoader):
+    """SafeLoader that keeps SpeechBrain's tags as data instead of running them."""
+
+
+class Ref(str):
+    """A ``!ref <name>`` scalar."""
+
+
+def _construct_tagged(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return {"__tag__": tag_suffix, **loader.construct_mapping(node, deep=True)}
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    value = loader.construct_scalar(node)
+    return Ref(value) if tag_suffix == "ref" else value
+
+
+_TaggedLoader.add_multi_constructor("!", _construct_tagged)
+
+
+def read_hyperparams(path: str | Path) -> dict[str, Any]:
+    """Parse a SpeechBrain ``hyperparams.yaml`` as plain data (tags kept as ``__tag__``, never run).
+
+    Raises:
+        ConversionError: unreadable YAML.
+    """
+    try:
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_TaggedLoader)
+    except (OSError, yaml.YAMLError) as err:
+        raise ConversionError(f"{path}: cannot read hyperparams ({err})") from err
+    return data if isinstance(data, dict) else {}
+
+
+def _resolve(value: Any, top: dict[str, Any]) -> Any:
+    """Follow ``!ref <name>`` (plain names only); other expressions resolve to None."""
+    for _ in range(10):  # refs of refs, without looping forever on a cycle
+        if not isinstance(value, Ref):
+            return value
+        match = re.fullmatch(r"\s*<([\w.]+)>\s*", value)
+        value = top.get(match.group(1)) if match else None
+    return None
+
+
+def _find_node(top: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, Any] | None:
+    for value in top.values():
+        if isinstance(value, dict) and str(value.get("__tag__", "")).endswith(class_names):
+            return value
+    return None
+
+
+def _option(node: dict[str, Any] | None, key: str, top: dict[str, Any], default: Any) -> Any:
+    """``node[key]`` resolved, SpeechBrain's ``default`` when absent, None without a node."""
+    if node is None:
+        return None
+    return _resolve(node[key], top) if key in node else default
+
+
+# Per model: the YAML nodes we read (class name suffix, or the masknet key that refers to them).
+_NODES = {
+    "sepformer": {"masknet": "Dual_Path_Model", "intra": "intra_model", "inter": "inter_model"},
+    "resepformer": {"masknet": "ResourceEfficientSeparator", "intra": "seg_model", "inter": "mem_model"},
+}
+# (model kinds, node, key, SpeechBrain's default, the values we implement); others are refused.
+_SUPPORTED_SETTINGS = [
+    (("sepformer", "resepformer"), "intra", "attention_type", "regularMHA", ("regularMHA",)),
+    (("sepformer", "resepformer"), "intra", "activation", "relu", ("relu",)),
+    (("sepformer", "resepformer"), "intra", "use_positional_encoding", False, (True,)),
+    (("sepformer",), "masknet", "linear_layer_after_inter_intra", True, (False,)),
+    (("sepformer",), "masknet", "skip_around_intra", True, (True,)),
+    (("sepformer",), "masknet", "use_global_pos_enc", False, (False,)),
+    (("resepformer",), "masknet", "mem_type", "hc", ("av",)),
+    (("resepformer",), "masknet", "nonlinear", "relu", ("relu",)),
+    (("resepformer",), "intra", "use_skip", True, (True,)),
+    (("resepformer",), "intra", "use_norm", True, (True,)),
+]
+# (our argument, node, key, SpeechBrain's default).
+_ARGUMENTS = {
+    "sepformer": [("chunk_size", "masknet", "K", 200), ("norm", "masknet", "norm", "ln")],
+    "resepformer": [
+        ("chunk_size", "masknet", "segment_size", 20),
+        ("norm", "intra", "norm_type", "gln"),
+        ("causal", "intra", "causal", False),
+    ],
+}
+_SHARED_BY_INTRA_AND_INTER = [("num_heads", "nhead", None), ("pre_norm", "norm_before", False)]
+
+
+def _yaml_nodes(hparams: dict[str, Any], kind: ModelKind) -> dict[str, dict[str, Any] | None]:
+    names = _NODES[kind]
+    masknet = _find_node(hparams, (names["masknet"],))
+    nodes = {"masknet": masknet}
+    for part in ("intra", "inter"):
+        node = _option(masknet, names[part], hparams, None)
+        nodes[part] = node if isinstance(node, dict) else None
+    return nodes
+
+
+def hyperparams_overrides(hparams: dict[str, Any], kind: ModelKind) -> dict[str, Any]:
+    """Constructor arguments that ``hyperparams.yaml`` states and tensor shapes cannot show.
+
+    Keys absent from a node take SpeechBrain's constructor defaults (e.g. ``norm_before=False``).
+
+    Raises:
+        ConversionError: a setting we do not implement (extra linear layers, no skip around
+            intra, global positional encoding, attention other than regularMHA, ...).
+    """
+    nodes = _yaml_nodes(hparams, kind)
+    for kinds, node, key, default, supported in _SUPPORTED_SETTINGS:
+        value = _option(nodes[node], key, hparams, default) if kind in kinds else None
+        if value is not None and value not in supported:
+            raise ConversionError(f"unsupported SpeechBrain setting {key}={value!r} (supported: {supported})")
+    kernel = _option(_find_node(hparams, ("dual_path.Encoder",)), "kernel_size", hparams, 2)
+    stride = _option(_find_node(hparams, ("dual_path.Decoder",)), "stride", hparams, 1)
+    if kernel is not None and stride is not None and stride != kernel // 2:
+        raise ConversionError(
+            f"unsupported SpeechBrain setting: decoder stride {stride} != kernel {kernel} / 2"
+        )
+    overrides = {
+        arg: _option(nodes[node], key, hparams, default) for arg, node, key, default in _ARGUMENTS[kind]
+    }
+    for arg, key, default in _SHARED_BY_INTRA_AND_INTER:
+        intra, inter = (_option(nodes[part], key, hparams, default) for part in ("intra", "inter"))
+        if None not in (intra, inter) and intra != inter:
+            raise ConversionError(
+                f"unsupported SpeechBrain setting: intra {key}={intra!r}, inter {key}={inter!r}"
+            )
+        overrides[arg] = intra
+    if overrides["norm"] is not None:
+        if overrides["norm"] not in SPEECHBRAIN_NORMS:
+            raise ConversionError(f"unsupported SpeechBrain norm {overrides['norm']!r}")
+        overrides["norm"] = SPEECHBRAIN_NORMS[overrides["norm"]]
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
+def _load_state(path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise ConversionError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from err
+    if not isinstance(state, Mapping):
+        raise ConversionError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return dict(state)
+
+
+def convert_speechbrain_folder(
+    folder: str | Path, kind: ModelKind | Literal["auto"] = "auto", sample_rate: int | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Read a downloaded SpeechBrain SepFormer / RE-SepFormer folder: ``(model, metadata)``.
+
+    Args:
+        folder: holds ``encoder.ckpt``, ``masknet.ckpt``, ``decoder.ckpt`` and optionally
+            ``hyperparams.yaml`` (read as data).
+        kind: ``"sepformer"``, ``"resepformer"`` or ``"auto"`` (from the masknet's tensor names).
+        sample_rate: overrides the YAML's ``sample_rate``.
+
+    Returns:
+        The model in eval mode and ``{"sample_rate": ...}``.
+
+    Raises:
+        ConversionError: missing files, unknown architecture, or no sample rate anywhere.
+    """
+    folder = Path(folder)
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ConversionError(f"{folder}: missing {', '.join(missing)} (expected a SpeechBrain model folder)")
+    encoder_sd, masknet_sd, decoder_sd = (_load_state(folder / name) for name in CHECKPOINT_FILES)
+    kind = detect_model_kind(masknet_sd) if kind == "auto" else kind
+    yaml_path = folder / "hyperparams.yaml"
+    hparams = read_hyperparams(yaml_path) if yaml_path.is_file() else {}
+    overrides = hyperparams_overrides(hparams, kind)
+    sample_rate = sample_rate if sample_rate is not None else _resolve(hparams.get("sample_rate"), hparams)
+    if not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ConversionError(f"{folder}: no sample_rate in hyperparams.yaml; pass it explicitly")
+    convert = sepformer_from_speechbrain if kind == "sepformer" else resepformer_from_speechbrain
+    return convert(encoder_sd, masknet_sd, decoder_sd, **overrides), {"sample_rate": sample_rate}

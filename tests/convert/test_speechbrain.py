@@ -1,0 +1,242 @@
+"""SpeechBrain SepFormer / RE-SepFormer import: same outputs as SpeechBrain on random weights."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from torch import Tensor, nn
+
+from audiosep.checkpoint import load_model
+from audiosep.cli import main
+from audiosep.convert import resepformer_from_speechbrain, sepformer_from_speechbrain
+from audiosep.convert.speechbrain import ConversionError, hyperparams_overrides, read_hyperparams
+from audiosep.models.resepformer import RESepFormer
+from audiosep.models.sepformer import SepFormer
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    dual_path = pytest.importorskip(
+        "speechbrain.lobes.models.dual_path", reason="speechbrain is a test dependency"
+    )
+    resepformer = pytest.importorskip("speechbrain.lobes.models.resepformer")
+
+CHANNELS, HEADS, FFN, KERNEL = 16, 2, 32, 8
+# (T - kernel) divisible by the stride: SpeechBrain's encoder then covers every sample as ours does.
+LENGTH = KERNEL + (KERNEL // 2) * 149
+
+
+def randomize(*modules: nn.Module) -> None:
+    """Random weights everywhere (norm gains too), so that no tensor can be mapped wrongly unseen."""
+    generator = torch.Generator().manual_seed(0)
+    for module in modules:
+        module.eval()
+        for param in module.parameters():
+            scale = 0.3 if param.dim() > 1 else 0.2
+            param.data = 0.5 * (param.dim() == 1) + scale * torch.randn(param.shape, generator=generator)
+
+
+def speechbrain_separate(
+    encoder: nn.Module, masknet: nn.Module, decoder: nn.Module, mixture: Tensor
+) -> Tensor:
+    """SpeechBrain's separation recipe: encoder -> masks -> decoder per source, ``[B, C, T]``."""
+    with torch.no_grad():
+        features = encoder(mixture)
+        masks = masknet(features)  # [C, B, N, L]
+        return torch.stack([decoder(features * mask).reshape(mixture.shape[0], -1) for mask in masks], 1)
+
+
+def sepformer_parts(norm: str = "ln") -> tuple[nn.Module, nn.Module, nn.Module]:
+    def block() -> nn.Module:
+        return dual_path.SBTransformerBlock(
+            2, CHANNELS, HEADS, d_ffn=FFN, dropout=0.0, use_positional_encoding=True, norm_before=True
+        )
+
+    encoder = dual_path.Encoder(kernel_size=KERNEL, out_channels=CHANNELS)
+    masknet = dual_path.Dual_Path_Model(
+        CHANNELS, CHANNELS, block(), block(), num_layers=2, norm=norm, K=10, num_spks=3,
+        linear_layer_after_inter_intra=False,
+    )  # fmt: skip
+    decoder = dual_path.Decoder(
+        in_channels=CHANNELS, out_channels=1, kernel_size=KERNEL, stride=KERNEL // 2, bias=False
+    )
+    randomize(encoder, masknet, decoder)
+    return encoder, masknet, decoder
+
+
+def resepformer_parts(causal: bool = False, norm_type: str = "gln") -> tuple[nn.Module, nn.Module, nn.Module]:
+    def block() -> nn.Module:
+        return resepformer.SBTransformerBlock_wnormandskip(
+            2, CHANNELS, HEADS, d_ffn=FFN, dropout=0.0, use_positional_encoding=True, norm_before=True,
+            causal=causal, norm_type=norm_type,
+        )  # fmt: skip
+
+    encoder = dual_path.Encoder(kernel_size=KERNEL, out_channels=CHANNELS)
+    masknet = resepformer.ResourceEfficientSeparator(
+        CHANNELS, causal=causal, num_spk=2, layer=3, unit=CHANNELS, segment_size=12, mem_type="av",
+        seg_model=block(), mem_model=block(),
+    )  # fmt: skip
+    decoder = dual_path.Decoder(
+        in_channels=CHANNELS, out_channels=1, kernel_size=KERNEL, stride=KERNEL // 2, bias=False
+    )
+    randomize(encoder, masknet, decoder)
+    return encoder, masknet, decoder
+
+
+def relative_error(ours: Tensor, reference: Tensor) -> float:
+    return ((ours - reference).norm() / reference.norm()).item()
+
+
+def state_dicts(*modules: nn.Module) -> list[dict[str, Tensor]]:
+    return [module.state_dict() for module in modules]
+
+
+@pytest.mark.parametrize(
+    ("speechbrain_norm", "norm"), [("ln", "global_ln"), ("gln", "global_ln"), ("cln", "channel_ln")]
+)
+def test_sepformer_matches_speechbrain(speechbrain_norm: str, norm: str) -> None:
+    parts = sepformer_parts(speechbrain_norm)
+    mixture = torch.randn(2, LENGTH)
+    reference = speechbrain_separate(*parts, mixture)
+    model = sepformer_from_speechbrain(*state_dicts(*parts), num_heads=HEADS, chunk_size=10, norm=norm)
+    assert isinstance(model, SepFormer)
+    assert model.init_args["num_sources"] == 3 and model.init_args["num_blocks"] == 2
+    with torch.no_grad():
+        assert relative_error(model(mixture), reference) < 1e-4
+
+
+@pytest.mark.parametrize(("causal", "norm_type"), [(False, "gln"), (True, "cln")])
+def test_resepformer_matches_speechbrain_per_utterance(causal: bool, norm_type: str) -> None:
+    parts = resepformer_parts(causal, norm_type)
+    mixtures = torch.randn(2, LENGTH)
+    model = resepformer_from_speechbrain(*state_dicts(*parts), num_heads=HEADS, chunk_size=12, causal=causal)
+    assert isinstance(model, RESepFormer)
+    with torch.no_grad():
+        ours = model(mixtures)
+    # SpeechBrain's inter-chunk model mixes the utterances of a batch, so compare one at a time.
+    for index in range(2):
+        reference = speechbrain_separate(*parts, mixtures[index : index + 1])
+        assert relative_error(ours[index : index + 1], reference) < 1e-4
+
+
+def test_unsupported_speechbrain_layers_are_refused_not_dropped() -> None:
+    block = dual_path.SBTransformerBlock(1, CHANNELS, HEADS, d_ffn=FFN, use_positional_encoding=True)
+    masknet = dual_path.Dual_Path_Model(
+        CHANNELS, CHANNELS, block, block, K=10, linear_layer_after_inter_intra=True
+    )
+    encoder, _, decoder = sepformer_parts()
+    with pytest.raises(ConversionError, match="unexpected masknet tensor 'dual_mdl.0.intra_linear"):
+        sepformer_from_speechbrain(*state_dicts(encoder, masknet, decoder), num_heads=HEADS)
+
+
+def test_wrong_architecture_guess_is_a_clear_error() -> None:
+    parts = sepformer_parts()
+    with pytest.raises(ConversionError, match="holds a sepformer, not a resepformer"):
+        resepformer_from_speechbrain(*state_dicts(*parts))
+    with pytest.raises(ConversionError, match="cannot build SepFormer"):
+        sepformer_from_speechbrain(*state_dicts(*parts), num_heads=3)
+
+
+HYPERPARAMS = """
+sample_rate: 8000
+num_spks: 3
+N_encoder_out: 16
+kernel_size: 8
+marker: !apply:pathlib.Path.touch [{marker}]
+Encoder: !new:speechbrain.lobes.models.dual_path.Encoder
+    kernel_size: !ref <kernel_size>
+    out_channels: !ref <N_encoder_out>
+SBtfintra: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
+    num_layers: 2
+    d_model: !ref <N_encoder_out>
+    nhead: 2
+    d_ffn: 32
+    use_positional_encoding: True
+    norm_before: True
+MaskNet: !new:speechbrain.lobes.models.dual_path.Dual_Path_Model
+    num_spks: !ref <num_spks>
+    in_channels: !ref <N_encoder_out>
+    out_channels: !ref <N_encoder_out>
+    num_layers: 2
+    K: 10
+    intra_model: !ref <SBtfintra>
+    inter_model: !ref <SBtfintra>
+    norm: ln
+    linear_layer_after_inter_intra: False
+    skip_around_intra: True
+Decoder: !new:speechbrain.lobes.models.dual_path.Decoder
+    in_channels: !ref <N_encoder_out>
+    out_channels: 1
+    kernel_size: !ref <kernel_size>
+    stride: 4
+    bias: False
+"""
+
+
+def write_folder(folder: Path, parts: tuple[nn.Module, ...], hyperparams: str | None) -> Path:
+    folder.mkdir()
+    for name, part in zip(("encoder", "masknet", "decoder"), parts, strict=True):
+        torch.save(part.state_dict(), folder / f"{name}.ckpt")
+    if hyperparams is not None:
+        (folder / "hyperparams.yaml").write_text(hyperparams)
+    return folder
+
+
+def test_hyperparams_are_read_as_data_never_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    (tmp_path / "h.yaml").write_text(HYPERPARAMS.format(marker=marker))
+    overrides = hyperparams_overrides(read_hyperparams(tmp_path / "h.yaml"), "sepformer")
+    assert overrides == {"num_heads": 2, "pre_norm": True, "chunk_size": 10, "norm": "global_ln"}
+    assert not marker.exists()
+
+
+def test_unsupported_speechbrain_option_is_refused(tmp_path: Path) -> None:
+    text = HYPERPARAMS.format(marker=tmp_path / "m").replace("linear_layer_after_inter_intra: False", "")
+    (tmp_path / "h.yaml").write_text(text)
+    with pytest.raises(ConversionError, match="linear_layer_after_inter_intra"):
+        hyperparams_overrides(read_hyperparams(tmp_path / "h.yaml"), "sepformer")
+
+
+def test_convert_command_writes_a_model_file_that_reproduces_speechbrain(tmp_path: Path, capsys) -> None:
+    parts = sepformer_parts()
+    folder = write_folder(tmp_path / "sb", parts, HYPERPARAMS.format(marker=tmp_path / "m"))
+    out = tmp_path / "model.ckpt"
+    assert main(["convert", "speechbrain", str(folder), "--out", str(out)]) == 0
+    assert "SepFormer" in capsys.readouterr().out
+    model, metadata = load_model(out)
+    assert metadata == {"sample_rate": 8000}
+    mixture = 0.1 * torch.randn(1, LENGTH)
+    with torch.no_grad():
+        expected = speechbrain_separate(*parts, mixture)[0]
+        assert relative_error(model(mixture)[0], expected) < 1e-4
+    # ... and `audiosep infer` separates a file with it.
+    sf.write(tmp_path / "mix.wav", mixture[0].numpy(), 8000, subtype="FLOAT")
+    assert (
+        main(["infer", str(tmp_path / "mix.wav"), "--ckpt", str(out), "--out-dir", str(tmp_path / "sep")])
+        == 0
+    )
+    written = sorted((tmp_path / "sep").rglob("*.wav"))
+    assert len(written) == 3
+    for path in written:  # 16-bit files in an order of their own: match each to its closest source
+        audio = torch.from_numpy(sf.read(path, dtype="float32")[0])
+        correlation = torch.nn.functional.cosine_similarity(audio.unsqueeze(0), expected, dim=-1)
+        assert correlation.abs().max() > 0.99
+
+
+def test_convert_command_detects_resepformer_and_needs_a_sample_rate(tmp_path: Path, capsys) -> None:
+    folder = write_folder(tmp_path / "sb", resepformer_parts(), hyperparams=None)
+    out = tmp_path / "model.ckpt"
+    assert main(["convert", "speechbrain", str(folder), "--out", str(out)]) == 1
+    assert "sample_rate" in capsys.readouterr().err and not out.exists()
+    argv = ["convert", "speechbrain", str(folder), "--out", str(out), "--sample-rate", "16000"]
+    assert main([*argv, "--model", "resepformer"]) == 0
+    model, metadata = load_model(out)
+    assert isinstance(model, RESepFormer) and metadata["sample_rate"] == 16000
+
+
+def test_convert_command_reports_a_folder_without_checkpoints(tmp_path: Path, capsys) -> None:
+    assert main(["convert", "speechbrain", str(tmp_path), "--out", str(tmp_path / "m.ckpt")]) == 1
+    assert "missing encoder.ckpt" in capsys.readouterr().err
