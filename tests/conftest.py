@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import csv
+import os
+
+# One OpenMP thread for the whole test session, set before torch loads: tests use tiny tensors,
+# and a forked worker (e.g. the demo-set builder's pool) deadlocks in torch ops once the parent has
+# started an OpenMP thread pool.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import csv  # noqa: E402
 import math
 from pathlib import Path
 
