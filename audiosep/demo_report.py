@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from audiosep.inference import Separator, write_sources_atomic
+from audiosep.inference import Separator, limit_peak, write_sources_atomic
 from audiosep.metrics import separation_scores
 
 
@@ -60,8 +60,7 @@ def write_examples(separator: Separator, dataset: Dataset, out_dir: Path, count:
     examples = []
     for index in range(min(count, len(dataset))):
         mixture, sources, mixture_id = dataset[index]
-        estimates = separator.separate_at_model_rate(mixture)
-        estimates = estimates * (0.99 / max(1.0, float(estimates.abs().max())))
+        estimates = limit_peak(separator.separate_at_model_rate(mixture), mixture_id)
         names = [out_dir / f"{mixture_id}_mixture.wav"]
         names += [out_dir / f"{mixture_id}_est{k + 1}.wav" for k in range(len(estimates))]
         names += [out_dir / f"{mixture_id}_ref{k + 1}.wav" for k in range(len(sources))]

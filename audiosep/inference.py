@@ -22,7 +22,7 @@ from audiosep.data.audio import read_audio, resample, to_mono
 from audiosep.losses import best_permutation
 from audiosep.transcriber import Transcriber
 
-__all__ = ["ChunkConfig", "Separator", "Transcriber", "write_sources_atomic"]
+__all__ = ["ChunkConfig", "Separator", "Transcriber", "limit_peak", "write_sources_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +155,17 @@ class Separator:
         waveform, sample_rate = read_audio(path)
         sources = self.separate(waveform, sample_rate, keep_model_rate)
         rate = self.sample_rate if keep_model_rate else sample_rate
-        peak = float(sources.abs().max())
-        if peak > 0.999:
-            log.info("%s: scaling all sources by %.3f to avoid clipping", path, 0.999 / peak)
-            sources = sources * (0.999 / peak)
+        sources = limit_peak(sources, str(path))
         return write_sources_atomic(sources, rate, [out_dir / f"{path.stem}_s{k + 1}.wav" for k in range(len(sources))])
+
+
+def limit_peak(sources: Tensor, name: str, peak_limit: float = 0.999) -> Tensor:
+    """Scale all sources by one factor so that none clips in 16-bit files (relative levels kept)."""
+    peak = float(sources.abs().max())
+    if peak <= peak_limit:
+        return sources
+    log.info("%s: scaling all sources by %.3f to avoid clipping", name, peak_limit / peak)
+    return sources * (peak_limit / peak)
 
 
 def write_sources_atomic(sources: Tensor, sample_rate: int, paths: list[Path]) -> list[Path]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 from torchmetrics.functional.audio import signal_distortion_ratio
 
@@ -44,7 +43,3 @@ def separation_scores(
         scores.update(sdr=sdr.mean(-1), sdri=(sdr - sdr_mix).mean(-1))
     return SeparationScores(**scores)
 
-
-def mean_or_nan(values: list[float]) -> float:
-    """Mean of a list, NaN when empty (for summaries of zero utterances)."""
-    return float(torch.tensor(values).mean()) if values else float("nan")

@@ -54,21 +54,22 @@ def resample(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
 
 
 def write_audio_atomic(
-    path: str | os.PathLike, waveform: Tensor, sample_rate: int, subtype: str | None = None
+    path: str | os.PathLike, audio: Tensor | np.ndarray, sample_rate: int, subtype: str | None = None
 ) -> None:
     """Write ``[T]`` or ``[C, T]`` audio to ``path`` via a temp file + rename (never half-written).
 
-    The format follows the suffix (``.wav``, ``.flac``, ``.ogg``); ``subtype`` defaults to
-    soundfile's default for the format (16-bit PCM for wav/flac).
+    The samples keep their own dtype (float64 input is quantised from float64, as reference
+    generators do). The format follows the suffix (``.wav``, ``.flac``, ``.ogg``); ``subtype``
+    defaults to soundfile's default for the format (16-bit PCM for wav/flac).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = waveform.detach().cpu().float()
-    data = data.unsqueeze(0) if data.dim() == 1 else data
+    data = audio.detach().cpu().numpy() if isinstance(audio, Tensor) else np.asarray(audio)
+    data = data[None] if data.ndim == 1 else data  # C, T
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
-        sf.write(tmp, data.T.numpy(), sample_rate, subtype=subtype)
+        sf.write(tmp, data.T, sample_rate, subtype=subtype)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from audiosep.data.audio import read_audio
+from audiosep.data.audio import read_audio, write_audio_atomic
 from audiosep.data.librispeech import imap_with_progress, write_text_atomic
 from audiosep.errors import UserError
 
@@ -207,18 +207,8 @@ def snr_list(mixture: np.ndarray, parts: list[np.ndarray]) -> list[float]:
 
 
 def write_wav_atomic(path: Path, samples: np.ndarray, sample_rate: int) -> None:
-    """16-bit wav via a temp file + rename, from the array's own dtype.
-
-    Not :func:`audiosep.data.audio.write_audio_atomic`: that casts to float32 first, and the
-    extended noise is float64, whose 16-bit rounding then differs from the official by 1 LSB.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        sf.write(str(tmp), samples, sample_rate, format="WAV", subtype="PCM_16")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """16-bit wav written atomically from the array's own dtype (one name for tests to intercept)."""
+    write_audio_atomic(path, samples, sample_rate, subtype="PCM_16")
 
 
 def mixture_parts(mix_type: str, sources: list[np.ndarray], noise: np.ndarray | None) -> list[np.ndarray]:
