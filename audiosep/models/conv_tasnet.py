@@ -402,3 +402,14 @@ def conv_tasnet_base(num_sources: int = 2, **overrides: object) -> ConvTasNet:
     )  # fmt: skip
     config.update(overrides)
     return ConvTasNet(num_sources=num_sources, **config)
+
+
+def conv_tasnet_demo(num_sources: int = 2, **overrides: object) -> ConvTasNet:
+    """The demo recipe's CPU-sized model (``recipes/demo/convtasnet_tiny.yaml``): N=128, L=32,
+    B=Sc=64, H=128, X=6, R=2, gLN; 0.33 M parameters in the masker."""
+    config: dict[str, object] = dict(
+        enc_num_filters=128, enc_kernel_size=32, bottleneck_channels=64, hidden_channels=128,
+        skip_channels=64, conv_kernel_size=3, num_layers=6, num_repeats=2, norm="gLN",
+    )  # fmt: skip
+    config.update(overrides)
+    return ConvTasNet(num_sources=num_sources, **config)

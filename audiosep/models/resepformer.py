@@ -24,10 +24,13 @@ Shape legend: ``B`` batch, ``N`` channels, ``L`` frames, ``S`` chunks, ``K`` chu
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiosep.models.sepformer import MaskingSeparator, transformer_stack
+from audiosep.models.masking import MaskingSeparator
+from audiosep.models.sepformer import transformer_stack
 from audiosep.nn.dual_path import build_masknet_norm, non_overlapping_chunks, norm_channels_last
 from audiosep.nn.norms import check_causal_norm
 
@@ -153,7 +156,9 @@ class RESepFormer(MaskingSeparator):
         )
 
 
-def resepformer_base(num_sources: int = 2, causal: bool = False, norm: str | None = None) -> RESepFormer:
+def resepformer_base(
+    num_sources: int = 2, causal: bool = False, norm: str | None = None, **overrides: Any
+) -> RESepFormer:
     """The paper's RE-SepFormer (SpeechBrain's WSJ0-Mix recipe): 7.96 M parameters.
 
     128 filters of 16 samples (stride 8), chunks of 150 frames, 2 intra passes and 1 inter pass
@@ -162,4 +167,4 @@ def resepformer_base(num_sources: int = 2, causal: bool = False, norm: str | Non
     """
     if norm is None:
         norm = "channel_ln" if causal else "global_ln"
-    return RESepFormer(num_sources=num_sources, causal=causal, norm=norm)
+    return RESepFormer(num_sources=num_sources, causal=causal, norm=norm, **overrides)

@@ -23,10 +23,12 @@ Shape legend: ``B`` batch, ``L`` length, ``D`` model width.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from audiosep.models.sepformer import DualPathMasker, MaskingSeparator
+from audiosep.models.masking import DualPathMasker, MaskingSeparator
 from audiosep.nn.attention import TRANSFORMER_NORM_EPS, MultiHeadSelfAttention, feed_forward
 from audiosep.nn.dual_path import DualPathBlock, SequenceStack, build_masknet_norm
 
@@ -152,8 +154,8 @@ class TinySepformer(MaskingSeparator):
         self.masker = DualPathMasker(encoder_channels, model_channels, num_sources, chunk_size, norm, blocks)
 
 
-def tiny_sepformer_base(num_sources: int = 2, norm: str = "global_ln") -> TinySepformer:
+def tiny_sepformer_base(num_sources: int = 2, **overrides: Any) -> TinySepformer:
     """Tiny-Sepformer with SepFormer's sizes: 2 blocks of 8 shared-weight CA layers per intra/inter
     model, width 256 split 128 attention (4 heads) / 128 conv (kernel 7), FFN 1024, chunks of 250:
     2.85 M parameters (SepFormer: 25.68 M)."""
-    return TinySepformer(num_sources=num_sources, norm=norm)
+    return TinySepformer(num_sources=num_sources, **overrides)
