@@ -1,0 +1,66 @@
+"""The one atomic writer: every file we produce appears whole or not at all.
+
+Each output is written to a temporary file in the destination folder (same file system, so the
+final ``os.replace`` is atomic) whose name starts with ``.<name>.`` and ends with ``.tmp``; a
+killed run leaves at most such a temp file, never a half-written output under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(path: Path) -> str:
+    """Prefix of the temporary files written for ``path`` (for resume clean-ups that remove them)."""
+    return f".{path.name}."
+
+
+def is_temp_for(candidate: Path, path: Path) -> bool:
+    """Whether ``candidate`` is a temporary file left by an interrupted write of ``path``."""
+    return (
+        candidate.parent == path.parent
+        and candidate.name.startswith(temp_prefix(path))
+        and candidate.name.endswith(TEMP_SUFFIX)
+    )
+
+
+@contextmanager
+def atomic_paths(paths: Sequence[str | os.PathLike]) -> Iterator[list[str]]:
+    """Yield one temporary path per target; on success rename them all, on error remove them all.
+
+    Temp names end in ``.tmp``, so a writer that picks its format from the suffix must be told
+    the format (soundfile: ``format="WAV"``; ``torch.save`` does not care).
+    """
+    targets = [Path(p) for p in paths]
+    temps: list[str] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=TEMP_SUFFIX)
+            os.close(fd)
+            temps.append(tmp)
+        yield temps
+        for tmp, target in zip(temps, targets, strict=True):
+            os.replace(tmp, target)
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Call ``write(temp_path)``, then rename the temp file to ``path``; returns ``Path(path)``."""
+    with atomic_paths([path]) as (tmp,):
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
