@@ -16,7 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiosep.models.base import RebuildableModule
-from audiosep.nn.dual_path import DualPathBlock, build_masknet_norm, overlap_add, overlapping_chunks
+from audiosep.nn.dual_path import (
+    DualPathBlock,
+    build_masknet_norm,
+    overlap_add,
+    overlapping_chunks,
+    transformer_layers,
+)
+from audiosep.nn.norms import NormName
+
+__all__ = ["DualPathMasker", "MaskingSeparator", "dual_path_blocks", "frame_padding", "transformer_layers"]
 
 
 def frame_padding(length: int, kernel_size: int, stride: int) -> int:
@@ -61,6 +70,20 @@ class MaskingSeparator(RebuildableModule):
         return waves.view(batch, num_sources, -1)[..., :length]
 
 
+def dual_path_blocks(stacks: list[nn.Module], norm: NormName, channels: int) -> list[DualPathBlock]:
+    """Pair ``[intra_0, inter_0, intra_1, inter_1, ...]`` into blocks with fresh masknet norms.
+
+    Raises:
+        ValueError: an odd number of stacks.
+    """
+    if len(stacks) % 2:
+        raise ValueError(f"expected intra/inter pairs of stacks, got {len(stacks)} stacks")
+    return [
+        DualPathBlock(intra, inter, build_masknet_norm(norm, channels), build_masknet_norm(norm, channels))
+        for intra, inter in zip(stacks[::2], stacks[1::2], strict=True)
+    ]
+
+
 class DualPathMasker(nn.Module):
     """SepFormer's mask network around a list of :class:`DualPathBlock`.
 
@@ -82,7 +105,7 @@ class DualPathMasker(nn.Module):
         channels: int,
         num_sources: int,
         chunk_size: int,
-        norm: str,
+        norm: NormName,
         blocks: list[DualPathBlock],
     ) -> None:
         super().__init__()

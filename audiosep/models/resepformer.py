@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from audiosep.models.masking import MaskingSeparator
 from audiosep.models.sepformer import transformer_stack
-from audiosep.nn.dual_path import build_masknet_norm, non_overlapping_chunks, norm_channels_last
-from audiosep.nn.norms import check_causal_norm
+from audiosep.nn.dual_path import build_masknet_norm, non_overlapping_chunks, norm_channels_last, stack_widths
+from audiosep.nn.norms import NormName, check_causal_norm
 
 
 class ChunkSummaryMasker(nn.Module):
@@ -41,6 +41,21 @@ class ChunkSummaryMasker(nn.Module):
     Each block: ``x = norm(intra(x)) + x`` per chunk; between blocks, the chunk means go through
     ``m = norm(inter(m)) + m`` and are added to every frame of their chunk. The masks are
     ``ReLU(W PReLU(x))``.
+
+    Args:
+        channels: width ``N``.
+        num_sources: masks ``C``.
+        chunk_size: frames per chunk ``K``.
+        num_blocks: intra-chunk passes.
+        num_intra_layers: transformer layers per intra stack.
+        num_inter_layers: transformer layers per inter stack.
+        num_heads: attention heads.
+        ffn_dim: one feed-forward width, or one per layer: all intra layers (block by block),
+            then all inter layers (``model.modules()`` order).
+        norm: registry norm after each stack.
+        dropout: transformer dropout.
+        pre_norm: pre-norm transformer layers.
+        causal: causal attention.
     """
 
     def __init__(
@@ -52,8 +67,8 @@ class ChunkSummaryMasker(nn.Module):
         num_intra_layers: int,
         num_inter_layers: int,
         num_heads: int,
-        ffn_dim: int,
-        norm: str,
+        ffn_dim: int | list[int],
+        norm: NormName,
         dropout: float,
         pre_norm: bool,
         causal: bool,
@@ -64,12 +79,15 @@ class ChunkSummaryMasker(nn.Module):
         self.num_sources = num_sources
         self.chunk_size = chunk_size
 
-        def stack(num_layers: int) -> nn.Module:
-            return transformer_stack(channels, num_layers, num_heads, ffn_dim, dropout, pre_norm, causal)
-
-        self.intra = nn.ModuleList(stack(num_intra_layers) for _ in range(num_blocks))
+        # modules() order: every intra stack, then every inter stack.
+        sizes = [num_intra_layers] * num_blocks + [num_inter_layers] * (num_blocks - 1)
+        stacks = [
+            transformer_stack(channels, widths, num_heads, dropout, pre_norm, causal)
+            for widths in stack_widths(ffn_dim, sizes, "ffn_dim")
+        ]
+        self.intra = nn.ModuleList(stacks[:num_blocks])
         self.intra_norms = nn.ModuleList(build_masknet_norm(norm, channels) for _ in range(num_blocks))
-        self.inter = nn.ModuleList(stack(num_inter_layers) for _ in range(num_blocks - 1))
+        self.inter = nn.ModuleList(stacks[num_blocks:])
         self.inter_norms = nn.ModuleList(build_masknet_norm(norm, channels) for _ in range(num_blocks - 1))
         self.prelu = nn.PReLU()
         self.to_masks = nn.Linear(channels, num_sources * channels)
@@ -106,7 +124,11 @@ class RESepFormer(MaskingSeparator):
         num_intra_layers: transformer layers of each intra-chunk model.
         num_inter_layers: transformer layers of each inter-chunk model.
         num_heads: attention heads.
-        ffn_dim: feed-forward width.
+        ffn_dim: feed-forward width of every layer, or one width per layer (a channel-pruned
+            model) in ``model.modules()`` order, as
+            :func:`audiosep.nn.dual_path.transformer_layers` lists them: the intra layers of
+            block 0, 1, ..., then the inter layers of inter pass 0, 1, ...:
+            ``num_blocks * num_intra_layers + (num_blocks - 1) * num_inter_layers`` layers.
         chunk_size: frames per (non-overlapping) chunk ``K``.
         norm: registry norm after each transformer stack (SpeechBrain's ``gln`` is
             ``global_ln``, its ``cln`` is ``channel_ln``).
@@ -116,7 +138,8 @@ class RESepFormer(MaskingSeparator):
         pre_norm: pre-norm transformer layers.
 
     Raises:
-        ValueError: a non-causal norm with ``causal=True``, or an invalid size.
+        ValueError: a non-causal norm with ``causal=True``, an ``ffn_dim`` list of the wrong
+            length, or an invalid size.
     """
 
     def __init__(
@@ -128,9 +151,9 @@ class RESepFormer(MaskingSeparator):
         num_intra_layers: int = 8,
         num_inter_layers: int = 8,
         num_heads: int = 8,
-        ffn_dim: int = 1024,
+        ffn_dim: int | list[int] = 1024,
         chunk_size: int = 150,
-        norm: str = "global_ln",
+        norm: NormName = "global_ln",
         causal: bool = False,
         dropout: float = 0.0,
         pre_norm: bool = True,
@@ -157,7 +180,7 @@ class RESepFormer(MaskingSeparator):
 
 
 def resepformer_base(
-    num_sources: int = 2, causal: bool = False, norm: str | None = None, **overrides: Any
+    num_sources: int = 2, causal: bool = False, norm: NormName | None = None, **overrides: Any
 ) -> RESepFormer:
     """The paper's RE-SepFormer (SpeechBrain's WSJ0-Mix recipe): 7.96 M parameters.
 

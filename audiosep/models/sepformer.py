@@ -17,29 +17,35 @@ Shape legend: ``B`` batch, ``T`` samples, ``N`` encoder channels, ``L`` frames, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from audiosep.models.masking import DualPathMasker, MaskingSeparator
+from audiosep.models.masking import DualPathMasker, MaskingSeparator, dual_path_blocks
 from audiosep.nn.attention import TransformerLayer
-from audiosep.nn.dual_path import DualPathBlock, SequenceStack, build_masknet_norm
+from audiosep.nn.dual_path import SequenceStack, stack_widths
+from audiosep.nn.norms import NormName
 
 
 def transformer_stack(
     dim: int,
-    num_layers: int,
+    ffn_dims: Sequence[int],
     num_heads: int,
-    ffn_dim: int,
     dropout: float,
     pre_norm: bool,
     causal: bool = False,
 ) -> SequenceStack:
-    """Positional code + ``num_layers`` transformer layers + LayerNorm (SpeechBrain's SBTransformerBlock)."""
-    layers = [TransformerLayer(dim, num_heads, ffn_dim, dropout, pre_norm, causal) for _ in range(num_layers)]
+    """Positional code + one transformer layer per FFN width + LayerNorm (SpeechBrain's SBTransformerBlock)."""
+    layers = [TransformerLayer(dim, num_heads, width, dropout, pre_norm, causal) for width in ffn_dims]
     return SequenceStack(layers, dim)
 
 
 class SepFormer(MaskingSeparator):
     """SepFormer separator: ``forward(mixture [B, T]) -> [B, num_sources, T]``.
+
+    Per-layer widths: the transformer layers, in ``model.modules()`` order (as
+    :func:`audiosep.nn.dual_path.transformer_layers` lists them), are block 0's intra layers,
+    block 0's inter layers, block 1's intra layers, and so on:
+    ``num_blocks * (num_intra_layers + num_inter_layers)`` layers.
 
     Args:
         num_sources: number of sources ``C``.
@@ -50,16 +56,20 @@ class SepFormer(MaskingSeparator):
         num_intra_layers: transformer layers of each intra-chunk model.
         num_inter_layers: transformer layers of each inter-chunk model.
         num_heads: attention heads.
-        ffn_dim: feed-forward width.
+        ffn_dim: feed-forward width of every layer, or one width per layer in the order above
+            (a channel-pruned model).
         chunk_size: frames per chunk ``K`` (even; chunks overlap by half).
         norm: registry norm of the mask network (input, after intra, after inter); SpeechBrain's
             ``"ln"`` is ``global_ln``.
         dropout: transformer dropout.
         pre_norm: pre-norm transformer layers (SepFormer) or post-norm.
 
+    Raises:
+        ValueError: an ``ffn_dim`` list of the wrong length, or an invalid size.
+
     Example:
         >>> model = SepFormer(encoder_channels=16, model_channels=16, num_blocks=1, num_intra_layers=1,
-        ...                   num_inter_layers=1, num_heads=2, ffn_dim=32, chunk_size=10)
+        ...                   num_inter_layers=1, num_heads=2, ffn_dim=[32, 24], chunk_size=10)
         >>> model(torch.randn(2, 800)).shape
         torch.Size([2, 2, 800])
     """
@@ -74,9 +84,9 @@ class SepFormer(MaskingSeparator):
         num_intra_layers: int = 8,
         num_inter_layers: int = 8,
         num_heads: int = 8,
-        ffn_dim: int = 1024,
+        ffn_dim: int | list[int] = 1024,
         chunk_size: int = 250,
-        norm: str = "global_ln",
+        norm: NormName = "global_ln",
         dropout: float = 0.0,
         pre_norm: bool = True,
     ) -> None:
@@ -84,19 +94,12 @@ class SepFormer(MaskingSeparator):
         if num_sources < 1:
             raise ValueError(f"num_sources must be >= 1, got {num_sources}")
         self._build_filterbank(encoder_channels, kernel_size)
-
-        def stack(num_layers: int) -> SequenceStack:
-            return transformer_stack(model_channels, num_layers, num_heads, ffn_dim, dropout, pre_norm)
-
-        blocks = [
-            DualPathBlock(
-                stack(num_intra_layers),
-                stack(num_inter_layers),
-                build_masknet_norm(norm, model_channels),
-                build_masknet_norm(norm, model_channels),
-            )
-            for _ in range(num_blocks)
+        sizes = [num_intra_layers, num_inter_layers] * num_blocks  # intra_0, inter_0, intra_1, ...
+        stacks = [
+            transformer_stack(model_channels, widths, num_heads, dropout, pre_norm)
+            for widths in stack_widths(ffn_dim, sizes, "ffn_dim")
         ]
+        blocks = dual_path_blocks(stacks, norm, model_channels)
         self.masker = DualPathMasker(encoder_channels, model_channels, num_sources, chunk_size, norm, blocks)
 
 

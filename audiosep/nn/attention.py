@@ -80,7 +80,8 @@ class TransformerLayer(nn.Module):
     Args:
         dim: model width ``D``.
         num_heads: attention heads.
-        ffn_dim: feed-forward width ``F``.
+        ffn_dim: feed-forward width ``F`` (read back from the weights by :attr:`ffn_dim`, so a
+            pruned ``ffn`` reports its own width).
         dropout: dropout on attention weights, the FFN hidden layer and both residual branches.
         pre_norm: pre-norm (True) or post-norm (False) residuals.
         causal: causal attention mask.
@@ -102,6 +103,11 @@ class TransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=TRANSFORMER_NORM_EPS)
         self.ffn = feed_forward(dim, ffn_dim, dropout)
         self.dropout = nn.Dropout(dropout)
+
+    @property
+    def ffn_dim(self) -> int:
+        """Feed-forward width ``F``, read from the FFN's first Linear."""
+        return self.ffn[0].weight.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, L, D] -> [B, L, D]``."""

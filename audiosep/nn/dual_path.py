@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiosep.nn.attention import TRANSFORMER_NORM_EPS
-from audiosep.nn.norms import build_norm, canonical_norm_name
+from audiosep.nn.norms import NormName, build_norm, canonical_norm_name
 
 MASKNET_NORM_EPS = 1e-8  # SpeechBrain's select_norm eps (its "ln" is GroupNorm(1, C) = our global_ln)
 
@@ -53,6 +53,37 @@ def sinusoidal_encoding(
 def _inference_rows(device: torch.device) -> int:
     """Rows (sequences x length) per inference pass: cache-sized on CPU, large on accelerators."""
     return 4096 if device.type == "cpu" else 262144
+
+
+def stack_widths(value: int | Sequence[int], stack_sizes: Sequence[int], name: str) -> list[list[int]]:
+    """Per-layer widths grouped by stack: ``value`` is one int for all layers or one per layer.
+
+    Why: a channel-pruned model has a different width in every layer, and its constructor must
+    take them so that a checkpoint rebuilds it from ``init_args`` alone.
+
+    Args:
+        value: one width for every layer, or ``sum(stack_sizes)`` widths in layer order.
+        stack_sizes: layers of each stack, in order.
+        name: the constructor argument, quoted in errors.
+
+    Returns:
+        One list of widths per stack.
+
+    Raises:
+        ValueError: a list of another length, or a width below 1.
+
+    Example:
+        >>> stack_widths(64, [1, 2], "ffn_dim"), stack_widths([8, 16, 4], [1, 2], "ffn_dim")
+        ([[64], [64, 64]], [[8], [16, 4]])
+    """
+    num_layers = sum(stack_sizes)
+    widths = [value] * num_layers if isinstance(value, int) else list(value)
+    if len(widths) != num_layers:
+        raise ValueError(f"{name} needs one width per layer: expected {num_layers}, got {len(widths)}")
+    if any(int(width) < 1 for width in widths):
+        raise ValueError(f"{name} widths must be >= 1, got {widths}")
+    remaining = iter(int(width) for width in widths)
+    return [[next(remaining) for _ in range(size)] for size in stack_sizes]
 
 
 class SequenceStack(nn.Module):
@@ -97,7 +128,22 @@ class SequenceStack(nn.Module):
         return self.norm(x)
 
 
-def build_masknet_norm(name: str, channels: int) -> nn.Module:
+def transformer_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of every :class:`SequenceStack` in ``model``, in ``model.modules()`` order.
+
+    This is the order of per-layer width lists (``ffn_dim``, ``conv_channels``) of the SepFormer
+    family, so a pruner can pair ``zip(transformer_layers(model), widths)``. A shared layer
+    (Tiny-Sepformer's ``share_layers``) is listed once, for the stack that owns it.
+
+    Example:
+        >>> [layer.ffn[0].out_features for layer in transformer_layers(model)]  # doctest: +SKIP
+        [32, 24, 40, 16]
+    """
+    stacks = [module for module in model.modules() if isinstance(module, SequenceStack)]
+    return [layer for stack in stacks for layer in stack.layers]
+
+
+def build_masknet_norm(name: NormName, channels: int) -> nn.Module:
     """The registry norm ``name`` with SpeechBrain's eps 1e-8 (BatchNorm keeps its own 1e-5)."""
     eps = None if canonical_norm_name(name) == "batch_norm" else MASKNET_NORM_EPS
     return build_norm(name, channels, eps=eps)
