@@ -1,12 +1,295 @@
-"""Inference transforms: a new, faster module with the plain model's outputs (work in progress)."""
+"""Inference transforms: a new module with the plain model's outputs, built to run faster.
+
+Models stay plain (their ``forward`` calls their own layers, so hooks, pruning and export keep
+working); speed-ups live here as an explicit transform, :func:`prepare_for_inference`, whose
+result is tested against the plain model (max abs error <= 1e-5 at speech level). The input
+model is never modified.
+
+What it does:
+
+- **Conv-TasNet** becomes :class:`FastConvTasNet`: the masker runs on channels-last
+  ``[B, C, M, 1]`` tensors (physically ``[B, M, C]``; on CPU oneDNN runs a 1x1 convolution about
+  twice as fast, and GroupNorm several times faster, than on ``[B, C, M]``); each conv and the
+  PReLU / sigmoid / ReLU after it are one oneDNN call (:class:`FusedConv`); the per-channel affine
+  of every norm that feeds a 1x1 conv is folded into that conv (an eval-mode BatchNorm there
+  disappears entirely).
+- **QuartzNet**: every eval-mode BatchNorm is folded into the convolution before it.
+- Other models: an eval-mode copy (their fast paths are inside their plain layers already:
+  fused attention kernels, no layout changes).
+"""
 
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet, TemporalConvNet, overlap_add
+from audiosep.models.quartznet import QuartzNet
+from audiosep.nn.norms import BatchNorm, CumulativeLayerNorm, Identity, _AffineNorm, fold_batchnorm
+
+FusedActivation = Literal["none", "prelu", "sigmoid", "relu"]
 
 
+@torch.no_grad()
 def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """Return a new eval-mode module computing what ``model`` computes (``model`` is untouched)."""
-    return copy.deepcopy(model).eval()
+    """Return a new eval-mode module that computes what ``model`` computes, faster on CPU.
+
+    Example:
+        >>> fast = prepare_for_inference(conv_tasnet_demo().eval())  # doctest: +SKIP
+        >>> torch.allclose(fast(x), model(x), atol=1e-5)             # doctest: +SKIP
+        True
+    """
+    plain = copy.deepcopy(model).eval()
+    if isinstance(plain, ConvTasNet):
+        return FastConvTasNet(plain)
+    if isinstance(plain, QuartzNet):
+        fold_quartznet_batchnorms(plain)
+    return plain
+
+
+def _oneDNN_usable(x: Tensor) -> bool:
+    """Whether the fused oneDNN call applies: CPU float32 without autograd, not traced/compiled."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and torch.backends.mkldnn.is_available()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
+class FusedConv(nn.Module):
+    """``activation(conv(x))`` along time on a channels-last ``[B, C_in, M, 1]`` tensor.
+
+    On CPU float32 without autograd the conv and its activation are one oneDNN call (why: each
+    fused activation saves a full read and write of the activation tensor, and the direct call
+    avoids PyTorch's slow 1x1-conv path on one thread); elsewhere ``conv2d`` then the activation.
+
+    Args:
+        weight: ``Conv1d`` weight ``[C_out, C_in / groups, K]`` (copied).
+        bias: ``[C_out]`` or None.
+        activation: applied after the conv; ``prelu`` takes the one-parameter ``slope``.
+        slope: PReLU slope (a one-element PReLU is leaky ReLU with that negative slope).
+        padding: zeros on both ends of the time axis.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        activation: FusedActivation = "none",
+        slope: float = 0.0,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone().unsqueeze(3), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.activation, self.slope = activation, float(slope)
+        self.padding, self.dilation, self.groups = padding, dilation, groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _oneDNN_usable(x):
+            attr, scalars = ("leaky_relu", [self.slope]) if self.activation == "prelu" else (self.activation, [])
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self.weight, self.bias, [self.padding, 0], [1, 1], [self.dilation, 1], self.groups,
+                attr, scalars, "",
+            )  # fmt: skip
+        y = F.conv2d(x, self.weight, self.bias, padding=(self.padding, 0), dilation=(self.dilation, 1), groups=self.groups)
+        if self.activation == "prelu":
+            return F.leaky_relu(y, self.slope)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(y)
+        return torch.relu(y) if self.activation == "relu" else y
+
+    def extra_repr(self) -> str:
+        out_channels, in_channels, kernel, _ = self.weight.shape
+        return f"{in_channels * self.groups}, {out_channels}, kernel={kernel}, activation={self.activation}"
+
+
+class ChannelAffine(nn.Module):
+    """``x * scale + shift`` per channel of ``[B, C, ...]`` (an eval-mode BatchNorm)."""
+
+    def __init__(self, scale: Tensor, shift: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.view(shape) + self.shift.view(shape)
+
+
+class ChannelsLastNorm(nn.Module):
+    """A registry norm on channels-last ``[B, C, M, 1]``; ``affine=False`` applies only its statistics."""
+
+    def __init__(self, norm: nn.Module, affine: bool = True) -> None:
+        super().__init__()
+        self.norm, self.affine = norm, affine
+
+    def forward(self, x: Tensor) -> Tensor:
+        apply = self.norm if self.affine else self.norm.normalize
+        if isinstance(self.norm, CumulativeLayerNorm):  # defined on [B, C, T] only
+            y = apply(x.squeeze(3)).unsqueeze(3)
+        else:
+            y = apply(x)
+        return y.contiguous(memory_format=torch.channels_last)
+
+
+def norm_affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """``(scale, shift)`` of the per-channel affine a norm applies last; None for ``none``."""
+    if isinstance(norm, BatchNorm):
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        return scale, norm.bias - norm.running_mean * scale
+    if isinstance(norm, _AffineNorm):
+        return norm.weight, norm.bias
+    if isinstance(norm, nn.Identity):
+        return None
+    raise TypeError(f"no folding rule for {type(norm).__name__}")
+
+
+def norm_then_conv(norm: nn.Module, conv: nn.Conv1d, activation: FusedActivation = "none") -> tuple[nn.Module, FusedConv]:
+    """``(stats, conv')`` with ``conv'(stats(x)) == conv(norm(x))`` for a 1x1 ``conv``.
+
+    The norm's per-channel affine ``a * z + b`` moves into the conv: ``W' = W diag(a)``,
+    ``c' = c + W b``; what stays is the norm's statistics only (nothing for BatchNorm).
+    """
+    weight, bias = conv.weight.squeeze(2), conv.bias  # [C_out, C_in]
+    affine = norm_affine(norm)
+    if affine is not None:
+        scale, shift = affine
+        bias = (torch.zeros(weight.shape[0]) if bias is None else bias) + weight @ shift
+        weight = weight * scale
+    stats: nn.Module
+    if isinstance(norm, (BatchNorm, nn.Identity)):
+        stats = nn.Identity()
+    else:
+        stats = ChannelsLastNorm(norm, affine=False)
+    return stats, FusedConv(weight.unsqueeze(2), bias, activation)
+
+
+def _standalone_norm(norm: nn.Module) -> nn.Module:
+    """A norm that cannot fold (it feeds a zero-padded depthwise conv), for channels-last input."""
+    if isinstance(norm, BatchNorm):
+        return ChannelAffine(*norm_affine(norm))
+    if isinstance(norm, nn.Identity):
+        return nn.Identity()
+    return ChannelsLastNorm(norm)
+
+
+def _prelu_slope(prelu: nn.PReLU) -> float:
+    if prelu.weight.numel() != 1:
+        raise TypeError("only one-parameter PReLUs fuse into a conv")
+    return float(prelu.weight)
+
+
+class FastConvBlock(nn.Module):
+    """:class:`ConvBlock` on channels-last tensors with fused activations and folded norm affines."""
+
+    def __init__(self, block: ConvBlock) -> None:
+        super().__init__()
+        self.residual_channels, self.skip_channels = block.residual_channels, block.skip_channels
+        self.in_conv = FusedConv(block.in_conv.weight, block.in_conv.bias, "prelu", _prelu_slope(block.in_act))
+        self.in_norm = _standalone_norm(block.in_norm)
+        left, right = block.padding
+        self.pad = (0, 0, left, right) if left != right else None
+        dw = block.depthwise
+        self.depthwise = FusedConv(
+            dw.weight, dw.bias, "prelu", _prelu_slope(block.depthwise_act), dw.padding[0], dw.dilation[0], dw.groups
+        )
+        self.depthwise_norm, self.out_conv = norm_then_conv(block.depthwise_norm, block.out_conv)
+
+    def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """``[B, B_c, M, 1]`` -> (residual, skip), channels-last."""
+        h = self.in_norm(self.in_conv(x))
+        if self.pad is not None:
+            h = F.pad(h, self.pad)  # [B, H, M + left + right, 1]
+        out = self.out_conv(self.depthwise_norm(self.depthwise(h)))
+        residual = out[:, : self.residual_channels] if self.residual_channels else None
+        skip = out[:, self.residual_channels :] if self.skip_channels else None
+        return residual, skip
+
+
+class FastTemporalConvNet(nn.Module):
+    """:class:`TemporalConvNet` on channels-last tensors: ``[B, N, M, 1]`` -> masks ``[B, M, S, N]``."""
+
+    def __init__(self, masker: TemporalConvNet) -> None:
+        super().__init__()
+        self.num_sources, self.mask_activation = masker.num_sources, masker.mask_activation
+        self.bottleneck_norm, self.bottleneck_conv = norm_then_conv(masker.bottleneck_norm, masker.bottleneck_conv)
+        self.blocks = nn.ModuleList(FastConvBlock(block) for block in masker.blocks)
+        self.output_prelu = masker.output_prelu
+        activation = "none" if masker.mask_activation == "softmax" else masker.mask_activation
+        self.output_conv = FusedConv(masker.output_conv.weight, masker.output_conv.bias, activation)
+
+    def forward(self, features: Tensor) -> Tensor:
+        x = self.bottleneck_conv(self.bottleneck_norm(features))
+        skip_sum: Tensor | None = None
+        for block in self.blocks:
+            residual, skip = block(x)
+            if residual is not None:
+                x = x + residual
+            if skip is not None:
+                skip_sum = skip if skip_sum is None else skip_sum + skip
+        masks = self.output_conv(self.output_prelu(x if skip_sum is None else skip_sum))  # [B, S*N, M, 1]
+        masks = masks.permute(0, 2, 3, 1).squeeze(2).unflatten(2, (self.num_sources, -1))  # [B, M, S, N]
+        return torch.softmax(masks, dim=2) if self.mask_activation == "softmax" else masks
+
+
+def _time_major_to_4d(x: Tensor) -> Tensor:
+    """View a contiguous ``[B, M, C]`` tensor as a channels-last ``[B, C, M, 1]`` tensor (no copy)."""
+    return x.unsqueeze(2).permute(0, 3, 1, 2)
+
+
+class FastConvTasNet(nn.Module):
+    """Inference-only Conv-TasNet built from a plain :class:`ConvTasNet` (same outputs, faster on CPU).
+
+    The decoder is a grouped 1x1 conv from each source's ``N`` features to its ``L`` frame samples
+    on the channels-last masked features, then the plain model's overlap-add.
+    """
+
+    def __init__(self, model: ConvTasNet) -> None:
+        super().__init__()
+        self.num_sources, self.enc_kernel_size, self.stride = model.num_sources, model.enc_kernel_size, model.stride
+        self.padding = model.padding
+        self.encoder = model.encoder
+        self.encoder_act = model.encoder_act
+        self.masker = FastTemporalConvNet(model.masker)
+        decoder = model.decoder.weight.squeeze(1).t().repeat(self.num_sources, 1).unsqueeze(2)  # [S*L, N, 1]
+        self.decoder = FusedConv(decoder, None, groups=self.num_sources)
+
+    def forward(self, mixture: Tensor) -> Tensor:
+        if mixture.dim() != 2:
+            raise ValueError(f"ConvTasNet expects a [batch, time] mixture, got shape {tuple(mixture.shape)}")
+        batch, num_samples = mixture.shape
+        left, right = self.padding(num_samples)
+        padded = F.pad(mixture, (left, right))  # [B, T'']
+        features = self.encoder_act(self.encoder(padded.unsqueeze(1)).transpose(1, 2).contiguous())  # [B, M, N]
+        masks = self.masker(_time_major_to_4d(features))  # [B, M, S, N]
+        masked = _time_major_to_4d((masks * features.unsqueeze(2)).flatten(2))  # [B, S*N, M, 1]
+        frames = self.decoder(masked).squeeze(3).unflatten(1, (self.num_sources, -1))  # [B, S, L, M]
+        frames = frames.reshape(batch * self.num_sources, self.enc_kernel_size, -1)  # [B*S, L, M]
+        signal = overlap_add(frames, self.stride)  # [B*S, T'']
+        return signal.view(batch, self.num_sources, -1)[..., left : left + num_samples]
+
+
+def fold_quartznet_batchnorms(model: QuartzNet) -> None:
+    """Fold each eval-mode BatchNorm of ``model`` into the conv before it, in place (exact)."""
+    for block in model.blocks:
+        for layer in block.layers:
+            if not isinstance(layer.norm, BatchNorm):
+                continue
+            if layer.pointwise is not None:
+                layer.pointwise = fold_batchnorm(layer.pointwise, layer.norm)
+            else:
+                layer.conv = fold_batchnorm(layer.conv, layer.norm)
+            layer.norm = Identity()
+        residual = block.residual
+        if residual is not None and isinstance(residual.norm, BatchNorm):
+            residual.conv, residual.norm = fold_batchnorm(residual.conv, residual.norm), Identity()

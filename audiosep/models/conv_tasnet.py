@@ -4,105 +4,67 @@ Shape legend: ``B`` batch, ``T`` samples, ``S`` sources, ``N`` encoder filters, 
 ``L`` encoder kernel (stride ``L // 2``), ``B_c`` bottleneck channels, ``H`` hidden channels,
 ``Sc`` skip channels, ``P`` depthwise kernel, ``X`` blocks per repeat, ``R`` repeats.
 
-Speed (the maths is the paper's; parameters keep the plain ``Conv1d`` layout, so state dicts stay
-readable and convertible):
-
-- the masker runs on channels-last ``[B, C, M, 1]`` tensors (physically ``[B, M, C]``): on CPU,
-  oneDNN runs a 1x1 convolution about twice as fast, and GroupNorm several times faster, than on
-  ``[B, C, M]``;
-- in CPU float32 inference each conv and the activation after it are one oneDNN call
-  (:func:`_fused_inference`);
-- the decoder is a 1x1 conv plus an overlap-add, not a one-channel ``conv_transpose1d``.
+The model is plain: every ``forward`` calls its own ``nn.Conv1d``, ``nn.PReLU`` and norm modules on
+``[B, C, M]`` tensors, in training and inference alike, so hooks, pruning and export see every
+layer. The CPU fast path (channels-last layout, conv + activation fused into one oneDNN call,
+norm affines folded into the next 1x1 conv) is an explicit transform that builds a new module:
+:func:`audiosep.optimize.prepare_for_inference`. ``hidden_channels`` may be one width per block,
+so a channel-pruned model rebuilds from its ``init_args``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, get_args
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiosep.models.base import RebuildableModule
-from audiosep.nn.norms import BatchNorm, CumulativeLayerNorm, build_norm, check_causal_norm
+from audiosep.nn.norms import NormName, build_norm, check_causal_norm
 
 MaskActivation = Literal["sigmoid", "relu", "softmax"]
 MASK_ACTIVATIONS: tuple[str, ...] = get_args(MaskActivation)
 EncoderActivation = Literal["relu", "linear"]
 ENCODER_ACTIVATIONS: tuple[str, ...] = get_args(EncoderActivation)
-Activation = Literal["none", "prelu", "sigmoid", "relu"]
-FUSED_CPU_INFERENCE = True  # see _fused_inference
 
 
-def _time_major_to_4d(x: Tensor) -> Tensor:
-    """View a contiguous ``[B, M, C]`` tensor as a channels-last ``[B, C, M, 1]`` tensor (no copy)."""
-    return x.unsqueeze(2).permute(0, 3, 1, 2)  # [B, M, 1, C] -> [B, C, M, 1]
+def depthwise_padding(kernel_size: int, dilation: int, causal: bool) -> tuple[int, int]:
+    """Zeros (left, right) around a dilated depthwise conv that keep the frame count."""
+    total = dilation * (kernel_size - 1)
+    return (total, 0) if causal else (total // 2, total - total // 2)
 
 
-def _apply_norm(norm: nn.Module, x: Tensor) -> Tensor:
-    """Apply a registry norm to a channels-last ``[B, C, M, 1]`` tensor; the result is channels-last."""
-    if isinstance(norm, CumulativeLayerNorm):  # defined on [B, C, T] only
-        return _time_major_to_4d(norm(x.squeeze(3)).transpose(1, 2))
-    if torch.is_grad_enabled():  # training runs channels-first (see _conv)
-        return norm(x)
-    # A no-op for every norm but BatchNorm, whose 4-D path returns a channels-first tensor.
-    return norm(x).contiguous(memory_format=torch.channels_last)
+def overlap_add(frames: Tensor, stride: int) -> Tensor:
+    """Sum frames ``[B', L, M]`` spaced ``stride`` apart into ``[B', (M - 1) * stride + L]``.
 
-
-def _fused_inference(x: Tensor) -> bool:
-    """Whether convs may run as single oneDNN calls with fused activations (CPU float32 inference).
-
-    Why: each fused activation saves a full read and write of the activation tensor, and the
-    direct oneDNN call also avoids PyTorch's slow 1x1-conv path when it runs on one thread.
+    Why not ``F.fold``: shifted adds of ``ceil(L / stride)`` stride-long pieces export to ONNX
+    with a dynamic length (the legacy exporter cannot translate ``col2im`` then) and cost the
+    same. The kernel is zero-padded to a multiple of the stride; the sums are the same.
     """
-    return (
-        FUSED_CPU_INFERENCE
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and not torch.compiler.is_compiling()
-    )
+    batch, kernel, num_frames = frames.shape
+    pieces = -(-kernel // stride)  # ceil
+    frames = F.pad(frames, (0, 0, 0, pieces * stride - kernel)).view(batch, pieces, stride, num_frames)
+    # Piece i of frame m lands on output block m + i.
+    blocks = sum(F.pad(frames[:, i], (i, pieces - 1 - i)) for i in range(pieces))  # [B', stride, M + n - 1]
+    signal = blocks.transpose(1, 2).reshape(batch, -1)  # [B', (M + n - 1) * stride]
+    return signal[:, : (num_frames - 1) * stride + kernel]
 
 
-def _conv(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    activation: Activation = "none",
-    slope: Tensor | None = None,
-    padding: int = 0,
-    dilation: int = 1,
-    groups: int = 1,
-) -> Tensor:
-    """``activation(conv(x))`` along time for a channels-last ``[B, C_in, M, 1]`` tensor.
+class OverlapAddDecoder(nn.ConvTranspose1d):
+    """The one-channel transposed-conv decoder ``[B', N, M] -> [B', 1, (M - 1) * stride + L]``.
 
-    Args:
-        weight: ``Conv1d`` weight ``[C_out, C_in / groups, K]``.
-        activation: ``none``, ``prelu`` (one-parameter, ``slope``), ``sigmoid`` or ``relu``.
-        padding: zeros on both ends of the time axis.
-
-    Returns:
-        ``[B, C_out, M', 1]``, channels-last.
+    Same weight and result as ``nn.ConvTranspose1d(N, 1, L, stride)``; why its own ``forward``:
+    with one output channel, ``conv_transpose1d`` is ~25x slower on CPU than a 1x1 conv to the
+    ``L`` samples of each frame followed by an overlap-add, in training too.
     """
-    if torch.is_grad_enabled():
-        # Training: channels-last conv2d backward falls back to slow kernels on CPU (dilated
-        # depthwise) and is ~1.4x slower per step than plain conv1d on [B, C, M]; so train in 3-D.
-        y = F.conv1d(x.squeeze(3), weight, bias, padding=padding, dilation=dilation, groups=groups).unsqueeze(3)
-    elif _fused_inference(x):
-        # A one-parameter PReLU with slope a is exactly leaky ReLU with negative_slope=a.
-        attr, scalars = ("leaky_relu", [slope.item()]) if activation == "prelu" else (activation, [])
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, weight.unsqueeze(3), bias, [padding, 0], [1, 1], [dilation, 1], groups, attr, scalars, ""
-        )  # fmt: skip
-    else:
-        weight = weight.unsqueeze(3)  # [C_out, C_in / groups, K, 1]
-        y = F.conv2d(x, weight, bias, padding=(padding, 0), dilation=(dilation, 1), groups=groups)
-    if activation == "prelu":
-        return F.prelu(y, slope)
-    if activation == "sigmoid":
-        return torch.sigmoid(y)
-    return torch.relu(y) if activation == "relu" else y
+
+    def __init__(self, in_channels: int, kernel_size: int, stride: int) -> None:
+        super().__init__(in_channels, 1, kernel_size, stride=stride, bias=False)
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        frames = F.conv1d(x, self.weight.squeeze(1).t().unsqueeze(2))  # [B', L, M]
+        return overlap_add(frames, self.stride[0]).unsqueeze(1)  # [B', 1, T'']
 
 
 class ConvBlock(nn.Module):
@@ -130,38 +92,33 @@ class ConvBlock(nn.Module):
         skip_channels: int,
         kernel_size: int,
         dilation: int,
-        norm: str,
+        norm: NormName,
         causal: bool,
     ) -> None:
         super().__init__()
         self.residual_channels = residual_channels
         self.skip_channels = skip_channels
-        self.dilation = dilation
-        total_padding = dilation * (kernel_size - 1)
-        self.padding = (
-            (total_padding, 0) if causal else (total_padding // 2, total_padding - total_padding // 2)
-        )
+        self.padding = depthwise_padding(kernel_size, dilation, causal)
+        left, right = self.padding
         self.in_conv = nn.Conv1d(bottleneck_channels, hidden_channels, 1)
         self.in_act = nn.PReLU()
         self.in_norm = build_norm(norm, hidden_channels)
         self.depthwise = nn.Conv1d(
-            hidden_channels, hidden_channels, kernel_size, dilation=dilation, groups=hidden_channels
-        )
+            hidden_channels, hidden_channels, kernel_size, dilation=dilation, groups=hidden_channels,
+            padding=left if left == right else 0,
+        )  # fmt: skip
         self.depthwise_act = nn.PReLU()
         self.depthwise_norm = build_norm(norm, hidden_channels)
         self.out_conv = nn.Conv1d(hidden_channels, residual_channels + skip_channels, 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """``[B, B_c, M, 1]`` -> (residual ``[B, B_c, M, 1]`` or None, skip ``[B, Sc, M, 1]`` or None)."""
-        h = _conv(x, self.in_conv.weight, self.in_conv.bias, "prelu", self.in_act.weight)
-        h = _apply_norm(self.in_norm, h)
+        """``[B, B_c, M]`` -> (residual ``[B, B_c, M]`` or None, skip ``[B, Sc, M]`` or None)."""
+        h = self.in_norm(self.in_act(self.in_conv(x)))  # [B, H, M]
         left, right = self.padding
-        if left != right:  # causal: pad the past only; symmetric padding happens inside the conv
-            h = F.pad(h, (0, 0, left, right))  # [B, H, M + left + right, 1]
-            left = 0
-        dw = self.depthwise
-        h = _conv(h, dw.weight, dw.bias, "prelu", self.depthwise_act.weight, left, self.dilation, dw.groups)
-        out = _conv(_apply_norm(self.depthwise_norm, h), self.out_conv.weight, self.out_conv.bias)
+        if left != right:  # causal (or even span): pad here; symmetric padding happens in the conv
+            h = F.pad(h, (left, right))  # [B, H, M + left + right]
+        h = self.depthwise_norm(self.depthwise_act(self.depthwise(h)))
+        out = self.out_conv(h)
         residual = out[:, : self.residual_channels] if self.residual_channels else None
         skip = out[:, self.residual_channels :] if self.skip_channels else None
         return residual, skip
@@ -171,8 +128,8 @@ class TemporalConvNet(nn.Module):
     """TCN mask estimator: norm + 1x1 bottleneck, R x X dilated blocks, PReLU + 1x1 conv to S x N masks.
 
     Args:
-        see :class:`ConvTasNet` (same names); ``skip_channels=None`` sums nothing and reads the masks
-        from the residual stream instead.
+        see :class:`ConvTasNet` (same names); ``hidden_channels`` holds one H per block;
+        ``skip_channels=None`` sums nothing and reads the masks from the residual stream instead.
     """
 
     def __init__(
@@ -180,12 +137,11 @@ class TemporalConvNet(nn.Module):
         num_sources: int,
         enc_num_filters: int,
         bottleneck_channels: int,
-        hidden_channels: int,
+        hidden_channels: Sequence[int],
         skip_channels: int | None,
         conv_kernel_size: int,
         num_layers: int,
-        num_repeats: int,
-        norm: str,
+        norm: NormName,
         causal: bool,
         mask_activation: MaskActivation,
     ) -> None:
@@ -194,28 +150,28 @@ class TemporalConvNet(nn.Module):
         self.mask_activation = mask_activation
         self.bottleneck_norm = build_norm(norm, enc_num_filters)
         self.bottleneck_conv = nn.Conv1d(enc_num_filters, bottleneck_channels, 1)
-        num_blocks = num_layers * num_repeats
+        last = len(hidden_channels) - 1
         self.blocks = nn.ModuleList(
             ConvBlock(
                 bottleneck_channels,
-                hidden_channels,
+                hidden,
                 # With a skip path the last block's residual would be computed and never used.
-                0 if (skip_channels and index == num_blocks - 1) else bottleneck_channels,
+                0 if (skip_channels and index == last) else bottleneck_channels,
                 skip_channels or 0,
                 conv_kernel_size,
                 2 ** (index % num_layers),
                 norm,
                 causal,
             )
-            for index in range(num_blocks)
+            for index, hidden in enumerate(hidden_channels)
         )
         self.output_prelu = nn.PReLU()
         self.output_conv = nn.Conv1d(skip_channels or bottleneck_channels, num_sources * enc_num_filters, 1)
+        self.mask_act = {"sigmoid": nn.Sigmoid(), "relu": nn.ReLU(), "softmax": nn.Softmax(dim=1)}[mask_activation]
 
     def forward(self, features: Tensor) -> Tensor:
-        """Encoder features ``[B, N, M, 1]`` (channels-last) -> masks ``[B, M, S, N]``."""
-        bottleneck = self.bottleneck_conv
-        x = _conv(_apply_norm(self.bottleneck_norm, features), bottleneck.weight, bottleneck.bias)
+        """Encoder features ``[B, N, M]`` -> masks ``[B, S, N, M]``."""
+        x = self.bottleneck_conv(self.bottleneck_norm(features))  # [B, B_c, M]
         skip_sum: Tensor | None = None
         for block in self.blocks:
             residual, skip = block(x)
@@ -223,11 +179,8 @@ class TemporalConvNet(nn.Module):
                 x = x + residual
             if skip is not None:
                 skip_sum = skip if skip_sum is None else skip_sum + skip
-        out = F.prelu(x if skip_sum is None else skip_sum, self.output_prelu.weight)
-        activation = "none" if self.mask_activation == "softmax" else self.mask_activation
-        masks = _conv(out, self.output_conv.weight, self.output_conv.bias, activation)  # [B, S*N, M, 1]
-        masks = masks.permute(0, 2, 3, 1).squeeze(2).unflatten(2, (self.num_sources, -1))  # [B, M, S, N]
-        return torch.softmax(masks, dim=2) if self.mask_activation == "softmax" else masks
+        masks = self.output_conv(self.output_prelu(x if skip_sum is None else skip_sum))  # [B, S*N, M]
+        return self.mask_act(masks.unflatten(1, (self.num_sources, -1)))  # [B, S, N, M]
 
 
 class ConvTasNet(RebuildableModule):
@@ -240,8 +193,10 @@ class ConvTasNet(RebuildableModule):
         num_sources: S, number of output sources.
         enc_num_filters: N, encoder filters (feature channels).
         enc_kernel_size: L, encoder/decoder window in samples (stride ``L // 2``).
-        bottleneck_channels: B, channels of the residual stream.
-        hidden_channels: H, channels inside each block.
+        bottleneck_channels: B, channels of the residual stream (shared by all blocks, since the
+            residual connections add; a pruner removes them from every block at once).
+        hidden_channels: H, channels inside each block: one int for all, or a list of ``X * R``
+            widths, block by block (a channel-pruned model).
         skip_channels: Sc, channels of the skip path; ``None`` for no skip path (masks from the
             residual stream).
         conv_kernel_size: P, depthwise kernel size.
@@ -254,11 +209,11 @@ class ConvTasNet(RebuildableModule):
             SpeechBrain) or ``linear`` (torchaudio and the authors' code apply none).
 
     Raises:
-        ValueError: unknown norm or mask activation, non-causal norm with ``causal=True``, or a
-            non-positive size.
+        ValueError: unknown norm or mask activation, non-causal norm with ``causal=True``, a
+            non-positive size, or a ``hidden_channels`` list of the wrong length.
 
     Example:
-        >>> model = ConvTasNet(enc_num_filters=16, bottleneck_channels=8, hidden_channels=16,
+        >>> model = ConvTasNet(enc_num_filters=16, bottleneck_channels=8, hidden_channels=[16, 12],
         ...                    skip_channels=8, num_layers=2, num_repeats=1)
         >>> model(torch.randn(2, 1001)).shape
         torch.Size([2, 2, 1001])
@@ -270,12 +225,12 @@ class ConvTasNet(RebuildableModule):
         enc_num_filters: int = 512,
         enc_kernel_size: int = 16,
         bottleneck_channels: int = 128,
-        hidden_channels: int = 512,
+        hidden_channels: int | list[int] = 512,
         skip_channels: int | None = 128,
         conv_kernel_size: int = 3,
         num_layers: int = 8,
         num_repeats: int = 3,
-        norm: str = "gLN",
+        norm: NormName = "gLN",
         causal: bool = False,
         mask_activation: MaskActivation = "sigmoid",
         encoder_activation: EncoderActivation = "relu",
@@ -283,9 +238,10 @@ class ConvTasNet(RebuildableModule):
         super().__init__()
         _check_sizes(
             num_sources=num_sources, enc_num_filters=enc_num_filters, bottleneck_channels=bottleneck_channels,
-            hidden_channels=hidden_channels, skip_channels=1 if skip_channels is None else skip_channels,
+            skip_channels=1 if skip_channels is None else skip_channels,
             conv_kernel_size=conv_kernel_size, num_layers=num_layers, num_repeats=num_repeats,
         )  # fmt: skip
+        hidden = per_block_widths(hidden_channels, num_layers * num_repeats)
         if enc_kernel_size < 2:
             raise ValueError(f"enc_kernel_size must be >= 2 (stride is L // 2), got {enc_kernel_size}")
         if mask_activation not in MASK_ACTIVATIONS:
@@ -303,35 +259,19 @@ class ConvTasNet(RebuildableModule):
         self.mask_activation = mask_activation
         self.encoder_activation = encoder_activation
         self.encoder = nn.Conv1d(1, enc_num_filters, enc_kernel_size, stride=self.stride, bias=False)
+        self.encoder_act = nn.ReLU() if encoder_activation == "relu" else nn.Identity()
         self.masker = TemporalConvNet(
-            num_sources, enc_num_filters, bottleneck_channels, hidden_channels, skip_channels,
-            conv_kernel_size, num_layers, num_repeats, norm, causal, mask_activation,
+            num_sources, enc_num_filters, bottleneck_channels, hidden, skip_channels,
+            conv_kernel_size, num_layers, norm, causal, mask_activation,
         )  # fmt: skip
-        self.decoder = nn.ConvTranspose1d(enc_num_filters, 1, enc_kernel_size, stride=self.stride, bias=False)
+        self.decoder = OverlapAddDecoder(enc_num_filters, enc_kernel_size, self.stride)
 
-    def _padding(self, num_samples: int) -> tuple[int, int]:
+    def padding(self, num_samples: int) -> tuple[int, int]:
         """Zeros to add (left, right) so that the frames tile the signal exactly (torchaudio's rule)."""
         is_odd = self.enc_kernel_size % 2
         num_strides = (num_samples - is_odd + self.stride - 1) // self.stride  # ceil, branch-free
         end = num_strides * self.stride + is_odd - num_samples
         return self.stride, self.stride + end
-
-    def _overlap_add(self, masked: Tensor, length: int) -> Tensor:
-        """Decoder: masked features ``[B, M, S, N]`` -> waveforms ``[B, S, length]``.
-
-        Why not ``conv_transpose1d``: with one output channel it is ~25x slower on CPU than a
-        1x1 conv to the ``L`` samples of each frame followed by an overlap-add (``F.fold``).
-        """
-        batch, num_frames, num_sources, num_filters = masked.shape
-        weight = self.decoder.weight.squeeze(1).t().repeat(num_sources, 1).unsqueeze(2)  # [S*L, N, 1]
-        masked = _time_major_to_4d(masked.flatten(2))  # [B, S*N, M, 1]
-        frames = _conv(masked, weight, None, groups=num_sources)  # [B, S*L, M, 1]
-        frames = frames.squeeze(3).unflatten(1, (num_sources, -1))  # [B, S, L, M]
-        # Merge only B and S (no reshape over M): torch.export then keeps the length dynamic.
-        frames = frames.reshape(batch * num_sources, self.enc_kernel_size, num_frames)  # [B*S, L, M]
-        kernel = (1, self.enc_kernel_size)
-        signal = F.fold(frames, (1, length), kernel_size=kernel, stride=(1, self.stride))  # [B*S, 1, 1, T'']
-        return signal.view(batch, num_sources, length)
 
     def forward(self, mixture: Tensor) -> Tensor:
         """Separate ``mixture`` ``[B, T]`` into ``[B, S, T]``.
@@ -342,52 +282,33 @@ class ConvTasNet(RebuildableModule):
         if mixture.dim() != 2:
             raise ValueError(f"ConvTasNet expects a [batch, time] mixture, got shape {tuple(mixture.shape)}")
         batch, num_samples = mixture.shape
-        left, right = self._padding(num_samples)
-        padded = F.pad(mixture, (left, right))  # [B, T'']
-        features = F.conv1d(padded.unsqueeze(1), self.encoder.weight, stride=self.stride)  # [B, N, M]
-        features = features.transpose(1, 2).contiguous()  # [B, M, N]: time-major for the masker
-        if self.encoder_activation == "relu":
-            features = torch.relu(features)
-        masks = self.masker(_time_major_to_4d(features))  # [B, M, S, N]
-        signal = self._overlap_add(masks * features.unsqueeze(2), padded.shape[1])  # [B, S, T'']
-        return signal[..., left : left + num_samples]
-
-    @torch.no_grad()
-    def prepare_for_inference(self) -> ConvTasNet:
-        """Fold eval-mode BatchNorms into the 1x1 conv that follows them (exact), in place.
-
-        Only the BatchNorms before a 1x1 conv fold exactly (the one before each depthwise conv
-        meets its zero padding and stays). The folded model is for inference only: its state dict
-        no longer matches :attr:`init_args`. Other norms are left unchanged.
-
-        Returns:
-            ``self``, in eval mode.
-        """
-        self.eval()
-        masker = self.masker
-        if isinstance(masker.bottleneck_norm, BatchNorm):
-            _fold_norm_into_next_conv(masker.bottleneck_norm, masker.bottleneck_conv)
-            masker.bottleneck_norm = nn.Identity()
-        for block in masker.blocks:
-            if isinstance(block.depthwise_norm, BatchNorm):
-                _fold_norm_into_next_conv(block.depthwise_norm, block.out_conv)
-                block.depthwise_norm = nn.Identity()
-        return self
+        left, right = self.padding(num_samples)
+        padded = F.pad(mixture, (left, right)).unsqueeze(1)  # [B, 1, T'']
+        features = self.encoder_act(self.encoder(padded))  # [B, N, M]
+        masked = self.masker(features) * features.unsqueeze(1)  # [B, S, N, M]
+        signal = self.decoder(masked.flatten(0, 1))  # [B*S, 1, T'']
+        return signal.view(batch, self.num_sources, -1)[..., left : left + num_samples]
 
 
-def _fold_norm_into_next_conv(bn: nn.BatchNorm1d, conv: nn.Conv1d) -> None:
-    """Make ``conv`` compute ``conv(bn(x))`` for eval-mode ``bn`` (1x1 conv: no padding to respect)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [C_in]
-    shift = bn.bias - bn.running_mean * scale  # [C_in]
-    weight = conv.weight.squeeze(2)  # [C_out, C_in]
-    conv.bias.add_(weight @ shift)
-    conv.weight.mul_(scale.view(1, -1, 1))
+def per_block_widths(widths: int | Sequence[int], num_blocks: int) -> list[int]:
+    """One positive width per block from an int (all equal) or a list of ``num_blocks``.
+
+    Raises:
+        ValueError: a list of the wrong length or a width that is not a positive int.
+    """
+    values = [widths] * num_blocks if isinstance(widths, int) else list(widths)
+    if len(values) != num_blocks:
+        raise ValueError(f"hidden_channels needs {num_blocks} widths (X * R), got {len(values)}: {values}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"hidden_channels must be positive ints, got {widths!r}")
+    return values
 
 
 def _check_sizes(**sizes: int) -> None:
     """Raise ValueError naming the first size that is not a positive int."""
     for name, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 

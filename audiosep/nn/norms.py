@@ -27,20 +27,22 @@ Every layer has per-channel ``weight`` and ``bias`` of shape ``[C]`` (none has n
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-NORM_NAMES: tuple[str, ...] = (
-    "global_ln",
-    "cumulative_ln",
-    "channel_ln",
-    "time_ln",
-    "batch_norm",
-    "rms_norm",
-    "dyt",
-    "none",
-)
+CanonicalNormName = Literal[
+    "global_ln", "cumulative_ln", "channel_ln", "time_ln", "batch_norm", "rms_norm", "dyt", "none"
+]
+# What a ``norm:`` argument accepts: canonical names and paper aliases. Typed as a Literal so that
+# LightningCLI lists the choices in ``--help`` and rejects a typo at parse time.
+NormName = Literal[
+    "global_ln", "cumulative_ln", "channel_ln", "time_ln", "batch_norm", "rms_norm", "dyt", "none",
+    "gLN", "cLN", "layer_norm", "LN", "BN",
+]  # fmt: skip
+NORM_NAMES: tuple[str, ...] = get_args(CanonicalNormName)
 NORM_ALIASES: dict[str, str] = {
     "gLN": "global_ln",
     "cLN": "cumulative_ln",
@@ -53,7 +55,7 @@ CAUSAL_NORMS: frozenset[str] = frozenset(
 )
 
 
-def canonical_norm_name(name: str) -> str:
+def canonical_norm_name(name: str) -> CanonicalNormName:
     """Map a name or paper alias to its canonical registry name; unknown names raise."""
     canonical = NORM_ALIASES.get(name, name)
     if canonical not in NORM_NAMES:
@@ -83,6 +85,13 @@ class _AffineNorm(nn.Module):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * self.weight.view(shape) + self.bias.view(shape)
 
+    def normalize(self, x: Tensor) -> Tensor:
+        """The norm without its per-channel affine (what remains once the affine is folded away)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._affine(self.normalize(x))
+
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}"
 
@@ -92,6 +101,9 @@ class GlobalLayerNorm(_AffineNorm):
 
     causal = False
 
+    def normalize(self, x: Tensor) -> Tensor:
+        return F.group_norm(x, 1, None, None, self.eps)
+
     def forward(self, x: Tensor) -> Tensor:
         return F.group_norm(x, 1, self.weight, self.bias, self.eps)
 
@@ -99,7 +111,7 @@ class GlobalLayerNorm(_AffineNorm):
 class CumulativeLayerNorm(_AffineNorm):
     """cLN of the Conv-TasNet paper: statistics over channels and all frames up to t (eq. 16)."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def normalize(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
             raise ValueError(f"cumulative_ln expects [B, C, T], got shape {tuple(x.shape)}")
         channels = x.shape[1]
@@ -111,11 +123,14 @@ class CumulativeLayerNorm(_AffineNorm):
         mean = cum_sum / count
         var = (cum_pow / count - mean.pow(2)).clamp_min(0.0)
         normed = (xf - mean.unsqueeze(1)) / torch.sqrt(var.unsqueeze(1) + self.eps)
-        return self._affine(normed.to(x.dtype))
+        return normed.to(x.dtype)
 
 
 class ChannelLayerNorm(_AffineNorm):
     """Per-frame LayerNorm over channels (SpeechBrain/Asteroid "cLN", transformer LayerNorm)."""
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x.movedim(1, -1), (self.num_channels,), None, None, self.eps).movedim(-1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.layer_norm(x.movedim(1, -1), (self.num_channels,), self.weight, self.bias, self.eps)
@@ -127,19 +142,18 @@ class TimeLayerNorm(_AffineNorm):
 
     causal = False
 
-    def forward(self, x: Tensor) -> Tensor:
+    def normalize(self, x: Tensor) -> Tensor:
         dims = tuple(range(2, x.dim()))
         mean = x.mean(dim=dims, keepdim=True)
         var = x.var(dim=dims, keepdim=True, unbiased=False)
-        return self._affine((x - mean) / torch.sqrt(var + self.eps))
+        return (x - mean) / torch.sqrt(var + self.eps)
 
 
 class RMSNorm(_AffineNorm):
     """RMSNorm over channels per frame (Zhang & Sennrich 2019); ``bias`` is kept for a uniform API."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.rms_norm(x.movedim(1, -1), (self.num_channels,), None, self.eps)
-        return self._affine(y.movedim(-1, 1))
+    def normalize(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x.movedim(1, -1), (self.num_channels,), None, self.eps).movedim(-1, 1)
 
 
 class DynamicTanh(_AffineNorm):
@@ -149,8 +163,8 @@ class DynamicTanh(_AffineNorm):
         super().__init__(num_channels, eps)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._affine(torch.tanh(self.alpha * x))
+    def normalize(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.alpha * x)
 
 
 class BatchNorm(nn.BatchNorm1d):
@@ -180,7 +194,7 @@ _DEFAULT_EPS: dict[str, float] = {
 }
 
 
-def build_norm(name: str, num_channels: int, eps: float | None = None) -> nn.Module:
+def build_norm(name: NormName, num_channels: int, eps: float | None = None) -> nn.Module:
     """Build the norm called ``name`` (or a paper alias) for ``num_channels`` channels.
 
     Args:

@@ -1,0 +1,142 @@
+"""Plain models call their own layers; prepare_for_inference returns a new module with the same outputs."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import audiosep.optimize as optimize
+from audiosep.models import ConvTasNet, QuartzNet, RESepFormer, SepFormer, TinySepformer
+from audiosep.nn.norms import NORM_NAMES, is_causal_norm
+from audiosep.optimize import FastConvTasNet, FusedConv, prepare_for_inference
+
+TRANSFORMER_TINY = dict(num_blocks=1, num_intra_layers=1, num_inter_layers=1, num_heads=2, ffn_dim=24)
+
+
+def _randomise(model: nn.Module) -> nn.Module:
+    """Non-default norm/PReLU parameters and BatchNorm statistics, so folding has work to do."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "act" in name or "prelu" in name or "norm" in name:
+                param.add_(0.2 * torch.randn_like(param))
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model.train()
+        _run(model, batch=4)
+    return model.eval()
+
+
+def _run(model: nn.Module, batch: int = 2, length: int = 403) -> torch.Tensor:
+    torch.manual_seed(1)
+    if isinstance(model, QuartzNet):
+        return model(torch.randn(batch, 16, 37), torch.tensor([37, 30, 25, 37][:batch]))[0]
+    return model(0.1 * torch.randn(batch, length))  # about speech level
+
+
+def conv_tasnet(**overrides: object) -> ConvTasNet:
+    config = dict(
+        enc_num_filters=16, enc_kernel_size=8, bottleneck_channels=8, hidden_channels=[12, 7, 9, 12],
+        skip_channels=6, num_layers=2, num_repeats=2,
+    )  # fmt: skip
+    return ConvTasNet(**(config | overrides))
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "conv_tasnet": conv_tasnet,
+    "conv_tasnet_causal_bn_softmax": lambda: conv_tasnet(
+        norm="BN", causal=True, mask_activation="softmax", skip_channels=None
+    ),
+    "sepformer": lambda: SepFormer(encoder_channels=16, model_channels=16, chunk_size=10, **TRANSFORMER_TINY),
+    "resepformer": lambda: RESepFormer(
+        encoder_channels=16, chunk_size=10, **(TRANSFORMER_TINY | {"num_blocks": 2})
+    ),
+    "tiny_sepformer": lambda: TinySepformer(
+        encoder_channels=16, model_channels=16, attention_channels=8, chunk_size=10,
+        **(TRANSFORMER_TINY | {"num_heads": 2}),
+    ),  # fmt: skip
+    "quartznet": lambda: QuartzNet(16, 5, [[8, 3, 1, 2, 1, False], [8, 5, 2], [12, 1, 1, 1, 1, False, False]]),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_hooks_fire_on_every_conv_and_linear_in_eval_mode(name: str) -> None:
+    model = MODELS[name]().eval()
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear))}
+    assert layers
+    fired: set[str] = set()
+    for layer_name, layer in layers.items():
+        layer.register_forward_hook(lambda module, args, out, layer_name=layer_name: fired.add(layer_name))
+    with torch.inference_mode():
+        _run(model)
+    assert sorted(set(layers) - fired) == []
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_prepared_model_matches_the_plain_model_and_leaves_it_untouched(name: str) -> None:
+    model = _randomise(MODELS[name]())
+    before = copy.deepcopy(model.state_dict())
+    with torch.inference_mode():
+        expected = _run(model)
+        prepared = prepare_for_inference(model)
+        actual = _run(prepared)
+    assert prepared is not model
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+CONV_TASNET_CASES = [
+    (norm, variant)
+    for norm in NORM_NAMES
+    for variant in (
+        dict(),
+        dict(causal=True),
+        dict(mask_activation="softmax", skip_channels=None),
+        dict(mask_activation="relu", enc_kernel_size=5, conv_kernel_size=4),
+    )
+    if is_causal_norm(norm) or not variant.get("causal")
+]
+
+
+@pytest.mark.parametrize(("norm", "variant"), CONV_TASNET_CASES)
+@pytest.mark.parametrize("fused", [True, False])
+def test_fast_conv_tasnet_matches_for_every_norm(
+    norm: str, variant: dict, fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both the oneDNN-fused and the portable conv2d path of the fast model equal the plain model."""
+    if not fused:
+        monkeypatch.setattr(optimize, "_oneDNN_usable", lambda x: False)
+    model = _randomise(conv_tasnet(norm=norm, **variant))
+    prepared = prepare_for_inference(model)
+    assert isinstance(prepared, FastConvTasNet)
+    with torch.inference_mode():
+        torch.testing.assert_close(_run(prepared, length=777), _run(model, length=777), rtol=0, atol=1e-5)
+
+
+def test_batch_norm_before_a_1x1_conv_is_folded_away() -> None:
+    model = _randomise(conv_tasnet(norm="BN"))
+    fast = prepare_for_inference(model)
+    kinds = {type(m).__name__ for m in fast.masker.modules()}
+    assert "BatchNorm" not in kinds and "ChannelAffine" in kinds  # only the one before the depthwise stays
+    assert all(isinstance(block.depthwise_norm, nn.Identity) for block in fast.masker.blocks)
+
+
+def test_fused_conv_portable_path_equals_conv1d() -> None:
+    conv = nn.Conv1d(6, 4, 3, dilation=2, padding=2)
+    x = torch.randn(2, 6, 30)
+    fused = FusedConv(conv.weight, conv.bias, "prelu", 0.25, padding=2, dilation=2)
+    expected = torch.nn.functional.leaky_relu(conv(x), 0.25)
+    with torch.inference_mode():
+        actual = fused(x.unsqueeze(3).contiguous(memory_format=torch.channels_last)).squeeze(3)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused(x.unsqueeze(3)).squeeze(3), expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_quartznet_batch_norms_are_folded() -> None:
+    model = _randomise(MODELS["quartznet"]())
+    prepared = prepare_for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in prepared.modules())
+    assert any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
