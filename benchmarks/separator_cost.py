@@ -1,13 +1,18 @@
-"""Cost of the SepFormer family, ours next to SpeechBrain's, measured in the same run.
+"""Cost of our separators next to their peers' implementations, measured in the same run.
+
+Ours run through :func:`audiosep.optimize.prepare_for_inference` (as ``audiosep infer`` does);
+``ours-*-plain`` is the plain model, to measure what the transform buys. Peers: torchaudio's
+Conv-TasNet (``ta-*``) and SpeechBrain's SepFormer / RE-SepFormer (``sb-*``).
 
 For every model and mixture length (8 kHz, batch 1, fp32, CPU): parameters, multiply-accumulates
-(``FlopCounterMode`` flops / 2), peak extra RAM of one forward pass (in a fresh process per model:
+(``FlopCounterMode`` flops / 2, counted on the plain model: the fused op is not counted), peak extra RAM of one forward pass (in a fresh process per model:
 Linux ``VmHWM`` reset just before the pass, after a warm-up, minus the RSS then), and inference
 time (min over repeats, 2 threads by default; all models of one length in one process, their
 passes alternating, so that a shared machine's load hits them alike). Prints a markdown table and
 writes the records as JSON.
 
-    python benchmarks/sepformer_cost.py --lengths 4 16 --out sepformer_cost.json
+    python benchmarks/separator_cost.py --models ours-conv-tasnet ours-conv-tasnet-plain ta-conv-tasnet \
+        --lengths 1 4 16 --repeats 9 --out conv_tasnet_cost.json
 """
 
 from __future__ import annotations
@@ -26,34 +31,61 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 8000
+OURS = {  # name -> (registry preset, overrides): the peer's configuration
+    "conv-tasnet": ("conv_tasnet_base", {"encoder_activation": "linear"}),  # torchaudio's has no encoder ReLU
+    "sepformer": ("sepformer_base", {}),
+    "resepformer": ("resepformer_base", {}),
+    "tiny-sepformer": ("tiny_sepformer_base", {}),
+}
 MODELS = (
+    "ours-conv-tasnet",
+    "ours-conv-tasnet-plain",
+    "ta-conv-tasnet",
     "ours-sepformer",
+    "ours-sepformer-plain",
     "sb-sepformer",
     "ours-resepformer",
+    "ours-resepformer-plain",
     "sb-resepformer",
     "ours-tiny-sepformer",
 )
-PEERS = {"ours-sepformer": "sb-sepformer", "ours-resepformer": "sb-resepformer"}
+PEERS = {
+    "ours-conv-tasnet": "ta-conv-tasnet",
+    "ours-conv-tasnet-plain": "ta-conv-tasnet",
+    "ours-sepformer": "sb-sepformer",
+    "ours-sepformer-plain": "sb-sepformer",
+    "ours-resepformer": "sb-resepformer",
+    "ours-resepformer-plain": "sb-resepformer",
+}
 
 
 def build(name: str):
-    """``(module, separate(mixture) -> estimates)`` for a model name of :data:`MODELS`."""
+    """``(module, separate(mixture) -> estimates, counted)`` for a name of :data:`MODELS`.
+
+    ``counted`` is what FlopCounterMode runs: the plain model for ours (same maths as the
+    prepared one, whose fused oneDNN op it cannot count).
+    """
     sys.path.insert(0, str(REPO))
     if name.startswith("ours-"):
-        from audiosep.models.resepformer import resepformer_base
-        from audiosep.models.sepformer import sepformer_base
-        from audiosep.models.tiny_sepformer import tiny_sepformer_base
+        from audiosep.models import build as build_preset
+        from audiosep.optimize import prepare_for_inference
 
-        factory = {
-            "sepformer": sepformer_base,
-            "resepformer": resepformer_base,
-            "tiny-sepformer": tiny_sepformer_base,
-        }
-        model = factory[name.removeprefix("ours-")]().eval()
-        return model, model
+        preset, overrides = OURS[name.removeprefix("ours-").removesuffix("-plain")]
+        model = build_preset(preset, **overrides).eval()
+        return model, model if name.endswith("-plain") else prepare_for_inference(model), model
+    if name == "ta-conv-tasnet":
+        import torchaudio
+
+        model = torchaudio.models.conv_tasnet_base(num_sources=2).eval()
+
+        def separate_torchaudio(mixture):
+            return model(mixture.unsqueeze(1))  # torchaudio wants [B, 1, T]
+
+        return model, separate_torchaudio, separate_torchaudio
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_speechbrain(name)
+        module, separate = build_speechbrain(name)
+        return module, separate, separate
 
 
 def build_speechbrain(name: str):
@@ -120,14 +152,15 @@ def measure_memory(name: str, seconds: float, threads: int) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model, separate = build(name)
+    model, separate, counted = build(name)
     mixture = torch.randn(1, int(seconds * SAMPLE_RATE))
     with torch.inference_mode():
         separate(mixture[:, : SAMPLE_RATE // 4])  # warm-up: library buffers are not the model's memory
         before = start_peak_window()
-        with FlopCounterMode(display=False) as counter:
-            separate(mixture)
+        separate(mixture)
         peak = _status_mib("VmHWM") - before
+        with FlopCounterMode(display=False) as counter:
+            counted(mixture)
     macs = counter.get_total_flops() / 2
     return {
         "model": name,
@@ -193,7 +226,7 @@ def markdown(records: list[dict[str, Any]], lengths: list[float]) -> str:
         + " | "
         + " | ".join(f"RAM {s:g} s (MiB)" for s in lengths)
     )
-    lines = [f"| model | params (M) | GMAC / audio s | {cols} | speed-up vs SpeechBrain: wall (CPU time) |",
+    lines = [f"| model | params (M) | GMAC / audio s | {cols} | speed-up vs peer: wall (CPU time) |",
              "|" + "---|" * (4 + 2 * len(lengths))]  # fmt: skip
     for name in names:
         rows = [by_key.get((name, s)) for s in lengths]
@@ -236,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         help="fewer repeats for long mixtures: at most this many seconds",
     )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="sepformer_cost.json", help="JSON file for the records")
+    parser.add_argument("--out", default="separator_cost.json", help="JSON file for the records")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
