@@ -26,7 +26,7 @@ import soundfile as sf
 
 from audiosep.data.dynamic_mixing import DynamicMixingDataset, build_index, dynamic_mixing_loader
 from audiosep.data.librimix import LibriMixDataset, collate_padded
-from audiosep.data.librimix_generate import GenerationConfig, generate_split
+from audiosep.data.prep.librimix_generate import GenerationConfig, generate_split
 
 METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "librimix_metadata" / "metadata"
 

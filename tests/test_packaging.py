@@ -1,8 +1,7 @@
 """The wheel must carry every subpackage and the recipes (`audiosep demo` needs them after `pip install .`)."""
 
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from audiosep.data.demo_set import SPLITS, DemoSetConfig, build_demo_set
+from audiosep.data.prep.demo_config import SPLITS, DemoSetConfig
 
 _DEFAULTS = DemoSetConfig()
 
@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the set (or find it already built) and print where everything is."""
+    from audiosep.data.prep.demo_set import build_demo_set
+
     start = time.perf_counter()
     out_dir = build_demo_set(
         args.out, seed=args.seed, num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test,

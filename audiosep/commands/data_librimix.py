@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from audiosep.data.librimix_generate import MIX_TYPES, GenerationConfig, find_metadata_csvs, generate_split
+from audiosep.data.mixing import MIX_TYPES
 from audiosep.errors import UserError
 
 
@@ -73,7 +73,7 @@ def _existing_dir(value: str | None, what: str) -> Path | None:
 
 def draw_missing_metadata(args: argparse.Namespace, splits: list[str] | None) -> None:
     """``--new-metadata``: draw the CSV of every requested subset that is not there yet."""
-    from audiosep.data.librimix_recipe import draw_metadata
+    from audiosep.data.prep.librimix_recipe import draw_metadata
 
     if not splits:
         raise UserError(
@@ -99,6 +99,8 @@ def draw_missing_metadata(args: argparse.Namespace, splits: list[str] | None) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    from audiosep.data.prep.librimix_generate import GenerationConfig, find_metadata_csvs, generate_split
+
     if args.n_src < 2:
         raise UserError(f"--n-src must be at least 2, got {args.n_src}")
     config = GenerationConfig(

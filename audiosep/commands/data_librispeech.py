@@ -6,8 +6,6 @@ import argparse
 import os
 import sys
 
-from audiosep.data.librispeech import write_subset_manifest
-
 MAX_LISTED = 20
 
 
@@ -26,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from audiosep.data.prep.librispeech_manifest import write_subset_manifest
+
     subsets = [name.strip() for name in args.subsets.split(",") if name.strip()]
     for subset in subsets:
         report = write_subset_manifest(

@@ -12,19 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from audiosep.checkpoint import save_model
-from audiosep.data.demo_set import build_demo_set
-from audiosep.demo_report import (
-    ValidationHistory,
-    evaluate_separator,
-    plot_spectrograms,
-    write_examples,
-)
-from audiosep.inference import Separator
-from audiosep.training_cli import packaged_recipe, run_lightning_cli
-
 RECIPE = "demo/convtasnet_tiny.yaml"
 
 
@@ -41,6 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from audiosep.checkpoint import save_model
+    from audiosep.data.prep.demo_set import build_demo_set
+    from audiosep.demo_report import ValidationHistory, evaluate_separator, plot_spectrograms, write_examples
+    from audiosep.inference import Separator
+    from audiosep.training_cli import packaged_recipe, run_lightning_cli
+
     started = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from audiosep.checkpoint import CheckpointError
 from audiosep.errors import UserError
 
 
@@ -32,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_transcriber(args: argparse.Namespace):  # noqa: ANN202 (lazy import keeps --help fast)
+    from audiosep.checkpoint import CheckpointError
     from audiosep.transcriber import Transcriber
 
     try:

@@ -22,11 +22,11 @@ import torch
 import yaml
 from torch import Tensor
 
+from audiosep.asr_metadata import asr_metadata
 from audiosep.checkpoint import save_model
 from audiosep.errors import UserError
 from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.features import LogMelFeatures
-from audiosep.transcriber import asr_metadata
 
 log = logging.getLogger(__name__)
 

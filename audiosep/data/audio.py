@@ -1,13 +1,12 @@
 """Audio I/O: soundfile for reading/writing, torchaudio for resampling.
 
-Reads wav/flac/ogg (and mp3 where libsndfile supports it) as ``float32 [C, T]``; writes through a
-temporary file and a rename so outputs appear whole or not at all.
+Reads wav/flac/ogg (and mp3 where libsndfile supports it) as ``float32 [C, T]``; writes through
+:mod:`audiosep.io` so outputs appear whole or not at all.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 from audiosep.errors import UserError
+from audiosep.io import atomic_write
 
 
 def read_audio(path: str | os.PathLike) -> tuple[Tensor, int]:
@@ -56,21 +56,16 @@ def resample(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
 def write_audio_atomic(
     path: str | os.PathLike, audio: Tensor | np.ndarray, sample_rate: int, subtype: str | None = None
 ) -> None:
-    """Write ``[T]`` or ``[C, T]`` audio to ``path`` via a temp file + rename (never half-written).
+    """Write ``[T]`` or ``[C, T]`` audio to ``path`` atomically (:func:`audiosep.io.atomic_write`).
 
     The samples keep their own dtype (float64 input is quantised from float64, as reference
     generators do). The format follows the suffix (``.wav``, ``.flac``, ``.ogg``); ``subtype``
     defaults to soundfile's default for the format (16-bit PCM for wav/flac).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    audio_format = path.suffix.lstrip(".").upper()
+    if audio_format not in sf.available_formats():
+        raise UserError(f"{path}: cannot tell an audio format from the suffix {path.suffix!r}")
     data = audio.detach().cpu().numpy() if isinstance(audio, Tensor) else np.asarray(audio)
     data = data[None] if data.ndim == 1 else data  # C, T
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        sf.write(tmp, data.T, sample_rate, subtype=subtype)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: sf.write(tmp, data.T, sample_rate, subtype=subtype, format=audio_format))

@@ -24,13 +24,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from audiosep.data.librimix_generate import RATE
-from audiosep.data.librimix_recipe import LOUDNESS_RANGE, MAX_AMP, NOISE_OFFSET
-from audiosep.data.librispeech import imap_with_progress, list_utterances, write_text_atomic
+from audiosep.data.librispeech import list_utterances
+from audiosep.data.mixing import LOUDNESS_RANGE, NOISE_LOUDNESS, RATE, peak_weight, protected_gain
+from audiosep.data.parallel import imap_with_progress
 from audiosep.errors import UserError
+from audiosep.io import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
-NOISE_LOUDNESS = (LOUDNESS_RANGE[0] + NOISE_OFFSET, LOUDNESS_RANGE[1] + NOISE_OFFSET)
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,9 @@ def cache_one(sample_rate: int, job: CacheJob) -> SourceEntry | None:
         else:
             samples, rate = sf.read(str(job.source), dtype="float32", always_2d=True)
             samples = resample_poly(samples[:, 0], sample_rate, rate)
-            job.cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = job.cached.with_name(f".{job.cached.name}.{os.getpid()}.partial")
-            sf.write(str(tmp), samples, sample_rate, format="WAV", subtype="PCM_16")
-            os.replace(tmp, job.cached)
+            atomic_write(
+                job.cached, lambda tmp: sf.write(tmp, samples, sample_rate, format="WAV", subtype="PCM_16")
+            )
             rate = sample_rate
         if rate != sample_rate:
             raise ValueError(f"{rate} Hz, expected {sample_rate} Hz")
@@ -122,7 +121,7 @@ def build_index(
     work = partial(cache_one, sample_rate)
     entries = [e for e in imap_with_progress(work, jobs, len(jobs), workers, f"caching {folder}") if e]
     entries.sort(key=lambda e: e.path)
-    write_text_atomic(index_path, "".join(json.dumps(asdict(e)) + "\n" for e in entries))
+    atomic_write_text(index_path, "".join(json.dumps(asdict(e)) + "\n" for e in entries))
     return entries
 
 
@@ -187,10 +186,11 @@ class DynamicMixingDataset(Dataset):
 
     @staticmethod
     def _gain(entry: SourceEntry, samples: np.ndarray, target: float) -> float:
-        """Gain to ``target`` LUFS, or to a 0.9 peak when that would reach 1 (the recipe's protection)."""
-        gain = 10.0 ** ((target - entry.loudness) / 20.0)
-        peak = float(np.max(np.abs(samples)))
-        return MAX_AMP / peak if peak * gain >= 1.0 else gain
+        """Gain to ``target`` LUFS, or to a 0.9 peak when that would reach 1 (the recipe's protection).
+
+        The loudness is the whole file's (from the index), as the recipe measures whole utterances.
+        """
+        return protected_gain(samples, entry.loudness, target)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
         rng = np.random.default_rng([self.seed, index])
@@ -205,9 +205,9 @@ class DynamicMixingDataset(Dataset):
             entry = self.noises[int(rng.integers(len(self.noises)))]
             noise = self._crop(entry, rng, loop=True)
             mixture = mixture + noise * self._gain(entry, noise, rng.uniform(*NOISE_LOUDNESS))
-        peak = float(np.max(np.abs(mixture)))
-        if peak > MAX_AMP:
-            mixture, sources = mixture * (MAX_AMP / peak), sources * (MAX_AMP / peak)
+        weight = peak_weight(float(np.max(np.abs(mixture))))
+        if weight != 1.0:
+            mixture, sources = mixture * weight, sources * weight
         speakers = "_".join(Path(e.path).stem for e in picked)
         return (
             torch.from_numpy(mixture.astype(np.float32)),

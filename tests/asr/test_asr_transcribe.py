@@ -8,13 +8,14 @@ import soundfile as sf
 import torch
 from asr_helpers import TINY_BLOCKS, randomize_batchnorm, speechlike
 
+from audiosep.asr_metadata import asr_metadata
 from audiosep.checkpoint import save_model
 from audiosep.cli import main
 from audiosep.data.audio import resample
 from audiosep.data.tokenizer import CharTokenizer
 from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.features import LogMelFeatures
-from audiosep.transcriber import Transcriber, asr_metadata
+from audiosep.transcriber import Transcriber
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from audiosep.cli import main
-from audiosep.data import demo_set
-from audiosep.data.demo_set import build_demo_set
+from audiosep.data.prep import demo_set
+from audiosep.data.prep.demo_set import build_demo_set
 from audiosep.errors import UserError
 
 TINY = {"num_train": 6, "num_dev": 3, "num_test": 3, "num_speakers": 8, "progress": False}

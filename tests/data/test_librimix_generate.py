@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from audiosep.cli import main
-from audiosep.data import librimix_generate
+from audiosep.data.prep import librimix_generate
+from audiosep.io import TEMP_SUFFIX, is_temp_for, temp_prefix
 
 METADATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "librimix_metadata" / "metadata"
 LSB = 1.0 / 32768
@@ -204,6 +207,16 @@ def snapshot(out: Path) -> dict[str, bytes]:
     return files
 
 
+def plant_temp_file(target: Path) -> Path:
+    """A half-written temp file of ``target``, named exactly as :mod:`audiosep.io` names it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=TEMP_SUFFIX)
+    os.write(fd, b"RIFF half a header")
+    os.close(fd)
+    assert is_temp_for(Path(name), target)
+    return Path(name)
+
+
 def test_interrupted_run_resumes_to_identical_outputs(corpus, tmp_path, monkeypatch):
     args = (2, 8000, "min", "mix_clean,mix_both,mix_single")
     assert run_librimix(corpus["root"], tmp_path / "whole", *args) == 0
@@ -219,12 +232,22 @@ def test_interrupted_run_resumes_to_identical_outputs(corpus, tmp_path, monkeypa
     monkeypatch.setattr(librimix_generate, "write_wav_atomic", dying_write)
     assert run_librimix(corpus["root"], tmp_path / "cut", *args) == 130
     split_dir = tmp_path / "cut" / "Libri2Mix" / "wav8k" / "min" / "dev"
-    (split_dir / "s1" / ".left-over.wav.123.partial").write_bytes(b"junk")  # as a SIGKILL leaves it
+    half_written = corpus["picks"][(2, "dev-clean")][1]["mixture_ID"]
+    left_over = [  # what a SIGKILL during a write leaves: audiosep.io's own temp names
+        plant_temp_file(split_dir / "s1" / f"{half_written}.wav"),
+        plant_temp_file(split_dir / "mix_both" / f"{half_written}.wav"),
+        plant_temp_file(split_dir.parent / "metadata" / "mixture_dev_mix_clean.csv"),
+    ]
+    not_ours = split_dir / "s1" / ".notes.txt.tmp"  # looks alike, but no output is called notes.txt
+    not_ours.write_bytes(b"keep me")
     with (split_dir / librimix_generate.JOURNAL_NAME).open("a") as handle:
         handle.write('{"mixture_id": "torn')  # a line cut by the kill
     writes.clear()
     monkeypatch.setattr(librimix_generate, "write_wav_atomic", real_write)
     assert run_librimix(corpus["root"], tmp_path / "cut", *args) == 0
+    assert [path for path in left_over if path.exists()] == []
+    assert not_ours.read_bytes() == b"keep me"
+    not_ours.unlink()
     assert snapshot(tmp_path / "cut") == snapshot(tmp_path / "whole")
     monkeypatch.setattr(librimix_generate, "write_wav_atomic", dying_write)  # nothing left to write
     assert run_librimix(corpus["root"], tmp_path / "cut", *args) == 0 and writes == []

@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 
 from audiosep.cli import main
-from audiosep.data.librispeech import list_utterances, read_speaker_sexes
+from audiosep.data.librispeech import list_utterances
+from audiosep.data.prep.librispeech_manifest import read_speaker_sexes
 
 SAMPLE_RATE = 16000
 

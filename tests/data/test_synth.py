@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from audiosep.data import synth
-from audiosep.data.synth import (
+from audiosep.data.prep import synth
+from audiosep.data.prep.synth import (
     SentenceGenerator,
     Voice,
     jitter_voice,

@@ -3,7 +3,7 @@
 Follows JorisCos/LibriMix ``create_librimix_metadata.py``: utterances of at least 3 s, groups of
 distinct speakers, a WHAM! noise at least as long as the longest utterance, random loudness targets
 in LUFS (pyloudnorm) and clipping protection. The output CSVs have the official columns, so
-:func:`audiosep.data.librimix_generate.generate_split` turns them into audio like the official ones.
+:func:`audiosep.data.prep.librimix_generate.generate_split` turns them into audio like the official ones.
 The random stream is ours (numpy, seeded), so the draws differ from the official ones.
 """
 
@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from audiosep.data.librimix_generate import RATE, csv_text, mix, read_first_channel
-from audiosep.data.librispeech import imap_with_progress, probe_many, read_speaker_sexes, write_text_atomic
+from audiosep.data.mixing import LOUDNESS_RANGE, NOISE_LOUDNESS, RATE, peak_weight, protected_gain
+from audiosep.data.parallel import imap_with_progress
+from audiosep.data.prep.librimix_generate import csv_text, mix, read_first_channel
+from audiosep.data.prep.librispeech_manifest import probe_many, read_speaker_sexes
 from audiosep.errors import UserError
+from audiosep.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-LOUDNESS_RANGE = (-33.0, -25.0)  # LUFS targets drawn for each speech source
-NOISE_OFFSET = -5.0  # the noise target range sits 5 LU lower
-MAX_AMP = 0.9  # peak allowed in a source and in the max-mode mixture
 NOISE_FOLDERS = {"train": "tr", "dev": "cv", "test": "tt"}
 DEFAULT_EVAL_MIXTURES = 3000  # dev/test size of the official metadata
 
@@ -166,21 +166,18 @@ def recipe_gains(job: GainJob) -> tuple[int, list[float] | None]:
         signals.append(read_first_channel(job.noise)[:length])
     meter, gains, scaled = pyloudnorm.Meter(RATE), [], []
     for i, signal in enumerate(np.pad(s, (0, length - len(s))) for s in signals):
-        offset = NOISE_OFFSET if job.noise is not None and i == len(signals) - 1 else 0.0
-        target = rng.uniform(LOUDNESS_RANGE[0] + offset, LOUDNESS_RANGE[1] + offset)
+        is_noise = job.noise is not None and i == len(signals) - 1
+        target = rng.uniform(*(NOISE_LOUDNESS if is_noise else LOUDNESS_RANGE))
         try:
             loudness = meter.integrated_loudness(signal)
         except ValueError:
             return job.index, None
         if not np.isfinite(loudness):
             return job.index, None
-        gain = 10.0 ** ((target - loudness) / 20.0)
-        if np.max(np.abs(signal * gain)) >= 1.0:
-            gain = MAX_AMP / float(np.max(np.abs(signal)))
+        gain = protected_gain(signal, loudness, target)
         gains.append(gain)
         scaled.append(signal * gain)
-    peak = float(np.max(np.abs(mix(scaled))))
-    weight = MAX_AMP / peak if peak > MAX_AMP else 1.0
+    weight = peak_weight(float(np.max(np.abs(mix(scaled)))))
     return job.index, [float(g * weight) for g in gains]
 
 
@@ -260,7 +257,7 @@ def draw_metadata(
         info.append([mixture_id, *(x for c in clips for x in (c.speaker, sexes.get(c.speaker, "")))])
     header = ["mixture_ID", *(f"source_{i + 1}_{k}" for i in range(n_src) for k in ("path", "gain"))]
     csv_path = out_dir / f"libri{n_src}mix_{subset}.csv"
-    write_text_atomic(csv_path, csv_text([*header, "noise_path", "noise_gain"], rows))
+    atomic_write_text(csv_path, csv_text([*header, "noise_path", "noise_gain"], rows))
     info_header = ["mixture_ID", *(f"speaker_{i + 1}_{k}" for i in range(n_src) for k in ("ID", "sex"))]
-    write_text_atomic(out_dir / f"libri{n_src}mix_{subset}_info.csv", csv_text(info_header, info))
+    atomic_write_text(out_dir / f"libri{n_src}mix_{subset}_info.csv", csv_text(info_header, info))
     return csv_path

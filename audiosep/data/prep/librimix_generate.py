@@ -7,8 +7,8 @@ shortest (``min``) or zero-padded to the longest (``max``), summed in the same o
 official Hann cross-fade. Same tree (``Libri{n}Mix/wav{8k,16k}/{min,max}/{split}/{s1,..,noise,mix_*}``)
 and the same ``metadata/{mixture,metrics}_<split>_<type>.csv``. Unlike the official script, a run is
 parallel, resumable (a journal of finished rows; files are written atomically and verified, never
-redone) and checks every input before starting. :mod:`audiosep.data.librimix_recipe` draws fresh
-metadata for any LibriSpeech-shaped corpus with the LibriMix recipe (``--new-metadata``).
+redone) and checks every input before starting. :mod:`audiosep.data.prep.librimix_recipe` draws
+fresh metadata for any LibriSpeech-shaped corpus with the LibriMix recipe (``--new-metadata``).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from audiosep.data.audio import read_audio, write_audio_atomic
-from audiosep.data.librispeech import imap_with_progress, write_text_atomic
+from audiosep.data.mixing import MIX_TYPES, RATE
+from audiosep.data.parallel import imap_with_progress
 from audiosep.errors import UserError
+from audiosep.io import TEMP_SUFFIX, atomic_write_text, is_temp_for
 
-RATE = 16000  # LibriSpeech and WHAM! rate the official metadata assumes
 EPS = 1e-10  # the official SNR's guard
-MIX_TYPES = ("mix_clean", "mix_both", "mix_single")
 JOURNAL_NAME = ".generation_journal.jsonl"
 
 
@@ -307,9 +307,31 @@ def write_split_metadata(
             metric_rows.append([row.mixture_id, *(str(np.float32(v)) for v in result.snrs[mix_type])])
         header = ["mixture_ID", "mixture_path", *(f"{n}_path" for n in names), "length"]
         metadata = config.mode_dir / "metadata"
-        write_text_atomic(metadata / f"mixture_{split}_{mix_type}.csv", csv_text(header, mixture_rows))
+        atomic_write_text(metadata / f"mixture_{split}_{mix_type}.csv", csv_text(header, mixture_rows))
         snr_header = ["mixture_ID", *(f"{n}_SNR" for n in names)]
-        write_text_atomic(metadata / f"metrics_{split}_{mix_type}.csv", csv_text(snr_header, metric_rows))
+        atomic_write_text(metadata / f"metrics_{split}_{mix_type}.csv", csv_text(snr_header, metric_rows))
+
+
+def metadata_names(config: GenerationConfig, split: str) -> list[str]:
+    """Names of the metadata CSVs :func:`write_split_metadata` writes for ``split``."""
+    return [f"{kind}_{split}_{mix_type}.csv" for mix_type in config.types for kind in ("mixture", "metrics")]
+
+
+def remove_temp_files(folder: Path, names: set[str]) -> int:
+    """Delete the temp files that interrupted atomic writes of ``folder/<name>`` left (any of ``names``).
+
+    Only names :mod:`audiosep.io` really gives a temp file of one of our outputs are removed
+    (``.<name>.<random>.tmp``); anything else in the folder is left alone. Returns how many went.
+    """
+    removed = 0
+    if not folder.is_dir():
+        return removed
+    for candidate in folder.glob(f".*{TEMP_SUFFIX}"):
+        target = folder / candidate.name[1 : -len(TEMP_SUFFIX)].rpartition(".")[0]
+        if target.name in names and is_temp_for(candidate, target) and candidate.is_file():
+            candidate.unlink()
+            removed += 1
+    return removed
 
 
 @dataclass(frozen=True)
@@ -340,13 +362,15 @@ def generate_split(
     """
     start = time.perf_counter()
     split = split_name(metadata_csv, config.n_src)
-    rows = read_metadata_csv(metadata_csv, config.n_src)[:limit]
+    all_rows = read_metadata_csv(metadata_csv, config.n_src)
+    rows = all_rows[:limit]
     check_inputs(rows, config)
     split_dir = config.mode_dir / split
+    wavs = {f"{row.mixture_id}.wav" for row in all_rows}
     for folder in config.folders():
         (split_dir / folder).mkdir(parents=True, exist_ok=True)
-        for stale in (split_dir / folder).glob(".*.partial"):
-            stale.unlink()
+        remove_temp_files(split_dir / folder, wavs)
+    remove_temp_files(config.mode_dir / "metadata", set(metadata_names(config, split)))
     journal = split_dir / JOURNAL_NAME
     done = load_journal(journal)
     pending = [row for row in rows if not is_complete(done.get(row.mixture_id), config, split_dir)]

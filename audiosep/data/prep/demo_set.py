@@ -36,43 +36,14 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from audiosep.data import synth
+from audiosep.data.prep import synth
+from audiosep.data.prep.demo_config import SPLITS, DemoSetConfig
 from audiosep.errors import UserError
 
-SPLITS = ("train-100", "dev", "test")
 FORMAT_VERSION = 1
 TARGET_DBFS = -25.0  # active-speech RMS of every normalised source
 RELATIVE_GAIN_DB = 5.0  # s1/s2 level difference is uniform in +-this
 PEAK_LIMIT = 0.9  # mixtures and sources are scaled down together to stay below this
-
-
-@dataclass(frozen=True)
-class DemoSetConfig:
-    """Everything that determines the bytes of a demo set (stored in ``demo_set.json``)."""
-
-    seed: int = 0
-    num_train: int = 2000
-    num_dev: int = 150
-    num_test: int = 100
-    sample_rate: int = 8000
-    num_speakers: int = 250
-    min_words: int = 8
-    max_words: int = 16
-
-    def mixtures(self, split: str) -> int:
-        return {"train-100": self.num_train, "dev": self.num_dev, "test": self.num_test}[split]
-
-    def validate(self) -> None:
-        """Raises UserError on sizes that cannot give a valid set."""
-        for name in ("num_train", "num_dev", "num_test"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_speakers < 6:
-            raise UserError(f"num_speakers must be at least 6 (2 per split), got {self.num_speakers}")
-        if self.sample_rate < 8000 or self.sample_rate % 1000:
-            raise UserError(f"sample_rate must be a multiple of 1000 Hz, at least 8000, got {self.sample_rate}")
-        if not 3 <= self.min_words <= self.max_words:
-            raise UserError(f"need 3 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
 
 
 @dataclass(frozen=True)
