@@ -33,16 +33,6 @@ def pad_batch(waveforms: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return batch, lengths
 
 
-def asr_metadata(features: LogMelFeatures, vocabulary: Sequence[str]) -> dict[str, Any]:
-    """Checkpoint metadata of an ASR model: sample rate, front end settings, vocabulary."""
-    return {
-        "task": "asr",
-        "sample_rate": features.sample_rate,
-        "features": features.config(),
-        "vocabulary": list(vocabulary),
-    }
-
-
 class Transcriber:
     """Audio in, text out.
 

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from audiosep.asr_metadata import asr_metadata
 from audiosep.checkpoint import LIGHTNING_KEY, model_record
 from audiosep.data.tokenizer import CharTokenizer
 from audiosep.decoding import greedy_decode
 from audiosep.nn.features import LogMelFeatures, SpecAugment, SpecCutout
-from audiosep.transcriber import asr_metadata
 
 
 def ctc_loss(log_probs: Tensor, out_lengths: Tensor, targets: list[list[int]], blank: int) -> Tensor:
