@@ -1,46 +1,357 @@
-"""``audiosep infer --ckpt CKPT [--out-dir DIR] FILE...``: separate audio files."""
+"""``audiosep infer --ckpt CKPT [--out-dir DIR] INPUT...``: separate audio files, folders and lists.
+
+Every input gets exactly one outcome: written (``IN -> OUT...`` on stdout), skipped (its outputs
+exist; ``--overwrite`` redoes it) or failed (``audiosep: error: <file>: <reason>`` on stderr); a
+summary line ends the run, and the exit code is 0 only if nothing failed.
+
+Output names mirror each input's path relative to the inputs' common parent folder, so
+``a/x.wav`` and ``b/x.wav`` give ``OUT/a/x_s1.wav`` and ``OUT/b/x_s1.wav``. Inputs whose outputs
+would still collide (``x.wav`` and ``x.flac`` side by side) and outputs that would replace an input
+file fail before anything is written for them.
+
+Heavy imports (torch, the model code) happen in :func:`run`, so ``audiosep --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from audiosep.errors import UserError
 
+# Suffixes soundfile may read beyond its format names (``soundfile.available_formats()``).
+SUFFIX_ALIASES = frozenset({"aif", "aifc", "oga", "opus", "snd", "sph", "mat"})
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, ...)")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="audio files (wav, flac, ogg, ...), folders (searched recursively) or @list.txt "
+        "(one path per line, relative to the list's folder; blank lines and # comments skipped)",
+    )  # fmt: skip
     parser.add_argument("--ckpt", required=True, help="audiosep model file or Lightning .ckpt")
     parser.add_argument("--out-dir", default="separated", help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--glob", metavar="PATTERN", default=None,
+        help="files to take from folders, matched against the path below the folder, e.g. '*.flac' "
+        "(default: every suffix soundfile reads)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--channel", type=int, default=None, metavar="N",
+        help="separate channel N (0-based) instead of the mixdown of all channels",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true", help="redo inputs whose outputs exist (default: skip)"
+    )
     parser.add_argument(
         "--keep-model-rate", action="store_true", help="write at the model's sample rate, not the input's"
     )
     parser.add_argument("--chunk-seconds", type=float, default=16.0, help="chunk length for long files")
     parser.add_argument("--overlap-seconds", type=float, default=2.0, help="overlap between chunks")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log resampling and mixdown")
+    parser.add_argument(
+        "--no-optimize", action="store_true",
+        help="run the plain model, not the prepare_for_inference() transform (for comparison)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log resampling, mixdown and skipped files"
+    )
 
 
-def run(args: argparse.Namespace) -> int:
+log = logging.getLogger("audiosep.infer")
+
+
+def shown(text: object) -> str:
+    """``text`` on one printable line (control characters in file names are escaped)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@dataclass
+class Input:
+    path: Path
+    label: str  # as the user would recognise it
+    walked: bool  # found in a folder (not named explicitly)
+
+
+@dataclass
+class Plan:
+    input: Input
+    name: Path  # output name below --out-dir, without ``_s<k>.wav``
+    outputs: list[Path] = field(default_factory=list)
+    error: str | None = None
+
+
+class Report:
+    """Counts outcomes and prints them (results on stdout, errors, warnings, summary on stderr)."""
+
+    def __init__(self) -> None:
+        self.written = self.skipped = self.failed = 0
+
+    def error(self, label: str, reason: str) -> None:
+        self.failed += 1
+        reason = " ".join(str(reason).split("\n")).strip()
+        print(f"audiosep: error: {shown(label)}: {shown(reason)}", file=sys.stderr)
+
+    def warning(self, message: str) -> None:
+        print(f"audiosep: warning: {shown(message)}", file=sys.stderr)
+
+    def skip(self, label: str, outputs: list[Path]) -> None:
+        self.skipped += 1
+        print(
+            f"{shown(label)}: skipped, outputs exist ({', '.join(shown(p) for p in outputs)}); --overwrite redoes it"
+        )
+
+    def wrote(self, label: str, outputs: list[Path]) -> None:
+        self.written += 1
+        print(f"{shown(label)} -> {', '.join(shown(p) for p in outputs)}")
+
+    def summary(self) -> None:
+        print(
+            f"audiosep: {self.written} written, {self.skipped} skipped, {self.failed} failed", file=sys.stderr
+        )
+
+
+def audio_suffixes() -> frozenset[str]:
+    import soundfile as sf
+
+    return frozenset(name.lower() for name in sf.available_formats() if name != "RAW") | SUFFIX_ALIASES
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def walk(root: Path, pattern: str | None, exclude: Path | None) -> list[Path]:
+    """Audio files below ``root`` (sorted; hidden files and folders and ``exclude`` left out)."""
+    suffixes = audio_suffixes() if pattern is None else frozenset()
+    found: list[Path] = []
+    for folder, subfolders, names in os.walk(root):
+        folder_path = Path(folder)
+        subfolders[:] = sorted(
+            d for d in subfolders
+            if not d.startswith(".") and (exclude is None or (folder_path / d).resolve() != exclude)
+        )  # fmt: skip
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = folder_path / name
+            if pattern is None:
+                matches = path.suffix[1:].lower() in suffixes
+            else:
+                matches = PurePosixPath(path.relative_to(root).as_posix()).match(pattern)
+            if matches and path.is_file():
+                found.append(path)
+    return found
+
+
+def read_list(list_path: Path) -> list[Path]:
+    """Paths in a ``@list.txt``, relative to its folder (blank lines and ``#`` comments skipped)."""
+    if not list_path.exists():
+        raise UserError("no such list file")
+    if list_path.is_dir():
+        raise UserError("is a directory, not a list file")
+    try:
+        text = list_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"the list is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except OSError as err:
+        raise UserError(f"cannot read the list ({err.strerror or err})") from err
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            entries.append(list_path.parent / line)
+    return entries
+
+
+def collect_inputs(arguments: list[str], pattern: str | None, out_dir: Path, report: Report) -> list[Input]:
+    """Expand files, folders and ``@lists`` into inputs; problems found here are reported as failures."""
+    exclude = out_dir.resolve()
+    inputs: list[Input] = []
+    seen: set[tuple[int, int]] = set()
+
+    def add(path: Path, label: str, walked: bool) -> None:
+        file_id = _file_id(path)
+        if file_id is None or file_id in seen:  # the same file named twice is separated once
+            if file_id is not None:
+                log.info("%s: given more than once; separated once", label)
+            return
+        seen.add(file_id)
+        inputs.append(Input(path, label, walked))
+
+    def expand(path: Path, label: str) -> None:
+        if path.is_dir():
+            found = walk(path, pattern, exclude)
+            if not found:
+                what = f"matching --glob {pattern!r}" if pattern else "with an audio suffix"
+                report.error(label, f"folder holds no files {what}")
+            for file in found:
+                add(file, str(file), walked=True)
+        elif not path.exists():
+            report.error(label, "no such file" if not path.is_symlink() else "broken symbolic link")
+        elif not path.is_file():
+            report.error(label, "not a regular file")
+        else:
+            add(path, label, walked=False)
+
+    for argument in arguments:
+        if argument.startswith("@") and len(argument) > 1:
+            try:
+                entries = read_list(Path(argument[1:]))
+            except UserError as err:
+                report.error(argument, str(err))
+                continue
+            if not entries:
+                report.error(argument, "the list names no files")
+            for entry in entries:
+                expand(entry, str(entry))
+        else:
+            expand(Path(argument), argument)
+    return inputs
+
+
+def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[Plan]:
+    """Output names mirrored below ``out_dir``; collisions and outputs that are inputs become errors."""
+    from audiosep.inference import output_paths
+
+    absolute = [Path(os.path.abspath(item.path)) for item in inputs]
+    try:
+        common = Path(os.path.commonpath([str(path.parent) for path in absolute])) if absolute else None
+    except ValueError:  # e.g. different drives: names alone, collisions are caught below
+        common = None
+    plans = []
+    for item, path in zip(inputs, absolute, strict=True):
+        parent = path.parent.relative_to(common) if common is not None else Path()
+        name = parent / path.stem
+        plans.append(Plan(item, name, output_paths(out_dir, name, num_sources)))
+
+    # A file found in a folder that is another input's output (out-dir == input folder, second run)
+    # is that output, not a new input.
+    existing_outputs = {}
+    for index, plan in enumerate(plans):
+        for output in plan.outputs:
+            if (file_id := _file_id(output)) is not None:
+                existing_outputs.setdefault(file_id, index)
+    kept = []
+    for index, plan in enumerate(plans):
+        owner = existing_outputs.get(_file_id(plan.input.path), index)
+        if plan.input.walked and owner != index:
+            log.info("%s: an output of %s, not separated again", plan.input.label, plans[owner].input.label)
+            continue
+        kept.append(plan)
+    plans = kept
+
+    # Two inputs writing the same output name (case-insensitively, for case-insensitive disks).
+    owners: dict[str, list[Plan]] = {}
+    for plan in plans:
+        for output in plan.outputs:
+            owners.setdefault(os.path.abspath(output).casefold(), []).append(plan)
+    for group in owners.values():
+        if len(group) > 1:
+            for plan in group:
+                others = ", ".join(shown(other.input.label) for other in group if other is not plan)
+                plan.error = plan.error or (
+                    f"its outputs would collide with those of {others} (same name below --out-dir); "
+                    "rename one or separate them in separate runs"
+                )
+
+    # Never replace an input file.
+    input_ids = {_file_id(plan.input.path): plan for plan in plans}
+    for plan in plans:
+        for output in plan.outputs:
+            victim = input_ids.get(_file_id(output)) if output.exists() else None
+            if victim is not None and plan.error is None:
+                plan.error = (
+                    f"output {shown(output)} would overwrite the input file {shown(victim.input.label)}"
+                )
+    return plans
+
+
+def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, report: Report) -> None:
+    from audiosep.inference import SeparationError
+
+    label = plan.input.label
+    if plan.error:
+        report.error(label, plan.error)
+        return
+    present = [output for output in plan.outputs if output.exists() or output.is_symlink()]
+    not_files = [output for output in present if not output.is_file()]
+    if not_files:
+        report.error(label, f"output path {shown(not_files[0])} exists and is not a file")
+        return
+    if present and not args.overwrite:
+        if len(present) == len(plan.outputs):
+            report.skip(label, plan.outputs)
+        else:
+            report.error(
+                label,
+                f"{len(present)} of its {len(plan.outputs)} outputs exist already ({shown(present[0])}); "
+                "--overwrite replaces them",
+            )
+        return
+    try:
+        written = separator.separate_file(
+            plan.input.path, out_dir, keep_model_rate=args.keep_model_rate,
+            relative_name=plan.name, channel=args.channel, warn=report.warning,
+        )  # fmt: skip
+    except SeparationError as err:
+        report.error(label, err.reason)
+    except UserError as err:
+        report.error(label, str(err))
+    except OSError as err:
+        report.error(label, f"cannot write outputs ({err.strerror or err}); nothing written for it")
+    except MemoryError:
+        report.error(label, "out of memory; try a smaller --chunk-seconds")
+    except Exception as err:  # noqa: BLE001 - one bad file must not end the batch with a traceback
+        first_line = (str(err).splitlines() or [""])[0]
+        report.error(label, f"separation failed ({type(err).__name__}: {first_line})")
+    else:
+        report.wrote(label, written)
+
+
+def load_separator(args: argparse.Namespace):
     from audiosep.checkpoint import CheckpointError
     from audiosep.inference import ChunkConfig, Separator
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         chunk = ChunkConfig(args.chunk_seconds, args.overlap_seconds)
-        separator = Separator.from_checkpoint(args.ckpt, chunk=chunk, device=args.device)
+        return Separator.from_checkpoint(
+            args.ckpt, chunk=chunk, device=args.device, optimize=not args.no_optimize
+        )
     except (CheckpointError, ValueError) as err:
         raise UserError(str(err)) from err
-    failures = 0
-    for file in args.files:
+    except (RuntimeError, AssertionError) as err:
+        first_line = (str(err).splitlines() or [""])[0]
+        raise UserError(f"cannot run the model on --device {args.device} ({first_line})") from err
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.channel is not None and args.channel < 0:
+        raise UserError(f"--channel {args.channel}: channels are numbered from 0")
+    if args.glob is not None:
         try:
-            written = separator.separate_file(file, args.out_dir, keep_model_rate=args.keep_model_rate)
-        except UserError as err:
-            failures += 1
-            print(f"audiosep: error: {err}", file=sys.stderr)
-            continue
-        print(f"{file} -> {', '.join(str(p) for p in written)}")
-    if failures:
-        print(f"audiosep: {failures} of {len(args.files)} files failed", file=sys.stderr)
-    return 1 if failures else 0
+            PurePosixPath("x").match(args.glob)
+        except ValueError as err:
+            raise UserError(f"--glob {args.glob!r}: {err}") from err
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out-dir {out_dir} exists and is not a folder")
+    separator = load_separator(args)
+    report = Report()
+    inputs = collect_inputs(args.inputs, args.glob, out_dir, report)
+    for plan in plan_outputs(inputs, out_dir, separator.num_sources):
+        process(plan, separator, args, out_dir, report)
+    report.summary()
+    return 1 if report.failed else 0

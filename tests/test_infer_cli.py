@@ -1,0 +1,422 @@
+"""``audiosep infer`` on real-world inputs: one outcome per input, no silent damage, no collisions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audiosep.checkpoint import save_model
+from audiosep.cli import main
+from audiosep.inference import SeparationError, Separator, read_mixture
+from audiosep.models import conv_tasnet_demo
+
+RATE = 8000
+WINDOW = 32  # conv_tasnet_demo's encoder kernel
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return conv_tasnet_demo(num_repeats=1, num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "model.ckpt"
+    save_model(tiny_model(), path, {"sample_rate": RATE})
+    return path
+
+
+def speech(seed: int, frames: int = 2400, channels: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames) / RATE
+    tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 300) * t)[:, None]
+    return (tone + 0.05 * rng.standard_normal((frames, channels))).astype(np.float32).squeeze()
+
+
+def write(
+    path: Path, seed: int = 0, frames: int = 2400, rate: int = RATE, channels: int = 1, **kwargs
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, speech(seed, frames, channels), rate, **kwargs)
+    return path
+
+
+def infer(ckpt: Path, *args: object) -> int:
+    return main(["infer", "--ckpt", str(ckpt), *(str(a) for a in args)])
+
+
+def errors(capsys: pytest.CaptureFixture[str]) -> tuple[str, list[str]]:
+    captured = capsys.readouterr()
+    return captured.out, [line for line in captured.err.splitlines() if line.startswith("audiosep: error:")]
+
+
+def all_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# Each failure kind: one error line naming the file, exit 1, the good files still written.
+
+
+def make_nan(path: Path) -> None:
+    data = speech(1)
+    data[100] = np.nan
+    sf.write(path, data, RATE, subtype="FLOAT")
+
+
+def make_inf(path: Path) -> None:
+    data = speech(1)
+    data[-1] = -np.inf
+    sf.write(path, data, RATE, subtype="DOUBLE")
+
+
+def make_truncated_wav(path: Path) -> None:
+    write(path, frames=4000)
+    path.write_bytes(path.read_bytes()[:-1000])  # the header still says 4000 frames
+
+
+def make_truncated_flac(path: Path) -> None:
+    write(path, frames=40000)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def make_corrupt(path: Path) -> None:
+    write(path)
+    data = bytearray(path.read_bytes())
+    data[30:40] = b"\xff" * 10  # breaks the fmt chunk
+    path.write_bytes(bytes(data))
+
+
+def make_empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def make_no_frames(path: Path) -> None:
+    sf.write(path, np.zeros(0, np.float32), RATE)
+
+
+def make_too_short(path: Path) -> None:
+    write(path, frames=WINDOW - 1)
+
+
+def make_unknown_format(path: Path) -> None:
+    path.write_text("these are meeting notes, not audio\n" * 20)
+
+
+def make_empty_folder(path: Path) -> None:
+    (path / "sub").mkdir(parents=True)
+    (path / "sub" / "readme.txt").write_text("no audio here")
+
+
+BAD_INPUTS = {
+    "nan.wav": (make_nan, "non-finite sample"),
+    "inf.wav": (make_inf, "non-finite sample"),
+    "cut.wav": (make_truncated_wav, "truncated: the header promises 4000 frames"),
+    "cut.flac": (make_truncated_flac, "truncated"),
+    "corrupt.wav": (make_corrupt, "cannot read audio"),
+    "empty.wav": (make_empty, "empty file"),
+    "noframes.wav": (make_no_frames, "no audio samples"),
+    "short.wav": (make_too_short, "too short"),
+    "notes.xyz": (make_unknown_format, "unknown or unsupported format"),
+    "folder": (make_empty_folder, "folder holds no files"),
+    "missing.wav": (lambda path: None, "no such file"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_fails_alone(ckpt: Path, tmp_path: Path, capsys, name: str) -> None:
+    make, reason = BAD_INPUTS[name]
+    first, last = write(tmp_path / "first.wav", seed=1), write(tmp_path / "last.wav", seed=2)
+    bad = tmp_path / name
+    make(bad)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, first, bad, last) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = [line for line in captured.err.splitlines() if line.startswith("audiosep: error:")]
+    assert lines == [line for line in lines if line.startswith(f"audiosep: error: {bad}: ")]
+    assert len(lines) == 1 and reason in lines[0], captured.err
+    assert "audiosep: 2 written, 0 skipped, 1 failed" in captured.err
+    assert all_files(out) == ["first_s1.wav", "first_s2.wav", "last_s1.wav", "last_s2.wav"]
+
+
+def test_truncated_wav_reads_as_short_in_soundfile_but_is_refused(tmp_path: Path) -> None:
+    """libsndfile shortens the data chunk silently: the check must not rely on ``sf.info`` alone."""
+    path = tmp_path / "cut.wav"
+    make_truncated_wav(path)
+    assert sf.info(path).frames == sf.read(path)[0].shape[0]  # soundfile sees nothing wrong
+    with pytest.raises(SeparationError, match="truncated"):
+        read_mixture(path)
+
+
+def test_non_finite_model_output_is_an_error(tmp_path: Path, capsys) -> None:
+    model = tiny_model()
+    with torch.no_grad():
+        model.decoder.weight[0, 0, 0] = float("nan")
+    broken = tmp_path / "nan_model.ckpt"
+    save_model(model, broken, {"sample_rate": RATE})
+    wav = write(tmp_path / "x.wav")
+    assert infer(broken, "--out-dir", tmp_path / "out", wav) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "non-finite output" in lines[0] and str(wav) in lines[0]
+    assert not (tmp_path / "out").exists() or all_files(tmp_path / "out") == []
+
+
+def test_silent_file_warns_and_writes_silent_outputs(ckpt: Path, tmp_path: Path, capsys) -> None:
+    wav = tmp_path / "silence.wav"
+    sf.write(wav, np.zeros(2400, np.float32), RATE)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, wav) == 0
+    err = capsys.readouterr().err
+    assert f"audiosep: warning: {wav}: all samples are zero" in err
+    assert "1 written, 0 skipped, 0 failed" in err
+    for k in (1, 2):
+        data, rate = sf.read(out / f"silence_s{k}.wav")
+        assert rate == RATE and data.shape == (2400,) and not data.any()
+
+
+def test_control_characters_in_a_file_name_stay_on_one_line(ckpt: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "evil\nname.wav"
+    bad.write_bytes(b"")
+    assert infer(ckpt, "--out-dir", tmp_path / "out", bad) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "evil\\nname.wav" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Output names: no collisions, never an input overwritten, skip vs --overwrite.
+
+
+def test_same_name_in_two_folders_both_written(ckpt: Path, tmp_path: Path) -> None:
+    a, b = write(tmp_path / "in" / "a" / "x.wav", seed=1), write(tmp_path / "in" / "b" / "x.wav", seed=2)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, a, b) == 0
+    assert all_files(out) == ["a/x_s1.wav", "a/x_s2.wav", "b/x_s1.wav", "b/x_s2.wav"]
+    assert not np.array_equal(sf.read(out / "a" / "x_s1.wav")[0], sf.read(out / "b" / "x_s1.wav")[0])
+
+
+def test_same_stem_different_suffix_is_refused_before_writing(ckpt: Path, tmp_path: Path, capsys) -> None:
+    wav, flac = write(tmp_path / "x.wav", seed=1), write(tmp_path / "x.flac", seed=2)
+    other = write(tmp_path / "y.wav", seed=3)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, wav, flac, other) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 2 and all("collide" in line for line in lines)
+    assert all_files(out) == ["y_s1.wav", "y_s2.wav"]
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(ckpt: Path, tmp_path: Path, capsys) -> None:
+    wav = write(tmp_path / "x.wav")
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, wav) == 0
+    for k in (1, 2):
+        (out / f"x_s{k}.wav").write_bytes(b"placeholder")
+    capsys.readouterr()
+    assert infer(ckpt, "--out-dir", out, wav) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.out and "0 written, 1 skipped, 0 failed" in captured.err
+    assert (out / "x_s1.wav").read_bytes() == b"placeholder"
+    assert infer(ckpt, "--out-dir", out, "--overwrite", wav) == 0
+    assert "1 written, 0 skipped, 0 failed" in capsys.readouterr().err
+    assert sf.info(out / "x_s1.wav").frames == 2400
+
+
+def test_partial_existing_outputs_are_an_error_without_overwrite(ckpt: Path, tmp_path: Path, capsys) -> None:
+    wav = write(tmp_path / "x.wav")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x_s1.wav").write_bytes(b"someone else's file")
+    assert infer(ckpt, "--out-dir", out, wav) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "1 of its 2 outputs exist" in lines[0]
+    assert all_files(out) == ["x_s1.wav"] and (out / "x_s1.wav").read_bytes() == b"someone else's file"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_input_in_the_out_dir_is_never_overwritten(
+    ckpt: Path, tmp_path: Path, capsys, overwrite: bool
+) -> None:
+    mixture, victim = write(tmp_path / "x.wav", seed=1), write(tmp_path / "x_s1.wav", seed=2)
+    before = victim.read_bytes()
+    flags = ["--overwrite"] if overwrite else []
+    assert infer(ckpt, "--out-dir", tmp_path, *flags, mixture, victim) == 1
+    _, lines = errors(capsys)
+    assert (
+        len(lines) == 1
+        and lines[0].startswith(f"audiosep: error: {mixture}: ")
+        and "overwrite the input" in lines[0]
+    )
+    assert victim.read_bytes() == before
+    assert (tmp_path / "x_s1_s1.wav").is_file()  # the other input is separated as usual
+    assert not (tmp_path / "x_s2.wav").exists()
+
+
+def test_folder_run_twice_into_itself_does_not_separate_its_outputs(
+    ckpt: Path, tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "rec"
+    write(folder / "x.wav")
+    assert infer(ckpt, "--out-dir", folder, folder) == 0
+    assert infer(ckpt, "--out-dir", folder, folder) == 0
+    assert "0 written, 1 skipped, 0 failed" in capsys.readouterr().err
+    assert all_files(folder) == ["x.wav", "x_s1.wav", "x_s2.wav"]
+    other = tmp_path / "other"
+    write(other / "y.wav")
+    inside = other / "separated"  # an out-dir inside the input folder is not searched
+    assert infer(ckpt, "--out-dir", inside, other) == 0
+    assert infer(ckpt, "--out-dir", inside, other) == 0
+    assert all_files(other) == ["separated/y_s1.wav", "separated/y_s2.wav", "y.wav"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: folders, --glob, @lists, channels, sample rates, subtypes.
+
+
+def test_folder_input_recursive_with_glob(ckpt: Path, tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    write(root / "a" / "one.flac", seed=1)
+    write(root / "a" / "deep" / "two.flac", seed=2)
+    write(root / "three.wav", seed=3)
+    (root / "notes.txt").write_text("not audio")
+    write(root / ".hidden" / "four.flac", seed=4)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, "--glob", "*.flac", root) == 0
+    assert all_files(out) == ["deep/two_s1.wav", "deep/two_s2.wav", "one_s1.wav", "one_s2.wav"]
+    everything = tmp_path / "all"
+    assert infer(ckpt, "--out-dir", everything, root) == 0  # default: every audio suffix
+    assert all_files(everything) == [
+        "a/deep/two_s1.wav", "a/deep/two_s2.wav", "a/one_s1.wav", "a/one_s2.wav", "three_s1.wav", "three_s2.wav"
+    ]  # fmt: skip
+
+
+def test_list_file(ckpt: Path, tmp_path: Path, capsys) -> None:
+    write(tmp_path / "data" / "a.wav", seed=1)
+    write(tmp_path / "data" / "sub" / "b.flac", seed=2)
+    absolute = write(tmp_path / "elsewhere" / "c.wav", seed=3)
+    listing = tmp_path / "data" / "list.txt"
+    listing.write_text(f"# meeting recordings\na.wav\n\n  sub/b.flac  \n{absolute}\nmissing.wav\n")
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, f"@{listing}") == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "missing.wav: no such file" in lines[0]
+    assert all_files(out) == [
+        "data/a_s1.wav", "data/a_s2.wav", "data/sub/b_s1.wav", "data/sub/b_s2.wav",
+        "elsewhere/c_s1.wav", "elsewhere/c_s2.wav",
+    ]  # fmt: skip
+    assert infer(ckpt, "--out-dir", out, f"@{tmp_path / 'nope.txt'}") == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "no such list file" in lines[0]
+
+
+def test_channel_picks_one_channel(ckpt: Path, tmp_path: Path, capsys) -> None:
+    stereo = np.stack([speech(1), np.zeros(2400, np.float32), speech(2)], axis=1)  # 3 channels
+    wav = tmp_path / "three.wav"
+    sf.write(wav, stereo, RATE, subtype="FLOAT")
+    mono = tmp_path / "mono" / "three.wav"
+    mono.parent.mkdir()
+    sf.write(mono, stereo[:, 2], RATE, subtype="FLOAT")
+    assert infer(ckpt, "--out-dir", tmp_path / "ch2", "--channel", 2, wav) == 0
+    assert infer(ckpt, "--out-dir", tmp_path / "mono_out", mono) == 0
+    np.testing.assert_allclose(
+        sf.read(tmp_path / "ch2" / "three_s1.wav")[0],
+        sf.read(tmp_path / "mono_out" / "three_s1.wav")[0],
+        atol=1e-4,
+    )
+    assert infer(ckpt, "--out-dir", tmp_path / "ch1", "--channel", 1, wav) == 0  # the silent channel
+    assert "all samples are zero" in capsys.readouterr().err
+    assert infer(ckpt, "--out-dir", tmp_path / "ch3", "--channel", 3, wav) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "channel 3 does not exist: the file has 3 channel(s)" in lines[0]
+    assert not (tmp_path / "ch3").exists()
+    assert infer(ckpt, "--channel", -1, wav) == 1
+
+
+def test_any_rate_and_channel_count(ckpt: Path, tmp_path: Path) -> None:
+    wav = write(tmp_path / "x.wav", frames=6615, rate=22050, channels=3)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, wav) == 0
+    info = sf.info(out / "x_s2.wav")
+    assert (info.samplerate, info.frames, info.channels) == (22050, 6615, 1)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_integer_and_float_subtypes(ckpt: Path, tmp_path: Path, subtype: str) -> None:
+    reference = write(tmp_path / "ref" / "x.wav", subtype="DOUBLE")
+    wav = write(tmp_path / subtype / "x.wav", subtype=subtype)
+    assert infer(ckpt, "--out-dir", tmp_path / "out_ref", reference) == 0
+    assert infer(ckpt, "--out-dir", tmp_path / "out", wav) == 0
+    got, expected = sf.read(tmp_path / "out" / "x_s1.wav")[0], sf.read(tmp_path / "out_ref" / "x_s1.wav")[0]
+    assert got.shape == expected.shape == (2400,)
+    tolerance = 0.05 if subtype == "PCM_U8" else 2e-3
+    np.testing.assert_allclose(got, expected, atol=tolerance)
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes, the inference transform.
+
+
+def test_failure_writing_the_second_source_leaves_nothing(
+    ckpt: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    real_write = sf.write
+    calls = []
+
+    def failing_write(file, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(file, *args, **kwargs)
+
+    monkeypatch.setattr(sf, "write", failing_write)
+    wav = tmp_path / "in" / "x.wav"
+    wav.parent.mkdir()
+    real_write(wav, speech(0), RATE)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, wav) == 1
+    assert len(calls) == 2 and str(calls[0]).endswith(".tmp")
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "No space left on device" in lines[0]
+    assert all_files(out) == []  # no output and no temp file
+
+
+def test_no_optimize_gives_the_same_files(ckpt: Path, tmp_path: Path) -> None:
+    wav = write(tmp_path / "x.wav", frames=4000)
+    assert infer(ckpt, "--out-dir", tmp_path / "fast", wav) == 0
+    assert infer(ckpt, "--out-dir", tmp_path / "plain", "--no-optimize", wav) == 0
+    for k in (1, 2):
+        fast, plain = (
+            sf.read(tmp_path / "fast" / f"x_s{k}.wav")[0],
+            sf.read(tmp_path / "plain" / f"x_s{k}.wav")[0],
+        )
+        assert np.abs(fast).max() > 1e-3
+        np.testing.assert_allclose(fast, plain, atol=1e-4)
+
+
+def test_separator_optimize_keeps_the_plain_model(ckpt: Path) -> None:
+    plain = Separator.from_checkpoint(ckpt, optimize=False)
+    assert plain.runtime is plain.model and not plain.optimized
+    fast = Separator.from_checkpoint(ckpt)
+    assert fast.runtime is not fast.model and fast.optimized
+    mixture = torch.from_numpy(speech(3, 4000))
+    with torch.no_grad():
+        expected = fast.model(mixture[None])[0]
+    torch.testing.assert_close(fast.separate(mixture, RATE), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(plain.separate(mixture, RATE), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_python_api_checks(ckpt: Path, tmp_path: Path) -> None:
+    separator = Separator.from_checkpoint(ckpt)
+    with pytest.raises(SeparationError, match="is a directory"):
+        separator.separate_file(tmp_path, tmp_path / "out")
+    with pytest.raises(SeparationError, match="non-finite"):
+        separator.separate(torch.tensor([0.1, float("nan")] * 100), RATE)
+    with pytest.raises(SeparationError, match="too short"):
+        separator.separate(torch.ones(WINDOW - 1), RATE)
+    wav = write(tmp_path / "x.wav")
+    written = separator.separate_file(wav, tmp_path / "out", relative_name="a/b/y")
+    assert written == [tmp_path / "out" / "a" / "b" / f"y_s{k}.wav" for k in (1, 2)]
+    assert all(path.is_file() for path in written)
