@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "demo": ("audiosep.commands.demo", "build the built-in demo data, train, separate, report SI-SNRi"),
     "infer": ("audiosep.commands.infer", "separate audio files with a checkpoint"),
     "transcribe": ("audiosep.commands.transcribe", "transcribe audio files with an ASR checkpoint"),
+    "prune": ("audiosep.commands.prune", "SepPrune: remove channels under a MACs budget, fine-tune, report"),
+    "export": ("audiosep.commands.export", "export a checkpoint to ONNX or TorchScript and check it"),
     "data": {
         "demo": ("audiosep.commands.data_demo", "synthesise a small LibriMix-shaped demo set"),
         "librispeech": ("audiosep.commands.data_librispeech", "write LibriSpeech JSON-lines manifests"),

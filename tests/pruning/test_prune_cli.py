@@ -1,0 +1,106 @@
+"""`audiosep prune` end to end on the tiny LibriMix tree: search, surgery, fine-tune, resume, infer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audiosep.checkpoint import load_model, save_model
+from audiosep.cli import main
+from audiosep.models import ConvTasNet, build
+
+RECIPE = "demo/convtasnet_tiny.yaml"
+
+
+def _checkpoint(tmp_path: Path, model: torch.nn.Module | None = None) -> Path:
+    torch.manual_seed(0)
+    model = model or ConvTasNet(
+        enc_num_filters=16, enc_kernel_size=8, bottleneck_channels=8, hidden_channels=16,
+        skip_channels=8, num_layers=2, num_repeats=2,
+    )  # fmt: skip
+    path = tmp_path / "model.pt"
+    save_model(model.eval(), path, {"sample_rate": 8000})
+    return path
+
+
+def _prune(tmp_path: Path, root: Path, ckpt: Path, *extra: str) -> dict:
+    out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
+    argv = ["prune", "--ckpt", str(ckpt), "--config", RECIPE, "--data-root", str(root), "--out", str(out),
+            "--target-macs", "0.6", "--search-steps", "3", "--finetune-epochs", "0.5",
+            "--latency-seconds", "0.25", "--report", str(report), "--accelerator", "cpu",
+            "--work-dir", str(tmp_path / "work"), *extra]  # fmt: skip
+    assert main(argv) == 0
+    return json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("method", ["sepprune", "l1", "random"])
+def test_prune_writes_a_smaller_model_that_infer_loads(
+    method: str, tiny_librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _prune(tmp_path, tiny_librimix, _checkpoint(tmp_path), "--method", method)
+    assert abs(report["macs_after"] / report["macs_before"] - 0.6) <= 0.02
+    assert report["extra"]["macs_after_counted"] == pytest.approx(report["macs_after"], rel=1e-6)
+    assert report["params_after"] < report["params_before"]
+    assert all(v is not None for v in (report["si_snri_before"], report["si_snri_after"], report["latency_after_s"]))
+    assert "| params (M) |" in capsys.readouterr().out
+    model, metadata = load_model(tmp_path / "pruned.pt")
+    assert model.init_args["hidden_channels"] == report["widths"]
+    assert metadata["pruning"]["method"] == method
+    wav = tmp_path / "mix.wav"
+    sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(2000)).astype(np.float32), 8000)
+    assert main(["infer", "--ckpt", str(tmp_path / "pruned.pt"), "--out-dir", str(tmp_path / "sep"), str(wav)]) == 0
+    assert len(list((tmp_path / "sep").glob("*.wav"))) == 2
+
+
+def test_a_second_run_resumes_the_finished_phases(tiny_librimix: Path, tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path)
+    first = _prune(tmp_path, tiny_librimix, ckpt)
+    assert (tmp_path / "work" / "search" / "last.ckpt").is_file()
+    assert (tmp_path / "work" / "finetune" / "last.ckpt").is_file()
+    second = _prune(tmp_path, tiny_librimix, ckpt)
+    assert second["widths"] == first["widths"]  # the same learned scores, read back from the search checkpoint
+
+
+def test_transformer_separator_prunes_its_ffn(tiny_librimix: Path, tmp_path: Path) -> None:
+    model = build("sepformer_base", encoder_channels=16, model_channels=16, num_blocks=1, num_intra_layers=1,
+                  num_inter_layers=1, num_heads=2, ffn_dim=64, chunk_size=10)  # fmt: skip
+    report = _prune(tmp_path, tiny_librimix, _checkpoint(tmp_path, model), "--method", "l1", "--target-macs", "0.8",
+                    "--finetune-epochs", "0")  # fmt: skip
+    pruned, _ = load_model(tmp_path / "pruned.pt")
+    assert pruned.init_args["ffn_dim"] == report["widths"] and max(report["widths"]) < 64
+
+
+def test_profile_prints_the_costliest_groups(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prune", "--ckpt", str(_checkpoint(tmp_path)), "--profile", "--latency-seconds", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "prunable group" in out and "masker.blocks.3" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target-macs", "1.5"], "--target-macs"),
+        (["--config", "demo/nope.yaml"], "recipe not found"),
+        (["--method", "sepprune"], "needs --config"),
+    ],
+)
+def test_bad_requests_are_one_line_errors(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["prune", "--ckpt", str(_checkpoint(tmp_path)), "--out", str(tmp_path / "p.pt"), *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_recipe_naming_other_data_code_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text("data:\n  class_path: os.system\n  init_args: {command: touch pwned}\n")
+    argv = ["prune", "--ckpt", str(_checkpoint(tmp_path)), "--out", str(tmp_path / "p.pt"), "--config", str(recipe)]
+    assert main(argv) == 1
+    assert "must use one of" in capsys.readouterr().err
+    assert not Path("pwned").exists()
