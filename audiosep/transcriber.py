@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from audiosep.checkpoint import CheckpointError, load_model
+from audiosep.checkpoint import CheckpointError, build_untrusted, load_model
 from audiosep.data.audio import read_audio, resample, to_mono
 from audiosep.data.tokenizer import CharTokenizer
 from audiosep.decoding import Decoder, build_decoder
@@ -97,8 +97,18 @@ class Transcriber:
         missing = [key for key in ("features", "vocabulary") if key not in metadata]
         if missing:
             raise CheckpointError(f"{path}: not an ASR checkpoint (metadata lacks {missing})")
-        features = LogMelFeatures(**metadata["features"])
-        tokenizer = CharTokenizer(metadata["vocabulary"])
+        try:  # metadata is file input too: bounded front end, and a vocabulary that fits the model
+            features = build_untrusted(LogMelFeatures, metadata["features"], {"n_fft": 1 << 16, "n_mels": 1 << 10})
+            tokenizer = CharTokenizer(metadata["vocabulary"])
+        except (TypeError, ValueError) as err:  # CheckpointError is a ValueError
+            raise CheckpointError(f"{path}: bad ASR metadata ({' '.join(str(err).split())[:300]})") from err
+        fits = (
+            features.sample_rate == metadata.get("sample_rate")
+            and getattr(model, "in_features", None) == features.n_mels
+            and getattr(model, "num_classes", None) == tokenizer.blank + 1
+        )
+        if not fits:
+            raise CheckpointError(f"{path}: the model, its front end and its vocabulary do not fit together")
         decoder = build_decoder(tokenizer.vocabulary, **decoder_options)
         return cls(model, features, tokenizer, decoder, device, batch_size)
 

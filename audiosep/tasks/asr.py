@@ -139,9 +139,9 @@ class ASRTask(pl.LightningModule):
                     config.scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[LIGHTNING_KEY] = model_record(
-            self.model, asr_metadata(self.features, self.tokenizer.vocabulary)
-        )
+        """Store the model record without weights: Lightning's ``state_dict`` already holds them."""
+        metadata = asr_metadata(self.features, self.tokenizer.vocabulary)
+        checkpoint[LIGHTNING_KEY] = model_record(self.model, metadata, with_weights=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Default when the recipe sets no ``optimizer``: AdamW at 1e-3 (the CLI's choice replaces it)."""

@@ -103,7 +103,9 @@ class SeparationTask(L.LightningModule):
         return getattr(datamodule, "sample_rate", None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[LIGHTNING_KEY] = model_record(self.model, {"sample_rate": self.model_sample_rate()})
+        """Store the model record without weights: Lightning's ``state_dict`` already holds them."""
+        metadata = {"sample_rate": self.model_sample_rate()}
+        checkpoint[LIGHTNING_KEY] = model_record(self.model, metadata, with_weights=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam 1e-3 when the recipe gives no ``optimizer:`` (LightningCLI replaces this otherwise)."""

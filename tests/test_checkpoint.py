@@ -1,0 +1,471 @@
+"""Checkpoint loading is safe: only registered model classes are rebuilt, from checked args and weights."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import Tensor, nn
+from torch.nn.modules import module as nn_module
+
+from audiosep.checkpoint import (
+    FORMAT,
+    INT_SLACK,
+    LIGHTNING_KEY,
+    CheckpointError,
+    load_model,
+    model_record,
+    read_record,
+    save_model,
+)
+from audiosep.cli import main
+from audiosep.data.tokenizer import CharTokenizer
+from audiosep.models.conv_tasnet import ConvTasNet
+from audiosep.models.quartznet import QuartzNet
+from audiosep.models.registry import MODEL_CLASSES
+from audiosep.nn.features import LogMelFeatures
+from audiosep.tasks.asr import ASRTask
+from audiosep.transcriber import Transcriber
+
+CONV_TASNET = "audiosep.models.conv_tasnet.ConvTasNet"
+TINY: dict[str, dict[str, Any]] = {
+    CONV_TASNET: dict(
+        enc_num_filters=16, enc_kernel_size=8, bottleneck_channels=8, hidden_channels=12, skip_channels=6,
+        num_layers=2, num_repeats=1,
+    ),
+    "audiosep.models.sepformer.SepFormer": dict(
+        encoder_channels=16, kernel_size=8, model_channels=12, num_blocks=1, num_intra_layers=1,
+        num_inter_layers=1, num_heads=2, ffn_dim=24, chunk_size=10,
+    ),
+    "audiosep.models.resepformer.RESepFormer": dict(
+        encoder_channels=12, kernel_size=8, num_blocks=2, num_intra_layers=1, num_inter_layers=1,
+        num_heads=2, ffn_dim=24, chunk_size=6,
+    ),
+    "audiosep.models.tiny_sepformer.TinySepformer": dict(
+        encoder_channels=16, kernel_size=8, model_channels=12, num_blocks=1, num_intra_layers=1,
+        num_inter_layers=1, num_heads=2, attention_channels=8, conv_kernel_size=3, ffn_dim=24, chunk_size=10,
+    ),
+    "audiosep.models.quartznet.QuartzNet": dict(
+        in_features=8, num_classes=29, blocks=[[4, 3, 1, 2, 1, False], [6, 5, 2], [6, 1, 1, 1, 1, False, False]]
+    ),
+}  # fmt: skip
+QUARTZNET_FEATURES = {"n_mels": 8, "n_fft": 512}
+
+
+def randomized(model: nn.Module) -> nn.Module:
+    """``model`` with every float parameter and buffer redrawn, so that no default init can pass as loaded."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.5)
+    return model.eval()
+
+
+def tiny_conv_tasnet() -> ConvTasNet:
+    return randomized(ConvTasNet(**TINY[CONV_TASNET]))
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    """A valid record of the tiny Conv-TasNet, with top-level keys replaced by ``changes``."""
+    return model_record(tiny_conv_tasnet(), {"sample_rate": 8000}) | changes
+
+
+def with_args(**changes: Any) -> dict[str, Any]:
+    """The tiny Conv-TasNet record with some init args changed (weights unchanged)."""
+    base = record()
+    return base | {"init_args": base["init_args"] | changes}
+
+
+def write(tmp_path: Path, obj: Any, name: str = "crafted.ckpt") -> Path:
+    path = tmp_path / name
+    torch.save(obj, path)
+    return path
+
+
+def load_error(path: Path) -> str:
+    """The message of the CheckpointError that loading ``path`` raises; checks it is one line naming the file."""
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and str(path) in message, message
+    return message
+
+
+def cpu_tensor_registrations() -> tuple[list[str], Any]:
+    """A list that collects the device of every parameter/buffer registered on a real device, and its hook."""
+    seen: list[str] = []
+
+    def hook(_module: nn.Module, _name: str, tensor: Tensor | None) -> None:
+        if tensor is not None and tensor.device.type != "meta":
+            seen.append(tensor.device.type)
+
+    return seen, hook
+
+
+# --- round trips ------------------------------------------------------------------------------------
+
+
+def test_every_registered_class_has_a_tiny_config() -> None:
+    assert set(TINY) == set(MODEL_CLASSES)
+
+
+@pytest.mark.parametrize("class_path", sorted(TINY))
+def test_every_registered_model_round_trips(class_path: str, tmp_path: Path) -> None:
+    model = randomized(MODEL_CLASSES[class_path](**TINY[class_path]))
+    save_model(model, tmp_path / "m.pt", {"sample_rate": 8000})
+    loaded, metadata = load_model(tmp_path / "m.pt")
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.init_args == model.init_args and metadata == {"sample_rate": 8000}
+    expected = model.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    for name, tensor in loaded.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
+    torch.manual_seed(2)
+    inputs = (torch.randn(1, 8, 20), torch.tensor([20])) if class_path.endswith("QuartzNet") else (torch.randn(1, 400),)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*inputs), model(*inputs))
+
+
+def test_loading_imports_nothing_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, record(), "ok.pt")
+    crafted = write(tmp_path, record(class_path="audiosep.io.atomic_write_text"))
+
+    def refuse(name: str, *args: Any) -> None:
+        raise AssertionError(f"the loader imported {name}")
+
+    monkeypatch.setattr(importlib, "import_module", refuse)
+    assert isinstance(load_model(path)[0], ConvTasNet)
+    load_error(crafted)
+
+
+# --- records that name something other than a registered model class ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("class_path", "init_args"),
+    [
+        ("audiosep.io.atomic_write_text", {"path": "{target}", "text": "pwned"}),
+        ("audiosep.data.audio.write_audio_atomic", {"path": "{target}", "audio": [0.0] * 80, "sample_rate": 8000}),
+        ("os.system", {"command": "touch {target}"}),
+        ("builtins.exec", {"source": "open('{target}', 'w').close()"}),
+    ],
+)  # fmt: skip
+def test_a_record_naming_a_function_that_writes_a_file_runs_nothing(
+    class_path: str, init_args: dict[str, Any], tmp_path: Path
+) -> None:
+    target = tmp_path / "pwned.wav"
+    args = {k: v.format(target=target) if isinstance(v, str) else v for k, v in init_args.items()}
+    path = write(tmp_path, record(class_path=class_path, init_args=args, state_dict={}))
+    assert "is not an audiosep model class" in load_error(path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("class_path", "init_args", "state_dict"),
+    [
+        ("audiosep.checkpoint.CheckpointError", {}, {}),
+        ("audiosep.models.base.RebuildableModule", {}, {}),
+        ("builtins.eval", {"source": "1"}, {}),
+        ("torch.nn.Linear", {"in_features": 2, "out_features": 2}, nn.Linear(2, 2).state_dict()),
+        ("torch.nn.modules.linear.Linear", {"in_features": 2, "out_features": 2}, nn.Linear(2, 2).state_dict()),
+        ("torchaudio.models.ConvTasNet", {"num_sources": 2}, {}),
+        ("audiosep.models.conv_tasnet.conv_tasnet_base", {}, {}),
+        ("audiosep.models.conv_tasnet.ConvTasNet.__init__", {}, {}),
+        ("audiosep.models.conv_tasnet.NoSuchModel", {}, {}),
+        ("", {}, {}),
+    ],
+)  # fmt: skip
+def test_a_record_naming_a_non_model_or_foreign_class_is_refused(
+    class_path: str, init_args: dict[str, Any], state_dict: dict[str, Tensor], tmp_path: Path
+) -> None:
+    path = write(tmp_path, record(class_path=class_path, init_args=init_args, state_dict=dict(state_dict)))
+    assert "is not an audiosep model class" in load_error(path)
+
+
+# --- malformed records ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "problem"),
+    [
+        ([1, 2, 3], "holds a list, not a dict"),
+        ({"weights": torch.zeros(2)}, "no audiosep model inside"),
+        ({LIGHTNING_KEY: [1]}, "audiosep_model is a list"),
+        ({"format": "audiosep.model/0"}, "no audiosep model inside"),
+    ],
+)
+def test_a_file_without_a_record_dict_is_refused(obj: Any, problem: str, tmp_path: Path) -> None:
+    assert problem in load_error(write(tmp_path, obj))
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"class_path": 7}, "class_path 7 is not a str"),
+        ({"init_args": [1, 2]}, "init_args is a list, not a dict"),
+        ({"init_args": {1: 2}}, "init_args has a non-str key"),
+        ({"init_args": {"num_layers": torch.tensor(2)}}, "init_args['num_layers'] is not a plain value"),
+        ({"init_args": {"norm": {"nested": [[[[[[[[["deep"]]]]]]]]]}}}, "is not a plain value"),
+        ({"state_dict": [torch.zeros(1)]}, "state_dict is a list"),
+        ({"state_dict": {"encoder.weight": [0.0]}}, "not a str -> Tensor pair"),
+        ({"metadata": "8000"}, "metadata is a str"),
+        ({"metadata": {"sample_rate": "8000"}}, "sample_rate '8000'"),
+        ({"metadata": {"sample_rate": 10**9}}, "sample_rate 1000000000"),
+    ],
+)  # fmt: skip
+def test_a_malformed_record_is_a_one_line_error(changes: dict[str, Any], problem: str, tmp_path: Path) -> None:
+    assert problem in load_error(write(tmp_path, record(**changes)))
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"nrom": "gLN"}, "takes no init args ['nrom']"),
+        ({"hidden_channels": 12.0}, "hidden_channels=12.0 does not fit"),
+        ({"hidden_channels": "12"}, "hidden_channels='12' does not fit"),
+        ({"hidden_channels": 0}, "hidden_channels=0 does not fit"),
+        ({"num_layers": -2}, "num_layers=-2 does not fit"),
+        ({"num_layers": True}, "num_layers=True does not fit"),
+        ({"causal": 1}, "causal=1 does not fit bool"),
+        ({"norm": 5}, "norm=5 does not fit"),
+        ({"norm": "no_such_norm"}, "norm='no_such_norm' does not fit"),
+        ({"enc_kernel_size": 1}, "cannot build ConvTasNet: enc_kernel_size must be >= 2"),
+    ],
+)
+def test_bad_init_args_are_a_one_line_error(changes: dict[str, Any], problem: str, tmp_path: Path) -> None:
+    assert problem in load_error(write(tmp_path, with_args(**changes)))
+
+
+def test_the_constructor_value_error_of_a_quartznet_block_is_a_checkpoint_error(tmp_path: Path) -> None:
+    model = QuartzNet(**TINY["audiosep.models.quartznet.QuartzNet"])
+    bad = model_record(model)
+    bad["init_args"]["blocks"] = [[4, 3, 1, 2, 2, False]]  # strides and dilates
+    assert "cannot build QuartzNet: a block may stride or dilate, not both" in load_error(write(tmp_path, bad))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"hidden_channels": 10**12},
+        {"num_layers": 10**9},  # a per-layer width list of 10**9 entries would be built before any module
+        {"enc_num_filters": 10**6, "hidden_channels": 10**6},
+        {"hidden_channels": "cap", "bottleneck_channels": "cap"},  # passes the count cap: the meta build fails
+    ],
+)
+def test_a_huge_model_with_small_weights_fails_fast_without_allocating(
+    changes: dict[str, Any], tmp_path: Path
+) -> None:
+    cap = sum(t.numel() for t in record()["state_dict"].values()) + INT_SLACK
+    path = write(tmp_path, with_args(**{k: cap if v == "cap" else v for k, v in changes.items()}))
+    seen, hook = cpu_tensor_registrations()
+    handles = [
+        nn_module.register_module_parameter_registration_hook(hook),
+        nn_module.register_module_buffer_registration_hook(hook),
+    ]
+    try:
+        start = time.perf_counter()
+        message = load_error(path)
+        elapsed = time.perf_counter() - start
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert "larger than the stored weights allow" in message or "state_dict shapes do not fit" in message
+    assert elapsed < 0.5, f"took {elapsed:.2f} s"
+    assert seen == [], "the model was built on a real device"
+
+
+def test_the_real_build_follows_a_matching_meta_build(tmp_path: Path) -> None:
+    seen, hook = cpu_tensor_registrations()
+    handle = nn_module.register_module_parameter_registration_hook(hook)
+    try:
+        load_model(write(tmp_path, record(), "ok.pt"))
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {"cpu"}  # the control for the test above: a good file is built on the CPU
+
+
+def test_state_dict_keys_and_shapes_must_match_the_constructor(tmp_path: Path) -> None:
+    base = record()
+    weights = base["state_dict"]
+    missing = {k: v for k, v in weights.items() if k != "encoder.weight"}
+    extra = weights | {"encoder.extra": torch.zeros(1)}
+    reshaped = weights | {"encoder.weight": torch.zeros(32, 1, 8)}
+    assert "missing ['encoder.weight']" in load_error(write(tmp_path, base | {"state_dict": missing}, "a"))
+    assert "unexpected ['encoder.extra']" in load_error(write(tmp_path, base | {"state_dict": extra}, "b"))
+    assert "encoder.weight (32, 1, 8) != (16, 1, 8)" in load_error(write(tmp_path, base | {"state_dict": reshaped}, "c"))
+    other_size = with_args(hidden_channels=16)  # args of a bigger model, weights of the tiny one
+    assert "state_dict shapes do not fit" in load_error(write(tmp_path, other_size, "d"))
+
+
+def test_missing_file_and_garbage_are_one_line_errors(tmp_path: Path) -> None:
+    assert "checkpoint not found" in load_error(tmp_path / "nope.ckpt")
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"\x80\x04not a pickle at all")
+    assert "not a readable checkpoint" in load_error(garbage)
+
+
+# --- Lightning checkpoints --------------------------------------------------------------------------
+
+
+def lightning_checkpoint(model: nn.Module, inner_weights: bool) -> dict[str, Any]:
+    """A Lightning-shaped checkpoint of a task holding ``model`` as ``self.model`` (and one other module)."""
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()} | {"features.window": torch.ones(4)}
+    return {
+        "epoch": 0,
+        "global_step": 2,
+        "state_dict": weights,
+        "optimizer_states": [{"state": {}, "param_groups": []}],
+        LIGHTNING_KEY: model_record(model, {"sample_rate": 8000}, with_weights=inner_weights),
+    }
+
+
+@pytest.mark.parametrize("inner_weights", [False, True])
+def test_lightning_checkpoint_loads_with_and_without_the_inner_state_dict(inner_weights: bool, tmp_path: Path) -> None:
+    model = tiny_conv_tasnet()
+    path = write(tmp_path, lightning_checkpoint(model, inner_weights), "last.ckpt")
+    loaded, metadata = load_model(path)
+    assert metadata == {"sample_rate": 8000}
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_an_old_lightning_checkpoint_takes_the_weights_of_its_record(tmp_path: Path) -> None:
+    model = tiny_conv_tasnet()
+    checkpoint = lightning_checkpoint(model, inner_weights=True)
+    checkpoint["state_dict"] = {"features.window": torch.ones(4)}  # no model.* entries outside the record
+    loaded, _ = load_model(write(tmp_path, checkpoint, "old.ckpt"))
+    torch.testing.assert_close(loaded.state_dict()["encoder.weight"], model.state_dict()["encoder.weight"])
+
+
+def test_a_lightning_checkpoint_without_model_weights_is_refused(tmp_path: Path) -> None:
+    checkpoint = lightning_checkpoint(tiny_conv_tasnet(), inner_weights=False)
+    no_state = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+    assert "without a state_dict" in load_error(write(tmp_path, no_state, "a.ckpt"))
+    checkpoint["state_dict"] = {"features.window": torch.ones(4)}
+    assert "missing" in load_error(write(tmp_path, checkpoint, "b.ckpt"))
+
+
+def test_the_record_of_a_lightning_checkpoint_is_checked_too(tmp_path: Path) -> None:
+    checkpoint = lightning_checkpoint(tiny_conv_tasnet(), inner_weights=False)
+    checkpoint[LIGHTNING_KEY]["class_path"] = "audiosep.io.atomic_write_text"
+    assert "is not an audiosep model class" in load_error(write(tmp_path, checkpoint, "last.ckpt"))
+
+
+def tensors_under(value: Any, path: str = "") -> dict[str, Tensor]:
+    """Every tensor in a nested checkpoint, by its path of keys."""
+    if isinstance(value, Tensor):
+        return {path: value}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else ()
+    return {k: t for key, item in items for k, t in tensors_under(item, f"{path}/{key}").items()}
+
+
+def test_a_fit_checkpoint_holds_each_weight_once(tiny_librimix: Path, tmp_path: Path) -> None:
+    argv = [
+        "fit", "--config", "recipes/demo/convtasnet_tiny.yaml", f"--data.root={tiny_librimix}",
+        "--data.segment=0.25", "--data.batch_size=2", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+        *(f"--model.model.init_args.{k}={v}" for k, v in TINY[CONV_TASNET].items()),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    path = sorted(tmp_path.rglob("last.ckpt"))[0]
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert "state_dict" not in raw[LIGHTNING_KEY] and raw[LIGHTNING_KEY]["format"] == FORMAT
+    model, metadata = load_model(path)
+    tensors = tensors_under(raw)
+    outside = [  # scalars aside (e.g. the checkpoint callback's best score)
+        k for k, t in tensors.items() if t.numel() > 1 and not k.startswith(("/state_dict/", "/optimizer_states/"))
+    ]
+    assert outside == []
+    stored = sum(t.numel() for k, t in tensors.items() if k.startswith("/state_dict/model."))
+    assert stored == sum(t.numel() for t in model.state_dict().values())
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, raw["state_dict"][f"model.{name}"], rtol=0, atol=0)
+    assert metadata == {"sample_rate": 8000} and read_record(path)["init_args"] == model.init_args
+
+
+def test_asr_task_checkpoint_record_has_no_weights() -> None:
+    model = QuartzNet(**TINY["audiosep.models.quartznet.QuartzNet"])
+    task = ASRTask(model, features=LogMelFeatures(**QUARTZNET_FEATURES))
+    checkpoint: dict[str, Any] = {}
+    task.on_save_checkpoint(checkpoint)
+    assert set(checkpoint) == {LIGHTNING_KEY} and "state_dict" not in checkpoint[LIGHTNING_KEY]
+    assert checkpoint[LIGHTNING_KEY]["metadata"]["features"]["n_mels"] == 8
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def wav(tmp_path: Path) -> Path:
+    path = tmp_path / "x.wav"
+    sf.write(path, np.zeros(800, dtype=np.float32), 8000)
+    return path
+
+
+def asr_record(**metadata_changes: Any) -> dict[str, Any]:
+    """A valid ASR record of a tiny QuartzNet, with metadata entries replaced."""
+    model = randomized(QuartzNet(**TINY["audiosep.models.quartznet.QuartzNet"]))
+    features = LogMelFeatures(**QUARTZNET_FEATURES)
+    metadata = {"task": "asr", "sample_rate": features.sample_rate, "features": features.config(),
+                "vocabulary": CharTokenizer().vocabulary}  # fmt: skip
+    return model_record(model, metadata | metadata_changes)
+
+
+def one_line_cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run ``audiosep argv``; it must exit 1 with exactly one stderr line and no traceback."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("audiosep: error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("command", ["infer", "transcribe"])
+def test_cli_reports_a_crafted_checkpoint_in_one_line(
+    command: str, wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "pwned.txt"
+    crafted = record(class_path="audiosep.io.atomic_write_text", init_args={"path": str(target), "text": "x"})
+    path = write(tmp_path, crafted)
+    err = one_line_cli_error(capsys, [command, "--ckpt", str(path), "--out-dir" if command == "infer" else "--out",
+                                      str(tmp_path / "out"), str(wav)])  # fmt: skip
+    assert str(path) in err and "is not an audiosep model class" in err
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("command", ["infer", "transcribe"])
+def test_cli_reports_bad_init_args_in_one_line(
+    command: str, wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, with_args(num_layers=10**9))
+    assert "larger than the stored weights allow" in one_line_cli_error(capsys, [command, "--ckpt", str(path), str(wav)])
+
+
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        ({"features": {"bogus": 1}}, "takes no init args ['bogus']"),
+        ({"features": LogMelFeatures(**QUARTZNET_FEATURES).config() | {"n_fft": 10**9}}, "n_fft=1000000000"),
+        ({"features": "x"}, "LogMelFeatures args is a str"),
+        ({"vocabulary": ["ab"]}, "every label must be one character"),
+        ({"vocabulary": list("abc")}, "do not fit together"),  # 4 outputs, the model has 29
+        ({"sample_rate": 8000}, "do not fit together"),  # the front end runs at 16 kHz
+        ({"features": LogMelFeatures(n_mels=16).config()}, "do not fit together"),  # the model takes 8 bins
+    ],
+)
+def test_transcribe_reports_bad_asr_metadata_in_one_line(
+    metadata: dict[str, Any], problem: str, wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, asr_record(**metadata))
+    assert problem in one_line_cli_error(capsys, ["transcribe", "--ckpt", str(path), str(wav)])
+
+
+def test_a_good_asr_record_rebuilds_a_transcriber(tmp_path: Path) -> None:
+    transcriber = Transcriber.from_checkpoint(write(tmp_path, asr_record(), "asr.pt"))
+    assert transcriber.features.config() == LogMelFeatures(**QUARTZNET_FEATURES).config()
