@@ -26,11 +26,12 @@ import soundfile as sf
 import torch
 from torch import Tensor, nn
 
-from audiosep.checkpoint import load_model
+from audiosep.checkpoint import CheckpointError, load_model
 from audiosep.data.audio import resample, to_mono
 from audiosep.errors import UserError
 from audiosep.io import atomic_paths
 from audiosep.losses import best_permutation
+from audiosep.models.registry import SEPARATOR_CLASSES
 from audiosep.optimize import prepare_for_inference
 from audiosep.transcriber import Transcriber
 
@@ -320,6 +321,8 @@ class Separator:
         ``kwargs`` go to the constructor (``chunk``, ``device``, ``optimize``).
         """
         model, metadata = load_model(path)
+        if not isinstance(model, SEPARATOR_CLASSES):
+            raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a separator")
         sample_rate = metadata.get("sample_rate")
         if not sample_rate:
             raise ValueError(f"{path}: the checkpoint does not record the model's sample rate")

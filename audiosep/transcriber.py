@@ -19,6 +19,7 @@ from audiosep.checkpoint import CheckpointError, build_untrusted, load_model
 from audiosep.data.audio import read_audio, resample, to_mono
 from audiosep.data.tokenizer import CharTokenizer
 from audiosep.decoding import Decoder, build_decoder
+from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.features import LogMelFeatures
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class Transcriber:
             CheckpointError: not an ASR checkpoint (no front end or vocabulary in its metadata).
         """
         model, metadata = load_model(path)
+        if not isinstance(model, QuartzNet):
+            raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a speech recogniser")
         missing = [key for key in ("features", "vocabulary") if key not in metadata]
         if missing:
             raise CheckpointError(f"{path}: not an ASR checkpoint (metadata lacks {missing})")

@@ -469,3 +469,21 @@ def test_transcribe_reports_bad_asr_metadata_in_one_line(
 def test_a_good_asr_record_rebuilds_a_transcriber(tmp_path: Path) -> None:
     transcriber = Transcriber.from_checkpoint(write(tmp_path, asr_record(), "asr.pt"))
     assert transcriber.features.config() == LogMelFeatures(**QUARTZNET_FEATURES).config()
+
+
+def test_a_recogniser_given_to_infer_and_a_separator_given_to_transcribe_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each command checks the kind of model it got, not only that it is one of ours."""
+    from audiosep.models import conv_tasnet_demo
+
+    wav = tmp_path / "x.wav"
+    sf.write(wav, np.zeros(1600, dtype=np.float32) + 0.01, 8000)
+    asr = tmp_path / "asr.pt"
+    save_model(QuartzNet(16, 5, [[8, 3, 1, 2, 1, False], [12, 1, 1, 1, 1, False, False]]), asr, {"sample_rate": 8000})
+    sep = tmp_path / "sep.pt"
+    save_model(conv_tasnet_demo(num_repeats=1, num_layers=1), sep, {"sample_rate": 8000})
+    for argv, kind in ((["infer", "--ckpt", str(asr)], "not a separator"), (["transcribe", "--ckpt", str(sep)], "not a speech recogniser")):
+        assert main([*argv, str(wav)]) == 1
+        err = capsys.readouterr().err
+        assert kind in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
