@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet, TemporalConvNet, overlap_add
+from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet, TemporalConvNet, overlap_add, run_blocks
 from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.norms import BatchNorm, CumulativeLayerNorm, Identity, _AffineNorm, fold_batchnorm
 
@@ -230,14 +230,7 @@ class FastTemporalConvNet(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         x = self.bottleneck_conv(self.bottleneck_norm(features))
-        skip_sum: Tensor | None = None
-        for block in self.blocks:
-            residual, skip = block(x)
-            if residual is not None:
-                x = x + residual
-            if skip is not None:
-                skip_sum = skip if skip_sum is None else skip_sum + skip
-        masks = self.output_conv(self.output_prelu(x if skip_sum is None else skip_sum))  # [B, S*N, M, 1]
+        masks = self.output_conv(self.output_prelu(run_blocks(self.blocks, x)))  # [B, S*N, M, 1]
         masks = masks.permute(0, 2, 3, 1).squeeze(2).unflatten(2, (self.num_sources, -1))  # [B, M, S, N]
         return torch.softmax(masks, dim=2) if self.mask_activation == "softmax" else masks
 

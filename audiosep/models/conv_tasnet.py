@@ -172,15 +172,20 @@ class TemporalConvNet(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         """Encoder features ``[B, N, M]`` -> masks ``[B, S, N, M]``."""
         x = self.bottleneck_conv(self.bottleneck_norm(features))  # [B, B_c, M]
-        skip_sum: Tensor | None = None
-        for block in self.blocks:
-            residual, skip = block(x)
-            if residual is not None:
-                x = x + residual
-            if skip is not None:
-                skip_sum = skip if skip_sum is None else skip_sum + skip
-        masks = self.output_conv(self.output_prelu(x if skip_sum is None else skip_sum))  # [B, S*N, M]
+        masks = self.output_conv(self.output_prelu(run_blocks(self.blocks, x)))  # [B, S*N, M]
         return self.mask_act(masks.unflatten(1, (self.num_sources, -1)))  # [B, S, N, M]
+
+
+def run_blocks(blocks: Sequence[nn.Module], x: Tensor) -> Tensor:
+    """The TCN stream: add each block's residual to ``x``; return the sum of the skips (or ``x``)."""
+    skip_sum: Tensor | None = None
+    for block in blocks:
+        residual, skip = block(x)
+        if residual is not None:
+            x = x + residual
+        if skip is not None:
+            skip_sum = skip if skip_sum is None else skip_sum + skip
+    return x if skip_sum is None else skip_sum
 
 
 class ConvTasNet(RebuildableModule):
