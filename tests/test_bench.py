@@ -1,0 +1,371 @@
+"""``audiosep bench`` and ``audiosep bench sweep`` on tiny models: counts, records, files, failures."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from audiosep.bench import measure
+from audiosep.bench.backends import BACKENDS as LIBRARY_BACKENDS
+from audiosep.bench.backends import DEFAULT_BACKENDS as LIBRARY_DEFAULTS
+from audiosep.bench.memory import MemoryWorkers
+from audiosep.bench.models import ModelSpec
+from audiosep.bench.report import CSV_FIELDS
+from audiosep.bench.run import BenchSettings, parse_overrides, resolve_models, run_bench
+from audiosep.checkpoint import save_model
+from audiosep.commands import bench as bench_command
+from audiosep.models import ConvTasNet
+from audiosep.nn.attention import MultiHeadSelfAttention
+
+TINY = {"enc_num_filters": 16, "enc_kernel_size": 8, "bottleneck_channels": 8, "hidden_channels": 12,
+        "skip_channels": 8, "num_layers": 2, "num_repeats": 1}  # fmt: skip
+TINY_OVERRIDES = [f"--override={k}={v}" for k, v in TINY.items()]
+PRUNED = TINY | {"hidden_channels": [12, 7, 9, 12], "num_repeats": 2}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="audiosep bench")
+    bench_command.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def conv_tasnet_macs(args: dict, num_samples: int) -> float:
+    """Conv-TasNet MACs of one item by formula: encoder, bottleneck, blocks, output conv, decoder."""
+    kernel, stride = args["enc_kernel_size"], args["enc_kernel_size"] // 2
+    is_odd = kernel % 2
+    end = -(-(num_samples - is_odd) // stride) * stride + is_odd - num_samples
+    frames = (num_samples + 2 * stride + end - kernel) // stride + 1  # M
+    n, b, s = args["enc_num_filters"], args["bottleneck_channels"], args["skip_channels"]
+    blocks = args["num_layers"] * args["num_repeats"]
+    widths = (
+        args["hidden_channels"]
+        if isinstance(args["hidden_channels"], list)
+        else [args["hidden_channels"]] * blocks
+    )
+    per_frame = n * kernel + n * b  # encoder (1 input channel), bottleneck 1x1
+    for index, h in enumerate(widths):
+        residual = 0 if index == blocks - 1 else b
+        per_frame += (
+            b * h + h * args.get("conv_kernel_size", 3) + h * (residual + s)
+        )  # in 1x1, depthwise, out 1x1
+    per_frame += s * 2 * n + 2 * n * kernel  # output 1x1 to S x N masks, decoder per source
+    return float(per_frame * frames)
+
+
+# --- MACs ----------------------------------------------------------------------------------------
+
+
+class ConvLinear(nn.Module):
+    """Conv1d(1 -> 6, kernel 5, stride 2) then Linear(6 -> 4) per frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.linear = nn.Conv1d(1, 6, 5, stride=2), nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.conv(x.unsqueeze(1)).transpose(1, 2))
+
+
+class OneAttention(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.dim, self.attention = dim, MultiHeadSelfAttention(dim, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x.view(x.shape[0], -1, self.dim))  # [B, T] -> [B, L, D]
+
+
+def test_macs_of_a_conv_and_linear_model_match_the_formula() -> None:
+    def inputs(seconds: float) -> tuple[torch.Tensor]:
+        return (torch.randn(1, int(seconds * 1000)),)
+
+    macs, method = measure.count_macs_at(ConvLinear(), inputs, [0.1, 0.5])
+    for seconds, counted in macs.items():
+        frames = (int(seconds * 1000) - 5) // 2 + 1
+        assert counted == frames * 6 * 5 + frames * 6 * 4
+    assert method == "meta"
+
+
+@pytest.mark.parametrize("meta_fails", [False, True])
+def test_attention_products_are_counted(monkeypatch: pytest.MonkeyPatch, meta_fails: bool) -> None:
+    if meta_fails:  # the fallback: audiosep.cost.count_macs on real tensors at every length
+        monkeypatch.setattr(measure, "_meta_macs", lambda *a: (_ for _ in ()).throw(RuntimeError("no meta")))
+    dim, length = 32, 40
+
+    def inputs(seconds: float) -> tuple[torch.Tensor]:
+        return (torch.randn(2, round(seconds * 100) * dim),)
+
+    macs, method = measure.count_macs_at(OneAttention(dim), inputs, [length / 100])
+    batch = 2
+    expected = batch * length * dim * 3 * dim + 2 * batch * length * length * dim + batch * length * dim * dim
+    assert macs[length / 100] == expected
+    assert method == ("cpu" if meta_fails else "meta")
+
+
+# --- one bench run through the command line, shared by several checks -----------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--models", "conv_tasnet_demo", *TINY_OVERRIDES, "--lengths", "0.25,1", "--peers", "--repeats", "3",
+            "--backends", "eager,prepared,torchscript,onnxruntime", "--out-dir", str(out), "--no-progress"]  # fmt: skip
+    assert bench_command.run(parse(argv)) == 0
+    return json.loads((out / "bench.json").read_text()), out
+
+
+def test_report_has_the_documented_keys(bench_run: tuple[dict, Path]) -> None:
+    report, _ = bench_run
+    assert report["schema"] == "audiosep.bench/1"
+    assert {"created", "machine", "settings", "models", "notes", "results"} <= set(report)
+    assert {"device", "device_name", "threads", "torch", "bf16_native", "matmul_fp32_mac_per_s"} <= set(
+        report["machine"]
+    )
+    assert report["machine"]["matmul_fp32_mac_per_s"] > 1e8
+    for record in report["results"]:
+        assert set(record) == {f for f in CSV_FIELDS if not f.startswith("latency_")} | {"latency_s"}
+        assert record["status"] == "ok", record
+        assert set(record["latency_s"]) == {"median", "min", "max", "q1", "q3"}
+        assert record["latency_s"]["min"] <= record["latency_s"]["median"] <= record["latency_s"]["max"]
+        assert record["rtf"] == pytest.approx(record["latency_s"]["median"] / record["seconds"])
+        assert 0 < record["roofline_fraction"] and record["repeats"] == 3
+    combos = {(r["model"], r["backend"]) for r in report["results"]}
+    assert len(combos) == 5 and ("torchaudio ConvTasNet", "eager") in combos
+
+
+def test_csv_rows_match_the_json_records(bench_run: tuple[dict, Path]) -> None:
+    report, out = bench_run
+    with (out / "bench.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(report["results"]) and list(rows[0]) == list(CSV_FIELDS)
+    for row, record in zip(rows, report["results"], strict=True):
+        assert (row["model"], row["backend"], float(row["seconds"])) == (
+            record["model"],
+            record["backend"],
+            record["seconds"],
+        )
+        assert float(row["latency_median_s"]) == pytest.approx(record["latency_s"]["median"])
+        assert float(row["macs"]) == record["macs"] and row["status"] == record["status"]
+
+
+def test_pngs_are_written(bench_run: tuple[dict, Path]) -> None:
+    _, out = bench_run
+    for name in ("latency.png", "memory.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reported_macs_match_the_conv_tasnet_formula_and_the_peer(bench_run: tuple[dict, Path]) -> None:
+    report, _ = bench_run
+    for record in report["results"]:
+        expected = conv_tasnet_macs(TINY, round(record["seconds"] * 8000))
+        assert record["macs"] == expected, record["model"]  # torchaudio's is the same network: same count
+    ours = [r for r in report["results"] if r["kind"] == "ours"]
+    assert all(r["peer"] == "torchaudio ConvTasNet" and r["peer_ratio"] > 0 for r in ours)
+    expected_params = sum(p.numel() for p in ConvTasNet(**TINY, encoder_activation="linear").parameters())
+    assert {r["params"] for r in report["results"]} == {expected_params}
+
+
+def test_peak_memory_is_measured_for_every_record(bench_run: tuple[dict, Path]) -> None:
+    report, _ = bench_run
+    for record in report["results"]:
+        assert record["memory"] == "rss in a fresh process" and record["peak_memory_mib"] >= 0
+
+
+def test_memory_worker_returns_a_positive_peak_that_grows_with_length() -> None:
+    job = {"spec": ModelSpec("demo", "preset", "conv_tasnet_demo").as_dict(), "backend": "eager", "artifact": None,
+           "dtype": "fp32", "batch_size": 1, "threads": 1}  # fmt: skip
+    with MemoryWorkers(threads=1) as workers:
+        short, long = workers.measure(job | {"seconds": 1.0}), workers.measure(job | {"seconds": 4.0})
+        with pytest.raises(RuntimeError, match="does not run backend"):
+            workers.measure(job | {"seconds": 1.0, "backend": "compile"})
+    assert 0 < short < long
+
+
+# --- failures are results ------------------------------------------------------------------------
+
+
+def test_an_unsupported_backend_is_an_entry_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_compile(model: nn.Module, **kwargs: object):
+        def run(*inputs: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("inductor\nhas no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    settings = BenchSettings(models=["conv_tasnet_demo"], overrides=TINY, lengths=[0.25, 0.5], dtypes=["fp32", "bf16"],
+                             backends=["eager", "compile", "onnxruntime"], repeats=1, memory=False, progress=False)  # fmt: skip
+    status = {(r["backend"], r["dtype"], r["seconds"]): r["status"] for r in run_bench(settings)["results"]}
+    assert status[("eager", "bf16", 0.5)] == "ok" and status[("onnxruntime", "fp32", 0.5)] == "ok"
+    assert status[("compile", "fp32", 0.25)] == "unsupported: RuntimeError: inductor has no C++ compiler"
+    assert status[("compile", "bf16", 0.5)].startswith("unsupported: RuntimeError")
+    assert status[("onnxruntime", "bf16", 0.25)].startswith(
+        "unsupported: TypeError: the onnxruntime backend is"
+    )
+
+
+def test_missing_onnxruntime_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    settings = BenchSettings(models=["conv_tasnet_demo"], overrides=TINY, lengths=[0.25], backends=["onnxruntime"],
+                             repeats=1, memory=False, progress=False)  # fmt: skip
+    (record,) = run_bench(settings)["results"]
+    assert (
+        record["status"] == "unsupported: ImportError: onnxruntime is not installed (pip install onnxruntime)"
+    )
+    assert record["latency_s"] is None
+
+
+def test_pruned_checkpoint_is_benchmarked(tmp_path: Path) -> None:
+    model = ConvTasNet(**PRUNED)
+    save_model(model, tmp_path / "pruned.ckpt", {"sample_rate": 8000})
+    argv = ["--ckpt", str(tmp_path / "pruned.ckpt"), "--lengths", "0.25", "--batch-sizes", "1,2", "--peers",
+            "--backends", "eager,prepared", "--repeats", "1", "--no-memory", "--out-dir", str(tmp_path), "--no-progress"]  # fmt: skip
+    assert bench_command.run(parse(argv)) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {(r["model"], r["status"]) for r in report["results"]} == {("pruned.ckpt", "ok")}
+    for record in report["results"]:
+        assert record["params"] == sum(p.numel() for p in model.parameters())
+        assert record["macs"] == record["batch_size"] * conv_tasnet_macs(PRUNED, 2000)
+    assert any("per-block widths" in note for note in report["notes"])  # no torchaudio peer for this one
+
+
+def test_peers_are_skipped_when_not_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchaudio", None)
+    monkeypatch.setitem(sys.modules, "speechbrain", None)
+    ours, peers, notes = resolve_models(
+        BenchSettings(models=["conv_tasnet_demo", "resepformer_base"], peers=True)
+    )
+    assert len(ours) == 2 and peers == []
+    assert "conv_tasnet_demo: no peer (torchaudio is not importable)" in notes
+    assert "resepformer_base: no peer (speechbrain is not importable)" in notes
+
+
+def test_peers_are_the_same_architecture_when_importable() -> None:
+    pytest.importorskip("torchaudio")
+    ours, peers, notes = resolve_models(
+        BenchSettings(models=["conv_tasnet_demo"], overrides=TINY, peers=True)
+    )
+    (peer,) = peers
+    assert peer.spec.peer_of == [ours[0].spec.label] and peer.params == ours[0].params
+    assert ours[0].module.init_args["encoder_activation"] == "linear"  # as torchaudio's, said in the notes
+    assert any("encoder_activation=linear" in note for note in notes)
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def test_parser_accepts_the_issue_commands() -> None:
+    args = parse(["--models", "conv_tasnet_base", "--lengths", "1,4,16", "--device", "cpu", "--peers"])
+    assert (args.bench_mode, args.models, args.lengths, args.peers) == (
+        None,
+        ["conv_tasnet_base"],
+        [1.0, 4.0, 16.0],
+        True,
+    )
+    assert args.backends == list(LIBRARY_DEFAULTS) and bench_command.BACKENDS == LIBRARY_BACKENDS
+    args = parse(["sweep", "--X", "4,6", "--R", "1", "--H", "64,128", "--train-minutes", "2", "--data", "d",
+                  "--train-arg=--data.batch_size=2"])  # fmt: skip
+    assert (args.bench_mode, args.num_layers, args.num_repeats, args.hidden_channels) == (
+        "sweep",
+        [4, 6],
+        [1],
+        [64, 128],
+    )
+    assert args.train_args == ["--data.batch_size=2"] and parse(["--backends", "all"]).backends == list(
+        LIBRARY_BACKENDS
+    )
+    for bad in (["--backends", "eager,tvm"], ["--lengths", "1,x"], ["--dtypes", "int4"]):
+        with pytest.raises(SystemExit):
+            parse(bad)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "give --models"),
+    (["--models", "conv_tasnet_large"], "unknown model conv_tasnet_large; valid: "),
+    (["--models", "conv_tasnet_demo", "--override", "num_layers"], "--override"),
+    (["--models", "conv_tasnet_demo", "--override", "no_such_arg=1"], "no_such_arg"),
+    (["--models", "conv_tasnet_demo", "--dtypes", "fp16"], "CUDA only"),
+    (["--ckpt", "missing.ckpt"], "no such checkpoint"),
+    (["sweep", "--train-minutes", "1"], "needs --data"),
+])  # fmt: skip
+def test_user_errors_are_one_line(argv: list[str], message: str) -> None:
+    from audiosep.errors import UserError
+
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        bench_command.run(parse([*argv, "--no-memory"] if argv[:1] != ["sweep"] else argv))
+
+
+def test_overrides_are_yaml_values_for_all_or_one_model() -> None:
+    common, per_model = parse_overrides(
+        ["hidden_channels=[12, 7]", "norm=cLN", "conv_tasnet_demo.causal=true", "x=null"]
+    )
+    assert common == {"hidden_channels": [12, 7], "norm": "cLN", "x": None}
+    assert per_model == {"conv_tasnet_demo": {"causal": True}}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["causal"])
+
+
+def test_adaptive_repeats_fit_the_budget() -> None:
+    assert measure.adaptive_repeats(0.1, 10.0) == 30  # capped
+    assert measure.adaptive_repeats(1.0, 10.0) == 10
+    assert measure.adaptive_repeats(20.0, 10.0) == 3  # at least 3 for a spread
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
+
+def test_sweep_costs_at_least_12_configurations_and_plots_the_pareto_front(tmp_path: Path) -> None:
+    argv = ["sweep", "--seconds", "0.1", "--repeats", "1", "--out-dir", str(tmp_path), "--no-progress"]
+    assert bench_command.run(parse(argv)) == 0
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    rows = report["rows"]
+    assert len(rows) >= 12 and len(
+        {(r["num_layers"], r["num_repeats"], r["hidden_channels"]) for r in rows}
+    ) == len(rows)
+    assert {r["num_layers"] for r in rows} == {4, 6, 8} and {r["hidden_channels"] for r in rows} == {
+        128,
+        256,
+        512,
+    }
+    assert all(r["status"] == "ok" and r["macs"] > 0 and r["latency_s"]["median"] > 0 for r in rows)
+    with (tmp_path / "sweep.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    by_config = {r["config"]: r for r in rows}
+    front = report["pareto"]["macs"]
+    assert front and report["pareto"]["quality"] == "receptive_field_s"
+    for name in front:  # nothing is cheaper and sees further than a point on the front
+        a = by_config[name]
+        assert not any(
+            b["macs"] < a["macs"] and b["receptive_field_s"] > a["receptive_field_s"] for b in rows
+        )
+
+
+def test_sweep_training_fills_si_snri(tiny_librimix: Path, tmp_path: Path) -> None:
+    argv = ["sweep", "--X", "2", "--R", "1", "--H", "16", "--seconds", "0.1", "--repeats", "1", "--train-minutes", "1",
+            "--data", str(tiny_librimix), "--out-dir", str(tmp_path), "--no-progress",
+            "--train-arg=--trainer.max_steps=2", "--train-arg=--data.segment=0.25", "--train-arg=--data.batch_size=2",
+            "--train-arg=--trainer.limit_val_batches=2", "--train-arg=--trainer.logger=false"]  # fmt: skip
+    assert bench_command.run(parse(argv)) == 0
+    (row,) = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert isinstance(row["si_snri_db"], float) and Path(row["checkpoint"]).is_file()
+    assert (tmp_path / "pareto.png").is_file()
+
+
+def test_the_command_works_under_the_top_level_parser(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from audiosep import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "bench", ("audiosep.commands.bench", "cost per backend; sweep"))
+    assert cli.main(["bench", "--list"]) == 0
+    assert "conv_tasnet_base" in capsys.readouterr().out
+    assert cli.main(["bench", "--models", "no_such_model", "--no-memory"]) == 1
+    assert "unknown model no_such_model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "sweep", "--help"])
+    assert exit_info.value.code == 0 and "--train-minutes" in capsys.readouterr().out
