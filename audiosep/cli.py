@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "transcribe": ("audiosep.commands.transcribe", "transcribe audio files with an ASR checkpoint"),
     "prune": ("audiosep.commands.prune", "SepPrune: remove channels under a MACs budget, fine-tune, report"),
     "export": ("audiosep.commands.export", "export a checkpoint to ONNX or TorchScript and check it"),
+    "bench": ("audiosep.commands.bench", "params, MACs, latency, RTF, memory per backend, peers; `bench sweep`: Conv-TasNet X/R/H"),
     "data": {
         "demo": ("audiosep.commands.data_demo", "synthesise a small LibriMix-shaped demo set"),
         "librispeech": ("audiosep.commands.data_librispeech", "write LibriSpeech JSON-lines manifests"),
