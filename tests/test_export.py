@@ -1,0 +1,340 @@
+"""``audiosep export``: every model family exports, the file reproduces PyTorch, and a wrong file is refused.
+
+ONNX tests need onnxruntime (and onnxscript, for the dynamo exporter); TorchScript ones need nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import audiosep.cli
+import audiosep.export as export
+from audiosep.asr_metadata import asr_metadata
+from audiosep.checkpoint import save_model
+from audiosep.errors import UserError
+from audiosep.export import ExportCheckError, check_export, default_check_lengths, export_model
+from audiosep.models import ConvTasNet, QuartzNet, RESepFormer, SepFormer, TinySepformer
+from audiosep.nn.features import LogMelFeatures
+
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:FutureWarning")
+
+RATE = 8000
+CONV_TASNET = dict(
+    enc_num_filters=16, enc_kernel_size=8, bottleneck_channels=8, hidden_channels=12, skip_channels=6,
+    num_layers=3, num_repeats=2,
+)  # fmt: skip
+TRANSFORMER = dict(encoder_channels=16, kernel_size=8, num_heads=2, ffn_dim=24, chunk_size=10)
+RESEPFORMER = TRANSFORMER | dict(encoder_channels=12, num_blocks=2, num_intra_layers=1, num_inter_layers=1)
+TINY_SEPFORMER = TRANSFORMER | dict(
+    model_channels=12, num_blocks=1, num_intra_layers=2, num_inter_layers=1, attention_channels=8,
+    conv_kernel_size=3,
+)  # fmt: skip
+FAMILIES: dict[str, Callable[[], nn.Module]] = {
+    "conv_tasnet": lambda: ConvTasNet(**CONV_TASNET),
+    "conv_tasnet_causal_cln": lambda: ConvTasNet(**CONV_TASNET, norm="cLN", causal=True),
+    "sepformer": lambda: SepFormer(**TRANSFORMER, model_channels=12, num_blocks=1),
+    "resepformer": lambda: RESepFormer(**RESEPFORMER),
+    "resepformer_causal": lambda: RESepFormer(**RESEPFORMER, causal=True, norm="channel_ln"),
+    "tiny_sepformer": lambda: TinySepformer(**TINY_SEPFORMER),
+}
+PRUNED = dict(CONV_TASNET, hidden_channels=[12, 7, 9, 12], num_layers=2, num_repeats=2)
+VOCABULARY = list("abc ")
+QUARTZNET_BLOCKS = [[16, 11, 1, 2, 1, False], [16, 11, 2], [24, 1, 1, 1, 1, False, False]]
+
+
+def randomised(model: nn.Module) -> nn.Module:
+    """Seeded, with every parameter moved off its default (norm affines of 1/0 would hide mistakes)."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return model.eval()
+
+
+def family(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return randomised(FAMILIES[name]())
+
+
+def recogniser() -> tuple[QuartzNet, LogMelFeatures]:
+    torch.manual_seed(0)
+    return randomised(QuartzNet(16, len(VOCABULARY) + 1, QUARTZNET_BLOCKS)), LogMelFeatures(16000, n_mels=16)
+
+
+def needs_onnx() -> None:
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+
+
+def onnx_session(path: Path):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def perturb_runner(monkeypatch: pytest.MonkeyPatch, offset: float = 1e-2) -> None:
+    """Make the file under check seem to output ``offset`` more than it does."""
+    load_runner = export.load_runner
+
+    def wrong(*args, **kwargs):
+        run = load_runner(*args, **kwargs)
+        return lambda inputs: tuple(y + offset if y.is_floating_point() else y for y in run(inputs))
+
+    monkeypatch.setattr(export, "load_runner", wrong)
+
+
+def assert_passed(report: export.ExportReport, path: Path, format: str) -> None:
+    assert report.passed and report.path == path and path.is_file() and report.format == format
+    assert report.file_size == path.stat().st_size > 0
+    assert [case.batch for case in report.cases] == [1, 2]
+    assert [case.length for case in report.cases] == list(default_check_lengths(RATE))
+    assert all(case.max_abs_error < 1e-5 for case in report.cases), report.lines()
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+# Batch 3 at lengths below one encoder window (1, 5 < 8), below one chunk and in between:
+# sizes the check itself does not use.
+EXTRA_SHAPES = [(3, 1), (1, 5), (3, 37), (2, 1009)]
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, "pruned_conv_tasnet"])
+def test_torchscript_export_reproduces_every_separator(name: str, tmp_path: Path) -> None:
+    model = family(name) if name in FAMILIES else randomised(ConvTasNet(**PRUNED))
+    path = tmp_path / "model.torchscript.pt"
+    report = export_model(model, path, "torchscript", RATE)
+    assert_passed(report, path, "torchscript")
+    assert report.opset is None
+    extra = {"audiosep.json": ""}
+    loaded = torch.jit.load(str(path), _extra_files=extra)
+    info = json.loads(extra["audiosep.json"])
+    assert info["sample_rate"] == RATE and info["model"] == type(model).__name__
+    for shape in EXTRA_SHAPES:
+        x = 0.1 * torch.randn(*shape)
+        with torch.inference_mode():
+            torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_onnx_export_reproduces_every_separator(name: str, tmp_path: Path) -> None:
+    needs_onnx()
+    model = family(name)
+    path = tmp_path / "model.onnx"
+    report = export_model(model, path, "onnx", RATE)
+    assert_passed(report, path, "onnx")
+    assert report.opset == export.DEFAULT_OPSET
+    session = onnx_session(path)
+    (inputs,), (outputs,) = session.get_inputs(), session.get_outputs()
+    assert (inputs.name, inputs.shape, outputs.name) == ("mixture", ["batch", "time"], "sources")
+    info = json.loads(session.get_modelmeta().custom_metadata_map["audiosep"])
+    assert info["sample_rate"] == RATE and info["outputs"] == ["sources"]
+    for shape in EXTRA_SHAPES:
+        x = 0.1 * torch.randn(*shape)
+        (got,) = session.run(None, {"mixture": x.numpy()})
+        with torch.inference_mode():
+            torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=0, atol=1e-5)
+
+
+def run_recogniser(run: Callable, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple:
+    return tuple(torch.as_tensor(y) for y in run(waveform, lengths))
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_quartznet_exports_with_its_front_end(format: str, tmp_path: Path) -> None:
+    if format == "onnx":
+        needs_onnx()
+    model, features = recogniser()
+    path = tmp_path / f"asr.{format}"
+    report = export_model(model, path, format, 16000, features=features)
+    assert report.passed and path.is_file() and report.max_abs_error < 1e-4
+    if format == "onnx":
+        session = onnx_session(path)
+        assert [i.name for i in session.get_inputs()] == ["waveform", "lengths"]
+
+        def run(w, n):
+            return session.run(None, {"waveform": w.numpy(), "lengths": n.numpy()})
+    else:
+        run = torch.jit.load(str(path))
+    # A batch with padding (rows of 1237 and 400 valid samples), unlike any the check used.
+    waveform = 0.1 * torch.randn(2, 1237)
+    lengths = torch.tensor([1237, 400])
+    waveform[1, 400:] = 0
+    with torch.inference_mode():
+        feats, frames = features(waveform, lengths)
+        want_log_probs, want_lengths = model(feats, frames)
+        got_log_probs, got_lengths = run_recogniser(run, waveform, lengths)
+    torch.testing.assert_close(got_log_probs, want_log_probs, rtol=0, atol=1e-4)
+    assert got_lengths.tolist() == want_lengths.tolist()
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_a_wrong_file_fails_the_check_and_leaves_no_file(
+    format: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if format == "onnx":
+        needs_onnx()
+    perturb_runner(monkeypatch)
+    path = tmp_path / "model.out"
+    with pytest.raises(
+        ExportCheckError, match=r"model\.out: .*max abs error 1\.00e-02 > atol 1\.0e-04; not written"
+    ):
+        export_model(family("conv_tasnet"), path, format, RATE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_does_not_run_fails_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(inputs):
+        raise RuntimeError("Invalid input shape: {4}\nmore detail")
+
+    monkeypatch.setattr(export, "load_runner", lambda *args, **kwargs: broken)
+    with pytest.raises(ExportCheckError, match=r"max abs error inf > atol") as caught:
+        export_model(family("sepformer"), tmp_path / "model.pt", "torchscript", RATE)
+    assert [case.failure for case in caught.value.report.cases] == [
+        "RuntimeError: Invalid input shape: {4}"
+    ] * 2
+    assert "(RuntimeError: Invalid input shape: {4})" in caught.value.report.lines()[1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keep_failed_keeps_the_file_under_a_failed_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    perturb_runner(monkeypatch)
+    path = tmp_path / "model.pt"
+    with pytest.raises(ExportCheckError, match="kept as") as caught:
+        export_model(family("conv_tasnet"), path, "torchscript", RATE, keep_failed=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt.failed"]
+    assert not caught.value.report.passed and caught.value.report.max_abs_error >= 1e-2
+
+
+def test_the_check_sees_a_weight_changed_after_export(tmp_path: Path) -> None:
+    model = family("sepformer")
+    path = tmp_path / "model.pt"
+    export_model(model, path, "torchscript", RATE)
+    assert check_export(path, model, "torchscript", RATE).passed
+    with torch.no_grad():
+        model.masker.bottleneck.weight[0, 0] += 0.05
+    report = check_export(path, model, "torchscript", RATE, lengths=[401, 173])
+    assert not report.passed and [c.length for c in report.cases] == [401, 173]
+    assert "FAILED" in report.lines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("model", "features", "message"),
+    [
+        (nn.Linear(2, 2), None, r"out\.onnx: cannot export a Linear; supported: ConvTasNet, "),
+        (
+            QuartzNet(16, 5, QUARTZNET_BLOCKS),
+            None,
+            r"out\.onnx: QuartzNet exports with its log-mel front end",
+        ),
+    ],
+)
+def test_unsupported_models_are_user_errors(model: nn.Module, features, message: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=message):
+        export_model(model, tmp_path / "out.onnx", "onnx", RATE, features=features)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_format_and_bad_lengths_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"out\.x: unknown export format 'tflite'; valid: onnx, torchscript"):
+        export_model(family("conv_tasnet"), tmp_path / "out.x", "tflite", RATE)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match=r"check lengths must be positive sample counts, got \[0\]"):
+        export_model(family("conv_tasnet"), tmp_path / "out.pt", "torchscript", RATE, check_lengths=[0])
+    with pytest.raises(UserError, match=r"nope\.pt: exported file not found"):
+        check_export(tmp_path / "nope.pt", family("conv_tasnet"), "torchscript", RATE)
+
+
+def main_with_export(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> int:
+    monkeypatch.setitem(audiosep.cli.COMMANDS, "export", ("audiosep.commands.export", "export a model"))
+    return audiosep.cli.main(["export", *argv])
+
+
+def test_cli_exports_a_pruned_checkpoint_to_onnx(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    needs_onnx()
+    torch.manual_seed(0)
+    model = randomised(ConvTasNet(**PRUNED))
+    save_model(model, tmp_path / "pruned.ckpt", {"sample_rate": RATE})
+    assert main_with_export(monkeypatch, ["--ckpt", str(tmp_path / "pruned.ckpt"), "--format", "onnx"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'pruned.onnx'}: onnx (opset 18)" in out and "check passed (ONNX Runtime" in out
+    assert out.count("max abs error") == 3
+    x = 0.1 * torch.randn(2, 999)
+    (got,) = onnx_session(tmp_path / "pruned.onnx").run(None, {"mixture": x.numpy()})
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=0, atol=1e-5)
+
+
+def test_cli_exports_an_asr_checkpoint_with_front_end_and_vocabulary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, features = recogniser()
+    save_model(model, tmp_path / "asr.ckpt", asr_metadata(features, VOCABULARY))
+    out = tmp_path / "asr.ts"
+    argv = ["--ckpt", str(tmp_path / "asr.ckpt"), "--format", "torchscript", "--out", str(out)]
+    assert main_with_export(monkeypatch, argv) == 0
+    extra = {"audiosep.json": ""}
+    torch.jit.load(str(out), _extra_files=extra)
+    info = json.loads(extra["audiosep.json"])
+    assert info["vocabulary"] == VOCABULARY and info["sample_rate"] == 16000
+    assert info["inputs"] == ["waveform", "lengths"]
+
+
+def test_cli_failed_check_exits_1_with_one_line_and_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_model(family("conv_tasnet"), tmp_path / "m.ckpt", {"sample_rate": RATE})
+    perturb_runner(monkeypatch, offset=1.0)
+    argv = ["--ckpt", str(tmp_path / "m.ckpt"), "--format", "torchscript", "--atol", "0.5"]
+    assert main_with_export(monkeypatch, argv) == 1
+    captured = capsys.readouterr()
+    assert "check FAILED" in captured.out and "1.00e+00 > atol 5.0e-01" in captured.out
+    assert captured.err.count("\n") == 1 and "m.torchscript.pt: the exported file differs" in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "argv", "message"),
+    [
+        (None, ["--ckpt", "{d}/missing.ckpt"], "missing.ckpt: checkpoint not found"),
+        ("separator", ["--ckpt", "{d}/m.ckpt", "--out", "{d}/m.ckpt"], "m.ckpt: the export would replace"),
+        (
+            "no_rate",
+            ["--ckpt", "{d}/m.ckpt"],
+            "m.ckpt: the checkpoint records no sample_rate; pass --sample-rate",
+        ),
+        ("bare_asr", ["--ckpt", "{d}/m.ckpt"], "m.ckpt: not an ASR checkpoint"),
+    ],
+)
+def test_cli_user_errors_are_one_line(
+    setup: str | None,
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if setup == "separator":
+        save_model(family("conv_tasnet"), tmp_path / "m.ckpt", {"sample_rate": RATE})
+    elif setup == "no_rate":
+        save_model(family("conv_tasnet"), tmp_path / "m.ckpt", {})
+    elif setup == "bare_asr":
+        save_model(QuartzNet(16, 5, QUARTZNET_BLOCKS), tmp_path / "m.ckpt", {"sample_rate": 16000})
+    argv = [arg.format(d=tmp_path) for arg in argv] + ["--format", "torchscript"]
+    assert main_with_export(monkeypatch, argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("audiosep: error: ") and message in err and err.count("\n") == 1
+
+
+def test_the_command_module_imports_no_torch() -> None:
+    code = "import sys, audiosep.commands.export; assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
