@@ -46,12 +46,21 @@ def atomic_paths(paths: Sequence[str | os.PathLike]) -> Iterator[list[str]]:
             os.close(fd)
             temps.append(tmp)
         yield temps
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; outputs get the usual permissions
         for tmp, target in zip(temps, targets, strict=True):
+            os.chmod(tmp, mode)
             os.replace(tmp, target)
     finally:
         for tmp in temps:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:

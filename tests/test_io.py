@@ -1,0 +1,30 @@
+"""The one atomic writer: whole or nothing, no temp left, usual permissions."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from audiosep.io import atomic_paths, atomic_write_text, is_temp_for
+
+
+def test_written_file_has_the_umask_permissions_not_mkstemps_0600(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a" / "out.txt", "hello")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "hello"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_failure_leaves_neither_output_nor_temp(tmp_path: Path) -> None:
+    targets = [tmp_path / "x.wav", tmp_path / "y.wav"]
+    with pytest.raises(RuntimeError), atomic_paths(targets) as temps:
+        Path(temps[0]).write_text("partial")
+        assert all(is_temp_for(Path(t), p) for t, p in zip(temps, targets, strict=True))
+        raise RuntimeError("killed mid-way")
+    assert list(tmp_path.iterdir()) == []
