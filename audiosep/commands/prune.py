@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", help="Lightning checkpoints of the search and fine-tuning (resumable)")
     parser.add_argument("--latency-seconds", type=float, default=4.0, help="audio length of the latency check")
-    parser.add_argument("--report", help="write the report as JSON here")
+    parser.add_argument("--report", help="write the report (or with --profile the profile) as JSON here")
     parser.add_argument("--profile", action="store_true", help="print per-layer and per-group costs and stop")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (auto, cpu, gpu)")
 
@@ -78,9 +78,12 @@ def run(args: argparse.Namespace) -> int:
     sample_rate = int(metadata.get("sample_rate") or 8000)
     if args.profile:
         try:
-            print(format_profile(profile_model(model, sample_rate, args.latency_seconds)))
+            profile = profile_model(model, sample_rate, args.latency_seconds)
         except TypeError as err:
             raise UserError(f"{args.ckpt}: {err}") from err
+        print(format_profile(profile))
+        if args.report:
+            _write_json(args.report, profile)
         return 0
     if not args.out:
         raise UserError("--out is required (the pruned model file)")
@@ -100,11 +103,15 @@ def run(args: argparse.Namespace) -> int:
     save_model(pruned, args.out, metadata | {"pruning": report.as_dict()})
     print(format_report(report))
     if args.report:
-        from audiosep.io import atomic_write_text
-
-        atomic_write_text(args.report, json.dumps(report.as_dict(), indent=2))
+        _write_json(args.report, report.as_dict())
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _write_json(path: str, data: dict) -> None:
+    from audiosep.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def format_report(report) -> str:  # noqa: ANN001 (PruneReport, imported lazily)

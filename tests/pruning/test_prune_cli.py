@@ -75,10 +75,16 @@ def test_transformer_separator_prunes_its_ffn(tiny_librimix: Path, tmp_path: Pat
     assert pruned.init_args["ffn_dim"] == report["widths"] and max(report["widths"]) < 64
 
 
-def test_profile_prints_the_costliest_groups(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["prune", "--ckpt", str(_checkpoint(tmp_path)), "--profile", "--latency-seconds", "0.25"]) == 0
+def test_profile_prints_the_costliest_groups_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "profile.json"
+    argv = ["prune", "--ckpt", str(_checkpoint(tmp_path)), "--profile", "--latency-seconds", "0.25", "--report", str(report)]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "prunable group" in out and "masker.blocks.3" in out
+    profile = json.loads(report.read_text())
+    assert len(profile["groups"]) == 4 and all(0 < g["macs_share"] < 1 for g in profile["groups"])
+    # the layers' own MACs add up to the model's total
+    assert sum(layer["macs"] for layer in profile["layers"]) == pytest.approx(profile["macs"], rel=1e-6)
 
 
 @pytest.mark.parametrize(
