@@ -369,3 +369,30 @@ def test_the_command_works_under_the_top_level_parser(monkeypatch: pytest.Monkey
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench", "sweep", "--help"])
     assert exit_info.value.code == 0 and "--train-minutes" in capsys.readouterr().out
+
+
+def _load_script(name: str):
+    """A script under ``benchmarks/`` as a module (they are not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_bench_script_writes_one_json_and_skips_past_its_budget(tmp_path):
+    out = tmp_path / "gpu.json"
+    script = _load_script("gpu_bench")
+    argv = ["--device", "cpu", "--models", "conv_tasnet_demo", "quartznet_5x5", "--lengths", "0.1",
+            "--dtypes", "fp32", "--batch-sizes", "1", "2", "--time-budget", "0.05", "--no-peers",
+            "--budget-s", "0", "--out", str(out)]  # fmt: skip
+    assert script.main(argv) == 0
+    summary = json.loads(out.read_text())
+    assert summary["schema"] == "audiosep.gpu_bench/1"
+    assert summary["skipped"] == ["quartznet_5x5"]  # the budget was spent after the first model
+    (report,) = summary["reports"]
+    cases = {(r["backend"], r["batch_size"]) for r in report["results"] if r["status"] == "ok"}
+    assert cases == {("eager", 1), ("eager", 2), ("prepared", 1), ("prepared", 2)}
+    assert all(r["latency_s"]["median"] > 0 for r in report["results"])
