@@ -13,9 +13,13 @@ What it does:
   PReLU / sigmoid / ReLU after it are one oneDNN call (:class:`FusedConv`); the per-channel affine
   of every norm that feeds a 1x1 conv is folded into that conv (an eval-mode BatchNorm there
   disappears entirely).
-- **QuartzNet**: every eval-mode BatchNorm is folded into the convolution before it.
-- Other models: an eval-mode copy (their fast paths are inside their plain layers already:
-  fused attention kernels, no layout changes).
+- **QuartzNet**: every norm that is a per-channel affine at inference (BatchNorm, Unified
+  Normalization, PowerNorm) is folded into the convolution before it.
+- **SepFormer, Tiny-Sepformer, RE-SepFormer** (an eval-mode copy, their fast paths are inside
+  their plain layers already: fused attention kernels): the mask network's input norm gives its
+  per-channel affine to the bottleneck linear after it (a BatchNorm-like norm disappears), and a
+  BatchNorm-like norm after an intra/inter transformer stack is composed into that stack's final
+  LayerNorm affine and disappears.
 """
 
 from __future__ import annotations
@@ -28,8 +32,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet, TemporalConvNet, overlap_add, run_blocks
+from audiosep.models.masking import DualPathMasker, MaskingSeparator
 from audiosep.models.quartznet import QuartzNet
-from audiosep.nn.norms import BatchNorm, CumulativeLayerNorm, Identity, _AffineNorm, fold_batchnorm
+from audiosep.models.resepformer import ChunkSummaryMasker
+from audiosep.nn.dual_path import DualPathBlock, SequenceStack, norm_channels_last
+from audiosep.nn.norms import (
+    CumulativeLayerNorm,
+    Identity,
+    _AffineNorm,
+    fold_affine_into_conv,
+    inference_affine,
+)
 
 FusedActivation = Literal["none", "prelu", "sigmoid", "relu"]
 
@@ -48,6 +61,8 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
         return FastConvTasNet(plain)
     if isinstance(plain, QuartzNet):
         fold_quartznet_batchnorms(plain)
+    if isinstance(plain, MaskingSeparator):
+        fold_masknet_norms(plain)
     return plain
 
 
@@ -143,10 +158,14 @@ class ChannelsLastNorm(nn.Module):
 
 
 def norm_affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
-    """``(scale, shift)`` of the per-channel affine a norm applies last; None for ``none``."""
-    if isinstance(norm, BatchNorm):
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        return scale, norm.bias - norm.running_mean * scale
+    """``(scale, shift)`` of the per-channel affine a norm applies last; None for ``none``.
+
+    For a norm that is a per-channel affine at inference (BatchNorm, UN, PowerNorm) that is the
+    whole norm; for the others, the ``weight``/``bias`` after their statistics.
+    """
+    affine = inference_affine(norm)
+    if affine is not None:
+        return affine
     if isinstance(norm, _AffineNorm):
         return norm.weight, norm.bias
     if isinstance(norm, nn.Identity):
@@ -167,7 +186,7 @@ def norm_then_conv(norm: nn.Module, conv: nn.Conv1d, activation: FusedActivation
         bias = (torch.zeros(weight.shape[0]) if bias is None else bias) + weight @ shift
         weight = weight * scale
     stats: nn.Module
-    if isinstance(norm, (BatchNorm, nn.Identity)):
+    if inference_affine(norm) is not None or isinstance(norm, nn.Identity):
         stats = nn.Identity()
     else:
         stats = ChannelsLastNorm(norm, affine=False)
@@ -176,8 +195,9 @@ def norm_then_conv(norm: nn.Module, conv: nn.Conv1d, activation: FusedActivation
 
 def _standalone_norm(norm: nn.Module) -> nn.Module:
     """A norm that cannot fold (it feeds a zero-padded depthwise conv), for channels-last input."""
-    if isinstance(norm, BatchNorm):
-        return ChannelAffine(*norm_affine(norm))
+    affine = inference_affine(norm)
+    if affine is not None:
+        return ChannelAffine(*affine)
     if isinstance(norm, nn.Identity):
         return nn.Identity()
     return ChannelsLastNorm(norm)
@@ -273,16 +293,90 @@ class FastConvTasNet(nn.Module):
 
 
 def fold_quartznet_batchnorms(model: QuartzNet) -> None:
-    """Fold each eval-mode BatchNorm of ``model`` into the conv before it, in place (exact)."""
+    """Fold each norm of ``model`` that is affine at inference into the conv before it, in place (exact)."""
     for block in model.blocks:
         for layer in block.layers:
-            if not isinstance(layer.norm, BatchNorm):
+            affine = inference_affine(layer.norm)
+            if affine is None:
                 continue
             if layer.pointwise is not None:
-                layer.pointwise = fold_batchnorm(layer.pointwise, layer.norm)
+                layer.pointwise = fold_affine_into_conv(layer.pointwise, *affine)
             else:
-                layer.conv = fold_batchnorm(layer.conv, layer.norm)
+                layer.conv = fold_affine_into_conv(layer.conv, *affine)
             layer.norm = Identity()
         residual = block.residual
-        if residual is not None and isinstance(residual.norm, BatchNorm):
-            residual.conv, residual.norm = fold_batchnorm(residual.conv, residual.norm), Identity()
+        affine = None if residual is None else inference_affine(residual.norm)
+        if affine is not None:
+            residual.conv, residual.norm = fold_affine_into_conv(residual.conv, *affine), Identity()
+
+
+class Normalize(nn.Module):
+    """A registry norm's statistics without its per-channel affine (that went into the next layer)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm.normalize(x)
+
+
+@torch.no_grad()
+def _norm_into_linear(norm: nn.Module, linear: nn.Linear) -> tuple[nn.Module, nn.Linear]:
+    """``(stats, linear')`` with ``linear'(stats(x)) == linear(norm(x))`` along the channel dim."""
+    affine = norm_affine(norm)
+    if affine is None:
+        return norm, linear
+    scale, shift = affine
+    weight = linear.weight  # [out, in]
+    bias = weight @ shift + (0.0 if linear.bias is None else linear.bias)
+    fused = nn.Linear(linear.in_features, linear.out_features).to(weight.device, weight.dtype)
+    fused.weight.copy_(weight * scale)
+    fused.bias.copy_(bias)
+    stats = nn.Identity() if inference_affine(norm) is not None else Normalize(norm)
+    return stats, fused
+
+
+@torch.no_grad()
+def _norm_into_stack(stack: nn.Module, norm: nn.Module) -> nn.Module:
+    """Compose an inference-affine ``norm`` after ``stack`` into its final LayerNorm; returns the norm left."""
+    affine = inference_affine(norm)
+    if affine is None or not isinstance(stack, SequenceStack) or not stack.norm.elementwise_affine:
+        return norm
+    scale, shift = affine
+    stack.norm.bias.copy_(stack.norm.bias * scale + shift)
+    stack.norm.weight.mul_(scale)
+    return Identity()
+
+
+class FoldedDualPathBlock(DualPathBlock):
+    """:class:`DualPathBlock` that skips the layout round trip of a norm folded away."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, num_chunks, chunk_size, channels = x.shape
+        intra = self.intra(x.reshape(batch * num_chunks, chunk_size, channels)).view_as(x)
+        x = (intra if isinstance(self.intra_norm, nn.Identity) else norm_channels_last(self.intra_norm, intra)) + x
+        # [B, S, K, N] -> [B*K, S, N]
+        inter = self.inter(x.transpose(1, 2).reshape(batch * chunk_size, num_chunks, channels))
+        inter = inter.view(batch, chunk_size, num_chunks, channels).transpose(1, 2)
+        if isinstance(self.inter_norm, nn.Identity):
+            return inter + x
+        return norm_channels_last(self.inter_norm, inter) + x
+
+
+def fold_masknet_norms(model: MaskingSeparator) -> None:
+    """Fold the mask network's norms of a SepFormer-family model into their neighbours, in place (exact)."""
+    masker = model.masker
+    if isinstance(masker, DualPathMasker):
+        masker.norm, masker.bottleneck = _norm_into_linear(masker.norm, masker.bottleneck)
+        masker.blocks = nn.ModuleList(
+            FoldedDualPathBlock(
+                block.intra, block.inter,
+                _norm_into_stack(block.intra, block.intra_norm), _norm_into_stack(block.inter, block.inter_norm),
+            )  # fmt: skip
+            for block in masker.blocks
+        )
+    elif isinstance(masker, ChunkSummaryMasker):
+        for norms, stacks in ((masker.intra_norms, masker.intra), (masker.inter_norms, masker.inter)):
+            for index, stack in enumerate(stacks):
+                norms[index] = _norm_into_stack(stack, norms[index])

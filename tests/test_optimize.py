@@ -11,8 +11,11 @@ from torch import nn
 
 import audiosep.optimize as optimize
 from audiosep.models import ConvTasNet, QuartzNet, RESepFormer, SepFormer, TinySepformer
-from audiosep.nn.norms import NORM_NAMES, is_causal_norm
+from audiosep.nn.norms import NORM_NAMES, PowerNorm, UnifiedNorm, is_causal_norm
 from audiosep.optimize import FastConvTasNet, FusedConv, prepare_for_inference
+
+RUNNING_STATISTICS = (nn.modules.batchnorm._BatchNorm, UnifiedNorm, PowerNorm)
+FOLDABLE_NORMS = ("batch_norm", "unified_norm", "power_norm")
 
 TRANSFORMER_TINY = dict(num_blocks=1, num_intra_layers=1, num_inter_layers=1, num_heads=2, ffn_dim=24)
 
@@ -24,9 +27,10 @@ def _randomise(model: nn.Module) -> nn.Module:
         for name, param in model.named_parameters():
             if "act" in name or "prelu" in name or "norm" in name:
                 param.add_(0.2 * torch.randn_like(param))
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if any(isinstance(m, RUNNING_STATISTICS) for m in model.modules()):
         model.train()
-        _run(model, batch=4)
+        for _ in range(3):
+            _run(model, batch=4)
     return model.eval()
 
 
@@ -140,3 +144,55 @@ def test_quartznet_batch_norms_are_folded() -> None:
     prepared = prepare_for_inference(model)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in prepared.modules())
     assert any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+
+
+TRANSFORMERS = ("sepformer", "resepformer", "tiny_sepformer")
+
+
+def _with_norm(name: str, norm: str) -> nn.Module:
+    """The tiny model ``name`` of :data:`MODELS` built with ``norm`` everywhere a registry norm sits."""
+    if name == "quartznet":
+        return QuartzNet(16, 5, [[8, 3, 1, 2, 1, False], [8, 5, 2], [12, 1, 1, 1, 1, False, False]], norm=norm)
+    base = MODELS[name]()
+    return type(base)(**(base.init_args | {"norm": norm}))
+
+
+TRANSFORMER_CASES = [
+    (model, norm)
+    for model in TRANSFORMERS
+    for norm in NORM_NAMES
+    if not (norm == "cumulative_ln" and model != "resepformer")  # refused on overlapping chunks
+]
+
+
+@pytest.mark.parametrize(("name", "norm"), TRANSFORMER_CASES)
+def test_transformer_separators_fold_their_mask_network_norms(name: str, norm: str) -> None:
+    model = _randomise(_with_norm(name, norm))
+    with torch.inference_mode():
+        expected = _run(model)
+        prepared = prepare_for_inference(model)
+        torch.testing.assert_close(_run(prepared), expected, rtol=0, atol=1e-5)
+    if norm in FOLDABLE_NORMS:  # every one of them went into a LayerNorm or a linear layer
+        assert not any(isinstance(m, RUNNING_STATISTICS) for m in prepared.modules())
+        assert any(isinstance(m, RUNNING_STATISTICS) for m in model.modules())
+
+
+@pytest.mark.parametrize("norm", ["batch_norm", "unified_norm", "power_norm", "channel_ln", "none"])
+def test_quartznet_folds_every_norm_that_is_affine_at_inference(norm: str) -> None:
+    model = _randomise(_with_norm("quartznet", norm))
+    with torch.inference_mode():
+        expected = _run(model)
+        prepared = prepare_for_inference(model)
+        torch.testing.assert_close(_run(prepared), expected, rtol=0, atol=1e-5)
+    assert not any(isinstance(m, RUNNING_STATISTICS) for m in prepared.modules())
+
+
+@pytest.mark.parametrize("norm", FOLDABLE_NORMS)
+def test_conv_tasnet_folds_batch_statistics_norms(norm: str) -> None:
+    """Before a 1x1 conv they disappear; before the zero-padded depthwise conv a ChannelAffine stays."""
+    model = _randomise(conv_tasnet(norm=norm))
+    prepared = prepare_for_inference(model)
+    assert not any(isinstance(m, RUNNING_STATISTICS) for m in prepared.modules())
+    assert all(isinstance(block.depthwise_norm, nn.Identity) for block in prepared.masker.blocks)
+    with torch.inference_mode():
+        torch.testing.assert_close(_run(prepared), _run(model), rtol=0, atol=1e-5)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiosep.nn.attention import TRANSFORMER_NORM_EPS
-from audiosep.nn.norms import NormName, build_norm, canonical_norm_name
+from audiosep.nn.norms import CumulativeLayerNorm, NormName, build_norm, canonical_norm_name
 
 MASKNET_NORM_EPS = 1e-8  # SpeechBrain's select_norm eps (its "ln" is GroupNorm(1, C) = our global_ln)
 
@@ -223,6 +223,8 @@ class DualPathBlock(nn.Module):
     ``x = norm_intra(intra(x)) + x`` along the frames of each chunk, then
     ``x = norm_inter(inter(x)) + x`` along the chunks (SepFormer with skip-around-intra).
 
+    ``cumulative_ln`` is refused: on overlapping chunks laid out chunk by chunk it is not causal.
+
     Args:
         intra: sequence model over ``[B*S, K, N]``.
         inter: sequence model over ``[B*K, S, N]``.
@@ -232,6 +234,13 @@ class DualPathBlock(nn.Module):
 
     def __init__(self, intra: nn.Module, inter: nn.Module, intra_norm: nn.Module, inter_norm: nn.Module):
         super().__init__()
+        if isinstance(intra_norm, CumulativeLayerNorm) or isinstance(inter_norm, CumulativeLayerNorm):
+            # The chunks overlap and are laid out chunk by chunk: "frames so far" would mix in
+            # later frames and count every frame twice, so the norm would not be causal in time.
+            raise ValueError(
+                "cumulative_ln (cLN) is not causal on 50 %-overlap dual-path chunks (chunk order is not "
+                "time order); use channel_ln, global_ln or a batch-statistics norm"
+            )
         self.intra = intra
         self.inter = inter
         self.intra_norm = intra_norm

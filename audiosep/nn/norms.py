@@ -3,30 +3,41 @@
 Why a registry: the literature reuses names for different things. The Conv-TasNet paper's
 ``cLN`` is *cumulative* layer norm (statistics over channels and all past frames), while
 SpeechBrain and Asteroid call the per-frame channel LayerNorm ``cLN``. Here every norm has an
-unambiguous name; the paper aliases keep the paper's meaning:
+unambiguous name; the paper aliases keep the paper's meaning.
 
-==================  ==========================================================  =======
-name                statistics                                                  causal
-==================  ==========================================================  =======
-``global_ln``       mean/var over channels and time, per utterance (``gLN``)    no
-``cumulative_ln``   mean/var over channels and frames ``<= t`` (paper ``cLN``)  yes
-``channel_ln``      mean/var over channels per frame (SpeechBrain/Asteroid      yes
+==================  ==========================================================  =====  =====  ====
+name                statistics                                                  train  infer  fold
+==================  ==========================================================  =====  =====  ====
+``global_ln``       mean/var over channels and time, per utterance (``gLN``)    no     no     aff
+``cumulative_ln``   mean/var over channels and frames ``<= t`` (paper ``cLN``)  yes    yes    aff
+``channel_ln``      mean/var over channels per frame (SpeechBrain/Asteroid      yes    yes    aff
                     "cLN"; transformer LayerNorm, alias ``layer_norm``)
-``time_ln``         mean/var over time per channel (LayerNorm over time)        no
-``batch_norm``      BatchNorm over batch and time (eval: per-channel affine)    yes
-``rms_norm``        root-mean-square over channels per frame, no centring       yes
-``dyt``             no statistics: ``tanh(alpha * x) * weight + bias`` (DyT)    yes
-``none``            identity                                                    yes
-==================  ==========================================================  =======
+``time_ln``         mean/var over time per channel (LayerNorm over time)        no     no     aff
+``batch_norm``      mean/var over batch and time; eval: running statistics      no     yes    all
+``unified_norm``    E[x^2] over batch and time, geometric mean over a window,   no     yes    all
+                    warm-up, outlier filter; eval: running E[x^2] (UN)
+``power_norm``      divides by the running quadratic mean (PowerNorm)           no     yes    all
+``rms_norm``        root-mean-square over channels per frame, no centring       yes    yes    aff
+``dyt``             no statistics: ``tanh(alpha * x) * weight + bias`` (DyT)    yes    yes    aff
+``elementwise_ln``  no statistics: ``sqrt(C-1) * u / sqrt(1 + u^2)``, ``u =     yes    yes    aff
+                    alpha * x`` (ELN / DyISRU)
+``none``            identity                                                    yes    yes    --
+==================  ==========================================================  =====  =====  ====
 
+"train"/"infer": causal (the output at frame t never depends on later frames) in training and at
+inference. The batch-statistics norms see the whole batch, future frames included, in training;
+at inference they are a per-channel affine. "fold": ``all`` when the whole norm is a per-channel
+affine at inference (it folds into the neighbouring conv/linear and disappears), ``aff`` when only
+its final ``weight``/``bias`` fold (:func:`audiosep.optimize.prepare_for_inference`).
 Aliases: ``gLN`` -> ``global_ln``, ``cLN`` -> ``cumulative_ln`` (paper meaning), ``layer_norm``/``LN``
 -> ``channel_ln``, ``BN`` -> ``batch_norm``.
-Every layer has per-channel ``weight`` and ``bias`` of shape ``[C]`` (none has neither) and a
-``causal`` attribute.
+Every layer has per-channel ``weight`` and ``bias`` of shape ``[C]`` (none has neither) and the
+attributes ``causal`` (at inference) and ``causal_in_training``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal, get_args
 
 import torch
@@ -34,13 +45,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 CanonicalNormName = Literal[
-    "global_ln", "cumulative_ln", "channel_ln", "time_ln", "batch_norm", "rms_norm", "dyt", "none"
-]
+    "global_ln", "cumulative_ln", "channel_ln", "time_ln", "batch_norm", "unified_norm", "power_norm",
+    "rms_norm", "dyt", "elementwise_ln", "none",
+]  # fmt: skip
 # What a ``norm:`` argument accepts: canonical names and paper aliases. Typed as a Literal so that
 # LightningCLI lists the choices in ``--help`` and rejects a typo at parse time.
 NormName = Literal[
-    "global_ln", "cumulative_ln", "channel_ln", "time_ln", "batch_norm", "rms_norm", "dyt", "none",
-    "gLN", "cLN", "layer_norm", "LN", "BN",
+    "global_ln", "cumulative_ln", "channel_ln", "time_ln", "batch_norm", "unified_norm", "power_norm",
+    "rms_norm", "dyt", "elementwise_ln", "none", "gLN", "cLN", "layer_norm", "LN", "BN",
 ]  # fmt: skip
 NORM_NAMES: tuple[str, ...] = get_args(CanonicalNormName)
 NORM_ALIASES: dict[str, str] = {
@@ -50,9 +62,13 @@ NORM_ALIASES: dict[str, str] = {
     "LN": "channel_ln",
     "BN": "batch_norm",
 }
+# Causal at inference (what a streaming/causal model needs).
 CAUSAL_NORMS: frozenset[str] = frozenset(
-    {"cumulative_ln", "channel_ln", "batch_norm", "rms_norm", "dyt", "none"}
-)
+    {"cumulative_ln", "channel_ln", "batch_norm", "unified_norm", "power_norm", "rms_norm", "dyt",
+     "elementwise_ln", "none"}
+)  # fmt: skip
+# Batch statistics in training see every frame of every utterance in the batch.
+BATCH_STATISTICS_NORMS: frozenset[str] = frozenset({"batch_norm", "unified_norm", "power_norm"})
 
 
 def canonical_norm_name(name: str) -> CanonicalNormName:
@@ -65,14 +81,21 @@ def canonical_norm_name(name: str) -> CanonicalNormName:
 
 
 def is_causal_norm(name: str) -> bool:
-    """True when the norm's output at frame t never depends on frames after t."""
+    """True when the norm's output at frame t never depends on frames after t at inference."""
     return canonical_norm_name(name) in CAUSAL_NORMS
+
+
+def is_causal_in_training(name: str) -> bool:
+    """True when the norm is causal in training too (batch-statistics norms are not: they see the future)."""
+    canonical = canonical_norm_name(name)
+    return canonical in CAUSAL_NORMS and canonical not in BATCH_STATISTICS_NORMS
 
 
 class _AffineNorm(nn.Module):
     """Base: per-channel ``weight``/``bias`` applied along dim 1 of ``[B, C, *]``."""
 
     causal = True
+    causal_in_training = True
 
     def __init__(self, num_channels: int, eps: float) -> None:
         super().__init__()
@@ -99,7 +122,7 @@ class _AffineNorm(nn.Module):
 class GlobalLayerNorm(_AffineNorm):
     """gLN: one mean/variance per utterance over channels and time (Luo & Mesgarani 2019, eq. 14)."""
 
-    causal = False
+    causal = causal_in_training = False
 
     def normalize(self, x: Tensor) -> Tensor:
         return F.group_norm(x, 1, None, None, self.eps)
@@ -109,20 +132,30 @@ class GlobalLayerNorm(_AffineNorm):
 
 
 class CumulativeLayerNorm(_AffineNorm):
-    """cLN of the Conv-TasNet paper: statistics over channels and all frames up to t (eq. 16)."""
+    """cLN of the Conv-TasNet paper: statistics over channels and all frames up to t (eq. 16).
+
+    Numerically stable on long inputs: each frame's mean and variance over the channels come from
+    ``torch.var_mean`` in at least float32, and are accumulated over time in float64 around the
+    first frame's mean (a shift known at t = 0, so still causal). Why: float32 running sums of x
+    and x^2 lose the variance to cancellation after a few thousand frames (a 60 s input at 8 kHz
+    is 60,000 frames of the demo encoder).
+    """
 
     def normalize(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
             raise ValueError(f"cumulative_ln expects [B, C, T], got shape {tuple(x.shape)}")
-        channels = x.shape[1]
-        # Cumulative sums in float32 at least: long inputs lose precision in half types.
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        count = torch.arange(1, x.shape[2] + 1, device=x.device, dtype=xf.dtype) * channels  # [T]
-        cum_sum = xf.sum(dim=1).cumsum(dim=-1)  # [B, T]
-        cum_pow = xf.pow(2).sum(dim=1).cumsum(dim=-1)  # [B, T]
-        mean = cum_sum / count
-        var = (cum_pow / count - mean.pow(2)).clamp_min(0.0)
-        normed = (xf - mean.unsqueeze(1)) / torch.sqrt(var.unsqueeze(1) + self.eps)
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        frame_var, frame_mean = torch.var_mean(x.to(compute), dim=1, unbiased=False)  # [B, T] each
+        frame_var, frame_mean = frame_var.double(), frame_mean.double()
+        shift = frame_mean[:, :1]  # [B, 1]: causal reference point
+        offset = frame_mean - shift
+        count = torch.arange(1, x.shape[2] + 1, device=x.device, dtype=torch.float64)  # [T] frames so far
+        mean_offset = offset.cumsum(dim=-1) / count  # [B, T]
+        # Mean over channels and frames <= t of (x - shift)^2, minus the squared mean offset.
+        var = ((frame_var + offset.square()).cumsum(dim=-1) / count - mean_offset.square()).clamp_min(0.0)
+        inv_std = torch.rsqrt(var + self.eps)
+        mean = (shift + mean_offset).to(compute).unsqueeze(1)  # [B, 1, T]
+        normed = (x.to(compute) - mean) * inv_std.to(compute).unsqueeze(1)
         return normed.to(x.dtype)
 
 
@@ -140,7 +173,7 @@ class ChannelLayerNorm(_AffineNorm):
 class TimeLayerNorm(_AffineNorm):
     """LayerNorm over time: one mean/variance per channel and utterance (instance norm)."""
 
-    causal = False
+    causal = causal_in_training = False
 
     def normalize(self, x: Tensor) -> Tensor:
         dims = tuple(range(2, x.dim()))
@@ -167,10 +200,165 @@ class DynamicTanh(_AffineNorm):
         return torch.tanh(self.alpha * x)
 
 
+class ElementwiseLayerNorm(_AffineNorm):
+    """ELN (Stollenwerk 2025, arXiv 2503.21708; DyISRU in later versions): LN without statistics.
+
+    ``y = weight * sqrt(C - 1) * u / sqrt(1 + u^2) + bias`` with ``u = alpha * x``: the paper's
+    ``sqrt(C - 1) * x / sqrt(beta + x^2)`` with the mean taken as 0 (element-wise, as DyT) and
+    ``beta = 1 / alpha^2``, a learnable scalar. ``sqrt(C - 1)`` is the bound of an LN output, and
+    ``alpha = 1 / sqrt(C - 1)`` at init makes the slope 1 at zero. ``eps`` is unused.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 0.0, alpha_init: float | None = None) -> None:
+        super().__init__(num_channels, eps)
+        self.scale = math.sqrt(max(num_channels - 1, 1))
+        alpha = 1.0 / self.scale if alpha_init is None else alpha_init
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+
+    def normalize(self, x: Tensor) -> Tensor:
+        u = self.alpha * x
+        return self.scale * u * torch.rsqrt(1.0 + u * u)
+
+
+class _RunningQuadraticNorm(_AffineNorm):
+    """Base of UN and PowerNorm: ``x / sqrt(E[x^2] + eps)`` per channel, a running E[x^2] at inference.
+
+    The quadratic mean is over every dim but 1 (batch and time), so in training the output sees
+    future frames (``causal_in_training = False``); at inference it is a per-channel affine that
+    :func:`inference_affine` returns for folding.
+    """
+
+    causal_in_training = False
+
+    def __init__(self, num_channels: int, eps: float, momentum: float, warmup_iters: int) -> None:
+        super().__init__(num_channels, eps)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if warmup_iters < 0:
+            raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
+        self.momentum, self.warmup_iters = momentum, warmup_iters
+        self.register_buffer("running_power", torch.ones(num_channels))
+        self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
+
+    def _power(self, x: Tensor) -> Tensor:
+        """The batch's quadratic mean per channel ``[C]`` (differentiable)."""
+        return x.square().mean(dim=[d for d in range(x.dim()) if d != 1])
+
+    def _scale(self, power: Tensor, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(power + self.eps).view((1, -1) + (1,) * (x.dim() - 2))
+
+    def inference_affine(self) -> tuple[Tensor, Tensor]:
+        """``(scale, shift)`` with ``norm(x) == x * scale + shift`` per channel in eval mode."""
+        return self.weight * torch.rsqrt(self.running_power + self.eps), self.bias
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, momentum={self.momentum}, warmup_iters={self.warmup_iters}"
+
+
+class UnifiedNorm(_RunningQuadraticNorm):
+    """Unified Normalization (Yang et al., CVPR 2022) over ``[B, C, *]``.
+
+    Training, iteration ``i`` (counted in ``num_iterations``): the batch's quadratic mean
+    ``p_i = E[x^2]`` per channel (no mean subtraction) enters a window of the last ``window``
+    iterations. During the warm-up (``i < warmup_iters`` or ``i <= window``) the layer divides by
+    ``sqrt(p_i + eps)``; afterwards by the geometric mean of the window (smoothed statistics).
+    With ``outlier_filter``, after the warm-up, a batch whose window's arithmetic mean exceeds its
+    geometric mean by more than ``window`` times the variance of the previous window's
+    ``sqrt(p)`` (in any channel) is an outlier: its slot takes the running statistic instead and
+    the layer divides by ``p_i`` (``num_skipped`` counts them). Then
+    ``running = momentum * running + (1 - momentum) * statistic`` (the official code's convention:
+    ``momentum`` weights the old value). Inference: ``weight * x / sqrt(running + eps) + bias``.
+
+    The gradient is autograd's through this forward (the window's past entries are constants);
+    the official code's approximate backward (a smoothed ``E[g z]`` and a clamped gradient ratio)
+    is not reproduced.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = 1e-5,
+        momentum: float = 0.9,
+        window: int = 4,
+        warmup_iters: int = 4000,
+        outlier_filter: bool = False,
+    ) -> None:
+        super().__init__(num_channels, eps, momentum, warmup_iters)
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window, self.outlier_filter = window, outlier_filter
+        self.register_buffer("window_power", torch.ones(window, num_channels))
+        self.register_buffer("num_skipped", torch.zeros((), dtype=torch.long))
+
+    def normalize(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self._scale(self.running_power, x)
+        self.num_iterations += 1
+        step = int(self.num_iterations)
+        power = self._power(x)  # [C]
+        slot = step % self.window
+        previous_spread = self.window_power.sqrt().var() if self.window > 1 else None
+        self.window_power[slot] = power.detach()
+        warm = step < self.warmup_iters or step <= self.window
+        skip = False
+        if self.outlier_filter and not warm and previous_spread is not None:
+            arithmetic = self.window_power.mean(dim=0)
+            geometric = self.window_power.log().mean(dim=0).exp()
+            if bool(((arithmetic - geometric) > previous_spread * self.window).any()):
+                self.window_power[slot] = self.running_power
+                self.num_skipped += 1
+                skip = True
+        if warm or skip or self.window == 1:
+            statistic = power
+        else:  # geometric mean of the window, the current entry differentiable
+            others = torch.cat((self.window_power[:slot], self.window_power[slot + 1 :])).log().sum(dim=0)
+            statistic = ((others + power.log()) / self.window).exp()
+        self.running_power.mul_(self.momentum).add_((1 - self.momentum) * statistic.detach())
+        return self._scale(statistic, x)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, window={self.window}, outlier_filter={self.outlier_filter}"
+
+
+class PowerNorm(_RunningQuadraticNorm):
+    """PowerNorm (Shen et al., ICML 2020) over ``[B, C, *]``: divide by a running quadratic mean.
+
+    Training, iteration ``i``: the batch's quadratic mean ``p_i = E[x^2]`` per channel. During the
+    warm-up (``i <= warmup_iters``) the layer divides by ``sqrt(p_i + eps)`` and ``running`` is the
+    plain average of the ``p`` so far; afterwards it divides by the *previous* running value
+    ``sqrt(psi_{i-1} + eps)`` (the paper's Algorithm 1), then
+    ``psi_i = momentum * psi_{i-1} + (1 - momentum) * p_i``. Inference divides by ``psi``.
+    The gradient is autograd's through this forward; the paper's approximate backward correction
+    is not reproduced.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.9, warmup_iters: int = 10000) -> None:
+        super().__init__(num_channels, eps, momentum, warmup_iters)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self._scale(self.running_power, x)
+        self.num_iterations += 1
+        step = int(self.num_iterations)
+        power = self._power(x)
+        if step <= self.warmup_iters:
+            self.running_power.mul_((step - 1) / step).add_(power.detach() / step)
+            return self._scale(power, x)
+        out = self._scale(self.running_power.clone(), x)
+        self.running_power.mul_(self.momentum).add_((1 - self.momentum) * power.detach())
+        return out
+
+
 class BatchNorm(nn.BatchNorm1d):
     """BatchNorm over batch and all trailing dims; accepts ``[B, C, T]`` and ``[B, C, K, S]``."""
 
     causal = True
+    causal_in_training = False
+
+    def inference_affine(self) -> tuple[Tensor, Tensor]:
+        """``(scale, shift)`` with ``norm(x) == x * scale + shift`` per channel in eval mode."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() <= 3:
@@ -181,7 +369,7 @@ class BatchNorm(nn.BatchNorm1d):
 class Identity(nn.Identity):
     """The ``none`` norm."""
 
-    causal = True
+    causal = causal_in_training = True
 
 
 _DEFAULT_EPS: dict[str, float] = {
@@ -191,6 +379,8 @@ _DEFAULT_EPS: dict[str, float] = {
     "time_ln": 1e-5,
     "batch_norm": 1e-5,
     "rms_norm": 1e-6,
+    "unified_norm": 1e-5,
+    "power_norm": 1e-5,
 }
 
 
@@ -214,6 +404,8 @@ def build_norm(name: NormName, num_channels: int, eps: float | None = None) -> n
         return Identity()
     if canonical == "dyt":
         return DynamicTanh(num_channels)
+    if canonical == "elementwise_ln":
+        return ElementwiseLayerNorm(num_channels)
     eps = _DEFAULT_EPS[canonical] if eps is None else eps
     if canonical == "batch_norm":
         return BatchNorm(num_channels, eps=eps)
@@ -223,6 +415,8 @@ def build_norm(name: NormName, num_channels: int, eps: float | None = None) -> n
         "channel_ln": ChannelLayerNorm,
         "time_ln": TimeLayerNorm,
         "rms_norm": RMSNorm,
+        "unified_norm": UnifiedNorm,
+        "power_norm": PowerNorm,
     }
     return classes[canonical](num_channels, eps)
 
@@ -234,10 +428,19 @@ def check_causal_norm(name: str, causal: bool) -> None:
         raise ValueError(f"norm {name!r} is not causal; a causal model needs one of: {causal_names}")
 
 
+def inference_affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """``(scale, shift)`` when the eval-mode ``norm`` is a per-channel affine (BN, UN, PowerNorm), else None."""
+    if isinstance(norm, (BatchNorm, _RunningQuadraticNorm)):
+        return norm.inference_affine()
+    if isinstance(norm, nn.BatchNorm1d):  # a plain torch BatchNorm
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        return scale, norm.bias - norm.running_mean * scale
+    return None
+
+
 @torch.no_grad()
-def fold_batchnorm(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> nn.Conv1d:
-    """Return a Conv1d equal to ``bn(conv(x))`` for an eval-mode BatchNorm (inference speed-up)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [C_out]
+def fold_affine_into_conv(conv: nn.Conv1d, scale: Tensor, shift: Tensor) -> nn.Conv1d:
+    """Return a Conv1d equal to ``conv(x) * scale + shift`` per output channel (exact)."""
     fused = nn.Conv1d(
         conv.in_channels,
         conv.out_channels,
@@ -250,6 +453,18 @@ def fold_batchnorm(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> nn.Conv1d:
         padding_mode=conv.padding_mode,
     ).to(device=conv.weight.device, dtype=conv.weight.dtype)
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1))
-    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((conv_bias - bn.running_mean) * scale + bn.bias)
+    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    fused.bias.copy_(conv_bias * scale + shift)
     return fused
+
+
+def fold_batchnorm(conv: nn.Conv1d, bn: nn.Module) -> nn.Conv1d:
+    """Return a Conv1d equal to ``bn(conv(x))`` for an eval-mode BatchNorm, UN or PowerNorm.
+
+    Raises:
+        TypeError: ``bn`` is not a per-channel affine at inference.
+    """
+    affine = inference_affine(bn)
+    if affine is None:
+        raise TypeError(f"{type(bn).__name__} is not a per-channel affine at inference")
+    return fold_affine_into_conv(conv, *affine)

@@ -46,6 +46,10 @@ def test_output_has_the_input_length_and_one_channel_per_source(length: int) -> 
 
 @pytest.mark.parametrize("norm", NORM_NAMES)
 def test_every_norm_builds_trains_and_separates(norm: str) -> None:
+    if norm == "cumulative_ln":  # refused: not causal on overlapping chunks laid out chunk by chunk
+        with pytest.raises(ValueError, match="cumulative_ln"):
+            tiny(norm=norm)
+        return
     model = tiny(norm=norm).train()
     estimate = model(torch.randn(2, 400))
     estimate.square().mean().backward()

@@ -94,6 +94,10 @@ def test_output_has_the_input_length(length: int) -> None:
 
 @pytest.mark.parametrize("norm", NORM_NAMES)
 def test_every_norm_builds_and_trains(norm: str) -> None:
+    if norm == "cumulative_ln":  # refused: not causal on overlapping chunks laid out chunk by chunk
+        with pytest.raises(ValueError, match="cumulative_ln"):
+            tiny(norm=norm)
+        return
     model = tiny(norm=norm).train()
     model(torch.randn(2, 300)).square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -13,6 +15,7 @@ from audiosep.nn.norms import (
     canonical_norm_name,
     check_causal_norm,
     fold_batchnorm,
+    is_causal_in_training,
     is_causal_norm,
 )
 
@@ -73,6 +76,12 @@ def reference(name: str, norm: nn.Module, x: Tensor) -> Tensor:
         return _affine(norm, x / torch.sqrt((x**2).mean(dim=1, keepdim=True) + norm.eps))
     if name == "dyt":
         return _affine(norm, torch.tanh(norm.alpha * x))
+    if name == "elementwise_ln":  # ELN eq.: sqrt(C - 1) x / sqrt(beta + x^2), beta = 1 / alpha^2, mean 0
+        beta = 1.0 / norm.alpha**2
+        return _affine(norm, math.sqrt(CHANNELS - 1) * x / torch.sqrt(beta + x**2))
+    if name in ("unified_norm", "power_norm"):  # first training step (warm-up): batch E[x^2] per channel
+        power = (x**2).mean(dim=(0, 2), keepdim=True)
+        return _affine(norm, x / torch.sqrt(power + norm.eps))
     if name == "batch_norm":  # training mode: batch statistics over B and T
         mean = x.mean(dim=(0, 2), keepdim=True)
         var = ((x - mean) ** 2).mean(dim=(0, 2), keepdim=True)
@@ -157,9 +166,25 @@ def test_check_causal_norm_rejects_non_causal_norms_in_causal_models(name: str) 
     check_causal_norm(name, causal=False)
 
 
-@pytest.mark.parametrize("name", ["cLN", "channel_ln", "batch_norm", "rms_norm", "dyt", "none"])
+@pytest.mark.parametrize(
+    "name", ["cLN", "channel_ln", "batch_norm", "unified_norm", "power_norm", "rms_norm", "dyt", "elementwise_ln", "none"]
+)
 def test_check_causal_norm_accepts_causal_norms(name: str) -> None:
     check_causal_norm(name, causal=True)
+
+
+@pytest.mark.parametrize("name", NORM_NAMES)
+def test_batch_statistics_norms_are_not_causal_in_training(name: str) -> None:
+    """In training, BN-like norms mix every frame of the batch: changing the future changes the past."""
+    norm, x = _built(name).train(), _input()
+    changed = x.clone()
+    changed[:, :, FRAMES // 2 :] = changed[:, :, FRAMES // 2 :] * 3 + 1
+    past, past_changed = norm(x)[:, :, : FRAMES // 2], norm(changed)[:, :, : FRAMES // 2]
+    assert norm.causal_in_training == is_causal_in_training(name)
+    if is_causal_in_training(name):
+        torch.testing.assert_close(past_changed, past, rtol=0, atol=1e-12)
+    else:
+        assert (past_changed - past).abs().max() > 1e-3
 
 
 CONV_CASES = [
