@@ -35,6 +35,9 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "librispeech": ("audiosep.commands.data_librispeech", "write LibriSpeech JSON-lines manifests"),
         "librimix": ("audiosep.commands.data_librimix", "generate LibriMix from the official metadata"),
     },
+    "norms": {
+        "study": ("audiosep.commands.norms", "train one separator with each norm on the same data; table, plots"),
+    },
     "convert": {
         "speechbrain": ("audiosep.commands.convert_speechbrain", "import a SpeechBrain SepFormer folder"),
         "nemo": ("audiosep.commands.convert_nemo", "import a NeMo QuartzNet .nemo archive"),

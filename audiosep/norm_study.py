@@ -1,0 +1,429 @@
+"""Norm study: train one separator with each norm on the same data, and measure what each buys.
+
+Every run of a study uses the same seed, the same data order (an explicitly seeded loader), the
+same step budget and the same optimiser; only ``norm=`` changes. Each run records its validation
+SI-SNRi curve, the final SI-SNRi on the whole validation split, the median training step time,
+the batch-1 CPU real-time factor of the plain model and of the folded one
+(:func:`audiosep.optimize.prepare_for_inference`), whether the norm is causal in training and at
+inference, and whether training diverged (a non-finite loss or score). A finished run is kept in
+``OUT/runs/`` and skipped when the study runs again, so an interrupted study resumes.
+
+``--minutes M`` is turned into one step budget for every run: the step time of the first norm is
+measured once and ``M * 60 / step_time`` steps are used by all (recorded in ``study.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from audiosep.errors import UserError
+from audiosep.io import atomic_write_text
+from audiosep.models import build
+from audiosep.nn.norms import (
+    PowerNorm,
+    UnifiedNorm,
+    canonical_norm_name,
+    is_causal_in_training,
+    is_causal_norm,
+)
+from audiosep.tasks.separation import SeparationTask
+
+SCHEMA = "audiosep.norm_study/1"
+# Study-sized configurations of presets (CPU minutes): name -> (registry preset, overrides).
+STUDY_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "tiny_sepformer_demo": (
+        "tiny_sepformer_base",
+        dict(
+            encoder_channels=64, kernel_size=16, model_channels=64, num_blocks=1, num_intra_layers=2,
+            num_inter_layers=2, num_heads=2, attention_channels=32, ffn_dim=128, chunk_size=100,
+        ),
+    ),
+}  # fmt: skip
+DEFAULT_NORMS = (
+    "gLN", "cLN", "BN", "unified_norm", "power_norm", "rms_norm", "dyt", "elementwise_ln", "none",
+)  # fmt: skip
+
+
+@dataclass
+class StudySettings:
+    """What to train and how; every run of a study shares all of it but the norm and the seed."""
+
+    data: str
+    out: str
+    model: str = "conv_tasnet_demo"
+    norms: list[str] = field(default_factory=lambda: list(DEFAULT_NORMS))
+    seeds: int = 1
+    baseline_seeds: int = 2
+    minutes: float | None = 3.0
+    steps: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 4
+    segment: float = 1.5
+    lr: float = 2e-3
+    evals: int = 8
+    val_mixtures: int = 50
+    warmup_fraction: float = 0.25
+    rtf_seconds: float = 4.0
+    progress: bool = True
+
+    def seeds_of(self, norm: str) -> list[int]:
+        """Seeds run for ``norm``: the first norm (the baseline) gets ``baseline_seeds`` to show the noise."""
+        count = max(self.seeds, self.baseline_seeds) if norm == self.norms[0] else self.seeds
+        return list(range(count))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that must match for a finished run to be reused."""
+        keys = ("data", "model", "overrides", "batch_size", "segment", "lr", "evals", "val_mixtures",
+                "warmup_fraction", "rtf_seconds")  # fmt: skip
+        return {key: getattr(self, key) for key in keys}
+
+
+def check_settings(settings: StudySettings) -> None:
+    """Raise :class:`UserError` for names and sizes that cannot work, before anything trains."""
+    if not settings.norms:
+        raise UserError("--norms is empty")
+    for norm in settings.norms:
+        try:
+            canonical_norm_name(norm)
+        except ValueError as err:
+            raise UserError(f"--norms: {err}") from None
+    if len(set(settings.norms)) != len(settings.norms):
+        raise UserError(f"--norms lists a norm twice: {','.join(settings.norms)}")
+    if (settings.minutes is None) == (settings.steps is None):
+        raise UserError("give exactly one of --minutes and --steps")
+    if (settings.steps is not None and settings.steps < 1) or (settings.minutes is not None and settings.minutes <= 0):
+        raise UserError("--steps / --minutes must be positive")
+    for name in ("seeds", "batch_size", "evals", "val_mixtures"):
+        if getattr(settings, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
+
+
+def build_model(settings: StudySettings, norm: str) -> nn.Module:
+    """The study's model with ``norm`` (a registry preset or a :data:`STUDY_PRESETS` entry)."""
+    preset, overrides = STUDY_PRESETS.get(settings.model, (settings.model, {}))
+    try:
+        return build(preset, **(overrides | settings.overrides | {"norm": norm}))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"--model {settings.model} with norm {norm}: {err}") from None
+
+
+def set_norm_warmup(model: nn.Module, iterations: int) -> None:
+    """Give every UN / PowerNorm layer a warm-up of ``iterations`` (their defaults outlast a short study)."""
+    for module in model.modules():
+        if isinstance(module, (UnifiedNorm, PowerNorm)):
+            module.warmup_iters = iterations
+
+
+class _StudyTask(SeparationTask):
+    """The separation task with the study's Adam learning rate."""
+
+    def __init__(self, model: nn.Module, sample_rate: int, lr: float) -> None:
+        super().__init__(model, sample_rate=sample_rate)
+        self.lr = lr
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class _StepMonitor(L.Callback):
+    """Times every training step, keeps the validation curve, stops at the first non-finite loss."""
+
+    def __init__(self) -> None:
+        self.step_times: list[float] = []
+        self.curve: list[dict[str, float]] = []
+        self.diverged_at: int | None = None
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        self.step_times.append(time.perf_counter() - self._start)
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if self.diverged_at is None and not bool(torch.isfinite(loss.detach()).all()):
+            self.diverged_at = trainer.global_step
+            trainer.should_stop = True
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val_si_snri")
+        if value is not None and not trainer.sanity_checking:
+            self.curve.append({"step": trainer.global_step, "val_si_snri": round(float(value), 4)})
+
+
+@dataclass
+class StudyData:
+    """The loaders every run shares (the train order is re-seeded for each run)."""
+
+    train: Any
+    val_subset: Any
+    val_full: Any
+    sample_rate: int
+    collate: Callable
+
+    def train_loader(self, seed: int, batch_size: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(self.train, batch_size, shuffle=True, drop_last=True, generator=generator,
+                          collate_fn=self.collate)  # fmt: skip
+
+    def val_loader(self, full: bool) -> DataLoader:
+        return DataLoader(self.val_full if full else self.val_subset, 1, collate_fn=self.collate)
+
+
+def load_data(settings: StudySettings) -> StudyData:
+    """The demo (or any LibriMix-shaped) set: random train crops, the first validation mixtures."""
+    from audiosep.data.librimix import LibriMixDataModule, collate_padded
+
+    module = LibriMixDataModule(settings.data, train_split="train-100", segment=settings.segment, num_workers=0)
+    train = module.split_dataset(module.train_split, settings.segment)  # UserError names the missing file
+    dev = module.split_dataset("dev", None)
+    subset = Subset(dev, range(min(settings.val_mixtures, len(dev))))
+    return StudyData(train, subset, dev, module.sample_rate, collate_padded)
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def calibrate_steps(settings: StudySettings, data: StudyData) -> tuple[int, float]:
+    """``(steps, seconds per step)``: the budget that fits ``settings.minutes`` for the first norm."""
+    _seed(0)
+    model = build_model(settings, settings.norms[0]).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    from audiosep.losses import PITSISNRLoss
+
+    loss_fn, times = PITSISNRLoss(), []
+    for index, (mixture, sources, _) in enumerate(data.train_loader(0, settings.batch_size)):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        loss_fn(model(mixture), sources).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+        if index >= 12:
+            break
+    step_time = statistics.median(times[3:]) if len(times) > 3 else statistics.median(times)
+    return max(1, int(settings.minutes * 60 / step_time)), step_time
+
+
+@torch.inference_mode()
+def mean_si_snri(model: nn.Module, loader: DataLoader) -> float:
+    """Mean SI-SNRi (dB) of the eval-mode ``model`` over ``loader``."""
+    from audiosep.metrics import separation_scores
+
+    model.eval()
+    values = [float(separation_scores(model(mix), sources, mix).si_snri.mean()) for mix, sources, _ in loader]
+    return statistics.fmean(values)
+
+
+@torch.inference_mode()
+def real_time_factors(model: nn.Module, sample_rate: int, seconds: float, rounds: int = 7) -> dict[str, float]:
+    """Batch-1 CPU RTF (median latency / audio seconds) of the plain and the folded model, interleaved."""
+    from audiosep.bench.measure import time_interleaved, warm_up
+    from audiosep.optimize import prepare_for_inference
+
+    plain = model.cpu().eval()
+    folded = prepare_for_inference(plain)
+    mixture = 0.1 * torch.randn(1, int(seconds * sample_rate), generator=torch.Generator().manual_seed(0))
+    device = torch.device("cpu")
+    for fn in (plain, folded):
+        warm_up(fn, (mixture,), device)
+    timing = time_interleaved({"plain": lambda: plain(mixture), "folded": lambda: folded(mixture)}, rounds, device)
+    return {key: value.median / seconds for key, value in timing.items()}
+
+
+def train_run(settings: StudySettings, data: StudyData, norm: str, seed: int, steps: int) -> dict[str, Any]:
+    """Train one (norm, seed) run for ``steps`` steps and measure it; returns its result record."""
+    L.seed_everything(seed, verbose=False)
+    model = build_model(settings, norm)
+    set_norm_warmup(model, int(settings.warmup_fraction * steps))
+    task = _StudyTask(model, data.sample_rate, settings.lr)
+    monitor = _StepMonitor()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, gradient_clip_val=5.0,
+        val_check_interval=max(1, steps // settings.evals), check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=settings.progress, callbacks=[monitor],
+    )  # fmt: skip
+    _seed(seed)  # the crops and the order no longer depend on what building the model consumed
+    started = time.monotonic()
+    trainer.fit(task, train_dataloaders=data.train_loader(seed, settings.batch_size),
+                val_dataloaders=data.val_loader(full=False))  # fmt: skip
+    wall = time.monotonic() - started
+    final = mean_si_snri(model, data.val_loader(full=True)) if monitor.diverged_at is None else float("nan")
+    diverged = monitor.diverged_at is not None or not math.isfinite(final)
+    rtf = real_time_factors(model, data.sample_rate, settings.rtf_seconds)
+    return {
+        "norm": norm, "canonical_norm": canonical_norm_name(norm), "seed": seed, "steps": trainer.global_step,
+        "final_si_snri_db": None if diverged else round(final, 4),
+        "best_curve_si_snri_db": max((p["val_si_snri"] for p in monitor.curve), default=None),
+        "curve": monitor.curve,
+        "step_time_s": statistics.median(monitor.step_times) if monitor.step_times else None,
+        "train_wall_s": round(wall, 1),
+        "rtf_plain": rtf["plain"], "rtf_folded": rtf["folded"], "folded_speedup": rtf["plain"] / rtf["folded"],
+        "causal_in_training": is_causal_in_training(norm), "causal_at_inference": is_causal_norm(norm),
+        "diverged": diverged, "diverged_at_step": monitor.diverged_at,
+        "params": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def _study_state(settings: StudySettings, data: StudyData, out: Path) -> dict[str, Any]:
+    """The study's fixed settings and step budget: read back on a restart, written once otherwise."""
+    path = out / "study.json"
+    if path.is_file():
+        state = json.loads(path.read_text())
+        if state.get("settings") != settings.fingerprint():
+            raise UserError(f"{path}: this folder holds a study with other settings; use another --out")
+        if settings.steps is not None and settings.steps != state["steps"]:
+            raise UserError(f"{path}: this study runs {state['steps']} steps, not --steps {settings.steps}")
+        return state
+    if settings.steps is not None:
+        steps, step_time = settings.steps, None
+    else:
+        steps, step_time = calibrate_steps(settings, data)
+    state = {"schema": SCHEMA, "settings": settings.fingerprint(), "steps": steps,
+             "calibration_step_time_s": step_time, "minutes": settings.minutes}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(state, indent=2))
+    return state
+
+
+def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) every (norm, seed) run, then write the table, CSV, JSON and plot."""
+    check_settings(settings)
+    out = Path(settings.out)
+    data = load_data(settings)
+    state = _study_state(settings, data, out)
+    steps = state["steps"]
+    log(f"norm study: {settings.model}, {steps} steps per run, norms {', '.join(settings.norms)}")
+    runs: list[dict[str, Any]] = []
+    for norm in settings.norms:
+        for seed in settings.seeds_of(norm):
+            path = out / "runs" / f"{canonical_norm_name(norm)}-seed{seed}.json"
+            if path.is_file():
+                log(f"{norm} seed {seed}: finished earlier, kept ({path})")
+                runs.append(json.loads(path.read_text()))
+                continue
+            log(f"{norm} seed {seed}: training {steps} steps")
+            record = train_run(settings, data, norm, seed, steps)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(record, indent=2))
+            runs.append(record)
+    report = {"schema": SCHEMA, "model": settings.model, "steps": steps, "settings": asdict(settings),
+              "rows": summary_rows(runs), "runs": runs}  # fmt: skip
+    write_outputs(report, out)
+    return report
+
+
+def summary_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per norm: final SI-SNRi per seed and their mean, step time, RTFs, causality, divergence."""
+    rows = []
+    for norm in dict.fromkeys(run["norm"] for run in runs):
+        mine = [run for run in runs if run["norm"] == norm]
+        finals = [run["final_si_snri_db"] for run in mine if run["final_si_snri_db"] is not None]
+        rows.append({
+            "norm": norm, "seeds": len(mine),
+            "final_si_snri_db": round(statistics.fmean(finals), 2) if finals else None,
+            "final_per_seed_db": [run["final_si_snri_db"] for run in mine],
+            "step_time_ms": round(1000 * statistics.median(r["step_time_s"] for r in mine if r["step_time_s"]), 1)
+            if any(r["step_time_s"] for r in mine) else None,
+            "rtf_plain": round(statistics.median(r["rtf_plain"] for r in mine), 4),
+            "rtf_folded": round(statistics.median(r["rtf_folded"] for r in mine), 4),
+            "folded_speedup": round(statistics.median(r["folded_speedup"] for r in mine), 2),
+            "causal_in_training": mine[0]["causal_in_training"], "causal_at_inference": mine[0]["causal_at_inference"],
+            "diverged": sum(bool(r["diverged"]) for r in mine),
+        })  # fmt: skip
+    return rows
+
+
+TABLE_FIELDS = ("norm", "seeds", "final_si_snri_db", "final_per_seed_db", "step_time_ms", "rtf_plain", "rtf_folded",
+                "folded_speedup", "causal_in_training", "causal_at_inference", "diverged")  # fmt: skip
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The summary as a markdown table."""
+    header = ["norm", "seeds", "final val SI-SNRi (dB)", "per seed", "train step (ms)", "RTF plain",
+              "RTF folded", "folded speed-up", "causal train/infer", "diverged"]  # fmt: skip
+    lines = [f"Norm study: {report['model']}, {report['steps']} steps per run", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+
+    def yes(value: bool) -> str:
+        return "yes" if value else "no"
+
+    for row in report["rows"]:
+        per_seed = ", ".join("-" if v is None else f"{v:.2f}" for v in row["final_per_seed_db"])
+        final = "-" if row["final_si_snri_db"] is None else f"{row['final_si_snri_db']:.2f}"
+        cells = [row["norm"], str(row["seeds"]), final, per_seed, str(row["step_time_ms"]),
+                 f"{row['rtf_plain']:.4f}", f"{row['rtf_folded']:.4f}", f"{row['folded_speedup']:.2f}x",
+                 f"{yes(row['causal_in_training'])}/{yes(row['causal_at_inference'])}",
+                 f"{row['diverged']}/{row['seeds']}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(report: dict[str, Any], path: Path) -> None:
+    """Validation SI-SNRi against training step, one line per (norm, seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for run in report["runs"]:
+        if run["curve"]:
+            steps = [point["step"] for point in run["curve"]]
+            values = [point["val_si_snri"] for point in run["curve"]]
+            axis.plot(steps, values, marker="o", markersize=3, label=f"{run['norm']} (seed {run['seed']})")
+    axis.set_xlabel("training step")
+    axis.set_ylabel("validation SI-SNRi (dB)")
+    axis.set_title(f"{report['model']}: validation SI-SNRi per norm")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+
+    def save(name: str) -> None:
+        figure.savefig(name, dpi=120, format="png")
+
+    from audiosep.io import atomic_write
+
+    atomic_write(path, save)
+    plt.close(figure)
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
+    """``table.md``, ``results.json``, ``results.csv`` and ``curves.png`` in ``out``."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TABLE_FIELDS)
+    writer.writeheader()
+    for row in report["rows"]:
+        writer.writerow(row | {"final_per_seed_db": " ".join(str(v) for v in row["final_per_seed_db"])})
+    paths = [
+        atomic_write_text(out / "table.md", format_table(report)),
+        atomic_write_text(out / "results.json", json.dumps(report, indent=2, default=_plain)),
+        atomic_write_text(out / "results.csv", buffer.getvalue()),
+    ]
+    plot_curves(report, out / "curves.png")
+    return [*paths, out / "curves.png"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
