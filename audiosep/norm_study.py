@@ -303,6 +303,8 @@ def _study_state(settings: StudySettings, data: StudyData, out: Path) -> dict[st
 def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every (norm, seed) run, then write the table, CSV, JSON and plot."""
     check_settings(settings)
+    for norm in settings.norms:  # a norm the model refuses fails now, not after hours of training
+        build_model(settings, norm)
     out = Path(settings.out)
     data = load_data(settings)
     state = _study_state(settings, data, out)

@@ -94,6 +94,16 @@ def test_bad_input_is_one_error_line_and_nothing_written(
     assert not (tmp_path / "out" / "results.json").exists()
 
 
+def test_a_norm_the_model_refuses_fails_before_any_training(
+    demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["norms", "study", "--data", str(demo_set), "--out", str(tmp_path / "out"), "--model",
+            "tiny_sepformer_demo", "--norms", "gLN,cLN", "--steps", "2"]  # fmt: skip
+    assert main(argv) == 1
+    assert "cumulative_ln" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_of_another_study_is_refused(demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "study"
     assert main(_argv(demo_set, out, "none", "--baseline-seeds", "1")) == 0
