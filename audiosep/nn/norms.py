@@ -287,7 +287,8 @@ class UnifiedNorm(_RunningQuadraticNorm):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.window, self.outlier_filter = window, outlier_filter
-        self.register_buffer("window_power", torch.ones(window, num_channels))
+        # [C, window]: channel first, as every per-channel tensor (channel pruning slices dim 0).
+        self.register_buffer("window_power", torch.ones(num_channels, window))
         self.register_buffer("num_skipped", torch.zeros((), dtype=torch.long))
 
     def normalize(self, x: Tensor) -> Tensor:
@@ -298,20 +299,20 @@ class UnifiedNorm(_RunningQuadraticNorm):
         power = self._power(x)  # [C]
         slot = step % self.window
         previous_spread = self.window_power.sqrt().var() if self.window > 1 else None
-        self.window_power[slot] = power.detach()
+        self.window_power[:, slot] = power.detach()
         warm = step < self.warmup_iters or step <= self.window
         skip = False
         if self.outlier_filter and not warm and previous_spread is not None:
-            arithmetic = self.window_power.mean(dim=0)
-            geometric = self.window_power.log().mean(dim=0).exp()
+            arithmetic = self.window_power.mean(dim=1)
+            geometric = self.window_power.log().mean(dim=1).exp()
             if bool(((arithmetic - geometric) > previous_spread * self.window).any()):
-                self.window_power[slot] = self.running_power
+                self.window_power[:, slot] = self.running_power
                 self.num_skipped += 1
                 skip = True
         if warm or skip or self.window == 1:
             statistic = power
         else:  # geometric mean of the window, the current entry differentiable
-            others = torch.cat((self.window_power[:slot], self.window_power[slot + 1 :])).log().sum(dim=0)
+            others = torch.cat((self.window_power[:, :slot], self.window_power[:, slot + 1 :]), dim=1).log().sum(dim=1)
             statistic = ((others + power.log()) / self.window).exp()
         self.running_power.mul_(self.momentum).add_((1 - self.momentum) * statistic.detach())
         return self._scale(statistic, x)

@@ -122,7 +122,7 @@ def test_unified_norm_gradient_flows_through_the_windowed_statistic() -> None:
     norm = _with_affine(UnifiedNorm(CHANNELS, window=3, warmup_iters=0).double()).train()
     for x in batches[:-1]:
         norm(x)
-    past = [norm.window_power[i].clone() for i in range(3)]
+    past = [norm.window_power[:, i].clone() for i in range(3)]
     x = batches[-1].clone().requires_grad_(True)
     norm(x).square().sum().backward()
     x_ref = batches[-1].clone().requires_grad_(True)
