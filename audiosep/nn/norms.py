@@ -298,11 +298,12 @@ class UnifiedNorm(_RunningQuadraticNorm):
         step = int(self.num_iterations)
         power = self._power(x)  # [C]
         slot = step % self.window
-        previous_spread = self.window_power.sqrt().var() if self.window > 1 else None
+        check = self.outlier_filter and self.window > 1
+        previous_spread = self.window_power.sqrt().var() if check else None
         self.window_power[:, slot] = power.detach()
         warm = step < self.warmup_iters or step <= self.window
         skip = False
-        if self.outlier_filter and not warm and previous_spread is not None:
+        if previous_spread is not None and not warm:
             arithmetic = self.window_power.mean(dim=1)
             geometric = self.window_power.log().mean(dim=1).exp()
             if bool(((arithmetic - geometric) > previous_spread * self.window).any()):
