@@ -312,9 +312,11 @@ class UnifiedNorm(_RunningQuadraticNorm):
                 skip = True
         if warm or skip or self.window == 1:
             statistic = power
-        else:  # geometric mean of the window, the current entry differentiable
-            others = torch.cat((self.window_power[:, :slot], self.window_power[:, slot + 1 :]), dim=1).log().sum(dim=1)
-            statistic = ((others + power.log()) / self.window).exp()
+        else:  # geometric mean of the window, the current entry differentiable (a dead channel: no log 0)
+            tiny = torch.finfo(power.dtype).tiny
+            others = torch.cat((self.window_power[:, :slot], self.window_power[:, slot + 1 :]), dim=1)
+            log_sum = others.clamp_min(tiny).log().sum(dim=1) + power.clamp_min(tiny).log()
+            statistic = (log_sum / self.window).exp()
         self.running_power.mul_(self.momentum).add_((1 - self.momentum) * statistic.detach())
         return self._scale(statistic, x)
 
