@@ -20,7 +20,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,57 +39,11 @@ from audiosep.nn.norms import (
     is_causal_in_training,
     is_causal_norm,
 )
+from audiosep.norm_study_settings import DEFAULT_NORMS, STUDY_PRESETS, StudySettings
 from audiosep.tasks.separation import SeparationTask
 
 SCHEMA = "audiosep.norm_study/1"
-# Study-sized configurations of presets (CPU minutes): name -> (registry preset, overrides).
-STUDY_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "tiny_sepformer_demo": (
-        "tiny_sepformer_base",
-        dict(
-            encoder_channels=64, kernel_size=16, model_channels=64, num_blocks=1, num_intra_layers=2,
-            num_inter_layers=2, num_heads=2, attention_channels=32, ffn_dim=128, chunk_size=100,
-        ),
-    ),
-}  # fmt: skip
-DEFAULT_NORMS = (
-    "gLN", "cLN", "BN", "unified_norm", "power_norm", "rms_norm", "dyt", "elementwise_ln", "none",
-)  # fmt: skip
-
-
-@dataclass
-class StudySettings:
-    """What to train and how; every run of a study shares all of it but the norm and the seed."""
-
-    data: str
-    out: str
-    model: str = "conv_tasnet_demo"
-    norms: list[str] = field(default_factory=lambda: list(DEFAULT_NORMS))
-    seeds: int = 1
-    baseline_seeds: int = 2
-    minutes: float | None = 3.0
-    steps: int | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 4
-    segment: float = 1.5
-    lr: float = 2e-3
-    evals: int = 8
-    val_mixtures: int = 50
-    warmup_fraction: float = 0.25
-    rtf_seconds: float = 4.0
-    progress: bool = True
-
-    def seeds_of(self, norm: str) -> list[int]:
-        """Seeds run for ``norm``: the first norm (the baseline) gets ``baseline_seeds`` to show the noise."""
-        count = max(self.seeds, self.baseline_seeds) if norm == self.norms[0] else self.seeds
-        return list(range(count))
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings that must match for a finished run to be reused."""
-        keys = ("data", "model", "overrides", "batch_size", "segment", "lr", "evals", "val_mixtures",
-                "warmup_fraction", "rtf_seconds")  # fmt: skip
-        return {key: getattr(self, key) for key in keys}
-
+__all__ = ["DEFAULT_NORMS", "STUDY_PRESETS", "StudySettings", "run_study"]
 
 def check_settings(settings: StudySettings) -> None:
     """Raise :class:`UserError` for names and sizes that cannot work, before anything trains."""

@@ -7,7 +7,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``audiosep norms study``."""
-    from audiosep.norm_study import DEFAULT_NORMS, STUDY_PRESETS, StudySettings
+    from audiosep.norm_study_settings import DEFAULT_NORMS, STUDY_PRESETS, StudySettings
 
     defaults = StudySettings(data="", out="")
     parser.add_argument("--data", required=True, help="LibriMix-shaped set (the folder `audiosep data demo` wrote)")
@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     from audiosep.bench.run import parse_overrides
     from audiosep.errors import UserError
-    from audiosep.norm_study import StudySettings, run_study
+    from audiosep.norm_study import format_table, run_study
+    from audiosep.norm_study_settings import StudySettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,14 +60,12 @@ def run(args: argparse.Namespace) -> int:
     settings = StudySettings(
         data=args.data, out=args.out, model=args.model, norms=[n for n in args.norms.split(",") if n],
         seeds=args.seeds, baseline_seeds=args.baseline_seeds,
-        minutes=3.0 if args.minutes is None and args.steps is None else args.minutes, steps=args.steps,
+        minutes=StudySettings.minutes if args.minutes is None and args.steps is None else args.minutes, steps=args.steps,
         overrides=overrides, batch_size=args.batch_size, segment=args.segment, lr=args.lr, evals=args.evals,
         val_mixtures=args.val_mixtures, warmup_fraction=args.warmup_fraction, rtf_seconds=args.rtf_seconds,
         progress=not args.no_progress,
     )  # fmt: skip
     report = run_study(settings)
-    from audiosep.norm_study import format_table
-
     print(format_table(report))
     print(f"wrote {args.out}/table.md, results.json, results.csv, curves.png")
     return 0
