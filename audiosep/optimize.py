@@ -35,7 +35,7 @@ from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet, TemporalConvNet, 
 from audiosep.models.masking import DualPathMasker, MaskingSeparator
 from audiosep.models.quartznet import QuartzNet
 from audiosep.models.resepformer import ChunkSummaryMasker
-from audiosep.nn.dual_path import DualPathBlock, SequenceStack, norm_channels_last
+from audiosep.nn.dual_path import SequenceStack
 from audiosep.nn.norms import (
     CumulativeLayerNorm,
     Identity,
@@ -349,33 +349,14 @@ def _norm_into_stack(stack: nn.Module, norm: nn.Module) -> nn.Module:
     return Identity()
 
 
-class FoldedDualPathBlock(DualPathBlock):
-    """:class:`DualPathBlock` that skips the layout round trip of a norm folded away."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, num_chunks, chunk_size, channels = x.shape
-        intra = self.intra(x.reshape(batch * num_chunks, chunk_size, channels)).view_as(x)
-        x = (intra if isinstance(self.intra_norm, nn.Identity) else norm_channels_last(self.intra_norm, intra)) + x
-        # [B, S, K, N] -> [B*K, S, N]
-        inter = self.inter(x.transpose(1, 2).reshape(batch * chunk_size, num_chunks, channels))
-        inter = inter.view(batch, chunk_size, num_chunks, channels).transpose(1, 2)
-        if isinstance(self.inter_norm, nn.Identity):
-            return inter + x
-        return norm_channels_last(self.inter_norm, inter) + x
-
-
 def fold_masknet_norms(model: MaskingSeparator) -> None:
     """Fold the mask network's norms of a SepFormer-family model into their neighbours, in place (exact)."""
     masker = model.masker
     if isinstance(masker, DualPathMasker):
         masker.norm, masker.bottleneck = _norm_into_linear(masker.norm, masker.bottleneck)
-        masker.blocks = nn.ModuleList(
-            FoldedDualPathBlock(
-                block.intra, block.inter,
-                _norm_into_stack(block.intra, block.intra_norm), _norm_into_stack(block.inter, block.inter_norm),
-            )  # fmt: skip
-            for block in masker.blocks
-        )
+        for block in masker.blocks:
+            block.intra_norm = _norm_into_stack(block.intra, block.intra_norm)
+            block.inter_norm = _norm_into_stack(block.inter, block.inter_norm)
     elif isinstance(masker, ChunkSummaryMasker):
         for norms, stacks in ((masker.intra_norms, masker.intra), (masker.inter_norms, masker.inter)):
             for index, stack in enumerate(stacks):

@@ -154,8 +154,11 @@ def norm_channels_last(norm: nn.Module, x: Tensor) -> Tensor:
 
     The middle dims are flattened into one time axis; every registry norm's statistics are then
     the same as over ``[B, C, K, S]`` (chunk-major order for the cumulative one). The result is
-    contiguous channels-last.
+    contiguous channels-last. The ``none`` norm (an ``nn.Identity``) returns ``x`` as it is: no
+    layout round trip for a norm that does nothing (e.g. one folded away at inference).
     """
+    if isinstance(norm, nn.Identity):
+        return x
     shape = x.shape
     # [B, ..., C] -> [B, C, T]
     y = norm(x.reshape(shape[0], -1, shape[-1]).transpose(1, 2))
