@@ -2,6 +2,8 @@
 
 Recipes are LightningCLI YAML whose keys are constructor arguments (typos fail at parse time).
 ``--config`` also accepts a recipe shipped with the package, e.g. ``demo/convtasnet_tiny.yaml``.
+Checkpoints are saved with :class:`~audiosep.checkpoint_io.AtomicCheckpointIO` unless the recipe
+brings its own ``CheckpointIO`` plugin.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from audiosep.errors import UserError
 
@@ -54,6 +57,18 @@ def resolve_config_paths(argv: list[str]) -> list[str]:
     return resolved
 
 
+class AudiosepCLI(LightningCLI):
+    """LightningCLI whose trainer saves checkpoints atomically (unless a plugin says otherwise)."""
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        from audiosep.checkpoint_io import AtomicCheckpointIO
+
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+
 def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
     """Run ``fit``/``validate``/``test`` with ``argv`` (starting with the sub-command).
 
@@ -69,7 +84,7 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
         ".*isinstance\\(treespec, LeafSpec\\)",
     ):
         warnings.filterwarnings("ignore", message=message)
-    return LightningCLI(
+    return AudiosepCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

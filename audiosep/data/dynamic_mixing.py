@@ -22,11 +22,12 @@ import numpy as np
 import soundfile as sf
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from audiosep.data.librispeech import list_utterances
 from audiosep.data.mixing import LOUDNESS_RANGE, NOISE_LOUDNESS, RATE, peak_weight, protected_gain
 from audiosep.data.parallel import imap_with_progress
+from audiosep.data.sampling import EpochSampler
 from audiosep.errors import UserError
 from audiosep.io import atomic_write, atomic_write_text
 
@@ -216,29 +217,17 @@ class DynamicMixingDataset(Dataset):
         )
 
 
-class FreshEpochSampler(Sampler[int]):
+class FreshEpochSampler(EpochSampler):
     """Indices ``epoch * N .. (epoch + 1) * N - 1``: every epoch draws mixtures never seen before.
 
-    Lightning calls :meth:`set_epoch` (so a resumed run sees the same data as an unbroken one);
-    without it, each pass moves to the next epoch by itself.
+    Lightning calls :meth:`set_epoch` (under DDP through its ``DistributedSamplerWrapper``, which
+    also shards the draws across ranks), so a resumed run sees the same data as an unbroken one;
+    without it, each pass moves to the next epoch by itself. :meth:`resume` skips the draws of an
+    interrupted epoch already trained on.
     """
 
-    def __init__(self, num_examples: int) -> None:
-        self.num_examples = num_examples
-        self.epoch = 0
-        self._epoch_is_set = False
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._epoch_is_set = epoch, True
-
-    def __len__(self) -> int:
-        return self.num_examples
-
-    def __iter__(self):
-        start = self.epoch * self.num_examples
-        if not self._epoch_is_set:
-            self.epoch += 1
-        return iter(range(start, start + self.num_examples))
+    def order(self, epoch: int) -> list[int]:
+        return list(range(self.num_examples))
 
 
 def librispeech_subsets(train_split: str) -> list[str]:

@@ -14,15 +14,17 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import soundfile as sf
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from audiosep.data.dynamic_mixing import dynamic_mixing_dataset, dynamic_mixing_loader
+from audiosep.data.sampling import EpochSampler, EpochSeeded, EpochShuffleSampler, resume_state
 from audiosep.errors import UserError
 
 Task = Literal["sep_clean", "sep_noisy"]
@@ -92,17 +94,22 @@ class LibriMixDataset(Dataset):
             raise UserError(f"{path}: sample rate {sample_rate} Hz, expected {self.sample_rate} Hz")
         return torch.from_numpy(data)
 
-    def _crop(self, mixture_id: str) -> tuple[int, int]:
+    def _crop(self, mixture_id: str, rng: np.random.Generator | None) -> tuple[int, int]:
         """Start and frame count of this item's crop (``-1`` frames = whole file)."""
         if self.segment_samples is None:
             return 0, -1
         length = sf.info(str(self.split_dir / self.mixture_folder / f"{mixture_id}.wav")).frames
-        start = random.randint(0, max(0, length - self.segment_samples))
+        top = max(0, length - self.segment_samples)
+        start = random.randint(0, top) if rng is None else int(rng.integers(0, top + 1))
         return start, self.segment_samples
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
+        return self.get(index)
+
+    def get(self, index: int, rng: np.random.Generator | None = None) -> tuple[Tensor, Tensor, str]:
+        """Item ``index``; its crop is drawn from ``rng`` (default: the global ``random`` module)."""
         mixture_id = self.ids[index]
-        start, frames = self._crop(mixture_id)
+        start, frames = self._crop(mixture_id, rng)
         mixture = self._read(self.mixture_folder, mixture_id, start, frames)
         sources = torch.stack(
             [self._read(f"s{i + 1}", mixture_id, start, frames) for i in range(self.n_src)]
@@ -142,6 +149,11 @@ class LibriMixDataModule(L.LightningDataModule):
         dm_cache_dir: where inputs resampled once to ``sample_rate`` are kept (default
             ``~/.cache/audiosep/dynamic_mixing``).
         dm_seed: seed of the drawn mixtures; ``None`` follows ``seed_everything``.
+        seed: seed of the training order and crops (fixed split); ``None`` follows ``seed_everything``.
+
+    The training order and crops are pure functions of ``(seed, epoch)``
+    (:mod:`audiosep.data.sampling`), and each checkpoint records how far into its epoch training
+    was, so ``--ckpt_path last`` resumes on the very next batch an unbroken run would have seen.
     """
 
     def __init__(
@@ -160,6 +172,7 @@ class LibriMixDataModule(L.LightningDataModule):
         wham_root: str | None = None,
         dm_cache_dir: str | None = None,
         dm_seed: int | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if dynamic_mixing and librispeech_root is None:
@@ -180,6 +193,9 @@ class LibriMixDataModule(L.LightningDataModule):
         self.wham_root = wham_root
         self.dm_cache_dir = dm_cache_dir
         self.dm_seed = dm_seed
+        self.seed = seed
+        self._train_sampler: EpochSampler | None = None
+        self._resume: dict[str, int] = {}
 
     def split_dataset(self, split: str, segment: float | None) -> Dataset:
         """The dataset of one split (``train-100+train-360`` concatenates)."""
@@ -220,8 +236,34 @@ class LibriMixDataModule(L.LightningDataModule):
                 seed=self.dm_seed,
                 cache_dir=self.dm_cache_dir,
             )
-            return dynamic_mixing_loader(dataset, self.batch_size, self.num_workers, collate_padded)
-        return self._loader(self.split_dataset(self.train_split, self.segment), self.batch_size, True)
+            loader = dynamic_mixing_loader(dataset, self.batch_size, self.num_workers, collate_padded)
+            self._train_sampler = loader.sampler  # type: ignore[assignment]
+        else:
+            seed = torch.initial_seed() if self.seed is None else self.seed
+            dataset = EpochSeeded(self.split_dataset(self.train_split, self.segment), seed)
+            self._train_sampler = EpochShuffleSampler(len(dataset), seed)
+            loader = DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                sampler=self._train_sampler,
+                num_workers=self.num_workers,
+                collate_fn=collate_padded,
+                drop_last=True,
+                persistent_workers=self.num_workers > 0,
+            )
+        if self._resume:
+            world_size = self.trainer.world_size if self.trainer is not None else 1
+            skip = self._resume["batches"] * self.batch_size * world_size
+            self._train_sampler.resume(self._resume["epoch"], skip)  # type: ignore[union-attr]
+            self._resume = {}
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's epoch and the batches done in it (saved in every checkpoint)."""
+        return resume_state(self.trainer, self._train_sampler)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.split_dataset("dev", None), 1, False)

@@ -3,11 +3,19 @@
 The task receives a built model (constructor injection) and owns only the training logic:
 loss, metrics, the per-utterance test CSV, and the model record embedded in every Lightning
 checkpoint so that ``audiosep infer --ckpt X.ckpt`` can rebuild the model without the recipe.
+
+Scale: the loss is computed in float32 outside autocast (``bf16-mixed``/``16-mixed`` change only
+the model's compute); a step whose loss is not finite on any rank is skipped on every rank (DDP
+stays in step) and counted (``nonfinite_steps``). Under DDP the test rows of all ranks are gathered
+and rank 0 alone writes one CSV, each utterance once (the distributed sampler's padding repeats
+some). Checkpoints also carry the RNG states, restored when training resumes.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from audiosep.checkpoint import LIGHTNING_KEY, model_record
+from audiosep.io import atomic_write_text
 from audiosep.losses import PITSISNRLoss
 from audiosep.metrics import separation_scores
+from audiosep.rng import collect_rng_states, set_rng_states
+
+TEST_COLUMNS = ["id", "si_snr", "si_snri", "sdr", "sdri"]
+RNG_KEY = "audiosep_rng_states"
 
 Batch = tuple[Tensor, Tensor, list[str]]
 
@@ -39,23 +52,47 @@ class SeparationTask(L.LightningModule):
         self.sample_rate = sample_rate
         self.test_csv = test_csv
         self._test_rows: list[dict[str, Any]] = []
+        self.nonfinite_steps = 0
+        self._rng_to_restore: dict[str, Any] | None = None
 
     def forward(self, mixture: Tensor) -> Tensor:
         return self.model(mixture)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def compute_loss(self, estimate: Tensor, sources: Tensor) -> Tensor:
+        """PIT SI-SNR in float32, outside any autocast region."""
+        with torch.autocast(estimate.device.type, enabled=False):
+            return self.loss(estimate.float(), sources.float())
+
+    def _all_finite(self, loss: Tensor) -> bool:
+        """Whether the loss is finite on every rank (one tiny all-reduce under DDP)."""
+        finite = torch.isfinite(loss.detach()).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        return bool(finite > 0)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         mixture, sources, _ = batch
-        loss = self.loss(self.model(mixture), sources)
+        loss = self.compute_loss(self.model(mixture), sources)
+        finite = self._all_finite(loss)
+        if not finite:
+            self.nonfinite_steps += 1
+        self.log("nonfinite_steps", float(self.nonfinite_steps), batch_size=mixture.shape[0])
+        if not finite:
+            return None  # Lightning skips backward and the optimizer step
         self.log("train_loss", loss, prog_bar=True, batch_size=mixture.shape[0])
         return loss
 
-    def _evaluate(self, batch: Batch, prefix: str, with_sdr: bool = False):
+    def _evaluate(self, batch: Batch, prefix: str, with_sdr: bool = False, log: bool = True):
         mixture, sources, _ = batch
         estimate = self.model(mixture)
-        scores = separation_scores(estimate, sources, mixture, with_sdr=with_sdr)
-        batch_size = mixture.shape[0]
-        self.log(f"{prefix}_loss", -scores.si_snr.mean(), batch_size=batch_size, sync_dist=True)
-        self.log(f"{prefix}_si_snri", scores.si_snri.mean(), prog_bar=True, batch_size=batch_size, sync_dist=True)
+        with torch.autocast(estimate.device.type, enabled=False):
+            scores = separation_scores(estimate.float(), sources.float(), mixture.float(), with_sdr=with_sdr)
+        if log:
+            batch_size = mixture.shape[0]
+            self.log(f"{prefix}_loss", -scores.si_snr.mean(), batch_size=batch_size, sync_dist=True)
+            self.log(
+                f"{prefix}_si_snri", scores.si_snri.mean(), prog_bar=True, batch_size=batch_size, sync_dist=True
+            )
         return scores
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -65,7 +102,7 @@ class SeparationTask(L.LightningModule):
         self._test_rows = []
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        scores = self._evaluate(batch, "test", with_sdr=True)
+        scores = self._evaluate(batch, "test", with_sdr=True, log=False)
         for i, mixture_id in enumerate(batch[2]):
             self._test_rows.append(
                 {
@@ -76,18 +113,42 @@ class SeparationTask(L.LightningModule):
                     "sdri": float(scores.sdri[i]),
                 }
             )
-        self.log("test_sdri", scores.sdri.mean(), batch_size=len(batch[2]), sync_dist=True)
+
+    def _gathered_test_rows(self) -> list[dict[str, Any]]:
+        """Every rank's rows, each utterance once, in dataset order.
+
+        The distributed sampler gives rank ``r`` items ``r, r + W, ...`` and pads the last round
+        with items from the start, so interleaving the ranks' rows and keeping each id's first row
+        is the single-process order.
+        """
+        if self._trainer is None or self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            rows = self._test_rows
+        else:
+            gathered: list[list[dict[str, Any]] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self._test_rows)
+            rows = [
+                row for group in itertools.zip_longest(*gathered) for row in group if row is not None
+            ]
+        unique: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            unique.setdefault(row["id"], row)
+        return list(unique.values())
 
     def on_test_epoch_end(self) -> None:
+        rows = self._gathered_test_rows()
+        if rows:  # every rank logs the same means of the deduplicated rows (nothing to sync)
+            for name in TEST_COLUMNS[1:]:
+                self.log(f"test_{name}", sum(r[name] for r in rows) / len(rows), sync_dist=False)
+            self.log("test_loss", -sum(r["si_snr"] for r in rows) / len(rows), sync_dist=False)
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return
         path = self._test_csv_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rank_suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        path = path.with_name(path.stem + rank_suffix + path.suffix)
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["id", "si_snr", "si_snri", "sdr", "sdri"])
-            writer.writeheader()
-            writer.writerows(self._test_rows)
-        print(f"wrote per-utterance scores of {len(self._test_rows)} mixtures to {path}")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=TEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buffer.getvalue())
+        print(f"wrote per-utterance scores of {len(rows)} mixtures to {path}")
 
     def _test_csv_path(self) -> Path:
         if self.test_csv:
@@ -106,6 +167,19 @@ class SeparationTask(L.LightningModule):
         """Store the model record without weights: Lightning's ``state_dict`` already holds them."""
         metadata = {"sample_rate": self.model_sample_rate()}
         checkpoint[LIGHTNING_KEY] = model_record(self.model, metadata, with_weights=False)
+        checkpoint[RNG_KEY] = collect_rng_states()
+        checkpoint["audiosep_nonfinite_steps"] = self.nonfinite_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the saved RNG states for :meth:`on_train_start` (after loaders and sanity checks)."""
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
+        self.nonfinite_steps = int(checkpoint.get("audiosep_nonfinite_steps", 0))
+
+    def on_train_start(self) -> None:
+        """Resume with the RNG states of the checkpoint (dropout etc. then repeat an unbroken run)."""
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam 1e-3 when the recipe gives no ``optimizer:`` (LightningCLI replaces this otherwise)."""

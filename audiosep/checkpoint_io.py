@@ -1,0 +1,71 @@
+"""Checkpoints that appear whole or not at all, even when the process is killed while saving.
+
+Lightning's own ``TorchCheckpointIO`` writes through an fsspec transaction whose temporary file is
+made by ``tempfile.mkstemp()`` in the *system* temp folder and then moved: when the checkpoint
+folder is on another file system (a cluster's shared disk), the move is a copy, and a kill during
+that copy leaves a truncated ``last.ckpt`` that ``--ckpt_path last`` would pick up. Nothing is
+fsync'ed either, so a node crash can leave an empty file.
+
+:class:`AtomicCheckpointIO` writes local checkpoints to ``.<name>.XXXX.tmp`` in the checkpoint's
+own folder, fsyncs it, renames it over the target (atomic on POSIX) and fsyncs the folder. A kill
+leaves at most that temp file, whose suffix is not ``.ckpt``, so Lightning never takes it for a
+checkpoint. Remote URLs (``s3://`` ...) go to Lightning's implementation unchanged.
+``audiosep fit`` installs it by default (:mod:`audiosep.training_cli`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from audiosep.io import atomic_write
+
+
+def _is_local(path: str | os.PathLike) -> bool:
+    text = str(path)
+    return "://" not in text or text.startswith("file://")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_atomically(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` ``checkpoint`` to ``path`` through a fsync'ed temp file in the same folder."""
+    target = Path(str(path).removeprefix("file://"))
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)  # serialise first: the temp file is written in one go
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    atomic_write(target, write)
+    _fsync_dir(target.parent)
+    return target
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local saves are atomic and durable (see the module docstring)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        save_atomically(checkpoint, path)

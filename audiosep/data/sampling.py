@@ -1,0 +1,104 @@
+"""Training samplers whose order is a pure function of ``(seed, epoch)`` and that resume mid-epoch.
+
+Every index a sampler yields is a *draw* ``epoch * N + i`` (``i`` the dataset item): a dataset
+wrapped in :class:`EpochSeeded` reads item ``i`` with random crops seeded by ``(seed, epoch, i)``,
+so what a batch holds never depends on the global RNG, the number of workers or the process.
+
+Under Lightning DDP the sampler is wrapped in a ``DistributedSamplerWrapper`` that shards the
+epoch's draws (rank ``r`` takes every ``world_size``-th one) and forwards ``set_epoch``; all ranks
+must use the same seed (``seed_everything`` gives every rank the same one).
+
+Resume: :meth:`EpochSampler.resume` skips the draws already trained on in one epoch. The data
+module stores ``(epoch, batches done)`` in each checkpoint (``state_dict``) and skips
+``batches * batch_size * world_size`` draws, a multiple of the world size, so every rank resumes
+at its own next draw.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset, Sampler
+
+
+class EpochSampler(Sampler[int]):
+    """Base class: ``set_epoch``, a one-off mid-epoch skip, and draws ``epoch * N + i``.
+
+    Without :meth:`set_epoch` calls (plain PyTorch loops), each pass moves to the next epoch by
+    itself; once Lightning calls it, the epoch is what it says.
+    """
+
+    def __init__(self, num_examples: int) -> None:
+        self.num_examples = num_examples
+        self.epoch = 0
+        self._epoch_is_set = False
+        self._skip: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._epoch_is_set = epoch, True
+
+    def resume(self, epoch: int, skip: int) -> None:
+        """Leave out the first ``skip`` draws of ``epoch`` (once: the next pass of that epoch)."""
+        self._skip = (epoch, skip)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def order(self, epoch: int) -> list[int]:
+        """Dataset items of ``epoch`` in the order they are drawn."""
+        raise NotImplementedError
+
+    def __iter__(self):
+        epoch = self.epoch
+        if not self._epoch_is_set:
+            self.epoch += 1
+        draws = [epoch * self.num_examples + i for i in self.order(epoch)]
+        if self._skip is not None and self._skip[0] == epoch:
+            draws = draws[self._skip[1] :]
+            self._skip = None
+        return iter(draws)
+
+
+class EpochShuffleSampler(EpochSampler):
+    """Every item once per epoch, in a permutation seeded by ``(seed, epoch)``."""
+
+    def __init__(self, num_examples: int, seed: int = 0) -> None:
+        super().__init__(num_examples)
+        self.seed = seed
+
+    def order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.num_examples, generator=generator).tolist()
+
+
+class EpochSeeded(Dataset):
+    """Reads draw ``k`` as item ``k % N`` of ``dataset`` with an RNG seeded by ``(seed, k // N, k % N)``.
+
+    ``dataset`` (or each part of a ``ConcatDataset``) must have ``get(index, rng)``, as
+    :class:`~audiosep.data.librimix.LibriMixDataset` does.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, draw: int) -> Any:
+        index, epoch = draw % len(self), draw // len(self)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        if isinstance(self.dataset, ConcatDataset):
+            part = bisect.bisect_right(self.dataset.cumulative_sizes, index)
+            offset = self.dataset.cumulative_sizes[part - 1] if part else 0
+            return self.dataset.datasets[part].get(index - offset, rng)  # type: ignore[attr-defined]
+        return self.dataset.get(index, rng)  # type: ignore[attr-defined]
+
+
+def resume_state(trainer: Any, sampler: EpochSampler | None) -> dict[str, int]:
+    """What a data module saves in a checkpoint: the sampler's epoch and the batches done in it."""
+    if sampler is None or trainer is None:
+        return {}
+    return {"epoch": sampler.epoch, "batches": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)}

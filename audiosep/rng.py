@@ -1,0 +1,39 @@
+"""The process's RNG states (torch CPU and CUDA, NumPy, Python) as checkpoint-safe values.
+
+Lightning does not save RNG states in its checkpoints; the tasks store these so a resumed run
+draws what an unbroken one would (dropout, augmentation). The values are tensors, ints, floats,
+strings and tuples only, so checkpoints still load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), NumPy and Python ``random`` states."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                  float(cached)),
+        "python": (int(version), tuple(int(v) for v in internal), gauss),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`collect_rng_states` returned (CUDA states only when the devices match)."""
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("torch.cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
