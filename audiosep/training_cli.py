@@ -3,11 +3,14 @@
 Recipes are LightningCLI YAML whose keys are constructor arguments (typos fail at parse time).
 ``--config`` also accepts a recipe shipped with the package, e.g. ``demo/convtasnet_tiny.yaml``.
 Checkpoints are saved with :class:`~audiosep.checkpoint_io.AtomicCheckpointIO` unless the recipe
-brings its own ``CheckpointIO`` plugin.
+brings its own ``CheckpointIO`` plugin. ``--ckpt_path last`` finds the newest ``last*.ckpt`` of
+any earlier run below ``--trainer.default_root_dir`` (Lightning alone looks only in the new run's
+own, still empty, ``version_N/checkpoints``).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -67,6 +70,26 @@ class AudiosepCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":
+            found = find_last_checkpoint(self.trainer.default_root_dir)
+            if found is not None:
+                kwargs["ckpt_path"] = str(found)
+        return kwargs
+
+
+LAST_CHECKPOINT = re.compile(r"^last(-v\d+)?\.ckpt$")
+
+
+def find_last_checkpoint(root: str | Path) -> Path | None:
+    """The most recently written ``last.ckpt`` (or ``last-vN.ckpt``) below ``root``, if any.
+
+    Temp files of an interrupted save (``.last.ckpt.XXXX.tmp``) never match.
+    """
+    candidates = [p for p in Path(root).rglob("last*.ckpt") if LAST_CHECKPOINT.match(p.name) and p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
 def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:

@@ -8,10 +8,14 @@ Under Lightning DDP the sampler is wrapped in a ``DistributedSamplerWrapper`` th
 epoch's draws (rank ``r`` takes every ``world_size``-th one) and forwards ``set_epoch``; all ranks
 must use the same seed (``seed_everything`` gives every rank the same one).
 
-Resume: :meth:`EpochSampler.resume` skips the draws already trained on in one epoch. The data
-module stores ``(epoch, batches done)`` in each checkpoint (``state_dict``) and skips
-``batches * batch_size * world_size`` draws, a multiple of the world size, so every rank resumes
-at its own next draw.
+Resume: the data module stores ``(epoch, batches done)`` in each checkpoint (``state_dict``) and
+calls :meth:`EpochSampler.resume` with ``batches * batch_size * world_size`` draws to leave out.
+That epoch's draws are then *rotated* (the done ones moved to the end), not dropped: the DDP
+wrapper sizes its shards once, from the sampler's length, so the length must not change. Rank
+``r`` takes draws ``r, r + W, ...`` of the rotated list, which (the skip being a multiple of ``W``)
+are exactly the draws it had left, padding included; Lightning, which restores its batch counters,
+ends the resumed epoch once it has had the batches it still owed, so the rotated-in tail is never
+trained on.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class EpochSampler(Sampler[int]):
         self.epoch, self._epoch_is_set = epoch, True
 
     def resume(self, epoch: int, skip: int) -> None:
-        """Leave out the first ``skip`` draws of ``epoch`` (once: the next pass of that epoch)."""
+        """Start the next pass of ``epoch`` at its draw ``skip`` (the ones before come last, once)."""
         self._skip = (epoch, skip)
 
     def __len__(self) -> int:
@@ -57,7 +61,8 @@ class EpochSampler(Sampler[int]):
             self.epoch += 1
         draws = [epoch * self.num_examples + i for i in self.order(epoch)]
         if self._skip is not None and self._skip[0] == epoch:
-            draws = draws[self._skip[1] :]
+            skip = self._skip[1] % max(1, len(draws))
+            draws = draws[skip:] + draws[:skip]
             self._skip = None
         return iter(draws)
 

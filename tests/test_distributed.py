@@ -1,0 +1,131 @@
+"""Lightning DDP on 2 CPU processes (gloo): sharded, reshuffled training data; one gathered test CSV.
+
+``fit`` and ``test`` run as real ``python -m audiosep.cli`` subprocesses with Lightning's own
+``ddp`` strategy (it re-launches the command for rank 1); the single-process reference ``test`` of
+the same checkpoint runs in-process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
+from lightning.pytorch.utilities.data import _update_dataloader
+from torch.utils.data import DataLoader
+
+from audiosep.cli import main
+from audiosep.data.dynamic_mixing import FreshEpochSampler
+from audiosep.data.sampling import EpochShuffleSampler
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = str(REPO / "recipes" / "demo" / "convtasnet_tiny.yaml")
+TINY_MODEL = [
+    "--model.model.init_args.enc_num_filters=16",
+    "--model.model.init_args.bottleneck_channels=8",
+    "--model.model.init_args.hidden_channels=16",
+    "--model.model.init_args.skip_channels=8",
+    "--model.model.init_args.num_layers=2",
+    "--model.model.init_args.num_repeats=1",
+]
+DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.logger=false"]
+
+
+def cli(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python -m audiosep.cli ARGV`` in a fresh process (tests/ importable for the probes)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
+    result = subprocess.run(
+        [sys.executable, "-m", "audiosep.cli", *argv], env=env, cwd=REPO, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_ddp_fit_shards_and_reshuffles_and_test_writes_one_gathered_csv(tiny_librimix: Path, tmp_path: Path):
+    ckpt_dir = tmp_path / "ckpts"
+    callbacks = json.dumps([
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(ckpt_dir), "save_last": True, "save_top_k": 0}},
+        {"class_path": "training_probes.RecordTrainIds", "init_args": {"out_dir": str(tmp_path / "ids")}},
+    ])
+    # train-360 has 6 mixtures: each rank trains on 3 per epoch (batch 1); 6 steps = 2 epochs.
+    cli("fit", "--config", RECIPE, f"--data.root={tiny_librimix}", "--data.train_split=train-360",
+        "--data.segment=0.25", "--data.batch_size=1", "--trainer.max_steps=6", "--trainer.max_time=null",
+        "--trainer.limit_val_batches=1", "--trainer.val_check_interval=1.0", f"--trainer.callbacks={callbacks}",
+        f"--trainer.default_root_dir={tmp_path}", *DDP, *QUIET, *TINY_MODEL)
+    ranks = [json.loads((tmp_path / "ids" / f"train_ids.rank{r}.json").read_text()) for r in (0, 1)]
+    assert sorted(ranks[0]) == sorted(ranks[1]) == ["0", "1"]
+    for epoch in ("0", "1"):
+        assert len(ranks[0][epoch]) == len(ranks[1][epoch]) == 3
+        assert sorted(ranks[0][epoch] + ranks[1][epoch]) == sorted(set(ranks[0][epoch] + ranks[1][epoch]))
+        assert len(set(ranks[0][epoch] + ranks[1][epoch])) == 6  # the ranks split the epoch, no overlap
+    assert ranks[0]["0"] + ranks[1]["0"] != ranks[0]["1"] + ranks[1]["1"]  # a new order every epoch
+
+    ckpt = ckpt_dir / "last.ckpt"
+    assert ckpt.is_file()
+    ddp_csv = tmp_path / "scores" / "ddp.csv"
+    result = cli("test", "--config", RECIPE, f"--data.root={tiny_librimix}", f"--ckpt_path={ckpt}",
+                 f"--model.test_csv={ddp_csv}", f"--trainer.default_root_dir={tmp_path}", *DDP, *QUIET, *TINY_MODEL)
+    assert result.stdout.count("wrote per-utterance scores of 3 mixtures") == 1  # rank 0 only
+    assert sorted(p.name for p in ddp_csv.parent.iterdir()) == ["ddp.csv"]  # one file, no rank files, no temp
+
+    single_csv = tmp_path / "scores_single" / "single.csv"
+    assert main(["test", "--config", RECIPE, f"--data.root={tiny_librimix}", f"--ckpt_path={ckpt}",
+                 f"--model.test_csv={single_csv}", f"--trainer.default_root_dir={tmp_path}", *QUIET,
+                 *TINY_MODEL]) == 0
+    ddp_rows, single_rows = read_rows(ddp_csv), read_rows(single_csv)
+    assert [r["id"] for r in ddp_rows] == [r["id"] for r in single_rows]  # each utterance once, same order
+    assert len(single_rows) == 3  # the tiny test split: 3 mixtures, padded to 4 by the distributed sampler
+    for ddp_row, single_row in zip(ddp_rows, single_rows, strict=True):
+        for column in ("si_snr", "si_snri", "sdr", "sdri"):
+            assert float(ddp_row[column]) == pytest.approx(float(single_row[column]), abs=1e-4)
+
+
+@pytest.mark.parametrize("sampler_class", [FreshEpochSampler, EpochShuffleSampler])
+def test_lightnings_ddp_wrapper_shards_our_samplers_and_forwards_set_epoch(sampler_class) -> None:
+    """What Lightning does to a training loader under DDP: wrap the sampler, then ``set_epoch`` each epoch."""
+    num_examples = 10
+
+    def rank_draws(rank: int, epoch: int, resume: tuple[int, int] | None = None) -> list[int]:
+        loader = DataLoader(list(range(num_examples)), batch_size=1, sampler=sampler_class(num_examples))
+        if resume:
+            loader.sampler.resume(*resume)
+        distributed = _get_distributed_sampler(loader, shuffle=False, overfit_batches=0, num_replicas=2, rank=rank)
+        wrapped = _update_dataloader(loader, distributed)
+        _set_sampler_epoch(wrapped, epoch)
+        return [int(i) for i in wrapped.sampler]
+
+    for epoch in (0, 1, 3):
+        draws = [rank_draws(rank, epoch) for rank in (0, 1)]
+        assert len(draws[0]) == len(draws[1]) == 5 and not set(draws[0]) & set(draws[1])
+        assert {d // num_examples for d in draws[0] + draws[1]} == {epoch}  # set_epoch reached our sampler
+        assert sorted(d % num_examples for d in draws[0] + draws[1]) == list(range(num_examples))
+    if sampler_class is EpochShuffleSampler:
+        orders = [[d % num_examples for d in rank_draws(0, epoch)] for epoch in (0, 1)]
+        assert orders[0] != orders[1]  # reshuffled
+    # resuming after 2 batches per rank (4 draws in all) continues each rank where it stopped; the
+    # shard keeps its length (the done draws come last, Lightning stops the epoch before them)
+    for rank in (0, 1):
+        resumed, unbroken = rank_draws(rank, 1, resume=(1, 4)), rank_draws(rank, 1)
+        assert resumed[:3] == unbroken[2:] and sorted(resumed) == sorted(unbroken)
+        assert rank_draws(rank, 2, resume=(1, 4)) == rank_draws(rank, 2)  # the skip is for epoch 1 only
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch() -> None:
+    first, again, other = EpochShuffleSampler(8, seed=3), EpochShuffleSampler(8, seed=3), EpochShuffleSampler(8, 4)
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert list(first) == list(again) and list(first) != list(other)
