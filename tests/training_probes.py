@@ -40,3 +40,15 @@ class PauseAtStep(L.Callback):
             self.marker.write_text(json.dumps({"step": trainer.global_step, "batch_idx": batch_idx}))
             while True:
                 time.sleep(1)
+
+
+class SaveFinalWeights(L.Callback):
+    """Saves the model's ``state_dict`` and the global step to ``path`` when training ends."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch
+
+        torch.save({"step": trainer.global_step, "state_dict": pl_module.state_dict()}, self.path)

@@ -1,0 +1,141 @@
+"""Exact resume: a training subprocess SIGKILLed mid-epoch and resumed with ``--ckpt_path last``
+ends with the same weights as an unbroken run; checkpoints are atomic under SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+
+from audiosep.checkpoint_io import AtomicCheckpointIO
+from audiosep.training_cli import find_last_checkpoint, run_lightning_cli
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = str(REPO / "recipes" / "demo" / "convtasnet_tiny.yaml")
+TINY_MODEL = [
+    "--model.model.init_args.enc_num_filters=16",
+    "--model.model.init_args.bottleneck_channels=8",
+    "--model.model.init_args.hidden_channels=16",
+    "--model.model.init_args.skip_channels=8",
+    "--model.model.init_args.num_layers=2",
+    "--model.model.init_args.num_repeats=1",
+]
+MAX_STEPS, CKPT_EVERY, KILL_AT = 10, 4, 7  # train-360 has 6 mixtures: batch 1 = 6 steps per epoch
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
+
+
+def fit_argv(root: Path, out: Path, *, pause_at: int | None = None, resume: bool = False) -> list[str]:
+    callbacks = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"every_n_train_steps": CKPT_EVERY, "save_last": True, "save_top_k": -1,
+                       "filename": "{step}"}},
+        {"class_path": "training_probes.SaveFinalWeights", "init_args": {"path": str(out / "final.pt")}},
+    ]
+    if pause_at is not None:
+        callbacks.append({"class_path": "training_probes.PauseAtStep",
+                          "init_args": {"step": pause_at, "marker": str(out / "paused.json")}})
+    return [
+        sys.executable, "-m", "audiosep.cli", "fit", "--config", RECIPE, f"--data.root={root}",
+        "--data.train_split=train-360", "--data.segment=0.25", "--data.batch_size=1",
+        f"--trainer.max_steps={MAX_STEPS}", "--trainer.max_time=null", "--trainer.limit_val_batches=1",
+        "--trainer.deterministic=true", "--trainer.enable_progress_bar=false",
+        f"--trainer.callbacks={json.dumps(callbacks)}", f"--trainer.default_root_dir={out}",
+        "--lr_scheduler=torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size=1",
+        "--lr_scheduler.gamma=0.5", *TINY_MODEL, *(["--ckpt_path=last"] if resume else []),
+    ]
+
+
+def run(argv: list[str]) -> None:
+    result = subprocess.run(argv, env=env(), cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+def test_sigkill_mid_epoch_then_ckpt_path_last_ends_with_the_weights_of_an_unbroken_run(
+    tiny_librimix: Path, tmp_path: Path
+) -> None:
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    unbroken.mkdir(), broken.mkdir()
+    run(fit_argv(tiny_librimix, unbroken))
+
+    process = subprocess.Popen(fit_argv(tiny_librimix, broken, pause_at=KILL_AT), env=env(), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (broken / "paused.json").is_file():
+        assert process.poll() is None, f"training ended before step {KILL_AT}: {process.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "training never reached the kill step"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    assert not (broken / "final.pt").exists()
+    last = find_last_checkpoint(broken)
+    assert last is not None and last.name == "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 4  # the newest checkpoint is mid-epoch 0 (4 of its 6 batches done)
+    assert saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
+    assert saved["LibriMixDataModule"] == {"epoch": 0, "batches": 4}
+
+    run(fit_argv(tiny_librimix, broken, resume=True))
+    expected = torch.load(unbroken / "final.pt", weights_only=True)
+    resumed = torch.load(broken / "final.pt", weights_only=True)
+    assert expected["step"] == resumed["step"] == MAX_STEPS
+    assert expected["state_dict"].keys() == resumed["state_dict"].keys()
+    mismatched = [k for k, v in expected["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
+    assert not mismatched, f"weights differ after resume: {mismatched}"
+
+
+def test_a_resume_from_an_other_step_does_not_match(tiny_librimix: Path, tmp_path: Path) -> None:
+    """The comparison above can fail: an unbroken run of one step less ends with other weights."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    argv_a = fit_argv(tiny_librimix, tmp_path / "a")
+    argv_b = [a.replace(f"max_steps={MAX_STEPS}", f"max_steps={MAX_STEPS - 1}") for a in fit_argv(tiny_librimix, tmp_path / "b")]
+    run(argv_a), run(argv_b)
+    a = torch.load(tmp_path / "a" / "final.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "final.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(v, b[k]) for k, v in a.items())
+
+
+KEEP_SAVING = textwrap.dedent("""
+    import sys, torch
+    from audiosep.checkpoint_io import AtomicCheckpointIO
+    io, path = AtomicCheckpointIO(), sys.argv[1]
+    step = 0
+    while True:
+        io.save_checkpoint({"step": step, "weights": torch.full((4_000_000,), float(step))}, path)
+        step += 1
+        if step == 1:
+            open(path + ".started", "w").close()
+""")
+
+
+def test_sigkill_while_saving_never_leaves_a_corrupt_last_ckpt(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    for attempt in range(3):
+        process = subprocess.Popen([sys.executable, "-c", KEEP_SAVING, str(path)], env=env(), cwd=REPO)
+        deadline = time.monotonic() + 60
+        while not Path(str(path) + ".started").is_file():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3 + 0.37 * attempt)  # several saves in, most likely in the middle of one
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        assert find_last_checkpoint(tmp_path) == path  # a killed save's temp file is never a candidate
+        saved = torch.load(path, weights_only=True)  # whole: it loads, and its values are one save's
+        assert torch.equal(saved["weights"], torch.full((4_000_000,), float(saved["step"])))
+    leftovers = [p.name for p in path.parent.iterdir() if p.name not in {"last.ckpt", "last.ckpt.started"}]
+    assert all(name.startswith(".last.ckpt.") and name.endswith(".tmp") for name in leftovers)
+
+
+def test_audiosep_fit_saves_with_the_atomic_checkpoint_io(tiny_librimix: Path, tmp_path: Path) -> None:
+    cli = run_lightning_cli(["--config", RECIPE, f"--data.root={tiny_librimix}",
+                             f"--trainer.default_root_dir={tmp_path}", *TINY_MODEL], run=False)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
