@@ -106,8 +106,9 @@ class _StepMonitor(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *args: Any) -> None:
         self.step_times.append(time.perf_counter() - self._start)
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if self.diverged_at is None and not bool(torch.isfinite(loss.detach()).all()):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        # SeparationTask skips a non-finite step and returns no loss: for the study that is divergence
+        if self.diverged_at is None and (loss is None or not bool(torch.isfinite(loss.detach()).all())):
             self.diverged_at = trainer.global_step
             trainer.should_stop = True
 

@@ -109,3 +109,17 @@ def test_the_loss_is_computed_in_float32_inside_a_bf16_autocast_region() -> None
     reference = task.loss(estimate.float(), sources.bfloat16().float())
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, reference, rtol=0, atol=1e-6)
+
+
+def test_the_norm_study_counts_a_skipped_step_as_divergence() -> None:
+    """The study stops a run at its first non-finite loss; the task now skips such a step (no loss)."""
+    from types import SimpleNamespace
+
+    from audiosep.norm_study import _StepMonitor
+
+    monitor, trainer = _StepMonitor(), SimpleNamespace(global_step=3, should_stop=False)
+    monitor.on_train_batch_start(trainer)
+    monitor.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 0)
+    assert monitor.diverged_at is None and not trainer.should_stop
+    monitor.on_train_batch_end(trainer, None, {}, None, 1)  # what Lightning passes for a skipped step
+    assert monitor.diverged_at == 3 and trainer.should_stop
