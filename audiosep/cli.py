@@ -26,6 +26,7 @@ LIGHTNING_COMMANDS: dict[str, str] = {
 COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "demo": ("audiosep.commands.demo", "build the built-in demo data, train, separate, report SI-SNRi"),
     "infer": ("audiosep.commands.infer", "separate audio files with a checkpoint"),
+    "evaluate": ("audiosep.commands.evaluate", "SI-SNRi, SDRi (PESQ, STOI) on a LibriMix split; WER of mixture/separated/clean"),
     "transcribe": ("audiosep.commands.transcribe", "transcribe audio files with an ASR checkpoint"),
     "prune": ("audiosep.commands.prune", "SepPrune: remove channels under a MACs budget, fine-tune, report"),
     "export": ("audiosep.commands.export", "export a checkpoint to ONNX or TorchScript and check it"),

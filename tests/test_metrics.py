@@ -21,8 +21,8 @@ def test_scores_match_mir_eval_and_are_permutation_aligned() -> None:
     sdr, _, _, perm = bss_eval_sources(references, estimates)
     sdr_mix, _, _, _ = bss_eval_sources(references, np.stack([mixture, mixture]))
     assert list(perm) == [1, 0]
-    np.testing.assert_allclose(float(scores.sdr[0]), sdr.mean(), atol=0.05)
-    np.testing.assert_allclose(float(scores.sdri[0]), sdr.mean() - sdr_mix.mean(), atol=0.05)
+    np.testing.assert_allclose(float(scores.sdr[0]), sdr.mean(), atol=0.01)
+    np.testing.assert_allclose(float(scores.sdri[0]), sdr.mean() - sdr_mix.mean(), atol=0.01)
     # SI-SNRi = mean over sources of SI-SNR(aligned estimate) - SI-SNR(mixture), float64 formula
     def si_snr(e, r):
         e, r = e - e.mean(), r - r.mean()

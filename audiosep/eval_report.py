@@ -1,0 +1,164 @@
+"""Reports of ``audiosep evaluate``: per-utterance CSV, JSON summary, markdown table and PNG plots.
+
+WER and CER are corpus-level (all errors over all reference words, torchmetrics' definition). The
+mixture is recognised once and its transcript scored against every speaker's reference: the
+mixture row says how a recogniser does on overlapped speech without separation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+CONDITIONS = ("mixture", "separated", "clean")
+SCORE_COLUMNS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "pesq_mixture", "stoi", "stoi_mixture")
+CSV_COLUMNS = ("id", "duration_s", *SCORE_COLUMNS, "input_snr_db", "overlap_ratio")
+PLOTS = ("si_snri_hist.png", "si_snri_vs_input.png", "wer.png")
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file via a temporary sibling and a rename, so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def _pairs(rows: Sequence[dict[str, Any]], condition: str) -> tuple[list[str], list[str]]:
+    """(hypotheses, references) of one condition over all rows, one pair per speaker."""
+    hyps: list[str] = []
+    refs: list[str] = []
+    for row in rows:
+        references = row["references"]
+        if condition == "mixture":
+            hyps += [row["hyp_mixture"]] * len(references)
+        else:
+            hyps += row[f"hyp_{condition}"]
+        refs += references
+    return hyps, refs
+
+
+def error_rates(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Corpus WER and CER (%) per condition (mixture, separated, clean); empty without transcripts."""
+    from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+    if not rows or "references" not in rows[0]:
+        return {}
+    rates = {}
+    for condition in CONDITIONS:
+        hyps, refs = _pairs(rows, condition)
+        rates[condition] = {
+            "wer": round(100 * float(word_error_rate(hyps, refs)), 2),
+            "cer": round(100 * float(char_error_rate(hyps, refs)), 2),
+        }
+    return rates
+
+
+def summarise(rows: Sequence[dict[str, Any]], identity: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
+    """Means of every score over the rows, error rates, and this run's throughput."""
+    means = {}
+    for column in SCORE_COLUMNS:
+        values = [row[column] for row in rows if column in row]
+        if values:
+            means[column] = round(math.fsum(values) / len(values), 3)
+    audio_s = math.fsum(row["duration_s"] for row in rows)
+    return {
+        "run": identity,
+        "utterances": len(rows),
+        "audio_s": round(audio_s, 1),
+        "mean": means,
+        "asr": error_rates(rows),
+        "elapsed_s_this_run": round(elapsed_s, 1),
+    }
+
+
+def to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """Per-utterance scores as CSV (the columns present in the rows)."""
+    columns = [c for c in CSV_COLUMNS if any(c in row for row in rows)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: (round(row[c], 4) if isinstance(row.get(c), float) else row.get(c)) for c in columns})
+    return buffer.getvalue()
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    """A readable report: mean scores, and WER/CER per condition when a recogniser ran."""
+    run = summary["run"]
+    lines = [
+        f"# Evaluation: {run['data_dir']} ({run['split']}, {run['task']})",
+        "",
+        f"{summary['utterances']} mixtures, {summary['audio_s']} s of audio.",
+        "",
+        "| metric | mean |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {value:.3f} |" for name, value in summary["mean"].items()]
+    if summary["asr"]:
+        lines += ["", "| speech recognised | WER % | CER % |", "|---|---:|---:|"]
+        lines += [f"| {cond} | {v['wer']:.2f} | {v['cer']:.2f} |" for cond, v in summary["asr"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _figure_bytes(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def plot_reports(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """SI-SNRi histogram, SI-SNRi vs input SNR and overlap ratio, and WER bars (when a recogniser ran)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    si_snri = [row["si_snri"] for row in rows]
+    written = []
+    fig, axis = plt.subplots(figsize=(6, 4))
+    axis.hist(si_snri, bins=min(30, max(5, len(rows) // 3)), color="tab:blue")
+    axis.set(xlabel="SI-SNRi (dB)", ylabel="mixtures", title=f"SI-SNRi, mean {summary['mean']['si_snri']:.2f} dB")
+    fig.tight_layout()
+    written.append(("si_snri_hist.png", fig))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    axes[0].scatter([row["input_snr_db"] for row in rows], si_snri, s=10)
+    axes[0].set(xlabel="input SNR of the weaker speaker (dB)", ylabel="SI-SNRi (dB)")
+    axes[1].scatter([row["overlap_ratio"] for row in rows], si_snri, s=10, color="tab:orange")
+    axes[1].set(xlabel="overlap ratio")
+    fig.tight_layout()
+    written.append(("si_snri_vs_input.png", fig))
+    if summary["asr"]:
+        fig, axis = plt.subplots(figsize=(5, 4))
+        names = list(summary["asr"])
+        axis.bar(names, [summary["asr"][n]["wer"] for n in names], color=["tab:red", "tab:green", "tab:gray"])
+        axis.set(ylabel="WER (%)", title="recognition of mixture, separated and clean speech")
+        fig.tight_layout()
+        written.append(("wer.png", fig))
+    paths = []
+    for name, figure in written:
+        write_atomic(out_dir / name, _figure_bytes(figure))
+        plt.close(figure)
+        paths.append(out_dir / name)
+    return paths
+
+
+def write_reports(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out_dir: Path, plots: bool = True) -> list[Path]:
+    """Write ``scores.csv``, ``summary.json``, ``report.md`` (and the PNGs); returns the paths."""
+    files = {
+        "scores.csv": to_csv(rows),
+        "summary.json": json.dumps(summary, indent=2) + "\n",
+        "report.md": to_markdown(summary),
+    }
+    paths = []
+    for name, text in files.items():
+        write_atomic(out_dir / name, text)
+        paths.append(out_dir / name)
+    if plots and rows:
+        paths += plot_reports(rows, summary, out_dir)
+    return paths

@@ -1,0 +1,354 @@
+"""``audiosep evaluate``'s engine: score a separator on a LibriMix split, optionally cascaded into a recogniser.
+
+Per mixture: SI-SNR(i) and SDR(i) (:mod:`audiosep.metrics`), PESQ and STOI when their packages are
+installed, the input SNR and overlap ratio of the references (for the plots), and with a recogniser
+the transcripts of the mixture, of each separated source (matched to its reference speaker by the
+SI-SNR permutation) and of each clean source. Rows are appended to ``utterances.jsonl`` as they are
+computed, so a killed run resumes where it stopped; :mod:`audiosep.eval_report` turns them into the
+CSV, JSON, markdown and PNG reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from audiosep.data.asr import read_manifest
+from audiosep.data.librispeech import read_transcripts
+from audiosep.errors import UserError
+from audiosep.eval_report import summarise, write_reports
+from audiosep.losses import reorder_sources
+from audiosep.metrics import separation_scores
+
+ROWS_FILE = "utterances.jsonl"
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What makes two evaluation runs the same run (a resumed run must match it exactly)."""
+
+    separator_sha256: str
+    recogniser_sha256: str | None
+    data_dir: str
+    split: str
+    task: str
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (identifies a checkpoint regardless of its name)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- transcripts
+
+
+def source_ids(mixture_id: str, num_sources: int) -> list[str]:
+    """The utterance ids of a LibriMix mixture id ``<utt1>_<utt2>[_<utt3>]``.
+
+    Raises:
+        UserError: the id does not split into ``num_sources`` utterance ids.
+    """
+    parts = mixture_id.split("_")
+    if len(parts) != num_sources or not all(parts):
+        raise UserError(f"mixture id {mixture_id!r} does not name {num_sources} source utterances (<id1>_<id2>)")
+    return parts
+
+
+def _manifest_transcripts(paths: Sequence[Path]) -> dict[str, str]:
+    """``{utterance id: text}`` of JSON-lines manifests; the id is the audio file's stem."""
+    texts: dict[str, str] = {}
+    for path in paths:
+        try:
+            utterances = read_manifest(path)
+        except ValueError as err:
+            raise UserError(str(err)) from err
+        texts.update({Path(u.audio_filepath).stem: u.text for u in utterances})
+    return texts
+
+
+def load_transcripts(source: str | os.PathLike) -> dict[str, str]:
+    """Reference transcripts from a LibriSpeech root (its ``*.trans.txt``), a manifest, or a folder of manifests.
+
+    Raises:
+        UserError: the path does not exist or holds no transcript.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        texts = _manifest_transcripts([path])
+    elif path.is_dir():
+        chapters = sorted({t.parent for t in path.rglob("*.trans.txt")})
+        texts = {k: v for chapter in chapters for k, v in read_transcripts(chapter).items()}
+        if not texts:
+            texts = _manifest_transcripts(sorted(path.glob("*.jsonl")))
+    else:
+        raise UserError(f"{path}: transcript source not found (a LibriSpeech folder or a .jsonl manifest)")
+    if not texts:
+        raise UserError(f"{path}: no transcripts found (*.trans.txt files or *.jsonl manifests)")
+    return texts
+
+
+def references_for(mixture_id: str, num_sources: int, transcripts: Mapping[str, str]) -> list[str]:
+    """The reference transcript of each source of a mixture, in source order."""
+    ids = source_ids(mixture_id, num_sources)
+    missing = [i for i in ids if i not in transcripts]
+    if missing:
+        raise UserError(f"mixture {mixture_id}: no transcript for utterance(s) {', '.join(missing)}")
+    return [transcripts[i] for i in ids]
+
+
+# ---------------------------------------------------------------- reference descriptors
+
+
+def input_snr_db(sources: Tensor) -> float:
+    """SNR of the weakest source against the sum of the others in the mixture, in dB (``sources[S, T]``)."""
+    sources = sources.double()
+    total = sources.sum(0)
+    snrs = [10 * torch.log10(s.pow(2).sum() / (total - s).pow(2).sum().clamp_min(1e-20)) for s in sources]
+    return float(min(snrs))
+
+
+def overlap_ratio(sources: Tensor, sample_rate: int, frame_s: float = 0.02, floor_db: float = -40.0) -> float:
+    """Fraction of the speech-active frames in which at least two sources are active.
+
+    A source is active in a frame whose energy is within ``floor_db`` of its loudest frame.
+    """
+    frame = max(1, int(frame_s * sample_rate))
+    usable = sources.shape[-1] // frame * frame
+    if usable == 0:
+        return 0.0
+    energy = sources[:, :usable].double().reshape(sources.shape[0], -1, frame).pow(2).sum(-1)
+    peak = energy.amax(-1, keepdim=True).clamp_min(1e-20)
+    active = energy > peak * 10 ** (floor_db / 10)
+    speech = active.any(0).sum()
+    return float((active.sum(0) >= 2).sum() / speech) if speech else 0.0
+
+
+# ---------------------------------------------------------------- perceptual scores
+
+
+def perceptual_available() -> dict[str, bool]:
+    """Which optional perceptual metrics can run (``pip install "audiosep[eval]"``)."""
+    return {"pesq": importlib.util.find_spec("pesq") is not None, "stoi": importlib.util.find_spec("pystoi") is not None}
+
+
+def perceptual_scores(estimate: Tensor, reference: Tensor, sample_rate: int) -> dict[str, float]:
+    """Mean PESQ and STOI of ``estimate[S, T]`` against ``reference[S, T]``, for the installed packages.
+
+    PESQ is defined at 8 kHz (narrow band) and 16 kHz (wide band) only: other rates skip it.
+    """
+    from torchmetrics.functional.audio import (
+        perceptual_evaluation_speech_quality,
+        short_time_objective_intelligibility,
+    )
+
+    available = perceptual_available()
+    scores: dict[str, float] = {}
+    if available["pesq"] and sample_rate in (8000, 16000):
+        mode = "nb" if sample_rate == 8000 else "wb"
+        values = [perceptual_evaluation_speech_quality(e, r, sample_rate, mode) for e, r in zip(estimate, reference, strict=True)]
+        scores["pesq"] = float(torch.stack(values).mean())
+    if available["stoi"]:
+        scores["stoi"] = float(short_time_objective_intelligibility(estimate, reference, sample_rate).mean())
+    return scores
+
+
+# ---------------------------------------------------------------- one utterance
+
+
+def check_finite(name: str, signal: Tensor) -> None:
+    """Refuses NaN/Inf audio with a message naming the file."""
+    if not torch.isfinite(signal).all():
+        raise UserError(f"{name}: the audio holds NaN or Inf samples")
+
+
+def match_level(estimates: Tensor, mixture: Tensor) -> Tensor:
+    """Scale each estimate to the mixture's peak: separators give sources at an arbitrary scale."""
+    peaks = estimates.abs().amax(-1, keepdim=True).clamp_min(1e-8)
+    return estimates * (mixture.abs().max() / peaks)
+
+
+@dataclass
+class Transcripts:
+    """Hypotheses of one mixture: once for the mixture, and per source for separated and clean speech."""
+
+    mixture: str
+    separated: list[str]
+    clean: list[str]
+
+
+def transcribe_conditions(transcriber: Any, mixture: Tensor, aligned: Tensor, sources: Tensor, sample_rate: int) -> Transcripts:
+    """Recognise the mixture, each aligned estimate and each clean source in one batched call."""
+    signals = [mixture, *match_level(aligned, mixture), *sources]
+    prepared = [transcriber.prepare(signal[None], sample_rate) for signal in signals]
+    texts = transcriber.transcribe(prepared)
+    count = sources.shape[0]
+    return Transcripts(texts[0], texts[1 : 1 + count], texts[1 + count :])
+
+
+def score_utterance(
+    separator: Any,
+    mixture: Tensor,
+    sources: Tensor,
+    mixture_id: str,
+    transcriber: Any | None = None,
+    references: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """One row of the report: scores of ``separator`` on ``mixture[T]`` against ``sources[S, T]``."""
+    sample_rate = separator.sample_rate
+    check_finite(f"mixture {mixture_id}", mixture)
+    check_finite(f"sources of {mixture_id}", sources)
+    estimate = separator.separate_at_model_rate(mixture)
+    scores = separation_scores(estimate[None], sources[None], mixture[None], with_sdr=True)
+    aligned = reorder_sources(estimate[None], scores.perm)[0]
+    row: dict[str, Any] = {
+        "id": mixture_id,
+        "duration_s": round(mixture.shape[-1] / sample_rate, 4),
+        "si_snr": float(scores.si_snr[0]),
+        "si_snri": float(scores.si_snri[0]),
+        "sdr": float(scores.sdr[0]),
+        "sdri": float(scores.sdri[0]),
+        "input_snr_db": input_snr_db(sources),
+        "overlap_ratio": overlap_ratio(sources, sample_rate),
+    }
+    perceptual = perceptual_scores(aligned, sources, sample_rate)
+    if perceptual:
+        baseline = perceptual_scores(mixture.expand_as(sources), sources, sample_rate)
+        row.update(perceptual)
+        row.update({f"{name}_mixture": value for name, value in baseline.items()})
+    if transcriber is not None and references is not None:
+        hypotheses = transcribe_conditions(transcriber, mixture, aligned, sources, sample_rate)
+        row["references"] = list(references)
+        row["hyp_mixture"] = hypotheses.mixture
+        row["hyp_separated"] = hypotheses.separated
+        row["hyp_clean"] = hypotheses.clean
+    return row
+
+
+# ---------------------------------------------------------------- resumable rows
+
+
+class RowLog:
+    """The append-only ``utterances.jsonl`` of a run, and the ``run.json`` that names the run.
+
+    Opening an existing folder resumes it: rows already there are kept (a torn last line from a
+    killed run is dropped) and their mixtures skipped. A folder holding another run is refused.
+    """
+
+    def __init__(self, out_dir: Path, identity: RunIdentity, restart: bool = False) -> None:
+        self.out_dir = out_dir
+        self.rows_path = out_dir / ROWS_FILE
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_path = out_dir / RUN_FILE
+        if restart:
+            self.rows_path.unlink(missing_ok=True)
+        elif run_path.is_file() and self.rows_path.is_file():
+            stored = json.loads(run_path.read_text())
+            if stored != asdict(identity):
+                raise UserError(
+                    f"{out_dir}: holds the results of a different evaluation (checkpoint, data, split or task "
+                    "differ); use another --out-dir or --restart"
+                )
+        run_path.write_text(json.dumps(asdict(identity), indent=2))
+        self.rows = self._read_rows()
+
+    def _read_rows(self) -> list[dict[str, Any]]:
+        if not self.rows_path.is_file():
+            return []
+        rows, good_bytes = [], 0
+        with self.rows_path.open("rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+                good_bytes += len(line)
+        if good_bytes != self.rows_path.stat().st_size:
+            with self.rows_path.open("r+b") as handle:
+                handle.truncate(good_bytes)
+        return rows
+
+    @property
+    def done(self) -> set[str]:
+        return {row["id"] for row in self.rows}
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row durably (a kill after this returns cannot lose it)."""
+        with self.rows_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.rows.append(row)
+
+
+def pending(ids: Sequence[str], done: set[str], limit: int | None) -> Iterator[int]:
+    """Indices of the first ``limit`` ids (all when ``None``) whose rows are not written yet."""
+    selected = range(len(ids)) if limit is None else range(min(limit, len(ids)))
+    return (index for index in selected if ids[index] not in done)
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What a run produced: the summary, every row (resumed ones included), the files written."""
+
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    files: list[Path]
+
+
+def evaluate(
+    separator: Any,
+    dataset: Any,
+    out_dir: str | os.PathLike,
+    identity: RunIdentity,
+    transcriber: Any | None = None,
+    transcripts: Mapping[str, str] | None = None,
+    limit: int | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    plots: bool = True,
+) -> EvalResult:
+    """Score every mixture of ``dataset`` (items ``(mixture, sources, id)``) and write the reports.
+
+    Rows already in ``out_dir`` from an interrupted run of the same ``identity`` are kept.
+    """
+    from tqdm import tqdm
+
+    log = RowLog(Path(out_dir), identity, restart=restart)
+    ids = list(dataset.ids)
+    todo = list(pending(ids, log.done, limit))
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for index in tqdm(todo, desc="evaluating", unit="mix", disable=not progress):
+            mixture, sources, mixture_id = dataset[index]
+            references = None
+            if transcriber is not None and transcripts is not None:
+                references = references_for(mixture_id, sources.shape[0], transcripts)
+            log.append(score_utterance(separator, mixture, sources, mixture_id, transcriber, references))
+    wanted = set(ids if limit is None else ids[:limit])
+    rows = [row for row in log.rows if row["id"] in wanted]
+    if not rows:
+        raise UserError(f"{identity.data_dir}: no mixture to evaluate in split {identity.split}")
+    summary = summarise(rows, asdict(identity), time.perf_counter() - started)
+    summary["scored_this_run"] = len(todo)
+    files = write_reports(rows, summary, Path(out_dir), plots=plots)
+    return EvalResult(summary, rows, files)
