@@ -129,3 +129,19 @@ def test_sampler_order_is_a_function_of_seed_and_epoch() -> None:
     first, again, other = EpochShuffleSampler(8, seed=3), EpochShuffleSampler(8, seed=3), EpochShuffleSampler(8, 4)
     torch.manual_seed(123)  # the global RNG plays no part
     assert list(first) == list(again) and list(first) != list(other)
+
+
+def test_a_nan_loss_on_one_rank_is_skipped_on_every_rank(tiny_librimix: Path, tmp_path: Path) -> None:
+    """DDP needs every rank to step together: rank 1's NaN makes both ranks skip, nobody hangs."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_nonfinite_script.py"), str(tiny_librimix),
+                             str(tmp_path)], env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["nonfinite_steps"] for r in ranks] == [1, 1]  # counted on the rank whose loss was finite too
+    assert all(r["finite"] for r in ranks)
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]  # still the same weights on both ranks
+    assert ranks[0]["batches"] == ranks[1]["batches"] == 3
+    for rank in ranks:
+        first, skipped, third = rank["checksums"]
+        assert skipped == first and third != skipped  # the skipped step left the weights as they were

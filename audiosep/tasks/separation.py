@@ -6,7 +6,7 @@ checkpoint so that ``audiosep infer --ckpt X.ckpt`` can rebuild the model withou
 
 Scale: the loss is computed in float32 outside autocast (``bf16-mixed``/``16-mixed`` change only
 the model's compute); a step whose loss is not finite on any rank is skipped on every rank (DDP
-stays in step) and counted (``nonfinite_steps``). Under DDP the test rows of all ranks are gathered
+stays in step: no update anywhere) and counted (``nonfinite_steps``). Under DDP the test rows of all ranks are gathered
 and rank 0 alone writes one CSV, each utterance once (the distributed sampler's padding repeats
 some). Checkpoints also carry the RNG states, restored when training resumes.
 """
@@ -77,10 +77,23 @@ class SeparationTask(L.LightningModule):
         if not finite:
             self.nonfinite_steps += 1
         self.log("nonfinite_steps", float(self.nonfinite_steps), batch_size=mixture.shape[0])
-        if not finite:
+        if finite:
+            self.log("train_loss", loss, prog_bar=True, batch_size=mixture.shape[0])
+            return loss
+        if self._trainer is None or self.trainer.world_size == 1:
             return None  # Lightning skips backward and the optimizer step
-        self.log("train_loss", loss, prog_bar=True, batch_size=mixture.shape[0])
-        return loss
+        # Lightning refuses None under DDP: every rank backpropagates an exact zero through every
+        # parameter (the gradient all-reduce stays in step) and on_before_optimizer_step drops the
+        # gradients, so the optimizer leaves the weights and its state as they were.
+        self._drop_gradients = True
+        return torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * 0.0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if getattr(self, "_drop_gradients", False):
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+            self._drop_gradients = False
 
     def _evaluate(self, batch: Batch, prefix: str, with_sdr: bool = False, log: bool = True):
         mixture, sources, _ = batch
