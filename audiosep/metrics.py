@@ -42,9 +42,12 @@ def bss_sdr(estimate: Tensor, reference: Tensor, taps: int = SDR_FILTER_TAPS) ->
     reference = reference.double()
     reference = reference / reference.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     auto, cross = _correlations(reference, estimate, taps)
-    lags = torch.arange(taps, device=auto.device)
-    gram = auto[..., (lags[:, None] - lags[None, :]).abs()]  # Toeplitz: shifted copies' inner products
-    coherence = (cross * torch.linalg.solve(gram, cross)).sum(-1)  # projection energy, in [0, 1]
+    # The Gram matrix of the shifted copies is Toeplitz, G[i, j] = auto[|i - j|]. Its row-reversed
+    # form H = J G (H[i, j] = auto[|i + j - taps + 1|]) is a strided view of the lags, so only the
+    # solver copies it: G h = b  <=>  H h = J b.
+    lags = torch.cat([auto.flip(-1)[..., :-1], auto], dim=-1)
+    hankel = lags.unfold(-1, taps, 1)
+    coherence = (cross * torch.linalg.solve(hankel, cross.flip(-1))).sum(-1)  # projection energy, in [0, 1]
     residual = (1 - coherence).clamp_min(_RESIDUAL_FLOOR)
     return (10 * torch.log10(coherence.clamp_min(1e-30) / residual)).float()
 
