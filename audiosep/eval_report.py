@@ -11,10 +11,11 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from audiosep.io import atomic_write
 
 CONDITIONS = ("mixture", "separated", "clean")
 SCORE_COLUMNS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "pesq_mixture", "stoi", "stoi_mixture")
@@ -23,10 +24,9 @@ PLOTS = ("si_snri_hist.png", "si_snri_vs_input.png", "wer.png")
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file via a temporary sibling and a rename, so a reader never sees half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    """Write a whole file atomically (:func:`audiosep.io.atomic_write`): a reader never sees half of it."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
 
 
 def _pairs(rows: Sequence[dict[str, Any]], condition: str) -> tuple[list[str], list[str]]:

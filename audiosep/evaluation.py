@@ -27,6 +27,7 @@ from audiosep.data.asr import read_manifest
 from audiosep.data.librispeech import read_transcripts
 from audiosep.errors import UserError
 from audiosep.eval_report import summarise, write_reports
+from audiosep.io import atomic_write_text
 from audiosep.losses import reorder_sources
 from audiosep.metrics import separation_scores
 
@@ -263,7 +264,7 @@ class RowLog:
                     f"{out_dir}: holds the results of a different evaluation (checkpoint, data, split or task "
                     "differ); use another --out-dir or --restart"
                 )
-        run_path.write_text(json.dumps(asdict(identity), indent=2))
+        atomic_write_text(run_path, json.dumps(asdict(identity), indent=2))
         self.rows = self._read_rows()
 
     def _read_rows(self) -> list[dict[str, Any]]:
