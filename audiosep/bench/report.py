@@ -63,6 +63,26 @@ def _joined(values: Sequence[Any], pattern: str) -> str:
     return " / ".join("-" if v is None else pattern.format(v) for v in values)
 
 
+def format_streaming(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the streaming rows (:mod:`audiosep.bench.streaming`) (empty string when there are none)."""
+    if not rows:
+        return ""
+    lines = [
+        "| model | block (ms) | context (ms) | algorithmic latency (ms) | compute / block (ms) | compute RTF "
+        "| total latency (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "compute_ms" not in row:
+            lines.append(f"| {row['model']} | {row['block_ms']:g} | {row['status']} | | | | |")
+            continue
+        lines.append(
+            f"| {row['model']} | {row['block_ms']:g} | {row['context_ms']:g} | {row['algorithmic_latency_ms']:g} "
+            f"| {row['compute_ms']:.2f} | {row['compute_rtf']:.2f} | {row['total_latency_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def format_table(report: dict[str, Any]) -> str:
     """Markdown table, one row per (model, backend, dtype, batch): RTF [min-max] per length, memory,
     roofline fraction at the longest length, peer / ours latency ratio; then the notes."""
@@ -100,6 +120,9 @@ def format_table(report: dict[str, Any]) -> str:
         "RTF = median latency / audio seconds [min-max over repeats]."
     )
     lines += [f"- {note}" for note in notes]
+    streaming = format_streaming(report.get("streaming", []))
+    if streaming:
+        lines += ["", f"Streaming, {report['settings']['block_ms']:g} ms blocks (batch 1, fp32, plain model):", streaming]
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ from audiosep.bench.measure import (
 )
 from audiosep.bench.memory import MemoryWorkers, cuda_peak, rss_supported
 from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs, load, peer_spec
+from audiosep.bench.streaming import streaming_latency
 
 SCHEMA = "audiosep.bench/1"
 PEER_MODULES = {"torchaudio-conv-tasnet": "torchaudio", "speechbrain-sepformer": "speechbrain.lobes.models.dual_path",
@@ -69,6 +70,7 @@ class BenchSettings:
     peers: bool = False
     memory: bool = True
     progress: bool = True
+    block_ms: float = 20.0
 
 
 def parse_overrides(pairs: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -337,6 +339,8 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
         jobs = memory_jobs(records, models, artifacts, settings)
         measure_memory(jobs, threads, tuple(PEER_MODULES[p.spec.name] for p in peers), bar)
     add_peer_ratios(records, peers)
+    streaming = [streaming_latency(m.spec.label, m.module, m.sample_rate, settings.block_ms, device)
+                 for m in ours if not m.is_asr]  # fmt: skip
     return {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -345,4 +349,5 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
         "models": [_model_entry(m, counted[label][1]) for label, m in models.items()],
         "notes": notes,
         "results": records,
+        "streaming": streaming,
     }

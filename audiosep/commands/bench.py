@@ -123,6 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="add torchaudio's / SpeechBrain's implementation of the same architecture when importable",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--block-ms", type=float, default=20.0,
+                        help="streaming block of causal models, in ms (default: %(default)s)")
     parser.add_argument(
         "--list", action="store_true", help="list the registry presets and backends, and exit"
     )
@@ -240,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise UserError(f"{missing[0]}: no such checkpoint file")
     _check_positive(lengths=args.lengths, batch_sizes=args.batch_sizes, threads=args.threads, repeats=args.repeats,
-                    time_budget=args.time_budget)  # fmt: skip
+                    time_budget=args.time_budget, block_ms=args.block_ms)  # fmt: skip
     _check_device(args.device, args.dtypes)
     try:
         overrides, model_overrides = parse_overrides(args.override)
@@ -250,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         models=args.models, overrides=overrides, model_overrides=model_overrides, checkpoints=args.ckpt,
         lengths=args.lengths, batch_sizes=args.batch_sizes, dtypes=args.dtypes, backends=args.backends,
         device=args.device, threads=args.threads, repeats=args.repeats, time_budget_s=args.time_budget,
-        peers=args.peers, memory=not args.no_memory, progress=not args.no_progress,
+        peers=args.peers, memory=not args.no_memory, progress=not args.no_progress, block_ms=args.block_ms,
     )  # fmt: skip
     try:
         report = run_bench(settings)
