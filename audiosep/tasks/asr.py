@@ -22,6 +22,7 @@ from audiosep.checkpoint import LIGHTNING_KEY, model_record
 from audiosep.data.tokenizer import CharTokenizer
 from audiosep.decoding import greedy_decode
 from audiosep.nn.features import LogMelFeatures, SpecAugment, SpecCutout
+from audiosep.tasks.guards import TrainingGuards
 
 
 def ctc_loss(log_probs: Tensor, out_lengths: Tensor, targets: list[list[int]], blank: int) -> Tensor:
@@ -45,7 +46,7 @@ def ctc_loss(log_probs: Tensor, out_lengths: Tensor, targets: list[list[int]], b
     return losses.mean()
 
 
-class ASRTask(pl.LightningModule):
+class ASRTask(TrainingGuards, pl.LightningModule):
     """CTC speech recognition around a built model ``(features, lengths) -> (log_probs, lengths)``.
 
     Args:
@@ -79,6 +80,7 @@ class ASRTask(pl.LightningModule):
                 raise ValueError(f"model {name}={getattr(model, name)} but the task needs {value}")
         self.val_wer, self.val_cer = WordErrorRate(), CharErrorRate()
         self.test_wer, self.test_cer = WordErrorRate(), CharErrorRate()
+        self.init_guards()
 
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``waveforms [B, N]``, ``lengths [B]`` -> ``(log_probs [B, T', V], out_lengths [B])``."""
@@ -95,9 +97,12 @@ class ASRTask(pl.LightningModule):
         targets = [self.tokenizer.encode(text) for text in texts]
         return ctc_loss(log_probs, out_lengths, targets, self.tokenizer.blank), log_probs, out_lengths
 
-    def training_step(self, batch: tuple[Tensor, Tensor, list[str]], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor, list[str]], batch_idx: int) -> Tensor | None:
+        """CTC loss; a non-finite one skips the step on every rank (:mod:`audiosep.tasks.guards`)."""
         loss, _, _ = self._loss(batch)
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch[2]))
+        loss = self.guard_loss(loss, len(batch[2]))
+        if loss is not None and not self._drop_gradients:
+            self.log("train_loss", loss, prog_bar=True, batch_size=len(batch[2]))
         return loss
 
     def _evaluate(self, batch: tuple[Tensor, Tensor, list[str]], stage: str) -> None:
@@ -131,7 +136,11 @@ class ASRTask(pl.LightningModule):
             raise ValueError(f"data sample_rate={rate} but features.sample_rate={self.features.sample_rate}")
 
     def on_train_start(self) -> None:
-        """Step-interval schedules (``interval = "step"``) are stepped per batch, and given their length."""
+        """Step-interval schedules (``interval = "step"``) are stepped per batch, and given their length.
+
+        A resumed run also gets the checkpoint's RNG states back (SpecAugment draws as unbroken).
+        """
+        self.restore_rng()
         for config in self.trainer.lr_scheduler_configs:
             if getattr(config.scheduler, "interval", None) == "step":
                 config.interval = "step"
@@ -142,6 +151,10 @@ class ASRTask(pl.LightningModule):
         """Store the model record without weights: Lightning's ``state_dict`` already holds them."""
         metadata = asr_metadata(self.features, self.tokenizer.vocabulary)
         checkpoint[LIGHTNING_KEY] = model_record(self.model, metadata, with_weights=False)
+        self.save_guards(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.load_guards(checkpoint)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Default when the recipe sets no ``optimizer``: AdamW at 1e-3 (the CLI's choice replaces it)."""

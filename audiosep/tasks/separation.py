@@ -5,10 +5,10 @@ loss, metrics, the per-utterance test CSV, and the model record embedded in ever
 checkpoint so that ``audiosep infer --ckpt X.ckpt`` can rebuild the model without the recipe.
 
 Scale: the loss is computed in float32 outside autocast (``bf16-mixed``/``16-mixed`` change only
-the model's compute); a step whose loss is not finite on any rank is skipped on every rank (DDP
-stays in step: no update anywhere) and counted (``nonfinite_steps``). Under DDP the test rows of all ranks are gathered
+the model's compute); non-finite steps are skipped on every rank and counted, and checkpoints carry
+the RNG states (:mod:`audiosep.tasks.guards`). Under DDP the test rows of all ranks are gathered
 and rank 0 alone writes one CSV, each utterance once (the distributed sampler's padding repeats
-some). Checkpoints also carry the RNG states, restored when training resumes.
+some).
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ from audiosep.checkpoint import LIGHTNING_KEY, model_record
 from audiosep.io import atomic_write_text
 from audiosep.losses import PITSISNRLoss
 from audiosep.metrics import separation_scores
-from audiosep.rng import collect_rng_states, set_rng_states
+from audiosep.tasks.guards import TrainingGuards
 
 TEST_COLUMNS = ["id", "si_snr", "si_snri", "sdr", "sdri"]
-RNG_KEY = "audiosep_rng_states"
 
 Batch = tuple[Tensor, Tensor, list[str]]
 
 
-class SeparationTask(L.LightningModule):
+class SeparationTask(TrainingGuards, L.LightningModule):
     """Lightning wrapper for a separator.
 
     Args:
@@ -52,8 +51,7 @@ class SeparationTask(L.LightningModule):
         self.sample_rate = sample_rate
         self.test_csv = test_csv
         self._test_rows: list[dict[str, Any]] = []
-        self.nonfinite_steps = 0
-        self._rng_to_restore: dict[str, Any] | None = None
+        self.init_guards()
 
     def forward(self, mixture: Tensor) -> Tensor:
         return self.model(mixture)
@@ -63,37 +61,12 @@ class SeparationTask(L.LightningModule):
         with torch.autocast(estimate.device.type, enabled=False):
             return self.loss(estimate.float(), sources.float())
 
-    def _all_finite(self, loss: Tensor) -> bool:
-        """Whether the loss is finite on every rank (one tiny all-reduce under DDP)."""
-        finite = torch.isfinite(loss.detach()).float()
-        if self._trainer is not None and self.trainer.world_size > 1:
-            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
-        return bool(finite > 0)
-
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         mixture, sources, _ = batch
-        loss = self.compute_loss(self.model(mixture), sources)
-        finite = self._all_finite(loss)
-        if not finite:
-            self.nonfinite_steps += 1
-        self.log("nonfinite_steps", float(self.nonfinite_steps), batch_size=mixture.shape[0])
-        if finite:
+        loss = self.guard_loss(self.compute_loss(self.model(mixture), sources), mixture.shape[0])
+        if loss is not None and not self._drop_gradients:
             self.log("train_loss", loss, prog_bar=True, batch_size=mixture.shape[0])
-            return loss
-        if self._trainer is None or self.trainer.world_size == 1:
-            return None  # Lightning skips backward and the optimizer step
-        # Lightning refuses None under DDP: every rank backpropagates an exact zero through every
-        # parameter (the gradient all-reduce stays in step) and on_before_optimizer_step drops the
-        # gradients, so the optimizer leaves the weights and its state as they were.
-        self._drop_gradients = True
-        return torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * 0.0
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if getattr(self, "_drop_gradients", False):
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    param.grad = None
-            self._drop_gradients = False
+        return loss
 
     def _evaluate(self, batch: Batch, prefix: str, with_sdr: bool = False, log: bool = True):
         mixture, sources, _ = batch
@@ -180,19 +153,13 @@ class SeparationTask(L.LightningModule):
         """Store the model record without weights: Lightning's ``state_dict`` already holds them."""
         metadata = {"sample_rate": self.model_sample_rate()}
         checkpoint[LIGHTNING_KEY] = model_record(self.model, metadata, with_weights=False)
-        checkpoint[RNG_KEY] = collect_rng_states()
-        checkpoint["audiosep_nonfinite_steps"] = self.nonfinite_steps
+        self.save_guards(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the saved RNG states for :meth:`on_train_start` (after loaders and sanity checks)."""
-        self._rng_to_restore = checkpoint.get(RNG_KEY)
-        self.nonfinite_steps = int(checkpoint.get("audiosep_nonfinite_steps", 0))
+        self.load_guards(checkpoint)
 
     def on_train_start(self) -> None:
-        """Resume with the RNG states of the checkpoint (dropout etc. then repeat an unbroken run)."""
-        if self._rng_to_restore is not None:
-            set_rng_states(self._rng_to_restore)
-            self._rng_to_restore = None
+        self.restore_rng()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam 1e-3 when the recipe gives no ``optimizer:`` (LightningCLI replaces this otherwise)."""

@@ -1,6 +1,6 @@
 """The ASR recipes run under Lightning DDP (2 CPU processes, gloo): the duration-bucket batch sampler
 shards itself per rank, so the recipes turn off Lightning's sampler injection (which cannot wrap a
-batch sampler and raised a TypeError before any step)."""
+batch sampler and raised a TypeError before any step); a non-finite CTC loss is skipped and counted."""
 
 from __future__ import annotations
 
@@ -9,8 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
+import torch
 import yaml
+from asr_helpers import TINY_BLOCKS
+
+from audiosep.data.asr import ASRDataModule
+from audiosep.models.quartznet import QuartzNet
+from audiosep.nn.features import LogMelFeatures
+from audiosep.tasks.asr import ASRTask
 
 REPO = Path(__file__).resolve().parents[2]
 EXTRA: list[str] = []
@@ -36,3 +44,37 @@ def test_quartznet_recipe_fits_with_two_ddp_processes(tiny_asr: dict[str, Path],
     ], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert list(tmp_path.rglob("last.ckpt"))
+
+
+class NaNSecondBatch(ASRTask):
+    """The second training batch's audio is NaN: its forward pass poisons the BatchNorm statistics."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches, self.checksums, self.statistics = 0, [], []
+
+    def _loss(self, batch):
+        self.batches += 1
+        if self.batches == 2:
+            batch = (batch[0] * float("nan"), *batch[1:])
+        return super()._loss(batch)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.checksums.append(sum(float(p.double().sum()) for p in self.model.parameters()))
+        self.statistics.append({k: v.clone() for k, v in self.model.named_buffers() if v.is_floating_point()})
+
+
+def test_asr_task_skips_and_counts_a_non_finite_loss(tiny_asr: dict[str, Path], tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    task = NaNSecondBatch(QuartzNet(64, 29, TINY_BLOCKS), features=LogMelFeatures())
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+    trainer.fit(task, ASRDataModule(tiny_asr["train"], tiny_asr["val"], batch_size=2))
+    first, skipped, third = task.checksums
+    assert skipped == first and third != skipped
+    assert task.statistics[0]  # QuartzNet has BatchNorm running statistics
+    for name, value in task.statistics[1].items():  # put back after the skipped step, not NaN
+        assert torch.equal(value, task.statistics[0][name]), name
+    assert all(torch.isfinite(v).all() for v in task.statistics[2].values())
+    assert task.nonfinite_steps == 1 and trainer.callback_metrics["nonfinite_steps"] == 1

@@ -1,0 +1,99 @@
+"""What every audiosep task does for training at scale: skip non-finite steps, resume RNG exactly.
+
+:class:`TrainingGuards` is a mixin for a ``LightningModule``:
+
+- :meth:`~TrainingGuards.guard_loss` turns a loss that is not finite on *any* rank (one tiny
+  all-reduce under DDP) into a skipped step on every rank, counted in the logged
+  ``nonfinite_steps``. Single-process it returns ``None``, Lightning's own skip. Lightning refuses
+  ``None`` in distributed training, so under DDP every rank backpropagates an exact zero through
+  every parameter (the gradient all-reduce stays in step) and :meth:`on_before_optimizer_step`
+  drops the gradients, so the optimizer leaves the weights and its state as they were. The
+  module's floating-point buffers (BatchNorm and running-norm statistics), which the poisoned
+  forward pass already updated, are put back as they were before that step (a copy is kept at the
+  start of every training batch: a few KB to MB, next to a step's cost).
+- :meth:`~TrainingGuards.save_guards` / :meth:`~TrainingGuards.load_guards` put the RNG states
+  (``audiosep.rng``) and the counter in checkpoints; the states are restored in ``on_train_start``,
+  after loaders and sanity checks, so a resumed run draws what an unbroken one would (dropout,
+  augmentation). Under DDP they are rank 0's, given to every rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from audiosep.rng import collect_rng_states, set_rng_states
+
+RNG_KEY = "audiosep_rng_states"
+NONFINITE_KEY = "audiosep_nonfinite_steps"
+
+
+class TrainingGuards:
+    """Mixin (list it before ``LightningModule``); call :meth:`init_guards` in ``__init__``."""
+
+    def init_guards(self) -> None:
+        self.nonfinite_steps = 0
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._drop_gradients = False
+        self._buffers_before: list[tuple[Tensor, Tensor]] = []
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Keep a copy of the floating-point buffers (running statistics) to undo a skipped step."""
+        self._buffers_before = [
+            (buffer, buffer.detach().clone())
+            for buffer in self.buffers()  # type: ignore[attr-defined]
+            if buffer.is_floating_point()
+        ]
+
+    def _restore_buffers(self) -> None:
+        with torch.no_grad():
+            for buffer, saved in self._buffers_before:
+                buffer.copy_(saved)
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if getattr(self, "_trainer", None) is not None else 1  # type: ignore[attr-defined]
+
+    def _all_finite(self, loss: Tensor) -> bool:
+        """Whether the loss is finite on every rank."""
+        finite = torch.isfinite(loss.detach()).all().float()
+        if self._world_size() > 1:
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")  # type: ignore[attr-defined]
+        return bool(finite > 0)
+
+    def guard_loss(self, loss: Tensor, batch_size: int) -> Tensor | None:
+        """``loss`` when finite everywhere; otherwise what skips this step on every rank."""
+        finite = self._all_finite(loss)
+        if not finite:
+            self.nonfinite_steps += 1
+        self.log("nonfinite_steps", float(self.nonfinite_steps), batch_size=batch_size)  # type: ignore[attr-defined]
+        if finite:
+            return loss
+        self._restore_buffers()
+        if self._world_size() == 1:
+            return None  # Lightning skips backward and the optimizer step
+        self._drop_gradients = True
+        params = [p for p in self.parameters() if p.requires_grad]  # type: ignore[attr-defined]
+        return torch.stack([p.sum() for p in params]).sum() * 0.0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._drop_gradients:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+            self._drop_gradients = False
+
+    def save_guards(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RNG_KEY] = collect_rng_states()
+        checkpoint[NONFINITE_KEY] = self.nonfinite_steps
+
+    def load_guards(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
+        self.nonfinite_steps = int(checkpoint.get(NONFINITE_KEY, 0))
+
+    def restore_rng(self) -> None:
+        """Call from ``on_train_start``: the checkpoint's RNG states, once."""
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
