@@ -27,6 +27,7 @@ from audiosep.data.asr import read_manifest
 from audiosep.data.librispeech import read_transcripts
 from audiosep.errors import UserError
 from audiosep.eval_report import summarise, write_reports
+from audiosep.inference import SeparationError
 from audiosep.io import atomic_write_text
 from audiosep.losses import reorder_sources
 from audiosep.metrics import separation_scores
@@ -147,22 +148,30 @@ def perceptual_available() -> dict[str, bool]:
     return {"pesq": importlib.util.find_spec("pesq") is not None, "stoi": importlib.util.find_spec("pystoi") is not None}
 
 
+def _pesq_or_none(estimate: Tensor, reference: Tensor, sample_rate: int, mode: str) -> float | None:
+    """PESQ of one pair, or ``None`` where the pesq package raises (e.g. no utterance detected)."""
+    from torchmetrics.functional.audio import perceptual_evaluation_speech_quality
+
+    try:
+        return float(perceptual_evaluation_speech_quality(estimate, reference, sample_rate, mode))
+    except Exception:  # noqa: BLE001 (pesq raises its own untyped errors; the row just lacks PESQ)
+        return None
+
+
 def perceptual_scores(estimate: Tensor, reference: Tensor, sample_rate: int) -> dict[str, float]:
     """Mean PESQ and STOI of ``estimate[S, T]`` against ``reference[S, T]``, for the installed packages.
 
     PESQ is defined at 8 kHz (narrow band) and 16 kHz (wide band) only: other rates skip it.
     """
-    from torchmetrics.functional.audio import (
-        perceptual_evaluation_speech_quality,
-        short_time_objective_intelligibility,
-    )
+    from torchmetrics.functional.audio import short_time_objective_intelligibility
 
     available = perceptual_available()
     scores: dict[str, float] = {}
     if available["pesq"] and sample_rate in (8000, 16000):
         mode = "nb" if sample_rate == 8000 else "wb"
-        values = [perceptual_evaluation_speech_quality(e, r, sample_rate, mode) for e, r in zip(estimate, reference, strict=True)]
-        scores["pesq"] = float(torch.stack(values).mean())
+        values = [_pesq_or_none(e, r, sample_rate, mode) for e, r in zip(estimate, reference, strict=True)]
+        if all(v is not None for v in values):  # PESQ refuses signals it finds no speech in
+            scores["pesq"] = sum(values) / len(values)
     if available["stoi"]:
         scores["stoi"] = float(short_time_objective_intelligibility(estimate, reference, sample_rate).mean())
     return scores
@@ -175,6 +184,17 @@ def check_finite(name: str, signal: Tensor) -> None:
     """Refuses NaN/Inf audio with a message naming the file."""
     if not torch.isfinite(signal).all():
         raise UserError(f"{name}: the audio holds NaN or Inf samples")
+
+
+def check_references(mixture_id: str, mixture: Tensor, sources: Tensor) -> None:
+    """Refuses what makes the scores undefined: NaN/Inf, a silent source, sources not as long as the mixture."""
+    check_finite(f"mixture {mixture_id}", mixture)
+    check_finite(f"sources of {mixture_id}", sources)
+    if sources.shape[-1] != mixture.shape[-1]:
+        raise UserError(f"mixture {mixture_id}: sources have {sources.shape[-1]} samples, the mixture {mixture.shape[-1]}")
+    silent = [k + 1 for k, source in enumerate(sources) if not source.abs().amax() > 0]
+    if silent:
+        raise UserError(f"mixture {mixture_id}: source s{silent[0]} is silent, so SI-SNR and SDR are undefined")
 
 
 def match_level(estimates: Tensor, mixture: Tensor) -> Tensor:
@@ -211,9 +231,12 @@ def score_utterance(
 ) -> dict[str, Any]:
     """One row of the report: scores of ``separator`` on ``mixture[T]`` against ``sources[S, T]``."""
     sample_rate = separator.sample_rate
-    check_finite(f"mixture {mixture_id}", mixture)
-    check_finite(f"sources of {mixture_id}", sources)
-    estimate = separator.separate_at_model_rate(mixture)
+    check_references(mixture_id, mixture, sources)
+    try:
+        separator.check_length(mixture.shape[-1], sample_rate)
+        estimate = separator.separate_at_model_rate(mixture)
+    except SeparationError as err:
+        raise UserError(f"mixture {mixture_id}: {err.reason}") from err
     scores = separation_scores(estimate[None], sources[None], mixture[None], with_sdr=True)
     aligned = reorder_sources(estimate[None], scores.perm)[0]
     row: dict[str, Any] = {
@@ -253,12 +276,17 @@ class RowLog:
     def __init__(self, out_dir: Path, identity: RunIdentity, restart: bool = False) -> None:
         self.out_dir = out_dir
         self.rows_path = out_dir / ROWS_FILE
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"{out_dir}: --out-dir exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         run_path = out_dir / RUN_FILE
         if restart:
             self.rows_path.unlink(missing_ok=True)
         elif run_path.is_file() and self.rows_path.is_file():
-            stored = json.loads(run_path.read_text())
+            try:
+                stored = json.loads(run_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                stored = None
             if stored != asdict(identity):
                 raise UserError(
                     f"{out_dir}: holds the results of a different evaluation (checkpoint, data, split or task "
@@ -276,9 +304,12 @@ class RowLog:
                 if not line.endswith(b"\n"):
                     break
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
                     break
+                if not isinstance(row, dict) or "id" not in row:
+                    break
+                rows.append(row)
                 good_bytes += len(line)
         if good_bytes != self.rows_path.stat().st_size:
             with self.rows_path.open("r+b") as handle:
@@ -337,6 +368,10 @@ def evaluate(
     log = RowLog(Path(out_dir), identity, restart=restart)
     ids = list(dataset.ids)
     todo = list(pending(ids, log.done, limit))
+    if transcriber is not None and transcripts is not None:
+        num_sources = separator.num_sources
+        for index in todo:  # fail before hours of work, not in the middle of them
+            references_for(ids[index], num_sources, transcripts)
     started = time.perf_counter()
     with torch.inference_mode():
         for index in tqdm(todo, desc="evaluating", unit="mix", disable=not progress):

@@ -250,3 +250,25 @@ def test_bad_input_gives_one_line_naming_the_problem(sep_ckpt: Path, librimix: P
     assert main([*args, "--out-dir", str(tmp_path / "c"), "--asr", str(sep_ckpt), "--librispeech", str(tmp_path)]) == 1
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "b" / "summary.json").exists()
+
+
+def test_a_silent_source_a_file_as_out_dir_and_a_damaged_run_file_are_refused(sep_ckpt: Path, librimix: Path,
+                                                                             tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--no-progress", "--no-plots"]
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    assert main([*args, "--out-dir", str(not_a_folder)]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+    out = tmp_path / "eval"
+    assert main([*args, "--out-dir", str(out), "--limit", "1"]) == 0
+    (out / "run.json").write_text("{not json")
+    assert main([*args, "--out-dir", str(out)]) == 1
+    assert "different evaluation" in capsys.readouterr().err
+    victim = sorted((librimix / "wav8k" / "min" / "test" / "s2").glob("*.wav"))[-1]
+    audio, rate = sf.read(victim, dtype="float32")
+    sf.write(victim, np.zeros_like(audio), rate, subtype="FLOAT")
+    assert main([*args, "--out-dir", str(tmp_path / "silent")]) == 1
+    assert f"mixture {victim.stem}: source s2 is silent" in capsys.readouterr().err
+    # the rows scored before the bad mixture are kept for the rerun
+    assert len((tmp_path / "silent" / "utterances.jsonl").read_text().splitlines()) == 2
