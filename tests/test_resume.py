@@ -88,6 +88,7 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_ends_with_the_weights_of_an_unbro
     expected = torch.load(unbroken / "final.pt", weights_only=True)
     resumed = torch.load(broken / "final.pt", weights_only=True)
     assert expected["step"] == resumed["step"] == MAX_STEPS
+    assert resumed["batches_here"] == MAX_STEPS - 4  # it did resume at step 4 (not start over)
     assert expected["state_dict"].keys() == resumed["state_dict"].keys()
     mismatched = [k for k, v in expected["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
     assert not mismatched, f"weights differ after resume: {mismatched}"

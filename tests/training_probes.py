@@ -43,12 +43,17 @@ class PauseAtStep(L.Callback):
 
 
 class SaveFinalWeights(L.Callback):
-    """Saves the model's ``state_dict`` and the global step to ``path`` when training ends."""
+    """Saves the model's ``state_dict``, the global step and the batches this process trained on."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
+        self.batches_here = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches_here += 1
 
     def on_train_end(self, trainer, pl_module) -> None:
         import torch
 
-        torch.save({"step": trainer.global_step, "state_dict": pl_module.state_dict()}, self.path)
+        torch.save({"step": trainer.global_step, "batches_here": self.batches_here,
+                    "state_dict": pl_module.state_dict()}, self.path)
