@@ -45,6 +45,7 @@ class RunIdentity:
     data_dir: str
     split: str
     task: str
+    dtype: str = "fp32"
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -20,6 +20,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+InferenceDtype = Literal["fp32", "int8"]
 
 READ_BLOCK_FRAMES = 1 << 16
 
@@ -284,7 +286,8 @@ class Separator:
     """Separate mixtures with a trained model.
 
     ``separator.model`` is the plain model (hooks, export, pruning); ``separator.runtime`` is what
-    runs: ``prepare_for_inference(model)`` when ``optimize`` (the default), else the plain model.
+    runs: ``prepare_for_inference(model)`` when ``optimize`` (the default), else the plain model;
+    with ``dtype="int8"``, :func:`audiosep.quantize.quantize_for_inference` (CPU).
 
     Example:
         >>> sep = Separator.from_checkpoint("demo_out/model.ckpt")  # doctest: +SKIP
@@ -298,10 +301,21 @@ class Separator:
         chunk: ChunkConfig | None = None,
         device: str | torch.device = "cpu",
         optimize: bool = True,
+        dtype: InferenceDtype = "fp32",
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.runtime = prepare_for_inference(self.model) if optimize else self.model
+        self.dtype = dtype
+        if dtype == "int8":
+            if self.device.type != "cpu" or not optimize:
+                raise ValueError("int8 inference runs on CPU with the inference transform (no --no-optimize)")
+            from audiosep.quantize import quantize_for_inference
+
+            self.runtime = quantize_for_inference(self.model)
+        elif dtype == "fp32":
+            self.runtime = prepare_for_inference(self.model) if optimize else self.model
+        else:
+            raise ValueError(f"unknown inference dtype {dtype!r}; valid: fp32, int8")
         self.optimized = optimize
         self.sample_rate = sample_rate
         self.chunk = chunk or ChunkConfig()

@@ -1,7 +1,9 @@
-"""Backends: the same plain model run five ways, each a callable ``fn(*inputs) -> first output``.
+"""Backends: the same plain model run six ways, each a callable ``fn(*inputs) -> first output``.
 
 - ``eager``: the plain model.
 - ``prepared``: after :func:`audiosep.optimize.prepare_for_inference` (what ``audiosep infer`` runs).
+- ``int8``: :func:`audiosep.quantize.quantize_for_inference` (dynamic int8 linear and pointwise
+  layers; CPU, from fp32); its output is checked by SI-SNR against eager, not by abs error.
 - ``compile``: ``torch.compile`` of the plain model (shape-specialised: it compiles on the first
   pass at each input shape, which the warm-up absorbs; slow to compile, so only when asked).
 - ``torchscript``: ``torch.jit.trace`` then ``torch.jit.freeze``.
@@ -25,7 +27,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-Backend = Literal["eager", "prepared", "compile", "torchscript", "onnxruntime"]
+Backend = Literal["eager", "prepared", "int8", "compile", "torchscript", "onnxruntime"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "prepared", "torchscript", "onnxruntime")
 OPSET = 17
@@ -98,6 +100,8 @@ def make_runner(
                 from audiosep.optimize import prepare_for_inference
 
                 runner.fn = _call(prepare_for_inference(model))
+            elif backend == "int8":
+                runner.fn = _call(int8_model(model))
             elif backend == "compile":
                 runner.fn = compile_runner(model)
             elif backend == "torchscript":
@@ -115,6 +119,16 @@ def make_runner(
 
 def _call(module: Callable[..., object]) -> Callable[..., Tensor]:
     return lambda *inputs: first_output(module(*inputs))
+
+
+def int8_model(model: nn.Module) -> nn.Module:
+    """The int8 inference model of a float32 CPU model (other dtypes and devices are refused)."""
+    from audiosep.quantize import quantize_for_inference
+
+    parameter = next(model.parameters())
+    if parameter.dtype != torch.float32 or parameter.device.type != "cpu":
+        raise ValueError("int8 runs on CPU and quantizes the float32 model (use --dtypes fp32 --device cpu)")
+    return quantize_for_inference(model)
 
 
 def compile_runner(model: nn.Module) -> Callable[..., Tensor]:

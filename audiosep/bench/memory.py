@@ -59,7 +59,7 @@ def rss_supported() -> bool:
 
 def _worker_fn(job: dict[str, Any]) -> tuple[Callable[..., Tensor], Any]:
     """The job's model through its backend, and the loaded model (for its inputs)."""
-    from audiosep.bench.backends import _call, onnxruntime_runner
+    from audiosep.bench.backends import _call, int8_model, onnxruntime_runner
     from audiosep.bench.measure import DTYPES
     from audiosep.bench.models import ModelSpec, load
 
@@ -72,6 +72,8 @@ def _worker_fn(job: dict[str, Any]) -> tuple[Callable[..., Tensor], Any]:
         from audiosep.optimize import prepare_for_inference
 
         return _call(prepare_for_inference(module)), model
+    if backend == "int8":
+        return _call(int8_model(module)), model
     if backend == "torchscript":
         return _call(torch.jit.load(job["artifact"])), model
     if backend == "onnxruntime":

@@ -17,7 +17,7 @@ CSV_FIELDS = (
     "model", "kind", "backend", "dtype", "batch_size", "seconds", "device", "threads", "status", "params",
     "macs", "gmac_per_audio_second", "latency_median_s", "latency_min_s", "latency_max_s", "latency_q1_s",
     "latency_q3_s", "cpu_time_s", "repeats", "rtf", "mac_per_s", "roofline_fraction", "peak_memory_mib",
-    "memory", "max_abs_error", "peer", "peer_ratio",
+    "memory", "max_abs_error", "si_snr_vs_eager_db", "peer", "peer_ratio",
 )  # fmt: skip
 LATENCY_STATS = ("median", "min", "max", "q1", "q3")
 
@@ -65,8 +65,8 @@ def _joined(values: Sequence[Any], pattern: str) -> str:
 
 def format_streaming(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the streaming rows (:mod:`audiosep.bench.streaming`) (empty string when there are none)."""
-    if not rows:
-        return ""
+    if not any("compute_ms" in row for row in rows):
+        return ""  # no causal model: the JSON rows say why each cannot stream
     lines = [
         "| model | block (ms) | context (ms) | algorithmic latency (ms) | compute / block (ms) | compute RTF "
         "| total latency (ms) |",
@@ -81,6 +81,22 @@ def format_streaming(rows: list[dict[str, Any]]) -> str:
             f"| {row['compute_ms']:.2f} | {row['compute_rtf']:.2f} | {row['total_latency_ms']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def int8_notes(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per int8 result: speed-up over the prepared fp32 model of the same case, SI-SNR vs eager."""
+    prepared = {(r["model"], r["batch_size"], r["seconds"]): r for r in records if r["backend"] == "prepared"}
+    lines = []
+    for record in records:
+        if record["backend"] != "int8" or record["status"] != "ok":
+            continue
+        base = prepared.get((record["model"], record["batch_size"], record["seconds"]))
+        speedup = (base["latency_s"]["median"] / record["latency_s"]["median"]
+                   if base and base.get("latency_s") and record.get("latency_s") else None)  # fmt: skip
+        speed = "" if speedup is None else f"{speedup:.2f}x prepared fp32, "
+        lines.append(f"{record['model']} int8, batch {record['batch_size']}, {record['seconds']:g} s: {speed}"
+                     f"SI-SNR vs eager fp32 {record['si_snr_vs_eager_db']:.1f} dB")  # fmt: skip
+    return lines
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -112,6 +128,7 @@ def format_table(report: dict[str, Any]) -> str:
         reasons = {r["status"] for r in cells if r and r["status"] != "ok"}
         reasons |= {r["memory"] for r in cells if r and r["memory"].startswith("failed")}
         notes += [f"{model} / {backend} / {dtype} / batch {batch}: {reason}" for reason in sorted(reasons)]
+    notes += int8_notes(report["results"])
     machine = report["machine"]
     lines.append("")
     lines.append(

@@ -36,6 +36,7 @@ from audiosep.bench.measure import (
 from audiosep.bench.memory import MemoryWorkers, cuda_peak, rss_supported
 from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs, load, peer_spec
 from audiosep.bench.streaming import streaming_latency
+from audiosep.losses import si_snr
 
 SCHEMA = "audiosep.bench/1"
 PEER_MODULES = {"torchaudio-conv-tasnet": "torchaudio", "speechbrain-sepformer": "speechbrain.lobes.models.dual_path",
@@ -45,6 +46,7 @@ TOLERANCE = {
     torch.bfloat16: 5e-2,
     torch.float16: 5e-2,
 }  # max abs error vs eager, x max(1, |ref|)
+INT8_MIN_SI_SNR_DB = 20.0
 
 
 class BenchError(ValueError):
@@ -155,7 +157,7 @@ def _record(model: LoadedModel, runner: Runner, seconds: float, batch: int, macs
         "params": model.params, "macs": macs, "gmac_per_audio_second": macs / batch / seconds / 1e9,
         "latency_s": None, "cpu_time_s": None, "repeats": 0, "rtf": None, "mac_per_s": None,
         "roofline_fraction": None, "peak_memory_mib": None, "memory": "not measured",
-        "max_abs_error": None, "peer": None, "peer_ratio": None,
+        "max_abs_error": None, "si_snr_vs_eager_db": None, "peer": None, "peer_ratio": None,
     }  # fmt: skip
 
 
@@ -163,18 +165,27 @@ DTYPES_BY_STR = {str(dtype).removeprefix("torch."): dtype for dtype in DTYPES.va
 
 
 def _check(
-    output: torch.Tensor, reference: torch.Tensor | None, dtype: torch.dtype
-) -> tuple[float | None, str]:
-    """Max abs error of ``output`` vs the eager ``reference``, and ``ok`` or why it fails."""
+    output: torch.Tensor, reference: torch.Tensor | None, dtype: torch.dtype, backend: str = "eager"
+) -> tuple[float | None, float | None, str]:
+    """Max abs error and SI-SNR (dB) of ``output`` vs the eager ``reference``, and ``ok`` or why it fails.
+
+    Every backend must match eager within :data:`TOLERANCE`, except ``int8``, which must keep an
+    SI-SNR of at least :data:`INT8_MIN_SI_SNR_DB` against it (quantization error is not small in abs terms).
+    """
     if reference is None:
-        return None, "ok"
+        return None, None, "ok"
     if output.shape != reference.shape:
-        return None, unsupported(f"output shape {tuple(output.shape)} != eager's {tuple(reference.shape)}")
+        return None, None, unsupported(f"output shape {tuple(output.shape)} != eager's {tuple(reference.shape)}")
     error = float((output.float() - reference.float()).abs().max())
+    if backend == "int8":
+        snr = float(si_snr(output.float(), reference.float()).mean())
+        if not snr >= INT8_MIN_SI_SNR_DB:
+            return error, snr, unsupported(f"int8 output SI-SNR vs eager {snr:.1f} dB < {INT8_MIN_SI_SNR_DB} dB")
+        return error, snr, "ok"
     tolerance = TOLERANCE[dtype] * max(1.0, float(reference.float().abs().max()))
     if not error <= tolerance:  # also catches NaN
-        return error, unsupported(f"output differs from eager by {error:.3g} (tolerance {tolerance:.3g})")
-    return error, "ok"
+        return error, None, unsupported(f"output differs from eager by {error:.3g} (tolerance {tolerance:.3g})")
+    return error, None, "ok"
 
 
 def run_case(runners: list[tuple[LoadedModel, Runner, torch.nn.Module]], seconds: float, batch: int,
@@ -200,7 +211,9 @@ def run_case(runners: list[tuple[LoadedModel, Runner, torch.nn.Module]], seconds
             runner.fail(err)
             record["status"] = runner.status
             continue
-        record["max_abs_error"], record["status"] = _check(output, references.get(model.spec.label), dtype)
+        record["max_abs_error"], record["si_snr_vs_eager_db"], record["status"] = _check(
+            output, references.get(model.spec.label), dtype, runner.backend
+        )
         if record["status"] == "ok":
             timed_fns[id(record)] = (record, runner, functools.partial(runner.fn, *inputs), wall)
     round_s = sum(wall for *_, wall in timed_fns.values())

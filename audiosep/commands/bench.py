@@ -17,7 +17,7 @@ from pathlib import Path
 
 from audiosep.errors import UserError
 
-BACKENDS = ("eager", "prepared", "compile", "torchscript", "onnxruntime")  # audiosep.bench.backends.BACKENDS
+BACKENDS = ("eager", "prepared", "int8", "compile", "torchscript", "onnxruntime")  # audiosep.bench.backends.BACKENDS
 DEFAULT_BACKENDS = ("eager", "prepared", "torchscript", "onnxruntime")  # compile only when asked: it is slow
 DTYPES = ("fp32", "bf16", "fp16")
 SWEEP_BASES = ("conv_tasnet_demo", "conv_tasnet_base")

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default="eval_out", type=Path, help="report folder (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N mixtures")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--dtype", choices=["fp32", "int8"], default="fp32",
+                        help="separator precision; int8: dynamic int8 on CPU (default: %(default)s)")
     parser.add_argument("--restart", action="store_true", help="discard rows of an interrupted run in --out-dir")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     try:
-        separator = Separator.from_checkpoint(args.ckpt, device=args.device)
+        separator = Separator.from_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
         transcriber = Transcriber.from_checkpoint(args.asr, device=args.device) if args.asr else None
     except (CheckpointError, ValueError) as err:
         raise UserError(str(err)) from err
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     identity = RunIdentity(
         separator_sha256=file_sha256(args.ckpt),
         recogniser_sha256=file_sha256(args.asr) if args.asr else None,
-        data_dir=str(base.resolve()), split=args.split, task=args.task,
+        data_dir=str(base.resolve()), split=args.split, task=args.task, dtype=args.dtype,
     )
     result = evaluate(
         separator, dataset, args.out_dir, identity, transcriber, transcripts, limit=args.limit,

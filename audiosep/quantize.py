@@ -1,0 +1,153 @@
+"""Dynamic int8 inference: the inference transform, then int8 matrix products in every linear layer.
+
+:func:`quantize_for_inference` runs :func:`audiosep.optimize.prepare_for_inference` and swaps every
+``nn.Linear`` (SepFormer family: attention projections, feed-forward layers, mask network) and every
+pointwise (1x1, ungrouped) convolution of the prepared Conv-TasNet for a module calling torch's
+dynamic-quantization kernel ``quantized::linear_dynamic``: weights int8 per output channel (symmetric,
+scale = max |w| / 127), activations quantized per call at run time, output float32. The plain model
+is never modified; depthwise and grouped convolutions, norms and the encoder/decoder stay float32.
+
+Why our own two small modules rather than ``torch.ao.quantization.quantize_dynamic``: it quantizes
+``nn.Linear`` only, per tensor by default, and cannot see the prepared Conv-TasNet's fused 1x1
+convolutions, which hold most of its MACs; both call the same kernel. The weights are packed for
+oneDNN when this torch has it (faster than fbgemm on this project's small matrices, measured), else
+for the best engine available (x86, fbgemm, qnnpack on ARM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from audiosep.optimize import FusedActivation, FusedConv, prepare_for_inference
+
+ENGINE_PREFERENCE = ("onednn", "x86", "fbgemm", "qnnpack")
+
+
+def quantized_engine() -> str:
+    """The quantized engine weights are packed for (the first of :data:`ENGINE_PREFERENCE` this torch has)."""
+    supported = torch.backends.quantized.supported_engines
+    for engine in ENGINE_PREFERENCE:
+        if engine in supported:
+            return engine
+    raise RuntimeError(f"this torch build has no quantized engine (supported: {supported})")
+
+
+@contextlib.contextmanager
+def _engine(name: str) -> Iterator[None]:
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def quantize_weight(weight: Tensor) -> Tensor:
+    """``weight[C_out, C_in]`` as a per-output-channel symmetric qint8 tensor."""
+    weight = weight.detach().float()
+    scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # quantized tensor creation is deprecated for a future torch, not 2.x
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        return torch.quantize_per_channel(weight, scales, zero_points, axis=0, dtype=torch.qint8)
+
+
+class Int8Linear(nn.Module):
+    """``activation(x @ W^T + b)`` over the last dim with int8 weights (``quantized::linear_dynamic``).
+
+    Args:
+        weight: float ``[C_out, C_in]``; kept in float too (``weight``) so ``state_dict`` is readable.
+        bias: ``[C_out]`` or None.
+        activation, slope: as in :class:`audiosep.optimize.FusedConv` (``prelu`` is a leaky ReLU).
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, activation: FusedActivation = "none",
+                 slope: float = 0.0) -> None:  # fmt: skip
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.activation, self.slope = activation, float(slope)
+        self.engine = quantized_engine()
+        bias = None if bias is None else bias.detach().float().clone()
+        with _engine(self.engine):
+            self._packed = torch.ops.quantized.linear_prepack(quantize_weight(weight), bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features)
+        y = torch.ops.quantized.linear_dynamic(flat.float(), self._packed, False)
+        y = y.view(*x.shape[:-1], self.out_features)
+        if self.activation == "prelu":
+            return F.leaky_relu(y, self.slope)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(y)
+        return torch.relu(y) if self.activation == "relu" else y
+
+    @property
+    def weight(self) -> Tensor:
+        """The int8 weight as float ``[C_out, C_in]`` (what the kernel multiplies by; models read its shape)."""
+        weight, _ = torch.ops.quantized.linear_unpack(self._packed)
+        return weight.dequantize()
+
+    @property
+    def bias(self) -> Tensor | None:
+        return torch.ops.quantized.linear_unpack(self._packed)[1]
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, activation={self.activation}, engine={self.engine}"
+
+
+class Int8PointwiseConv(nn.Module):
+    """A pointwise :class:`FusedConv` on channels-last ``[B, C, M, 1]`` as one int8 matrix product.
+
+    Channels-last makes ``[B, C, M, 1]`` a ``[B*M, C]`` matrix without a copy; the output is
+    returned channels-last again, so the layers around it see what :class:`FusedConv` gave them.
+    """
+
+    def __init__(self, conv: FusedConv) -> None:
+        super().__init__()
+        self.linear = Int8Linear(conv.weight[..., 0, 0], conv.bias, conv.activation, conv.slope)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, _, frames, width = x.shape
+        y = self.linear(x.permute(0, 2, 3, 1))  # [B, M, 1, C_out]
+        return y.permute(0, 3, 1, 2) if width == 1 else y.permute(0, 3, 1, 2).contiguous()
+
+
+def is_pointwise(conv: FusedConv) -> bool:
+    """Whether a fused conv is a plain 1x1 channel mix (the ones :class:`Int8PointwiseConv` replaces)."""
+    out_channels, _, kernel, _ = conv.weight.shape
+    return kernel == 1 and conv.groups == 1 and conv.padding == 0
+
+
+def _swap_children(module: nn.Module) -> int:
+    """Replace linear layers and pointwise fused convs below ``module`` in place; returns how many."""
+    swapped = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, Int8Linear(child.weight, child.bias))
+            swapped += 1
+        elif isinstance(child, FusedConv) and is_pointwise(child):
+            setattr(module, name, Int8PointwiseConv(child))
+            swapped += 1
+        else:
+            swapped += _swap_children(child)
+    return swapped
+
+
+def quantize_for_inference(model: nn.Module) -> nn.Module:
+    """A new eval-mode CPU module: ``prepare_for_inference(model)`` with int8 linear layers.
+
+    Raises:
+        ValueError: the model has no layer to quantize (nothing would change).
+    """
+    prepared = prepare_for_inference(model.cpu())
+    swapped = _swap_children(prepared)
+    if swapped == 0:
+        raise ValueError(f"{type(model).__name__} has no linear or pointwise-conv layer to quantize")
+    prepared.int8_layers = swapped
+    return prepared.eval()

@@ -1,0 +1,107 @@
+"""Dynamic int8 inference: which layers are swapped, how close the outputs stay, where it is refused."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from conftest import harmonic_tone
+from test_optimize import MODELS
+from torch import nn
+
+from audiosep.bench.run import _check
+from audiosep.checkpoint import save_model
+from audiosep.cli import main
+from audiosep.inference import Separator
+from audiosep.losses import si_snr
+from audiosep.models import conv_tasnet_demo
+from audiosep.optimize import FusedConv, prepare_for_inference
+from audiosep.quantize import Int8Linear, Int8PointwiseConv, is_pointwise, quantize_for_inference
+
+SEPARATORS = [name for name in MODELS if name != "quartznet"]
+
+
+def _speech(batch: int = 2, length: int = 4000) -> torch.Tensor:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return torch.from_numpy(np.stack([harmonic_tone(rng, length, 8000) for _ in range(batch)]))
+
+
+@pytest.mark.parametrize("name", SEPARATORS)
+def test_every_linear_and_pointwise_conv_is_int8_and_the_output_stays_close(name: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    before = copy.deepcopy(model.state_dict())
+    quantized = quantize_for_inference(model)
+    assert not any(isinstance(m, nn.Linear) for m in quantized.modules())
+    assert not any(isinstance(m, FusedConv) and is_pointwise(m) for m in quantized.modules())
+    swapped = sum(isinstance(m, Int8Linear | Int8PointwiseConv) for m in quantized.modules())
+    assert quantized.int8_layers > 0 and swapped >= quantized.int8_layers
+    # the plain model is untouched and still plain
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(isinstance(m, nn.Linear | nn.Conv1d) for m in model.modules())
+    mixture = _speech()
+    with torch.inference_mode():
+        reference = prepare_for_inference(model)(mixture)
+        output = quantized(mixture)
+    assert output.shape == reference.shape
+    assert float(si_snr(output, reference).min()) > 25.0
+
+
+def test_int8_linear_is_per_channel_and_close_to_the_float_product() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(6, 32)
+    weight[0] *= 1000  # per-tensor scales would round every other row to almost nothing
+    bias = torch.randn(6)
+    layer = Int8Linear(weight, bias)
+    x = torch.randn(50, 32)
+    expected = x @ weight.t() + bias
+    error = (layer(x) - expected).abs()
+    for row in range(6):  # each output channel within ~1 % of its own magnitude
+        assert float(error[:, row].max()) < 0.02 * float(expected[:, row].abs().max())
+    # the stored weight is the per-row int8 rounding: off by at most half of that row's step max|w| / 127
+    step = weight.abs().amax(dim=1, keepdim=True) / 127
+    assert layer.weight.shape == (6, 32) and bool(((layer.weight - weight).abs() <= step / 2 + 1e-6).all())
+
+
+def test_int8_pointwise_conv_keeps_the_channels_last_layout() -> None:
+    torch.manual_seed(0)
+    conv = FusedConv(torch.randn(12, 8, 1), torch.randn(12), "prelu", 0.25)
+    x = torch.randn(2, 8, 30, 1).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected, output = conv(x), Int8PointwiseConv(conv)(x)
+    assert output.shape == expected.shape and output.is_contiguous(memory_format=torch.channels_last)
+    assert float((output - expected).abs().max()) < 0.05 * float(expected.abs().max())
+
+
+def test_separator_int8_is_cpu_and_transform_only_and_infer_writes_files(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = conv_tasnet_demo(num_repeats=1, num_layers=2)
+    with pytest.raises(ValueError, match="int8 inference runs on CPU"):
+        Separator(model, 8000, optimize=False, dtype="int8")
+    with pytest.raises(ValueError, match="unknown inference dtype"):
+        Separator(model, 8000, dtype="int4")  # type: ignore[arg-type]
+    ckpt = tmp_path / "model.ckpt"
+    save_model(model, ckpt, {"sample_rate": 8000})
+    wav = tmp_path / "mix.wav"
+    sf.write(wav, _speech(1, 6000)[0].numpy(), 8000)
+    assert main(["infer", "--ckpt", str(ckpt), "--dtype", "int8", "--out-dir", str(tmp_path / "out"), str(wav)]) == 0
+    int8 = torch.from_numpy(sf.read(tmp_path / "out" / "mix_s1.wav", dtype="float32")[0])
+    fp32 = Separator(model, 8000).separate_at_model_rate(torch.from_numpy(sf.read(wav, dtype="float32")[0]))[0]
+    assert float(si_snr(int8, fp32)) > 25.0
+
+
+def test_bench_checks_int8_by_si_snr_against_eager() -> None:
+    reference = _speech()[:, None]
+    noisy = reference + 0.001 * torch.randn_like(reference)
+    error, snr, status = _check(noisy, reference, torch.float32, "int8")
+    assert status == "ok" and snr > 20 and error > 0
+    _, snr, status = _check(torch.randn_like(reference), reference, torch.float32, "int8")
+    assert status.startswith("unsupported") and snr < 20
+    # other backends keep the abs-error rule: int8-sized noise fails it, float-rounding-sized noise passes
+    assert _check(noisy, reference, torch.float32, "prepared")[2].startswith("unsupported")
+    assert _check(reference + 1e-5 * torch.randn_like(reference), reference, torch.float32, "prepared")[2] == "ok"
