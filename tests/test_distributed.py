@@ -62,8 +62,10 @@ def test_ddp_fit_shards_and_reshuffles_and_test_writes_one_gathered_csv(tiny_lib
          "init_args": {"dirpath": str(ckpt_dir), "save_last": True, "save_top_k": 0}},
         {"class_path": "training_probes.RecordTrainIds", "init_args": {"out_dir": str(tmp_path / "ids")}},
     ])
-    # train-360 has 6 mixtures: each rank trains on 3 per epoch (batch 1); 6 steps = 2 epochs.
-    cli("fit", "--config", RECIPE, f"--data.root={tiny_librimix}", "--data.train_split=train-360",
+    # train-360 has 6 mixtures: each rank trains on 3 per epoch (batch 1); 6 steps = 2 epochs. No
+    # seed_everything: each process starts with its own random seed, and the ranks must still agree
+    # on one order to shard (the data module broadcasts rank 0's).
+    cli("fit", "--config", RECIPE, "--seed_everything=false", f"--data.root={tiny_librimix}", "--data.train_split=train-360",
         "--data.segment=0.25", "--data.batch_size=1", "--trainer.max_steps=6", "--trainer.max_time=null",
         "--trainer.limit_val_batches=1", "--trainer.val_check_interval=1.0", f"--trainer.callbacks={callbacks}",
         f"--trainer.default_root_dir={tmp_path}", *DDP, *QUIET, *TINY_MODEL)

@@ -224,6 +224,13 @@ class LibriMixDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def _shared_seed(self, seed: int | None) -> int:
+        """``seed``, or ``torch.initial_seed()``; under DDP rank 0's, so every rank shards one order."""
+        value = torch.initial_seed() if seed is None else seed
+        if self.trainer is not None and self.trainer.world_size > 1:
+            value = int(self.trainer.strategy.broadcast(value, src=0))
+        return value
+
     def train_dataloader(self) -> DataLoader:
         if self.dynamic_mixing:
             dataset = dynamic_mixing_dataset(
@@ -233,13 +240,13 @@ class LibriMixDataModule(L.LightningDataModule):
                 self.n_src,
                 self.sample_rate,
                 self.segment,
-                seed=self.dm_seed,
+                seed=self._shared_seed(self.dm_seed),
                 cache_dir=self.dm_cache_dir,
             )
             loader = dynamic_mixing_loader(dataset, self.batch_size, self.num_workers, collate_padded)
             self._train_sampler = loader.sampler  # type: ignore[assignment]
         else:
-            seed = torch.initial_seed() if self.seed is None else self.seed
+            seed = self._shared_seed(self.seed)
             dataset = EpochSeeded(self.split_dataset(self.train_split, self.segment), seed)
             self._train_sampler = EpochShuffleSampler(len(dataset), seed)
             loader = DataLoader(

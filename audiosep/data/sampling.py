@@ -24,7 +24,6 @@ import bisect
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 
@@ -68,15 +67,14 @@ class EpochSampler(Sampler[int]):
 
 
 class EpochShuffleSampler(EpochSampler):
-    """Every item once per epoch, in a permutation seeded by ``(seed, epoch)``."""
+    """Every item once per epoch, in a permutation seeded by ``(seed, epoch)`` (any non-negative int)."""
 
     def __init__(self, num_examples: int, seed: int = 0) -> None:
         super().__init__(num_examples)
         self.seed = seed
 
     def order(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(self.num_examples, generator=generator).tolist()
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples).tolist()
 
 
 class EpochSeeded(Dataset):
