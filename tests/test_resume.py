@@ -82,7 +82,7 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_ends_with_the_weights_of_an_unbro
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 4  # the newest checkpoint is mid-epoch 0 (4 of its 6 batches done)
     assert saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
-    assert saved["LibriMixDataModule"] == {"epoch": 0, "batches": 4}
+    assert saved["LibriMixDataModule"] == {"epoch": 0, "batches": 4, "seed": 0}
 
     run(fit_argv(tiny_librimix, broken, resume=True))
     expected = torch.load(unbroken / "final.pt", weights_only=True)
@@ -140,3 +140,17 @@ def test_audiosep_fit_saves_with_the_atomic_checkpoint_io(tiny_librimix: Path, t
     cli = run_lightning_cli(["--config", RECIPE, f"--data.root={tiny_librimix}",
                              f"--trainer.default_root_dir={tmp_path}", *TINY_MODEL], run=False)
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_resumed_data_module_keeps_the_seed_of_the_interrupted_run(tiny_librimix: Path) -> None:
+    """Without seed_everything the seed is torch's random initial one: a resume must not draw a new one."""
+    from audiosep.data.librimix import LibriMixDataModule
+
+    module = LibriMixDataModule(str(tiny_librimix), train_split="train-360", segment=0.25, batch_size=1,
+                                num_workers=0)
+    module.load_state_dict({"epoch": 0, "batches": 2, "seed": 12345})
+    sampler = module.train_dataloader().sampler
+    assert sampler.seed == 12345 and module.train_dataloader().sampler.seed == 12345  # reloads keep it
+    fresh = LibriMixDataModule(str(tiny_librimix), train_split="train-360", segment=0.25, batch_size=1,
+                               num_workers=0)
+    assert fresh.train_dataloader().sampler.seed == torch.initial_seed()

@@ -196,6 +196,7 @@ class LibriMixDataModule(L.LightningDataModule):
         self.seed = seed
         self._train_sampler: EpochSampler | None = None
         self._resume: dict[str, int] = {}
+        self._seed_used: int | None = None
 
     def split_dataset(self, split: str, segment: float | None) -> Dataset:
         """The dataset of one split (``train-100+train-360`` concatenates)."""
@@ -225,10 +226,12 @@ class LibriMixDataModule(L.LightningDataModule):
         )
 
     def _shared_seed(self, seed: int | None) -> int:
-        """``seed``, or ``torch.initial_seed()``; under DDP rank 0's, so every rank shards one order."""
-        value = torch.initial_seed() if seed is None else seed
+        """``seed``, else the checkpoint's when resuming, else ``torch.initial_seed()``; under DDP rank
+        0's, so every rank shards one order."""
+        value = seed if seed is not None else self._seed_used if self._seed_used is not None else torch.initial_seed()
         if self.trainer is not None and self.trainer.world_size > 1:
             value = int(self.trainer.strategy.broadcast(value, src=0))
+        self._seed_used = value
         return value
 
     def train_dataloader(self) -> DataLoader:
@@ -258,7 +261,7 @@ class LibriMixDataModule(L.LightningDataModule):
                 drop_last=True,
                 persistent_workers=self.num_workers > 0,
             )
-        if self._resume:
+        if "batches" in self._resume:
             world_size = self.trainer.world_size if self.trainer is not None else 1
             skip = self._resume["batches"] * self.batch_size * world_size
             self._train_sampler.resume(self._resume["epoch"], skip)  # type: ignore[union-attr]
@@ -267,10 +270,12 @@ class LibriMixDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """The training sampler's epoch and the batches done in it (saved in every checkpoint)."""
-        return resume_state(self.trainer, self._train_sampler)
+        state = resume_state(self.trainer, self._train_sampler)
+        return state | {"seed": self._seed_used} if state and self._seed_used is not None else state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict)
+        self._seed_used = state_dict.get("seed", self._seed_used)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.split_dataset("dev", None), 1, False)
