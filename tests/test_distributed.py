@@ -147,3 +147,39 @@ def test_a_nan_loss_on_one_rank_is_skipped_on_every_rank(tiny_librimix: Path, tm
     for rank in ranks:
         first, skipped, third = rank["checksums"]
         assert skipped == first and third != skipped  # the skipped step left the weights as they were
+
+
+def write_tiny_librispeech(root: Path) -> Path:
+    """``LibriSpeech/train-clean-100``: 4 speakers x 2 utterances of a gliding tone, 16 kHz."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for speaker in ("103", "1034", "1040", "1069"):
+        folder = root / "LibriSpeech" / "train-clean-100" / speaker / "1"
+        folder.mkdir(parents=True)
+        for index in range(2):
+            t = np.arange(int(rng.integers(8000, 14000))) / 16000
+            wave = 0.05 * sum(np.sin(2 * np.pi * k * rng.uniform(100, 250) * t) / k for k in range(1, 4))
+            sf.write(folder / f"{speaker}-1-{index:04d}.flac", wave, 16000)
+        (folder / f"{speaker}-1.trans.txt").write_text(f"{speaker}-1-0000 A\n{speaker}-1-0001 B\n")
+    return root / "LibriSpeech"
+
+
+def test_ddp_fit_on_dynamic_mixtures_shards_fresh_draws_every_epoch(tiny_librimix: Path, tmp_path: Path):
+    librispeech = write_tiny_librispeech(tmp_path / "corpus")
+    callbacks = json.dumps([{"class_path": "training_probes.RecordTrainIds",
+                             "init_args": {"out_dir": str(tmp_path / "ids")}}])
+    # 8 utterances of 2 speakers each = 4 mixtures per epoch: 2 per rank (batch 1); 4 steps = 2 epochs
+    cli("fit", "--config", RECIPE, f"--data.root={tiny_librimix}", "--data.dynamic_mixing=true",
+        f"--data.librispeech_root={librispeech}", f"--data.dm_cache_dir={tmp_path / 'cache'}",
+        "--data.train_split=train-100", "--data.segment=0.25", "--data.batch_size=1", "--trainer.max_steps=4",
+        "--trainer.max_time=null", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=1.0",
+        f"--trainer.callbacks={callbacks}", "--trainer.enable_checkpointing=false",
+        f"--trainer.default_root_dir={tmp_path}", *DDP, *QUIET, *TINY_MODEL)
+    ranks = [json.loads((tmp_path / "ids" / f"train_ids.rank{r}.json").read_text()) for r in (0, 1)]
+    draws = {epoch: [[int(i.split("_")[0][2:]) for i in rank[epoch]] for rank in ranks] for epoch in ("0", "1")}
+    for epoch, (first, second) in draws.items():
+        assert len(first) == len(second) == 2 and not set(first) & set(second)  # both ranks work, no overlap
+        assert sorted(first + second) == list(range(4 * int(epoch), 4 * int(epoch) + 4))  # new draws each epoch
+    assert len(list((tmp_path / "cache").rglob("train-clean-100.index.jsonl"))) == 1

@@ -236,16 +236,25 @@ class LibriMixDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.dynamic_mixing:
-            dataset = dynamic_mixing_dataset(
-                self.librispeech_root,
-                self.train_split,
-                self.wham_root if self.task == "sep_noisy" else None,
-                self.n_src,
-                self.sample_rate,
-                self.segment,
-                seed=self._shared_seed(self.dm_seed),
-                cache_dir=self.dm_cache_dir,
-            )
+            # Under DDP each node's rank 0 builds the resampling cache first; the others then read it.
+            seed = self._shared_seed(self.dm_seed)  # a collective: before the barrier, on every rank
+            distributed = self.trainer is not None and self.trainer.world_size > 1
+            if distributed and self.trainer.local_rank != 0:
+                self.trainer.strategy.barrier("dynamic mixing cache")
+            try:
+                dataset = dynamic_mixing_dataset(
+                    self.librispeech_root,
+                    self.train_split,
+                    self.wham_root if self.task == "sep_noisy" else None,
+                    self.n_src,
+                    self.sample_rate,
+                    self.segment,
+                    seed=seed,
+                    cache_dir=self.dm_cache_dir,
+                )
+            finally:  # also on failure, so the other ranks are let through (and fail the same way)
+                if distributed and self.trainer.local_rank == 0:
+                    self.trainer.strategy.barrier("dynamic mixing cache")
             loader = dynamic_mixing_loader(dataset, self.batch_size, self.num_workers, collate_padded)
             self._train_sampler = loader.sampler  # type: ignore[assignment]
         else:
