@@ -287,7 +287,9 @@ class Separator:
 
     ``separator.model`` is the plain model (hooks, export, pruning); ``separator.runtime`` is what
     runs: ``prepare_for_inference(model)`` when ``optimize`` (the default), else the plain model;
-    with ``dtype="int8"``, :func:`audiosep.quantize.quantize_for_inference` (CPU).
+    with ``dtype="int8"``, :func:`audiosep.quantize.quantize_for_inference` (CPU). With
+    ``stream_block_ms``, a causal Conv-TasNet separates through its stateful stream in blocks of
+    that length (:mod:`audiosep.streaming`; the same output as offline, no chunking).
 
     Example:
         >>> sep = Separator.from_checkpoint("demo_out/model.ckpt")  # doctest: +SKIP
@@ -302,10 +304,16 @@ class Separator:
         device: str | torch.device = "cpu",
         optimize: bool = True,
         dtype: InferenceDtype = "fp32",
+        stream_block_ms: float | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.dtype = dtype
+        self.stream_block_ms = stream_block_ms
+        if stream_block_ms is not None:
+            self.stream()  # refuses a model that cannot stream, before any file is read
+            if stream_block_ms <= 0 or dtype != "fp32" or self.device.type != "cpu":
+                raise ValueError("streaming runs the plain fp32 model on CPU in blocks of a positive length")
         if dtype == "int8":
             if self.device.type != "cpu" or not optimize:
                 raise ValueError("int8 inference runs on CPU with the inference transform (no --no-optimize)")
@@ -365,6 +373,26 @@ class Separator:
                 f"({1000 * self.window / self.sample_rate:.1f} ms)"
             )
 
+    def stream(self):
+        """A fresh :class:`audiosep.streaming.ConvTasNetStream` of this model (causal Conv-TasNet only).
+
+        Raises:
+            ValueError: the model cannot stream (it looks ahead).
+        """
+        from audiosep.streaming import ConvTasNetStream
+
+        return ConvTasNetStream(self.model)
+
+    def _separate_streaming(self, mixture: Tensor) -> Tensor:
+        """``mixture[T]`` through the stateful stream in ``stream_block_ms`` blocks -> ``[S, T]``."""
+        stream = self.stream()
+        block = max(1, round(self.stream_block_ms * self.sample_rate / 1000))
+        parts = [stream.process(mixture[None, start : start + block]) for start in range(0, mixture.shape[-1], block)]
+        output = torch.cat([*parts, stream.flush()], dim=-1)[0]
+        if not torch.isfinite(output).all():
+            raise SeparationError("the model produced non-finite output (NaN/Inf); nothing written")
+        return output
+
     @torch.inference_mode()
     def separate_at_model_rate(self, mixture: Tensor) -> Tensor:
         """``mixture[T]`` at the model's rate -> ``[S, T]``, chunked with overlap when long.
@@ -372,6 +400,8 @@ class Separator:
         Raises:
             SeparationError: the model's output is not finite (NaN/Inf).
         """
+        if self.stream_block_ms is not None:
+            return self._separate_streaming(mixture)
         chunk, overlap = self.chunk.samples(self.sample_rate)
         length = mixture.shape[-1]
         starts = chunk_starts(length, chunk, overlap)

@@ -64,22 +64,19 @@ def _joined(values: Sequence[Any], pattern: str) -> str:
 
 
 def format_streaming(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of the streaming rows (:mod:`audiosep.bench.streaming`) (empty string when there are none)."""
-    if not any("compute_ms" in row for row in rows):
-        return ""  # no causal model: the JSON rows say why each cannot stream
+    """Markdown table of the streaming rows (:mod:`audiosep.bench.streaming`); empty without a causal model."""
+    measured = [row for row in rows if "compute_ms" in row]
+    if not measured:
+        return ""  # the JSON rows say why each model cannot stream
     lines = [
-        "| model | block (ms) | context (ms) | algorithmic latency (ms) | compute / block (ms) | compute RTF "
-        "| total latency (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | block (ms) | algorithmic latency (ms) | compute / block (ms) | compute RTF | total latency (ms) |",
+        "|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        if "compute_ms" not in row:
-            lines.append(f"| {row['model']} | {row['block_ms']:g} | {row['status']} | | | | |")
-            continue
-        lines.append(
-            f"| {row['model']} | {row['block_ms']:g} | {row['context_ms']:g} | {row['algorithmic_latency_ms']:g} "
-            f"| {row['compute_ms']:.2f} | {row['compute_rtf']:.2f} | {row['total_latency_ms']:.2f} |"
-        )
+    lines += [
+        f"| {row['model']} | {row['block_ms']:g} | {row['algorithmic_latency_ms']:g} | {row['compute_ms']:.2f} "
+        f"| {row['compute_rtf']:.2f} | {row['total_latency_ms']:.2f} |"
+        for row in measured
+    ]
     return "\n".join(lines)
 
 
@@ -139,7 +136,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines += [f"- {note}" for note in notes]
     streaming = format_streaming(report.get("streaming", []))
     if streaming:
-        lines += ["", f"Streaming, {report['settings']['block_ms']:g} ms blocks (batch 1, fp32, plain model):", streaming]
+        lines += ["", f"Streaming, {report['settings']['block_ms']:g} ms blocks (batch 1, fp32, stateful stream):", streaming]
     return "\n".join(lines)
 
 

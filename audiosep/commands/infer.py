@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the plain model, not the prepare_for_inference() transform (for comparison)",
     )  # fmt: skip
     parser.add_argument(
+        "--stream", type=float, default=None, metavar="BLOCK_MS", nargs="?", const=20.0,
+        help="causal Conv-TasNet only: separate through the stateful stream in blocks of BLOCK_MS (default 20)",
+    )  # fmt: skip
+    parser.add_argument(
         "--dtype", choices=["fp32", "int8"], default="fp32",
         help="int8: dynamic int8 linear and pointwise layers on CPU (faster on large models; default: %(default)s)",
     )  # fmt: skip
@@ -331,7 +335,8 @@ def load_separator(args: argparse.Namespace):
     try:
         chunk = ChunkConfig(args.chunk_seconds, args.overlap_seconds)
         return Separator.from_checkpoint(
-            args.ckpt, chunk=chunk, device=args.device, optimize=not args.no_optimize, dtype=args.dtype
+            args.ckpt, chunk=chunk, device=args.device, optimize=not args.no_optimize, dtype=args.dtype,
+            stream_block_ms=args.stream,
         )
     except (CheckpointError, ValueError) as err:
         raise UserError(str(err)) from err

@@ -1,0 +1,104 @@
+"""The stateful Conv-TasNet stream equals offline separation, for every causal norm and any block sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from audiosep.checkpoint import save_model
+from audiosep.cli import main
+from audiosep.inference import Separator
+from audiosep.models import ConvTasNet, conv_tasnet_demo
+from audiosep.streaming import ConvTasNetStream
+
+
+def causal_model(**overrides: object) -> ConvTasNet:
+    torch.manual_seed(0)
+    config = dict(
+        enc_num_filters=16, enc_kernel_size=8, bottleneck_channels=8, hidden_channels=[12, 7, 9, 12],
+        skip_channels=6, num_layers=2, num_repeats=2, causal=True, norm="cLN",
+    )  # fmt: skip
+    model = ConvTasNet(**(config | overrides)).eval()
+    with torch.no_grad():  # non-trivial norm affines and PReLU slopes
+        for name, param in model.named_parameters():
+            if "norm" in name or "act" in name or "prelu" in name:
+                param.add_(0.2 * torch.randn_like(param))
+    return model
+
+
+def streamed(model: ConvTasNet, mixture: torch.Tensor, blocks: list[int]) -> torch.Tensor:
+    stream, parts, position = ConvTasNetStream(model), [], 0
+    for size in blocks:
+        parts.append(stream.process(mixture[:, position : position + size]))
+        position += size
+    assert position == mixture.shape[-1]
+    return torch.cat([*parts, stream.flush()], dim=-1)
+
+
+BLOCKS = {"one sample": [1] * 40 + [1961], "17": [17] * 117 + [12], "160": [160] * 12 + [81], "whole": [2001],
+          "uneven": [999, 2, 1000]}  # fmt: skip
+
+
+@pytest.mark.parametrize("norm", ["cLN", "BN", "LN", "rms_norm", "none"])
+@pytest.mark.parametrize("blocks", BLOCKS.values(), ids=BLOCKS.keys())
+def test_stream_equals_offline(norm: str, blocks: list[int]) -> None:
+    model = causal_model(norm=norm)
+    mixture = 0.1 * torch.randn(2, 2001)
+    with torch.no_grad():
+        offline = model(mixture)
+    output = streamed(model, mixture, blocks)
+    assert output.shape == offline.shape
+    assert float((output - offline).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("overrides", [{"enc_kernel_size": 7}, {"skip_channels": None, "mask_activation": "softmax"}])
+def test_stream_equals_offline_for_odd_windows_and_no_skip_path(overrides: dict) -> None:
+    model = causal_model(**overrides)
+    mixture = 0.1 * torch.randn(1, 1500)
+    with torch.no_grad():
+        offline = model(mixture)
+    assert float((streamed(model, mixture, [37] * 40 + [20]) - offline).abs().max()) < 1e-4
+
+
+def test_cumulative_norm_state_holds_over_a_long_stream_and_a_stream_is_reusable() -> None:
+    model = causal_model()
+    mixture = 0.1 * torch.randn(1, 8000 * 10)  # 10 s, 500 blocks of 20 ms
+    with torch.no_grad():
+        offline = model(mixture)
+    assert float((streamed(model, mixture, [160] * 500) - offline).abs().max()) < 1e-4
+    stream = ConvTasNetStream(model)
+    first = torch.cat([stream.process(mixture[:, :800]), stream.flush()], dim=-1)
+    second = torch.cat([stream.process(mixture[:, :800]), stream.flush()], dim=-1)  # flush resets the state
+    assert torch.equal(first, second)
+    # output lags the input by the window less one stride, never more
+    stream = ConvTasNetStream(model)
+    assert stream.process(mixture[:, :1000]).shape[-1] == 1000 - stream.algorithmic_latency
+
+
+def test_models_that_look_ahead_are_refused() -> None:
+    with pytest.raises(ValueError, match="causal Conv-TasNet"):
+        ConvTasNetStream(conv_tasnet_demo(num_repeats=1, num_layers=2))
+    with pytest.raises(ValueError, match="causal Conv-TasNet"):
+        Separator(conv_tasnet_demo(num_repeats=1, num_layers=2), 8000, stream_block_ms=20)
+
+
+def test_infer_stream_writes_the_offline_result(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = causal_model()
+    ckpt = tmp_path / "causal.ckpt"
+    save_model(model, ckpt, {"sample_rate": 8000})
+    mixture = 0.1 * torch.randn(4000)
+    sf.write(tmp_path / "mix.wav", mixture.numpy(), 8000, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert main(["infer", "--ckpt", str(ckpt), "--stream", "--out-dir", str(out), str(tmp_path / "mix.wav")]) == 0
+    with torch.no_grad():
+        offline = model(mixture[None])[0]
+    written = torch.from_numpy(sf.read(out / "mix_s1.wav", dtype="float32")[0])
+    scale = float(written.abs().max() / offline[0].abs().max())  # infer may limit the peak
+    assert float((written - scale * offline[0]).abs().max()) < 1e-4
+    demo = tmp_path / "demo.ckpt"
+    save_model(conv_tasnet_demo(num_repeats=1, num_layers=2), demo, {"sample_rate": 8000})
+    assert main(["infer", "--ckpt", str(demo), "--stream", "--out-dir", str(out), str(tmp_path / "mix.wav")]) == 1
+    assert "causal Conv-TasNet" in capsys.readouterr().err
