@@ -123,3 +123,32 @@ def test_the_norm_study_counts_a_skipped_step_as_divergence() -> None:
     assert monitor.diverged_at is None and not trainer.should_stop
     monitor.on_train_batch_end(trainer, None, {}, None, 1)  # what Lightning passes for a skipped step
     assert monitor.diverged_at == 3 and trainer.should_stop
+
+
+def test_the_bf16_vs_fp32_demo_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """benchmarks/precision_demo.py on a tiny demo set and model, 2 steps per precision."""
+    import importlib.util
+    import json
+
+    from audiosep.data.prep.demo_set import build_demo_set
+
+    spec = importlib.util.spec_from_file_location(
+        "precision_demo", Path(__file__).resolve().parents[1] / "benchmarks" / "precision_demo.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = build_demo_set(tmp_path / "data", seed=0, num_workers=0, num_train=8, num_dev=2, num_test=2,
+                          num_speakers=8, progress=False)
+    overrides = ["data.segment=0.25", "data.batch_size=2", "trainer.limit_val_batches=1",
+                 *(f"model.model.init_args.{k}" for k in ("enc_num_filters=16", "bottleneck_channels=8",
+                                                          "hidden_channels=16", "skip_channels=8", "num_layers=2",
+                                                          "num_repeats=1"))]  # fmt: skip
+    argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--steps", "2"]
+    assert module.main(argv + [f"--override={o}" for o in overrides]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["runs"]) == {"32-true", "bf16-mixed"} and results["max_steps"] == 2
+    for run in results["runs"].values():
+        assert isinstance(run["test_si_snri_db"], float) and run["nonfinite_steps"] == 0
+    assert results["bf16_minus_fp32_db"] == round(
+        results["runs"]["bf16-mixed"]["test_si_snri_db"] - results["runs"]["32-true"]["test_si_snri_db"], 3
+    )
