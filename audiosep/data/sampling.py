@@ -6,7 +6,7 @@ so what a batch holds never depends on the global RNG, the number of workers or 
 
 Under Lightning DDP the sampler is wrapped in a ``DistributedSamplerWrapper`` that shards the
 epoch's draws (rank ``r`` takes every ``world_size``-th one) and forwards ``set_epoch``; all ranks
-must use the same seed (``seed_everything`` gives every rank the same one).
+must use the same seed (the LibriMix data module broadcasts rank 0's).
 
 Resume: the data module stores ``(epoch, batches done)`` in each checkpoint (``state_dict``) and
 calls :meth:`EpochSampler.resume` with ``batches * batch_size * world_size`` draws to leave out.
