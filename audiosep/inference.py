@@ -257,14 +257,31 @@ def crossfade_window(length: int, fade_in: int, fade_out: int) -> Tensor:
     return window
 
 
+GAIN_LIMIT = 8.0  # a chunk's least-squares gain is kept within [1/8, 8] in magnitude
+SILENT_OVERLAP = 1e-6  # overlap energy, relative to the chunk's, below which no gain is fitted
+
+
 def align_to_previous(current: Tensor, previous: Tensor) -> Tensor:
-    """Reorder ``current[S, T]`` so that its first ``n`` samples best correlate with ``previous[S, n]``."""
+    """Match ``current[S, T]`` to the output so far: ``previous[S, n]`` over their ``n`` shared samples.
+
+    Sources are reordered by the absolute correlation of the overlaps (a model may flip a source's
+    sign from one chunk to the next), then each is scaled by the least-squares gain, sign included,
+    that maps its overlap onto the previous one. A source nearly silent in the overlap keeps gain 1.
+    """
     head = current[:, : previous.shape[-1]]
     cur = head / (head.norm(dim=-1, keepdim=True) + 1e-8)
     prev = previous / (previous.norm(dim=-1, keepdim=True) + 1e-8)
-    similarity = cur @ prev.T  # S_cur, S_prev
+    similarity = (cur @ prev.T).abs()  # S_cur, S_prev
     perm = best_permutation(similarity.unsqueeze(0))[0]
-    return current[perm]
+    current, head = current[perm], head[perm]
+    head_energy = head.square().sum(-1)
+    gain = (head * previous).sum(-1) / head_energy.clamp_min(1e-20)
+    reliable = (head_energy > SILENT_OVERLAP * current.square().sum(-1)) & (
+        previous.square().sum(-1) > SILENT_OVERLAP * current.square().sum(-1)
+    )
+    magnitude = gain.abs().clamp(1 / GAIN_LIMIT, GAIN_LIMIT)
+    gain = torch.where(reliable, torch.sign(gain) * magnitude, torch.ones_like(gain))
+    return current * gain.unsqueeze(-1)
 
 
 def model_window(model: nn.Module) -> int:
