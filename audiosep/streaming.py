@@ -149,6 +149,8 @@ class ConvTasNetStream:
         """``block[B, n]`` (any n) -> the newly final output samples ``[B, S, n']``."""
         if block.dim() != 2:
             raise ValueError(f"a stream block is [batch, time], got shape {tuple(block.shape)}")
+        if self._pending is not None and block.shape[0] != self._pending.shape[0]:
+            raise ValueError(f"this stream carries {self._pending.shape[0]} signals; got a block of {block.shape[0]}")
         if self._pending is None:
             self._pending = block.new_zeros(block.shape[0], self.stride)  # the offline left padding
         self._seen += block.shape[-1]

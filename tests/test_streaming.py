@@ -78,6 +78,15 @@ def test_cumulative_norm_state_holds_over_a_long_stream_and_a_stream_is_reusable
     assert stream.process(mixture[:, :1000]).shape[-1] == 1000 - stream.algorithmic_latency
 
 
+def test_a_block_of_another_batch_size_is_refused() -> None:
+    stream = ConvTasNetStream(causal_model())
+    stream.process(torch.zeros(2, 100))
+    with pytest.raises(ValueError, match="carries 2 signals"):
+        stream.process(torch.zeros(1, 100))
+    with pytest.raises(ValueError, match=r"\[batch, time\]"):
+        stream.process(torch.zeros(100))
+
+
 def test_models_that_look_ahead_are_refused() -> None:
     with pytest.raises(ValueError, match="causal Conv-TasNet"):
         ConvTasNetStream(conv_tasnet_demo(num_repeats=1, num_layers=2))
