@@ -154,3 +154,31 @@ def test_a_resumed_data_module_keeps_the_seed_of_the_interrupted_run(tiny_librim
     fresh = LibriMixDataModule(str(tiny_librimix), train_split="train-360", segment=0.25, batch_size=1,
                                num_workers=0)
     assert fresh.train_dataloader().sampler.seed == torch.initial_seed()
+
+
+def test_librimix_recipes_keep_one_last_ckpt_updated_every_n_steps_and_at_validation(
+    tiny_librimix: Path, tmp_path: Path
+) -> None:
+    """The recipes' two checkpoint callbacks (best by validation, and every 2000 steps) share one
+    ``last.ckpt``, always the newest state (no ``last-v1.ckpt`` beside it)."""
+    import yaml
+
+    from audiosep.cli import main
+
+    for name in ("convtasnet", "sepformer", "resepformer", "tiny_sepformer"):
+        callbacks = yaml.safe_load((REPO / "recipes" / "librimix" / f"{name}.yaml").read_text())["trainer"]["callbacks"]
+        checkpoints = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+        assert any(c.get("every_n_train_steps") for c in checkpoints), name
+        assert all(c.get("save_last") and c.get("enable_version_counter") is False for c in checkpoints), name
+    callbacks = yaml.safe_load((REPO / "recipes" / "librimix" / "convtasnet.yaml").read_text())["trainer"]["callbacks"]
+    callbacks = [c for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    callbacks[1]["init_args"]["every_n_train_steps"] = 4
+    assert main(["fit", "--config", RECIPE, f"--data.root={tiny_librimix}", "--data.train_split=train-360",
+                 "--data.segment=0.25", "--data.batch_size=1", "--trainer.max_steps=10", "--trainer.max_time=null",
+                 "--trainer.limit_val_batches=1", "--trainer.val_check_interval=1.0",
+                 "--trainer.enable_progress_bar=false", f"--trainer.callbacks={json.dumps(callbacks)}",
+                 f"--trainer.default_root_dir={tmp_path}", *TINY_MODEL]) == 0
+    lasts = sorted(p.name for p in tmp_path.rglob("last*.ckpt"))
+    assert lasts == ["last.ckpt"]
+    # saved at steps 4 and 8 (every 4), 6 and 10 (validation: end of epoch 0, end of the run)
+    assert torch.load(find_last_checkpoint(tmp_path), weights_only=False)["global_step"] == 10
