@@ -182,3 +182,14 @@ def test_librimix_recipes_keep_one_last_ckpt_updated_every_n_steps_and_at_valida
     assert lasts == ["last.ckpt"]
     # saved at steps 4 and 8 (every 4), 6 and 10 (validation: end of epoch 0, end of the run)
     assert torch.load(find_last_checkpoint(tmp_path), weights_only=False)["global_step"] == 10
+
+
+def test_ckpt_path_last_with_no_checkpoint_yet_starts_from_scratch(tiny_librimix: Path, tmp_path: Path) -> None:
+    """So a SLURM job script can always pass ``--ckpt_path last``, first submission included."""
+    from audiosep.cli import main
+
+    assert main(["fit", "--config", RECIPE, f"--data.root={tiny_librimix}", "--data.segment=0.25",
+                 "--data.batch_size=2", "--trainer.max_steps=1", "--trainer.limit_val_batches=1",
+                 "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+                 "--ckpt_path=last", *TINY_MODEL]) == 0
+    assert torch.load(find_last_checkpoint(tmp_path), weights_only=False)["global_step"] == 1
