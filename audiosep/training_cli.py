@@ -3,9 +3,9 @@
 Recipes are LightningCLI YAML whose keys are constructor arguments (typos fail at parse time).
 ``--config`` also accepts a recipe shipped with the package, e.g. ``demo/convtasnet_tiny.yaml``.
 Checkpoints are saved with :class:`~audiosep.checkpoint_io.AtomicCheckpointIO` unless the recipe
-brings its own ``CheckpointIO`` plugin. ``--ckpt_path last`` finds the newest ``last*.ckpt`` of
-any earlier run below ``--trainer.default_root_dir`` (Lightning alone looks only in the new run's
-own, still empty, ``version_N/checkpoints``).
+brings its own ``CheckpointIO`` plugin. ``--ckpt_path last`` finds the newest ``last*.ckpt`` (or
+SLURM-requeue ``hpc_ckpt_N.ckpt``) of any earlier run below ``--trainer.default_root_dir``
+(Lightning alone looks only in the new run's own, still empty, ``version_N/checkpoints``).
 """
 
 from __future__ import annotations
@@ -80,15 +80,16 @@ class AudiosepCLI(LightningCLI):
         return kwargs
 
 
-LAST_CHECKPOINT = re.compile(r"^last(-v\d+)?\.ckpt$")
+LAST_CHECKPOINT = re.compile(r"^(last(-v\d+)?|hpc_ckpt_\d+)\.ckpt$")
 
 
 def find_last_checkpoint(root: str | Path) -> Path | None:
-    """The most recently written ``last.ckpt`` (or ``last-vN.ckpt``) below ``root``, if any.
+    """The most recently written ``last.ckpt`` (or ``last-vN.ckpt``, or the ``hpc_ckpt_N.ckpt`` that
+    Lightning's SLURM requeue saves) below ``root``, if any.
 
     Temp files of an interrupted save (``.last.ckpt.XXXX.tmp``) never match.
     """
-    candidates = [p for p in Path(root).rglob("last*.ckpt") if LAST_CHECKPOINT.match(p.name) and p.is_file()]
+    candidates = [p for p in Path(root).rglob("*.ckpt") if LAST_CHECKPOINT.match(p.name) and p.is_file()]
     return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 

@@ -193,3 +193,16 @@ def test_ckpt_path_last_with_no_checkpoint_yet_starts_from_scratch(tiny_librimix
                  "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
                  "--ckpt_path=last", *TINY_MODEL]) == 0
     assert torch.load(find_last_checkpoint(tmp_path), weights_only=False)["global_step"] == 1
+
+
+def test_ckpt_path_last_takes_the_newest_of_last_and_slurm_requeue_checkpoints(tmp_path: Path) -> None:
+    (tmp_path / "lightning_logs" / "version_0" / "checkpoints").mkdir(parents=True)
+    older = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    for path, mtime in ((older, 1_000), (hpc, 2_000), (tmp_path / ".last.ckpt.abc.tmp", 3_000),
+                        (tmp_path / "best-epoch=3.ckpt", 3_000)):
+        path.write_bytes(b"x")
+        os.utime(path, (mtime, mtime))
+    assert find_last_checkpoint(tmp_path) == hpc
+    os.utime(older, (4_000, 4_000))
+    assert find_last_checkpoint(tmp_path) == older
