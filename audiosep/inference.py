@@ -17,6 +17,7 @@ import math
 import os
 import re
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,6 +328,7 @@ class Separator:
         self.model = model.to(self.device).eval()
         self.dtype = dtype
         self.stream_block_ms = stream_block_ms
+        self.progress = False  # a chunks bar for long inputs (on a terminal only); audiosep infer sets it
         if stream_block_ms is not None:
             self.stream()  # refuses a model that cannot stream, before any file is read
             if stream_block_ms <= 0 or dtype != "fp32" or self.device.type != "cpu":
@@ -425,7 +427,11 @@ class Separator:
         output: Tensor | None = None
         weight = torch.zeros(length)
         previous_end = 0
-        for index, start in enumerate(starts):
+        from tqdm import tqdm
+
+        chunks = tqdm(starts, desc="chunks", unit="chunk", leave=False, file=sys.stderr,
+                      disable=None if self.progress and len(starts) > 1 else True)  # fmt: skip
+        for index, start in enumerate(chunks):
             end = min(start + chunk, length)
             estimate = self.runtime(mixture[start:end].to(self.device).unsqueeze(0))[0].float().cpu()  # S, n
             if not torch.isfinite(estimate).all():

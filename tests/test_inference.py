@@ -1,5 +1,7 @@
 """Chunked separation: source order is kept across chunks; the infer command on good and bad files."""
 
+import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +138,24 @@ def test_separator_from_checkpoint_matches_model(tiny_checkpoint: Path) -> None:
     with torch.no_grad():
         expected = separator.model(mixture[None])[0]
     torch.testing.assert_close(separator.separate(mixture, SAMPLE_RATE), expected)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_long_inputs_show_a_chunks_bar_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    mixture = torch.randn(SAMPLE_RATE * 5)
+    separator = Separator(BandSplitFlipping(), SAMPLE_RATE, ChunkConfig(seconds=2.0, overlap_seconds=0.5), optimize=False)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    separator.separate_at_model_rate(mixture)
+    assert "chunks" not in terminal.getvalue()  # off unless asked for (audiosep infer asks)
+    separator.progress = True
+    separator.separate_at_model_rate(mixture)
+    assert "chunks" in terminal.getvalue()
+    quiet = io.StringIO()  # not a terminal: no bar even when asked
+    monkeypatch.setattr(sys, "stderr", quiet)
+    separator.separate_at_model_rate(mixture)
+    assert quiet.getvalue() == ""

@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-optimize", action="store_true",
         help="run the plain model, not the prepare_for_inference() transform (for comparison)",
     )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (files, chunks of long files)")
     parser.add_argument(
         "--stream", type=float, default=None, metavar="BLOCK_MS", nargs="?", const=20.0,
         help="causal Conv-TasNet only: separate through the stateful stream in blocks of BLOCK_MS (default 20)",
@@ -328,6 +329,14 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
         report.wrote(label, written)
 
 
+def progress_bar(total: int, enabled: bool):
+    """A files bar on stderr, shown only on a terminal (so logs and captured output stay clean)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="files", unit="file", file=sys.stderr, leave=False,
+                disable=None if enabled else True)  # fmt: skip
+
+
 def load_separator(args: argparse.Namespace):
     from audiosep.checkpoint import CheckpointError
     from audiosep.inference import ChunkConfig, Separator
@@ -360,7 +369,11 @@ def run(args: argparse.Namespace) -> int:
     separator = load_separator(args)
     report = Report()
     inputs = collect_inputs(args.inputs, args.glob, out_dir, report)
-    for plan in plan_outputs(inputs, out_dir, separator.num_sources):
-        process(plan, separator, args, out_dir, report)
+    plans = list(plan_outputs(inputs, out_dir, separator.num_sources))
+    separator.progress = not args.no_progress
+    with progress_bar(len(plans), enabled=not args.no_progress and len(plans) > 1) as bar:
+        for plan in plans:
+            process(plan, separator, args, out_dir, report)
+            bar.update()
     report.summary()
     return 1 if report.failed else 0
