@@ -18,7 +18,7 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -307,7 +307,8 @@ class Separator:
     runs: ``prepare_for_inference(model)`` when ``optimize`` (the default), else the plain model;
     with ``dtype="int8"``, :func:`audiosep.quantize.quantize_for_inference` (CPU). With
     ``stream_block_ms``, a causal Conv-TasNet separates through its stateful stream in blocks of
-    that length (:mod:`audiosep.streaming`; the same output as offline, no chunking).
+    that length (:mod:`audiosep.streaming`; the same output as offline, no chunking). ``chunk_batch``
+    chunks of a long input go through the model in one batch (faster on a GPU; same output).
 
     Example:
         >>> sep = Separator.from_checkpoint("demo_out/model.ckpt")  # doctest: +SKIP
@@ -323,7 +324,11 @@ class Separator:
         optimize: bool = True,
         dtype: InferenceDtype = "fp32",
         stream_block_ms: float | None = None,
+        chunk_batch: int = 1,
     ) -> None:
+        if chunk_batch < 1:
+            raise ValueError(f"chunk_batch must be at least 1, got {chunk_batch}")
+        self.chunk_batch = chunk_batch
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.dtype = dtype
@@ -427,18 +432,8 @@ class Separator:
         output: Tensor | None = None
         weight = torch.zeros(length)
         previous_end = 0
-        from tqdm import tqdm
-
-        chunks = tqdm(starts, desc="chunks", unit="chunk", leave=False, file=sys.stderr,
-                      disable=None if self.progress and len(starts) > 1 else True)  # fmt: skip
-        for index, start in enumerate(chunks):
+        for index, (start, estimate) in enumerate(self._chunk_estimates(mixture, starts, chunk)):
             end = min(start + chunk, length)
-            estimate = self.runtime(mixture[start:end].to(self.device).unsqueeze(0))[0].float().cpu()  # S, n
-            if not torch.isfinite(estimate).all():
-                raise SeparationError(
-                    f"the model produced non-finite output (NaN/Inf) at {start / self.sample_rate:.3f}-"
-                    f"{end / self.sample_rate:.3f} s; nothing written"
-                )
             if output is None:
                 output = torch.zeros(estimate.shape[0], length)
             else:
@@ -451,6 +446,28 @@ class Separator:
             weight[start:end] += window
             previous_end = end
         return output / weight
+
+    def _chunk_estimates(self, mixture: Tensor, starts: list[int], chunk: int) -> Iterator[tuple[int, Tensor]]:
+        """``(start, estimate[S, n])`` per chunk, ``chunk_batch`` chunks per forward pass (all are ``chunk`` long
+        when there are several), with a chunks bar on a terminal when :attr:`progress` is set."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(starts), desc="chunks", unit="chunk", leave=False, file=sys.stderr,
+                   disable=None if self.progress and len(starts) > 1 else True)  # fmt: skip
+        with bar:
+            for first in range(0, len(starts), self.chunk_batch):
+                group = starts[first : first + self.chunk_batch]
+                batch = torch.stack([mixture[start : start + chunk] for start in group]).to(self.device)
+                estimates = self.runtime(batch).float().cpu()  # [b, S, n]
+                for start, estimate in zip(group, estimates, strict=True):
+                    if not torch.isfinite(estimate).all():
+                        end = min(start + chunk, mixture.shape[-1])
+                        raise SeparationError(
+                            f"the model produced non-finite output (NaN/Inf) at {start / self.sample_rate:.3f}-"
+                            f"{end / self.sample_rate:.3f} s; nothing written"
+                        )
+                    yield start, estimate
+                bar.update(len(group))
 
     def _to_mono(self, waveform: Tensor) -> Tensor:
         if waveform.dim() == 2 and waveform.shape[0] > 1:

@@ -159,3 +159,18 @@ def test_long_inputs_show_a_chunks_bar_on_a_terminal_only(monkeypatch: pytest.Mo
     monkeypatch.setattr(sys, "stderr", quiet)
     separator.separate_at_model_rate(mixture)
     assert quiet.getvalue() == ""
+
+
+def test_batched_chunks_give_the_same_output_as_one_at_a_time() -> None:
+    from audiosep.models import conv_tasnet_demo
+
+    torch.manual_seed(0)
+    model = conv_tasnet_demo(num_repeats=1, num_layers=2).eval()
+    mixture = 0.1 * torch.randn(SAMPLE_RATE * 7)
+    config = ChunkConfig(seconds=1.5, overlap_seconds=0.5)
+    one = Separator(model, SAMPLE_RATE, config).separate_at_model_rate(mixture)
+    batched = Separator(model, SAMPLE_RATE, config, chunk_batch=3).separate_at_model_rate(mixture)
+    assert len(chunk_starts(mixture.shape[-1], *config.samples(SAMPLE_RATE))) > 3  # several batches, one partial
+    assert float((one - batched).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="chunk_batch"):
+        Separator(model, SAMPLE_RATE, config, chunk_batch=0)
