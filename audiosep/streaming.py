@@ -19,36 +19,19 @@ import torch
 from torch import Tensor, nn
 
 from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet
-from audiosep.nn.norms import CumulativeLayerNorm
+from audiosep.nn.norms import CumulativeLayerNorm, CumulativeState
 
 
 class _CumulativeNormState:
-    """cLN over a stream: the first frame's mean (the shift) and float64 running sums, as offline."""
+    """cLN over a stream: the norm's own :meth:`~CumulativeLayerNorm.normalize_continued` with its state carried."""
 
     def __init__(self, norm: CumulativeLayerNorm) -> None:
         self.norm = norm
-        self.shift: Tensor | None = None
-        self.sum: Tensor | None = None
-        self.sum_sq: Tensor | None = None
-        self.frames = 0
+        self.state: CumulativeState | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        """``[B, C, F]`` frames -> normalised and affine-transformed, as the offline norm would."""
-        if x.shape[-1] == 0:
-            return x
-        if self.shift is None:
-            self.shift = x[:, :, :1].mean(dim=1, keepdim=True)
-            zeros = torch.zeros(x.shape[0], 1, dtype=torch.float64, device=x.device)
-            self.sum, self.sum_sq = zeros, zeros.clone()
-        centred = x - self.shift
-        sums = self.sum + centred.sum(dim=1).double().cumsum(dim=-1)  # [B, F]
-        sums_sq = self.sum_sq + centred.square().sum(dim=1).double().cumsum(dim=-1)
-        count = (torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=torch.float64) + self.frames) * x.shape[1]
-        self.sum, self.sum_sq, self.frames = sums[:, -1:], sums_sq[:, -1:], self.frames + x.shape[-1]
-        mean = sums / count
-        var = (sums_sq / count - mean.square()).clamp_min(0.0)
-        inv_std = torch.rsqrt(var + self.norm.eps).to(x.dtype).unsqueeze(1)
-        return self.norm._affine((centred - mean.to(x.dtype).unsqueeze(1)) * inv_std)
+        normalised, self.state = self.norm.normalize_continued(x, self.state)
+        return self.norm._affine(normalised)
 
 
 def _stream_norm(norm: nn.Module):

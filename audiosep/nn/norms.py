@@ -38,6 +38,7 @@ attributes ``causal`` (at inference) and ``causal_in_training``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -131,6 +132,16 @@ class GlobalLayerNorm(_AffineNorm):
         return F.group_norm(x, 1, self.weight, self.bias, self.eps)
 
 
+@dataclass(frozen=True)
+class CumulativeState:
+    """What cLN knows of the frames so far: the first frame's mean (the shift), float64 sums, their count."""
+
+    shift: Tensor  # [B, 1, 1]
+    sum: Tensor  # [B, 1] of the shifted values
+    sum_sq: Tensor  # [B, 1] of their squares
+    frames: int
+
+
 class CumulativeLayerNorm(_AffineNorm):
     """cLN of the Conv-TasNet paper: statistics over channels and all frames up to t (eq. 16).
 
@@ -142,15 +153,34 @@ class CumulativeLayerNorm(_AffineNorm):
     """
 
     def normalize(self, x: Tensor) -> Tensor:
+        return self.normalize_continued(x, None)[0]
+
+    def normalize_continued(
+        self, x: Tensor, state: CumulativeState | None
+    ) -> tuple[Tensor, CumulativeState | None]:
+        """:meth:`normalize` of frames that follow those ``state`` summarises (``None``: the first frames).
+
+        Returns the normalised frames and the state after them, so a stream of blocks gives the
+        numbers of the whole signal (:mod:`audiosep.streaming`).
+        """
         if x.dim() != 3:
             raise ValueError(f"cumulative_ln expects [B, C, T], got shape {tuple(x.shape)}")
+        if x.shape[2] == 0:
+            return x, state
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        centred = xf - xf[:, :, :1].mean(dim=1, keepdim=True)  # [B, C, T]
-        count = torch.arange(1, x.shape[2] + 1, device=x.device, dtype=torch.float64) * x.shape[1]  # [T]
-        mean = centred.sum(dim=1).double().cumsum(dim=-1) / count  # [B, T]
-        var = (centred.square().sum(dim=1).double().cumsum(dim=-1) / count - mean.square()).clamp_min(0.0)
+        shift = xf[:, :, :1].mean(dim=1, keepdim=True) if state is None else state.shift  # [B, 1, 1]
+        centred = xf - shift  # [B, C, T]
+        sums = centred.sum(dim=1).double().cumsum(dim=-1)  # [B, T]
+        sums_sq = centred.square().sum(dim=1).double().cumsum(dim=-1)
+        frames = 0 if state is None else state.frames
+        if state is not None:
+            sums, sums_sq = sums + state.sum, sums_sq + state.sum_sq
+        count = (torch.arange(1, x.shape[2] + 1, device=x.device, dtype=torch.float64) + frames) * x.shape[1]  # [T]
+        mean = sums / count
+        var = (sums_sq / count - mean.square()).clamp_min(0.0)
         inv_std = torch.rsqrt(var + self.eps).to(xf.dtype).unsqueeze(1)  # [B, 1, T]
-        return ((centred - mean.to(xf.dtype).unsqueeze(1)) * inv_std).to(x.dtype)
+        normalised = ((centred - mean.to(xf.dtype).unsqueeze(1)) * inv_std).to(x.dtype)
+        return normalised, CumulativeState(shift, sums[:, -1:], sums_sq[:, -1:], frames + x.shape[2])
 
 
 class ChannelLayerNorm(_AffineNorm):
