@@ -76,6 +76,7 @@ class Int8Linear(nn.Module):
         bias = None if bias is None else bias.detach().float().clone()
         with _engine(self.engine):
             self._packed = torch.ops.quantized.linear_prepack(quantize_weight(weight), bias)
+        self._weight: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -89,9 +90,13 @@ class Int8Linear(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The int8 weight as float ``[C_out, C_in]`` (what the kernel multiplies by; models read its shape)."""
-        weight, _ = torch.ops.quantized.linear_unpack(self._packed)
-        return weight.dequantize()
+        """The int8 weight as float ``[C_out, C_in]`` (what the kernel multiplies by).
+
+        Unpacked once, on first use: some models read a layer's ``weight.shape`` in every forward.
+        """
+        if self._weight is None:
+            self._weight = torch.ops.quantized.linear_unpack(self._packed)[0].dequantize()
+        return self._weight
 
     @property
     def bias(self) -> Tensor | None:
