@@ -15,18 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from audiosep.io import atomic_write
+from audiosep.io import atomic_write, atomic_write_text
 
 CONDITIONS = ("mixture", "separated", "clean")
 SCORE_COLUMNS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "pesq_mixture", "stoi", "stoi_mixture")
 CSV_COLUMNS = ("id", "duration_s", *SCORE_COLUMNS, "input_snr_db", "overlap_ratio")
 PLOTS = ("si_snri_hist.png", "si_snri_vs_input.png", "wer.png")
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a whole file atomically (:func:`audiosep.io.atomic_write`): a reader never sees half of it."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
 
 
 def _pairs(rows: Sequence[dict[str, Any]], condition: str) -> tuple[list[str], list[str]]:
@@ -106,12 +100,6 @@ def to_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure_bytes(fig: Any) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
 def plot_reports(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out_dir: Path) -> list[Path]:
     """SI-SNRi histogram, SI-SNRi vs input SNR and overlap ratio, and WER bars (when a recogniser ran)."""
     import matplotlib
@@ -142,7 +130,7 @@ def plot_reports(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out_di
         written.append(("wer.png", fig))
     paths = []
     for name, figure in written:
-        write_atomic(out_dir / name, _figure_bytes(figure))
+        atomic_write(out_dir / name, lambda tmp, figure=figure: figure.savefig(tmp, format="png", dpi=100))
         plt.close(figure)
         paths.append(out_dir / name)
     return paths
@@ -157,7 +145,7 @@ def write_reports(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out_d
     }
     paths = []
     for name, text in files.items():
-        write_atomic(out_dir / name, text)
+        atomic_write_text(out_dir / name, text)
         paths.append(out_dir / name)
     if plots and rows:
         paths += plot_reports(rows, summary, out_dir)
