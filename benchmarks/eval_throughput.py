@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import harmonic_tone  # noqa: E402
+from signal_helpers import harmonic_tone  # noqa: E402
 
 from audiosep.losses import si_snr  # noqa: E402
 from audiosep.metrics import bss_sdr  # noqa: E402

@@ -10,25 +10,15 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import csv  # noqa: E402
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from signal_helpers import harmonic_tone
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_SPLITS = {"train-360": 6, "train-100": 4, "dev": 3, "test": 3}
-
-
-def harmonic_tone(rng: np.random.Generator, num_samples: int, sample_rate: int) -> np.ndarray:
-    """A voiced-speech stand-in: a few harmonics of a random, slowly gliding f0, plus a little noise."""
-    t = np.arange(num_samples) / sample_rate
-    f0 = rng.uniform(90, 260) * (1 + 0.1 * np.sin(2 * math.pi * rng.uniform(0.5, 3) * t))
-    phase = 2 * math.pi * np.cumsum(f0) / sample_rate
-    wave = sum(np.sin(k * phase) / k for k in range(1, 6))
-    envelope = 0.5 + 0.5 * np.sin(2 * math.pi * rng.uniform(1, 4) * t) ** 2
-    return (0.2 * wave * envelope + 0.005 * rng.standard_normal(num_samples)).astype(np.float32)
 
 
 def write_tiny_librimix(root: Path, n_src: int = 2, sample_rate: int = 8000, seed: int = 0) -> Path:

@@ -19,29 +19,20 @@ import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
 from lightning.pytorch.utilities.data import _update_dataloader
+from recipe_args import RECIPE, REPO, TINY_MODEL, subprocess_env
 from torch.utils.data import DataLoader
 
 from audiosep.cli import main
 from audiosep.data.dynamic_mixing import FreshEpochSampler
 from audiosep.data.sampling import EpochShuffleSampler
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = str(REPO / "recipes" / "demo" / "convtasnet_tiny.yaml")
-TINY_MODEL = [
-    "--model.model.init_args.enc_num_filters=16",
-    "--model.model.init_args.bottleneck_channels=8",
-    "--model.model.init_args.hidden_channels=16",
-    "--model.model.init_args.skip_channels=8",
-    "--model.model.init_args.num_layers=2",
-    "--model.model.init_args.num_repeats=1",
-]
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.logger=false"]
 
 
 def cli(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """``python -m audiosep.cli ARGV`` in a fresh process (tests/ importable for the probes)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
+    env = subprocess_env()
     result = subprocess.run(
         [sys.executable, "-m", "audiosep.cli", *argv], env=env, cwd=REPO, capture_output=True, text=True,
         timeout=timeout,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import harmonic_tone
 from mir_eval.separation import bss_eval_sources
+from signal_helpers import harmonic_tone
 
 from audiosep.asr_metadata import asr_metadata
 from audiosep.checkpoint import save_model

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from conftest import harmonic_tone
+from signal_helpers import harmonic_tone
 from test_optimize import MODELS
 from torch import nn
 

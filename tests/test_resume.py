@@ -13,25 +13,12 @@ import time
 from pathlib import Path
 
 import torch
+from recipe_args import RECIPE, REPO, TINY_MODEL, subprocess_env
 
 from audiosep.checkpoint_io import AtomicCheckpointIO
 from audiosep.training_cli import find_last_checkpoint, run_lightning_cli
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = str(REPO / "recipes" / "demo" / "convtasnet_tiny.yaml")
-TINY_MODEL = [
-    "--model.model.init_args.enc_num_filters=16",
-    "--model.model.init_args.bottleneck_channels=8",
-    "--model.model.init_args.hidden_channels=16",
-    "--model.model.init_args.skip_channels=8",
-    "--model.model.init_args.num_layers=2",
-    "--model.model.init_args.num_repeats=1",
-]
 MAX_STEPS, CKPT_EVERY, KILL_AT = 10, 4, 7  # train-360 has 6 mixtures: batch 1 = 6 steps per epoch
-
-
-def env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
 
 
 def fit_argv(root: Path, out: Path, *, pause_at: int | None = None, resume: bool = False) -> list[str]:
@@ -56,7 +43,7 @@ def fit_argv(root: Path, out: Path, *, pause_at: int | None = None, resume: bool
 
 
 def run(argv: list[str]) -> None:
-    result = subprocess.run(argv, env=env(), cwd=REPO, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(argv, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
 
@@ -67,7 +54,7 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_ends_with_the_weights_of_an_unbro
     unbroken.mkdir(), broken.mkdir()
     run(fit_argv(tiny_librimix, unbroken))
 
-    process = subprocess.Popen(fit_argv(tiny_librimix, broken, pause_at=KILL_AT), env=env(), cwd=REPO,
+    process = subprocess.Popen(fit_argv(tiny_librimix, broken, pause_at=KILL_AT), env=subprocess_env(), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not (broken / "paused.json").is_file():
@@ -121,7 +108,7 @@ KEEP_SAVING = textwrap.dedent("""
 def test_sigkill_while_saving_never_leaves_a_corrupt_last_ckpt(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints" / "last.ckpt"
     for attempt in range(3):
-        process = subprocess.Popen([sys.executable, "-c", KEEP_SAVING, str(path)], env=env(), cwd=REPO)
+        process = subprocess.Popen([sys.executable, "-c", KEEP_SAVING, str(path)], env=subprocess_env(), cwd=REPO)
         deadline = time.monotonic() + 60
         while not Path(str(path) + ".started").is_file():
             assert process.poll() is None and time.monotonic() < deadline

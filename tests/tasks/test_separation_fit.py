@@ -4,19 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from recipe_args import RECIPE, TINY_MODEL
 
 from audiosep.checkpoint import load_model
 from audiosep.cli import main
-
-RECIPE = "recipes/demo/convtasnet_tiny.yaml"
-TINY_MODEL = [
-    "--model.model.init_args.enc_num_filters=16",
-    "--model.model.init_args.bottleneck_channels=8",
-    "--model.model.init_args.hidden_channels=16",
-    "--model.model.init_args.skip_channels=8",
-    "--model.model.init_args.num_layers=2",
-    "--model.model.init_args.num_repeats=1",
-]
 
 
 def run_fit(root: Path, out: Path, *extra: str) -> None:
