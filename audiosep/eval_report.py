@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from audiosep.io import atomic_write, atomic_write_text
+from audiosep.metrics import SILENT_SOURCE_DB
 
 CONDITIONS = ("mixture", "separated", "clean")
 SCORE_COLUMNS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "pesq_mixture", "stoi", "stoi_mixture")
@@ -64,6 +65,7 @@ def summarise(rows: Sequence[dict[str, Any]], identity: dict[str, Any], elapsed_
     return {
         "run": identity,
         "utterances": len(rows),
+        "silent_estimates": sum(row.get("silent_sources", 0) for row in rows),
         "audio_s": round(audio_s, 1),
         "mean": means,
         "asr": error_rates(rows),
@@ -90,6 +92,10 @@ def to_markdown(summary: dict[str, Any]) -> str:
         "",
         f"{summary['utterances']} mixtures, {summary['audio_s']} s of audio.",
         "",
+    ]
+    if summary["silent_estimates"]:
+        lines += [f"**{summary['silent_estimates']} estimated source(s) were silent**, scored {SILENT_SOURCE_DB:g} dB.", ""]
+    lines += [
         "| metric | mean |",
         "|---|---:|",
     ]

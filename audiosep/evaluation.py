@@ -247,6 +247,7 @@ def score_utterance(
         "si_snri": float(scores.si_snri[0]),
         "sdr": float(scores.sdr[0]),
         "sdri": float(scores.sdri[0]),
+        "silent_sources": int(scores.silent[0]),
         "input_snr_db": input_snr_db(sources),
         "overlap_ratio": overlap_ratio(sources, sample_rate),
     }

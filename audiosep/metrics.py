@@ -11,6 +11,15 @@ and more than 10x faster (``benchmarks/eval_throughput.py``). Why not torchmetri
 rounds below zero; here the residual is floored, so a perfect estimate scores a finite ~150 dB. Zero
 padding at the end of both signals changes no correlation, so utterances of different lengths can
 share a batch.
+
+Each metric is taken under its own best permutation (torchmetrics' PIT convention): SI-SNR under the
+SI-SNR-best one, SDR under the SDR-best one. mir_eval picks the SIR-best permutation instead; the two
+differ only where an estimate is about as close to two references.
+
+A silent estimated source (zero-mean energy 120 dB below its reference's) has no defined SI-SNR or
+SDR: the formulas give 0 dB and -300 dB. It scores :data:`SILENT_SOURCE_DB` in both, the value the
+epsilon of SpeechBrain's and Asteroid's SI-SNR gives to silence, and is counted in ``silent``.
+A silent reference makes every score undefined and is refused.
 """
 
 from __future__ import annotations
@@ -20,10 +29,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from audiosep.losses import pit_si_snr, reorder_sources, si_snr
+from audiosep.losses import best_permutation, pit_si_snr, reorder_sources, si_snr
 
 SDR_FILTER_TAPS = 512  # mir_eval's bss_eval_sources default
 _RESIDUAL_FLOOR = 1e-15  # of the unit-norm estimate's energy: caps a perfect estimate at 150 dB
+SILENT_SOURCE_DB = -80.0  # the score of a silent estimated source, in SI-SNR and SDR
+_SILENT_ENERGY_RATIO = 1e-12  # zero-mean estimate energy over reference energy below which it is silent
 
 
 def _correlations(reference: Tensor, estimate: Tensor, taps: int) -> tuple[Tensor, Tensor]:
@@ -36,10 +47,15 @@ def _correlations(reference: Tensor, estimate: Tensor, taps: int) -> tuple[Tenso
 
 
 def bss_sdr(estimate: Tensor, reference: Tensor, taps: int = SDR_FILTER_TAPS) -> Tensor:
-    """BSS-Eval SDR in dB of each ``[..., T]`` pair (computed in float64, returned as float32)."""
+    """BSS-Eval SDR in dB of each ``[..., T]`` pair (computed in float64, returned as float32).
+
+    Raises ``ValueError`` where a reference is all zeros (its projection is undefined).
+    """
+    reference = reference.double()
+    if not (reference.abs().amax(dim=-1) > 0).all():
+        raise ValueError("bss_sdr: a reference signal is all zeros, so its SDR is undefined")
     estimate = estimate.double()
     estimate = estimate / estimate.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    reference = reference.double()
     reference = reference / reference.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     auto, cross = _correlations(reference, estimate, taps)
     # The Gram matrix of the shifted copies is Toeplitz, G[i, j] = auto[|i - j|]. Its row-reversed
@@ -56,14 +72,36 @@ def bss_sdr(estimate: Tensor, reference: Tensor, taps: int = SDR_FILTER_TAPS) ->
 class SeparationScores:
     """Scores of one batch, per utterance (averaged over sources), in dB: each a ``Tensor[B]``.
 
-    ``perm[B, S]`` is the SI-SNR-best assignment: reference j <- estimate ``perm[:, j]``.
+    ``perm[B, S]`` is the SI-SNR-best assignment: reference j <- estimate ``perm[:, j]``;
+    ``silent[B]`` counts the estimated sources scored as silent (:data:`SILENT_SOURCE_DB`).
     """
 
     si_snr: Tensor
     si_snri: Tensor
     perm: Tensor
+    silent: Tensor
     sdr: Tensor | None = None
     sdri: Tensor | None = None
+
+
+def silent_sources(estimate: Tensor, reference: Tensor) -> Tensor:
+    """``[..., T]`` pairs whose zero-mean estimate is 120 dB below its reference: a bool ``[...]``."""
+    def energy(signal: Tensor) -> Tensor:
+        signal = signal.double()
+        return (signal - signal.mean(-1, keepdim=True)).square().sum(-1)
+
+    return energy(estimate) <= _SILENT_ENERGY_RATIO * energy(reference)
+
+
+def pairwise_bss_sdr(estimate: Tensor, reference: Tensor) -> Tensor:
+    """SDR of every estimate against every reference: ``[B, S, T] x [B, S, T] -> [B, S_est, S_ref]``."""
+    num_sources = reference.shape[1]
+    pairs = bss_sdr(
+        estimate.unsqueeze(2).expand(-1, -1, num_sources, -1),
+        reference.unsqueeze(1).expand(-1, num_sources, -1, -1),
+    )
+    silent = silent_sources(estimate.unsqueeze(2), reference.unsqueeze(1))
+    return pairs.masked_fill(silent, SILENT_SOURCE_DB)
 
 
 def separation_scores(
@@ -74,12 +112,19 @@ def separation_scores(
     The improvement is relative to using the mixture ``[B, T]`` itself as every estimate.
     """
     per_source, perm = pit_si_snr(estimate, reference)
+    silent = silent_sources(reorder_sources(estimate, perm), reference)
+    per_source = per_source.masked_fill(silent, SILENT_SOURCE_DB)
     mixture_as_estimate = mixture.unsqueeze(1).expand_as(reference)
     baseline = si_snr(mixture_as_estimate, reference)
-    scores = {"si_snr": per_source.mean(-1), "si_snri": (per_source - baseline).mean(-1), "perm": perm}
+    scores = {
+        "si_snr": per_source.mean(-1),
+        "si_snri": (per_source - baseline).mean(-1),
+        "perm": perm,
+        "silent": silent.sum(-1),
+    }
     if with_sdr:
-        aligned = reorder_sources(estimate, perm)
-        sdr = bss_sdr(aligned, reference)
+        pairwise = pairwise_bss_sdr(estimate, reference)
+        sdr = torch.gather(pairwise, 1, best_permutation(pairwise).unsqueeze(1)).squeeze(1)  # B, S_ref
         sdr_mix = bss_sdr(mixture_as_estimate, reference)
         scores.update(sdr=sdr.mean(-1), sdri=(sdr - sdr_mix).mean(-1))
     return SeparationScores(**scores)

@@ -19,9 +19,10 @@ from audiosep.checkpoint import save_model
 from audiosep.cli import main
 from audiosep.data.tokenizer import CharTokenizer
 from audiosep.errors import UserError
-from audiosep.eval_report import error_rates
+from audiosep.eval_report import error_rates, summarise, to_markdown
 from audiosep.evaluation import input_snr_db, load_transcripts, overlap_ratio, perceptual_scores, source_ids
-from audiosep.metrics import bss_sdr
+from audiosep.losses import si_snr
+from audiosep.metrics import SILENT_SOURCE_DB, bss_sdr, separation_scores
 from audiosep.models import conv_tasnet_demo
 from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.features import LogMelFeatures
@@ -61,6 +62,43 @@ def test_sdr_of_a_scaled_reference_is_very_high_and_of_noise_very_low() -> None:
     ref = torch.from_numpy(_speechlike_pair(3, 4000))
     assert (bss_sdr(0.5 * ref, ref) > 60).all()
     assert (bss_sdr(torch.randn(2, 4000, dtype=torch.float64), ref) < 0).all()
+
+
+def test_sdr_is_taken_under_its_own_best_permutation_where_si_snr_picks_another() -> None:
+    rng = np.random.default_rng(4)
+    ref = rng.standard_normal((2, 8000))
+    # estimate 0 is reference 0 delayed by 50 samples (the SDR filter undoes it, SI-SNR cannot);
+    # estimate 1 is reference 0 plus half of reference 1: SI-SNR pairs it with reference 0, SDR with 1
+    est = np.stack([np.roll(ref[0], 50), ref[0] + 0.5 * ref[1]]) + 0.05 * rng.standard_normal((2, 8000))
+    scores = separation_scores(
+        torch.tensor(est, dtype=torch.float32)[None], torch.tensor(ref)[None], torch.tensor(ref.sum(0))[None], with_sdr=True
+    )
+    assert scores.perm.tolist() == [[1, 0]]
+    identity = bss_eval_sources(ref, est, compute_permutation=False)[0].mean()
+    swapped = bss_eval_sources(ref, est[::-1].copy(), compute_permutation=False)[0].mean()
+    assert identity > swapped + 5
+    np.testing.assert_allclose(float(scores.sdr[0]), identity, atol=0.01)
+
+
+def test_a_silent_estimate_scores_the_floor_in_both_metrics_and_is_counted() -> None:
+    rng = np.random.default_rng(5)
+    ref = torch.from_numpy(_speechlike_pair(5, 4000)).float()
+    est = torch.stack([ref[1] + 0.1 * torch.from_numpy(rng.standard_normal(4000)).float(), torch.zeros(4000)])
+    scores = separation_scores(est[None], ref[None], ref.sum(0)[None], with_sdr=True)
+    assert scores.perm.tolist() == [[1, 0]] and scores.silent.tolist() == [1]
+    live = float(si_snr(est[0], ref[1]))
+    np.testing.assert_allclose(float(scores.si_snr[0]), (live + SILENT_SOURCE_DB) / 2, atol=1e-4)
+    live_sdr = bss_eval_sources(ref[1:].double().numpy(), est[:1].double().numpy())[0][0]
+    np.testing.assert_allclose(float(scores.sdr[0]), (live_sdr + SILENT_SOURCE_DB) / 2, atol=0.01)
+    rows = [{"id": "a", "duration_s": 0.5, "si_snr": 1.0, "silent_sources": 1}, {"id": "b", "duration_s": 0.5, "si_snr": 2.0}]
+    summary = summarise(rows, {"data_dir": "d", "split": "test", "task": "sep_clean"}, 1.0)
+    assert summary["silent_estimates"] == 1
+    assert "1 estimated source(s) were silent" in to_markdown(summary)
+
+
+def test_an_all_zero_reference_is_refused_by_sdr() -> None:
+    with pytest.raises(ValueError, match="all zeros"):
+        bss_sdr(torch.randn(2, 1000), torch.zeros(2, 1000))
 
 
 def test_input_snr_and_overlap_ratio_on_crafted_sources() -> None:

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.data.librimix import MIXTURE_FOLDER, LibriMixDataset, resolve_librimix_dir
     from audiosep.evaluation import RunIdentity, evaluate, file_sha256, load_transcripts
     from audiosep.inference import Separator
+    from audiosep.metrics import SILENT_SOURCE_DB
     from audiosep.transcriber import Transcriber
 
     if args.limit is not None and args.limit < 1:
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     summary = result.summary
     means = ", ".join(f"{k} {v:.2f}" for k, v in summary["mean"].items())
     print(f"{summary['utterances']} mixtures ({summary['scored_this_run']} scored now): {means}")
+    if summary["silent_estimates"]:
+        print(f"warning: {summary['silent_estimates']} estimated source(s) were silent, each scored {SILENT_SOURCE_DB:g} dB")
     for condition, rates in summary["asr"].items():
         print(f"  WER {condition}: {rates['wer']:.2f} %  (CER {rates['cer']:.2f} %)")
     print(f"wrote {', '.join(str(p) for p in result.files)}")
