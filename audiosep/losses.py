@@ -6,7 +6,9 @@ quiet sources underflow in half precision.
 
 from __future__ import annotations
 
+import functools
 import itertools
+from collections.abc import Callable
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -41,14 +43,18 @@ def si_snr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
         return 10 * torch.log10(ratio)
 
 
-def pairwise_si_snr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
-    """SI-SNR of every estimate against every reference: ``[B, S, T] x [B, S, T] -> [B, S_est, S_ref]``."""
+def all_pairs(metric: Callable[[Tensor, Tensor], Tensor], estimate: Tensor, reference: Tensor) -> Tensor:
+    """``metric`` of every estimate against every reference: ``[B, S, T] x [B, S, T] -> [B, S_est, S_ref]``."""
     # B, S_est, 1, T  vs  B, 1, S_ref, T  -> B, S_est, S_ref
-    return si_snr(
+    return metric(
         estimate.unsqueeze(2).expand(-1, -1, reference.shape[1], -1),
         reference.unsqueeze(1).expand(-1, estimate.shape[1], -1, -1),
-        eps,
     )
+
+
+def pairwise_si_snr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
+    """SI-SNR of every estimate against every reference: ``[B, S, T] x [B, S, T] -> [B, S_est, S_ref]``."""
+    return all_pairs(functools.partial(si_snr, eps=eps), estimate, reference)
 
 
 def best_permutation(pairwise: Tensor) -> Tensor:

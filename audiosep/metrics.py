@@ -24,12 +24,13 @@ A silent reference makes every score undefined and is refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from audiosep.losses import best_permutation, pit_si_snr, reorder_sources, si_snr
+from audiosep.losses import all_pairs, best_permutation, reorder_sources, si_snr
 
 SDR_FILTER_TAPS = 512  # mir_eval's bss_eval_sources default
 _RESIDUAL_FLOOR = 1e-15  # of the unit-norm estimate's energy: caps a perfect estimate at 150 dB
@@ -93,15 +94,17 @@ def silent_sources(estimate: Tensor, reference: Tensor) -> Tensor:
     return energy(estimate) <= _SILENT_ENERGY_RATIO * energy(reference)
 
 
-def pairwise_bss_sdr(estimate: Tensor, reference: Tensor) -> Tensor:
-    """SDR of every estimate against every reference: ``[B, S, T] x [B, S, T] -> [B, S_est, S_ref]``."""
-    num_sources = reference.shape[1]
-    pairs = bss_sdr(
-        estimate.unsqueeze(2).expand(-1, -1, num_sources, -1),
-        reference.unsqueeze(1).expand(-1, num_sources, -1, -1),
+def _floored_pairs(metric: Callable[[Tensor, Tensor], Tensor], estimate: Tensor, reference: Tensor) -> Tensor:
+    """:func:`audiosep.losses.all_pairs` of ``metric``, silent pairs scored :data:`SILENT_SOURCE_DB`."""
+    return all_pairs(metric, estimate, reference).masked_fill(
+        all_pairs(silent_sources, estimate, reference), SILENT_SOURCE_DB
     )
-    silent = silent_sources(estimate.unsqueeze(2), reference.unsqueeze(1))
-    return pairs.masked_fill(silent, SILENT_SOURCE_DB)
+
+
+def _under_best_permutation(pairwise: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-reference scores ``[B, S_ref]`` under the permutation that maximises their sum, and it."""
+    perm = best_permutation(pairwise)
+    return torch.gather(pairwise, 1, perm.unsqueeze(1)).squeeze(1), perm
 
 
 def separation_scores(
@@ -111,20 +114,17 @@ def separation_scores(
 
     The improvement is relative to using the mixture ``[B, T]`` itself as every estimate.
     """
-    per_source, perm = pit_si_snr(estimate, reference)
-    silent = silent_sources(reorder_sources(estimate, perm), reference)
-    per_source = per_source.masked_fill(silent, SILENT_SOURCE_DB)
+    per_source, perm = _under_best_permutation(_floored_pairs(si_snr, estimate, reference))
     mixture_as_estimate = mixture.unsqueeze(1).expand_as(reference)
     baseline = si_snr(mixture_as_estimate, reference)
     scores = {
         "si_snr": per_source.mean(-1),
         "si_snri": (per_source - baseline).mean(-1),
         "perm": perm,
-        "silent": silent.sum(-1),
+        "silent": silent_sources(reorder_sources(estimate, perm), reference).sum(-1),
     }
     if with_sdr:
-        pairwise = pairwise_bss_sdr(estimate, reference)
-        sdr = torch.gather(pairwise, 1, best_permutation(pairwise).unsqueeze(1)).squeeze(1)  # B, S_ref
+        sdr, _ = _under_best_permutation(_floored_pairs(bss_sdr, estimate, reference))
         sdr_mix = bss_sdr(mixture_as_estimate, reference)
         scores.update(sdr=sdr.mean(-1), sdri=(sdr - sdr_mix).mean(-1))
     return SeparationScores(**scores)
