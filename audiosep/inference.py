@@ -15,9 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
-import struct
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,10 @@ import soundfile as sf
 import torch
 from torch import Tensor, nn
 
+from audiosep.audio_blocks import AudioError, CheckedAudio, resample_span, resampled_length
 from audiosep.checkpoint import CheckpointError, load_model
 from audiosep.data.audio import resample, to_mono
-from audiosep.errors import UserError
-from audiosep.io import atomic_paths
+from audiosep.io import TEMP_SUFFIX, atomic_paths, temp_prefix
 from audiosep.losses import best_permutation
 from audiosep.models.registry import SEPARATOR_CLASSES
 from audiosep.optimize import prepare_for_inference
@@ -51,168 +50,34 @@ __all__ = [
 log = logging.getLogger(__name__)
 InferenceDtype = Literal["fp32", "int8"]
 
-READ_BLOCK_FRAMES = 1 << 16
+OUTPUT_BLOCK = 1 << 16  # samples per block when reading, resampling and writing long audio
+MIN_CHUNK_SECONDS = 1.0  # --max-memory never picks a shorter chunk
+MAX_CHUNK_SECONDS = 600.0  # nor a longer one (the overlap-add keeps nothing longer)
+PEAK_LIMIT = 0.999  # sources are scaled as one so that no sample of a 16-bit output exceeds this
 
 
-class SeparationError(UserError, ValueError):
+class SeparationError(AudioError):
     """This input cannot be separated: ``reason`` says why, ``path`` names the file when known.
 
     A :class:`~audiosep.errors.UserError` (the CLI prints one line) and a ``ValueError``.
     """
 
-    def __init__(self, reason: str, path: str | os.PathLike | None = None) -> None:
-        self.reason = reason
-        self.path = None if path is None else Path(path)
-        super().__init__(reason if path is None else f"{path}: {reason}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading with checks
-
-
-def _libsndfile_message(err: Exception) -> str:
-    message = getattr(err, "error_string", None) or str(err)
-    return message.strip().rstrip(".")
-
-
-# PCM, IEEE float, A-law, mu-law, extensible: one block per frame.
-_FRAME_ALIGNED_WAV_FORMATS = frozenset({0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE})
-
-
-def _wav_declared_frames(path: Path) -> int | None:
-    """Frames the RIFF/RIFX/RF64 ``data`` chunk header declares, or ``None`` (not a WAV, no data).
-
-    libsndfile quietly shortens a ``data`` chunk that runs past the end of the file, so a truncated
-    WAV would read as a shorter, complete one; this reads the declared size itself.
-    """
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            head = handle.read(12)
-            if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX", b"RF64"):
-                return None
-            endian = ">" if head[:4] == b"RIFX" else "<"
-            block_align = ds64_data_size = None
-            position = 12
-            for _ in range(4096):  # bounded walk: a crafted file cannot make this loop for long
-                if position + 8 > size:
-                    return None
-                handle.seek(position)
-                chunk_id, chunk_size = struct.unpack(f"{endian}4sI", handle.read(8))
-                if chunk_id == b"ds64":
-                    body = handle.read(16)
-                    if len(body) == 16:
-                        ds64_data_size = struct.unpack("<QQ", body)[1]
-                elif chunk_id == b"fmt ":
-                    body = handle.read(16)
-                    if len(body) >= 14:
-                        format_tag, block_align = struct.unpack(f"{endian}H10xH", body[:14])
-                        if format_tag not in _FRAME_ALIGNED_WAV_FORMATS:  # compressed: blocks != frames
-                            return None
-                elif chunk_id == b"data":
-                    if head[:4] == b"RF64" and chunk_size == 0xFFFFFFFF and ds64_data_size is not None:
-                        chunk_size = ds64_data_size
-                    return chunk_size // block_align if block_align else None
-                position += 8 + chunk_size + (chunk_size & 1)
-    except (OSError, struct.error):
-        return None
-    return None
-
-
-_LOG_SHORT_CHUNK = re.compile(r"^\s*(?:data|SSND|Data Size)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
-
-
-def _log_says_truncated(extra_info: str) -> bool:
-    """libsndfile's log notes a data chunk longer than the file (AIFF, CAF, AU, ...)."""
-    return any(int(declared) > int(actual) for declared, actual in _LOG_SHORT_CHUNK.findall(extra_info))
-
-
-def _read_frames(handle: sf.SoundFile, path: Path, promised: int) -> np.ndarray:
-    """All frames as ``float32 [T, C]``, read in blocks (memory follows the data, not the header)."""
-    blocks: list[np.ndarray] = []
-    got = 0
-    while True:
-        try:
-            block = handle.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
-        except (RuntimeError, ValueError, TypeError, OSError) as err:
-            raise SeparationError(
-                f"truncated or corrupt: reading failed after {got} of {promised} frames "
-                f"({_libsndfile_message(err)})",
-                path,
-            ) from err
-        blocks.append(block)
-        got += block.shape[0]
-        if block.shape[0] < READ_BLOCK_FRAMES:
-            break
-    if not blocks:
-        return np.zeros((0, handle.channels), dtype=np.float32)
-    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-
 
 def read_mixture(path: str | os.PathLike, channel: int | None = None) -> tuple[Tensor, int]:
-    """Read an audio file with checks: ``(float32 Tensor[C, T], sample_rate)``.
+    """Read a whole audio file with the checks of :class:`~audiosep.audio_blocks.CheckedAudio`.
 
-    Integer and float subtypes are read as float32. ``channel`` (0-based) keeps one channel
-    (``[1, T]``); ``None`` keeps them all (callers mix down).
+    Returns ``(float32 Tensor[C, T], sample_rate)``; ``channel`` (0-based) keeps one channel
+    (``[1, T]``), ``None`` keeps them all (callers mix down).
 
     Raises:
-        SeparationError: the path is missing, a directory or not a regular file; the file is empty,
-            in an unknown format, corrupt or truncated (fewer frames than its header promises);
-            ``channel`` is out of range; the used samples are not all finite.
+        SeparationError: missing, empty, unknown-format, corrupt or truncated file, ``channel`` out
+            of range, or non-finite samples.
     """
-    path = Path(path)
-    if not path.exists():
-        raise SeparationError("no such file", path)
-    if path.is_dir():
-        raise SeparationError("is a directory, not an audio file", path)
-    if not path.is_file():
-        raise SeparationError("not a regular file", path)
-    if path.stat().st_size == 0:
-        raise SeparationError("empty file (0 bytes)", path)
     try:
-        handle = sf.SoundFile(str(path))
-    except (RuntimeError, ValueError, TypeError, OSError) as err:
-        message = _libsndfile_message(err)
-        lowered = message.lower()
-        kind = (
-            "unknown or unsupported format: "
-            if "not recognised" in lowered or "not supported" in lowered
-            else "corrupt file: "
-            if "malformed" in lowered or "error in" in lowered
-            else ""
-        )
-        raise SeparationError(f"cannot read audio ({kind}{message})", path) from err
-    with handle:
-        sample_rate, channels = int(handle.samplerate), int(handle.channels)
-        promised = max(int(handle.frames), _wav_declared_frames(path) or 0)
-        truncated_by_log = _log_says_truncated(handle.extra_info)
-        if channel is not None and not 0 <= channel < channels:
-            raise SeparationError(
-                f"channel {channel} does not exist: the file has {channels} channel(s) (0-{channels - 1})",
-                path,
-            )
-        data = _read_frames(handle, path, promised)
-    frames = data.shape[0]
-    if frames < promised or truncated_by_log:
-        raise SeparationError(
-            f"truncated: the header promises {promised} frames ({promised / sample_rate:.3f} s), "
-            f"the file holds {frames} ({frames / sample_rate:.3f} s)",
-            path,
-        )
-    if frames == 0:
-        raise SeparationError("holds no audio samples", path)
-    if channel is not None:
-        data = data[:, channel : channel + 1]
-    finite = np.isfinite(data)
-    if not finite.all():
-        bad = np.argwhere(~finite)
-        first_frame, first_channel = (int(v) for v in bad[0])
-        raise SeparationError(
-            f"{len(bad)} non-finite sample(s) (NaN/Inf), first at {first_frame / sample_rate:.3f} s "
-            f"(frame {first_frame}, channel {first_channel if channel is None else channel})",
-            path,
-        )
-    return torch.from_numpy(np.ascontiguousarray(data.T)), sample_rate
+        with CheckedAudio(path, channel) as audio:
+            return audio.read(0, audio.frames), audio.sample_rate
+    except AudioError as err:
+        raise SeparationError(err.reason, err.path) from err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,6 +262,65 @@ class Separator:
                 f"({1000 * self.window / self.sample_rate:.1f} ms)"
             )
 
+    def _pass_peak_mib(self, seconds: float) -> float:
+        """Extra memory (MiB) at the peak of one forward pass over ``chunk_batch`` chunks of ``seconds``."""
+        from audiosep.bench.memory import cuda_peak, peak_rss_mib, start_peak_window
+
+        generator = torch.Generator().manual_seed(0)
+        batch = 0.1 * torch.randn(self.chunk_batch, max(self.window, round(seconds * self.sample_rate)), generator=generator)
+        batch = batch.to(self.device)
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                return cuda_peak(self.runtime, (batch,), self.device)
+            before = start_peak_window()
+            output = self.runtime(batch)
+            peak = peak_rss_mib() - before
+        del output
+        return peak
+
+    def _resident_mib(self) -> float:
+        """Memory in use now where the model runs: the process's RSS on CPU, allocated memory on CUDA."""
+        from audiosep.bench.memory import MIB, start_peak_window
+
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / MIB
+        return start_peak_window()
+
+    def fit_chunk_to_memory(self, max_mib: float) -> ChunkConfig:
+        """Set and return the longest chunk whose passes keep memory under ``max_mib`` MiB (measured).
+
+        Memory means the process's resident memory on CPU (Linux ``/proc``) and allocated memory on
+        CUDA. Two probe passes (1 s and 3 s chunks) give the model's memory per second of audio; the
+        chunk that fills 90 % of the room left is then run once and shortened until it fits (attention
+        over chunks grows faster than linearly). The overlap is kept, or cut to a quarter of the chunk.
+
+        Raises:
+            ValueError: even a :data:`MIN_CHUNK_SECONDS` chunk does not fit, or no way to measure.
+        """
+        from audiosep.bench.memory import rss_supported
+
+        if self.device.type == "cpu" and not rss_supported():
+            raise ValueError("--max-memory needs Linux /proc to measure memory on this system")
+        self.runtime(torch.zeros(self.chunk_batch, max(self.window, self.sample_rate // 4), device=self.device))
+        one, three = self._pass_peak_mib(1.0), self._pass_peak_mib(3.0)
+        per_second = max((three - one) / 2, three / 3, 1e-3)
+        room = 0.9 * max_mib - self._resident_mib()
+        seconds = min(MAX_CHUNK_SECONDS, (room - one + per_second) / per_second)
+        for _ in range(4):
+            if seconds < MIN_CHUNK_SECONDS:
+                break
+            used = self._pass_peak_mib(seconds)
+            if used <= room:
+                overlap = min(self.chunk.overlap_seconds, seconds / 4)
+                self.chunk = ChunkConfig(seconds, overlap)
+                log.info("chunks of %.2f s (overlap %.2f s) keep memory under %.0f MiB", seconds, overlap, max_mib)
+                return self.chunk
+            seconds *= 0.9 * room / used
+        raise ValueError(
+            f"--max-memory {max_mib:g} MiB is too little: {self._resident_mib():.0f} MiB are in use already and "
+            f"the model needs about {one:.0f} MiB for a 1 s chunk"
+        )
+
     def stream(self):
         """A fresh :class:`audiosep.streaming.ConvTasNetStream` of this model (causal Conv-TasNet only).
 
@@ -407,15 +331,57 @@ class Separator:
 
         return ConvTasNetStream(self.model)
 
-    def _separate_streaming(self, mixture: Tensor) -> Tensor:
-        """``mixture[T]`` through the stateful stream in ``stream_block_ms`` blocks -> ``[S, T]``."""
+    def _stream_pieces(self, read: Callable[[int, int], Tensor], length: int) -> Iterator[Tensor]:
+        """The stateful stream over ``read(a, b)`` (mono at the model's rate) in ``stream_block_ms`` blocks."""
         stream = self.stream()
         block = max(1, round(self.stream_block_ms * self.sample_rate / 1000))
-        parts = [stream.process(mixture[None, start : start + block]) for start in range(0, mixture.shape[-1], block)]
-        output = torch.cat([*parts, stream.flush()], dim=-1)[0]
-        if not torch.isfinite(output).all():
-            raise SeparationError("the model produced non-finite output (NaN/Inf); nothing written")
-        return output
+        span = block * max(1, OUTPUT_BLOCK // block)  # read in larger spans, feed the stream block by block
+        for first in range(0, length, span):
+            samples = read(first, min(first + span, length))
+            for start in range(0, samples.shape[-1], block):
+                piece = stream.process(samples[None, start : start + block])[0]
+                if piece.shape[-1]:
+                    yield piece
+        yield stream.flush()[0]
+
+    def _overlap_add_pieces(self, read: Callable[[int, int], Tensor], length: int) -> Iterator[Tensor]:
+        """Chunks of ``read(a, b)`` through the model, aligned and cross-faded, yielded as soon as final.
+
+        Only the overlap still to be blended is kept between chunks, so memory follows the chunk size,
+        not ``length``.
+        """
+        chunk, overlap = self.chunk.samples(self.sample_rate)
+        starts = chunk_starts(length, chunk, overlap)
+        pending = pending_weight = None  # blended output and weights over [next start, previous end)
+        for index, (start, estimate) in enumerate(self._chunk_estimates(read, starts, chunk, length)):
+            if pending is not None:
+                estimate = align_to_previous(estimate, pending / pending_weight)
+            fade_in = overlap if index > 0 else 0
+            fade_out = overlap if index < len(starts) - 1 else 0
+            window = crossfade_window(estimate.shape[-1], fade_in, fade_out)
+            blended, weight = estimate * window, window
+            if pending is not None:
+                shared = pending.shape[-1]
+                blended[:, :shared] += pending
+                weight[:shared] += pending_weight
+            final = (starts[index + 1] - start) if index + 1 < len(starts) else estimate.shape[-1]
+            yield blended[:, :final] / weight[:final]
+            pending, pending_weight = blended[:, final:], weight[final:]
+
+    def _pieces(self, read: Callable[[int, int], Tensor], length: int) -> Iterator[Tensor]:
+        """Separated ``[S, n]`` pieces covering ``[0, length)`` of ``read(a, b)`` in order (streamed or chunked)."""
+        if self.stream_block_ms is not None:
+            pieces = self._stream_pieces(read, length)
+        else:
+            pieces = self._overlap_add_pieces(read, length)
+        done = 0
+        for piece in pieces:
+            if not torch.isfinite(piece).all():
+                raise SeparationError(
+                    f"the model produced non-finite output (NaN/Inf) after {done / self.sample_rate:.3f} s; nothing written"
+                )
+            done += piece.shape[-1]
+            yield piece
 
     @torch.inference_mode()
     def separate_at_model_rate(self, mixture: Tensor) -> Tensor:
@@ -424,30 +390,11 @@ class Separator:
         Raises:
             SeparationError: the model's output is not finite (NaN/Inf).
         """
-        if self.stream_block_ms is not None:
-            return self._separate_streaming(mixture)
-        chunk, overlap = self.chunk.samples(self.sample_rate)
-        length = mixture.shape[-1]
-        starts = chunk_starts(length, chunk, overlap)
-        output: Tensor | None = None
-        weight = torch.zeros(length)
-        previous_end = 0
-        for index, (start, estimate) in enumerate(self._chunk_estimates(mixture, starts, chunk)):
-            end = min(start + chunk, length)
-            if output is None:
-                output = torch.zeros(estimate.shape[0], length)
-            else:
-                accumulated = output[:, start:previous_end] / weight[start:previous_end]
-                estimate = align_to_previous(estimate, accumulated)
-            fade_in = overlap if index > 0 else 0
-            fade_out = overlap if index < len(starts) - 1 else 0
-            window = crossfade_window(end - start, fade_in, fade_out)
-            output[:, start:end] += estimate * window
-            weight[start:end] += window
-            previous_end = end
-        return output / weight
+        return torch.cat(list(self._pieces(lambda a, b: mixture[a:b], mixture.shape[-1])), dim=-1)
 
-    def _chunk_estimates(self, mixture: Tensor, starts: list[int], chunk: int) -> Iterator[tuple[int, Tensor]]:
+    def _chunk_estimates(
+        self, read: Callable[[int, int], Tensor], starts: list[int], chunk: int, length: int
+    ) -> Iterator[tuple[int, Tensor]]:
         """``(start, estimate[S, n])`` per chunk, ``chunk_batch`` chunks per forward pass (all are ``chunk`` long
         when there are several), with a chunks bar on a terminal when :attr:`progress` is set."""
         from tqdm import tqdm
@@ -457,16 +404,9 @@ class Separator:
         with bar:
             for first in range(0, len(starts), self.chunk_batch):
                 group = starts[first : first + self.chunk_batch]
-                batch = torch.stack([mixture[start : start + chunk] for start in group]).to(self.device)
+                batch = torch.stack([read(start, min(start + chunk, length)) for start in group]).to(self.device)
                 estimates = self.runtime(batch).float().cpu()  # [b, S, n]
-                for start, estimate in zip(group, estimates, strict=True):
-                    if not torch.isfinite(estimate).all():
-                        end = min(start + chunk, mixture.shape[-1])
-                        raise SeparationError(
-                            f"the model produced non-finite output (NaN/Inf) at {start / self.sample_rate:.3f}-"
-                            f"{end / self.sample_rate:.3f} s; nothing written"
-                        )
-                    yield start, estimate
+                yield from zip(group, estimates, strict=True)
                 bar.update(len(group))
 
     def _to_mono(self, waveform: Tensor) -> Tensor:
@@ -516,34 +456,113 @@ class Separator:
 
         ``relative_name`` defaults to the input's stem and may hold folders (``a/x`` ->
         ``out_dir/a/x_s1.wav``). ``channel`` picks one channel (0-based) instead of the mixdown.
-        All outputs appear together or none. An all-zero input is not an error: it gets silent
-        outputs and a warning (``warn(message)``, default ``logging.warning``).
+        The file is checked whole first, then read, separated and written in blocks (memory follows
+        the chunk size, not the file's length); the same numbers as :meth:`separate` on the whole
+        waveform. All outputs appear together or none. An all-zero input is not an error: it gets
+        silent outputs and a warning (``warn(message)``, default ``logging.warning``).
 
         Raises:
-            SeparationError: the file cannot be read or separated (see :func:`read_mixture`,
-                :meth:`separate`); ``err.path`` names it.
+            SeparationError: the file cannot be read or separated (see
+                :class:`~audiosep.audio_blocks.CheckedAudio`, :meth:`separate`); ``err.path`` names it.
         """
         path = Path(path)
-        waveform, sample_rate = read_mixture(path, channel)
         name = Path(relative_name) if relative_name is not None else Path(path.stem)
-        rate = self.sample_rate if keep_model_rate else sample_rate
         try:
-            mono = self._to_mono(waveform)
-            self.check_length(mono.shape[-1], sample_rate)
-            if not mono.any():
-                (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")
-                length = (
-                    resample(mono, sample_rate, rate).shape[-1] if rate != sample_rate else mono.shape[-1]
-                )
-                sources = torch.zeros(self.num_sources, length)
-            else:
-                sources = limit_peak(self.separate(mono, sample_rate, keep_model_rate), str(path))
-        except SeparationError as err:
+            with CheckedAudio(path, channel) as audio:
+                if audio.channels > 1:
+                    log.info("mixing %d channels down to mono", audio.channels)
+                self.check_length(audio.frames, audio.sample_rate)
+                if audio.silent:
+                    (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")
+                return self._separate_audio(audio, output_paths(out_dir, name, self.num_sources), keep_model_rate)
+        except AudioError as err:
             raise SeparationError(err.reason, path) from err
-        return write_sources_atomic(sources, rate, output_paths(out_dir, name, len(sources)))
+
+    @torch.inference_mode()
+    def _separate_audio(self, audio: CheckedAudio, outputs: list[Path], keep_model_rate: bool) -> list[Path]:
+        """Separate ``audio`` block by block into ``outputs`` (written atomically, peaks limited as one).
+
+        Pass 1 writes the model-rate sources to a float32 scratch file beside the outputs; pass 2 finds
+        the peak of the sources at the output rate; pass 3 writes them, scaled as one so that none clips.
+        """
+        rate, frames = audio.sample_rate, audio.frames
+        model_length = resampled_length(frames, rate, self.sample_rate)
+        out_rate, out_length = (self.sample_rate, model_length) if keep_model_rate else (rate, frames)
+        if rate != self.sample_rate:
+            log.info("resampling %d Hz -> %d Hz for the model", rate, self.sample_rate)
+
+        def mixture(start: int, stop: int) -> Tensor:
+            return resample_span(lambda a, b: to_mono(audio.read(a, b)), frames, rate, self.sample_rate, start, stop)
+
+        outputs[0].parent.mkdir(parents=True, exist_ok=True)
+        with _Scratch(outputs[0], self.num_sources) as scratch, atomic_paths(outputs) as temps:
+            if not audio.silent:
+                for piece in self._pieces(mixture, model_length):
+                    scratch.append(piece)
+
+            def separated(start: int, stop: int) -> Tensor:
+                return resample_span(scratch.read, model_length, self.sample_rate, out_rate, start, stop)
+
+            def blocks() -> Iterator[Tensor]:
+                for start in range(0, out_length, OUTPUT_BLOCK):
+                    yield separated(start, min(start + OUTPUT_BLOCK, out_length))
+
+            peak = max(float(block.abs().max()) for block in blocks())
+            if not math.isfinite(peak):
+                raise SeparationError("non-finite output (NaN/Inf) after resampling; nothing written")
+            scale = PEAK_LIMIT / peak if peak > PEAK_LIMIT else 1.0
+            if scale != 1.0:
+                log.info("%s: scaling all sources by %.3f to avoid clipping", audio.path, scale)
+            writers = [sf.SoundFile(tmp, "w", out_rate, 1, "PCM_16", format="WAV") for tmp in temps]
+            try:
+                for block in blocks():
+                    for writer, source in zip(writers, block * scale, strict=True):
+                        writer.write(source.numpy())
+            finally:
+                for writer in writers:
+                    writer.close()
+        return outputs
+
+class _Scratch:
+    """A float32 scratch file of ``[S, T]`` audio beside ``output``: appended in pieces, read in spans.
+
+    Named like ``output``'s temp files (:func:`audiosep.io.temp_prefix`), so that the clean-up of a
+    killed run's leftovers (:func:`audiosep.io.remove_temp_files`) removes it too.
+    """
+
+    def __init__(self, output: Path, num_sources: int) -> None:
+        fd, name = tempfile.mkstemp(dir=output.parent, prefix=temp_prefix(output), suffix=TEMP_SUFFIX)
+        self.file = os.fdopen(fd, "w+b")
+        self.path = Path(name)
+        self.num_sources = num_sources
+        self.length = 0
+
+    def append(self, piece: Tensor) -> None:
+        """Add ``piece[S, n]`` at the end."""
+        self.file.seek(0, os.SEEK_END)
+        self.file.write(piece.T.contiguous().numpy().astype(np.float32, copy=False).tobytes())
+        self.length += piece.shape[-1]
+
+    def read(self, start: int, stop: int) -> Tensor:
+        """Samples ``[start, stop)`` as ``[S, n]``; zeros where nothing was appended (a silent input)."""
+        start, stop = max(0, start), max(start, stop)
+        span = torch.zeros(self.num_sources, stop - start)
+        have = min(stop, self.length) - start
+        if have > 0:
+            self.file.seek(start * self.num_sources * 4)
+            data = np.fromfile(self.file, dtype=np.float32, count=have * self.num_sources)
+            span[:, :have] = torch.from_numpy(data.reshape(have, self.num_sources).T.copy())
+        return span
+
+    def __enter__(self) -> _Scratch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
 
 
-def limit_peak(sources: Tensor, name: str, peak_limit: float = 0.999) -> Tensor:
+def limit_peak(sources: Tensor, name: str, peak_limit: float = PEAK_LIMIT) -> Tensor:
     """Scale all sources by one factor so that none clips in 16-bit files (relative levels kept)."""
     peak = float(sources.abs().max())
     if peak <= peak_limit:

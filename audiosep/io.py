@@ -30,6 +30,23 @@ def is_temp_for(candidate: Path, path: Path) -> bool:
     )
 
 
+def remove_temp_files(folder: Path, names: set[str]) -> int:
+    """Delete the temp files that interrupted atomic writes of ``folder/<name>`` left (any of ``names``).
+
+    Only names :mod:`audiosep.io` really gives a temp file of one of our outputs are removed
+    (``.<name>.<random>.tmp``); anything else in the folder is left alone. Returns how many went.
+    """
+    removed = 0
+    if not folder.is_dir():
+        return removed
+    for candidate in folder.glob(f".*{TEMP_SUFFIX}"):
+        target = folder / candidate.name[1 : -len(TEMP_SUFFIX)].rpartition(".")[0]
+        if target.name in names and is_temp_for(candidate, target) and candidate.is_file():
+            candidate.unlink()
+            removed += 1
+    return removed
+
+
 @contextmanager
 def atomic_paths(paths: Sequence[str | os.PathLike]) -> Iterator[list[str]]:
     """Yield one temporary path per target; on success rename them all, on error remove them all.

@@ -2,7 +2,10 @@
 
 Files of any sample rate and channel count are mixed down to mono and resampled to the model's
 rate (both logged). Utterances are batched by length; the model masks padding, so a file gets the
-same transcript alone or in a batch.
+same transcript alone or in a batch. Files longer than ``segment_seconds`` are cut at their quietest
+moments (between words, where the energy is lowest) into segments read and resampled span by span,
+so an hour-long recording is transcribed in bounded memory; the segments' transcripts are joined
+with spaces.
 """
 
 from __future__ import annotations
@@ -15,14 +18,48 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from audiosep.audio_blocks import BLOCK_FRAMES, CheckedAudio, resample_span, resampled_length
 from audiosep.checkpoint import CheckpointError, build_untrusted, load_model
-from audiosep.data.audio import read_audio, resample, to_mono
+from audiosep.data.audio import resample, to_mono
 from audiosep.data.tokenizer import CharTokenizer
 from audiosep.decoding import Decoder, build_decoder
 from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.features import LogMelFeatures
 
 log = logging.getLogger(__name__)
+
+SEGMENT_SECONDS = 30.0  # longer files are cut into segments of at most this
+CUT_SEARCH_SECONDS = 5.0  # each cut is at the quietest frame of the last this-many seconds of a segment
+ENERGY_FRAME_SECONDS = 0.02
+
+
+def frame_energies(audio: CheckedAudio, frame: int) -> Tensor:
+    """Mean square of the mono mixdown over consecutive ``frame``-sample frames (read in blocks)."""
+    block = max(frame, BLOCK_FRAMES // frame * frame)
+    energies = []
+    for start in range(0, audio.frames, block):
+        mono = to_mono(audio.read(start, start + block))
+        usable = mono.shape[-1] // frame * frame
+        if usable:
+            energies.append(mono[:usable].view(-1, frame).square().mean(dim=1))
+        if usable < mono.shape[-1]:
+            energies.append(mono[usable:].square().mean().view(1))
+    return torch.cat(energies)
+
+
+def quiet_cuts(energies: Tensor, max_frames: int, search_frames: int) -> list[int]:
+    """Frame indices ``[0, ..., len(energies)]`` cutting it into pieces of at most ``max_frames``.
+
+    Each cut falls just after the lowest-energy frame among the last ``search_frames`` of its piece
+    (the earliest such frame on ties), so that words are rarely cut.
+    """
+    if max_frames < 1 or not 0 < search_frames <= max_frames:
+        raise ValueError(f"need 0 < search_frames ({search_frames}) <= max_frames ({max_frames})")
+    cuts, total = [0], energies.shape[0]
+    while total - cuts[-1] > max_frames:
+        first = cuts[-1] + max_frames - search_frames
+        cuts.append(first + int(torch.argmin(energies[first : cuts[-1] + max_frames])) + 1)
+    return [*cuts, total]
 
 
 def pad_batch(waveforms: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -44,6 +81,7 @@ class Transcriber:
         decoder: maps ``(log_probs, lengths)`` to label ids (default: greedy).
         device: where to run.
         batch_size: utterances per forward pass.
+        segment_seconds: longest piece of a file transcribed at once (longer files are cut).
 
     Example:
         >>> tr = Transcriber.from_checkpoint("last.ckpt", beam_size=8)  # doctest: +SKIP
@@ -59,9 +97,13 @@ class Transcriber:
         decoder: Decoder | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 8,
+        segment_seconds: float = SEGMENT_SECONDS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not segment_seconds >= 2 * CUT_SEARCH_SECONDS:
+            raise ValueError(f"segment_seconds must be at least {2 * CUT_SEARCH_SECONDS:g}, got {segment_seconds}")
+        self.segment_seconds = segment_seconds
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.features = features.eval().to(self.device)
@@ -80,6 +122,7 @@ class Transcriber:
         path: str | os.PathLike,
         device: str | torch.device = "cpu",
         batch_size: int = 8,
+        segment_seconds: float = SEGMENT_SECONDS,
         **decoder_options: Any,
     ) -> Transcriber:
         """Rebuild from an audiosep model file or a Lightning ``.ckpt`` written by ``ASRTask``.
@@ -88,6 +131,7 @@ class Transcriber:
             path: the checkpoint.
             device: where to run.
             batch_size: utterances per forward pass.
+            segment_seconds: longest piece of a file transcribed at once.
             decoder_options: :func:`audiosep.decoding.build_decoder` options (``beam_size``,
                 ``lm_path``, ``lexicon_path``, ``lm_weight``, ``word_score``).
 
@@ -113,7 +157,7 @@ class Transcriber:
         if not fits:
             raise CheckpointError(f"{path}: the model, its front end and its vocabulary do not fit together")
         decoder = build_decoder(tokenizer.vocabulary, **decoder_options)
-        return cls(model, features, tokenizer, decoder, device, batch_size)
+        return cls(model, features, tokenizer, decoder, device, batch_size, segment_seconds)
 
     def prepare(self, waveform: Tensor, sample_rate: int, name: str = "input") -> Tensor:
         """Mono mixdown of ``[C, N]`` (or ``[N]``) audio and resampling to :attr:`sample_rate`."""
@@ -145,11 +189,39 @@ class Transcriber:
                 texts[index] = self.tokenizer.decode(ids)
         return [texts[i] for i in range(len(waveforms))]
 
+    def segments(self, audio: CheckedAudio) -> list[Tensor]:
+        """``audio`` as mono waveforms at :attr:`sample_rate`: whole, or cut at quiet moments when long."""
+        rate, frames = audio.sample_rate, audio.frames
+        if audio.channels > 1:
+            log.info("%s: mixing %d channels down to mono", audio.path, audio.channels)
+        if rate != self.sample_rate:
+            log.info("%s: resampling %d Hz -> %d Hz", audio.path, rate, self.sample_rate)
+        frame = max(1, round(ENERGY_FRAME_SECONDS * rate))
+        if frames <= self.segment_seconds * rate:
+            cuts = [0, frames]
+        else:
+            max_frames = int(self.segment_seconds * rate) // frame
+            cuts = [c * frame for c in quiet_cuts(frame_energies(audio, frame), max_frames, int(CUT_SEARCH_SECONDS * rate) // frame)]
+            cuts[-1] = frames
+        length = resampled_length(frames, rate, self.sample_rate)
+        edges = [min(length, round(c * self.sample_rate / rate)) for c in cuts]
+        edges[-1] = length
+        return [
+            resample_span(lambda a, b: to_mono(audio.read(a, b)), frames, rate, self.sample_rate, start, stop)
+            for start, stop in zip(edges[:-1], edges[1:], strict=True)
+        ]
+
+    def transcribe_segmented(self, files: Sequence[Sequence[Tensor]]) -> list[str]:
+        """One transcript per file from its segments (:meth:`segments`), all batched together, joined by spaces."""
+        flat = [segment for segments in files for segment in segments]
+        texts = iter(self.transcribe(flat))
+        return [" ".join(text for text in (next(texts) for _ in segments) if text) for segments in files]
+
     def transcribe_file(self, path: str | os.PathLike) -> str:
-        """Transcript of one audio file.
+        """Transcript of one audio file (checked, and cut into segments when long).
 
         Raises:
-            UserError: the file is missing or unreadable.
+            AudioError: the file is missing, unreadable, truncated or holds non-finite samples.
         """
-        waveform, rate = read_audio(path)
-        return self.transcribe([self.prepare(waveform, rate, str(path))])[0]
+        with CheckedAudio(path) as audio:
+            return self.transcribe_segmented([self.segments(audio)])[0]

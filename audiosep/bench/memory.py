@@ -52,6 +52,11 @@ def start_peak_window() -> float:
     return _status_mib("VmRSS")
 
 
+def peak_rss_mib() -> float:
+    """The resident-set high-water mark (MiB) since the last :func:`start_peak_window`."""
+    return _status_mib("VmHWM")
+
+
 def rss_supported() -> bool:
     """Whether this system has the ``/proc`` files the CPU measurement needs (Linux)."""
     return Path("/proc/self/clear_refs").exists() and Path("/proc/self/status").exists()

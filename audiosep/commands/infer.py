@@ -19,12 +19,10 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from audiosep.commands.inputs import Input, Report, check_glob, collect_inputs, file_id, progress_bar, shown
 from audiosep.errors import UserError
-
-# Suffixes soundfile may read beyond its format names (``soundfile.available_formats()``).
-SUFFIX_ALIASES = frozenset({"aif", "aifc", "oga", "opus", "snd", "sph", "mat"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--chunk-seconds", type=float, default=16.0, help="chunk length for long files")
     parser.add_argument("--overlap-seconds", type=float, default=2.0, help="overlap between chunks")
+    parser.add_argument(
+        "--max-memory", type=float, default=None, metavar="MIB",
+        help="pick the chunk length so that memory stays under MIB (process RAM on CPU, allocated memory "
+        "on CUDA), measured on this model; replaces --chunk-seconds",
+    )  # fmt: skip
     parser.add_argument("--chunk-batch", type=int, default=1,
                         help="chunks of a long file per forward pass (faster on a GPU; default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -76,160 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 log = logging.getLogger("audiosep.infer")
 
 
-def shown(text: object) -> str:
-    """``text`` on one printable line (control characters in file names are escaped)."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-@dataclass
-class Input:
-    path: Path
-    label: str  # as the user would recognise it
-    walked: bool  # found in a folder (not named explicitly)
-
-
 @dataclass
 class Plan:
     input: Input
     name: Path  # output name below --out-dir, without ``_s<k>.wav``
     outputs: list[Path] = field(default_factory=list)
     error: str | None = None
-
-
-class Report:
-    """Counts outcomes and prints them (results on stdout, errors, warnings, summary on stderr)."""
-
-    def __init__(self) -> None:
-        self.written = self.skipped = self.failed = 0
-
-    def error(self, label: str, reason: str) -> None:
-        self.failed += 1
-        reason = " ".join(str(reason).split("\n")).strip()
-        print(f"audiosep: error: {shown(label)}: {shown(reason)}", file=sys.stderr)
-
-    def warning(self, message: str) -> None:
-        print(f"audiosep: warning: {shown(message)}", file=sys.stderr)
-
-    def skip(self, label: str, outputs: list[Path]) -> None:
-        self.skipped += 1
-        print(
-            f"{shown(label)}: skipped, outputs exist ({', '.join(shown(p) for p in outputs)}); --overwrite redoes it"
-        )
-
-    def wrote(self, label: str, outputs: list[Path]) -> None:
-        self.written += 1
-        print(f"{shown(label)} -> {', '.join(shown(p) for p in outputs)}")
-
-    def summary(self) -> None:
-        print(
-            f"audiosep: {self.written} written, {self.skipped} skipped, {self.failed} failed", file=sys.stderr
-        )
-
-
-def audio_suffixes() -> frozenset[str]:
-    import soundfile as sf
-
-    return frozenset(name.lower() for name in sf.available_formats() if name != "RAW") | SUFFIX_ALIASES
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
-def walk(root: Path, pattern: str | None, exclude: Path | None) -> list[Path]:
-    """Audio files below ``root`` (sorted; hidden files and folders and ``exclude`` left out)."""
-    suffixes = audio_suffixes() if pattern is None else frozenset()
-    found: list[Path] = []
-    for folder, subfolders, names in os.walk(root):
-        folder_path = Path(folder)
-        subfolders[:] = sorted(
-            d for d in subfolders
-            if not d.startswith(".") and (exclude is None or (folder_path / d).resolve() != exclude)
-        )  # fmt: skip
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            path = folder_path / name
-            if pattern is None:
-                matches = path.suffix[1:].lower() in suffixes
-            else:
-                matches = PurePosixPath(path.relative_to(root).as_posix()).match(pattern)
-            if matches and path.is_file():
-                found.append(path)
-    return found
-
-
-def read_list(list_path: Path) -> list[Path]:
-    """Paths in a ``@list.txt``, relative to its folder (blank lines and ``#`` comments skipped)."""
-    if not list_path.exists():
-        raise UserError("no such list file")
-    if list_path.is_dir():
-        raise UserError("is a directory, not a list file")
-    try:
-        text = list_path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise UserError(f"the list is not UTF-8 text ({err.reason} at byte {err.start})") from err
-    except OSError as err:
-        raise UserError(f"cannot read the list ({err.strerror or err})") from err
-    entries = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            entries.append(list_path.parent / line)
-    return entries
-
-
-def collect_inputs(arguments: list[str], pattern: str | None, out_dir: Path, report: Report) -> list[Input]:
-    """Expand files, folders and ``@lists`` into inputs; problems found here are reported as failures."""
-    exclude = out_dir.resolve()
-    inputs: list[Input] = []
-    seen: set[tuple[int, int]] = set()
-
-    def add(path: Path, label: str, walked: bool) -> None:
-        file_id = _file_id(path)
-        if file_id is None or file_id in seen:  # the same file named twice is separated once
-            if file_id is not None:
-                log.info("%s: given more than once; separated once", label)
-            return
-        seen.add(file_id)
-        inputs.append(Input(path, label, walked))
-
-    def expand(path: Path, label: str) -> None:
-        if path.is_dir():
-            found = walk(path, pattern, exclude)
-            if not found:
-                what = f"matching --glob {pattern!r}" if pattern else "with an audio suffix"
-                report.error(label, f"folder holds no files {what}")
-            for file in found:
-                add(file, str(file), walked=True)
-        elif not path.exists():
-            report.error(label, "no such file" if not path.is_symlink() else "broken symbolic link")
-        elif not path.is_file():
-            report.error(label, "not a regular file")
-        else:
-            add(path, label, walked=False)
-
-    for argument in arguments:
-        if argument.startswith("@") and len(argument) > 1:
-            try:
-                entries = read_list(Path(argument[1:]))
-            except UserError as err:
-                report.error(argument, str(err))
-                continue
-            if not entries:
-                report.error(argument, "the list names no files")
-            for entry in entries:
-                expand(entry, str(entry))
-        else:
-            expand(Path(argument), argument)
-    return inputs
 
 
 def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[Plan]:
@@ -252,11 +107,11 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
     existing_outputs = {}
     for index, plan in enumerate(plans):
         for output in plan.outputs:
-            if (file_id := _file_id(output)) is not None:
-                existing_outputs.setdefault(file_id, index)
+            if (identity := file_id(output)) is not None:
+                existing_outputs.setdefault(identity, index)
     kept = []
     for index, plan in enumerate(plans):
-        owner = existing_outputs.get(_file_id(plan.input.path), index)
+        owner = existing_outputs.get(file_id(plan.input.path), index)
         if plan.input.walked and owner != index:
             log.info("%s: an output of %s, not separated again", plan.input.label, plans[owner].input.label)
             continue
@@ -278,10 +133,10 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
                 )
 
     # Never replace an input file.
-    input_ids = {_file_id(plan.input.path): plan for plan in plans}
+    input_ids = {file_id(plan.input.path): plan for plan in plans}
     for plan in plans:
         for output in plan.outputs:
-            victim = input_ids.get(_file_id(output)) if output.exists() else None
+            victim = input_ids.get(file_id(output)) if output.exists() else None
             if victim is not None and plan.error is None:
                 plan.error = (
                     f"output {shown(output)} would overwrite the input file {shown(victim.input.label)}"
@@ -291,6 +146,7 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
 
 def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, report: Report) -> None:
     from audiosep.inference import SeparationError
+    from audiosep.io import remove_temp_files
 
     label = plan.input.label
     if plan.error:
@@ -311,6 +167,8 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
                 "--overwrite replaces them",
             )
         return
+    for folder in {output.parent for output in plan.outputs}:  # what a killed earlier run left
+        remove_temp_files(folder, {output.name for output in plan.outputs if output.parent == folder})
     try:
         written = separator.separate_file(
             plan.input.path, out_dir, keep_model_rate=args.keep_model_rate,
@@ -331,24 +189,26 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
         report.wrote(label, written)
 
 
-def progress_bar(total: int, enabled: bool):
-    """A files bar on stderr, shown only on a terminal (so logs and captured output stay clean)."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="files", unit="file", file=sys.stderr, leave=False,
-                disable=None if enabled else True)  # fmt: skip
-
-
 def load_separator(args: argparse.Namespace):
     from audiosep.checkpoint import CheckpointError
     from audiosep.inference import ChunkConfig, Separator
 
+    if args.max_memory is not None and (args.max_memory <= 0 or args.stream is not None):
+        raise UserError("--max-memory takes a positive number of MiB, and does not apply to --stream")
     try:
         chunk = ChunkConfig(args.chunk_seconds, args.overlap_seconds)
-        return Separator.from_checkpoint(
+        separator = Separator.from_checkpoint(
             args.ckpt, chunk=chunk, device=args.device, optimize=not args.no_optimize, dtype=args.dtype,
             stream_block_ms=args.stream, chunk_batch=args.chunk_batch,
         )
+        if args.max_memory is not None:
+            chunk = separator.fit_chunk_to_memory(args.max_memory)
+            print(
+                f"audiosep: --max-memory {args.max_memory:g} MiB: chunks of {chunk.seconds:.1f} s "
+                f"(overlap {chunk.overlap_seconds:.2f} s)",
+                file=sys.stderr,
+            )
+        return separator
     except (CheckpointError, ValueError) as err:
         raise UserError(str(err)) from err
     except (RuntimeError, AssertionError) as err:
@@ -360,17 +220,13 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.channel is not None and args.channel < 0:
         raise UserError(f"--channel {args.channel}: channels are numbered from 0")
-    if args.glob is not None:
-        try:
-            PurePosixPath("x").match(args.glob)
-        except ValueError as err:
-            raise UserError(f"--glob {args.glob!r}: {err}") from err
+    check_glob(args.glob)
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out-dir {out_dir} exists and is not a folder")
     separator = load_separator(args)
     report = Report()
-    inputs = collect_inputs(args.inputs, args.glob, out_dir, report)
+    inputs = collect_inputs(args.inputs, args.glob, report, exclude=out_dir)
     plans = list(plan_outputs(inputs, out_dir, separator.num_sources))
     separator.progress = not args.no_progress
     with progress_bar(len(plans), enabled=not args.no_progress and len(plans) > 1) as bar:

@@ -1,33 +1,49 @@
-"""``audiosep transcribe --ckpt CKPT [--beam-size N] [--out FILE] FILE...``: print or write transcripts.
+"""``audiosep transcribe --ckpt CKPT [--out FILE] INPUT...``: transcripts of audio files, folders and lists.
 
-One line per file, ``PATH<TAB>TRANSCRIPT``, in the order given. An unreadable file gets a one-line
-error on stderr and the others are still transcribed; the exit code is 1 if any file failed.
+One line per transcribed file, ``PATH<TAB>TRANSCRIPT``, in input order, on stdout or in ``--out``
+(written atomically at the end). Every input gets one outcome: transcribed, or one error line on
+stderr naming the file and the reason (missing, corrupt, truncated, non-finite samples, ...); a
+silent file gets an empty transcript and a warning. A summary line ends the run; the exit code is 1
+if any input failed. Files longer than ``--segment-seconds`` are cut at quiet moments and read in
+spans (:class:`audiosep.transcriber.Transcriber`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
+from audiosep.commands.inputs import Input, Report, check_glob, collect_inputs, progress_bar
 from audiosep.errors import UserError
+
+FILES_PER_GROUP = 32  # files read and transcribed together (their segments batched by length)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "files", nargs="+", metavar="FILE", help="audio files (any sample rate; mixed to mono)"
-    )
+        "inputs", nargs="+", metavar="INPUT",
+        help="audio files (any sample rate; mixed to mono), folders (searched recursively) or @list.txt",
+    )  # fmt: skip
     parser.add_argument(
         "--ckpt", required=True, help="ASR checkpoint (audiosep model file or Lightning .ckpt)"
     )
+    parser.add_argument("--glob", metavar="PATTERN", default=None, help="files to take from folders, e.g. '*.flac'")
     parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default); >1 = beam search")
     parser.add_argument("--lm", default=None, help="KenLM .arpa/.bin for beam search (needs flashlight-text)")
     parser.add_argument("--lexicon", default=None, help="lexicon for a word LM: `word c h a r s |` per line")
     parser.add_argument("--lm-weight", type=float, default=0.5, help="language model weight (default 0.5)")
     parser.add_argument("--word-score", type=float, default=0.0, help="score added per word (default 0)")
     parser.add_argument("--out", default=None, help="write the transcripts here instead of stdout")
-    parser.add_argument("--batch-size", type=int, default=8, help="files per forward pass (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="segments per forward pass (default 8)")
+    parser.add_argument(
+        "--segment-seconds", type=float, default=30.0,
+        help="cut longer files at quiet moments into segments of at most this (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar over files")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log resampling and mixdown")
 
 
 def _load_transcriber(args: argparse.Namespace):  # noqa: ANN202 (lazy import keeps --help fast)
@@ -39,6 +55,7 @@ def _load_transcriber(args: argparse.Namespace):  # noqa: ANN202 (lazy import ke
             args.ckpt,
             device=args.device,
             batch_size=args.batch_size,
+            segment_seconds=args.segment_seconds,
             beam_size=args.beam_size,
             lm_path=args.lm,
             lexicon_path=args.lexicon,
@@ -51,26 +68,48 @@ def _load_transcriber(args: argparse.Namespace):  # noqa: ANN202 (lazy import ke
         raise UserError(f"{args.ckpt}: {err}") from err
 
 
-def run(args: argparse.Namespace) -> int:
-    from audiosep.data.audio import read_audio
+def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[str]:  # noqa: ANN001
+    """``PATH<TAB>TEXT`` lines of the readable inputs of ``group``; the others are reported."""
+    from audiosep.audio_blocks import AudioError, CheckedAudio
 
-    transcriber = _load_transcriber(args)
-    waveforms, names, failed = [], [], 0
-    for name in args.files:
+    labels, segments = [], []
+    for item in group:
         try:
-            waveform, rate = read_audio(name)
-        except UserError as err:
-            print(f"audiosep: error: {err}", file=sys.stderr)
-            failed += 1
+            with CheckedAudio(item.path) as audio:
+                if audio.silent:
+                    report.warning(f"{item.label}: all samples are zero (silent); empty transcript")
+                segments.append([] if audio.silent else transcriber.segments(audio))
+        except AudioError as err:
+            report.error(item.label, err.reason)
             continue
-        waveforms.append(transcriber.prepare(waveform, rate, name))
-        names.append(name)
-    texts = transcriber.transcribe(waveforms) if waveforms else []
-    lines = [f"{name}\t{text}\n" for name, text in zip(names, texts, strict=True)]
-    if args.out is None:
-        sys.stdout.write("".join(lines))
-    else:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(lines), encoding="utf-8")
-    return 1 if failed else 0
+        labels.append(item.label)
+    texts = transcriber.transcribe_segmented(segments) if segments else []
+    report.written += len(texts)
+    return [f"{label}\t{text}\n" for label, text in zip(labels, texts, strict=True)]
+
+
+def run(args: argparse.Namespace) -> int:
+    from audiosep.io import atomic_write_text
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    check_glob(args.glob)
+    out = Path(args.out) if args.out is not None else None
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name")
+    transcriber = _load_transcriber(args)
+    report = Report()
+    inputs = collect_inputs(args.inputs, args.glob, report)
+    lines: list[str] = []
+    with progress_bar(len(inputs), enabled=not args.no_progress and len(inputs) > 1) as bar:
+        for first in range(0, len(inputs), FILES_PER_GROUP):
+            group = inputs[first : first + FILES_PER_GROUP]
+            group_lines = _transcribe_group(group, transcriber, report)
+            if out is None:
+                sys.stdout.write("".join(group_lines))
+                sys.stdout.flush()
+            lines.extend(group_lines)
+            bar.update(len(group))
+    if out is not None:
+        atomic_write_text(out, "".join(lines))
+    report.summary("transcribed")
+    return 1 if report.failed else 0

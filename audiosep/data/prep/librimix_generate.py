@@ -30,7 +30,7 @@ from audiosep.data.audio import read_audio, write_audio_atomic
 from audiosep.data.mixing import MIX_TYPES, RATE
 from audiosep.data.parallel import imap_with_progress
 from audiosep.errors import UserError
-from audiosep.io import TEMP_SUFFIX, atomic_write_text, is_temp_for
+from audiosep.io import atomic_write_text, remove_temp_files
 
 EPS = 1e-10  # the official SNR's guard
 JOURNAL_NAME = ".generation_journal.jsonl"
@@ -315,23 +315,6 @@ def write_split_metadata(
 def metadata_names(config: GenerationConfig, split: str) -> list[str]:
     """Names of the metadata CSVs :func:`write_split_metadata` writes for ``split``."""
     return [f"{kind}_{split}_{mix_type}.csv" for mix_type in config.types for kind in ("mixture", "metrics")]
-
-
-def remove_temp_files(folder: Path, names: set[str]) -> int:
-    """Delete the temp files that interrupted atomic writes of ``folder/<name>`` left (any of ``names``).
-
-    Only names :mod:`audiosep.io` really gives a temp file of one of our outputs are removed
-    (``.<name>.<random>.tmp``); anything else in the folder is left alone. Returns how many went.
-    """
-    removed = 0
-    if not folder.is_dir():
-        return removed
-    for candidate in folder.glob(f".*{TEMP_SUFFIX}"):
-        target = folder / candidate.name[1 : -len(TEMP_SUFFIX)].rpartition(".")[0]
-        if target.name in names and is_temp_for(candidate, target) and candidate.is_file():
-            candidate.unlink()
-            removed += 1
-    return removed
 
 
 @dataclass(frozen=True)

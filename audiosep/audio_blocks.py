@@ -1,0 +1,254 @@
+"""Audio files read and resampled in blocks, so that an hour-long file never sits in memory whole.
+
+:class:`CheckedAudio` opens a file, checks all of it once in blocks (frames the header promises,
+finite samples, silence) and then hands out any span of frames by seeking. :func:`resample_span`
+gives samples ``[start, stop)`` of torchaudio's resampling of a whole signal from a span of the
+input read with enough context: the same numbers as resampling everything at once (tested), in
+memory that follows the span.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import Tensor
+
+from audiosep.data.audio import resample
+from audiosep.errors import UserError
+
+BLOCK_FRAMES = 1 << 16  # frames per read while checking a file (256 KiB per channel as float32)
+
+# torchaudio.functional.resample's defaults: its filter reaches ``ceil(6 * orig / (0.99 * min))`` input
+# samples either side of an output frame (rates reduced by their gcd).
+_LOWPASS_WIDTH = 6
+_ROLLOFF = 0.99
+
+
+class AudioError(UserError, ValueError):
+    """This file cannot be used: ``reason`` says why, ``path`` names the file when known."""
+
+    def __init__(self, reason: str, path: str | os.PathLike | None = None) -> None:
+        self.reason = reason
+        self.path = None if path is None else Path(path)
+        super().__init__(reason if path is None else f"{path}: {reason}")
+
+
+def resampled_length(length: int, orig_rate: int, new_rate: int) -> int:
+    """Samples torchaudio's resampling of ``length`` samples returns: ``ceil(length * new / orig)``."""
+    if orig_rate == new_rate:
+        return length
+    gcd = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // gcd, new_rate // gcd
+    return -(-length * new // orig)
+
+
+def resample_span(
+    read: Callable[[int, int], Tensor], length: int, orig_rate: int, new_rate: int, start: int, stop: int
+) -> Tensor:
+    """Samples ``[start, stop)`` of ``resample(x, orig_rate, new_rate)`` for ``x`` of ``length`` samples.
+
+    ``read(a, b)`` returns ``x[..., a:b]``. The span is resampled from input frames aligned to the
+    filter's stride, with at least the filter's reach of context on either side (or the signal's own
+    ends, where torchaudio pads with zeros as well), so the result equals resampling all of ``x``.
+    """
+    if orig_rate == new_rate:
+        return read(start, stop)
+    gcd = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // gcd, new_rate // gcd
+    reach = math.ceil(_LOWPASS_WIDTH * orig / (_ROLLOFF * min(orig, new))) + 1
+    context = -(-reach // orig)  # filter frames of context
+    first_frame = max(0, start // new - context)
+    last_frame = -(-stop // new) + context
+    begin, end = first_frame * orig, min(length, last_frame * orig)
+    resampled = resample(read(begin, end), orig_rate, new_rate)
+    offset = first_frame * new
+    return resampled[..., start - offset : stop - offset]
+
+
+_FRAME_ALIGNED_WAV_FORMATS = frozenset({0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE})  # PCM, float, A/mu-law, ext.
+
+
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames the RIFF/RIFX/RF64 ``data`` chunk header declares, or ``None`` (not a WAV, no data).
+
+    libsndfile quietly shortens a ``data`` chunk that runs past the end of the file, so a truncated
+    WAV would read as a shorter, complete one; this reads the declared size itself.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX", b"RF64"):
+                return None
+            endian = ">" if head[:4] == b"RIFX" else "<"
+            block_align = ds64_data_size = None
+            position = 12
+            for _ in range(4096):  # bounded walk: a crafted file cannot make this loop for long
+                if position + 8 > size:
+                    return None
+                handle.seek(position)
+                chunk_id, chunk_size = struct.unpack(f"{endian}4sI", handle.read(8))
+                if chunk_id == b"ds64":
+                    body = handle.read(16)
+                    if len(body) == 16:
+                        ds64_data_size = struct.unpack("<QQ", body)[1]
+                elif chunk_id == b"fmt ":
+                    body = handle.read(16)
+                    if len(body) >= 14:
+                        format_tag, block_align = struct.unpack(f"{endian}H10xH", body[:14])
+                        if format_tag not in _FRAME_ALIGNED_WAV_FORMATS:  # compressed: blocks != frames
+                            return None
+                elif chunk_id == b"data":
+                    if head[:4] == b"RF64" and chunk_size == 0xFFFFFFFF and ds64_data_size is not None:
+                        chunk_size = ds64_data_size
+                    return chunk_size // block_align if block_align else None
+                position += 8 + chunk_size + (chunk_size & 1)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+_LOG_SHORT_CHUNK = re.compile(r"^\s*(?:data|SSND|Data Size)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+
+
+def _log_says_truncated(extra_info: str) -> bool:
+    """libsndfile's log notes a data chunk longer than the file (AIFF, CAF, AU, ...)."""
+    return any(int(declared) > int(actual) for declared, actual in _LOG_SHORT_CHUNK.findall(extra_info))
+
+
+def _libsndfile_message(err: Exception) -> str:
+    message = getattr(err, "error_string", None) or str(err)
+    return message.strip().rstrip(".")
+
+
+def _open(path: Path) -> sf.SoundFile:
+    """``soundfile.SoundFile(path)`` with one-line errors for missing, empty, unknown and corrupt files."""
+    if not path.exists():
+        raise AudioError("no such file", path)
+    if path.is_dir():
+        raise AudioError("is a directory, not an audio file", path)
+    if not path.is_file():
+        raise AudioError("not a regular file", path)
+    if path.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)", path)
+    try:
+        return sf.SoundFile(str(path))
+    except (RuntimeError, ValueError, TypeError, OSError) as err:
+        message = _libsndfile_message(err)
+        lowered = message.lower()
+        kind = (
+            "unknown or unsupported format: "
+            if "not recognised" in lowered or "not supported" in lowered
+            else "corrupt file: "
+            if "malformed" in lowered or "error in" in lowered
+            else ""
+        )
+        raise AudioError(f"cannot read audio ({kind}{message})", path) from err
+
+
+class CheckedAudio:
+    """One audio file, checked whole in blocks on opening, then read span by span.
+
+    ``channel`` (0-based) keeps one channel; ``None`` keeps them all. After opening, :attr:`frames`,
+    :attr:`sample_rate`, :attr:`channels` and :attr:`silent` describe the used channels, and
+    :meth:`read` returns any span as ``float32 [C, n]`` (integer and float subtypes alike).
+
+    Raises (on opening):
+        AudioError: missing, empty, unknown-format, corrupt or truncated file (fewer frames than its
+            header promises), a channel out of range, no samples, or non-finite samples (the first
+            one's time is named).
+    """
+
+    def __init__(self, path: str | os.PathLike, channel: int | None = None) -> None:
+        self.path = Path(path)
+        self.handle = _open(self.path)
+        try:
+            self.sample_rate = int(self.handle.samplerate)
+            available = int(self.handle.channels)
+            if channel is not None and not 0 <= channel < available:
+                raise AudioError(
+                    f"channel {channel} does not exist: the file has {available} channel(s) (0-{available - 1})",
+                    self.path,
+                )
+            self.channel = channel
+            self.channels = 1 if channel is not None else available
+            self.frames, self.silent = self._check()
+        except BaseException:
+            self.handle.close()
+            raise
+
+    def _used(self, block: np.ndarray) -> np.ndarray:
+        return block if self.channel is None else block[:, self.channel : self.channel + 1]
+
+    def _check(self) -> tuple[int, bool]:
+        """Read every frame once: ``(frames, all zero)``; raise on truncation and non-finite samples."""
+        handle, path, rate = self.handle, self.path, self.sample_rate
+        promised = max(int(handle.frames), _wav_declared_frames(path) or 0)
+        truncated_by_log = _log_says_truncated(handle.extra_info)
+        got, silent = 0, True
+        while True:
+            try:
+                block = self._used(handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True))
+            except (RuntimeError, ValueError, TypeError, OSError) as err:
+                raise AudioError(
+                    f"truncated or corrupt: reading failed after {got} of {promised} frames "
+                    f"({_libsndfile_message(err)})",
+                    path,
+                ) from err
+            finite = np.isfinite(block)
+            if not finite.all():
+                bad = np.argwhere(~finite)
+                frame, channel = (int(v) for v in bad[0])
+                frame += got
+                raise AudioError(
+                    f"non-finite sample(s) (NaN/Inf), first at {frame / rate:.3f} s "
+                    f"(frame {frame}, channel {channel if self.channel is None else self.channel})",
+                    path,
+                )
+            silent = silent and not block.any()
+            got += block.shape[0]
+            if block.shape[0] < BLOCK_FRAMES:
+                break
+        if got < promised or truncated_by_log:
+            raise AudioError(
+                f"truncated: the header promises {promised} frames ({promised / rate:.3f} s), "
+                f"the file holds {got} ({got / rate:.3f} s)",
+                path,
+            )
+        if got == 0:
+            raise AudioError("holds no audio samples", path)
+        return got, silent
+
+    def read(self, start: int, stop: int) -> Tensor:
+        """Frames ``[start, stop)`` of the used channels as ``float32 [C, n]`` (clipped to the file)."""
+        start, stop = max(0, start), min(stop, self.frames)
+        if stop <= start:
+            return torch.zeros(self.channels, 0)
+        try:
+            self.handle.seek(start)
+            block = self._used(self.handle.read(stop - start, dtype="float32", always_2d=True))
+        except (RuntimeError, ValueError, TypeError, OSError) as err:
+            raise AudioError(f"reading frames {start}-{stop} failed ({_libsndfile_message(err)})", self.path) from err
+        if block.shape[0] != stop - start:
+            raise AudioError(f"changed while being read: frames {start}-{stop} are gone", self.path)
+        return torch.from_numpy(np.ascontiguousarray(block.T))
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> CheckedAudio:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,188 @@
+"""Inputs of the commands that take audio files: files, folders (recursive, ``--glob``) and ``@lists``.
+
+One :class:`Input` per file found (the same file named twice counts once); problems found while
+expanding (no such file, an empty folder, an unreadable list) are failures in the :class:`Report`,
+which also prints each outcome on one line and the summary at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from audiosep.errors import UserError
+
+log = logging.getLogger("audiosep.inputs")
+
+# Suffixes soundfile may read beyond its format names (``soundfile.available_formats()``).
+SUFFIX_ALIASES = frozenset({"aif", "aifc", "oga", "opus", "snd", "sph", "mat"})
+
+
+def shown(text: object) -> str:
+    """``text`` on one printable line (control characters in file names are escaped)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@dataclass
+class Input:
+    path: Path
+    label: str  # as the user would recognise it
+    walked: bool  # found in a folder (not named explicitly)
+
+
+class Report:
+    """Counts outcomes and prints them (results on stdout, errors, warnings, summary on stderr)."""
+
+    def __init__(self) -> None:
+        self.written = self.skipped = self.failed = 0
+
+    def error(self, label: str, reason: str) -> None:
+        self.failed += 1
+        reason = " ".join(str(reason).split("\n")).strip()
+        print(f"audiosep: error: {shown(label)}: {shown(reason)}", file=sys.stderr)
+
+    def warning(self, message: str) -> None:
+        print(f"audiosep: warning: {shown(message)}", file=sys.stderr)
+
+    def skip(self, label: str, outputs: list[Path]) -> None:
+        self.skipped += 1
+        print(
+            f"{shown(label)}: skipped, outputs exist ({', '.join(shown(p) for p in outputs)}); --overwrite redoes it"
+        )
+
+    def wrote(self, label: str, outputs: list[Path]) -> None:
+        self.written += 1
+        print(f"{shown(label)} -> {', '.join(shown(p) for p in outputs)}")
+
+    def summary(self, done: str = "written") -> None:
+        """``audiosep: N written, N skipped, N failed`` on stderr (``done`` names the first count)."""
+        print(f"audiosep: {self.written} {done}, {self.skipped} skipped, {self.failed} failed", file=sys.stderr)
+
+
+def audio_suffixes() -> frozenset[str]:
+    import soundfile as sf
+
+    return frozenset(name.lower() for name in sf.available_formats() if name != "RAW") | SUFFIX_ALIASES
+
+
+def file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def walk(root: Path, pattern: str | None, exclude: Path | None) -> list[Path]:
+    """Audio files below ``root`` (sorted; hidden files and folders and ``exclude`` left out)."""
+    suffixes = audio_suffixes() if pattern is None else frozenset()
+    found: list[Path] = []
+    for folder, subfolders, names in os.walk(root):
+        folder_path = Path(folder)
+        subfolders[:] = sorted(
+            d for d in subfolders
+            if not d.startswith(".") and (exclude is None or (folder_path / d).resolve() != exclude)
+        )  # fmt: skip
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = folder_path / name
+            if pattern is None:
+                matches = path.suffix[1:].lower() in suffixes
+            else:
+                matches = PurePosixPath(path.relative_to(root).as_posix()).match(pattern)
+            if matches and path.is_file():
+                found.append(path)
+    return found
+
+
+def read_list(list_path: Path) -> list[Path]:
+    """Paths in a ``@list.txt``, relative to its folder (blank lines and ``#`` comments skipped)."""
+    if not list_path.exists():
+        raise UserError("no such list file")
+    if list_path.is_dir():
+        raise UserError("is a directory, not a list file")
+    try:
+        text = list_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"the list is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except OSError as err:
+        raise UserError(f"cannot read the list ({err.strerror or err})") from err
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            entries.append(list_path.parent / line)
+    return entries
+
+
+def collect_inputs(
+    arguments: list[str], pattern: str | None, report: Report, exclude: Path | None = None
+) -> list[Input]:
+    """Expand files, folders and ``@lists`` into inputs (``exclude``: a folder not to search, the
+    output folder); problems found here are reported as failures."""
+    exclude = exclude.resolve() if exclude is not None else None
+    inputs: list[Input] = []
+    seen: set[tuple[int, int]] = set()
+
+    def add(path: Path, label: str, walked: bool) -> None:
+        identity = file_id(path)
+        if identity is None or identity in seen:  # the same file named twice is taken once
+            if identity is not None:
+                log.info("%s: given more than once; taken once", label)
+            return
+        seen.add(identity)
+        inputs.append(Input(path, label, walked))
+
+    def expand(path: Path, label: str) -> None:
+        if path.is_dir():
+            found = walk(path, pattern, exclude)
+            if not found:
+                what = f"matching --glob {pattern!r}" if pattern else "with an audio suffix"
+                report.error(label, f"folder holds no files {what}")
+            for file in found:
+                add(file, str(file), walked=True)
+        elif not path.exists():
+            report.error(label, "no such file" if not path.is_symlink() else "broken symbolic link")
+        elif not path.is_file():
+            report.error(label, "not a regular file")
+        else:
+            add(path, label, walked=False)
+
+    for argument in arguments:
+        if argument.startswith("@") and len(argument) > 1:
+            try:
+                entries = read_list(Path(argument[1:]))
+            except UserError as err:
+                report.error(argument, str(err))
+                continue
+            if not entries:
+                report.error(argument, "the list names no files")
+            for entry in entries:
+                expand(entry, str(entry))
+        else:
+            expand(Path(argument), argument)
+    return inputs
+
+
+def progress_bar(total: int, enabled: bool):
+    """A files bar on stderr, shown only on a terminal (so logs and captured output stay clean)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="files", unit="file", file=sys.stderr, leave=False,
+                disable=None if enabled else True)  # fmt: skip
+
+
+def check_glob(pattern: str | None) -> None:
+    """Raise :class:`UserError` for a ``--glob`` pattern that ``PurePosixPath.match`` refuses."""
+    if pattern is not None:
+        try:
+            PurePosixPath("x").match(pattern)
+        except ValueError as err:
+            raise UserError(f"--glob {pattern!r}: {err}") from err

@@ -1,0 +1,169 @@
+"""Long audio in blocks: spans resampled exactly, files separated without being held whole, the same
+numbers as separating the whole waveform, a memory budget that picks the chunk, a killed run that leaves
+no output behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audiosep.audio_blocks import CheckedAudio, resample_span, resampled_length
+from audiosep.checkpoint import save_model
+from audiosep.cli import main
+from audiosep.data.audio import resample
+from audiosep.inference import OUTPUT_BLOCK, ChunkConfig, Separator, limit_peak, read_mixture
+from audiosep.models import conv_tasnet_demo
+
+RATE = 8000
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return conv_tasnet_demo(num_repeats=1, num_layers=2)
+
+
+def mixture(frames: int, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Two tones with noise, ``[frames, channels]`` float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames) / rate
+    tones = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 630 * t + 1.0)
+    return (tones[:, None] + 0.05 * rng.standard_normal((frames, channels))).astype(np.float32)
+
+
+@pytest.mark.parametrize("orig, new", [(44100, 8000), (8000, 16000), (16000, 8000), (22050, 8000), (48000, 44100)])
+def test_resample_span_equals_resampling_the_whole_signal(orig: int, new: int) -> None:
+    signal_ = torch.randn(2, orig + 1234, generator=torch.Generator().manual_seed(1))
+    whole = resample(signal_, orig, new)
+    length = whole.shape[-1]
+    assert resampled_length(signal_.shape[-1], orig, new) == length
+    for start, stop in [(0, 1), (0, 333), (37, 5000), (length - 300, length), (1234, length), (length - 1, length)]:
+        span = resample_span(lambda a, b: signal_[:, a:b], signal_.shape[-1], orig, new, start, stop)
+        torch.testing.assert_close(span, whole[:, start:stop], atol=1e-6, rtol=0)
+
+
+def quantised(sources: torch.Tensor) -> np.ndarray:
+    """What a 16-bit PCM wav of ``sources`` holds (written and read back in memory)."""
+    import io
+
+    rows = []
+    for source in sources:
+        buffer = io.BytesIO()
+        sf.write(buffer, source.numpy(), RATE, subtype="PCM_16", format="WAV")
+        buffer.seek(0)
+        rows.append(sf.read(buffer, dtype="int16")[0])
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("rate, channels, keep_model_rate", [(16000, 2, False), (16000, 2, True), (8000, 1, False)])
+def test_a_file_separated_in_blocks_equals_the_whole_waveform_separated(
+    tmp_path: Path, rate: int, channels: int, keep_model_rate: bool
+) -> None:
+    path = tmp_path / "long.wav"
+    sf.write(path, mixture(int(5.3 * rate), rate, channels), rate, subtype="FLOAT")
+    separator = Separator(tiny_model(), RATE, ChunkConfig(1.0, 0.25))
+    written = separator.separate_file(path, tmp_path / "out", keep_model_rate=keep_model_rate)
+    waveform, _ = read_mixture(path)
+    expected = limit_peak(separator.separate(waveform, rate, keep_model_rate), "whole")
+    got = np.stack([sf.read(p, dtype="int16")[0] for p in written])
+    assert got.shape == expected.shape and np.abs(got).max() > 1000
+    assert np.abs(got.astype(int) - quantised(expected).astype(int)).max() <= 1  # one LSB of rounding
+
+
+def test_a_long_file_is_read_in_spans_not_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "long.wav"
+    rate = 16000
+    sf.write(path, mixture(40 * rate, rate), rate)
+    spans: list[int] = []
+    real_read = CheckedAudio.read
+
+    def recording_read(self: CheckedAudio, start: int, stop: int) -> torch.Tensor:
+        data = real_read(self, start, stop)
+        spans.append(data.shape[-1])
+        return data
+
+    monkeypatch.setattr(CheckedAudio, "read", recording_read)
+    separator = Separator(tiny_model(), RATE, ChunkConfig(2.0, 0.5))
+    separator.separate_file(path, tmp_path / "out")
+    assert sum(spans) >= 40 * rate  # all of it went through read()
+    assert max(spans) < 2.1 * rate  # a chunk (2 s at the file's rate) and the resampler's context, never more
+
+
+def test_a_silent_file_gets_silent_outputs_of_its_length(tmp_path: Path) -> None:
+    path = tmp_path / "silent.wav"
+    sf.write(path, np.zeros(3 * OUTPUT_BLOCK // 2 + 7, dtype=np.float32), 16000)
+    warnings: list[str] = []
+    written = Separator(tiny_model(), RATE).separate_file(path, tmp_path / "out", warn=warnings.append)
+    for output in written:
+        data, rate = sf.read(output)
+        assert rate == 16000 and data.shape == (3 * OUTPUT_BLOCK // 2 + 7,) and not data.any()
+    assert len(warnings) == 1 and "silent" in warnings[0]
+
+
+def test_memory_budget_picks_longer_chunks_for_more_memory_and_refuses_too_little() -> None:
+    separator = Separator(conv_tasnet_demo(), RATE)
+    resident = separator._resident_mib()
+    small = separator.fit_chunk_to_memory(resident + 150).seconds
+    large = separator.fit_chunk_to_memory(resident + 600).seconds
+    assert 1.0 <= small < large <= 600
+    assert separator.chunk.seconds == large and separator.chunk.overlap_seconds <= large / 4
+    with pytest.raises(ValueError, match="too little"):
+        separator.fit_chunk_to_memory(resident + 1)
+
+
+def test_infer_max_memory_says_which_chunk_it_chose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "model.ckpt"
+    save_model(tiny_model(), ckpt, {"sample_rate": RATE})
+    wav = tmp_path / "x.wav"
+    sf.write(wav, mixture(RATE, RATE), RATE)
+    assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), "--max-memory", "4000", str(wav)]) == 0
+    assert "--max-memory 4000 MiB: chunks of" in capsys.readouterr().err
+    assert main(["infer", "--ckpt", str(ckpt), "--max-memory", "0", str(wav)]) == 1
+    assert "--max-memory takes a positive number" in capsys.readouterr().err
+
+
+SLOW_SEPARATION = """
+import sys, time
+from audiosep import inference
+
+real_append = inference._Scratch.append
+
+def slow_append(self, piece):
+    real_append(self, piece)
+    open(sys.argv[1], "w").close()  # the parent may kill now: scratch and temp files exist
+    time.sleep(60)
+
+inference._Scratch.append = slow_append
+from audiosep.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_killed_run_leaves_no_output_and_the_next_run_clears_its_leftovers(tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.ckpt"
+    save_model(tiny_model(), ckpt, {"sample_rate": RATE})
+    wav, out, started = tmp_path / "x.wav", tmp_path / "out", tmp_path / "started"
+    sf.write(wav, mixture(4 * RATE, RATE), RATE)
+    args = ["infer", "--ckpt", str(ckpt), "--out-dir", str(out), "--chunk-seconds", "1", "--overlap-seconds", "0.25"]
+    child = subprocess.Popen([sys.executable, "-c", SLOW_SEPARATION, str(started), *args, str(wav)])
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), "the child never started separating"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    left = sorted(p.name for p in out.iterdir())
+    assert left and all(name.startswith(".x_s") and name.endswith(".tmp") for name in left)  # no x_s1.wav
+    assert main([*args, str(wav)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x_s1.wav", "x_s2.wav"]
