@@ -171,7 +171,7 @@ class Separator:
     ``separator.model`` is the plain model (hooks, export, pruning); ``separator.runtime`` is what
     runs: ``prepare_for_inference(model)`` when ``optimize`` (the default), else the plain model;
     with ``dtype="int8"``, :func:`audiosep.quantize.quantize_for_inference` (CPU). With
-    ``stream_block_ms``, a causal Conv-TasNet separates through its stateful stream in blocks of
+    ``stream_block_ms``, a causal Conv-TasNet or RE-SepFormer separates through its stateful stream in blocks of
     that length (:mod:`audiosep.streaming`; the same output as offline, no chunking). ``chunk_batch``
     chunks of a long input go through the model in one batch (faster on a GPU; same output).
 
@@ -322,14 +322,14 @@ class Separator:
         )
 
     def stream(self):
-        """A fresh :class:`audiosep.streaming.ConvTasNetStream` of this model (causal Conv-TasNet only).
+        """A fresh stream of this model (:func:`audiosep.streaming.open_stream`: causal Conv-TasNet or RE-SepFormer).
 
         Raises:
             ValueError: the model cannot stream (it looks ahead).
         """
-        from audiosep.streaming import ConvTasNetStream
+        from audiosep.streaming import open_stream
 
-        return ConvTasNetStream(self.model)
+        return open_stream(self.model)
 
     def _stream_pieces(self, read: Callable[[int, int], Tensor], length: int) -> Iterator[Tensor]:
         """The stateful stream over ``read(a, b)`` (mono at the model's rate) in ``stream_block_ms`` blocks."""

@@ -1,4 +1,4 @@
-"""Streaming separation with a causal Conv-TasNet: blocks in, separated blocks out, offline's numbers.
+"""Streaming separation with causal Conv-TasNet and RE-SepFormer: blocks in, separated blocks out, offline's numbers.
 
 :class:`ConvTasNetStream` runs the model's own layers on each block and carries what the next block
 needs: the encoder's input overlap, each depthwise conv's past frames (its causal padding), the running
@@ -11,14 +11,28 @@ Latency: an output sample is final once the encoder window that covers it has be
 stream returns everything up to ``window - stride`` samples before the end of the input so far;
 :attr:`ConvTasNetStream.algorithmic_latency` is that in samples, plus the block length the caller
 buffers.
+
+:class:`RESepFormerStream` does the same for a causal RE-SepFormer: it separates one chunk of
+``chunk_size`` encoder frames at a time (the intra-chunk transformer sees the whole chunk, and the
+chunk's summary is the mean of all its frames), and each inter-chunk transformer runs one new
+position per chunk over its cached keys and values (its output at a chunk is what the causal
+offline pass computes there). Its algorithmic latency is one chunk plus the decoder overlap:
+``chunk_size * stride + window - stride`` samples (150 ms + 1 ms at 8 kHz with the paper's sizes).
+
+:func:`open_stream` picks the stream class of a model (a closed list).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet
+from audiosep.models.masking import frame_padding
+from audiosep.models.resepformer import RESepFormer
+from audiosep.nn.attention import TransformerLayer
+from audiosep.nn.dual_path import SequenceStack, norm_channels_last, sinusoidal_encoding
 from audiosep.nn.norms import CumulativeLayerNorm, CumulativeState
 
 
@@ -151,3 +165,169 @@ class ConvTasNetStream:
         remaining = remaining[..., : self._seen - (self._emitted - remaining.shape[-1])]
         self.reset()
         return remaining
+
+
+class _InterChunkState:
+    """One inter-chunk pass of RE-SepFormer over a stream of chunk summaries, one position per call.
+
+    Keeps every transformer layer's keys and values of the chunks so far (a causal layer's output
+    at a position depends on the earlier positions only through them) and the state of a
+    cumulative norm after the stack.
+    """
+
+    def __init__(self, stack: SequenceStack, norm: nn.Module) -> None:
+        self.stack = stack
+        self.norm = _stream_norm(norm)
+        self.position = 0
+        self.caches: list[tuple[Tensor, Tensor] | None] = [None] * (len(stack.layers) * stack.repeats)
+
+    def _attend(self, layer: TransformerLayer, h: Tensor, index: int) -> Tensor:
+        attention = layer.attention
+        batch, _, dim = h.shape
+        q, k, v = attention.qkv(h).view(batch, 1, 3, attention.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, 1, d]
+        cached = self.caches[index]
+        if cached is not None:
+            k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
+        self.caches[index] = (k, v)
+        y = F.scaled_dot_product_attention(q, k, v)  # every cached key is at or before this position
+        return attention.out(y.transpose(1, 2).reshape(batch, 1, dim))
+
+    def _layer(self, layer: TransformerLayer, x: Tensor, index: int) -> Tensor:
+        if layer.pre_norm:
+            x = x + self._attend(layer, layer.norm1(x), index)
+            return x + layer.ffn(layer.norm2(x))
+        x = layer.norm1(x + self._attend(layer, x, index))
+        return layer.norm2(x + layer.ffn(x))
+
+    def __call__(self, summary: Tensor) -> Tensor:
+        """Chunk summary ``[B, N]`` -> the chunk's memory ``[B, N]`` (``norm(inter(m)) + m`` at this position)."""
+        x = summary[:, None] + sinusoidal_encoding(1, summary.shape[-1], summary.device, summary.dtype, self.position)
+        index = 0
+        for layer in self.stack.layers:
+            for _ in range(self.stack.repeats):
+                x = self._layer(layer, x, index)
+                index += 1
+        y = self.stack.norm(x)  # [B, 1, N]
+        normed = self.norm(y.transpose(1, 2)).transpose(1, 2)  # a registry norm on [B, N, 1]
+        self.position += 1
+        return (normed + summary[:, None])[:, 0]
+
+
+class RESepFormerStream:
+    """Separate a causal :class:`RESepFormer` input block by block (one chunk of frames at a time).
+
+    Same use as :class:`ConvTasNetStream`: ``process(block)`` returns the newly final samples,
+    ``flush()`` the rest; their concatenation equals ``model(mixture)`` (within 1e-4).
+
+    Raises:
+        ValueError: the model is not a causal RE-SepFormer.
+    """
+
+    def __init__(self, model: RESepFormer) -> None:
+        if not isinstance(model, RESepFormer) or not model.init_args.get("causal", False):
+            raise ValueError("streaming needs a causal RE-SepFormer (causal=True): other models look ahead")
+        self.model = model.eval()
+        self.window, self.stride = model.encoder.kernel_size[0], model.encoder.stride[0]
+        self.chunk_size = model.masker.chunk_size
+        self.num_sources = model.masker.num_sources
+        self.algorithmic_latency = self.chunk_size * self.stride + self.window - self.stride
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new signal."""
+        masker = self.model.masker
+        self._inter = [_InterChunkState(stack, norm) for stack, norm in zip(masker.inter, masker.inter_norms, strict=True)]
+        self._pending: Tensor | None = None  # input samples not yet consumed by a frame
+        self._features: Tensor | None = None  # encoder frames [B, f, N] of the chunk being filled
+        self._tail: Tensor | None = None  # decoder overlap-add tail [B*C, window - stride]
+        self._seen = 0
+        self._emitted = 0
+
+    def _encode(self, samples: Tensor) -> None:
+        """Encode every complete frame of ``samples`` (appended to the pending input) into the frame buffer."""
+        padded = torch.cat([self._pending, samples], dim=-1)
+        count = (padded.shape[-1] - self.window) // self.stride + 1 if padded.shape[-1] >= self.window else 0
+        if count:
+            used = (count - 1) * self.stride + self.window
+            frames = F.relu(self.model.encoder(padded[:, None, :used])).transpose(1, 2)  # [B, count, N]
+            self._features = frames if self._features is None else torch.cat([self._features, frames], dim=1)
+        self._pending = padded[:, count * self.stride :]
+
+    def _chunk(self, features: Tensor) -> Tensor:
+        """One chunk ``[B, K, N]`` through the mask network's blocks (intra, then memory, ...)."""
+        masker = self.model.masker
+        x = features
+        for index, (intra, norm) in enumerate(zip(masker.intra, masker.intra_norms, strict=True)):
+            if index > 0:
+                x = x + self._inter[index - 1](x.mean(dim=1))[:, None]
+            x = norm_channels_last(norm, intra(x)) + x
+        return x
+
+    def _separate(self, features: Tensor, valid: int) -> Tensor:
+        """Decode the first ``valid`` frames of a chunk: the newly final samples ``[B, C, valid * stride]``."""
+        masker, batch = self.model.masker, features.shape[0]
+        x = self._chunk(features)[:, :valid]
+        masks = F.relu(masker.to_masks(masker.prelu(x))).view(batch, valid, self.num_sources, -1)  # [B, f, C, N]
+        masked = masks.permute(0, 2, 3, 1) * features[:, :valid].transpose(1, 2)[:, None]  # [B, C, N, f]
+        decoded = self.model.decoder(masked.flatten(0, 1))[:, 0]  # [B*C, (f-1)s + W]
+        if self._tail is not None:
+            decoded[:, : self._tail.shape[-1]] += self._tail
+        self._tail = decoded[:, valid * self.stride :]
+        return decoded[:, : valid * self.stride].unflatten(0, (batch, self.num_sources))
+
+    def _full_chunks(self) -> list[Tensor]:
+        parts = []
+        while self._features is not None and self._features.shape[1] >= self.chunk_size:
+            chunk, self._features = self._features[:, : self.chunk_size], self._features[:, self.chunk_size :]
+            parts.append(self._separate(chunk, self.chunk_size))
+        return parts
+
+    @torch.inference_mode()
+    def process(self, block: Tensor) -> Tensor:
+        """``block[B, n]`` (any n) -> the newly final output samples ``[B, C, n']``."""
+        if block.dim() != 2:
+            raise ValueError(f"a stream block is [batch, time], got shape {tuple(block.shape)}")
+        if self._pending is not None and block.shape[0] != self._pending.shape[0]:
+            raise ValueError(f"this stream carries {self._pending.shape[0]} signals; got a block of {block.shape[0]}")
+        if self._pending is None:
+            self._pending = block.new_zeros(block.shape[0], 0)
+        self._seen += block.shape[-1]
+        self._encode(block)
+        parts = self._full_chunks()
+        out = torch.cat(parts, dim=-1) if parts else block.new_zeros(block.shape[0], self.num_sources, 0)
+        self._emitted += out.shape[-1]
+        return out
+
+    @torch.inference_mode()
+    def flush(self) -> Tensor:
+        """End the signal: the remaining output samples, the end padded exactly as offline pads it."""
+        if self._pending is None:
+            raise ValueError("flush() before any process() call")
+        batch = self._pending.shape[0]
+        self._encode(self._pending.new_zeros(batch, frame_padding(self._seen, self.window, self.stride)))
+        parts = self._full_chunks()
+        left = 0 if self._features is None else self._features.shape[1]
+        if left:  # the last chunk, zero-padded to a whole one as offline does
+            chunk = F.pad(self._features, (0, 0, 0, self.chunk_size - left))
+            parts.append(self._separate(chunk, left))
+        tail = self._tail.unflatten(0, (batch, self.num_sources))
+        remaining = torch.cat([*parts, tail], dim=-1)[..., : self._seen - self._emitted]
+        self.reset()
+        return remaining
+
+
+STREAMS = {ConvTasNet: ConvTasNetStream, RESepFormer: RESepFormerStream}
+
+
+def open_stream(model: nn.Module) -> ConvTasNetStream | RESepFormerStream:
+    """A fresh stream of ``model``: causal Conv-TasNet or causal RE-SepFormer.
+
+    Raises:
+        ValueError: the model cannot stream (another class, or it looks ahead).
+    """
+    stream_class = STREAMS.get(type(model))
+    if stream_class is None:
+        raise ValueError(
+            f"streaming needs a causal Conv-TasNet or RE-SepFormer, not a {type(model).__name__}: other models look ahead"
+        )
+    return stream_class(model)

@@ -1,4 +1,4 @@
-"""The stateful Conv-TasNet stream equals offline separation, for every causal norm and any block sizes."""
+"""The stateful Conv-TasNet and RE-SepFormer streams equal offline separation, for causal norms and any block sizes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from audiosep.checkpoint import save_model
 from audiosep.cli import main
 from audiosep.inference import Separator
 from audiosep.models import ConvTasNet, conv_tasnet_demo
-from audiosep.streaming import ConvTasNetStream
+from audiosep.models.resepformer import RESepFormer
+from audiosep.streaming import ConvTasNetStream, RESepFormerStream
 
 
 def causal_model(**overrides: object) -> ConvTasNet:
@@ -111,3 +112,61 @@ def test_infer_stream_writes_the_offline_result(tmp_path: Path, capsys: pytest.C
     save_model(conv_tasnet_demo(num_repeats=1, num_layers=2), demo, {"sample_rate": 8000})
     assert main(["infer", "--ckpt", str(demo), "--stream", "--out-dir", str(out), str(tmp_path / "mix.wav")]) == 1
     assert "causal Conv-TasNet" in capsys.readouterr().err
+
+
+def causal_resepformer(norm: str, num_blocks: int = 3) -> RESepFormer:
+    torch.manual_seed(0)
+    model = RESepFormer(
+        encoder_channels=16, kernel_size=8, num_blocks=num_blocks, num_intra_layers=1, num_inter_layers=2,
+        num_heads=2, ffn_dim=24, chunk_size=10, norm=norm, causal=True,
+    ).eval()  # fmt: skip
+    with torch.no_grad():  # non-trivial norm affines
+        for name, param in model.named_parameters():
+            if "norms" in name:
+                param.add_(0.2 * torch.randn_like(param))
+    return model
+
+
+def streamed_by(stream, mixture: torch.Tensor, block: int) -> torch.Tensor:
+    parts = [stream.process(mixture[:, start : start + block]) for start in range(0, mixture.shape[-1], block)]
+    return torch.cat([*parts, stream.flush()], dim=-1)
+
+
+@pytest.mark.parametrize("norm", ["channel_ln", "cumulative_ln", "batch_norm", "rms_norm"])
+@pytest.mark.parametrize("length", [5, 396, 403, 1601])  # shorter than a window; 98 frames; 100 frames = 10 chunks
+def test_resepformer_stream_equals_offline(norm: str, length: int) -> None:
+    model = causal_resepformer(norm)
+    mixture = 0.1 * torch.randn(2, length, generator=torch.Generator().manual_seed(length))
+    with torch.no_grad():
+        offline = model(mixture)
+    stream = RESepFormerStream(model)
+    for block in (1, 37, length):
+        online = streamed_by(stream, mixture, block)  # flush() resets: the same stream serves again
+        assert online.shape == offline.shape
+        torch.testing.assert_close(online, offline, atol=1e-5, rtol=0)
+
+
+def test_resepformer_stream_latency_is_one_chunk_and_it_emits_chunk_by_chunk() -> None:
+    model = causal_resepformer("channel_ln", num_blocks=2)
+    stream = RESepFormerStream(model)
+    assert stream.algorithmic_latency == 10 * 4 + 8 - 4
+    assert stream.process(torch.zeros(1, 10 * 4 + 3)).shape[-1] == 0  # 10 frames need 4 * 9 + 8 = 44 samples
+    assert stream.process(torch.zeros(1, 1)).shape[-1] == 10 * 4
+    with pytest.raises(ValueError, match="causal RE-SepFormer"):
+        RESepFormerStream(RESepFormer(encoder_channels=16, kernel_size=8, num_heads=2, num_intra_layers=1,
+                                      num_inter_layers=1, ffn_dim=8, chunk_size=10))  # fmt: skip
+
+
+def test_infer_streams_a_causal_resepformer(tmp_path: Path) -> None:
+    model = causal_resepformer("cumulative_ln")
+    ckpt = tmp_path / "causal_re.ckpt"
+    save_model(model, ckpt, {"sample_rate": 8000})
+    mixture = 0.1 * torch.randn(3001, generator=torch.Generator().manual_seed(3))
+    sf.write(tmp_path / "mix.wav", mixture.numpy(), 8000, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert main(["infer", "--ckpt", str(ckpt), "--stream", "10", "--out-dir", str(out), str(tmp_path / "mix.wav")]) == 0
+    with torch.no_grad():
+        offline = model(mixture[None])[0]
+    written = torch.from_numpy(sf.read(out / "mix_s2.wav", dtype="float32")[0])
+    scale = float(written.abs().max() / offline[1].abs().max())  # infer may limit the peak
+    assert float((written - scale * offline[1]).abs().max()) < 1e-4

@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (files, chunks of long files)")
     parser.add_argument(
         "--stream", type=float, default=None, metavar="BLOCK_MS", nargs="?", const=20.0,
-        help="causal Conv-TasNet only: separate through the stateful stream in blocks of BLOCK_MS (default 20)",
+        help="causal Conv-TasNet or RE-SepFormer only: separate through the stateful stream in blocks of BLOCK_MS "
+        "(default 20)",
     )  # fmt: skip
     parser.add_argument(
         "--dtype", choices=["fp32", "int8"], default="fp32",

@@ -29,9 +29,10 @@ MASKNET_NORM_EPS = 1e-8  # SpeechBrain's select_norm eps (its "ln" is GroupNorm(
 
 
 def sinusoidal_encoding(
-    length: int, dim: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    length: int, dim: int, device: torch.device | None = None, dtype: torch.dtype | None = None, start: int = 0
 ) -> Tensor:
-    """Absolute position code ``[L, D]``: ``sin`` on even channels, ``cos`` on odd ones.
+    """Absolute position code ``[L, D]`` of positions ``start .. start + L - 1``: ``sin`` on even channels,
+    ``cos`` on odd ones (``start`` lets a stream code one new position with the numbers of the whole).
 
     ``PE[t, 2i] = sin(t / 10000^(2i/D))`` and ``PE[t, 2i+1] = cos(t / 10000^(2i/D))``
     (Vaswani et al. 2017), computed for any length (no maximum).
@@ -41,7 +42,7 @@ def sinusoidal_encoding(
     """
     if dim % 2:
         raise ValueError(f"sinusoidal positions need an even width, got {dim}")
-    position = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)  # [L, 1]
+    position = torch.arange(start, start + length, device=device, dtype=torch.float32).unsqueeze(1)  # [L, 1]
     inv_freq = torch.exp(
         torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
     )  # [D/2]
