@@ -1,7 +1,7 @@
 """Audio files read and resampled in blocks, so that an hour-long file never sits in memory whole.
 
 :class:`CheckedAudio` opens a file, checks all of it once in blocks (frames the header promises,
-finite samples, silence) and then hands out any span of frames by seeking. :func:`resample_span`
+finite samples, silence) and then hands out spans of frames, decoding forward only. :func:`resample_span`
 gives samples ``[start, stop)`` of torchaudio's resampling of a whole signal from a span of the
 input read with enough context: the same numbers as resampling everything at once (tested), in
 memory that follows the span.
@@ -25,7 +25,8 @@ from torch import Tensor
 from audiosep.data.audio import resample
 from audiosep.errors import UserError
 
-BLOCK_FRAMES = 1 << 16  # frames per read while checking a file (256 KiB per channel as float32)
+BLOCK_BYTES = 1 << 20  # bytes of float32 frames decoded per read
+BLOCK_FRAMES = 1 << 16  # frames per block for callers that scan a file (256 KiB per channel as float32)
 
 # torchaudio.functional.resample's defaults: its filter reaches ``ceil(6 * orig / (0.99 * min))`` input
 # samples either side of an output frame (rates reduced by their gcd).
@@ -156,7 +157,7 @@ def _open(path: Path) -> sf.SoundFile:
 
 
 class CheckedAudio:
-    """One audio file, checked whole in blocks on opening, then read span by span.
+    """One audio file, checked whole in blocks on opening, then read span by span (in increasing order).
 
     ``channel`` (0-based) keeps one channel; ``None`` keeps them all. After opening, :attr:`frames`,
     :attr:`sample_rate`, :attr:`channels` and :attr:`silent` describe the used channels, and
@@ -181,7 +182,9 @@ class CheckedAudio:
                 )
             self.channel = channel
             self.channels = 1 if channel is not None else available
+            self._block = max(1024, BLOCK_BYTES // (4 * available))  # frames per read, whatever the channel count
             self.frames, self.silent = self._check()
+            self._rewind()
         except BaseException:
             self.handle.close()
             raise
@@ -197,7 +200,7 @@ class CheckedAudio:
         got, silent = 0, True
         while True:
             try:
-                block = self._used(handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True))
+                block = self._used(handle.read(self._block, dtype="float32", always_2d=True))
             except (RuntimeError, ValueError, TypeError, OSError) as err:
                 raise AudioError(
                     f"truncated or corrupt: reading failed after {got} of {promised} frames "
@@ -216,7 +219,7 @@ class CheckedAudio:
                 )
             silent = silent and not block.any()
             got += block.shape[0]
-            if block.shape[0] < BLOCK_FRAMES:
+            if block.shape[0] < self._block:
                 break
         if got < promised or truncated_by_log:
             raise AudioError(
@@ -229,18 +232,50 @@ class CheckedAudio:
         return got, silent
 
     def read(self, start: int, stop: int) -> Tensor:
-        """Frames ``[start, stop)`` of the used channels as ``float32 [C, n]`` (clipped to the file)."""
+        """Frames ``[start, stop)`` of the used channels as ``float32 [C, n]`` (clipped to the file).
+
+        The file is decoded forward only (libsndfile's seeks are not sample-exact in OGG and MP3):
+        frames from ``start`` on are kept, so that spans asked for in increasing order, overlapping or
+        not, are each decoded once; a span that starts before the kept frames decodes again from the
+        beginning.
+        """
         start, stop = max(0, start), min(stop, self.frames)
         if stop <= start:
             return torch.zeros(self.channels, 0)
+        if start < self._kept_start:
+            self._rewind()
+        kept_end = self._kept_start + self._kept.shape[0]
+        if start >= kept_end:  # skip ahead: decode and drop
+            self._decode(start - kept_end)
+            self._kept, self._kept_start = self._kept[:0], start
+        else:
+            self._kept, self._kept_start = self._kept[start - self._kept_start :], start
+        missing = stop - (self._kept_start + self._kept.shape[0])
+        if missing > 0:
+            self._kept = np.concatenate([self._kept, self._decode(missing)])
+        return torch.from_numpy(np.ascontiguousarray(self._kept[: stop - start].T))
+
+    def _rewind(self) -> None:
         try:
-            self.handle.seek(start)
-            block = self._used(self.handle.read(stop - start, dtype="float32", always_2d=True))
+            self.handle.seek(0)
         except (RuntimeError, ValueError, TypeError, OSError) as err:
-            raise AudioError(f"reading frames {start}-{stop} failed ({_libsndfile_message(err)})", self.path) from err
-        if block.shape[0] != stop - start:
-            raise AudioError(f"changed while being read: frames {start}-{stop} are gone", self.path)
-        return torch.from_numpy(np.ascontiguousarray(block.T))
+            raise AudioError(f"cannot read it again from the start ({_libsndfile_message(err)})", self.path) from err
+        self._kept, self._kept_start = np.zeros((0, self.channels), dtype=np.float32), 0
+
+    def _decode(self, count: int) -> np.ndarray:
+        """The next ``count`` frames of the used channels (``[count, C]``); the file must still hold them."""
+        blocks, got = [np.zeros((0, self.channels), dtype=np.float32)], 0
+        while got < count:
+            want = min(count - got, self._block)
+            try:
+                block = self._used(self.handle.read(want, dtype="float32", always_2d=True))
+            except (RuntimeError, ValueError, TypeError, OSError) as err:
+                raise AudioError(f"reading failed at frame {self._kept_start + got} ({_libsndfile_message(err)})", self.path) from err
+            if block.shape[0] != want:
+                raise AudioError("changed while being read: it holds fewer frames than at first", self.path)
+            blocks.append(block)
+            got += want
+        return np.concatenate(blocks) if len(blocks) > 2 else blocks[-1]
 
     def close(self) -> None:
         self.handle.close()

@@ -167,3 +167,26 @@ def test_a_killed_run_leaves_no_output_and_the_next_run_clears_its_leftovers(tmp
     assert left and all(name.startswith(".x_s") and name.endswith(".tmp") for name in left)  # no x_s1.wav
     assert main([*args, str(wav)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["x_s1.wav", "x_s2.wav"]
+
+
+@pytest.mark.parametrize("fmt, subtype", [("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III"), ("FLAC", "PCM_16")])
+def test_spans_of_compressed_files_equal_decoding_the_whole(tmp_path: Path, fmt: str, subtype: str) -> None:
+    path = tmp_path / f"x.{fmt.lower()}"
+    sf.write(path, mixture(20 * RATE, RATE, channels=2), RATE, format=fmt, subtype=subtype)
+    whole = torch.from_numpy(sf.read(path, dtype="float32", always_2d=True)[0].T.copy())
+    with CheckedAudio(path) as audio:
+        assert audio.frames == whole.shape[-1]
+        spans = [(0, 5000), (4000, 90000), (85000, 85001), (100000, 150000), (12345, 23456), (150000, 10**9)]
+        for start, stop in spans:  # overlapping, skipping ahead, and going back (decodes again from the start)
+            torch.testing.assert_close(audio.read(start, stop), whole[:, start:stop], atol=1e-6, rtol=0)  # MP3: 1 ulp
+
+
+def test_a_rate_that_needs_a_huge_resampling_filter_is_one_error_line(tmp_path: Path, capsys) -> None:
+    ckpt = tmp_path / "model.ckpt"
+    save_model(tiny_model(), ckpt, {"sample_rate": RATE})
+    wav = tmp_path / "odd.wav"
+    sf.write(wav, mixture(44101, 44101), 44101)
+    assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), str(wav)]) == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert "odd.wav" in line and "44101 Hz -> 8000 Hz needs a" in line and "convert the file" in line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

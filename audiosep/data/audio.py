@@ -6,6 +6,8 @@ Reads wav/flac/ogg (and mp3 where libsndfile supports it) as ``float32 [C, T]``;
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+import torchaudio.transforms as T
 from torch import Tensor
 
 from audiosep.errors import UserError
@@ -46,11 +49,36 @@ def to_mono(waveform: Tensor) -> Tensor:
     return waveform.mean(dim=0)
 
 
+MAX_RESAMPLE_KERNEL_BYTES = 64 << 20  # torchaudio's filter for rates with a small gcd can take gigabytes
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler(orig_rate: int, new_rate: int) -> T.Resample:
+    """torchaudio's resampler with its filter built once per rate pair (a long file is resampled span by span)."""
+    gcd = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // gcd, new_rate // gcd
+    width = math.ceil(6 * orig / (0.99 * min(orig, new)))
+    kernel_bytes = 4 * new * (2 * width + orig)
+    if kernel_bytes > MAX_RESAMPLE_KERNEL_BYTES:
+        raise UserError(
+            f"resampling {orig_rate} Hz -> {new_rate} Hz needs a {kernel_bytes >> 20} MiB filter (the rates share "
+            f"a factor of only {gcd}); convert the file to a common rate first (e.g. sox or ffmpeg)"
+        )
+    return T.Resample(orig_rate, new_rate)
+
+
 def resample(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
-    """Band-limited sinc resampling along the last dim (torchaudio); a no-op for equal rates."""
+    """Band-limited sinc resampling along the last dim (torchaudio); a no-op for equal rates.
+
+    Raises:
+        UserError: the rates share so small a factor that the filter would be huge (e.g. 44101 Hz).
+    """
     if orig_rate == new_rate:
         return waveform
-    return AF.resample(waveform, orig_rate, new_rate)
+    resampler = _resampler(int(orig_rate), int(new_rate))
+    if waveform.dtype != torch.float32 or waveform.device.type != "cpu":
+        return AF.resample(waveform, orig_rate, new_rate)
+    return resampler(waveform)
 
 
 def write_audio_atomic(
