@@ -77,6 +77,14 @@ class _BlockState:
         return residual, skip
 
 
+def _check_block(block: Tensor, pending: Tensor | None) -> None:
+    """Refuse a block that is not ``[batch, time]`` or not of the batch the stream carries."""
+    if block.dim() != 2:
+        raise ValueError(f"a stream block is [batch, time], got shape {tuple(block.shape)}")
+    if pending is not None and block.shape[0] != pending.shape[0]:
+        raise ValueError(f"this stream carries {pending.shape[0]} signals; got a block of {block.shape[0]}")
+
+
 class ConvTasNetStream:
     """Separate a causal :class:`ConvTasNet` input block by block.
 
@@ -144,10 +152,7 @@ class ConvTasNetStream:
     @torch.inference_mode()
     def process(self, block: Tensor) -> Tensor:
         """``block[B, n]`` (any n) -> the newly final output samples ``[B, S, n']``."""
-        if block.dim() != 2:
-            raise ValueError(f"a stream block is [batch, time], got shape {tuple(block.shape)}")
-        if self._pending is not None and block.shape[0] != self._pending.shape[0]:
-            raise ValueError(f"this stream carries {self._pending.shape[0]} signals; got a block of {block.shape[0]}")
+        _check_block(block, self._pending)
         if self._pending is None:
             self._pending = block.new_zeros(block.shape[0], self.stride)  # the offline left padding
         self._seen += block.shape[-1]
@@ -285,10 +290,7 @@ class RESepFormerStream:
     @torch.inference_mode()
     def process(self, block: Tensor) -> Tensor:
         """``block[B, n]`` (any n) -> the newly final output samples ``[B, C, n']``."""
-        if block.dim() != 2:
-            raise ValueError(f"a stream block is [batch, time], got shape {tuple(block.shape)}")
-        if self._pending is not None and block.shape[0] != self._pending.shape[0]:
-            raise ValueError(f"this stream carries {self._pending.shape[0]} signals; got a block of {block.shape[0]}")
+        _check_block(block, self._pending)
         if self._pending is None:
             self._pending = block.new_zeros(block.shape[0], 0)
         self._seen += block.shape[-1]

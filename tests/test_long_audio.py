@@ -126,8 +126,9 @@ def test_infer_max_memory_says_which_chunk_it_chose(tmp_path: Path, capsys: pyte
     sf.write(wav, mixture(RATE, RATE), RATE)
     assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), "--max-memory", "4000", str(wav)]) == 0
     assert "--max-memory 4000 MiB: chunks of" in capsys.readouterr().err
-    assert main(["infer", "--ckpt", str(ckpt), "--max-memory", "0", str(wav)]) == 1
-    assert "--max-memory takes a positive number" in capsys.readouterr().err
+    for bad in ("0", "nan", "inf"):
+        assert main(["infer", "--ckpt", str(ckpt), "--max-memory", bad, str(wav)]) == 1
+        assert "--max-memory takes a positive number" in capsys.readouterr().err
 
 
 SLOW_SEPARATION = """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -194,7 +195,7 @@ def load_separator(args: argparse.Namespace):
     from audiosep.checkpoint import CheckpointError
     from audiosep.inference import ChunkConfig, Separator
 
-    if args.max_memory is not None and (args.max_memory <= 0 or args.stream is not None):
+    if args.max_memory is not None and not (math.isfinite(args.max_memory) and args.max_memory > 0 and args.stream is None):
         raise UserError("--max-memory takes a positive number of MiB, and does not apply to --stream")
     try:
         chunk = ChunkConfig(args.chunk_seconds, args.overlap_seconds)

@@ -6,30 +6,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from asr_helpers import TINY_BLOCKS, randomize_batchnorm, speechlike
+from asr_helpers import speechlike
 
-from audiosep.asr_metadata import asr_metadata
 from audiosep.audio_blocks import CheckedAudio
-from audiosep.checkpoint import save_model
 from audiosep.cli import main
-from audiosep.data.tokenizer import CharTokenizer
-from audiosep.models.quartznet import QuartzNet
-from audiosep.nn.features import LogMelFeatures
 from audiosep.transcriber import Transcriber, quiet_cuts
 
 RATE = 16000
-
-
-@pytest.fixture(scope="module")
-def asr_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = QuartzNet(64, 29, TINY_BLOCKS)
-    randomize_batchnorm(model)
-    with torch.no_grad():
-        model.head.weight.mul_(20)
-    path = tmp_path_factory.mktemp("asr_long") / "model.pt"
-    save_model(model, path, asr_metadata(LogMelFeatures(), CharTokenizer().vocabulary))
-    return path
 
 
 def test_quiet_cuts_fall_after_the_quietest_frame_of_each_search_window() -> None:

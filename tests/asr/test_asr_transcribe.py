@@ -6,29 +6,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from asr_helpers import TINY_BLOCKS, randomize_batchnorm, speechlike
+from asr_helpers import TINY_BLOCKS, speechlike
 
-from audiosep.asr_metadata import asr_metadata
 from audiosep.checkpoint import save_model
 from audiosep.cli import main
 from audiosep.data.audio import resample
-from audiosep.data.tokenizer import CharTokenizer
 from audiosep.models.quartznet import QuartzNet
-from audiosep.nn.features import LogMelFeatures
 from audiosep.transcriber import Transcriber
-
-
-@pytest.fixture(scope="module")
-def asr_ckpt(tmp_path_factory):
-    """An untrained but fixed tiny model whose outputs vary with the input (not a constant transcript)."""
-    torch.manual_seed(0)
-    model = QuartzNet(64, 29, TINY_BLOCKS)
-    randomize_batchnorm(model)
-    with torch.no_grad():
-        model.head.weight.mul_(20)  # sharpen the posteriors so that transcripts are non-empty
-    path = tmp_path_factory.mktemp("asr_ckpt") / "model.pt"
-    save_model(model, path, asr_metadata(LogMelFeatures(), CharTokenizer().vocabulary))
-    return path
 
 
 @pytest.fixture(scope="module")
