@@ -69,7 +69,7 @@ def format_streaming(rows: list[dict[str, Any]]) -> str:
     if not measured:
         return ""  # the JSON rows say why each model cannot stream
     lines = [
-        "| model | block (ms) | algorithmic latency (ms) | compute / block (ms) | compute RTF | total latency (ms) |",
+        "| model | block (ms) | algorithmic latency (ms) | compute / emitting step (ms) | compute RTF | total latency (ms) |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
