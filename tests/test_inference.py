@@ -174,3 +174,28 @@ def test_batched_chunks_give_the_same_output_as_one_at_a_time() -> None:
     assert float((one - batched).abs().max()) < 1e-5
     with pytest.raises(ValueError, match="chunk_batch"):
         Separator(model, SAMPLE_RATE, config, chunk_batch=0)
+
+
+class PointwiseFlipping(nn.Module):
+    """Sources ``0.3 x`` and ``-0.7 x``, swapped and sign-flipped from call to call (a chunk-local model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, mixture: Tensor) -> Tensor:
+        self.calls += 1
+        first, second = 0.3 * mixture, -0.7 * mixture
+        if self.calls % 2 == 0:
+            first, second = -second, first
+        return torch.stack([first, second], dim=1)
+
+
+def test_chunked_equals_unchunked_for_a_chunk_local_model() -> None:
+    mixture = torch.randn(SAMPLE_RATE * 3 + 17, generator=torch.Generator().manual_seed(0))
+    whole = Separator(PointwiseFlipping(), SAMPLE_RATE, ChunkConfig(10.0, 1.0), optimize=False)
+    chunked_model = PointwiseFlipping()
+    chunked = Separator(chunked_model, SAMPLE_RATE, ChunkConfig(0.5, 0.1), optimize=False)
+    expected, got = whole.separate_at_model_rate(mixture), chunked.separate_at_model_rate(mixture)
+    assert chunked_model.calls >= 7
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
