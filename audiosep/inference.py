@@ -291,7 +291,7 @@ class Separator:
 
         Memory means the process's resident memory on CPU (Linux ``/proc``) and allocated memory on
         CUDA. Two probe passes (1 s and 3 s chunks) give the model's memory per second of audio; the
-        chunk that fills 90 % of the room left is then run once and shortened until it fits (attention
+        chunk that fills 90 % of the room left (``max_mib`` less what is in use) is then run once and shortened until it fits (attention
         over chunks grows faster than linearly). The overlap is kept, or cut to a quarter of the chunk.
 
         Raises:
@@ -304,7 +304,7 @@ class Separator:
         self.runtime(torch.zeros(self.chunk_batch, max(self.window, self.sample_rate // 4), device=self.device))
         one, three = self._pass_peak_mib(1.0), self._pass_peak_mib(3.0)
         per_second = max((three - one) / 2, three / 3, 1e-3)
-        room = 0.9 * max_mib - self._resident_mib()
+        room = 0.9 * (max_mib - self._resident_mib())  # 10 % of the room kept for buffers and the allocator
         seconds = min(MAX_CHUNK_SECONDS, (room - one + per_second) / per_second)
         for _ in range(4):
             if seconds < MIN_CHUNK_SECONDS:
