@@ -291,8 +291,9 @@ class Separator:
 
         Memory means the process's resident memory on CPU (Linux ``/proc``) and allocated memory on
         CUDA. Two probe passes (1 s and 3 s chunks) give the model's memory per second of audio; the
-        chunk that fills 90 % of the room left (``max_mib`` less what is in use) is then run once and shortened until it fits (attention
-        over chunks grows faster than linearly). The overlap is kept, or cut to a quarter of the chunk.
+        chunk that fills 90 % of the room left (``max_mib`` less what is in use) is then run once and
+        shortened until it fits (attention over chunks grows faster than linearly). The overlap is
+        kept, or cut to a quarter of the chunk.
 
         Raises:
             ValueError: even a :data:`MIN_CHUNK_SECONDS` chunk does not fit, or no way to measure.
