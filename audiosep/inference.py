@@ -1,13 +1,16 @@
 """Separation of real audio of any length: files in, files out, bounded memory, no silent damage.
 
 Long inputs are cut into overlapping chunks; each chunk's sources are reordered to match the
-previous chunk on their overlap (the model's output order is arbitrary), then cross-faded.
-Channel mixdown and resampling are explicit and logged.
+previous chunk on their overlap (the model's output order is arbitrary) and scaled by the
+least-squares gain there, then cross-faded. Only the overlap still to be blended is kept between
+chunks. Files are checked whole in blocks, then read, resampled, separated and written span by span
+(:mod:`audiosep.audio_blocks`), so memory follows the chunk size, not the file's length. Channel
+mixdown and resampling are explicit and logged.
 
-Files are read with checks (:func:`read_mixture`): a missing, empty, corrupt, truncated or
-unknown-format file, non-finite samples, or an out-of-range channel raise :class:`SeparationError`
-naming the file and the reason; so do inputs shorter than the model's window and non-finite model
-outputs. Outputs are written atomically (all sources of a file appear together, or none).
+A missing, empty, corrupt, truncated or unknown-format file, non-finite samples, an out-of-range
+channel, an input shorter than the model's window and non-finite model output raise
+:class:`SeparationError` naming the file and the reason. Outputs are written atomically (all
+sources of a file appear together, or none).
 """
 
 from __future__ import annotations
