@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from audiosep.commands.inputs import Input, Report, check_glob, collect_inputs, progress_bar
+from audiosep.commands.inputs import Input, Report, check_glob, collect_inputs, file_id, progress_bar
 from audiosep.errors import UserError
 
 FILES_PER_GROUP = 32  # files read and transcribed together (their segments batched by length)
@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     transcriber = _load_transcriber(args)
     report = Report()
     inputs = collect_inputs(args.inputs, args.glob, report)
+    if out is not None and (out_id := file_id(out)) is not None and out_id in {file_id(i.path) for i in inputs}:
+        raise UserError(f"--out {out} is one of the inputs; give another file name")
     lines: list[str] = []
     with progress_bar(len(inputs), enabled=not args.no_progress and len(inputs) > 1) as bar:
         for first in range(0, len(inputs), FILES_PER_GROUP):

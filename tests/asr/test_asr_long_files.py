@@ -78,3 +78,11 @@ def test_transcribe_takes_folders_and_reports_each_bad_file(asr_ckpt, tmp_path, 
     rows = dict(line.split("\t") for line in out.read_text().splitlines())
     assert sorted(rows) == sorted(str(folder / n) for n in ("a.wav", "silent.wav", "sub/b.flac"))
     assert rows[str(folder / "silent.wav")] == ""
+
+
+def test_transcribe_never_writes_its_transcripts_over_an_input(asr_ckpt, tmp_path, capsys) -> None:
+    wav = tmp_path / "a.wav"
+    sf.write(wav, speechlike(4000, RATE, seed=7), RATE)
+    before = wav.read_bytes()
+    assert main(["transcribe", "--ckpt", str(asr_ckpt), "--out", str(wav), str(wav)]) == 1
+    assert "is one of the inputs" in capsys.readouterr().err and wav.read_bytes() == before
