@@ -107,13 +107,19 @@ class ChunkConfig:
         return int(self.seconds * sample_rate), int(self.overlap_seconds * sample_rate)
 
 
-def chunk_starts(length: int, chunk: int, overlap: int) -> list[int]:
-    """Start offsets of chunks of ``chunk`` samples covering ``length`` with at least ``overlap`` shared."""
+def chunk_layout(length: int, chunk: int, overlap: int) -> tuple[list[int], int]:
+    """``(starts, size)``: the fewest chunks of one ``size <= chunk`` covering ``length``, neighbours sharing
+    at least ``overlap`` samples.
+
+    The chunks are spread evenly (not ``chunk`` long with a last one pushed back over its neighbour), so
+    a 60 s file in 16 s chunks with 2 s overlap costs 5 chunks of 13.6 s, not 5 of 16 s.
+    """
     if length <= chunk:
-        return [0]
-    hop = chunk - overlap
-    starts = list(range(0, length - chunk, hop))
-    return starts + [length - chunk]
+        return [0], length
+    count = -(-(length - overlap) // (chunk - overlap))
+    size = -(-(length + (count - 1) * overlap) // count)
+    hop = size - overlap
+    return [index * hop for index in range(count - 1)] + [length - size], size
 
 
 def crossfade_window(length: int, fade_in: int, fade_out: int) -> Tensor:
@@ -355,7 +361,7 @@ class Separator:
         not ``length``.
         """
         chunk, overlap = self.chunk.samples(self.sample_rate)
-        starts = chunk_starts(length, chunk, overlap)
+        starts, chunk = chunk_layout(length, chunk, overlap)
         pending = pending_weight = None  # blended output and weights over [next start, previous end)
         for index, (start, estimate) in enumerate(self._chunk_estimates(read, starts, chunk, length)):
             if pending is not None:

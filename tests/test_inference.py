@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from audiosep.checkpoint import save_model
 from audiosep.cli import main
-from audiosep.inference import ChunkConfig, Separator, chunk_starts
+from audiosep.inference import ChunkConfig, Separator, chunk_layout
 from audiosep.losses import si_snr
 
 SAMPLE_RATE = 8000
@@ -43,11 +43,21 @@ class BandSplitFlipping(nn.Module):
         return torch.stack(pair, dim=1)
 
 
-def test_chunk_starts_cover_the_signal_with_overlap() -> None:
-    starts = chunk_starts(length=100, chunk=30, overlap=5)
-    assert starts[0] == 0 and starts[-1] + 30 == 100
-    assert all(b - a <= 25 for a, b in zip(starts, starts[1:], strict=False))
-    assert chunk_starts(20, 30, 5) == [0]
+@pytest.mark.parametrize("length", [31, 55, 56, 100, 481, 1000, 12345])
+def test_chunk_layout_covers_the_signal_with_overlap_in_the_fewest_even_chunks(length: int) -> None:
+    starts, size = chunk_layout(length=length, chunk=30, overlap=5)
+    assert size <= 30 and starts[0] == 0 and starts[-1] + size == length
+    assert all(5 <= a + size - b < size for a, b in zip(starts, starts[1:], strict=False))  # overlap, progress
+    fewer = len(starts) - 1  # one chunk fewer of the longest size cannot cover the signal with the overlap
+    assert fewer * 30 - (fewer - 1) * 5 < length
+
+
+def test_chunk_layout_of_short_and_hour_long_inputs() -> None:
+    assert chunk_layout(20, 30, 5) == ([0], 20)
+    starts, size = chunk_layout(60 * 8000, 16 * 8000, 2 * 8000)
+    assert len(starts) == 5 and size == 108800  # 13.6 s, not 16
+    starts, size = chunk_layout(3600 * 8000, 16 * 8000, 2 * 8000)
+    assert len(starts) == 257 and size == 16 * 8000  # (3600 - 2) / 14 = 257 exactly
 
 
 def test_chunked_separation_keeps_source_order() -> None:
@@ -170,7 +180,7 @@ def test_batched_chunks_give_the_same_output_as_one_at_a_time() -> None:
     config = ChunkConfig(seconds=1.5, overlap_seconds=0.5)
     one = Separator(model, SAMPLE_RATE, config).separate_at_model_rate(mixture)
     batched = Separator(model, SAMPLE_RATE, config, chunk_batch=3).separate_at_model_rate(mixture)
-    assert len(chunk_starts(mixture.shape[-1], *config.samples(SAMPLE_RATE))) > 3  # several batches, one partial
+    assert len(chunk_layout(mixture.shape[-1], *config.samples(SAMPLE_RATE))[0]) > 3  # several batches, one partial
     assert float((one - batched).abs().max()) < 1e-5
     with pytest.raises(ValueError, match="chunk_batch"):
         Separator(model, SAMPLE_RATE, config, chunk_batch=0)
