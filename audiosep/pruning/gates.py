@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from audiosep.pruning.groups import ChannelGroup
+from audiosep.pruning.masked_norms import normalize_open, pools_over_channels
 
 INIT_SCORE = 3.0
 
@@ -58,11 +59,16 @@ class ChannelGates(nn.Module):
         return hard + soft - soft.detach()
 
     def attach(self, model: nn.Module) -> None:
-        """Register the pre-hooks that multiply each gate point's input by its gate."""
+        """Register the hooks that make ``model`` the pruned model: each gate point's input times its
+        gate, and each channel-pooling norm of a group recomputed over the open channels."""
         self.detach()
         for group in self.groups:
             module = model.get_submodule(group.gate_point)
             self._handles.append(module.register_forward_pre_hook(self._hook(group)))
+            for name in group.norms:
+                norm = model.get_submodule(name)
+                if pools_over_channels(norm):
+                    self._handles.append(norm.register_forward_hook(self._norm_hook(group)))
 
     def detach(self) -> None:
         """Remove the hooks: the model is plain again."""
@@ -78,6 +84,16 @@ class ChannelGates(nn.Module):
             return (x * self.gate(group).to(x.dtype).view(shape), *args[1:])
 
         return multiply
+
+    def _norm_hook(self, group: ChannelGroup):
+        def open_statistics(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
+            gate = self.gate(group)
+            recomputed = normalize_open(module, args[0], gate)
+            if bool((gate.detach() > 0).all()):  # same numbers as the norm's own (bit-exact), same gradient
+                return output.detach() + (recomputed - recomputed.detach())
+            return recomputed
+
+        return open_statistics
 
     def expected_macs(self) -> Tensor:
         """Differentiable gated cost: ``sum(macs_per_channel * sigmoid(score))`` per audio second."""

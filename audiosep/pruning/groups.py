@@ -10,10 +10,10 @@ A *group* is a set of channels that are removed together from every tensor that 
 
 Each group has a *gate point*: the module whose input carries exactly the group's channels, so
 that multiplying that input by a 0/1 gate (a forward pre-hook) is what removing the channels
-does. For FFN units and for Conv-TasNet blocks with per-channel norms (``batch_norm``,
-``time_ln``, ``dyt``, ``none``) removal then equals the gated model exactly. Norms whose
-statistics pool over channels (``gLN``, ``cLN``, ``channel_ln``, ``rms_norm``) see fewer channels
-after removal, so the pruned model differs slightly from the gated one; fine-tuning absorbs it.
+does. A group also lists the norms its channels pass through before the gate point: those whose
+statistics pool over channels (``gLN``, ``cLN``, ``channel_ln``, ``rms_norm``) are recomputed over
+the open channels while gates are attached (:mod:`audiosep.pruning.masked_norms`), so removal
+equals the gated model exactly for every norm.
 
 The cost of a channel (multiply-accumulates per second of audio) is measured, not assumed:
 forward hooks count the rows (frames x sequences x repeats) each gate point really processes
@@ -22,7 +22,7 @@ on a probe input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ class ChannelGroup:
         channel_dim: that input's channel dim (1 for ``[B, C, M]`` convs, -1 for Linear).
         slices: ``(state-dict key, dim)`` of every tensor that holds the group's channels.
         macs_per_channel: multiply-accumulates per channel per second of audio (measured rows).
+        norms: names of the norm modules over the group's channels before the gate point.
     """
 
     name: str
@@ -51,6 +52,7 @@ class ChannelGroup:
     channel_dim: int
     slices: list[tuple[str, int]]
     macs_per_channel: float = 0.0
+    norms: list[str] = field(default_factory=list)
 
 
 def find_groups(model: nn.Module, sample_rate: int) -> list[ChannelGroup]:
@@ -86,7 +88,8 @@ def _conv_tasnet_groups(model: ConvTasNet) -> list[ChannelGroup]:
         slices += [(f"{name}.depthwise.weight", 0), (f"{name}.depthwise.bias", 0)]
         slices += _keys_with_leading_dim(model, f"{name}.depthwise_norm.", size)
         slices += [(f"{name}.out_conv.weight", 1)]
-        groups.append(ChannelGroup(name, size, f"{name}.out_conv", 1, slices))
+        norms = [f"{name}.in_norm", f"{name}.depthwise_norm"]
+        groups.append(ChannelGroup(name, size, f"{name}.out_conv", 1, slices, norms=norms))
     return groups
 
 

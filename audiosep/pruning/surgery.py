@@ -2,7 +2,8 @@
 
 Surgery rebuilds the model from its ``init_args`` with the new per-layer widths and copies, for
 every kept channel, *every* tensor that holds it: weights, biases, norm affine parameters and
-BatchNorm statistics (SepPrune's public code copies only ``.weight``). The result is a plain
+BatchNorm statistics (SepPrune's public code copies only ``.weight``), and rescales what depends on
+the width itself (the element-wise LN's ``sqrt(C - 1)``). The result is a plain
 model of the same class whose checkpoint rebuilds with no extra arguments.
 """
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from audiosep.models import ConvTasNet
+from audiosep.nn.norms import ElementwiseLayerNorm
 from audiosep.pruning.groups import ChannelGroup
 
 Keep = dict[str, Tensor]  # group name -> sorted indices of the channels to keep
@@ -146,8 +148,16 @@ def remove_channels(model: nn.Module, groups: list[ChannelGroup], keep: Keep) ->
     for g in groups:
         for key, dim in g.slices:
             state[key] = state[key].index_select(dim, keep[g.name])
+        for name in g.norms:
+            _rescale_elementwise_ln(model.get_submodule(name), pruned.get_submodule(name), state, name)
     pruned.load_state_dict(state)
     return pruned.train(model.training)
+
+
+def _rescale_elementwise_ln(old: nn.Module, new: nn.Module, state: dict[str, Tensor], name: str) -> None:
+    """ELN's output scale ``sqrt(C - 1)`` follows its width: its weight absorbs the change."""
+    if isinstance(old, ElementwiseLayerNorm):
+        state[f"{name}.weight"] = state[f"{name}.weight"] * (old.scale / new.scale)
 
 
 def prune_with(

@@ -10,6 +10,7 @@ from torch import nn
 
 from audiosep.checkpoint import load_model, save_model
 from audiosep.models import ConvTasNet, RESepFormer, SepFormer, TinySepformer
+from audiosep.nn.norms import NORM_NAMES
 from audiosep.pruning.gates import ChannelGates
 from audiosep.pruning.groups import find_groups, total_macs
 from audiosep.pruning.surgery import (
@@ -70,45 +71,82 @@ def test_all_open_gates_change_nothing(name: str) -> None:
     gates.detach()
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_removing_closed_channels_equals_the_gated_model(name: str) -> None:
-    """Channels whose gate is zero are removed with their biases, norm parameters and statistics."""
-    model = _prepared(name)
-    groups = find_groups(model, RATE)
-    gates = ChannelGates(groups)
-    generator = torch.Generator().manual_seed(1)
+def _close_some(gates: ChannelGates, seed: int = 1) -> None:
+    """Close about 40 % of every group's channels, never all."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for group in groups:  # close about 40 % of every group, never all
+        for group in gates.groups:
             closed = torch.rand(group.size, generator=generator) < 0.4
             closed[0] = False
             gates.score(group)[closed] = -5.0
-    x = _mixture()
+
+
+def _gated_and_pruned(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
+    """The model with some gates closed, and the model with those channels removed, on ``x``."""
+    groups = find_groups(model, RATE)
+    gates = ChannelGates(groups)
+    _close_some(gates)
     gates.attach(model)
     with torch.no_grad():
         gated = model(x)
     gates.detach()
     pruned = remove_channels(model, groups, gates.open_channels())
-    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
-        torch.testing.assert_close(pruned(x), gated, rtol=0, atol=1e-5)
+        return gated, pruned(x), pruned
 
 
-def test_removal_changes_a_channel_pooled_norm_only_slightly() -> None:
-    """gLN pools over channels: removal is not exact there (stated in groups.py), but close."""
+@pytest.mark.parametrize("name", MODELS)
+def test_removing_closed_channels_equals_the_gated_model(name: str) -> None:
+    """Channels whose gate is zero are removed with their biases, norm parameters and statistics."""
+    model = _prepared(name)
+    gated, pruned_out, pruned = _gated_and_pruned(model, _mixture())
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    torch.testing.assert_close(pruned_out, gated, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_removal_is_exact_for_every_norm(norm: str) -> None:
+    """Norms pooling over channels (gLN, cLN, channel LN, RMSNorm) take their gated statistics over the
+    open channels only, and ELN's width-dependent scale is absorbed: removal equals the gated model."""
+    torch.manual_seed(0)
+    model = conv_tasnet(norm)
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if "norm" in key:
+                param.add_(0.3 * torch.randn_like(param))
+    model.train()(0.1 * torch.randn(4, 800))  # running statistics of BN, UN, PowerNorm
+    model.eval()
+    gated, pruned_out, _ = _gated_and_pruned(model, _mixture())
+    torch.testing.assert_close(pruned_out, gated, rtol=0, atol=1e-5)
+
+
+def test_gated_statistics_ignore_the_closed_channels() -> None:
+    """A gate at the gate point alone leaves gLN's statistics over every channel: far from the pruned model."""
     model = conv_tasnet("gLN").eval()
     groups = find_groups(model, RATE)
-    keep = {g.name: torch.arange(0, g.size, 2) for g in groups}
     gates = ChannelGates(groups)
+    _close_some(gates)
+    for group in groups:
+        model.get_submodule(group.gate_point).register_forward_pre_hook(gates._hook(group))
     with torch.no_grad():
-        for g in groups:
-            gates.score(g)[1::2] = -5.0
+        naive = model(_mixture())
+        pruned = remove_channels(model, groups, gates.open_channels())(_mixture())
+    assert (pruned - naive).abs().max() > 1e-4
+
+
+def test_open_channel_gradient_reaches_the_scores_through_the_statistics() -> None:
+    """All gates open: the norms' outputs are their own, bit for bit, and every score gets a gradient."""
+    model = conv_tasnet("gLN").eval().requires_grad_(False)
+    groups = find_groups(model, RATE)
+    x = _mixture()
+    expected = model(x)
+    gates = ChannelGates(groups)
     gates.attach(model)
-    with torch.no_grad():
-        gated = model(_mixture())
+    out = model(x)
     gates.detach()
-    with torch.no_grad():
-        diff = (remove_channels(model, groups, keep)(_mixture()) - gated).abs().max()
-    assert diff > 1e-6  # the statement in the docs is true: not exact
+    assert torch.equal(out, expected)
+    out.square().sum().backward()
+    assert all(gates.score(g).grad is not None and gates.score(g).grad.abs().sum() > 0 for g in groups)
 
 
 @pytest.mark.parametrize("name", MODELS)
