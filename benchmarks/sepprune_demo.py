@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-macs", type=float, default=0.5)
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
     parser.add_argument("--search-steps", type=int, default=300)
+    parser.add_argument("--multiple", type=int, default=8, help="widths rounded to a multiple of this")
     parser.add_argument("--work-dir", default="sepprune_runs")
     parser.add_argument("--out", default="sepprune_demo.json")
     args = parser.parse_args(argv)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             model, metadata = load_model(args.ckpt)
             settings = PruneSettings(
                 method=method, target_macs=args.target_macs, search_steps=args.search_steps,
-                finetune_epochs=args.finetune_epochs, seed=seed, accelerator="cpu",
+                finetune_epochs=args.finetune_epochs, seed=seed, accelerator="cpu", multiple=args.multiple,
             )  # fmt: skip
             datamodule = _datamodule(args.config, args.data)
             work_dir = Path(args.work_dir) / f"{method}-seed{seed}"

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tuning epochs (0: none)")
     parser.add_argument("--search-steps", type=int, default=300, help="gate-training batches (sepprune)")
     parser.add_argument("--threshold", type=float, default=0.7, help="gate threshold on sigmoid(score)")
-    parser.add_argument("--multiple", type=int, default=1, help="round widths to a multiple of this (8, 16)")
+    parser.add_argument("--multiple", type=int, default=8, help="round widths to a multiple of this (1: no rounding)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", help="Lightning checkpoints of the search and fine-tuning (resumable)")
     parser.add_argument("--latency-seconds", type=float, default=4.0, help="audio length of the latency check")
@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.ckpt}: {err}") from err
     save_model(pruned, args.out, metadata | {"pruning": report.as_dict()})
     print(format_report(report))
+    kept = report.macs_after / report.macs_before
+    if abs(kept - args.target_macs) > 0.02:
+        print(f"audiosep: warning: {100 * kept:.1f} % of the MACs kept for a target of {100 * args.target_macs:.1f} % "
+              f"(widths are multiples of {args.multiple}; a smaller --multiple gets closer)", file=sys.stderr)  # fmt: skip
     if args.report:
         _write_json(args.report, report.as_dict())
     print(f"wrote {args.out}", file=sys.stderr)

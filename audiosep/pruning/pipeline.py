@@ -48,7 +48,7 @@ class PruneSettings:
     search_lr: float = 0.1
     budget_weight: float = 20.0
     finetune_epochs: float = 1.0
-    multiple: int = 1
+    multiple: int = 8  # widths a multiple of 8: odd widths are slow (measured: 1.18x vs 1.32x at 50 % MACs)
     seed: int = 0
     accelerator: str = "auto"
 
@@ -151,7 +151,7 @@ def _resume(root: Path) -> str | None:
 
 
 @torch.inference_mode()
-def measure_latency(models: dict[str, nn.Module], seconds: float, sample_rate: int, repeats: int = 7) -> dict[str, float]:
+def measure_latency(models: dict[str, nn.Module], seconds: float, sample_rate: int, repeats: int = 21) -> dict[str, float]:
     """Median batch-1 CPU latency of each model on ``seconds`` of audio; passes alternate between models.
 
     The models run through :func:`audiosep.optimize.prepare_for_inference`, as ``audiosep infer`` does.

@@ -27,10 +27,6 @@ def pruned_macs(groups: list[ChannelGroup], keep: Keep, total: float) -> float:
     return total - sum(g.macs_per_channel * (g.size - len(keep[g.name])) for g in groups)
 
 
-def _round_up(count: int, multiple: int, size: int) -> int:
-    return min(size, max(multiple, math.ceil(count / multiple) * multiple))
-
-
 def select_by_score(
     groups: list[ChannelGroup], scores: dict[str, Tensor], total: float, target: float, multiple: int = 1
 ) -> Keep:
@@ -38,19 +34,18 @@ def select_by_score(
 
     Channels are added from the highest score down while the budget allows (a channel whose cost
     would overshoot is skipped, a cheaper one may still fit); every group keeps at least
-    ``multiple`` channels and its width is a multiple of ``multiple`` where that fits (odd widths
-    are slow). The budget is met to within the cost of one channel (or ``multiple`` of them).
+    ``multiple`` channels. With ``multiple > 1`` every width then becomes a multiple of it (odd
+    widths are slow): widths are rounded down and the freed budget goes back ``multiple`` channels
+    at a time to the groups whose next channels score highest, while it fits. The cost never
+    exceeds the budget (beyond the floor of ``multiple`` channels per group).
     """
     budget = target * total - (total - sum(g.macs_per_channel * g.size for g in groups))
+    order = [torch.argsort(scores[g.name], descending=True).tolist() for g in groups]
     ranked = sorted(
         ((float(scores[g.name][i]), gi, i) for gi, g in enumerate(groups) for i in range(g.size)), reverse=True
     )
-    chosen: list[list[int]] = [[] for _ in groups]
-    spent = 0.0
-    for gi, g in enumerate(groups):  # the floor: the best ``multiple`` channels of every group
-        best = torch.argsort(scores[g.name], descending=True)[: min(multiple, g.size)].tolist()
-        chosen[gi] = best
-        spent += g.macs_per_channel * len(best)
+    chosen: list[list[int]] = [order[gi][: min(multiple, g.size)] for gi, g in enumerate(groups)]  # the floor
+    spent = sum(g.macs_per_channel * len(chosen[gi]) for gi, g in enumerate(groups))
     for _, gi, index in ranked:
         g = groups[gi]
         if index in chosen[gi] or spent + g.macs_per_channel > budget:
@@ -58,17 +53,36 @@ def select_by_score(
         chosen[gi].append(index)
         spent += g.macs_per_channel
     if multiple > 1:
-        chosen = [_fill_to_multiple(chosen[gi], scores[g.name], multiple, g.size) for gi, g in enumerate(groups)]
+        widths = _round_widths(groups, scores, order, [len(c) for c in chosen], multiple, budget)
+        chosen = [order[gi][:width] for gi, width in enumerate(widths)]
     return {g.name: torch.tensor(sorted(chosen[gi]), dtype=torch.long) for gi, g in enumerate(groups)}
 
 
-def _fill_to_multiple(chosen: list[int], score: Tensor, multiple: int, size: int) -> list[int]:
-    """Round a group's kept set down, or up where it would otherwise lose more, to a multiple."""
-    order = [i for i in torch.argsort(score, descending=True).tolist()]
-    down = max(multiple, (len(chosen) // multiple) * multiple)
-    up = _round_up(len(chosen), multiple, size)
-    width = down if len(chosen) - down <= up - len(chosen) else up
-    return order[:width]
+def _round_widths(
+    groups: list[ChannelGroup], scores: dict[str, Tensor], order: list[list[int]], widths: list[int],
+    multiple: int, budget: float,
+) -> list[int]:  # fmt: skip
+    """Widths rounded down to ``multiple`` (a whole group keeps its size), then grown one step at a time
+    where the next ``multiple`` channels score highest on average, while the budget allows."""
+    widths = [
+        g.size if width == g.size else max(min(multiple, g.size), width // multiple * multiple)
+        for g, width in zip(groups, widths, strict=True)
+    ]
+    spent = sum(g.macs_per_channel * width for g, width in zip(groups, widths, strict=True))
+    while True:
+        best, best_score = -1, -math.inf
+        for gi, g in enumerate(groups):
+            step = min(multiple, g.size - widths[gi])
+            if step <= 0 or spent + step * g.macs_per_channel > budget:
+                continue
+            upcoming = float(scores[g.name][order[gi][widths[gi] : widths[gi] + step]].mean())
+            if upcoming > best_score:
+                best, best_score = gi, upcoming
+        if best < 0:
+            return widths
+        step = min(multiple, groups[best].size - widths[best])
+        widths[best] += step
+        spent += step * groups[best].macs_per_channel
 
 
 def select_uniform(

@@ -33,7 +33,7 @@ def _prune(tmp_path: Path, root: Path, ckpt: Path, *extra: str) -> dict:
     argv = ["prune", "--ckpt", str(ckpt), "--config", RECIPE, "--data-root", str(root), "--out", str(out),
             "--target-macs", "0.6", "--search-steps", "3", "--finetune-epochs", "0.5",
             "--latency-seconds", "0.25", "--report", str(report), "--accelerator", "cpu",
-            "--work-dir", str(tmp_path / "work"), *extra]  # fmt: skip
+            "--work-dir", str(tmp_path / "work"), "--multiple", "1", *extra]  # fmt: skip
     assert main(argv) == 0
     return json.loads(report.read_text())
 
@@ -55,6 +55,16 @@ def test_prune_writes_a_smaller_model_that_infer_loads(
     sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(2000)).astype(np.float32), 8000)
     assert main(["infer", "--ckpt", str(tmp_path / "pruned.pt"), "--out-dir", str(tmp_path / "sep"), str(wav)]) == 0
     assert len(list((tmp_path / "sep").glob("*.wav"))) == 2
+
+
+def test_a_target_missed_by_rounding_is_warned_about(
+    tiny_librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """16 hidden channels per block rounded to multiples of 8 cannot keep 60 % of the MACs."""
+    report = _prune(tmp_path, tiny_librimix, _checkpoint(tmp_path), "--method", "l1", "--multiple", "8",
+                    "--finetune-epochs", "0")  # fmt: skip
+    assert all(width % 8 == 0 for width in report["widths"])
+    assert "warning: " in capsys.readouterr().err
 
 
 def test_a_second_run_resumes_the_finished_phases(tiny_librimix: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from audiosep.checkpoint import load_model, save_model
-from audiosep.models import ConvTasNet, RESepFormer, SepFormer, TinySepformer
+from audiosep.models import ConvTasNet, RESepFormer, SepFormer, TinySepformer, build
 from audiosep.nn.norms import NORM_NAMES
 from audiosep.pruning.gates import ChannelGates
 from audiosep.pruning.groups import find_groups, total_macs
@@ -192,6 +192,23 @@ def test_widths_rounded_to_a_multiple() -> None:
     groups = find_groups(model, RATE)
     keep = select_by_score(groups, random_scores(groups, 2), total_macs(model, RATE), 0.6, multiple=8)
     assert all(len(v) % 8 == 0 and len(v) >= 8 for v in keep.values())
+
+
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_rounded_widths_stay_within_the_budget_and_keep_the_best_channels(multiple: int) -> None:
+    """The demo Conv-TasNet at 50 %: widths are multiples, the MACs at most the target and within 2 %."""
+    model = build("conv_tasnet_demo").eval()
+    groups = find_groups(model, RATE)
+    total = total_macs(model, RATE)
+    scores = random_scores(groups, 4)
+    keep = select_by_score(groups, scores, total, 0.5, multiple=multiple)
+    assert all(len(v) % multiple == 0 for v in keep.values())
+    fraction = pruned_macs(groups, keep, total) / total
+    assert 0.48 <= fraction <= 0.5
+    for g in groups:  # a group keeps its best-scored channels
+        kept = scores[g.name][keep[g.name]]
+        dropped = scores[g.name][[i for i in range(g.size) if i not in set(keep[g.name].tolist())]]
+        assert dropped.numel() == 0 or kept.min() >= dropped.max()
 
 
 def test_l1_scores_rank_a_zeroed_channel_last() -> None:
