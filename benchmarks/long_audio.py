@@ -5,8 +5,10 @@ For each separator preset (random weights: cost does not depend on them) and eac
 its peak resident memory is the child's ``ru_maxrss`` (``os.wait4``) and its time the wall clock,
 less the start-up (import, model load) measured on a 1 s file. The model's own real-time factor is
 one forward pass of the prepared model over one chunk (``--chunk-seconds``) in this process, median
-of ``--repeats``; the chunking overhead is the infer RTF over that. Writes ``long_audio.json`` and
-``long_audio.md`` to ``--out``.
+of ``--repeats``; the chunking overhead is the infer RTF over that. Files up to
+``--unchunked-max-minutes`` are also separated in one pass (``--chunk-seconds`` past their length),
+which pays the same one-off costs (a first pass at a new shape, fresh memory): the time over that one
+pass is what chunking itself costs. Writes ``long_audio.json`` and ``long_audio.md`` to ``--out``.
 
     python benchmarks/long_audio.py --models conv_tasnet_base resepformer_base --minutes 1 10 60 --out long_audio
 """
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-seconds", type=float, default=16.0, help="as audiosep infer's default")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--unchunked-max-minutes", type=float, default=1.0,
+                        help="files up to this long are also separated unchunked, as the reference of chunking's cost")
     parser.add_argument("--infer-args", default="", help="more audiosep infer options, e.g. '--max-memory 1000'")
     parser.add_argument("--out", default="long_audio")
     args = parser.parse_args(argv)
@@ -125,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                     "startup_s": round(startup, 1), "infer_rtf": round(infer_rtf, 4), "model_rtf": round(rtf, 4),
                     "overhead": round(infer_rtf / rtf - 1, 3),
                 }  # fmt: skip
+                if minutes <= args.unchunked_max_minutes:
+                    whole = [*extra, "--chunk-seconds", str(seconds + 1)]
+                    wall_whole, rss_whole = run_infer(ckpt, files[minutes], scratch / "sep", whole, args.threads)
+                    row |= {"unchunked_wall_s": round(wall_whole, 1), "unchunked_peak_rss_mib": round(rss_whole),
+                            "overhead_vs_unchunked": round((wall - startup) / (wall_whole - startup) - 1, 3)}  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     meta = {"threads": args.threads, "chunk_seconds": args.chunk_seconds, "infer_args": args.infer_args,
@@ -133,17 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"CPU: {meta['cpu']}, {args.threads} threads, chunks of {args.chunk_seconds:g} s, torch {torch.__version__}",
         "",
-        "| model | audio | wall time | peak RSS | infer RTF | model RTF | chunking overhead |",
-        "|---|---|---|---|---|---|---|",
+        "| model | audio | wall time | peak RSS | infer RTF | model RTF | chunking overhead | unchunked: wall, peak RSS | over unchunked |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['model']} | {row['minutes']:g} min | {row['wall_s']:.0f} s | {row['peak_rss_mib']} MiB | "
-            f"{row['infer_rtf']:.3f} | {row['model_rtf']:.3f} | {100 * row['overhead']:+.0f} % |"
+            f"{row['infer_rtf']:.3f} | {row['model_rtf']:.3f} | {100 * row['overhead']:+.0f} % | {_unchunked(row)}"
         )
     (out / "long_audio.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _unchunked(row: dict) -> str:
+    """The one-pass reference cells of a row (``-`` for files too long to separate whole)."""
+    if "unchunked_wall_s" not in row:
+        return "- | - |"
+    return (f"{row['unchunked_wall_s']:.0f} s, {row['unchunked_peak_rss_mib']} MiB | "
+            f"{100 * row['overhead_vs_unchunked']:+.0f} % |")  # fmt: skip
 
 
 def _cpu_name() -> str:

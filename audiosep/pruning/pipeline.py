@@ -11,7 +11,6 @@ All three then fine-tune the same way (Lightning, Adam 1e-3, the normal
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,6 +21,7 @@ from torch import nn
 
 from audiosep.pruning.gates import ChannelGates
 from audiosep.pruning.groups import ChannelGroup, find_groups, total_macs
+from audiosep.pruning.latency import measure_latency
 from audiosep.pruning.surgery import (
     Keep,
     l1_scores,
@@ -148,27 +148,6 @@ def _resume(root: Path) -> str | None:
     """``last.ckpt`` of an interrupted phase, if there is one."""
     last = root / "last.ckpt"
     return str(last) if last.is_file() else None
-
-
-@torch.inference_mode()
-def measure_latency(models: dict[str, nn.Module], seconds: float, sample_rate: int, repeats: int = 21) -> dict[str, float]:
-    """Median batch-1 CPU latency of each model on ``seconds`` of audio; passes alternate between models.
-
-    The models run through :func:`audiosep.optimize.prepare_for_inference`, as ``audiosep infer`` does.
-    """
-    from audiosep.optimize import prepare_for_inference
-
-    prepared = {name: prepare_for_inference(model.cpu()) for name, model in models.items()}
-    mixture = 0.1 * torch.randn(1, int(seconds * sample_rate))
-    for model in prepared.values():
-        model(mixture)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in prepared}
-    for _ in range(repeats):
-        for name, model in prepared.items():
-            start = time.perf_counter()
-            model(mixture)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @torch.inference_mode()
