@@ -34,7 +34,7 @@ def normalize_open(norm: nn.Module, x: Tensor, gate: Tensor) -> Tensor:
     if x.dim() != 3:
         raise ValueError(f"expected [B, C, T], got shape {tuple(x.shape)}")
     weight = gate.to(x.dtype).view(1, -1, 1)
-    count = weight.sum()  # open channels, with the gate's gradient
+    count = weight.sum().clamp_min(1.0)  # open channels, with the gate's gradient (a fully closed group: 1, no 0/0)
     if isinstance(norm, GlobalLayerNorm):
         frames = x.shape[2]
         mean = (x * weight).sum(dim=(1, 2), keepdim=True) / (count * frames)

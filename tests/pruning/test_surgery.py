@@ -249,3 +249,18 @@ def test_latency_is_measured_for_every_model_in_a_child_process(monkeypatch: pyt
     assert set(latency) == {"before", "after"}
     assert all(0 < value < 10 for value in latency.values())
     assert calls == []
+
+
+def test_a_fully_closed_group_stays_finite_during_the_search() -> None:
+    """Every channel of a block closed: the open-channel statistics have no channel, yet nothing is NaN."""
+    model = conv_tasnet("gLN").eval()
+    groups = find_groups(model, RATE)
+    gates = ChannelGates(groups)
+    with torch.no_grad():
+        gates.score(groups[0]).fill_(-5.0)
+    gates.attach(model)
+    out = model(_mixture())
+    gates.detach()
+    assert torch.isfinite(out).all()
+    out.square().sum().backward()
+    assert all(torch.isfinite(gates.score(g).grad).all() for g in groups)
