@@ -193,6 +193,15 @@ def test_hyperparams_are_read_as_data_never_executed(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_pyyaml_python_tags_are_refused_not_run(tmp_path: Path) -> None:
+    """``!!python/object/apply`` (PyYAML's own code tag) is not a SpeechBrain ``!`` tag: refused, never run."""
+    marker = tmp_path / "executed"
+    (tmp_path / "h.yaml").write_text(f"x: !!python/object/apply:pathlib.Path.touch [{marker}]\n")
+    with pytest.raises(ConversionError, match="cannot read hyperparams"):
+        read_hyperparams(tmp_path / "h.yaml")
+    assert not marker.exists()
+
+
 def test_unsupported_speechbrain_option_is_refused(tmp_path: Path) -> None:
     text = HYPERPARAMS.format(marker=tmp_path / "m").replace("linear_layer_after_inter_intra: False", "")
     (tmp_path / "h.yaml").write_text(text)
