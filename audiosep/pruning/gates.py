@@ -89,9 +89,10 @@ class ChannelGates(nn.Module):
         def open_statistics(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
             gate = self.gate(group)
             recomputed = normalize_open(module, args[0], gate)
-            if bool((gate.detach() > 0).all()):  # same numbers as the norm's own (bit-exact), same gradient
-                return output.detach() + (recomputed - recomputed.detach())
-            return recomputed
+            # All open: the norm's own numbers (bit-exact) with the recomputation's gradient; chosen on
+            # the device (no host sync per norm and step).
+            all_open = (gate.detach() > 0).all()
+            return torch.where(all_open, output.detach() + (recomputed - recomputed.detach()), recomputed)
 
         return open_statistics
 

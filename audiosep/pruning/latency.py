@@ -11,11 +11,9 @@ through the safe checkpoint loader, prepares them as ``audiosep infer`` does and
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -46,23 +44,20 @@ def measure_latency(models: dict[str, nn.Module], seconds: float, sample_rate: i
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@torch.inference_mode()
 def latency_of_files(paths: dict[str, str], seconds: float, sample_rate: int, repeats: int) -> dict[str, float]:
-    """Load, prepare, one warm-up pass each, then ``repeats`` rounds of alternating passes; medians."""
+    """Load, prepare, warm up, then ``repeats`` rounds of alternating passes (the benchmark's timer); medians."""
+    from audiosep.bench.measure import time_interleaved, warm_up
     from audiosep.checkpoint import load_model
     from audiosep.optimize import prepare_for_inference
 
+    cpu = torch.device("cpu")
     prepared = {name: prepare_for_inference(load_model(path)[0].eval()) for name, path in paths.items()}
     mixture = 0.1 * torch.randn(1, int(seconds * sample_rate), generator=torch.Generator().manual_seed(0))
-    times: dict[str, list[float]] = {name: [] for name in prepared}
-    for model in prepared.values():
-        model(mixture)
-    for _ in range(repeats):
-        for name, model in prepared.items():
-            start = time.perf_counter()
-            model(mixture)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    with torch.inference_mode():
+        for model in prepared.values():
+            warm_up(model, (mixture,), cpu)
+    passes = {name: (lambda model=model: model(mixture)) for name, model in prepared.items()}
+    return {name: timing.median for name, timing in time_interleaved(passes, repeats, cpu).items()}
 
 
 def main(argv: list[str]) -> int:

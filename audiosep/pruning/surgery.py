@@ -45,10 +45,11 @@ def select_by_score(
         ((float(scores[g.name][i]), gi, i) for gi, g in enumerate(groups) for i in range(g.size)), reverse=True
     )
     chosen: list[list[int]] = [order[gi][: min(multiple, g.size)] for gi, g in enumerate(groups)]  # the floor
+    floor = [set(c) for c in chosen]
     spent = sum(g.macs_per_channel * len(chosen[gi]) for gi, g in enumerate(groups))
     for _, gi, index in ranked:
         g = groups[gi]
-        if index in chosen[gi] or spent + g.macs_per_channel > budget:
+        if index in floor[gi] or spent + g.macs_per_channel > budget:
             continue
         chosen[gi].append(index)
         spent += g.macs_per_channel
@@ -70,19 +71,18 @@ def _round_widths(
     ]
     spent = sum(g.macs_per_channel * width for g, width in zip(groups, widths, strict=True))
     while True:
-        best, best_score = -1, -math.inf
+        best, best_step, best_score = -1, 0, -math.inf
         for gi, g in enumerate(groups):
             step = min(multiple, g.size - widths[gi])
             if step <= 0 or spent + step * g.macs_per_channel > budget:
                 continue
             upcoming = float(scores[g.name][order[gi][widths[gi] : widths[gi] + step]].mean())
             if upcoming > best_score:
-                best, best_score = gi, upcoming
+                best, best_step, best_score = gi, step, upcoming
         if best < 0:
             return widths
-        step = min(multiple, groups[best].size - widths[best])
-        widths[best] += step
-        spent += step * groups[best].macs_per_channel
+        widths[best] += best_step
+        spent += best_step * groups[best].macs_per_channel
 
 
 def select_uniform(

@@ -136,18 +136,34 @@ def test_gated_statistics_ignore_the_closed_channels() -> None:
 
 
 def test_open_channel_gradient_reaches_the_scores_through_the_statistics() -> None:
-    """All gates open: the norms' outputs are their own, bit for bit, and every score gets a gradient."""
+    """All gates open: the output is the model's own, bit for bit, and the scores' gradient includes what
+    closing a channel does to the statistics (it differs from a gate at the gate point alone)."""
     model = conv_tasnet("gLN").eval().requires_grad_(False)
     groups = find_groups(model, RATE)
     x = _mixture()
     expected = model(x)
-    gates = ChannelGates(groups)
-    gates.attach(model)
-    out = model(x)
-    gates.detach()
-    assert torch.equal(out, expected)
-    out.square().sum().backward()
-    assert all(gates.score(g).grad is not None and gates.score(g).grad.abs().sum() > 0 for g in groups)
+
+    def score_gradients(attach) -> list[torch.Tensor]:
+        gates = ChannelGates(groups)
+        handles = attach(gates)
+        out = model(x)
+        for handle in handles:
+            handle.remove()
+        gates.detach()
+        assert torch.equal(out, expected)
+        out.square().sum().backward()
+        return [gates.score(g).grad for g in groups]
+
+    def full(gates: ChannelGates) -> list:
+        gates.attach(model)
+        return []
+
+    def gate_points_only(gates: ChannelGates) -> list:
+        return [model.get_submodule(g.gate_point).register_forward_pre_hook(gates._hook(g)) for g in groups]
+
+    with_statistics, without = score_gradients(full), score_gradients(gate_points_only)
+    assert all(g.abs().sum() > 0 for g in with_statistics)
+    assert any(not torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(with_statistics, without, strict=True))
 
 
 @pytest.mark.parametrize("name", MODELS)
