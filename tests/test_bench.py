@@ -136,6 +136,8 @@ def test_report_has_the_documented_keys(bench_run: tuple[dict, Path]) -> None:
         assert record["latency_s"]["min"] <= record["latency_s"]["median"] <= record["latency_s"]["max"]
         assert record["rtf"] == pytest.approx(record["latency_s"]["median"] / record["seconds"])
         assert 0 < record["roofline_fraction"] and record["repeats"] == 3
+        assert record["roofline_mac_per_s"] > 1e8
+        assert record["roofline_fraction"] == pytest.approx(record["mac_per_s"] / record["roofline_mac_per_s"])
     combos = {(r["model"], r["backend"]) for r in report["results"]}
     assert len(combos) == 5 and ("torchaudio ConvTasNet", "eager") in combos
 
@@ -430,3 +432,25 @@ def test_streaming_latency_of_a_causal_resepformer_is_a_chunk_and_a_window() -> 
     assert row["status"] == "ok (RESepFormerStream, batch 1)"
     assert row["algorithmic_latency_ms"] == pytest.approx(10.0 + 1000 * (20 * 4 + 4) / 8000)  # block + chunk + W - s
     assert row["compute_ms"] > 0 and row["compute_rtf"] > 0
+
+
+def test_the_roofline_matmul_is_timed_in_each_case_rounds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each case sets its records against the best matmul pass of its own interleaved rounds."""
+    from audiosep.bench import run as bench_run_module
+    from audiosep.bench.models import load
+
+    timed_keys: list[set] = []
+
+    def fake_interleaved(fns: dict, repeats: int, device: torch.device) -> dict:
+        timed_keys.append(set(fns))
+        walls = {key: [0.5, 0.4, 0.6] if key == bench_run_module.ROOFLINE_KEY else [0.25] * 3 for key in fns}
+        return {key: measure.Timing.of(walls[key], [0.1] * 3) for key in fns}
+
+    monkeypatch.setattr(bench_run_module, "time_interleaved", fake_interleaved)
+    model = load(ModelSpec("tiny", "preset", "conv_tasnet_demo", TINY))
+    cpu = torch.device("cpu")
+    runners = bench_run_module.build_runners([model], ["eager"], torch.float32, cpu, tmp_path, 1, [0.25])
+    (record,) = bench_run_module.run_case(runners, 0.25, 1, {"tiny": {0.25: 1e9}}, BenchSettings(repeats=3), cpu, 1)
+    assert timed_keys and bench_run_module.ROOFLINE_KEY in timed_keys[0] and len(timed_keys[0]) == 2
+    assert record["roofline_mac_per_s"] == pytest.approx(measure.MATMUL_SIZE**3 / 0.4)
+    assert record["roofline_fraction"] == pytest.approx(1e9 / 0.25 / (measure.MATMUL_SIZE**3 / 0.4))

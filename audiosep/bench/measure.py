@@ -4,11 +4,15 @@ Why interleaved: on a shared machine load comes and goes; timing every runner of
 loop, one pass each per round, exposes them to the same load, so that their ratio stays honest
 even when absolute times move. Why the roofline: a latency means little across machines, a
 fraction of the machine's own fp32 matmul MAC/s (2048 x 2048, best of several, same threads) does.
+The benchmark times that matmul as one more entry of every interleaved round, so each case is set
+against the throughput the machine had while the case ran (a shared VM's drifts by up to 1.5x within
+one run), not only against a figure taken once at the start.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import platform
 import statistics
@@ -69,18 +73,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_mac_per_s(device: torch.device, dtype: torch.dtype = torch.float32, size: int = MATMUL_SIZE,
-                     repeats: int = 5) -> float:  # fmt: skip
-    """Best MAC/s of a ``size`` x ``size`` matmul (``size**3`` MACs) at the current thread count."""
+def matmul_pass(device: torch.device, dtype: torch.dtype = torch.float32, size: int = MATMUL_SIZE) -> Callable[[], Tensor]:
+    """One ``size`` x ``size`` matmul (``size**3`` MACs) into a preallocated output: the roofline's pass.
+
+    The output is allocated once so that the pass times the multiplication, not the page faults of a
+    fresh 16 MiB buffer.
+    """
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device, dtype)
     b = torch.randn(size, size, generator=generator).to(device, dtype)
-    torch.mm(a, b)  # warm-up
+    return functools.partial(torch.mm, a, b, out=torch.empty_like(a))
+
+
+def matmul_mac_per_s(device: torch.device, dtype: torch.dtype = torch.float32, size: int = MATMUL_SIZE,
+                     repeats: int = 5) -> float:  # fmt: skip
+    """Best MAC/s of a ``size`` x ``size`` matmul (``size**3`` MACs) at the current thread count."""
+    matmul = matmul_pass(device, dtype, size)
+    matmul()  # warm-up
     best = math.inf
     for _ in range(repeats):
         _sync(device)
         start = time.perf_counter()
-        torch.mm(a, b)
+        matmul()
         _sync(device)
         best = min(best, time.perf_counter() - start)
     return size**3 / best

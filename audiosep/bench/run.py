@@ -26,10 +26,12 @@ from audiosep.bench.backends import DEFAULT_BACKENDS, Runner, make_runner, one_l
 from audiosep.bench.measure import (
     DTYPE_NAMES,
     DTYPES,
+    MATMUL_SIZE,
     Timing,
     adaptive_repeats,
     count_macs_at,
     machine_info,
+    matmul_pass,
     time_interleaved,
     warm_up,
 )
@@ -156,11 +158,12 @@ def _record(model: LoadedModel, runner: Runner, seconds: float, batch: int, macs
         "seconds": seconds, "device": device.type, "threads": threads, "status": status,
         "params": model.params, "macs": macs, "gmac_per_audio_second": macs / batch / seconds / 1e9,
         "latency_s": None, "cpu_time_s": None, "repeats": 0, "rtf": None, "mac_per_s": None,
-        "roofline_fraction": None, "peak_memory_mib": None, "memory": "not measured",
+        "roofline_mac_per_s": None, "roofline_fraction": None, "peak_memory_mib": None, "memory": "not measured",
         "max_abs_error": None, "si_snr_vs_eager_db": None, "peer": None, "peer_ratio": None,
     }  # fmt: skip
 
 
+ROOFLINE_KEY = "roofline"  # the fp32 matmul's entry in each case's interleaved rounds
 DTYPES_BY_STR = {str(dtype).removeprefix("torch."): dtype for dtype in DTYPES.values()}
 
 
@@ -190,8 +193,12 @@ def _check(
 
 def run_case(runners: list[tuple[LoadedModel, Runner, torch.nn.Module]], seconds: float, batch: int,
              macs: dict[str, dict[float, float]], settings: BenchSettings, device: torch.device,
-             threads: int, peak_mac_per_s: float) -> list[dict[str, Any]]:  # fmt: skip
-    """Records of one (dtype, batch, length) case: warm-up and check each runner, time them together."""
+             threads: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Records of one (dtype, batch, length) case: warm-up and check each runner, time them together.
+
+    The fp32 roofline matmul is one more entry of every round; each record's roofline is its best
+    pass in these rounds (the throughput the machine had while the case ran).
+    """
     records, timed_fns, references = [], {}, {}
     for model, runner, plain in runners:
         dtype = DTYPES_BY_STR[runner.dtype]
@@ -216,9 +223,16 @@ def run_case(runners: list[tuple[LoadedModel, Runner, torch.nn.Module]], seconds
         )
         if record["status"] == "ok":
             timed_fns[id(record)] = (record, runner, functools.partial(runner.fn, *inputs), wall)
-    round_s = sum(wall for *_, wall in timed_fns.values())
+    if not timed_fns:
+        return records
+    matmul = matmul_pass(device)
+    with torch.inference_mode():
+        _, matmul_wall = warm_up(matmul, (), device, 1)
+    round_s = matmul_wall + sum(wall for *_, wall in timed_fns.values())
     repeats = settings.repeats or adaptive_repeats(round_s, settings.time_budget_s)
-    timings = time_interleaved({key: fn for key, (_, _, fn, _) in timed_fns.items()}, repeats, device)
+    fns = {key: fn for key, (_, _, fn, _) in timed_fns.items()}
+    timings = time_interleaved(fns | {ROOFLINE_KEY: matmul}, repeats, device)
+    peak_mac_per_s = MATMUL_SIZE**3 / timings[ROOFLINE_KEY].min
     for key, (record, runner, fn, _) in timed_fns.items():
         _fill_timing(record, timings[key], peak_mac_per_s)
         if device.type == "cuda" and settings.memory and runner.backend == "onnxruntime":
@@ -236,6 +250,7 @@ def _fill_timing(record: dict[str, Any], timing: Timing, peak_mac_per_s: float) 
     record.update(latency_s=timing.latency_dict(), cpu_time_s=timing.cpu_median, repeats=timing.repeats,
                   rtf=timing.median / (record["batch_size"] * record["seconds"]),
                   mac_per_s=record["macs"] / timing.median)  # fmt: skip
+    record["roofline_mac_per_s"] = peak_mac_per_s
     record["roofline_fraction"] = record["mac_per_s"] / peak_mac_per_s
 
 
@@ -345,8 +360,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
             for batch in settings.batch_sizes:
                 for seconds in lengths:
                     bar.set_postfix_str(f"{DTYPE_NAMES[dtype]} b{batch} {seconds:g} s")
-                    records += run_case(runners, seconds, batch, macs, settings, device, threads,
-                                        machine["matmul_fp32_mac_per_s"])  # fmt: skip
+                    records += run_case(runners, seconds, batch, macs, settings, device, threads)
                     bar.update()
             del runners
         jobs = memory_jobs(records, models, artifacts, settings)

@@ -170,8 +170,7 @@ def run_sweep(settings: SweepSettings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="audiosep-sweep-") as workdir:
         runners = build_runners(list(models.values()), [settings.backend], torch.float32, device, Path(workdir),
                                 threads, seconds)  # fmt: skip
-        records = run_case(runners, settings.seconds, settings.batch_size, macs, bench, device, threads,
-                           machine["matmul_fp32_mac_per_s"])  # fmt: skip
+        records = run_case(runners, settings.seconds, settings.batch_size, macs, bench, device, threads)
         bar.update()
         artifacts = {(r.model, r.backend, "fp32"): r.artifact for _, r, _ in runners}
         measure_memory(memory_jobs(records, models, artifacts, bench), threads, (), bar)
