@@ -102,11 +102,13 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         y = torch.ops.quantized.linear_dynamic(flat.float(), self._packed, self.reduce_range)
         y = y.view(*x.shape[:-1], self.out_features)
+        # In place: ``y`` is the kernel's fresh output (no autograd through int8 kernels), so the
+        # activation needs no second buffer of the layer's widest tensor.
         if self.activation == "prelu":
-            return F.leaky_relu(y, self.slope)
+            return F.leaky_relu_(y, self.slope)
         if self.activation == "sigmoid":
-            return torch.sigmoid(y)
-        return torch.relu(y) if self.activation == "relu" else y
+            return y.sigmoid_()
+        return y.relu_() if self.activation == "relu" else y
 
     @property
     def weight(self) -> Tensor:

@@ -68,6 +68,22 @@ def test_int8_linear_is_per_channel_and_close_to_the_float_product() -> None:
     assert layer.weight.shape == (6, 32) and bool(((layer.weight - weight).abs() <= step / 2 + 1e-6).all())
 
 
+@pytest.mark.parametrize("activation", ["none", "prelu", "sigmoid", "relu"])
+def test_int8_linear_applies_its_activation_in_place_on_its_own_output(activation: str) -> None:
+    torch.manual_seed(0)
+    weight, bias = torch.randn(16, 24), torch.randn(16)
+    layer = Int8Linear(weight, bias, activation, 0.25)  # type: ignore[arg-type]
+    x = torch.randn(40, 24)
+    before = x.clone()
+    linear = x @ weight.t() + bias
+    expected = {"none": linear, "prelu": torch.nn.functional.leaky_relu(linear, 0.25),
+                "sigmoid": torch.sigmoid(linear), "relu": torch.relu(linear)}[activation]  # fmt: skip
+    with torch.inference_mode():
+        output = layer(x)
+    assert torch.equal(x, before)  # the input is never written
+    assert float((output - expected).abs().max()) < 0.03 * float(expected.abs().max())
+
+
 def test_int8_pointwise_conv_keeps_the_channels_last_layout() -> None:
     torch.manual_seed(0)
     conv = FusedConv(torch.randn(12, 8, 1), torch.randn(12), "prelu", 0.25)
