@@ -454,3 +454,14 @@ def test_the_roofline_matmul_is_timed_in_each_case_rounds(monkeypatch: pytest.Mo
     assert timed_keys and bench_run_module.ROOFLINE_KEY in timed_keys[0] and len(timed_keys[0]) == 2
     assert record["roofline_mac_per_s"] == pytest.approx(measure.MATMUL_SIZE**3 / 0.4)
     assert record["roofline_fraction"] == pytest.approx(1e9 / 0.25 / (measure.MATMUL_SIZE**3 / 0.4))
+
+
+def test_more_threads_than_cores_is_noted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiosep.bench import run as bench_run_module
+
+    monkeypatch.setattr(bench_run_module, "available_cores", lambda: 2)
+    cpu = torch.device("cpu")
+    (note,) = bench_run_module.oversubscription_note(cpu, 4)
+    assert "4 threads on 2 CPU cores" in note
+    assert bench_run_module.oversubscription_note(cpu, 2) == []
+    assert bench_run_module.oversubscription_note(torch.device("cuda"), 4) == []

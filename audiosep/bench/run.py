@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -329,6 +330,23 @@ def _model_entry(model: LoadedModel, macs_counted_on: str) -> dict[str, Any]:
     return model.spec.as_dict() | info | {"macs_counted_on": macs_counted_on}
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def oversubscription_note(device: torch.device, threads: int) -> list[str]:
+    """A note when CPU threads outnumber the cores: threads then wait for each other, timings mislead."""
+    cores = available_cores()
+    if device.type != "cpu" or threads <= cores:
+        return []
+    return [f"{threads} threads on {cores} CPU cores (oversubscribed): threads wait for each other, so the "
+            "latencies and above all the roofline matmul are not representative of this machine"]  # fmt: skip
+
+
 def run_bench(settings: BenchSettings) -> dict[str, Any]:
     """Measure everything ``settings`` asks for; returns the report (schema :data:`SCHEMA`, see README)."""
     device = torch.device(settings.device)
@@ -337,6 +355,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     dtypes = [DTYPES[name] for name in settings.dtypes]
     lengths = sorted(settings.lengths)
     ours, peers, notes = resolve_models(settings)
+    notes += oversubscription_note(device, threads)
     models = {m.spec.label: m for m in ours + peers}
     machine = machine_info(device, threads, dtypes)
     counted = {label: count_macs_at(m.module, functools.partial(example_inputs, m, 1), lengths, m.spec.kind != "peer")
