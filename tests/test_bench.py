@@ -465,3 +465,14 @@ def test_more_threads_than_cores_is_noted(monkeypatch: pytest.MonkeyPatch) -> No
     assert "4 threads on 2 CPU cores" in note
     assert bench_run_module.oversubscription_note(cpu, 2) == []
     assert bench_run_module.oversubscription_note(torch.device("cuda"), 4) == []
+
+
+def test_untrained_presets_are_the_same_model_in_every_run() -> None:
+    from audiosep.bench.models import load
+
+    spec = ModelSpec("tiny", "preset", "conv_tasnet_demo", TINY)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first, second = load(spec).module.state_dict(), load(spec).module.state_dict()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left alone
