@@ -295,6 +295,10 @@ def test_parser_accepts_the_issue_commands() -> None:
     (["--models", "conv_tasnet_demo", "--dtypes", "fp16"], "CUDA only"),
     (["--ckpt", "missing.ckpt"], "no such checkpoint"),
     (["sweep", "--train-minutes", "1"], "needs --data"),
+    (["--models", "conv_tasnet_demo", "--lengths", "nan"], "--lengths must be positive and finite"),
+    (["--models", "conv_tasnet_demo", "--lengths", "1,inf"], "--lengths must be positive and finite"),
+    (["--models", "conv_tasnet_demo", "--time-budget", "nan"], "--time-budget must be positive and finite"),
+    (["--models", "conv_tasnet_demo", "--block-ms", "-5"], "--block-ms must be positive"),
 ])  # fmt: skip
 def test_user_errors_are_one_line(argv: list[str], message: str) -> None:
     from audiosep.errors import UserError

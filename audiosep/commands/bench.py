@@ -11,6 +11,7 @@ Heavy imports (torch, the models) happen in :func:`run`, so that ``audiosep --he
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -216,10 +217,11 @@ def _check_device(device: str, dtypes: list[str]) -> None:
 
 
 def _check_positive(**values: object) -> None:
+    """Each value (or every item of a list) must be a finite number > 0 (``nan`` and ``inf`` included)."""
     for name, value in values.items():
         items = value if isinstance(value, list) else [value]
-        if value is not None and any(v <= 0 for v in items):
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and not all(math.isfinite(v) and v > 0 for v in items):
+            raise UserError(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
 
 
 def run(args: argparse.Namespace) -> int:
