@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -64,13 +65,27 @@ def _datamodule(config: str, data_root: str | None):
         raise UserError(f"{config}: bad data arguments ({err})") from err
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """One-line errors for out-of-range numbers (``nan`` and ``inf`` fail every range here)."""
+    rules = [
+        ("--target-macs", args.target_macs, 0.0 < args.target_macs <= 1.0, "in (0, 1]"),
+        ("--threshold", args.threshold, 0.0 < args.threshold < 1.0, "in (0, 1)"),
+        ("--finetune-epochs", args.finetune_epochs, 0.0 <= args.finetune_epochs < math.inf, "finite and >= 0"),
+        ("--latency-seconds", args.latency_seconds, 0.0 < args.latency_seconds < math.inf, "finite and > 0"),
+        ("--search-steps", args.search_steps, args.search_steps >= 0, ">= 0"),
+        ("--multiple", args.multiple, args.multiple >= 1, ">= 1"),
+    ]
+    for flag, value, ok, valid in rules:
+        if not ok:
+            raise UserError(f"{flag} must be {valid}, got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
     from audiosep.checkpoint import CheckpointError, load_model, save_model
     from audiosep.pruning.pipeline import PruneSettings, prune_model
     from audiosep.pruning.profile import format_profile, profile_model
 
-    if not 0.0 < args.target_macs <= 1.0:
-        raise UserError(f"--target-macs must be in (0, 1], got {args.target_macs}")
+    check_numbers(args)
     try:
         model, metadata = load_model(args.ckpt)
     except CheckpointError as err:

@@ -101,6 +101,12 @@ def test_profile_prints_the_costliest_groups_and_writes_json(tmp_path: Path, cap
     ("argv", "message"),
     [
         (["--target-macs", "1.5"], "--target-macs"),
+        (["--target-macs", "nan"], "--target-macs must be in (0, 1], got nan"),
+        (["--threshold", "nan"], "--threshold must be in (0, 1), got nan"),
+        (["--finetune-epochs", "nan"], "--finetune-epochs must be finite and >= 0"),
+        (["--latency-seconds", "inf"], "--latency-seconds must be finite and > 0, got inf"),
+        (["--latency-seconds", "-1"], "--latency-seconds must be finite and > 0"),
+        (["--multiple", "0"], "--multiple must be >= 1"),
         (["--config", "demo/nope.yaml"], "recipe not found"),
         (["--method", "sepprune"], "needs --config"),
     ],
