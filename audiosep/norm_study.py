@@ -58,11 +58,18 @@ def check_settings(settings: StudySettings) -> None:
         raise UserError(f"--norms lists a norm twice: {','.join(settings.norms)}")
     if (settings.minutes is None) == (settings.steps is None):
         raise UserError("give exactly one of --minutes and --steps")
-    if (settings.steps is not None and settings.steps < 1) or (settings.minutes is not None and settings.minutes <= 0):
-        raise UserError("--steps / --minutes must be positive")
+    if (settings.steps is not None and settings.steps < 1) or (
+        settings.minutes is not None and not 0 < settings.minutes < math.inf
+    ):
+        raise UserError("--steps / --minutes must be positive and finite")
     for name in ("seeds", "batch_size", "evals", "val_mixtures"):
         if getattr(settings, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
+    for name in ("segment", "lr", "rtf_seconds"):  # nan and inf fail too
+        if not 0 < getattr(settings, name) < math.inf:
+            raise UserError(f"--{name.replace('_', '-')} must be positive and finite, got {getattr(settings, name)}")
+    if not 0 <= settings.warmup_fraction <= 1:
+        raise UserError(f"--warmup-fraction must be in [0, 1], got {settings.warmup_fraction}")
 
 
 def build_model(settings: StudySettings, norm: str) -> nn.Module:

@@ -80,6 +80,10 @@ def test_a_run_repeats_exactly_with_the_same_seed(demo_set: Path, tmp_path: Path
         (["--norms", "gLN,group_norm"], "group_norm"),
         (["--override", "norm=BN"], "--norms"),
         (["--data", "MISSING"], "no LibriMix folder"),
+        (["--segment", "nan"], "--segment must be positive and finite, got nan"),
+        (["--lr", "nan"], "--lr must be positive and finite"),
+        (["--rtf-seconds", "inf"], "--rtf-seconds must be positive and finite, got inf"),
+        (["--warmup-fraction", "nan"], "--warmup-fraction must be in [0, 1]"),
     ],
 )
 def test_bad_input_is_one_error_line_and_nothing_written(
