@@ -174,10 +174,13 @@ def build_decoder(
     """Greedy (``beam_size=1``, no LM), prefix beam search (no LM) or flashlight with an LM.
 
     Raises:
-        UserError: ``beam_size < 1``, or an LM without flashlight-text installed.
+        UserError: ``beam_size < 1``, a non-finite LM weight or word score, or an LM without
+            flashlight-text installed.
     """
     if beam_size < 1:
         raise UserError(f"beam size must be >= 1, got {beam_size}")
+    if not (math.isfinite(lm_weight) and math.isfinite(word_score)):
+        raise UserError(f"LM weight and word score must be finite numbers, got {lm_weight} and {word_score}")
     blank = len(vocabulary)
     if lm_path is not None or lexicon_path is not None:
         return FlashlightDecoder(vocabulary, beam_size, lm_path, lexicon_path, lm_weight, word_score)

@@ -11,6 +11,7 @@ with spaces.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -101,8 +102,10 @@ class Transcriber:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not segment_seconds >= 2 * CUT_SEARCH_SECONDS:
-            raise ValueError(f"segment_seconds must be at least {2 * CUT_SEARCH_SECONDS:g}, got {segment_seconds}")
+        if not 2 * CUT_SEARCH_SECONDS <= segment_seconds < math.inf:
+            raise ValueError(
+                f"segment_seconds must be finite and at least {2 * CUT_SEARCH_SECONDS:g}, got {segment_seconds}"
+            )
         self.segment_seconds = segment_seconds
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)

@@ -75,6 +75,9 @@ def test_build_decoder_selects_by_flags():
     assert beam == [prefix_beam_search(log_probs[b, :n], 8, 3) for b, n in enumerate(lengths.tolist())]
     with pytest.raises(UserError, match="beam size"):
         build_decoder(vocabulary, beam_size=0)
+    for weight, score in ((float("nan"), 0.0), (0.5, float("inf"))):
+        with pytest.raises(UserError, match="must be finite"):
+            build_decoder(vocabulary, beam_size=4, lm_path="/no/such/lm.arpa", lm_weight=weight, word_score=score)
     with pytest.raises(UserError, match="no such file"):
         build_decoder(vocabulary, beam_size=4, lm_path="/no/such/lm.arpa")
 

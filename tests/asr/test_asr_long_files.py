@@ -86,3 +86,12 @@ def test_transcribe_never_writes_its_transcripts_over_an_input(asr_ckpt, tmp_pat
     before = wav.read_bytes()
     assert main(["transcribe", "--ckpt", str(asr_ckpt), "--out", str(wav), str(wav)]) == 1
     assert "is one of the inputs" in capsys.readouterr().err and wav.read_bytes() == before
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "1"])
+def test_a_segment_length_that_cannot_work_is_one_error_line(asr_ckpt, tmp_path, capsys, seconds: str) -> None:
+    path = tmp_path / "a.wav"
+    sf.write(path, np.zeros(RATE, dtype=np.float32), RATE)
+    assert main(["transcribe", "--ckpt", str(asr_ckpt), "--segment-seconds", seconds, str(path)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "segment_seconds must be finite and at least" in error[0]
