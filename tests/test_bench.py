@@ -471,12 +471,16 @@ def test_more_threads_than_cores_is_noted(monkeypatch: pytest.MonkeyPatch) -> No
     assert bench_run_module.oversubscription_note(torch.device("cuda"), 4) == []
 
 
-def test_untrained_presets_are_the_same_model_in_every_run() -> None:
+def test_untrained_presets_are_the_same_model_in_every_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from audiosep.bench.models import load
+
 
     spec = ModelSpec("tiny", "preset", "conv_tasnet_demo", TINY)
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
+    cuda_seeds: list[int] = []  # torch.manual_seed would also reseed (and not restore) every CUDA generator
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", cuda_seeds.append)
     first, second = load(spec).module.state_dict(), load(spec).module.state_dict()
     assert all(torch.equal(first[name], second[name]) for name in first)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left alone
+    assert cuda_seeds == []

@@ -69,7 +69,9 @@ def test_int8_linear_is_per_channel_and_close_to_the_float_product() -> None:
 
 
 @pytest.mark.parametrize("activation", ["none", "prelu", "sigmoid", "relu"])
-def test_int8_linear_applies_its_activation_in_place_on_its_own_output(activation: str) -> None:
+def test_int8_linear_applies_its_activation_in_place_on_its_own_output(
+    activation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     weight, bias = torch.randn(16, 24), torch.randn(16)
     layer = Int8Linear(weight, bias, activation, 0.25)  # type: ignore[arg-type]
@@ -78,9 +80,18 @@ def test_int8_linear_applies_its_activation_in_place_on_its_own_output(activatio
     linear = x @ weight.t() + bias
     expected = {"none": linear, "prelu": torch.nn.functional.leaky_relu(linear, 0.25),
                 "sigmoid": torch.sigmoid(linear), "relu": torch.relu(linear)}[activation]  # fmt: skip
+    kernel_outputs: list[torch.Tensor] = []
+    kernel = torch.ops.quantized.linear_dynamic
+
+    def recording_kernel(*args: object) -> torch.Tensor:
+        kernel_outputs.append(kernel(*args))
+        return kernel_outputs[-1]
+
+    monkeypatch.setattr(torch.ops.quantized, "linear_dynamic", recording_kernel)
     with torch.inference_mode():
         output = layer(x)
     assert torch.equal(x, before)  # the input is never written
+    assert output.data_ptr() == kernel_outputs[0].data_ptr()  # no second buffer for the activation
     assert float((output - expected).abs().max()) < 0.03 * float(expected.abs().max())
 
 

@@ -85,9 +85,10 @@ def load(spec: ModelSpec) -> LoadedModel:
         sample_rate = metadata.get("sample_rate")
     else:
         # Untrained weights drawn from a fixed seed: every run benchmarks the same model (the int8
-        # rows' SI-SNR moved by 2 dB between runs with fresh random weights), and the caller's RNG is untouched.
+        # rows' SI-SNR moved by 2 dB between runs with fresh random weights). Models are built on the
+        # CPU, so only the CPU generator is seeded (and restored): the caller's RNGs are untouched.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(BUILD_SEED)
+            torch.random.default_generator.manual_seed(BUILD_SEED)
             module = build(spec.name, **spec.overrides) if spec.kind == "preset" else build_peer(spec.name, spec.overrides)
     is_asr = isinstance(module, QuartzNet)
     rate = int(sample_rate or (ASR_RATE if is_asr else SEPARATOR_RATE))

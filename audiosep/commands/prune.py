@@ -71,13 +71,16 @@ def check_numbers(args: argparse.Namespace) -> None:
         ("--target-macs", args.target_macs, 0.0 < args.target_macs <= 1.0, "in (0, 1]"),
         ("--threshold", args.threshold, 0.0 < args.threshold < 1.0, "in (0, 1)"),
         ("--finetune-epochs", args.finetune_epochs, 0.0 <= args.finetune_epochs < math.inf, "finite and >= 0"),
-        ("--latency-seconds", args.latency_seconds, 0.0 < args.latency_seconds < math.inf, "finite and > 0"),
+        ("--latency-seconds", args.latency_seconds, 0.0 <= args.latency_seconds < math.inf,
+         "finite and >= 0 (0: no latency check)"),
         ("--search-steps", args.search_steps, args.search_steps >= 0, ">= 0"),
         ("--multiple", args.multiple, args.multiple >= 1, ">= 1"),
     ]
     for flag, value, ok, valid in rules:
         if not ok:
             raise UserError(f"{flag} must be {valid}, got {value}")
+    if args.profile and args.latency_seconds == 0:
+        raise UserError("--profile times the model: give --latency-seconds > 0")
 
 
 def run(args: argparse.Namespace) -> int:

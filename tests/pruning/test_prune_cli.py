@@ -104,8 +104,9 @@ def test_profile_prints_the_costliest_groups_and_writes_json(tmp_path: Path, cap
         (["--target-macs", "nan"], "--target-macs must be in (0, 1], got nan"),
         (["--threshold", "nan"], "--threshold must be in (0, 1), got nan"),
         (["--finetune-epochs", "nan"], "--finetune-epochs must be finite and >= 0"),
-        (["--latency-seconds", "inf"], "--latency-seconds must be finite and > 0, got inf"),
-        (["--latency-seconds", "-1"], "--latency-seconds must be finite and > 0"),
+        (["--latency-seconds", "inf"], "--latency-seconds must be finite and >= 0 (0: no latency check), got inf"),
+        (["--latency-seconds", "-1"], "--latency-seconds must be finite and >= 0"),
+        (["--profile", "--latency-seconds", "0"], "give --latency-seconds > 0"),
         (["--multiple", "0"], "--multiple must be >= 1"),
         (["--config", "demo/nope.yaml"], "recipe not found"),
         (["--method", "sepprune"], "needs --config"),
@@ -126,3 +127,11 @@ def test_a_recipe_naming_other_data_code_is_refused(tmp_path: Path, capsys: pyte
     assert main(argv) == 1
     assert "must use one of" in capsys.readouterr().err
     assert not Path("pwned").exists()
+
+
+def test_latency_seconds_zero_skips_the_latency_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p.pt"
+    argv = ["prune", "--ckpt", str(_checkpoint(tmp_path)), "--out", str(out), "--method", "l1", "--finetune-epochs", "0",
+            "--latency-seconds", "0"]  # fmt: skip
+    assert main(argv) == 0 and out.is_file()
+    assert "Traceback" not in capsys.readouterr().err
