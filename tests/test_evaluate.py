@@ -285,6 +285,9 @@ def test_bad_input_gives_one_line_naming_the_problem(sep_ckpt: Path, librimix: P
     assert f"mixture {victim.stem}: the audio holds NaN or Inf" in capsys.readouterr().err
     assert main([*args, "--out-dir", str(tmp_path / "b"), "--split", "nope"]) == 1
     assert "split folder not found" in capsys.readouterr().err
+    assert main([*args, "--out-dir", str(tmp_path / "b"), "--device", "banana"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--device 'banana': not a torch device" in error[0]
     assert main([*args, "--out-dir", str(tmp_path / "c"), "--asr", str(sep_ckpt), "--librispeech", str(tmp_path)]) == 1
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "b" / "summary.json").exists()

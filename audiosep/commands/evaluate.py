@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audiosep.commands.inputs import check_device
 from audiosep.errors import UserError
 
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
+    check_device(args.device)
     try:
         separator = Separator.from_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
         transcriber = Transcriber.from_checkpoint(args.asr, device=args.device) if args.asr else None

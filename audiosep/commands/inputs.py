@@ -179,6 +179,20 @@ def progress_bar(total: int, enabled: bool):
                 disable=None if enabled else True)  # fmt: skip
 
 
+def check_device(device: str) -> None:
+    """One-line error for a ``--device`` torch cannot use here: a bad name, or CUDA without that GPU."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise UserError(f"--device {device!r}: not a torch device ({(str(err).splitlines() or [''])[0]})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def check_glob(pattern: str | None) -> None:
     """Raise :class:`UserError` for a ``--glob`` pattern that ``PurePosixPath.match`` refuses."""
     if pattern is not None:

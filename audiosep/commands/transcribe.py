@@ -15,7 +15,15 @@ import logging
 import sys
 from pathlib import Path
 
-from audiosep.commands.inputs import Input, Report, check_glob, collect_inputs, file_id, progress_bar
+from audiosep.commands.inputs import (
+    Input,
+    Report,
+    check_device,
+    check_glob,
+    collect_inputs,
+    file_id,
+    progress_bar,
+)
 from audiosep.errors import UserError
 
 FILES_PER_GROUP = 32  # files read and transcribed together (their segments batched by length)
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     check_glob(args.glob)
+    check_device(args.device)
     out = Path(args.out) if args.out is not None else None
     if out is not None and out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name")

@@ -41,3 +41,22 @@ def test_building_the_parser_imports_neither_torch_nor_lightning() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_device_torch_cannot_use_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from audiosep.commands.inputs import check_device
+    from audiosep.errors import UserError
+
+    check_device("cpu")  # fine
+    with pytest.raises(UserError, match="not a torch device"):
+        check_device("tpu:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA device is available here"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_device("cuda:0")
+    with pytest.raises(UserError, match="this machine has 1 CUDA device"):
+        check_device("cuda:1")
