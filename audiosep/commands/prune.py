@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-seconds", type=float, default=4.0, help="audio length of the latency check")
     parser.add_argument("--report", help="write the report (or with --profile the profile) as JSON here")
     parser.add_argument("--profile", action="store_true", help="print per-layer and per-group costs and stop")
-    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (auto, cpu, gpu)")
+    parser.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu", "cuda"),
+                        help="Lightning accelerator (default: %(default)s)")
 
 
 def _datamodule(config: str, data_root: str | None):
@@ -81,6 +82,11 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} must be {valid}, got {value}")
     if args.profile and args.latency_seconds == 0:
         raise UserError("--profile times the model: give --latency-seconds > 0")
+    if args.accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--accelerator {args.accelerator}: no CUDA device is available here (use auto or cpu)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -135,3 +135,14 @@ def test_latency_seconds_zero_skips_the_latency_check(tmp_path: Path, capsys: py
             "--latency-seconds", "0"]  # fmt: skip
     assert main(argv) == 0 and out.is_file()
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_gpu_accelerator_without_a_gpu_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["prune", "--ckpt", str(_checkpoint(tmp_path)), "--out", str(tmp_path / "p.pt"), "--accelerator", "gpu"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--accelerator gpu: no CUDA device is available here" in err[0]
+    assert not (tmp_path / "p.pt").exists()
