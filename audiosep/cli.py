@@ -82,9 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_lightning(argv: list[str]) -> int:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from audiosep.training_cli import run_lightning_cli
 
-    run_lightning_cli(argv)
+    try:
+        run_lightning_cli(argv)
+    except MisconfigurationException as err:  # Lightning's verdict on trainer settings (accelerator, devices, ...)
+        raise UserError(f"trainer settings: {(str(err).splitlines() or [''])[0]}") from None
     return 0
 
 

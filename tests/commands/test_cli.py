@@ -60,3 +60,11 @@ def test_a_device_torch_cannot_use_is_one_error_line(monkeypatch: pytest.MonkeyP
     check_device("cuda:0")
     with pytest.raises(UserError, match="this machine has 1 CUDA device"):
         check_device("cuda:1")
+
+
+def test_trainer_settings_lightning_refuses_are_one_error_line(tmp_path, capsys) -> None:
+    argv = ["fit", "--config", "demo/convtasnet_tiny.yaml", f"--data.root={tmp_path}", "--trainer.devices", "0",
+            f"--trainer.default_root_dir={tmp_path / 'runs'}"]  # fmt: skip
+    assert main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # after Lightning's log
+    assert len(errors) == 1 and errors[0].startswith("audiosep: error: trainer settings: ") and "devices" in errors[0]
