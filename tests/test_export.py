@@ -306,6 +306,7 @@ def test_cli_failed_check_exits_1_with_one_line_and_no_file(
     [
         (None, ["--ckpt", "{d}/missing.ckpt"], "missing.ckpt: checkpoint not found"),
         ("separator", ["--ckpt", "{d}/m.ckpt", "--out", "{d}/m.ckpt"], "m.ckpt: the export would replace"),
+        ("separator", ["--ckpt", "{d}/m.ckpt", "--out", "{d}"], "is a folder; give --out a file name"),
         (
             "no_rate",
             ["--ckpt", "{d}/m.ckpt"],

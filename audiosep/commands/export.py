@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     check_format(out, args.format)  # before loading: a missing onnxruntime fails fast
     if out.resolve() == ckpt.resolve():
         raise UserError(f"{out}: the export would replace the checkpoint; pass another --out")
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; give --out a file name")
     model, features, rate, extra = load_for_export(ckpt, args.sample_rate)
     try:
         report = export_model(
