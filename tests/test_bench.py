@@ -299,6 +299,8 @@ def test_parser_accepts_the_issue_commands() -> None:
     (["--models", "conv_tasnet_demo", "--lengths", "1,inf"], "--lengths must be positive and finite"),
     (["--models", "conv_tasnet_demo", "--time-budget", "nan"], "--time-budget must be positive and finite"),
     (["--models", "conv_tasnet_demo", "--block-ms", "-5"], "--block-ms must be positive"),
+    (["--models", "conv_tasnet_demo", "--out-dir", __file__], "is a file, not a folder"),
+    (["sweep", "--out-dir", __file__], "is a file, not a folder"),
 ])  # fmt: skip
 def test_user_errors_are_one_line(argv: list[str], message: str) -> None:
     from audiosep.errors import UserError

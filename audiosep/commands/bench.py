@@ -216,6 +216,12 @@ def _check_device(device: str, dtypes: list[str]) -> None:
         raise UserError("--dtypes fp16 is benchmarked on CUDA only (use bf16 on CPU)")
 
 
+def _check_out_dir(out_dir: str) -> None:
+    """Refuse an ``--out-dir`` that is a file before measuring anything (else the results are lost at the end)."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"--out-dir {out_dir}: is a file, not a folder")
+
+
 def _check_positive(**values: object) -> None:
     """Each value (or every item of a list) must be a finite number > 0 (``nan`` and ``inf`` included)."""
     for name, value in values.items():
@@ -246,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
     _check_positive(lengths=args.lengths, batch_sizes=args.batch_sizes, threads=args.threads, repeats=args.repeats,
                     time_budget=args.time_budget, block_ms=args.block_ms)  # fmt: skip
     _check_device(args.device, args.dtypes)
+    _check_out_dir(args.out_dir)
     try:
         overrides, model_overrides = parse_overrides(args.override)
     except ValueError as err:
@@ -273,6 +280,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
                     seconds=args.seconds, batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
                     time_budget=args.time_budget, train_minutes=args.train_minutes)  # fmt: skip
     _check_device(args.device, ["fp32"])
+    _check_out_dir(args.out_dir)
     if args.train_minutes is not None and not args.data:
         raise UserError(
             "--train-minutes needs --data DIR (e.g. the folder `audiosep data demo --out DIR` wrote)"

@@ -111,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise UserError("--out is required (the pruned model file)")
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a folder; give the pruned model a file name")
+    if Path(args.out).resolve() == Path(args.ckpt).resolve():
+        raise UserError(f"--out {args.out}: would replace the checkpoint being pruned; pass another --out")
     datamodule = _datamodule(args.config, args.data_root) if args.config else None
     if datamodule is None and (args.method == "sepprune" or args.finetune_epochs > 0):
         raise UserError(f"--method {args.method} with fine-tuning needs --config (the data to train on)")

@@ -146,3 +146,14 @@ def test_a_gpu_accelerator_without_a_gpu_is_one_error_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--accelerator gpu: no CUDA device is available here" in err[0]
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_out_must_be_a_new_file_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = _checkpoint(tmp_path)
+    before = ckpt.read_bytes()
+    base = ["prune", "--ckpt", str(ckpt), "--method", "l1", "--finetune-epochs", "0", "--latency-seconds", "0"]
+    assert main([*base, "--out", str(ckpt)]) == 1
+    assert "would replace the checkpoint being pruned" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before  # the input model is intact
+    assert main([*base, "--out", str(tmp_path)]) == 1
+    assert "is a folder" in capsys.readouterr().err
