@@ -172,3 +172,7 @@ def test_cli_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert str(tmp_path / "cli") in printed and "manifests" in printed
     assert len(_rows(tmp_path / "cli", "dev")) == 2
     assert main(["data", "demo", "--out", str(tmp_path / "bad"), "--num-speakers", "2", "--no-progress"]) == 1
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main(["data", "demo", "--out", str(a_file), "--no-progress"]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err and a_file.read_text() == "x"
