@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from audiosep.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from audiosep.convert.nemo import convert_nemo_file
 
-    convert_nemo_file(args.archive, args.out)
-    print(f"wrote {args.out}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give the checkpoint a file name")
+    if out.resolve() == Path(args.archive).resolve():
+        raise UserError(f"--out {out}: would replace the NeMo archive; pass another --out")
+    try:
+        convert_nemo_file(args.archive, out)
+    except OSError as err:
+        raise UserError(f"cannot convert {args.archive} to {out}: {err}") from err
+    print(f"wrote {out}")
     return 0

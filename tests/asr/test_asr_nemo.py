@@ -174,6 +174,11 @@ def test_convert_cli_matches_nemo_forward(fake_nemo, tmp_path, capsys):
     assert (
         "encoder.encoder.1.mconv.5.conv.weight" in fake.state_dict()
     )  # NeMo's layout: 2nd sub-block's depthwise
+    before = archive.read_bytes()
+    assert main(["convert", "nemo", str(archive), "--out", str(archive)]) == 1
+    assert "would replace the NeMo archive" in capsys.readouterr().err and archive.read_bytes() == before
+    assert main(["convert", "nemo", str(archive), "--out", str(tmp_path)]) == 1
+    assert "is a folder" in capsys.readouterr().err
     assert main(["convert", "nemo", str(archive), "--out", str(tmp_path / "model.pt")]) == 0
     transcriber = Transcriber.from_checkpoint(tmp_path / "model.pt")
     feats, lens = torch.randn(2, 64, 45), torch.tensor([45, 30])
