@@ -8,8 +8,11 @@ output is an audiosep model file, ready for ``audiosep infer --ckpt model.ckpt``
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from audiosep.errors import UserError
+
+SPEECHBRAIN_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt", "hyperparams.yaml")  # what is read
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sample_rate is not None and args.sample_rate <= 0:
         raise UserError(f"--sample-rate must be positive, got {args.sample_rate}")
+    inputs = {(Path(args.folder) / name).resolve() for name in SPEECHBRAIN_FILES}
+    if Path(args.out).resolve() in inputs:
+        raise UserError(f"--out {args.out}: would replace one of the SpeechBrain files; pass another --out")
     try:
         model, metadata = convert_speechbrain_folder(args.folder, args.model, args.sample_rate)
     except ConversionError as err:

@@ -213,6 +213,10 @@ def test_convert_command_writes_a_model_file_that_reproduces_speechbrain(tmp_pat
     parts = sepformer_parts()
     folder = write_folder(tmp_path / "sb", parts, HYPERPARAMS.format(marker=tmp_path / "m"))
     out = tmp_path / "model.ckpt"
+    masknet = (folder / "masknet.ckpt").read_bytes()
+    assert main(["convert", "speechbrain", str(folder), "--out", str(folder / "masknet.ckpt")]) == 1
+    assert "would replace one of the SpeechBrain files" in capsys.readouterr().err
+    assert (folder / "masknet.ckpt").read_bytes() == masknet
     assert main(["convert", "speechbrain", str(folder), "--out", str(out)]) == 0
     assert "SepFormer" in capsys.readouterr().out
     model, metadata = load_model(out)
