@@ -210,8 +210,8 @@ class Separator:
         self.progress = False  # a chunks bar for long inputs (on a terminal only); audiosep infer sets it
         if stream_block_ms is not None:
             self.stream()  # refuses a model that cannot stream, before any file is read
-            if stream_block_ms <= 0 or dtype != "fp32" or self.device.type != "cpu":
-                raise ValueError("streaming runs the plain fp32 model on CPU in blocks of a positive length")
+            if not 0 < stream_block_ms < math.inf or dtype != "fp32" or self.device.type != "cpu":
+                raise ValueError("streaming runs the plain fp32 model on CPU in blocks of a positive, finite length")
         if dtype == "int8":
             if self.device.type != "cpu" or not optimize:
                 raise ValueError("int8 inference runs on CPU with the inference transform (no --no-optimize)")

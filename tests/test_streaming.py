@@ -95,6 +95,12 @@ def test_models_that_look_ahead_are_refused() -> None:
         Separator(conv_tasnet_demo(num_repeats=1, num_layers=2), 8000, stream_block_ms=20)
 
 
+@pytest.mark.parametrize("block_ms", [0.0, -5.0, float("nan"), float("inf")])
+def test_a_block_length_that_is_not_positive_and_finite_is_refused(block_ms: float) -> None:
+    with pytest.raises(ValueError, match="blocks of a positive, finite length"):
+        Separator(causal_model(), 8000, stream_block_ms=block_ms)
+
+
 def test_infer_stream_writes_the_offline_result(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model = causal_model()
     ckpt = tmp_path / "causal.ckpt"
