@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
+
+from audiosep.errors import UserError
 
 RECIPE = "demo/convtasnet_tiny.yaml"
 
@@ -27,6 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sizes.add_argument("--num-test", type=int, default=100)
 
 
+MAX_TIME = re.compile(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}")  # Lightning's DD:HH:MM:SS
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """One-line errors for values the demo cannot use, before any data is built."""
+    for flag, value in (("--threads", args.threads), ("--max-steps", args.max_steps)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.max_time is not None and not MAX_TIME.fullmatch(args.max_time):
+        raise UserError(f"--max-time must be DD:HH:MM:SS (e.g. 00:00:06:00), got {args.max_time!r}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a file, not a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -36,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.inference import Separator
     from audiosep.training_cli import packaged_recipe, run_lightning_cli
 
+    check_arguments(args)
     started = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)

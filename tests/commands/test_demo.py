@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 
 from audiosep.cli import main
@@ -24,3 +25,17 @@ def test_demo_writes_model_wavs_plot_and_report(tmp_path: Path, capsys) -> None:
     assert sf.info(estimates[0]).samplerate == 8000
     separator = Separator.from_checkpoint(out / "model.ckpt")
     assert separator.sample_rate == 8000
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--threads", "-1"], "--threads must be >= 1, got -1"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+    (["--max-time", "banana"], "--max-time must be DD:HH:MM:SS"),
+])  # fmt: skip
+def test_bad_arguments_are_one_line_errors_before_any_work(argv: list[str], message: str, tmp_path: Path,
+                                                          capsys) -> None:  # fmt: skip
+    assert main(["demo", "--out", str(tmp_path / "demo"), *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "demo").exists()  # nothing built
