@@ -84,6 +84,7 @@ def test_a_run_repeats_exactly_with_the_same_seed(demo_set: Path, tmp_path: Path
         (["--lr", "nan"], "--lr must be positive and finite"),
         (["--rtf-seconds", "inf"], "--rtf-seconds must be positive and finite, got inf"),
         (["--warmup-fraction", "nan"], "--warmup-fraction must be in [0, 1]"),
+        (["--threads", "-1"], "--threads must be >= 1, got -1"),
     ],
 )
 def test_bad_input_is_one_error_line_and_nothing_written(

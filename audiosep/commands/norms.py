@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.norm_study import format_table, run_study
     from audiosep.norm_study_settings import StudySettings
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
