@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_src < 2:
         raise UserError(f"--n-src must be at least 2, got {args.n_src}")
+    if args.limit is not None and args.limit < 1:  # rows[:-1] would silently drop the last row
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
     config = GenerationConfig(
         librispeech_dir=_existing_dir(args.librispeech, "LibriSpeech"),
         wham_dir=_existing_dir(args.wham, "WHAM! noise"),

@@ -373,3 +373,12 @@ def test_unreadable_input_in_a_worker_fails_naming_it(corpus, tmp_path, capsys):
         run_librimix(tmp_path / "copy", tmp_path / "out", 2, 8000, "min", "mix_clean", "--workers", "2") == 1
     )
     assert str(bad) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_a_limit_below_one_is_refused(corpus, tmp_path, capsys, limit):
+    # rows[:-1] would silently drop the last mixture of every split
+    assert run_librimix(corpus["root"], tmp_path / "out", 2, 8000, "min", "mix_clean", "--limit", limit) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--limit must be at least 1, got {limit}" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -346,6 +346,8 @@ def generate_split(
     start = time.perf_counter()
     split = split_name(metadata_csv, config.n_src)
     all_rows = read_metadata_csv(metadata_csv, config.n_src)
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be at least 1, got {limit}")
     rows = all_rows[:limit]
     check_inputs(rows, config)
     split_dir = config.mode_dir / split
