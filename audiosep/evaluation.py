@@ -364,9 +364,14 @@ def evaluate(
     """Score every mixture of ``dataset`` (items ``(mixture, sources, id)``) and write the reports.
 
     Rows already in ``out_dir`` from an interrupted run of the same ``identity`` are kept.
+
+    Raises:
+        UserError: ``limit`` below 1 (``ids[:-1]`` would quietly drop the last mixture).
     """
     from tqdm import tqdm
 
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be at least 1, got {limit}")
     log = RowLog(Path(out_dir), identity, restart=restart)
     ids = list(dataset.ids)
     todo = list(pending(ids, log.done, limit))

@@ -313,3 +313,13 @@ def test_a_silent_source_a_file_as_out_dir_and_a_damaged_run_file_are_refused(se
     assert f"mixture {victim.stem}: source s2 is silent" in capsys.readouterr().err
     # the rows scored before the bad mixture are kept for the rerun
     assert len((tmp_path / "silent" / "utterances.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_the_library_refuses_a_limit_below_one(limit: int, tmp_path: Path) -> None:
+    from audiosep.errors import UserError
+    from audiosep.evaluation import evaluate
+
+    with pytest.raises(UserError, match=f"limit must be at least 1, got {limit}"):
+        evaluate(None, None, tmp_path, None, limit=limit)  # type: ignore[arg-type]  # refused before any use
+    assert not any(tmp_path.iterdir())
