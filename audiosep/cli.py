@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from audiosep import __version__
-from audiosep.errors import UserError
+from audiosep.errors import UserError, one_line
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model from a recipe YAML (LightningCLI)",
@@ -89,7 +89,7 @@ def _run_lightning(argv: list[str]) -> int:
     try:
         run_lightning_cli(argv)
     except MisconfigurationException as err:  # Lightning's verdict on trainer settings (accelerator, devices, ...)
-        raise UserError(f"trainer settings: {(str(err).splitlines() or [''])[0]}") from None
+        raise UserError(f"trainer settings: {one_line(str(err))}") from None
     return 0
 
 

@@ -27,6 +27,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from audiosep.errors import one_line
+
 Backend = Literal["eager", "prepared", "int8", "compile", "torchscript", "onnxruntime"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "prepared", "torchscript", "onnxruntime")
@@ -50,15 +52,6 @@ class Runner:
     def fail(self, err: BaseException | str) -> None:
         self.status = unsupported(err)
         self.fn = None
-
-
-def one_line(err: BaseException | str, limit: int = 200) -> str:
-    """An exception (or text) on one line, cut to ``limit`` characters."""
-    text = err if isinstance(err, str) else (str(err) or type(err).__name__)
-    text = " ".join(text.split())
-    if not isinstance(err, str) and not text.startswith(type(err).__name__):
-        text = f"{type(err).__name__}: {text}"
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def unsupported(err: BaseException | str) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from audiosep.bench.backends import DEFAULT_BACKENDS, Runner, make_runner, one_line, unsupported
+from audiosep.bench.backends import DEFAULT_BACKENDS, Runner, make_runner, unsupported
 from audiosep.bench.measure import (
     DTYPE_NAMES,
     DTYPES,
@@ -39,6 +39,7 @@ from audiosep.bench.measure import (
 from audiosep.bench.memory import MemoryWorkers, cuda_peak, rss_supported
 from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs, load, peer_spec
 from audiosep.bench.streaming import streaming_latency
+from audiosep.errors import one_line
 from audiosep.losses import si_snr
 
 SCHEMA = "audiosep.bench/1"

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from audiosep.commands.inputs import check_device, check_output_folder
 from audiosep.errors import UserError
 
 BACKENDS = ("eager", "prepared", "int8", "compile", "torchscript", "onnxruntime")  # audiosep.bench.backends.BACKENDS
@@ -202,24 +203,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_device(device: str, dtypes: list[str]) -> None:
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as err:
-        raise UserError(f"--device {device!r}: {err}") from None
+    kind = check_device(device)
     if kind not in ("cpu", "cuda"):
         raise UserError(f"--device must be cpu or cuda[:N], got {device!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here")
     if "fp16" in dtypes and kind != "cuda":
         raise UserError("--dtypes fp16 is benchmarked on CUDA only (use bf16 on CPU)")
-
-
-def _check_out_dir(out_dir: str) -> None:
-    """Refuse an ``--out-dir`` that is a file before measuring anything (else the results are lost at the end)."""
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise UserError(f"--out-dir {out_dir}: is a file, not a folder")
 
 
 def _check_positive(**values: object) -> None:
@@ -252,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     _check_positive(lengths=args.lengths, batch_sizes=args.batch_sizes, threads=args.threads, repeats=args.repeats,
                     time_budget=args.time_budget, block_ms=args.block_ms)  # fmt: skip
     _check_device(args.device, args.dtypes)
-    _check_out_dir(args.out_dir)
+    check_output_folder(args.out_dir, "--out-dir")
     try:
         overrides, model_overrides = parse_overrides(args.override)
     except ValueError as err:
@@ -280,7 +268,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
                     seconds=args.seconds, batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
                     time_budget=args.time_budget, train_minutes=args.train_minutes)  # fmt: skip
     _check_device(args.device, ["fp32"])
-    _check_out_dir(args.out_dir)
+    check_output_folder(args.out_dir, "--out-dir")
     if args.train_minutes is not None and not args.data:
         raise UserError(
             "--train-minutes needs --data DIR (e.g. the folder `audiosep data demo --out DIR` wrote)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audiosep.commands.inputs import check_output_file
 from audiosep.errors import UserError
 
 
@@ -21,10 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.convert.nemo import convert_nemo_file
 
     out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give the checkpoint a file name")
-    if out.resolve() == Path(args.archive).resolve():
-        raise UserError(f"--out {out}: would replace the NeMo archive; pass another --out")
+    check_output_file(out, "--out", [args.archive], "the NeMo archive")
     try:
         convert_nemo_file(args.archive, out)
     except OSError as err:

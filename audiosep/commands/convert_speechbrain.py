@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audiosep.commands.inputs import check_output_file
 from audiosep.errors import UserError
-
-SPEECHBRAIN_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt", "hyperparams.yaml")  # what is read
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,13 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Convert, save, and print what was written."""
     from audiosep.checkpoint import save_model
-    from audiosep.convert.speechbrain import ConversionError, convert_speechbrain_folder
+    from audiosep.convert.speechbrain import (
+        CHECKPOINT_FILES,
+        HYPERPARAMS_FILE,
+        ConversionError,
+        convert_speechbrain_folder,
+    )
 
     if args.sample_rate is not None and args.sample_rate <= 0:
         raise UserError(f"--sample-rate must be positive, got {args.sample_rate}")
-    inputs = {(Path(args.folder) / name).resolve() for name in SPEECHBRAIN_FILES}
-    if Path(args.out).resolve() in inputs:
-        raise UserError(f"--out {args.out}: would replace one of the SpeechBrain files; pass another --out")
+    reads = [Path(args.folder) / name for name in (*CHECKPOINT_FILES, HYPERPARAMS_FILE)]
+    check_output_file(args.out, "--out", reads, "one of the SpeechBrain files")
     try:
         model, metadata = convert_speechbrain_folder(args.folder, args.model, args.sample_rate)
     except ConversionError as err:

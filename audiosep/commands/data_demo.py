@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from audiosep.commands.inputs import check_output_folder
 from audiosep.data.prep.demo_config import SPLITS, DemoSetConfig
-from audiosep.errors import UserError
 
 _DEFAULTS = DemoSetConfig()
 
@@ -34,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the set (or find it already built) and print where everything is."""
     from audiosep.data.prep.demo_set import build_demo_set
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UserError(f"--out {args.out}: is a file, not a folder")
+    check_output_folder(args.out, "--out")
     start = time.perf_counter()
     out_dir = build_demo_set(
         args.out, seed=args.seed, num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test,

@@ -13,6 +13,7 @@ import re
 import time
 from pathlib import Path
 
+from audiosep.commands.inputs import check_output_folder
 from audiosep.errors import UserError
 
 RECIPE = "demo/convtasnet_tiny.yaml"
@@ -40,8 +41,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.max_time is not None and not MAX_TIME.fullmatch(args.max_time):
         raise UserError(f"--max-time must be DD:HH:MM:SS (e.g. 00:00:06:00), got {args.max_time!r}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UserError(f"--out {args.out}: is a file, not a folder")
+    check_output_folder(args.out, "--out")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from audiosep.commands.inputs import check_output_file
 from audiosep.errors import UserError
 
 FORMATS = ("onnx", "torchscript")
@@ -105,8 +106,7 @@ def run(args: argparse.Namespace) -> int:
     check_format(out, args.format)  # before loading: a missing onnxruntime fails fast
     if out.resolve() == ckpt.resolve():
         raise UserError(f"{out}: the export would replace the checkpoint; pass another --out")
-    if out.is_dir():
-        raise UserError(f"{out}: is a folder; give --out a file name")
+    check_output_file(out, "--out")
     model, features, rate, extra = load_for_export(ckpt, args.sample_rate)
     try:
         report = export_model(

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from audiosep.errors import UserError
+from audiosep.errors import UserError, one_line
 
 log = logging.getLogger("audiosep.inputs")
 
@@ -179,18 +180,36 @@ def progress_bar(total: int, enabled: bool):
                 disable=None if enabled else True)  # fmt: skip
 
 
-def check_device(device: str) -> None:
-    """One-line error for a ``--device`` torch cannot use here: a bad name, or CUDA without that GPU."""
+def check_device(device: str) -> str:
+    """The ``--device``'s type; one-line error for a device torch cannot use here (a bad name, or CUDA
+    without that GPU)."""
     import torch
 
     try:
         parsed = torch.device(device)
     except RuntimeError as err:
-        raise UserError(f"--device {device!r}: not a torch device ({(str(err).splitlines() or [''])[0]})") from None
+        raise UserError(f"--device {device!r}: not a torch device ({one_line(err)})") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA device is available here")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed.type
+
+
+def check_output_folder(path: str | os.PathLike, flag: str) -> None:
+    """One-line error for an output folder that exists as a file, found before the work, not after it."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a folder")
+
+
+def check_output_file(path: str | os.PathLike, flag: str, reads: Iterable[str | os.PathLike] = (),
+                      what: str = "an input") -> None:  # fmt: skip
+    """One-line error for an output file that is a folder, or one of the files the command reads
+    (``what`` names them): writing it would destroy the input."""
+    if Path(path).is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give {flag} a file name")
+    if Path(path).resolve() in {Path(read).resolve() for read in reads}:
+        raise UserError(f"{flag} {path}: would replace {what}; pass another {flag}")
 
 
 def check_glob(pattern: str | None) -> None:

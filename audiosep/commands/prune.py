@@ -15,6 +15,7 @@ import math
 import sys
 from pathlib import Path
 
+from audiosep.commands.inputs import check_output_file
 from audiosep.errors import UserError
 
 DATA_CLASSES = ("audiosep.data.librimix.LibriMixDataModule",)
@@ -66,8 +67,9 @@ def _datamodule(config: str, data_root: str | None):
         raise UserError(f"{config}: bad data arguments ({err})") from err
 
 
-def check_numbers(args: argparse.Namespace) -> None:
-    """One-line errors for out-of-range numbers (``nan`` and ``inf`` fail every range here)."""
+def check_arguments(args: argparse.Namespace) -> None:
+    """One-line errors for out-of-range numbers (``nan`` and ``inf`` fail every range here) and a GPU
+    accelerator without a GPU."""
     rules = [
         ("--target-macs", args.target_macs, 0.0 < args.target_macs <= 1.0, "in (0, 1]"),
         ("--threshold", args.threshold, 0.0 < args.threshold < 1.0, "in (0, 1)"),
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.pruning.pipeline import PruneSettings, prune_model
     from audiosep.pruning.profile import format_profile, profile_model
 
-    check_numbers(args)
+    check_arguments(args)
     try:
         model, metadata = load_model(args.ckpt)
     except CheckpointError as err:
@@ -111,10 +113,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise UserError("--out is required (the pruned model file)")
-    if Path(args.out).is_dir():
-        raise UserError(f"--out {args.out}: is a folder; give the pruned model a file name")
-    if Path(args.out).resolve() == Path(args.ckpt).resolve():
-        raise UserError(f"--out {args.out}: would replace the checkpoint being pruned; pass another --out")
+    check_output_file(args.out, "--out", [args.ckpt], "the checkpoint being pruned")
     datamodule = _datamodule(args.config, args.data_root) if args.config else None
     if datamodule is None and (args.method == "sepprune" or args.finetune_epochs > 0):
         raise UserError(f"--method {args.method} with fine-tuning needs --config (the data to train on)")

@@ -28,6 +28,7 @@ from audiosep.models.sepformer import SepFormer
 StateDict = Mapping[str, Tensor]
 ModelKind = Literal["sepformer", "resepformer"]
 CHECKPOINT_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt")
+HYPERPARAMS_FILE = "hyperparams.yaml"
 
 # SpeechBrain select_norm names -> registry names ("ln" is GroupNorm(1, C), i.e. global LN).
 SPEECHBRAIN_NORMS = {"ln": "global_ln", "gln": "global_ln", "cln": "channel_ln"}
@@ -443,7 +444,7 @@ def convert_speechbrain_folder(
         raise ConversionError(f"{folder}: missing {', '.join(missing)} (expected a SpeechBrain model folder)")
     encoder_sd, masknet_sd, decoder_sd = (_load_state(folder / name) for name in CHECKPOINT_FILES)
     kind = detect_model_kind(masknet_sd) if kind == "auto" else kind
-    yaml_path = folder / "hyperparams.yaml"
+    yaml_path = folder / HYPERPARAMS_FILE
     hparams = read_hyperparams(yaml_path) if yaml_path.is_file() else {}
     overrides = hyperparams_overrides(hparams, kind)
     sample_rate = sample_rate if sample_rate is not None else _resolve(hparams.get("sample_rate"), hparams)
