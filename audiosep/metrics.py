@@ -47,14 +47,21 @@ def _correlations(reference: Tensor, estimate: Tensor, taps: int) -> tuple[Tenso
     return auto, cross
 
 
+def _refuse_silent_references(reference: Tensor, caller: str) -> None:
+    """Raise ``ValueError`` where a ``[..., T]`` reference is all zeros: no score is defined for it."""
+    if not (reference.abs().amax(dim=-1) > 0).all():
+        raise ValueError(f"{caller}: a reference signal is all zeros, so its score is undefined")
+
+
 def bss_sdr(estimate: Tensor, reference: Tensor, taps: int = SDR_FILTER_TAPS) -> Tensor:
     """BSS-Eval SDR in dB of each ``[..., T]`` pair (computed in float64, returned as float32).
 
     Raises ``ValueError`` where a reference is all zeros (its projection is undefined).
     """
+    _refuse_silent_references(reference, "bss_sdr")
+    if estimate.shape[-1] != reference.shape[-1]:
+        raise ValueError(f"bss_sdr: estimate has {estimate.shape[-1]} samples, reference {reference.shape[-1]}")
     reference = reference.double()
-    if not (reference.abs().amax(dim=-1) > 0).all():
-        raise ValueError("bss_sdr: a reference signal is all zeros, so its SDR is undefined")
     estimate = estimate.double()
     estimate = estimate / estimate.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     reference = reference / reference.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -113,7 +120,9 @@ def separation_scores(
     """Permutation-aligned SI-SNR/SI-SNRi (and SDR/SDRi) of ``estimate[B, S, T]``.
 
     The improvement is relative to using the mixture ``[B, T]`` itself as every estimate.
+    Raises ``ValueError`` where a reference source is all zeros, with or without ``with_sdr``.
     """
+    _refuse_silent_references(reference, "separation_scores")
     per_source, perm = _under_best_permutation(_floored_pairs(si_snr, estimate, reference))
     mixture_as_estimate = mixture.unsqueeze(1).expand_as(reference)
     baseline = si_snr(mixture_as_estimate, reference)

@@ -55,15 +55,37 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
         >>> fast = prepare_for_inference(conv_tasnet_demo().eval())  # doctest: +SKIP
         >>> torch.allclose(fast(x), model(x), atol=1e-5)             # doctest: +SKIP
         True
+
+    Raises:
+        ValueError: ``model`` has forward or backward hooks (SepPrune's channel gates, a user's
+            feature capture): the prepared layers are fused and channels-last, so a hook copied onto
+            them would see other tensors, or silently stop changing the output.
     """
+    _refuse_hooks(model)
     plain = copy.deepcopy(model).eval()
     if isinstance(plain, ConvTasNet):
-        return FastConvTasNet(plain)
+        return FastConvTasNet(plain).eval()
     if isinstance(plain, QuartzNet):
         fold_quartznet_batchnorms(plain)
     if isinstance(plain, MaskingSeparator):
         fold_masknet_norms(plain)
-    return plain
+    return plain.eval()  # the folding made new modules, in training mode
+
+
+def _refuse_hooks(model: nn.Module) -> None:
+    """Raise ``ValueError`` naming the submodules of ``model`` that carry forward or backward hooks."""
+    hooked = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    ]
+    if hooked:
+        listed = ", ".join(hooked[:3]) + (f" and {len(hooked) - 3} more" if len(hooked) > 3 else "")
+        raise ValueError(
+            f"prepare_for_inference: {type(model).__name__} has hooks on {listed}; the prepared copy's layers "
+            "are fused, so hooks cannot carry over: remove them first (SepPrune gates: prune the model) "
+            "or run the plain model"
+        )
 
 
 def _oneDNN_usable(x: Tensor) -> bool:

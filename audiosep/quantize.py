@@ -173,7 +173,7 @@ def quantize_for_inference(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: the model has no layer to quantize (nothing would change).
     """
-    prepared = prepare_for_inference(model.cpu())
+    prepared = prepare_for_inference(model).cpu()  # a copy: the caller's model stays on its device
     swapped = _swap_children(prepared)
     if swapped == 0:
         raise ValueError(f"{type(model).__name__} has no linear or pointwise-conv layer to quantize")

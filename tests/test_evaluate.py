@@ -101,6 +101,21 @@ def test_an_all_zero_reference_is_refused_by_sdr() -> None:
         bss_sdr(torch.randn(2, 1000), torch.zeros(2, 1000))
 
 
+@pytest.mark.parametrize("with_sdr", [False, True])
+def test_an_all_zero_reference_is_refused_by_the_scores_with_or_without_sdr(with_sdr: bool) -> None:
+    """Validation calls ``separation_scores`` without SDR: a silent source must not give a finite score."""
+    reference = torch.stack([torch.randn(1000), torch.zeros(1000)]).unsqueeze(0)
+    estimate = reference + 0.01 * torch.randn_like(reference)
+    with pytest.raises(ValueError, match="separation_scores: a reference signal is all zeros"):
+        separation_scores(estimate, reference, reference.sum(1), with_sdr=with_sdr)
+
+
+def test_sdr_refuses_estimates_of_another_length() -> None:
+    reference = torch.randn(2, 1000)
+    with pytest.raises(ValueError, match="estimate has 1200 samples, reference 1000"):
+        bss_sdr(torch.randn(2, 1200), reference)
+
+
 def test_input_snr_and_overlap_ratio_on_crafted_sources() -> None:
     t = torch.arange(RATE) / RATE
     tone = torch.sin(2 * torch.pi * 200 * t)

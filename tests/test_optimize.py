@@ -92,6 +92,24 @@ def test_prepared_model_matches_the_plain_model_and_leaves_it_untouched(name: st
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_every_module_of_the_prepared_model_is_in_eval_mode(name: str) -> None:
+    prepared = prepare_for_inference(MODELS[name]().train())
+    assert [n for n, m in prepared.named_modules() if m.training] == []
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_model_with_hooks_is_refused_not_prepared_without_them(name: str) -> None:
+    """A hook copied onto fused, channels-last layers would see other tensors or silently do nothing."""
+    model = MODELS[name]().eval()
+    layer_name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Linear)))
+    handle = layer.register_forward_pre_hook(lambda module, args: None)
+    with pytest.raises(ValueError, match=f"has hooks on {layer_name}; .* remove them first"):
+        prepare_for_inference(model)
+    handle.remove()
+    assert prepare_for_inference(model) is not model
+
+
 CONV_TASNET_CASES = [
     (norm, variant)
     for norm in NORM_NAMES

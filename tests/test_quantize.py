@@ -52,6 +52,16 @@ def test_every_linear_and_pointwise_conv_is_int8_and_the_output_stays_close(name
     assert float(si_snr(output, reference).min()) > 25.0
 
 
+def test_the_callers_model_is_never_moved_to_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``nn.Module.cpu`` works in place: called on the caller's (GPU) model it would move that model."""
+    model = conv_tasnet_demo().eval()
+    moved: list[nn.Module] = []
+    original_cpu = nn.Module.cpu
+    monkeypatch.setattr(nn.Module, "cpu", lambda self: moved.append(self) or original_cpu(self))
+    quantize_for_inference(model)
+    assert moved and all(module is not model for module in moved)
+
+
 def test_int8_linear_is_per_channel_and_close_to_the_float_product() -> None:
     torch.manual_seed(0)
     weight = torch.randn(6, 32)

@@ -246,7 +246,10 @@ def resepformer_from_speechbrain(
             ``SBTransformerBlock_wnormandskip`` seg/mem models and ``mem_type="av"``.
         decoder_sd: state dict of ``Decoder``.
         **overrides: :class:`RESepFormer` arguments replacing the inferred ones; shapes cannot
-            tell ``num_heads`` (8), ``chunk_size`` (150), ``causal`` (False) or ``pre_norm``.
+            tell ``num_heads`` (8), ``chunk_size`` (150), ``causal`` (False), ``pre_norm`` or
+            ``norm``: SpeechBrain ``ln``/``gln`` become ``global_ln`` when not causal (pass
+            ``channel_ln`` for a non-causal ``cln`` model), ``cln`` becomes ``channel_ln`` when causal.
+            ``audiosep convert speechbrain`` reads all of these from ``hyperparams.yaml``.
 
     Raises:
         ConversionError: tensors of another architecture or options we do not implement.

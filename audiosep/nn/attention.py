@@ -63,7 +63,8 @@ def feed_forward(dim: int, hidden: int, dropout: float = 0.0) -> nn.Sequential:
     """Position-wise ``Linear -> ReLU -> Dropout -> Linear`` (indices 0 and 3 hold the weights).
 
     The ReLU works in place on the first Linear's output (which autograd does not keep): one
-    pass and one allocation of the widest activation fewer.
+    pass and one allocation of the widest activation fewer in training. So a forward hook on
+    ``ffn[0]`` that keeps its output sees it after the ReLU; keep ``output.clone()`` there.
     """
     return nn.Sequential(
         nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, dim)
