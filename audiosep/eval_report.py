@@ -73,6 +73,19 @@ def summarise(rows: Sequence[dict[str, Any]], identity: dict[str, Any], elapsed_
     }
 
 
+def _csv_cell(value: Any) -> Any:
+    """A value as written to the CSV: floats rounded, text that a spreadsheet would run as a formula quoted.
+
+    Why: mixture ids come from the data's metadata; an id such as ``=HYPERLINK(...)`` opened in a
+    spreadsheet would be evaluated (CSV injection), so text starting with ``= + - @`` gets a ``'``.
+    """
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + value
+    return value
+
+
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     """Per-utterance scores as CSV (the columns present in the rows)."""
     columns = [c for c in CSV_COLUMNS if any(c in row for row in rows)]
@@ -80,7 +93,7 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: (round(row[c], 4) if isinstance(row.get(c), float) else row.get(c)) for c in columns})
+        writer.writerow({c: _csv_cell(row.get(c)) for c in columns})
     return buffer.getvalue()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +27,7 @@ from torch import Tensor
 from audiosep.data.asr import read_manifest
 from audiosep.data.librispeech import read_transcripts
 from audiosep.errors import UserError
-from audiosep.eval_report import summarise, write_reports
+from audiosep.eval_report import SCORE_COLUMNS, summarise, write_reports
 from audiosep.inference import SeparationError
 from audiosep.io import atomic_write_text
 from audiosep.losses import reorder_sources
@@ -268,6 +269,29 @@ def score_utterance(
 # ---------------------------------------------------------------- resumable rows
 
 
+def _stored_identity(run_path: Path) -> Any:
+    """What ``run.json`` says the folder's run is; None where it is missing or unreadable."""
+    try:
+        return json.loads(run_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _row_problem(line: bytes) -> str | None:
+    """Why a line of ``utterances.jsonl`` is not a row the report can use (None: it is)."""
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "not JSON"
+    if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+        return "not an object with a string id"
+    for column in ("duration_s", *(column for column in SCORE_COLUMNS if column in row)):
+        value = row.get(column)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"{column} is {value!r:.40}, not a finite number"
+    return None
+
+
 class RowLog:
     """The append-only ``utterances.jsonl`` of a run, and the ``run.json`` that names the run.
 
@@ -282,40 +306,35 @@ class RowLog:
             raise UserError(f"{out_dir}: --out-dir exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         run_path = out_dir / RUN_FILE
+        for path in (run_path, self.rows_path):
+            if path.exists() and not path.is_file():
+                raise UserError(f"{path}: exists and is not a file; use another --out-dir")
         if restart:
             self.rows_path.unlink(missing_ok=True)
-        elif run_path.is_file() and self.rows_path.is_file():
-            try:
-                stored = json.loads(run_path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                stored = None
-            if stored != asdict(identity):
-                raise UserError(
-                    f"{out_dir}: holds the results of a different evaluation (checkpoint, data, split or task "
-                    "differ); use another --out-dir or --restart"
-                )
+        elif self.rows_path.is_file() and _stored_identity(run_path) != asdict(identity):
+            # Rows without the run.json that names them are refused too: they may be another run's.
+            raise UserError(
+                f"{out_dir}: holds the results of a different evaluation (checkpoint, data, split or task "
+                f"differ, or {RUN_FILE} is missing); use another --out-dir or --restart"
+            )
         atomic_write_text(run_path, json.dumps(asdict(identity), indent=2))
         self.rows = self._read_rows()
 
     def _read_rows(self) -> list[dict[str, Any]]:
+        """The rows written so far; a torn last line (a killed run) is cut off, damage elsewhere refused."""
         if not self.rows_path.is_file():
             return []
-        rows, good_bytes = [], 0
-        with self.rows_path.open("rb") as handle:
-            for line in handle:
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    row = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    break
-                if not isinstance(row, dict) or "id" not in row:
-                    break
-                rows.append(row)
-                good_bytes += len(line)
-        if good_bytes != self.rows_path.stat().st_size:
+        data = self.rows_path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        rows = []
+        for number, line in enumerate(complete.splitlines(), start=1):
+            problem = _row_problem(line)
+            if problem:
+                raise UserError(f"{self.rows_path}: line {number}: {problem}; use another --out-dir or --restart")
+            rows.append(json.loads(line))
+        if len(complete) != len(data):
             with self.rows_path.open("r+b") as handle:
-                handle.truncate(good_bytes)
+                handle.truncate(len(complete))
         return rows
 
     @property

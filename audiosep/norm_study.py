@@ -244,8 +244,8 @@ def train_run(settings: StudySettings, data: StudyData, norm: str, seed: int, st
 def _study_state(settings: StudySettings, data: StudyData, out: Path) -> dict[str, Any]:
     """The study's fixed settings and step budget: read back on a restart, written once otherwise."""
     path = out / "study.json"
-    if path.is_file():
-        state = json.loads(path.read_text())
+    if path.exists():
+        state = _read_json_object(path)
         if state.get("settings") != settings.fingerprint():
             raise UserError(f"{path}: this folder holds a study with other settings; use another --out")
         if settings.steps is not None and settings.steps != state["steps"]:
@@ -262,6 +262,29 @@ def _study_state(settings: StudySettings, data: StudyData, out: Path) -> dict[st
     return state
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object this study wrote earlier; anything else is a one-line :class:`UserError`."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable ({type(err).__name__}); use another --out") from err
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: not a JSON object; use another --out")
+    return value
+
+
+def _kept_run(path: Path, study: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's record, refused unless it was trained under this study's settings and steps.
+
+    Why: ``study.json`` alone guards the folder; a run file left from another study (its
+    ``study.json`` deleted or replaced) would otherwise be reported under these settings.
+    """
+    record = _read_json_object(path)
+    if record.get("study") != study:
+        raise UserError(f"{path}: this run was trained with other settings or steps; use another --out")
+    return record
+
+
 def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every (norm, seed) run, then write the table, CSV, JSON and plot."""
     check_settings(settings)
@@ -272,16 +295,17 @@ def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> di
     state = _study_state(settings, data, out)
     steps = state["steps"]
     log(f"norm study: {settings.model}, {steps} steps per run, norms {', '.join(settings.norms)}")
+    study = {"settings": settings.fingerprint(), "steps": steps}
     runs: list[dict[str, Any]] = []
     for norm in settings.norms:
         for seed in settings.seeds_of(norm):
             path = out / "runs" / f"{canonical_norm_name(norm)}-seed{seed}.json"
-            if path.is_file():
+            if path.exists():
+                runs.append(_kept_run(path, study))
                 log(f"{norm} seed {seed}: finished earlier, kept ({path})")
-                runs.append(json.loads(path.read_text()))
                 continue
             log(f"{norm} seed {seed}: training {steps} steps")
-            record = train_run(settings, data, norm, seed, steps)
+            record = train_run(settings, data, norm, seed, steps) | {"study": study}
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(record, indent=2))
             runs.append(record)

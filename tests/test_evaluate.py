@@ -288,6 +288,64 @@ def test_results_of_another_model_are_never_mixed_in(sep_ckpt: Path, librimix: P
     assert json.loads((out / "summary.json").read_text())["scored_this_run"] == 3
 
 
+def test_rows_without_their_run_file_are_not_resumed_under_another_model(
+    sep_ckpt: Path, librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "eval"
+    args = ["--data", str(librimix), "--out-dir", str(out), "--no-progress", "--no-plots"]
+    assert main(["evaluate", "--ckpt", str(sep_ckpt), *args, "--limit", "2"]) == 0
+    (out / "run.json").unlink()
+    other = tmp_path / "other.ckpt"
+    save_model(conv_tasnet_demo(num_repeats=1, num_layers=2), other, {"sample_rate": RATE})
+    assert main(["evaluate", "--ckpt", str(other), *args]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "different evaluation" in error[0] and "run.json is missing" in error[0]
+    assert len((out / "utterances.jsonl").read_text().splitlines()) == 2  # kept for the right run
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('{"id": "a", "si_snr": 1.0}', "line 2: duration_s is None, not a finite number"),
+        ('{"id": "a", "duration_s": 1.0, "si_snri": "high"}', "line 2: si_snri is 'high', not a finite number"),
+        ('["a"]', "line 2: not an object with a string id"),
+        ("{damaged", "line 2: not JSON"),
+    ],
+)
+def test_a_damaged_row_is_refused_naming_its_line_not_cut_off_with_the_rows_after_it(
+    sep_ckpt: Path, librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture, line: str, problem: str
+) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--out-dir", str(out), "--no-progress",
+            "--no-plots"]  # fmt: skip
+    assert main([*args, "--limit", "1"]) == 0
+    rows = out / "utterances.jsonl"
+    good = rows.read_text()
+    rows.write_text(good + line + "\n" + good)
+    assert main(args) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"utterances.jsonl: {problem}" in error[0]
+    assert rows.read_text() == good + line + "\n" + good
+
+
+def test_a_run_file_that_is_a_folder_is_one_error_line(sep_ckpt: Path, librimix: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "eval"
+    (out / "run.json").mkdir(parents=True)
+    assert main(["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--out-dir", str(out),
+                 "--no-progress"]) == 1  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "run.json: exists and is not a file" in error[0]
+
+
+def test_csv_text_a_spreadsheet_would_run_as_a_formula_is_quoted() -> None:
+    from audiosep.eval_report import to_csv
+
+    rows = [{"id": "=HYPERLINK(1)_b", "duration_s": 1.0, "si_snr": -3.25}, {"id": "a_b", "duration_s": 2.0}]
+    lines = to_csv(rows).splitlines()
+    assert lines[1].startswith("'=HYPERLINK(1)_b,1.0,-3.25") and lines[2].startswith("a_b,2.0")
+
+
 def test_bad_input_gives_one_line_naming_the_problem(sep_ckpt: Path, librimix: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
     base = librimix / "wav8k" / "min" / "test"

@@ -66,6 +66,33 @@ def test_study_writes_table_csv_json_and_plot_and_resumes(
     assert json.loads((out / "results.json").read_text())["runs"] == report["runs"]
 
 
+def test_a_run_from_other_settings_is_refused_not_reported_under_these(
+    demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Deleting study.json must not let a run trained at another --lr be kept as if it were this study's."""
+    out = tmp_path / "study"
+    assert main(_argv(demo_set, out, "BN", "--baseline-seeds", "1")) == 0
+    (out / "study.json").unlink()
+    (out / "results.json").unlink()
+    capsys.readouterr()
+    assert main(_argv(demo_set, out, "BN", "--baseline-seeds", "1", "--lr", "0.5")) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "batch_norm-seed0.json: this run was trained with other settings" in error[0]
+    assert not (out / "results.json").exists()
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b"\xff\xfe"])
+def test_a_damaged_study_file_is_one_error_line(
+    demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes
+) -> None:
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_bytes(content)
+    assert main(_argv(demo_set, out, "BN", "--baseline-seeds", "1")) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "study.json:" in error[0] and "use another --out" in error[0]
+
+
 def test_a_run_repeats_exactly_with_the_same_seed(demo_set: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     assert main(_argv(demo_set, first, "BN", "--baseline-seeds", "1")) == 0
