@@ -10,6 +10,9 @@ SLURM-requeue ``hpc_ckpt_N.ckpt``) of any earlier run below ``--trainer.default_
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
 import re
 import warnings
 from importlib import resources
@@ -22,6 +25,24 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from audiosep.errors import UserError
 
 SOURCE_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+EXTRA_IMPORTS_ENV = "AUDIOSEP_IMPORT_ALLOWLIST"  # comma-separated import paths a user adds (their own callbacks)
+# The only classes a recipe, or a --key value, may name: jsonargparse imports nothing else (it refuses
+# before importing). Why a closed list: a recipe is a file, and files are data; LightningCLI alone
+# would import any module and call any function a YAML names (e.g. a LambdaCallback's hooks).
+ALLOWED_IMPORTS = (
+    "audiosep.tasks.separation.SeparationTask", "audiosep.tasks.asr.ASRTask",
+    "audiosep.data.librimix.LibriMixDataModule", "audiosep.data.asr.ASRDataModule",
+    "audiosep.nn.features.LogMelFeatures", "audiosep.nn.features.SpecAugment", "audiosep.nn.features.SpecCutout",
+    "audiosep.optim.WarmupCosineLR", "audiosep.optim.NovoGrad", "audiosep.checkpoint_io.AtomicCheckpointIO",
+    "torch.optim",  # optimizers and schedulers: classes only take numbers and parameter groups
+    "lightning.pytorch.cli.ReduceLROnPlateau",
+    *(f"lightning.pytorch.callbacks.{name}" for name in (
+        "ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "TQDMProgressBar", "RichProgressBar",
+        "ModelSummary", "RichModelSummary", "StochasticWeightAveraging", "GradientAccumulationScheduler", "Timer",
+        "DeviceStatsMonitor", "OnExceptionCheckpoint")),
+    "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.TensorBoardLogger",
+    "lightning.pytorch.strategies", "lightning.pytorch.plugins", "lightning.fabric.plugins",
+)  # fmt: skip
 
 
 def packaged_recipe(name: str) -> Path | None:
@@ -93,6 +114,34 @@ def find_last_checkpoint(root: str | Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
+def allowed_import_paths() -> list[str]:
+    """:data:`ALLOWED_IMPORTS`, ``$AUDIOSEP_IMPORT_ALLOWLIST`` and the defining path of each allowed class.
+
+    jsonargparse also checks where an object is defined (``...callbacks.model_checkpoint.ModelCheckpoint``
+    for ``...callbacks.ModelCheckpoint``), so both paths must be allowed.
+    """
+    from audiosep.models.registry import MODEL_CLASSES
+
+    extra = [entry.strip() for entry in os.environ.get(EXTRA_IMPORTS_ENV, "").split(",") if entry.strip()]
+    paths = [*ALLOWED_IMPORTS, *MODEL_CLASSES, *extra]
+    for path in list(paths):
+        module_name, _, name = path.rpartition(".")
+        obj = getattr(importlib.import_module(module_name), name, None) if path in ALLOWED_IMPORTS else None
+        if inspect.isclass(obj):
+            paths.append(f"{obj.__module__}.{obj.__qualname__}")
+    return paths
+
+
+def restrict_imports() -> None:
+    """Make jsonargparse refuse, before importing it, any class or function not in :func:`allowed_import_paths`."""
+    from jsonargparse import set_parsing_settings
+
+    try:
+        set_parsing_settings(import_path_denylist=["*"], import_path_allowlist=allowed_import_paths())
+    except ValueError as err:  # a malformed $AUDIOSEP_IMPORT_ALLOWLIST entry
+        raise UserError(f"${EXTRA_IMPORTS_ENV}: {err}") from err
+
+
 def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
     """Run ``fit``/``validate``/``test`` with ``argv`` (starting with the sub-command).
 
@@ -108,6 +157,7 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
         ".*isinstance\\(treespec, LeafSpec\\)",
     ):
         warnings.filterwarnings("ignore", message=message)
+    restrict_imports()
     return AudiosepCLI(
         LightningModule,
         LightningDataModule,

@@ -20,3 +20,33 @@ def test_an_alias_passes_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
         main(["fit", "--config", "demo/convtasnet_tiny.yaml", "--model.model.init_args.norm", "BN", "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "norm: BN" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "denied"),
+    [
+        (["--trainer.callbacks+=lightning.pytorch.callbacks.LambdaCallback",
+          "--trainer.callbacks.on_fit_start=audiosep.io.atomic_write_text"], "lightning.pytorch.callbacks.LambdaCallback"),
+        (["--model.model.class_path", "os.system"], "os.system"),
+        (["--data.class_path", "antigravity.Data"], "antigravity.Data"),
+    ],
+)  # fmt: skip
+def test_a_recipe_cannot_name_code_outside_the_closed_list(
+    capsys: pytest.CaptureFixture[str], extra: list[str], denied: str
+) -> None:
+    """LightningCLI alone imports any module and calls any function a YAML or --key value names."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "demo/convtasnet_tiny.yaml", *extra, "--print_config"])
+    assert exit_info.value.code != 0
+    assert f"Importing '{denied}' is not allowed" in capsys.readouterr().err
+
+
+def test_a_class_added_to_the_allowlist_by_the_user_is_accepted(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUDIOSEP_IMPORT_ALLOWLIST", "training_probes,lightning.pytorch.callbacks.lambda_function")
+    callback = "lightning.pytorch.callbacks.lambda_function.LambdaCallback"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "demo/convtasnet_tiny.yaml", f"--trainer.callbacks+={callback}", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert callback in capsys.readouterr().out
