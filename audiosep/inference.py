@@ -168,6 +168,26 @@ def model_window(model: nn.Module) -> int:
     return int(kernel) if isinstance(kernel, int) else 1
 
 
+def source_tag(path: str | os.PathLike) -> str:
+    """What the outputs of ``path`` carry in their WAV comment: the input's absolute path, size and mtime.
+
+    Why: an existing output is only known to be this input's (to skip it on a rerun, or to tell it
+    from a user's file that merely has an output's name) if it says so.
+    """
+    stat = os.stat(path)
+    return f"audiosep: separated from {os.path.abspath(path)} ({stat.st_size} bytes, mtime_ns {stat.st_mtime_ns})"
+
+
+def written_from(output: str | os.PathLike) -> str | None:
+    """The :func:`source_tag` an existing output carries; None for any other file."""
+    try:
+        with sf.SoundFile(output) as handle:
+            comment = handle.comment
+    except (sf.LibsndfileError, OSError, RuntimeError, TypeError):
+        return None
+    return comment if comment.startswith("audiosep: separated from ") else None
+
+
 def output_paths(out_dir: str | os.PathLike, name: str | os.PathLike, num_sources: int) -> list[Path]:
     """``out_dir/<name>_s1.wav ... _s<num_sources>.wav``; ``name`` may hold folders (``a/x``)."""
     base = Path(out_dir) / Path(name)
@@ -466,6 +486,7 @@ class Separator:
 
         ``relative_name`` defaults to the input's stem and may hold folders (``a/x`` ->
         ``out_dir/a/x_s1.wav``). ``channel`` picks one channel (0-based) instead of the mixdown.
+        Each output's WAV comment names the input (:func:`source_tag`).
         The file is checked whole first, then read, separated and written in blocks (memory follows
         the chunk size, not the file's length); the same numbers as :meth:`separate` on the whole
         waveform. All outputs appear together or none. An all-zero input is not an error: it gets
@@ -484,12 +505,13 @@ class Separator:
                 self.check_length(audio.frames, audio.sample_rate)
                 if audio.silent:
                     (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")
-                return self._separate_audio(audio, output_paths(out_dir, name, self.num_sources), keep_model_rate)
+                outputs = output_paths(out_dir, name, self.num_sources)
+                return self._separate_audio(audio, outputs, keep_model_rate, source_tag(path))
         except AudioError as err:
             raise SeparationError(err.reason, path) from err
 
     @torch.inference_mode()
-    def _separate_audio(self, audio: CheckedAudio, outputs: list[Path], keep_model_rate: bool) -> list[Path]:
+    def _separate_audio(self, audio: CheckedAudio, outputs: list[Path], keep_model_rate: bool, tag: str) -> list[Path]:
         """Separate ``audio`` block by block into ``outputs`` (written atomically, peaks limited as one).
 
         Pass 1 writes the model-rate sources to a float32 scratch file beside the outputs; pass 2 finds
@@ -525,6 +547,8 @@ class Separator:
                 log.info("%s: scaling all sources by %.3f to avoid clipping", audio.path, scale)
             writers = [sf.SoundFile(tmp, "w", out_rate, 1, "PCM_16", format="WAV") for tmp in temps]
             try:
+                for writer in writers:
+                    writer.comment = tag
                 for block in blocks():
                     for writer, source in zip(writers, block * scale, strict=True):
                         writer.write(source.numpy())

@@ -213,16 +213,34 @@ def test_existing_outputs_are_skipped_unless_overwrite(ckpt: Path, tmp_path: Pat
     wav = write(tmp_path / "x.wav")
     out = tmp_path / "out"
     assert infer(ckpt, "--out-dir", out, wav) == 0
-    for k in (1, 2):
-        (out / f"x_s{k}.wav").write_bytes(b"placeholder")
+    written = {k: (out / f"x_s{k}.wav").stat().st_mtime_ns for k in (1, 2)}
     capsys.readouterr()
     assert infer(ckpt, "--out-dir", out, wav) == 0
     captured = capsys.readouterr()
     assert "skipped" in captured.out and "0 written, 1 skipped, 0 failed" in captured.err
-    assert (out / "x_s1.wav").read_bytes() == b"placeholder"
+    assert {k: (out / f"x_s{k}.wav").stat().st_mtime_ns for k in (1, 2)} == written
     assert infer(ckpt, "--out-dir", out, "--overwrite", wav) == 0
     assert "1 written, 0 skipped, 0 failed" in capsys.readouterr().err
     assert sf.info(out / "x_s1.wav").frames == 2400
+
+
+def test_outputs_not_written_from_this_input_are_never_skipped(ckpt: Path, tmp_path: Path, capsys) -> None:
+    """Same stem, same --out-dir, separate runs: the second input must not be reported done."""
+    first, second = write(tmp_path / "a" / "mix.wav", seed=1), write(tmp_path / "b" / "mix.wav", seed=2, frames=2000)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, first) == 0
+    before = (out / "mix_s1.wav").read_bytes()
+    capsys.readouterr()
+    assert infer(ckpt, "--out-dir", out, second) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and f"{second}: " in lines[0] and "was not written from this input" in lines[0]
+    assert (out / "mix_s1.wav").read_bytes() == before
+    for k in (1, 2):  # a user's files that only have the outputs' names
+        (out / f"mix_s{k}.wav").write_bytes(b"placeholder")
+    assert infer(ckpt, "--out-dir", out, first) == 1
+    assert "was not written from this input" in errors(capsys)[1][0]
+    assert infer(ckpt, "--out-dir", out, "--overwrite", second) == 0
+    assert sf.info(out / "mix_s1.wav").frames == 2000
 
 
 def test_partial_existing_outputs_are_an_error_without_overwrite(ckpt: Path, tmp_path: Path, capsys) -> None:
@@ -232,7 +250,7 @@ def test_partial_existing_outputs_are_an_error_without_overwrite(ckpt: Path, tmp
     (out / "x_s1.wav").write_bytes(b"someone else's file")
     assert infer(ckpt, "--out-dir", out, wav) == 1
     _, lines = errors(capsys)
-    assert len(lines) == 1 and "1 of its 2 outputs exist" in lines[0]
+    assert len(lines) == 1 and "x_s1.wav exists and was not written from this input" in lines[0]
     assert all_files(out) == ["x_s1.wav"] and (out / "x_s1.wav").read_bytes() == b"someone else's file"
 
 
@@ -253,6 +271,22 @@ def test_an_input_in_the_out_dir_is_never_overwritten(
     assert victim.read_bytes() == before
     assert (tmp_path / "x_s1_s1.wav").is_file()  # the other input is separated as usual
     assert not (tmp_path / "x_s2.wav").exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_recording_named_like_an_output_in_the_input_folder_is_an_input_not_an_output(
+    ckpt: Path, tmp_path: Path, capsys, overwrite: bool
+) -> None:
+    """Only a file whose comment names its source is taken for an earlier output, never by its name."""
+    folder = tmp_path / "rec"
+    mixture, recording = write(folder / "w.wav", seed=1), write(folder / "w_s1.wav", seed=2)
+    before = recording.read_bytes()
+    flags = ["--overwrite"] if overwrite else []
+    assert infer(ckpt, "--out-dir", folder, *flags, folder) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"audiosep: error: {mixture}: ") and "overwrite the input" in lines[0]
+    assert recording.read_bytes() == before
+    assert (folder / "w_s1_s1.wav").is_file()  # the recording gets its outcome: separated
 
 
 def test_folder_run_twice_into_itself_does_not_separate_its_outputs(

@@ -105,7 +105,8 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
         plans.append(Plan(item, name, output_paths(out_dir, name, num_sources)))
 
     # A file found in a folder that is another input's output (out-dir == input folder, second run)
-    # is that output, not a new input.
+    # is that output, not a new input: if its comment says it was written from that input. A file
+    # that only has an output's name is the user's, and is separated (and protected) like any input.
     existing_outputs = {}
     for index, plan in enumerate(plans):
         for output in plan.outputs:
@@ -114,7 +115,7 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
     kept = []
     for index, plan in enumerate(plans):
         owner = existing_outputs.get(file_id(plan.input.path), index)
-        if plan.input.walked and owner != index:
+        if plan.input.walked and owner != index and is_output_of(plan.input.path, plans[owner].input.path):
             log.info("%s: an output of %s, not separated again", plan.input.label, plans[owner].input.label)
             continue
         kept.append(plan)
@@ -146,6 +147,13 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
     return plans
 
 
+def is_output_of(output: str | os.PathLike, source: str | os.PathLike) -> bool:
+    """Whether ``output`` says (in its WAV comment) that it was separated from ``source`` as it is now."""
+    from audiosep.inference import source_tag, written_from
+
+    return written_from(output) == source_tag(source)
+
+
 def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, report: Report) -> None:
     from audiosep.inference import SeparationError
     from audiosep.io import remove_temp_files
@@ -160,7 +168,14 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
         report.error(label, f"output path {shown(not_files[0])} exists and is not a file")
         return
     if present and not args.overwrite:
-        if len(present) == len(plan.outputs):
+        foreign = [output for output in present if not is_output_of(output, plan.input.path)]
+        if foreign:
+            report.error(
+                label,
+                f"{shown(foreign[0])} exists and was not written from this input (another file, or this "
+                "file before it changed); --overwrite replaces it",
+            )
+        elif len(present) == len(plan.outputs):
             report.skip(label, plan.outputs)
         else:
             report.error(
