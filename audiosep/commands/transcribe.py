@@ -90,6 +90,9 @@ def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[s
         except AudioError as err:
             report.error(item.label, err.reason)
             continue
+        except UserError as err:  # e.g. a sample rate the resampler refuses: this file only
+            report.error(item.label, str(err))
+            continue
         labels.append(item.label)
     texts = transcriber.transcribe_segmented(segments) if segments else []
     report.written += len(texts)

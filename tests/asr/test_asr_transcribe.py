@@ -60,14 +60,18 @@ def test_cli_transcribes_wav_and_flac_at_8k_and_44k(asr_ckpt, audio_files, capsy
 def test_cli_reports_bad_files_and_still_writes_the_others(asr_ckpt, audio_files, tmp_path, capsys):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"not audio")
+    odd_rate = tmp_path / "odd_rate.wav"  # a rate the resampler refuses (a 1 GiB filter): this file only
+    sf.write(odd_rate, np.zeros(1600, dtype=np.float32) + 0.1, 15999)
     out = tmp_path / "out" / "transcripts.tsv"
     args = ["transcribe", "--ckpt", str(asr_ckpt), "--beam-size", "4", "--out", str(out)]
-    code = main([*args, str(audio_files[0]), str(broken), str(tmp_path / "missing.wav"), str(audio_files[2])])
+    code = main([*args, str(audio_files[0]), str(broken), str(tmp_path / "missing.wav"), str(odd_rate),
+                 str(audio_files[2])])  # fmt: skip
     assert code == 1
     stderr = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in stderr if line.startswith("audiosep: error: ")]
-    assert len(errors) == 2 and stderr[-1] == "audiosep: 2 transcribed, 0 skipped, 2 failed"
+    assert len(errors) == 3 and stderr[-1] == "audiosep: 2 transcribed, 0 skipped, 3 failed"
     assert any("broken.wav" in line for line in errors) and any("missing.wav: no such file" in line for line in errors)
+    assert any(f"{odd_rate}: resampling 15999 Hz" in line for line in errors)
     names = [line.split("\t")[0] for line in out.read_text().splitlines()]
     assert names == [str(audio_files[0]), str(audio_files[2])]
 
