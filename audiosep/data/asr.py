@@ -9,6 +9,7 @@ duration, or both. Text is returned raw: the task owns the tokenizer.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audiosep.data.audio import read_audio, resample, to_mono
+from audiosep.errors import one_line
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
 
@@ -40,29 +42,57 @@ def read_manifest(
     """Read a JSON-lines manifest, keeping utterances with ``min_duration <= duration <= max_duration``.
 
     Raises:
-        ValueError: a missing file, a line that is not JSON or lacks a required key (line number given).
+        ValueError: a missing file, or a line that is not UTF-8 JSON, not an object, lacks a required
+            key or holds a value of the wrong type (file and line number given).
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: manifest not found")
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from err
-        missing = [key for key in REQUIRED_KEYS if key not in row]
-        if missing:
-            raise ValueError(f"{path}:{number}: missing {missing} (need {', '.join(REQUIRED_KEYS)})")
-        duration = float(row["duration"])
-        if duration < min_duration or (max_duration is not None and duration > max_duration):
-            continue
-        audio = Path(row["audio_filepath"])
-        audio = audio if audio.is_absolute() else path.parent / audio
-        entries.append(Utterance(str(audio), duration, str(row["text"])))
+            utterance = parse_manifest_line(line, path.parent)
+        except ValueError as err:
+            raise ValueError(f"{path}:{number}: {err}") from err
+        duration = utterance.duration
+        if min_duration <= duration and (max_duration is None or duration <= max_duration):
+            entries.append(utterance)
     return entries
+
+
+def bad_value(row: dict, key: str, need: str) -> ValueError:
+    """The error for a manifest value of the wrong kind (shown short, so the message stays one line)."""
+    return ValueError(f"{key} must be {need}, got {one_line(repr(row[key]), 60)}")
+
+
+def parse_manifest_line(line: bytes, folder: Path) -> Utterance:
+    """One manifest line as an :class:`Utterance` (relative paths joined to ``folder``); raises
+    ``ValueError`` saying what is wrong, for :func:`read_manifest` to prefix with the file and line."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 ({err.reason} at byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON ({err.msg})") from err
+    if not isinstance(row, dict):
+        raise ValueError(f"not a JSON object (got {type(row).__name__})")
+    missing = [key for key in REQUIRED_KEYS if key not in row]
+    if missing:
+        raise ValueError(f"missing {missing} (need {', '.join(REQUIRED_KEYS)})")
+    if not isinstance(row["audio_filepath"], str) or not row["audio_filepath"]:
+        raise bad_value(row, "audio_filepath", "a non-empty string")
+    if not isinstance(row["text"], str):
+        raise bad_value(row, "text", "a string")
+    try:
+        duration = float(row["duration"])  # a number, or one written as a string
+    except (TypeError, ValueError, OverflowError):
+        duration = math.nan
+    if isinstance(row["duration"], bool) or not 0 <= duration < math.inf:
+        raise bad_value(row, "duration", "a finite number of seconds >= 0")
+    audio = Path(row["audio_filepath"])
+    return Utterance(str(audio if audio.is_absolute() else folder / audio), duration, row["text"])
 
 
 def write_manifest(path: str | os.PathLike, utterances: Sequence[Utterance]) -> None:

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from audiosep.data.dynamic_mixing import dynamic_mixing_dataset, dynamic_mixing_loader
+from audiosep.data.safe_paths import check_mixture_ids
 from audiosep.data.sampling import EpochSampler, EpochSeeded, EpochShuffleSampler, resume_state
 from audiosep.errors import UserError
 
@@ -46,14 +47,21 @@ def resolve_librimix_dir(root: str | Path, n_src: int, sample_rate: int, mode: s
 
 
 def read_mixture_ids(metadata_csv: Path) -> list[str]:
-    """The ``mixture_ID`` column of an official metadata CSV, in file order."""
+    """The ``mixture_ID`` column of an official metadata CSV, in file order.
+
+    Raises:
+        UserError: the file or column is missing, or an id is not a plain file name (it would read
+            files outside the split folder) or repeats (its mixture would be scored twice).
+    """
     if not metadata_csv.is_file():
         raise UserError(f"{metadata_csv}: metadata file not found")
     with metadata_csv.open(newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "mixture_ID" not in reader.fieldnames:
             raise UserError(f"{metadata_csv}: no mixture_ID column (got {reader.fieldnames})")
-        return [row["mixture_ID"] for row in reader]
+        numbered = [(reader.line_num, row["mixture_ID"]) for row in reader]
+    check_mixture_ids(numbered, metadata_csv)
+    return [mixture_id for _, mixture_id in numbered]
 
 
 class LibriMixDataset(Dataset):
@@ -92,7 +100,18 @@ class LibriMixDataset(Dataset):
             raise UserError(f"{path}: cannot read audio ({err})") from err
         if sample_rate != self.sample_rate:
             raise UserError(f"{path}: sample rate {sample_rate} Hz, expected {self.sample_rate} Hz")
+        if data.ndim != 1:
+            raise UserError(f"{path}: {data.shape[1]} channels; LibriMix files are mono")
         return torch.from_numpy(data)
+
+    def _read_sources(self, mixture_id: str, start: int, frames: int, length: int) -> Tensor:
+        """``[S, T]`` sources of one mixture, each refused unless it has the mixture's ``length``."""
+        sources = [self._read(f"s{i + 1}", mixture_id, start, frames) for i in range(self.n_src)]
+        for i, source in enumerate(sources):
+            if source.shape[-1] != length:
+                path = self.split_dir / f"s{i + 1}" / f"{mixture_id}.wav"
+                raise UserError(f"{path}: {source.shape[-1]} samples where the mixture has {length}")
+        return torch.stack(sources)
 
     def _crop(self, mixture_id: str, rng: np.random.Generator | None) -> tuple[int, int]:
         """Start and frame count of this item's crop (``-1`` frames = whole file)."""
@@ -111,9 +130,7 @@ class LibriMixDataset(Dataset):
         mixture_id = self.ids[index]
         start, frames = self._crop(mixture_id, rng)
         mixture = self._read(self.mixture_folder, mixture_id, start, frames)
-        sources = torch.stack(
-            [self._read(f"s{i + 1}", mixture_id, start, frames) for i in range(self.n_src)]
-        )  # S, T
+        sources = self._read_sources(mixture_id, start, frames, mixture.shape[-1])  # S, T
         if self.segment_samples is not None and mixture.shape[-1] < self.segment_samples:
             pad = self.segment_samples - mixture.shape[-1]
             mixture = torch.nn.functional.pad(mixture, (0, pad))

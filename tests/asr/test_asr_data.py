@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import soundfile as sf
@@ -21,13 +22,31 @@ def test_read_manifest_resolves_relative_paths_and_filters(tiny_asr):
 
 
 @pytest.mark.parametrize(
-    ("line", "message"), [("not json", "not JSON"), ('{"audio_filepath": "a.wav"}', "missing")]
+    ("line", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b'{"audio_filepath": "a.wav"}', "missing"),
+        (b"5", "not a JSON object"),
+        (b"[]", "not a JSON object"),
+        (b'{"audio_filepath": 5, "duration": 1, "text": "a"}', "audio_filepath must be a non-empty string"),
+        (b'{"audio_filepath": "a.wav", "duration": "abc", "text": "a"}', "duration must be a finite number"),
+        (b'{"audio_filepath": "a.wav", "duration": NaN, "text": "a"}', "duration must be a finite number"),
+        (b'{"audio_filepath": "a.wav", "duration": -1, "text": "a"}', "duration must be a finite number"),
+        (b'{"audio_filepath": "a.wav", "duration": 1, "text": ["a"]}', "text must be a string"),
+        (b'{"audio_filepath": "a.wav", "duration": 1, "text": "\xff"}', "not UTF-8"),
+    ],
 )
-def test_bad_manifest_lines_name_the_line(tmp_path, line, message):
+def test_bad_manifest_lines_name_the_file_line_and_problem(tmp_path, line, message):
     path = tmp_path / "m.jsonl"
-    path.write_text('{"audio_filepath": "x.wav", "duration": 1, "text": "a"}\n' + line + "\n")
-    with pytest.raises(ValueError, match=rf"m.jsonl:2: {message}"):
+    path.write_bytes(b'{"audio_filepath": "x.wav", "duration": 1, "text": "a"}\n' + line + b"\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: {message}[^\n]*$"):
         read_manifest(path)
+
+
+def test_manifest_lines_end_only_at_newlines(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"audio_filepath": "x.wav", "duration": 1.5, "text": "a\u2028b"}\n', encoding="utf-8")
+    assert [(u.duration, u.text) for u in read_manifest(path)] == [(1.5, "a\u2028b")]
 
 
 def test_sampler_covers_everything_once_with_limits():

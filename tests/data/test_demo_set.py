@@ -176,3 +176,11 @@ def test_cli_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     a_file.write_text("x")
     assert main(["data", "demo", "--out", str(a_file), "--no-progress"]) == 1
     assert "is a file, not a folder" in capsys.readouterr().err and a_file.read_text() == "x"
+
+
+@pytest.mark.parametrize("marker", [b"[]", b"\xff\xfe not utf-8", b'{"complete": tr'])
+def test_a_damaged_marker_means_an_unfinished_set_to_rebuild(tmp_path: Path, marker: bytes) -> None:
+    (tmp_path / "demo_set.json").write_bytes(marker)
+    (tmp_path / "Libri2Mix").mkdir()
+    assert demo_set._prepare_out_dir(tmp_path, demo_set.DemoSetConfig()) is False
+    assert not (tmp_path / "Libri2Mix").exists()

@@ -382,3 +382,94 @@ def test_a_limit_below_one_is_refused(corpus, tmp_path, capsys, limit):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--limit must be at least 1, got {limit}" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+HEADER = "mixture_ID,source_1_path,source_1_gain,source_2_path,source_2_gain,noise_path,noise_gain\n"
+GOOD_SOURCES = "dev-clean/1/2/1-2-0000.flac,1.0,dev-clean/1/2/1-2-0001.flac,1.0"
+
+
+@pytest.fixture
+def tiny_tree(tmp_path: Path) -> Path:
+    """Two LibriSpeech utterances, a WHAM! noise, and a file of the same kind outside both roots."""
+    for path, audio in [
+        (tmp_path / "LibriSpeech" / "dev-clean" / "1" / "2" / "1-2-0000.flac", np.full(3200, 0.1, "float32")),
+        (tmp_path / "LibriSpeech" / "dev-clean" / "1" / "2" / "1-2-0001.flac", np.full(3200, 0.2, "float32")),
+        (tmp_path / "wham" / "cv" / "n.wav", np.full((3200, 2), 0.01, "float32")),
+        (tmp_path / "private" / "secret.flac", np.full(3200, 0.3, "float32")),
+    ]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, audio, 16000)
+    (tmp_path / "metadata").mkdir()
+    return tmp_path
+
+
+def generate_from_rows(root: Path, rows: str, types: str = "mix_clean") -> int:
+    (root / "metadata" / "libri2mix_dev-clean.csv").write_text(HEADER + rows)
+    return main(
+        ["data", "librimix", "--librispeech", str(root / "LibriSpeech"), "--wham", str(root / "wham")]
+        + ["--metadata", str(root / "metadata"), "--out", str(root / "out"), "--types", types]
+    )
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_tiny_tree_generates(tiny_tree):
+    rows = f"a_b,{GOOD_SOURCES},cv/n.wav,0.5\n"
+    assert generate_from_rows(tiny_tree, rows, "mix_both") == 0
+    assert (tiny_tree / "out" / "Libri2Mix" / "wav8k" / "min" / "dev" / "mix_both" / "a_b.wav").is_file()
+
+
+@pytest.mark.parametrize(
+    "mixture_id",
+    [
+        "../../../../../../private/written",  # from out/Libri2Mix/wav8k/min/dev/s1 up to tmp_path
+        "{root}/private/written",
+        "",
+        "..\\..\\written",
+        "a..b",
+        "a\tb",
+        "ok",  # repeats line 2
+    ],
+)
+def test_a_mixture_id_that_is_not_a_plain_unique_file_name_is_refused_before_any_write(
+    tiny_tree, capsys, mixture_id
+):
+    mixture_id = mixture_id.format(root=tiny_tree)
+    before = all_files(tiny_tree)
+    rows = f"ok,{GOOD_SOURCES},,\n\"{mixture_id}\",{GOOD_SOURCES},,\n"
+    assert generate_from_rows(tiny_tree, rows) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"libri2mix_dev-clean.csv:3: mixture_ID {mixture_id!r}" in err[0]
+    csv_name = "metadata/libri2mix_dev-clean.csv"
+    assert {k: v for k, v in all_files(tiny_tree).items() if k != csv_name} == before
+    assert not (tiny_tree / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("column", "path"),
+    [
+        ("source_2_path", "../private/secret.flac"),
+        ("source_2_path", "{root}/private/secret.flac"),
+        ("source_2_path", "dev-clean/../../private/secret.flac"),
+        ("noise_path", "../private/secret.flac"),
+    ],
+)
+def test_an_input_outside_its_corpus_root_is_refused_before_any_write(tiny_tree, capsys, column, path):
+    path = path.format(root=tiny_tree)
+    source_2, noise = "dev-clean/1/2/1-2-0001.flac", "cv/n.wav"
+    source_2, noise = (path, noise) if column == "source_2_path" else (source_2, path)
+    rows = f"a_b,{GOOD_SOURCES},cv/n.wav,0.5\n"
+    rows += f"c_d,dev-clean/1/2/1-2-0000.flac,1.0,{source_2},1.0,{noise},0.5\n"
+    assert generate_from_rows(tiny_tree, rows, "mix_both") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"libri2mix_dev-clean.csv:3: {column} {path!r} is not a path inside" in err[0]
+    assert not (tiny_tree / "out").exists()
+
+
+def test_a_corpus_folder_that_links_to_another_disk_is_the_users_layout_and_is_read(tiny_tree):
+    """Only the metadata's text is checked: a symlinked subfolder inside the corpus root is fine."""
+    (tiny_tree / "LibriSpeech" / "dev-clean" / "link").symlink_to(tiny_tree / "LibriSpeech" / "dev-clean" / "1")
+    rows = "a_b,dev-clean/link/2/1-2-0000.flac,1.0,dev-clean/1/2/1-2-0001.flac,1.0,,\n"
+    assert generate_from_rows(tiny_tree, rows) == 0

@@ -293,6 +293,16 @@ def _synthesise_all(jobs: list[_SpeakerJob], num_workers: int, progress: tqdm) -
     return audio
 
 
+def _read_marker(marker: Path) -> dict:
+    """The record in ``demo_set.json``; ``{}`` (an unfinished set: rebuild) when it is damaged (torn by
+    a killed run, or otherwise not UTF-8 JSON holding an object)."""
+    try:
+        stored = json.loads(marker.read_text(encoding="utf-8"))
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
 def _prepare_out_dir(out_dir: Path, config: DemoSetConfig) -> bool:
     """True when out_dir already holds a complete set built with ``config``; else empties our folders.
 
@@ -302,10 +312,7 @@ def _prepare_out_dir(out_dir: Path, config: DemoSetConfig) -> bool:
     marker = out_dir / "demo_set.json"
     ours = ("Libri2Mix", "speech", "manifests")
     if marker.is_file():
-        try:
-            stored = json.loads(marker.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            stored = {}  # a damaged marker of ours: rebuild
+        stored = _read_marker(marker)
         if stored.get("complete") and stored.get("config") == asdict(config) \
                 and stored.get("format_version") == FORMAT_VERSION:
             return True

@@ -29,6 +29,7 @@ from scipy.signal import resample_poly
 from audiosep.data.audio import read_audio, write_audio_atomic
 from audiosep.data.mixing import MIX_TYPES, RATE
 from audiosep.data.parallel import imap_with_progress
+from audiosep.data.safe_paths import check_mixture_ids, path_inside
 from audiosep.errors import UserError
 from audiosep.io import atomic_write_text, remove_temp_files
 
@@ -45,6 +46,7 @@ class MixtureRow:
     source_gains: tuple[float, ...]
     noise_path: str
     noise_gain: float
+    line: int  # in the CSV, for messages
 
 
 @dataclass(frozen=True)
@@ -96,27 +98,36 @@ class RowResult:
 
 
 def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
-    """Rows of an official mixture CSV (``mixture_ID,source_1_path,source_1_gain,...,noise_gain``)."""
+    """Rows of an official mixture CSV (``mixture_ID,source_1_path,source_1_gain,...,noise_gain``).
+
+    Raises:
+        UserError: a column is missing, a gain is not a number, or a ``mixture_ID`` is not a plain
+            file name or repeats (it names the files written in every output folder).
+    """
     needed = ["mixture_ID", "noise_path", "noise_gain"]
     needed += [f"source_{i + 1}_{k}" for i in range(n_src) for k in ("path", "gain")]
+    rows = []
     with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
+        reader = csv.DictReader(handle, restval="")
         missing = [name for name in needed if name not in (reader.fieldnames or [])]
         if missing:
             raise UserError(f"{path}: not a Libri{n_src}Mix metadata file (missing columns {missing})")
         try:
-            return [
-                MixtureRow(
-                    row["mixture_ID"],
-                    tuple(row[f"source_{i + 1}_path"] for i in range(n_src)),
-                    tuple(float(row[f"source_{i + 1}_gain"]) for i in range(n_src)),
-                    row["noise_path"],
-                    float(row["noise_gain"] or "nan"),
+            for row in reader:
+                rows.append(
+                    MixtureRow(
+                        row["mixture_ID"],
+                        tuple(row[f"source_{i + 1}_path"] for i in range(n_src)),
+                        tuple(float(row[f"source_{i + 1}_gain"]) for i in range(n_src)),
+                        row["noise_path"],
+                        float(row["noise_gain"] or "nan"),
+                        reader.line_num,
+                    )
                 )
-                for row in reader
-            ]
         except ValueError as err:
-            raise UserError(f"{path}: bad gain value ({err})") from err
+            raise UserError(f"{path}:{reader.line_num}: bad gain value ({err})") from err
+    check_mixture_ids(((row.line, row.mixture_id) for row in rows), path)
+    return rows
 
 
 def split_name(csv_path: Path, n_src: int) -> str:
@@ -267,11 +278,16 @@ def is_complete(result: RowResult | None, config: GenerationConfig, split_dir: P
     return True
 
 
-def check_inputs(rows: list[MixtureRow], config: GenerationConfig) -> None:
-    """Raise naming the missing inputs before any work starts (rather than hours into a run)."""
-    paths = {config.librispeech_dir / p for row in rows for p in row.source_paths}
-    if config.needs_noise:
-        paths |= {config.wham_dir / row.noise_path for row in rows}
+def check_inputs(rows: list[MixtureRow], config: GenerationConfig, metadata_csv: Path) -> None:
+    """Raise naming an input path of ``metadata_csv`` that leads out of its corpus root, or the missing
+    inputs, before any work starts (rather than hours into a run)."""
+    paths = set()
+    for row in rows:
+        for i, source in enumerate(row.source_paths):
+            where = f"{metadata_csv}:{row.line}: source_{i + 1}_path"
+            paths.add(path_inside(config.librispeech_dir, source, where))
+        if config.needs_noise:
+            paths.add(path_inside(config.wham_dir, row.noise_path, f"{metadata_csv}:{row.line}: noise_path"))
     missing = sorted(str(p) for p in paths if not p.is_file())
     if missing:
         hint = ""
@@ -341,7 +357,8 @@ def generate_split(
         workers: worker processes.
 
     Raises:
-        UserError: a metadata column or input file is missing, or an input cannot be read.
+        UserError: a metadata column or input file is missing, a row names a file outside the output
+            folders or an input outside its corpus root, or an input cannot be read.
     """
     start = time.perf_counter()
     split = split_name(metadata_csv, config.n_src)
@@ -349,7 +366,7 @@ def generate_split(
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
     rows = all_rows[:limit]
-    check_inputs(rows, config)
+    check_inputs(rows, config, metadata_csv)
     split_dir = config.mode_dir / split
     wavs = {f"{row.mixture_id}.wav" for row in all_rows}
     for folder in config.folders():

@@ -1,0 +1,62 @@
+"""The LibriMix loader refuses metadata whose mixture_IDs would read outside the split or repeat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiosep.data.librimix import LibriMixDataset
+from audiosep.errors import UserError
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> Path:
+    """A one-mixture ``test`` split, and a readable wav outside it (``tmp_path/outside/secret.wav``)."""
+    for path in [tmp_path / "test" / folder / "a_b.wav" for folder in ("mix_clean", "s1", "s2")] + [
+        tmp_path / "outside" / "secret.wav"
+    ]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, np.full(800, 0.1, "float32"), 8000)
+    return tmp_path
+
+
+def dataset(root: Path, *ids: str) -> LibriMixDataset:
+    metadata = root / "mixture_test_mix_clean.csv"
+    metadata.write_text("mixture_ID,mixture_path,source_1_path,source_2_path,length\n" + "".join(
+        f'"{mixture_id}",,,,800\n' for mixture_id in ids))
+    return LibriMixDataset(root / "test", metadata)
+
+
+def test_plain_ids_load(split):
+    assert dataset(split, "a_b")[0][2] == "a_b"
+
+
+@pytest.mark.parametrize(
+    "mixture_id", ["../../outside/secret", "{root}/outside/secret", "", "a\\b", "a..b", "a\tb", "a\x00b"]
+)
+def test_an_id_that_is_not_a_plain_file_name_is_refused_naming_the_file_and_line(split, mixture_id):
+    mixture_id = mixture_id.format(root=split)
+    with pytest.raises(UserError) as caught:
+        dataset(split, "a_b", mixture_id)
+    expected = f"mixture_test_mix_clean.csv:3: mixture_ID {mixture_id!r} is not a plain file name"
+    assert expected in str(caught.value)
+
+
+def test_a_repeated_id_is_refused_naming_both_lines(split):
+    with pytest.raises(UserError, match=r"mixture_test_mix_clean.csv:4: mixture_ID 'a_b' repeats line 2"):
+        dataset(split, "a_b", "c_d", "a_b")
+
+
+def test_a_source_shorter_than_its_mixture_is_one_error_naming_the_file(split):
+    sf.write(split / "test" / "s2" / "a_b.wav", np.full(700, 0.1, "float32"), 8000)
+    with pytest.raises(UserError, match=r"s2/a_b.wav: 700 samples where the mixture has 800"):
+        dataset(split, "a_b")[0]
+
+
+def test_a_stereo_mixture_is_refused_as_such(split):
+    sf.write(split / "test" / "mix_clean" / "a_b.wav", np.full((800, 2), 0.1, "float32"), 8000)
+    with pytest.raises(UserError, match=r"mix_clean/a_b.wav: 2 channels; LibriMix files are mono"):
+        dataset(split, "a_b")[0]
