@@ -455,3 +455,12 @@ def test_python_api_checks(ckpt: Path, tmp_path: Path) -> None:
     written = separator.separate_file(wav, tmp_path / "out", relative_name="a/b/y")
     assert written == [tmp_path / "out" / "a" / "b" / f"y_s{k}.wav" for k in (1, 2)]
     assert all(path.is_file() for path in written)
+
+
+def test_an_input_taken_for_the_stream_block_size_is_explained(ckpt: Path, tmp_path: Path, capsys) -> None:
+    wav = write(tmp_path / "mix.wav")
+    with pytest.raises(SystemExit):
+        infer(ckpt, "--stream", wav)
+    assert "is not a number of milliseconds (to give inputs right after --stream, put -- before them)" in (
+        capsys.readouterr().err
+    )

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (files, chunks of long files)")
     parser.add_argument(
-        "--stream", type=float, default=None, metavar="BLOCK_MS", nargs="?", const=20.0,
+        "--stream", type=block_ms, default=None, metavar="BLOCK_MS", nargs="?", const=20.0,
         help="causal Conv-TasNet or RE-SepFormer only: separate through the stateful stream in blocks of BLOCK_MS "
         "(default 20)",
     )  # fmt: skip
@@ -79,6 +79,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 log = logging.getLogger("audiosep.infer")
+
+
+def block_ms(text: str) -> float:
+    """``--stream``'s optional BLOCK_MS; a path there is an input that argparse took for the value."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of milliseconds (to give inputs right after --stream, put -- before them)"
+        ) from None
 
 
 @dataclass

@@ -60,3 +60,9 @@ def test_a_stereo_mixture_is_refused_as_such(split):
     sf.write(split / "test" / "mix_clean" / "a_b.wav", np.full((800, 2), 0.1, "float32"), 8000)
     with pytest.raises(UserError, match=r"mix_clean/a_b.wav: 2 channels; LibriMix files are mono"):
         dataset(split, "a_b")[0]
+
+
+def test_a_missing_source_file_is_named_as_missing(split):
+    (split / "test" / "s1" / "a_b.wav").unlink()
+    with pytest.raises(UserError, match=r"s1/a_b.wav: no such file"):
+        dataset(split, "a_b")[0]
