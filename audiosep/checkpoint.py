@@ -16,15 +16,19 @@ untrusted input: the class must be one of the closed list in :mod:`audiosep.mode
 (nothing is imported by name), every init arg must fit the constructor's annotation (an ``int``
 argument is a size or a count, so it must be positive, and no larger than the number of stored
 values: each channel and each layer holds some), and the model is first built on the meta
-device, under a budget of registered modules, and compared with the weights the file really holds,
-so a small file cannot make us allocate a huge model. Only then is it built on the CPU and loaded
-with ``strict=True``. Every failure is a one-line :class:`CheckpointError` naming the file.
+device, under a budget of registered modules, and compared with the weights the file really holds
+(dense CPU tensors, counted by the bytes stored), so a small file cannot make us allocate a huge
+model. Only then is it built on the CPU and loaded with ``strict=True``. Every failure is a
+one-line :class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
+import math
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,6 +47,7 @@ FORMAT = "audiosep.model/1"
 LIGHTNING_KEY = "audiosep_model"
 LIGHTNING_PREFIX = "model."  # our tasks hold the model as ``self.model``
 MAX_DEPTH = 8  # nesting of lists/dicts in init args and metadata
+MAX_VALUES = 10_000  # values in the init args, or in the metadata, each repeat of a shared list counted
 MAX_SAMPLE_RATE = 384_000
 INT_SLACK = 1 << 12  # ints that size no weights (chunk sizes, kernel widths) beyond the stored values
 EXTRA_ELEMENTS = 1 << 20  # non-persistent buffers (windows, filterbanks) beyond the stored weights
@@ -94,9 +99,30 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, An
 # --- reading and checking the record -------------------------------------------------------------
 
 
+class _BoundedRepr(reprlib.Repr):
+    """``reprlib.Repr`` with small limits that never calls the ``repr`` of a type it does not know.
+
+    Why: a file can hold a list that repeats a list that repeats a list... (the unpickler shares
+    them), nested thousands deep, or an ``OrderedDict`` or tensor whose own ``repr`` prints it all.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = self.maxdeque = 5
+        self.maxstring = self.maxlong = 100
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        """Plain scalars (bool, float, None) as ``repr`` does; any other type by its name only."""
+        return repr(x) if isinstance(x, PLAIN_SCALARS) else f"<{type(x).__name__}>"
+
+
+_REPR = _BoundedRepr()
+
+
 def _short(value: Any, limit: int = 120) -> str:
-    """``repr(value)`` on one line, cut to ``limit`` characters (file contents can be anything)."""
-    text = " ".join(repr(value).split())
+    """A bounded ``repr(value)`` on one line, cut to ``limit`` characters (file contents can be anything)."""
+    text = " ".join(_REPR.repr(value).split())
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
@@ -107,37 +133,71 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= 300 else f"{text[:297]}..."
 
 
-def _is_plain(value: Any, depth: int = 0) -> bool:
-    """None/bool/int/float/str, or lists (tuples) and str-keyed dicts of those, nested a few levels."""
+def _is_plain(value: Any, visits: Iterator[int], depth: int = 0) -> bool:
+    """None/bool/int/float/str, or lists (tuples) and str-keyed dicts of those, nested a few levels;
+    False once ``visits`` (a count shared by the whole walk) passes :data:`MAX_VALUES`.
+
+    Why a shared count: the unpickler shares repeated objects, so a small file can hold a list of
+    40 lists of 40 lists... whose walk takes 40**7 steps.
+    """
+    if next(visits) > MAX_VALUES:
+        return False
     if isinstance(value, PLAIN_SCALARS):
         return True
     if depth >= MAX_DEPTH:
         return False
     if isinstance(value, list | tuple):
-        return all(_is_plain(item, depth + 1) for item in value)
+        return all(_is_plain(item, visits, depth + 1) for item in value)
     if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
+        return all(isinstance(k, str) and _is_plain(v, visits, depth + 1) for k, v in value.items())
     return False
 
 
 def _check_plain_dict(value: Any, what: str) -> None:
-    """``value`` must be a dict with str keys and plain values."""
+    """``value`` must be a dict with str keys and plain values, :data:`MAX_VALUES` of them at most."""
     if not isinstance(value, dict):
         raise CheckpointError(f"{what} is a {type(value).__name__}, not a dict")
+    visits = itertools.count(1)
     for key, item in value.items():
         if not isinstance(key, str):
             raise CheckpointError(f"{what} has a non-str key {_short(key)}")
-        if not _is_plain(item):
-            raise CheckpointError(f"{what}[{key!r}] is not a plain value (None/bool/int/float/str/list/dict)")
+        if not _is_plain(item, visits):
+            if next(visits) > MAX_VALUES:
+                raise CheckpointError(f"{what} holds more than {MAX_VALUES} values (shared lists count each time)")
+            raise CheckpointError(f"{what}[{_short(key)}] is not a plain value (None/bool/int/float/str/list/dict)")
+
+
+def _tensor_problem(tensor: Tensor) -> str | None:
+    """Why ``tensor`` is not a dense, real CPU tensor holding its own values; None if it is one.
+
+    Why: the size checks count the values a file really stores, so no weight may claim more (a
+    meta tensor stores none, an expanded view with stride 0 stores one for a whole row; torch.load
+    refuses a tensor that runs past its storage), and a complex weight would lose its imaginary
+    part when loaded into a real model.
+    """
+    if tensor.device.type != "cpu":
+        return f"is on the {tensor.device.type} device, not the CPU"
+    if tensor.layout is not torch.strided or tensor.is_nested or tensor.is_quantized:
+        kind = "nested" if tensor.is_nested else "quantized" if tensor.is_quantized else str(tensor.layout)
+        return f"is a {kind} tensor, not a dense one"
+    if tensor.is_complex():
+        return f"has the complex dtype {tensor.dtype}"
+    held = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+    if tensor.numel() > held:
+        return f"claims {tensor.numel()} values but its storage holds {held} (an expanded or overlapping view)"
+    return None
 
 
 def _check_state_dict(value: Any) -> None:
-    """``value`` must be a dict of str -> Tensor."""
+    """``value`` must be a dict of str -> dense, real CPU Tensor that holds its values."""
     if not isinstance(value, dict):
         raise CheckpointError(f"state_dict is a {type(value).__name__}, not a dict")
     for key, tensor in value.items():
         if not isinstance(key, str) or not isinstance(tensor, Tensor):
             raise CheckpointError(f"state_dict entry {_short(key)} is not a str -> Tensor pair")
+        problem = _tensor_problem(tensor)
+        if problem:
+            raise CheckpointError(f"state_dict entry {_short(key)} {problem}")
 
 
 def _check_metadata(metadata: Any) -> None:
@@ -261,16 +321,32 @@ def _largest_int(value: Any) -> int:
     return max((_largest_int(item) for item in items), default=0)
 
 
-def _check_counts(init_args: dict[str, Any], state_dict: dict[str, Tensor]) -> None:
-    """No size or count exceeds what the stored weights can hold (each layer, each channel has some).
+def _stored_values(state_dict: dict[str, Tensor]) -> int:
+    """How many values the file really stores for ``state_dict``: each storage's bytes once, in its dtype.
+
+    Why not ``numel()``: tensors that share one storage store its values once.
+    """
+    storages = {t.untyped_storage().data_ptr(): t for t in state_dict.values()}
+    return sum(t.untyped_storage().nbytes() // t.element_size() for t in storages.values())
+
+
+def _check_counts(init_args: dict[str, Any], stored: int) -> None:
+    """No size or count, nor the product of the ``num_*`` counts, exceeds the ``stored`` values.
 
     Why: a constructor may expand a count into a list before it builds anything (a per-layer
-    width list of ``num_layers`` entries), which even the meta device cannot cut short.
+    width list of ``num_layers`` entries), which even the meta device cannot cut short; and counts
+    multiply into such lists (``num_repeats`` x ``num_layers`` blocks, ``num_blocks`` x
+    ``num_intra_layers`` layers). Each layer, each channel holds weights, so in a real model even
+    the product of all its counts (sources, blocks, layers, heads) is far below its stored values.
     """
-    cap = sum(t.numel() for t in state_dict.values()) + INT_SLACK
+    cap = stored + INT_SLACK
     for name, value in init_args.items():
         if _largest_int(value) > cap:
             raise CheckpointError(f"init arg {name}={_short(value)} is larger than the stored weights allow ({cap})")
+    counts = {name: value for name, value in init_args.items() if name.startswith("num_") and _is_size(value)}
+    if math.prod(counts.values()) > cap:
+        named = " x ".join(f"{name}={value}" for name, value in counts.items())
+        raise CheckpointError(f"init args {named} multiply to more than the stored weights allow ({cap})")
 
 
 def _check_init_args(cls: type[nn.Module], init_args: dict[str, Any]) -> None:
@@ -326,8 +402,8 @@ def _build(cls: type[nn.Module], init_args: dict[str, Any], device: str, limit: 
         raise CheckpointError(f"cannot build {cls.__name__}: {_one_line(err)}") from err
 
 
-def _compare_weights(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
-    """The (meta) model's weight names and shapes equal the file's, and it holds little else."""
+def _compare_weights(model: nn.Module, state_dict: dict[str, Tensor], stored: int) -> None:
+    """The (meta) model's weight names and shapes equal the file's, and it holds little more than ``stored``."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -343,7 +419,6 @@ def _compare_weights(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
     ]
     if wrong:
         raise CheckpointError(f"state_dict shapes do not fit {type(model).__name__}: {'; '.join(wrong[:3])}")
-    stored = sum(t.numel() for t in state_dict.values())
     built = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
     if built > stored + EXTRA_ELEMENTS:
         raise CheckpointError(f"{type(model).__name__} would hold {built} values but the file has {stored}")
@@ -366,9 +441,10 @@ def model_from_record(record: dict[str, Any]) -> nn.Module:
         ) from None
     init_args, state_dict = record["init_args"], record["state_dict"]
     _check_init_args(cls, init_args)
-    _check_counts(init_args, state_dict)
+    stored = _stored_values(state_dict)
+    _check_counts(init_args, stored)
     limit = 4 * len(state_dict) + 256
-    _compare_weights(_build(cls, init_args, "meta", limit), state_dict)
+    _compare_weights(_build(cls, init_args, "meta", limit), state_dict, stored)
     model = _build(cls, init_args, "cpu", limit)
     try:
         model.load_state_dict(state_dict, strict=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import math
+import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from audiosep.checkpoint import (
     FORMAT,
     INT_SLACK,
     LIGHTNING_KEY,
+    MAX_VALUES,
     CheckpointError,
     load_model,
     model_record,
@@ -107,6 +111,48 @@ def cpu_tensor_registrations() -> tuple[list[str], Any]:
             seen.append(tensor.device.type)
 
     return seen, hook
+
+
+def error_before_any_build(path: Path) -> str:
+    """The one-line load error of ``path``; checks that no parameter or buffer was made on a real device first."""
+    seen, hook = cpu_tensor_registrations()
+    handles = [
+        nn_module.register_module_parameter_registration_hook(hook),
+        nn_module.register_module_buffer_registration_hook(hook),
+    ]
+    try:
+        message = load_error(path)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [], "the model was built on a real device"
+    return message
+
+
+def shared_lists(width: int, depth: int) -> Any:
+    """``width`` references to a list of ``width`` references to ... ``depth`` deep: ``width**depth`` zeros, a tiny pickle."""
+    value: Any = 0
+    for _ in range(depth):
+        value = [value] * width
+    return value
+
+
+def nested_lists(depth: int) -> list[Any]:
+    """``[[[...[]...]]]``, ``depth`` deep."""
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def write_deep(tmp_path: Path, obj: Any) -> Path:
+    """``write`` for an object nested deeper than the recursion limit (the pickler recurses, the loader does not)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(4 * limit)
+    try:
+        return write(tmp_path, obj)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 # --- round trips ------------------------------------------------------------------------------------
@@ -264,21 +310,136 @@ def test_a_huge_model_with_small_weights_fails_fast_without_allocating(
 ) -> None:
     cap = sum(t.numel() for t in record()["state_dict"].values()) + INT_SLACK
     path = write(tmp_path, with_args(**{k: cap if v == "cap" else v for k, v in changes.items()}))
-    seen, hook = cpu_tensor_registrations()
-    handles = [
-        nn_module.register_module_parameter_registration_hook(hook),
-        nn_module.register_module_buffer_registration_hook(hook),
-    ]
-    try:
-        start = time.perf_counter()
-        message = load_error(path)
-        elapsed = time.perf_counter() - start
-    finally:
-        for handle in handles:
-            handle.remove()
+    start = time.perf_counter()
+    message = error_before_any_build(path)
+    elapsed = time.perf_counter() - start
     assert "larger than the stored weights allow" in message or "state_dict shapes do not fit" in message
     assert elapsed < 0.5, f"took {elapsed:.2f} s"
-    assert seen == [], "the model was built on a real device"
+
+
+@pytest.mark.parametrize(
+    ("class_path", "counts"),
+    [
+        (CONV_TASNET, {"num_layers": 100, "num_repeats": 100}),  # hidden_channels: a list of X * R widths
+        ("audiosep.models.tiny_sepformer.TinySepformer", {"num_blocks": 100, "num_intra_layers": 100}),
+    ],
+)
+def test_counts_that_multiply_are_bounded_by_the_stored_weights_too(
+    class_path: str, counts: dict[str, int], tmp_path: Path
+) -> None:
+    base = model_record(MODEL_CLASSES[class_path](**TINY[class_path]))
+    cap = sum(t.numel() for t in base["state_dict"].values()) + INT_SLACK
+    assert max(counts.values()) <= cap < math.prod(counts.values())  # each count alone passes
+    path = write(tmp_path, base | {"init_args": base["init_args"] | counts})
+    assert "multiply to more than the stored weights allow" in error_before_any_build(path)
+
+
+# --- weights that claim more values than the file stores -------------------------------------------
+
+
+def expanded_record(hidden: int) -> dict[str, Any]:
+    """The record of a Conv-TasNet ``hidden`` channels wide whose weights are each one stored zero, expanded."""
+    with torch.device("meta"):
+        model = ConvTasNet(**TINY[CONV_TASNET] | dict.fromkeys(("bottleneck_channels", "hidden_channels",
+                                                                  "skip_channels"), hidden))  # fmt: skip
+    weights = {name: torch.zeros(1).expand(tensor.shape) for name, tensor in model.state_dict().items()}
+    return record(init_args=model.init_args, state_dict=weights)
+
+
+def test_an_expanded_weight_is_refused_before_any_build(tmp_path: Path) -> None:
+    path = write(tmp_path, expanded_record(hidden=1000))  # 6 M values claimed, a few stored
+    assert path.stat().st_size < 20_000
+    message = error_before_any_build(path)
+    assert "state_dict entry 'encoder.weight' claims 128 values but its storage holds 1" in message
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # nested tensors are a prototype; sparse loads warn
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        pytest.param(lambda w: torch.zeros(1).expand(w.shape), "claims", id="expanded"),
+        pytest.param(lambda w: w.to("meta"), "is on the meta device, not the CPU", id="meta"),
+        pytest.param(lambda w: w.to_sparse(), "is a torch.sparse_coo tensor, not a dense one", id="sparse"),
+        pytest.param(lambda w: torch.nested.nested_tensor([w]), "is a nested tensor", id="nested"),
+        pytest.param(lambda w: torch.quantize_per_tensor(w, 0.1, 0, torch.qint8), "is a quantized tensor", id="quantized"),
+        pytest.param(lambda w: w.to(torch.complex64), "has the complex dtype torch.complex64", id="complex"),
+    ],
+)  # fmt: skip
+def test_a_weight_that_is_not_a_dense_real_cpu_tensor_is_refused_before_any_build(
+    change: Any, problem: str, tmp_path: Path
+) -> None:
+    base = record()
+    weights = base["state_dict"] | {"encoder.weight": change(base["state_dict"]["encoder.weight"])}
+    path = write(tmp_path, base | {"state_dict": weights})
+    assert f"state_dict entry 'encoder.weight' {problem}" in error_before_any_build(path)
+
+
+def test_a_transposed_weight_holds_its_values_and_loads(tmp_path: Path) -> None:
+    """A non-contiguous view is no bomb: only weights that claim more values than they store are refused."""
+    base = record()
+    weight = base["state_dict"]["encoder.weight"]
+    transposed = weight.transpose(0, 2).contiguous().transpose(0, 2)
+    assert not transposed.is_contiguous()
+    path = write(tmp_path, base | {"state_dict": base["state_dict"] | {"encoder.weight": transposed}})
+    model, _ = load_model(path)
+    assert torch.equal(model.state_dict()["encoder.weight"], weight)
+
+
+def test_weights_that_share_one_storage_count_its_values_once(tmp_path: Path) -> None:
+    base = record()
+    weights = base["state_dict"]
+    shared = torch.zeros(max(t.numel() for t in weights.values()))
+    views = {name: shared[: t.numel()].view(t.shape) for name, t in weights.items()}  # contiguous, offset 0
+    cap = shared.numel() + INT_SLACK
+    hidden = sum(t.numel() for t in weights.values()) + INT_SLACK  # the cap if each view counted in full
+    path = write(tmp_path, base | {"state_dict": views, "init_args": base["init_args"] | {"hidden_channels": hidden}})
+    assert f"hidden_channels={hidden} is larger than the stored weights allow ({cap})" in error_before_any_build(path)
+
+
+# --- values that take long to walk or to print ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("class_path", "shown"),
+    [
+        (shared_lists(10, 5), "class_path [[[[...], [...], [...], [...], [...], ...], [[...],"),
+        (OrderedDict(a=shared_lists(10, 5)), "class_path <OrderedDict> is not a str"),
+    ],
+    ids=["shared-lists", "ordered-dict"],
+)
+def test_a_class_path_is_shown_in_a_bounded_form(class_path: Any, shown: str, tmp_path: Path) -> None:
+    """The message shows a few items of a few levels, never the whole value (10**5 items here, a tiny file)."""
+    path = write(tmp_path, record(class_path=class_path))
+    assert shown in load_error(path)
+
+
+def test_a_class_path_or_format_nested_past_the_recursion_limit_is_a_one_line_error(tmp_path: Path) -> None:
+    deep = nested_lists(sys.getrecursionlimit() + 100)
+    assert "class_path [[[[...]]]] is not a str" in load_error(write_deep(tmp_path, record(class_path=deep)))
+    lightning = {LIGHTNING_KEY: record(format=deep)}
+    assert "format [[[[...]]]] is not 'audiosep.model/1'" in load_error(write_deep(tmp_path, lightning))
+
+
+@pytest.mark.parametrize(
+    ("field", "changes"),
+    [
+        ("init_args", {"hidden_channels": shared_lists(20, 4)}),  # 160,000 values in a few hundred bytes
+        ("metadata", {"junk": shared_lists(20, 4)}),
+    ],
+)
+def test_init_args_or_metadata_of_too_many_values_are_refused(
+    field: str, changes: dict[str, Any], tmp_path: Path
+) -> None:
+    base = record()
+    path = write(tmp_path, base | {field: base[field] | changes})
+    assert f"{field} holds more than {MAX_VALUES} values" in load_error(path)
+
+
+def test_metadata_of_max_values_loads_and_one_more_is_refused(tmp_path: Path) -> None:
+    fits = {"sample_rate": 8000, "notes": [0] * (MAX_VALUES - 2)}  # the dict's values, the list and its items
+    assert load_model(write(tmp_path, record(metadata=fits), "ok.pt"))[1] == fits
+    too_many = fits | {"notes": [0] * (MAX_VALUES - 1)}
+    assert f"metadata holds more than {MAX_VALUES} values" in load_error(write(tmp_path, record(metadata=too_many)))
 
 
 def test_the_real_build_follows_a_matching_meta_build(tmp_path: Path) -> None:
@@ -447,6 +608,19 @@ def test_cli_reports_bad_init_args_in_one_line(
 ) -> None:
     path = write(tmp_path, with_args(num_layers=10**9))
     assert "larger than the stored weights allow" in one_line_cli_error(capsys, [command, "--ckpt", str(path), str(wav)])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["infer"], ["transcribe"], ["export", "--format", "torchscript"]],
+)
+def test_cli_reports_a_class_path_nested_past_the_recursion_limit_in_one_line(
+    argv: list[str], wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_deep(tmp_path, record(class_path=nested_lists(sys.getrecursionlimit() + 100)))
+    args = [*argv, "--ckpt", str(path)] + ([] if argv[0] == "export" else [str(wav)])
+    err = one_line_cli_error(capsys, args)
+    assert str(path) in err and "class_path [[[[...]]]] is not a str" in err
 
 
 @pytest.mark.parametrize(
