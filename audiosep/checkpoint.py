@@ -28,7 +28,6 @@ import inspect
 import itertools
 import math
 import os
-import reprlib
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
+from audiosep.errors import brief_repr
 from audiosep.models.base import RebuildableModule
 from audiosep.models.registry import MODEL_CLASSES, model_class
 
@@ -99,33 +99,6 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, An
 # --- reading and checking the record -------------------------------------------------------------
 
 
-class _BoundedRepr(reprlib.Repr):
-    """``reprlib.Repr`` with small limits that never calls the ``repr`` of a type it does not know.
-
-    Why: a file can hold a list that repeats a list that repeats a list... (the unpickler shares
-    them), nested thousands deep, or an ``OrderedDict`` or tensor whose own ``repr`` prints it all.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel = 3
-        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = self.maxdeque = 5
-        self.maxstring = self.maxlong = 100
-
-    def repr_instance(self, x: Any, level: int) -> str:
-        """Plain scalars (bool, float, None) as ``repr`` does; any other type by its name only."""
-        return repr(x) if isinstance(x, PLAIN_SCALARS) else f"<{type(x).__name__}>"
-
-
-_REPR = _BoundedRepr()
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    """A bounded ``repr(value)`` on one line, cut to ``limit`` characters (file contents can be anything)."""
-    text = " ".join(_REPR.repr(value).split())
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
 def _one_line(err: BaseException) -> str:
     """An exception's message on one line (``str(KeyError)`` would add quotes)."""
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
@@ -160,14 +133,14 @@ def _check_plain_dict(value: Any, what: str) -> None:
     visits = itertools.count(1)
     for key, item in value.items():
         if not isinstance(key, str):
-            raise CheckpointError(f"{what} has a non-str key {_short(key)}")
+            raise CheckpointError(f"{what} has a non-str key {brief_repr(key)}")
         if not _is_plain(item, visits):
             if next(visits) > MAX_VALUES:
                 raise CheckpointError(f"{what} holds more than {MAX_VALUES} values (shared lists count each time)")
-            raise CheckpointError(f"{what}[{_short(key)}] is not a plain value (None/bool/int/float/str/list/dict)")
+            raise CheckpointError(f"{what}[{brief_repr(key)}] is not a plain value (None/bool/int/float/str/list/dict)")
 
 
-def _tensor_problem(tensor: Tensor) -> str | None:
+def tensor_problem(tensor: Tensor) -> str | None:
     """Why ``tensor`` is not a dense, real CPU tensor holding its own values; None if it is one.
 
     Why: the size checks count the values a file really stores, so no weight may claim more (a
@@ -194,10 +167,10 @@ def _check_state_dict(value: Any) -> None:
         raise CheckpointError(f"state_dict is a {type(value).__name__}, not a dict")
     for key, tensor in value.items():
         if not isinstance(key, str) or not isinstance(tensor, Tensor):
-            raise CheckpointError(f"state_dict entry {_short(key)} is not a str -> Tensor pair")
-        problem = _tensor_problem(tensor)
+            raise CheckpointError(f"state_dict entry {brief_repr(key)} is not a str -> Tensor pair")
+        problem = tensor_problem(tensor)
         if problem:
-            raise CheckpointError(f"state_dict entry {_short(key)} {problem}")
+            raise CheckpointError(f"state_dict entry {brief_repr(key)} {problem}")
 
 
 def _check_metadata(metadata: Any) -> None:
@@ -205,7 +178,7 @@ def _check_metadata(metadata: Any) -> None:
     _check_plain_dict(metadata, "metadata")
     rate = metadata.get("sample_rate")
     if rate is not None and not (_is_size(rate) and rate <= MAX_SAMPLE_RATE):
-        raise CheckpointError(f"metadata sample_rate {_short(rate)} is not an int in 1..{MAX_SAMPLE_RATE}")
+        raise CheckpointError(f"metadata sample_rate {brief_repr(rate)} is not an int in 1..{MAX_SAMPLE_RATE}")
 
 
 def check_record(record: Any) -> None:
@@ -213,9 +186,9 @@ def check_record(record: Any) -> None:
     if not isinstance(record, dict):
         raise CheckpointError(f"the model record is a {type(record).__name__}, not a dict")
     if record.get("format") != FORMAT:
-        raise CheckpointError(f"format {_short(record.get('format'))} is not {FORMAT!r}")
+        raise CheckpointError(f"format {brief_repr(record.get('format'))} is not {FORMAT!r}")
     if not isinstance(record.get("class_path"), str):
-        raise CheckpointError(f"class_path {_short(record.get('class_path'))} is not a str")
+        raise CheckpointError(f"class_path {brief_repr(record.get('class_path'))} is not a str")
     _check_plain_dict(record.get("init_args"), "init_args")
     _check_state_dict(record.get("state_dict"))
     _check_metadata(record.get("metadata", {}))
@@ -342,7 +315,7 @@ def _check_counts(init_args: dict[str, Any], stored: int) -> None:
     cap = stored + INT_SLACK
     for name, value in init_args.items():
         if _largest_int(value) > cap:
-            raise CheckpointError(f"init arg {name}={_short(value)} is larger than the stored weights allow ({cap})")
+            raise CheckpointError(f"init arg {name}={brief_repr(value)} is larger than the stored weights allow ({cap})")
     counts = {name: value for name, value in init_args.items() if name.startswith("num_") and _is_size(value)}
     if math.prod(counts.values()) > cap:
         named = " x ".join(f"{name}={value}" for name, value in counts.items())
@@ -357,14 +330,14 @@ def _check_init_args(cls: type[nn.Module], init_args: dict[str, Any]) -> None:
         unknown = sorted(set(init_args) - set(parameters))
         if unknown:
             raise CheckpointError(
-                f"{cls.__name__} takes no init args {_short(unknown)}; valid: {', '.join(parameters)}"
+                f"{cls.__name__} takes no init args {brief_repr(unknown)}; valid: {', '.join(parameters)}"
             )
     hints = typing.get_type_hints(cls.__init__)
     for name, value in init_args.items():
         if name in hints and not _fits(value, hints[name]):
             annotation = parameters[name].annotation if name in parameters else hints[name]
             note = " (sizes and counts are positive ints)" if "int" in str(annotation) else ""
-            raise CheckpointError(f"{cls.__name__} init arg {name}={_short(value)} does not fit {annotation}{note}")
+            raise CheckpointError(f"{cls.__name__} init arg {name}={brief_repr(value)} does not fit {annotation}{note}")
 
 
 @contextmanager
@@ -409,8 +382,8 @@ def _compare_weights(model: nn.Module, state_dict: dict[str, Tensor], stored: in
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
         raise CheckpointError(
-            f"state_dict does not fit {type(model).__name__}: missing {_short(missing[:5])}, "
-            f"unexpected {_short(unexpected[:5])}"
+            f"state_dict does not fit {type(model).__name__}: missing {brief_repr(missing[:5])}, "
+            f"unexpected {brief_repr(unexpected[:5])}"
         )
     wrong = [
         f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
@@ -436,7 +409,7 @@ def model_from_record(record: dict[str, Any]) -> nn.Module:
         cls = model_class(record["class_path"])
     except KeyError:
         raise CheckpointError(
-            f"{_short(record['class_path'])} is not an audiosep model class; "
+            f"{brief_repr(record['class_path'])} is not an audiosep model class; "
             f"known: {', '.join(sorted(MODEL_CLASSES))}"
         ) from None
     init_args, state_dict = record["init_args"], record["state_dict"]
@@ -465,7 +438,7 @@ def build_untrusted(cls: type[nn.Module], kwargs: Any, limits: Mapping[str, int]
     for name, limit in limits.items():
         value = kwargs.get(name)
         if not (_is_size(value) and value <= limit):
-            raise CheckpointError(f"{cls.__name__} arg {name}={_short(value)} is not an int in 1..{limit}")
+            raise CheckpointError(f"{cls.__name__} arg {name}={brief_repr(value)} is not an int in 1..{limit}")
     return _build(cls, kwargs, "cpu", limit=256)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 
 class UserError(Exception):
     """Bad input from the user (a file, a flag, a config): the message says what and where."""
@@ -13,4 +16,31 @@ def one_line(err: BaseException | str, limit: int = 200) -> str:
     text = " ".join(text.split())
     if not isinstance(err, str) and not text.startswith(type(err).__name__):
         text = f"{type(err).__name__}: {text}"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+class _BoundedRepr(reprlib.Repr):
+    """``reprlib.Repr`` with small limits that never calls the ``repr`` of a type it does not know.
+
+    Why: a file can hold a list that repeats a list that repeats a list... (the unpickler and YAML
+    share them), nested thousands deep, or an ``OrderedDict`` or tensor whose own ``repr`` prints it all.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = self.maxdeque = 5
+        self.maxstring = self.maxlong = 100
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        """Plain scalars (bool, float, None) as ``repr`` does; any other type by its name only."""
+        return repr(x) if isinstance(x, bool | float | type(None)) else f"<{type(x).__name__}>"
+
+
+_BOUNDED_REPR = _BoundedRepr()
+
+
+def brief_repr(value: Any, limit: int = 120) -> str:
+    """A bounded ``repr(value)`` on one line, cut to ``limit`` characters (file contents can be anything)."""
+    text = " ".join(_BOUNDED_REPR.repr(value).split())
     return text if len(text) <= limit else f"{text[: limit - 3]}..."

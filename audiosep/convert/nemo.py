@@ -5,63 +5,81 @@ A ``.nemo`` file is a tar (optionally gzipped) holding ``model_config.yaml`` and
 ``encoder.encoder.{block}.mconv.{i}.conv.weight`` where a separable sub-block ``r`` takes the layers
 ``5r`` (depthwise), ``5r+1`` (pointwise), ``5r+2`` (BatchNorm), then activation and dropout; a dense
 sub-block takes ``4r`` (conv), ``4r+1`` (BatchNorm); the residual is ``res.0.0`` (1x1 conv) and
-``res.0.1`` (BatchNorm); the head is ``decoder.decoder_layers.0``. The archive is read in memory,
-never extracted, and the weights load with ``weights_only=True``.
+``res.0.1`` (BatchNorm); the head is ``decoder.decoder_layers.0``.
+
+The archive is untrusted input, read in memory and never extracted: each member is refused by the
+size its tar header states before it is read (the weights may not exceed what the configured model
+holds), the YAML is read as plain data without aliases, the weights load with ``weights_only=True``
+and must be dense finite tensors, and the model is first built on the meta device and checked
+against the stored shapes (:func:`audiosep.checkpoint.model_from_record`) before it is built on the
+CPU. Every failure is a one-line :class:`~audiosep.errors.UserError` naming the archive.
+
+The checks shared with :mod:`audiosep.convert.speechbrain` live in :mod:`audiosep.convert.untrusted`.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import lzma
 import os
 import tarfile
-from pathlib import Path
+import zlib
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-import torch
-import yaml
-from torch import Tensor
+from torch import Tensor, nn
 
 from audiosep.asr_metadata import asr_metadata
-from audiosep.checkpoint import save_model
-from audiosep.errors import UserError
+from audiosep.checkpoint import (
+    MAX_SAMPLE_RATE,
+    CheckpointError,
+    build_untrusted,
+    save_model,
+)
+from audiosep.convert.untrusted import (
+    MAX_YAML_BYTES,
+    build_on_meta,
+    load_weights,
+    parse_untrusted_yaml,
+    prefixed_errors,
+    rebuild_checked,
+)
+from audiosep.data.tokenizer import CharTokenizer
+from audiosep.errors import UserError, brief_repr, one_line
 from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.features import LogMelFeatures
 
 log = logging.getLogger(__name__)
+
+CONFIG_MEMBER, WEIGHTS_MEMBER = "model_config.yaml", "model_weights.ckpt"
+MAX_MEMBERS = 1000  # a .nemo holds its config, its weights and a few tokenizer files
+MAX_SUB_BLOCKS = 512  # QuartzNet 15x5 has 79 sub-blocks, Jasper 10x5 54
+# model_weights.ckpt may hold at most 8 bytes per value of the configured model and front end
+# (float64; NeMo writes float32) plus 4 KiB of zip and pickle records per tensor, and never more
+# than 2 GiB (the largest NeMo Jasper, 10x5 with 333 M parameters, stores 1.3 GB): checked from the
+# tar header before reading, so a small compressed archive cannot expand to gigabytes in memory.
+WEIGHT_BYTES_PER_VALUE, WEIGHT_BYTES_PER_TENSOR, MAX_WEIGHTS_BYTES = 8, 4096, 2 << 30
+# The front end sizes that audiosep.transcriber accepts when it reads the converted file back.
+FEATURE_LIMITS = {"sample_rate": MAX_SAMPLE_RATE, "n_fft": 1 << 16, "n_mels": 1 << 10}
+# Errors of a damaged tar or of its gzip/bz2/xz compression, once the archive is open.
+ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 # Block options QuartzNet does not use, with the value that means "off".
 UNSUPPORTED_BLOCK_OPTIONS = {
     "residual_dense": False, "se": False, "heads": -1, "groups": 1, "stride_last": False,
     "future_context": -1, "residual_mode": "add", "kernel_size_factor": 1.0,
 }  # fmt: skip
+# Preprocessor options the front end reproduces only with this value.
+FIXED_PREPROCESSOR_OPTIONS = {
+    "frame_splicing": 1,
+    "window": "hann",
+    "log": True,
+    "log_zero_guard_type": "add",
+}
 ACTIVATION_NAMES = {"relu": "relu", "gelu": "gelu", "swish": "silu", "silu": "silu"}
 
-
-def read_nemo_archive(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(config, state_dict)`` from a ``.nemo`` tar, without extracting it.
-
-    Raises:
-        UserError: missing file, not a tar, or no ``model_config.yaml`` / ``model_weights.ckpt`` inside.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        with tarfile.open(path, "r:*") as archive:
-            members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
-            missing = [n for n in ("model_config.yaml", "model_weights.ckpt") if n not in members]
-            if missing:
-                raise UserError(f"{path}: not a NeMo model archive (lacks {', '.join(missing)})")
-            config_text = archive.extractfile(members["model_config.yaml"]).read().decode("utf-8")
-            weights = archive.extractfile(members["model_weights.ckpt"]).read()
-    except tarfile.TarError as err:
-        raise UserError(f"{path}: not a .nemo archive ({err})") from err
-    config = yaml.safe_load(config_text)
-    state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
-    if not isinstance(config, dict) or not isinstance(state, dict):
-        raise UserError(f"{path}: unexpected model_config.yaml or model_weights.ckpt content")
-    return config, state
+# --- the NeMo config ------------------------------------------------------------------------------
 
 
 def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -69,59 +87,185 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
     section = config.get(name)
     if not isinstance(section, dict):
         raise UserError(f"NeMo config lacks a {name!r} section")
-    return dict(section.get("params", section))
+    params = section.get("params", section)
+    if not isinstance(params, dict):
+        raise UserError(f"NeMo config {name!r} params are a {type(params).__name__}, not a mapping")
+    return params
 
 
-def _first(value: Any) -> int:
+def _size(value: Any, what: str) -> int:
+    """A positive int read from the config (bools, strings and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{what} must be a positive integer, got {brief_repr(value)}")
+    return value
+
+
+def _first(value: Any) -> Any:
     """NeMo writes kernel/stride/dilation as one-element lists."""
-    return int(value[0] if isinstance(value, list | tuple) else value)
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
 
 
-def block_from_nemo(layer: dict[str, Any]) -> dict[str, Any]:
+def block_from_nemo(layer: Any) -> dict[str, Any]:
     """One ``jasper`` entry -> an audiosep block spec.
 
     Raises:
-        UserError: features QuartzNet does not have (SE, dense residual, groups, heads, ...).
+        UserError: features QuartzNet does not have (SE, dense residual, groups, heads, ...), or sizes
+            that are not positive integers.
     """
+    if not isinstance(layer, dict):
+        raise UserError(f"a block must be a mapping, got {brief_repr(layer)}")
     unsupported = {k: layer[k] for k, off in UNSUPPORTED_BLOCK_OPTIONS.items() if layer.get(k, off) != off}
     if unsupported:
-        raise UserError(f"unsupported NeMo block options {unsupported} in {layer}")
+        raise UserError(f"unsupported NeMo block options {brief_repr(unsupported)}")
+    dropout = layer.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+        raise UserError(f"dropout must be a number, got {brief_repr(dropout)}")
     return {
-        "channels": int(layer["filters"]),
-        "kernel_size": _first(layer["kernel"]),
-        "repeat": int(layer["repeat"]),
-        "stride": _first(layer.get("stride", 1)),
-        "dilation": _first(layer.get("dilation", 1)),
+        "channels": _size(layer.get("filters"), "filters"),
+        "kernel_size": _size(_first(layer.get("kernel")), "kernel"),
+        "repeat": _size(layer.get("repeat"), "repeat"),
+        "stride": _size(_first(layer.get("stride", 1)), "stride"),
+        "dilation": _size(_first(layer.get("dilation", 1)), "dilation"),
         "residual": bool(layer.get("residual", False)),
         "separable": bool(layer.get("separable", False)),
-        "dropout": float(layer.get("dropout", 0.0)),
+        "dropout": dropout,  # QuartzNet refuses what is no probability
     }
+
+
+def quartznet_args(config: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """:class:`QuartzNet` constructor arguments from the ``encoder`` section.
+
+    Raises:
+        UserError: an encoder audiosep does not implement, or bad block sizes.
+    """
+    encoder = _section(config, "encoder")
+    if encoder.get("normalization_mode", "batch") != "batch":
+        raise UserError("only BatchNorm encoders are supported")
+    activation = encoder.get("activation", "relu")
+    if not isinstance(activation, str) or activation not in ACTIVATION_NAMES:
+        raise UserError(f"unsupported activation {brief_repr(activation)}")
+    jasper = encoder.get("jasper")
+    if not isinstance(jasper, list) or not jasper:
+        raise UserError("the encoder has no 'jasper' block list")
+    blocks = []
+    for index, layer in enumerate(jasper):
+        try:
+            blocks.append(block_from_nemo(layer))
+        except UserError as err:
+            raise UserError(f"encoder jasper block {index}: {err}") from None
+    sub_blocks = sum(block["repeat"] for block in blocks)
+    if sub_blocks > MAX_SUB_BLOCKS:
+        raise UserError(f"the encoder has {sub_blocks} sub-blocks; at most {MAX_SUB_BLOCKS} are supported")
+    return {
+        "in_features": _size(encoder.get("feat_in"), "encoder feat_in"),
+        "num_classes": num_classes,
+        "blocks": blocks,
+        "norm": "batch_norm",
+        "norm_eps": 1e-3,
+        "activation": ACTIVATION_NAMES[activation],
+    }
+
+
+def vocabulary_from_nemo(config: dict[str, Any]) -> list[str]:
+    """The CTC labels (``decoder.vocabulary``, or the old top-level ``labels``): single characters."""
+    labels = _section(config, "decoder").get("vocabulary") or config.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise UserError("the config names no vocabulary (decoder.vocabulary or labels)")
+    try:
+        CharTokenizer(labels)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"unsupported vocabulary: {one_line(err)}") from None
+    return labels
+
+
+def _nemo_n_fft(pre: dict[str, Any]) -> Any:
+    """``n_fft``, or NeMo's default when unset: the window length in samples rounded up to a power of two."""
+    n_fft, rate, size = pre.get("n_fft"), pre.get("sample_rate", 16000), pre.get("window_size", 0.02)
+    if n_fft is not None or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in (rate, size)
+    ):
+        return n_fft  # build_untrusted refuses a missing or bad value
+    try:
+        return 1 << (round(rate * size) - 1).bit_length()
+    except (ValueError, OverflowError):  # NaN or infinite window: refused by build_untrusted
+        return None
 
 
 def features_from_nemo(pre: dict[str, Any]) -> LogMelFeatures:
     """``AudioToMelSpectrogramPreprocessor`` settings -> :class:`LogMelFeatures`.
 
     Raises:
-        UserError: settings the front end does not reproduce (frame splicing, non-Hann window, ...).
+        UserError: settings the front end does not reproduce (frame splicing, non-Hann window, ...),
+            or sizes out of the range audiosep reads back (``FEATURE_LIMITS``).
     """
-    if int(pre.get("frame_splicing", 1)) != 1 or pre.get("window", "hann") != "hann":
-        raise UserError(f"unsupported NeMo preprocessor settings: {pre}")
-    if pre.get("log", True) is not True or pre.get("log_zero_guard_type", "add") != "add":
-        raise UserError(f"unsupported NeMo log settings: {pre}")
+    for key, supported in FIXED_PREPROCESSOR_OPTIONS.items():
+        if pre.get(key, supported) != supported:
+            raise UserError(
+                f"unsupported NeMo preprocessor setting {key}={brief_repr(pre[key])} "
+                f"(supported: {supported!r})"
+            )
     normalize = pre.get("normalize", "per_feature")
-    return LogMelFeatures(
-        sample_rate=int(pre.get("sample_rate", 16000)),
-        n_mels=int(pre.get("features", pre.get("nfilt", 64))),
-        window_size=float(pre.get("window_size", 0.02)),
-        window_stride=float(pre.get("window_stride", 0.01)),
-        n_fft=pre.get("n_fft"),
-        preemphasis=float(pre.get("preemph", 0.97) or 0.0),
-        dither=float(pre.get("dither", 1e-5)),
-        normalize="none" if normalize in (None, False, "none") else str(normalize),
-        f_min=float(pre.get("lowfreq", 0.0) or 0.0),
-        f_max=pre.get("highfreq"),
-        log_guard=float(pre.get("log_zero_guard_value", 2.0**-24)),
-    )
+    kwargs = {
+        "sample_rate": pre.get("sample_rate", 16000),
+        "n_mels": pre.get("features", pre.get("nfilt", 64)),
+        "window_size": pre.get("window_size", 0.02),
+        "window_stride": pre.get("window_stride", 0.01),
+        "n_fft": _nemo_n_fft(pre),
+        "preemphasis": pre.get("preemph", 0.97) or 0.0,
+        "dither": pre.get("dither", 1e-5),
+        "normalize": "none" if normalize in (None, False, "none") else normalize,
+        "f_min": pre.get("lowfreq", 0.0) or 0.0,
+        "f_max": pre.get("highfreq"),
+        "log_guard": pre.get("log_zero_guard_value", 2.0**-24),
+    }
+    try:
+        return build_untrusted(LogMelFeatures, kwargs, FEATURE_LIMITS)
+    except CheckpointError as err:
+        raise UserError(f"unsupported NeMo preprocessor: {err}") from None
+
+
+# --- the archive ----------------------------------------------------------------------------------
+
+
+def _find_members(archive: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    """The config and weights members: exactly one regular file each, in whatever folder."""
+    found: dict[str, list[tarfile.TarInfo]] = {CONFIG_MEMBER: [], WEIGHTS_MEMBER: []}
+    for count, member in enumerate(archive, 1):
+        if count > MAX_MEMBERS:
+            raise UserError(f"more than {MAX_MEMBERS} members: not a NeMo model archive")
+        found.get(PurePosixPath(member.name).name, []).append(member)
+    missing = [name for name, members in found.items() if not members]
+    if missing:
+        raise UserError(f"not a NeMo model archive (lacks {', '.join(missing)})")
+    for name, members in found.items():
+        if len(members) > 1:
+            paths = brief_repr([member.name for member in members])
+            raise UserError(f"ambiguous archive: {len(members)} members named {name} ({paths})")
+        if not members[0].isfile():
+            raise UserError(f"{name} is a link or a special file, not a regular file")
+    return {name: members[0] for name, members in found.items()}
+
+
+def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, limit: int, what: str) -> bytes:
+    """A member's bytes, refused from the size in its header, before any reading, when over ``limit``."""
+    if member.size > limit:
+        raise UserError(f"{member.size} bytes, more than {what} ({limit} bytes)")
+    return archive.extractfile(member).read()
+
+
+def _read_config(archive: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, Any]:
+    """``model_config.yaml`` as plain data (a mapping)."""
+    config = parse_untrusted_yaml(_read_member(archive, member, MAX_YAML_BYTES, "a NeMo config needs"))
+    if not isinstance(config, dict):
+        raise UserError(f"holds a {type(config).__name__}, not a mapping")
+    return config
+
+
+def _weights_limit(model: nn.Module, features: LogMelFeatures) -> int:
+    """The largest ``model_weights.ckpt`` the configured model and front end justify (MAX_WEIGHTS_BYTES)."""
+    tensors = [*model.state_dict().values(), features.window, features.filterbank]
+    needed = sum(WEIGHT_BYTES_PER_VALUE * t.numel() + WEIGHT_BYTES_PER_TENSOR for t in tensors)
+    return min(needed, MAX_WEIGHTS_BYTES)
 
 
 def _nemo_conv(state: dict[str, Tensor], prefix: str) -> str:
@@ -166,45 +310,55 @@ def _check_filterbank(features: LogMelFeatures, state: dict[str, Tensor]) -> Non
         log.warning("the archive's mel filterbank differs from audiosep's Slaney filterbank")
 
 
+def _convert_archive(archive: tarfile.TarFile) -> tuple[QuartzNet, LogMelFeatures, list[str]]:
+    """Model, front end and labels of an open ``.nemo``: config first, then weights within its bounds."""
+    members = _find_members(archive)
+    with prefixed_errors(CONFIG_MEMBER):
+        config = _read_config(archive, members[CONFIG_MEMBER])
+    labels = vocabulary_from_nemo(config)
+    features = features_from_nemo(_section(config, "preprocessor"))
+    meta = build_on_meta(QuartzNet, quartznet_args(config, len(labels) + 1))
+    if meta.in_features != features.n_mels:
+        raise UserError(f"encoder feat_in {meta.in_features} != preprocessor features {features.n_mels}")
+    with prefixed_errors(WEIGHTS_MEMBER):
+        limit = _weights_limit(meta, features)
+        state = load_weights(
+            io.BytesIO(_read_member(archive, members[WEIGHTS_MEMBER], limit, "the model can hold"))
+        )
+    mapping = key_map(meta, state)
+    absent = sorted(v for v in mapping.values() if v not in state)
+    if absent:
+        raise UserError(f"weights missing for the configured model, e.g. {brief_repr(absent[:3])}")
+    unused = sorted(k for k in set(state) - set(mapping.values()) if not k.startswith("preprocessor."))
+    if unused:
+        raise UserError(f"weights the converter does not understand, e.g. {brief_repr(unused[:3])}")
+    model = rebuild_checked(meta, {ours: state[theirs] for ours, theirs in mapping.items()})
+    _check_filterbank(features, state)
+    return model, features, labels
+
+
 def convert_nemo(path: str | os.PathLike) -> tuple[QuartzNet, dict[str, Any]]:
     """Build an audiosep :class:`QuartzNet` and its ASR metadata from a ``.nemo`` archive.
 
     Raises:
-        UserError: unreadable archive, unsupported architecture, or weights that do not match the config.
+        UserError: unreadable or ambiguous archive, oversized members, unsupported architecture, or
+            weights that do not match the config; one line that names ``path``.
     """
-    config, state = read_nemo_archive(path)
-    encoder, decoder = _section(config, "encoder"), _section(config, "decoder")
-    labels = list(decoder.get("vocabulary") or config.get("labels") or [])
-    if not labels:
-        raise UserError(f"{path}: the config names no vocabulary (decoder.vocabulary or labels)")
-    if encoder.get("normalization_mode", "batch") != "batch":
-        raise UserError(f"{path}: only BatchNorm encoders are supported")
-    activation = ACTIVATION_NAMES.get(str(encoder.get("activation", "relu")))
-    if activation is None:
-        raise UserError(f"{path}: unsupported activation {encoder.get('activation')!r}")
-    features = features_from_nemo(_section(config, "preprocessor"))
-    model = QuartzNet(
-        in_features=int(encoder["feat_in"]),
-        num_classes=len(labels) + 1,
-        blocks=[block_from_nemo(layer) for layer in encoder["jasper"]],
-        norm="batch_norm",
-        norm_eps=1e-3,
-        activation=activation,
-    )
-    mapping = key_map(model, state)
-    absent = sorted(v for v in mapping.values() if v not in state)
-    if absent:
-        raise UserError(f"{path}: weights missing for the configured model, e.g. {absent[:3]}")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
     try:
-        model.load_state_dict({ours: state[theirs] for ours, theirs in mapping.items()}, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit the configured model: {err}") from err
-    unused = sorted(k for k in set(state) - set(mapping.values()) if not k.startswith("preprocessor."))
-    if unused:
-        raise UserError(f"{path}: weights the converter does not understand, e.g. {unused[:3]}")
-    _check_filterbank(features, state)
-    metadata = asr_metadata(features, labels) | {"source": f"nemo:{Path(path).name}"}
-    return model.eval(), metadata
+        archive = tarfile.open(path, "r:*")
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as err:
+        raise UserError(f"{path}: not a .nemo archive (expected a tar file, plain or compressed)") from err
+    with archive:
+        try:
+            model, features, labels = _convert_archive(archive)
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
+        except ARCHIVE_ERRORS as err:
+            raise UserError(f"{path}: damaged .nemo archive ({one_line(err)})") from None
+    return model, asr_metadata(features, labels) | {"source": f"nemo:{path.name}"}
 
 
 def convert_nemo_file(path: str | os.PathLike, out: str | os.PathLike) -> None:

@@ -7,6 +7,11 @@ tell (heads, chunk size, which LayerNorm flavour, causality, pre/post norm) come
 ``hyperparams.yaml`` when present, else from the paper defaults, and every value can be
 overridden. The YAML is read as plain data: its ``!new:``/``!apply:`` tags are never executed.
 
+The folder is untrusted input: the YAML is read without aliases and within a size limit, every
+checkpoint tensor must be contiguous, real and finite, and the model is first built on the meta
+device and compared with the weights (:func:`audiosep.convert.untrusted.rebuild_checked`) before it is
+built on the CPU. Every failure is a one-line :class:`ConversionError` naming the file.
+
 Example:
     >>> model = sepformer_from_speechbrain(encoder_sd, masknet_sd, decoder_sd, num_heads=8)  # doctest: +SKIP
 """
@@ -14,14 +19,24 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 from torch import Tensor, nn
 
+from audiosep.checkpoint import MAX_SAMPLE_RATE
+from audiosep.convert.untrusted import (
+    MAX_YAML_BYTES,
+    UntrustedYamlLoader,
+    build_on_meta,
+    load_weights,
+    parse_untrusted_yaml,
+    prefixed_errors,
+    rebuild_checked,
+)
+from audiosep.errors import UserError, brief_repr, one_line
 from audiosep.models.resepformer import RESepFormer
 from audiosep.models.sepformer import SepFormer
 
@@ -65,7 +80,7 @@ _RESEPFORMER_RENAMES: list[tuple[str, str | None]] = [
 ]
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A SpeechBrain checkpoint that does not describe a supported model."""
 
 
@@ -73,7 +88,9 @@ def _rename_stack_key(key: str) -> str:
     for pattern, target in _STACK_RENAMES:
         if re.fullmatch(pattern, key):
             return re.sub(pattern, target, key)
-    raise ConversionError(f"unsupported transformer tensor {key!r} (only regularMHA encoders are supported)")
+    raise ConversionError(
+        f"unsupported transformer tensor {brief_repr(key)} (only regularMHA encoders are supported)"
+    )
 
 
 def _rename(key: str, renames: list[tuple[str, str | None]]) -> str | None:
@@ -86,7 +103,9 @@ def _rename(key: str, renames: list[tuple[str, str | None]]) -> str | None:
             return None
         renamed = match.expand(target)
         return re.sub(r"<stack:(.+)>", lambda m: _rename_stack_key(m.group(1)), renamed)
-    raise ConversionError(f"unexpected masknet tensor {key!r}: not a supported SpeechBrain separator")
+    raise ConversionError(
+        f"unexpected masknet tensor {brief_repr(key)}: not a supported SpeechBrain separator"
+    )
 
 
 def _count(state: StateDict, prefix: str) -> int:
@@ -102,15 +121,24 @@ def _get(state: StateDict, key: str, what: str) -> Tensor:
     return state[key]
 
 
-def _filterbank_args(encoder_sd: StateDict, decoder_sd: StateDict) -> dict[str, int]:
-    encoder = _get(encoder_sd, "conv1d.weight", "encoder")  # [N, 1, W]
-    decoder = _get(decoder_sd, "weight", "decoder")  # [N, 1, W]
-    if encoder.shape[1] != 1 or encoder.shape != decoder.shape:
+def _shape(state: StateDict, key: str, what: str, ndim: int) -> tuple[int, ...]:
+    """Shape of a required tensor that sizes the model: ``ndim`` dimensions, none of them empty."""
+    shape = tuple(_get(state, key, what).shape)
+    if len(shape) != ndim or 0 in shape:
         raise ConversionError(
-            f"encoder {tuple(encoder.shape)} and decoder {tuple(decoder.shape)} weights do not form a "
-            "single-channel filterbank"
+            f"{what} tensor {key!r} has shape {brief_repr(shape)}; expected {ndim} non-empty dims"
         )
-    return {"encoder_channels": encoder.shape[0], "kernel_size": encoder.shape[2]}
+    return shape
+
+
+def _filterbank_args(encoder_sd: StateDict, decoder_sd: StateDict) -> dict[str, int]:
+    encoder = _shape(encoder_sd, "conv1d.weight", "encoder", 3)  # [N, 1, W]
+    decoder = _shape(decoder_sd, "weight", "decoder", 3)  # [N, 1, W]
+    if encoder[1] != 1 or encoder != decoder:
+        raise ConversionError(
+            f"encoder {encoder} and decoder {decoder} weights do not form a single-channel filterbank"
+        )
+    return {"encoder_channels": encoder[0], "kernel_size": encoder[2]}
 
 
 def _layer_count(state: StateDict, stack_prefix: str) -> int:
@@ -126,15 +154,15 @@ def infer_sepformer_args(
     """:class:`SepFormer` constructor arguments read from SpeechBrain tensor shapes."""
     _check_kind(masknet_sd, "sepformer")
     args: dict[str, Any] = _filterbank_args(encoder_sd, decoder_sd)
-    model_channels = _get(masknet_sd, "conv1d.weight", "masknet").shape[0]
+    model_channels = _shape(masknet_sd, "conv1d.weight", "masknet", 3)[0]
     stack = "dual_mdl.0.intra_mdl.mdl."
     args.update(
         model_channels=model_channels,
-        num_sources=_get(masknet_sd, "conv2d.weight", "masknet").shape[0] // model_channels,
+        num_sources=_shape(masknet_sd, "conv2d.weight", "masknet", 4)[0] // model_channels,
         num_blocks=_count(masknet_sd, "dual_mdl."),
         num_intra_layers=_layer_count(masknet_sd, stack),
         num_inter_layers=_layer_count(masknet_sd, "dual_mdl.0.inter_mdl.mdl."),
-        ffn_dim=_get(masknet_sd, stack + "layers.0.pos_ffn.ffn.0.weight", "masknet").shape[0],
+        ffn_dim=_shape(masknet_sd, stack + "layers.0.pos_ffn.ffn.0.weight", "masknet", 2)[0],
     )
     return args
 
@@ -150,13 +178,13 @@ def infer_resepformer_args(
     num_blocks = _count(masknet_sd, "model.seg_model.")
     intra_layers = _layer_count(masknet_sd, stack)
     args.update(
-        num_sources=_get(masknet_sd, "model.output_fc.1.weight", "masknet").shape[0] // channels,
+        num_sources=_shape(masknet_sd, "model.output_fc.1.weight", "masknet", 3)[0] // channels,
         num_blocks=num_blocks,
         num_intra_layers=intra_layers,
         num_inter_layers=_layer_count(masknet_sd, "model.mem_model.0.mdl.")
         if num_blocks > 1
         else intra_layers,
-        ffn_dim=_get(masknet_sd, stack + "layers.0.pos_ffn.ffn.0.weight", "masknet").shape[0],
+        ffn_dim=_shape(masknet_sd, stack + "layers.0.pos_ffn.ffn.0.weight", "masknet", 2)[0],
     )
     return args
 
@@ -167,21 +195,21 @@ def _check_kind(masknet_sd: StateDict, expected: ModelKind) -> None:
         raise ConversionError(f"masknet checkpoint holds a {kind}, not a {expected}")
 
 
-def _build(cls: Callable[..., nn.Module], args: dict[str, Any]) -> nn.Module:
-    try:
-        return cls(**args)
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"cannot build {cls.__name__} with {args}: {err}") from err
+def _build_meta(cls: type[nn.Module], args: dict[str, Any]) -> nn.Module:
+    """``cls(**args)`` on the meta device: the shapes to check the weights against, allocating nothing."""
+    with prefixed_errors("", ConversionError):
+        return build_on_meta(cls, args)
 
 
-def _load(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Load renamed tensors, reshaping 1x1 convolutions and [C, 1] norms to our shapes."""
-    target = model.state_dict()
+def _fit(meta: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Renamed tensors reshaped to the (meta) model's shapes: 1x1 convolutions, [C, 1] norms."""
+    target = meta.state_dict()
     unexpected = sorted(set(state) - set(target))
     missing = sorted(set(target) - set(state))
     if unexpected or missing:
         raise ConversionError(
-            f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"checkpoint does not fit the model: missing {brief_repr(missing[:5])}, "
+            f"unexpected {brief_repr(unexpected[:5])}"
         )
     for key, value in state.items():
         if value.numel() != target[key].numel():
@@ -189,8 +217,13 @@ def _load(model: nn.Module, state: dict[str, Tensor]) -> None:
                 f"{key}: SpeechBrain tensor {tuple(value.shape)} vs model {tuple(target[key].shape)}; "
                 "pass the architecture explicitly"
             )
-        state[key] = value.reshape(target[key].shape)
-    model.load_state_dict(state)
+    return {key: value.reshape(target[key].shape) for key, value in state.items()}
+
+
+def _load(meta: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """``meta``'s model built on the CPU with ``state`` (eval mode), once the checks of a model file pass."""
+    with prefixed_errors("", ConversionError):
+        return rebuild_checked(meta, state)
 
 
 def _converted_state(
@@ -230,9 +263,8 @@ def sepformer_from_speechbrain(
     args = infer_sepformer_args(encoder_sd, masknet_sd, decoder_sd)
     args["norm"] = _default_norm(masknet_sd, "dual_mdl.0.intra_norm.weight", causal=False)
     args.update(overrides)
-    model = _build(SepFormer, args)
-    _load(model, _converted_state(encoder_sd, masknet_sd, decoder_sd, _SEPFORMER_RENAMES))
-    return model.eval()
+    meta = _build_meta(SepFormer, args)
+    return _load(meta, _fit(meta, _converted_state(encoder_sd, masknet_sd, decoder_sd, _SEPFORMER_RENAMES)))
 
 
 def resepformer_from_speechbrain(
@@ -258,15 +290,14 @@ def resepformer_from_speechbrain(
     causal = bool(overrides.get("causal", False))
     args["norm"] = _default_norm(masknet_sd, "model.seg_model.0.norm.weight", causal)
     args.update(overrides)
-    model = _build(RESepFormer, args)
-    state = _converted_state(encoder_sd, masknet_sd, decoder_sd, _RESEPFORMER_RENAMES)
+    meta = _build_meta(RESepFormer, args)
+    state = _fit(meta, _converted_state(encoder_sd, masknet_sd, decoder_sd, _RESEPFORMER_RENAMES))
     # SpeechBrain orders the mask channels (channel, source); ours are (source, channel).
     channels, sources = args["encoder_channels"], args["num_sources"]
     for name in ("masker.to_masks.weight", "masker.to_masks.bias"):
         tensor = state[name]
         state[name] = tensor.reshape(channels, sources, -1).transpose(0, 1).reshape(tensor.shape)
-    _load(model, state)
-    return model.eval()
+    return _load(meta, state)
 
 
 def detect_model_kind(masknet_sd: StateDict) -> ModelKind:
@@ -280,8 +311,8 @@ def detect_model_kind(masknet_sd: StateDict) -> ModelKind:
     )
 
 
-class _TaggedLoader(yaml.SafeLoader):
-    """SafeLoader that keeps SpeechBrain's tags as data instead of running them."""
+class _TaggedLoader(UntrustedYamlLoader):
+    """Loader of untrusted YAML that keeps SpeechBrain's tags as data instead of running them."""
 
 
 class Ref(str):
@@ -290,7 +321,7 @@ class Ref(str):
 
 def _construct_tagged(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> Any:
     if isinstance(node, yaml.MappingNode):
-        return {"__tag__": tag_suffix, **loader.construct_mapping(node, deep=True)}
+        return {"__tag__": tag_suffix} | loader.construct_mapping(node, deep=True)  # keys of any type
     if isinstance(node, yaml.SequenceNode):
         return loader.construct_sequence(node, deep=True)
     value = loader.construct_scalar(node)
@@ -304,13 +335,16 @@ def read_hyperparams(path: str | Path) -> dict[str, Any]:
     """Parse a SpeechBrain ``hyperparams.yaml`` as plain data (tags kept as ``__tag__``, never run).
 
     Raises:
-        ConversionError: unreadable YAML.
+        ConversionError: unreadable, too large or invalid YAML, or YAML with aliases.
     """
     try:
-        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_TaggedLoader)
-    except (OSError, yaml.YAMLError) as err:
-        raise ConversionError(f"{path}: cannot read hyperparams ({err})") from err
-    return data if isinstance(data, dict) else {}
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_YAML_BYTES + 1)
+    except OSError as err:
+        raise ConversionError(f"{path}: cannot read hyperparams ({one_line(err)})") from None
+    with prefixed_errors(f"{path}: cannot read hyperparams", ConversionError):
+        hparams = parse_untrusted_yaml(data, _TaggedLoader)
+    return hparams if isinstance(hparams, dict) else {}
 
 
 def _resolve(value: Any, top: dict[str, Any]) -> Any:
@@ -325,7 +359,8 @@ def _resolve(value: Any, top: dict[str, Any]) -> Any:
 
 def _find_node(top: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, Any] | None:
     for value in top.values():
-        if isinstance(value, dict) and str(value.get("__tag__", "")).endswith(class_names):
+        tag = value.get("__tag__") if isinstance(value, dict) else None
+        if isinstance(tag, str) and tag.endswith(class_names):
             return value
     return None
 
@@ -365,6 +400,8 @@ _ARGUMENTS = {
     ],
 }
 _SHARED_BY_INTRA_AND_INTER = [("num_heads", "nhead", None), ("pre_norm", "norm_before", False)]
+# The type each argument read from the YAML must have (``type(value) is``: no bool for an int).
+_ARGUMENT_TYPES = {"chunk_size": int, "norm": str, "causal": bool, "num_heads": int, "pre_norm": bool}
 
 
 def _yaml_nodes(hparams: dict[str, Any], kind: ModelKind) -> dict[str, dict[str, Any] | None]:
@@ -390,12 +427,16 @@ def hyperparams_overrides(hparams: dict[str, Any], kind: ModelKind) -> dict[str,
     for kinds, node, key, default, supported in _SUPPORTED_SETTINGS:
         value = _option(nodes[node], key, hparams, default) if kind in kinds else None
         if value is not None and value not in supported:
-            raise ConversionError(f"unsupported SpeechBrain setting {key}={value!r} (supported: {supported})")
+            raise ConversionError(
+                f"unsupported SpeechBrain setting {key}={brief_repr(value)} (supported: {supported})"
+            )
     kernel = _option(_find_node(hparams, ("dual_path.Encoder",)), "kernel_size", hparams, 2)
     stride = _option(_find_node(hparams, ("dual_path.Decoder",)), "stride", hparams, 1)
-    if kernel is not None and stride is not None and stride != kernel // 2:
+    numbers = all(isinstance(value, int | float) for value in (kernel, stride))
+    if kernel is not None and stride is not None and (not numbers or stride != kernel // 2):
         raise ConversionError(
-            f"unsupported SpeechBrain setting: decoder stride {stride} != kernel {kernel} / 2"
+            f"unsupported SpeechBrain setting: decoder stride {brief_repr(stride)} "
+            f"!= kernel {brief_repr(kernel)} / 2"
         )
     overrides = {
         arg: _option(nodes[node], key, hparams, default) for arg, node, key, default in _ARGUMENTS[kind]
@@ -404,24 +445,26 @@ def hyperparams_overrides(hparams: dict[str, Any], kind: ModelKind) -> dict[str,
         intra, inter = (_option(nodes[part], key, hparams, default) for part in ("intra", "inter"))
         if None not in (intra, inter) and intra != inter:
             raise ConversionError(
-                f"unsupported SpeechBrain setting: intra {key}={intra!r}, inter {key}={inter!r}"
+                f"unsupported SpeechBrain setting: intra {key}={brief_repr(intra)}, "
+                f"inter {key}={brief_repr(inter)}"
             )
         overrides[arg] = intra
+    for arg, value in overrides.items():
+        if value is not None and type(value) is not _ARGUMENT_TYPES[arg]:
+            raise ConversionError(
+                f"SpeechBrain setting for {arg} is {brief_repr(value)}, not of type {_ARGUMENT_TYPES[arg].__name__}"
+            )
     if overrides["norm"] is not None:
         if overrides["norm"] not in SPEECHBRAIN_NORMS:
-            raise ConversionError(f"unsupported SpeechBrain norm {overrides['norm']!r}")
+            raise ConversionError(f"unsupported SpeechBrain norm {brief_repr(overrides['norm'])}")
         overrides["norm"] = SPEECHBRAIN_NORMS[overrides["norm"]]
     return {key: value for key, value in overrides.items() if value is not None}
 
 
 def _load_state(path: Path) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise ConversionError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from err
-    if not isinstance(state, Mapping):
-        raise ConversionError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return dict(state)
+    """A checkpoint's state dict: str names -> contiguous, finite CPU tensors (no fake sizes)."""
+    with prefixed_errors(str(path), ConversionError):
+        return load_weights(path)
 
 
 def convert_speechbrain_folder(
@@ -439,19 +482,26 @@ def convert_speechbrain_folder(
         The model in eval mode and ``{"sample_rate": ...}``.
 
     Raises:
-        ConversionError: missing files, unknown architecture, or no sample rate anywhere.
+        ConversionError: missing or unreadable files, unknown architecture, or no sample rate anywhere;
+            one line that names the file (or the folder, for weights that do not fit each other).
     """
     folder = Path(folder)
     missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
     if missing:
         raise ConversionError(f"{folder}: missing {', '.join(missing)} (expected a SpeechBrain model folder)")
     encoder_sd, masknet_sd, decoder_sd = (_load_state(folder / name) for name in CHECKPOINT_FILES)
-    kind = detect_model_kind(masknet_sd) if kind == "auto" else kind
     yaml_path = folder / HYPERPARAMS_FILE
     hparams = read_hyperparams(yaml_path) if yaml_path.is_file() else {}
-    overrides = hyperparams_overrides(hparams, kind)
+    with prefixed_errors(str(folder), ConversionError):
+        kind = detect_model_kind(masknet_sd) if kind == "auto" else kind
+    with prefixed_errors(str(yaml_path), ConversionError):
+        overrides = hyperparams_overrides(hparams, kind)
     sample_rate = sample_rate if sample_rate is not None else _resolve(hparams.get("sample_rate"), hparams)
-    if not isinstance(sample_rate, int) or sample_rate <= 0:
-        raise ConversionError(f"{folder}: no sample_rate in hyperparams.yaml; pass it explicitly")
+    if type(sample_rate) is not int or not 0 < sample_rate <= MAX_SAMPLE_RATE:
+        raise ConversionError(
+            f"{folder}: no sample_rate in 1..{MAX_SAMPLE_RATE} in hyperparams.yaml "
+            f"(got {brief_repr(sample_rate)}); pass it explicitly"
+        )
     convert = sepformer_from_speechbrain if kind == "sepformer" else resepformer_from_speechbrain
-    return convert(encoder_sd, masknet_sd, decoder_sd, **overrides), {"sample_rate": sample_rate}
+    with prefixed_errors(str(folder), ConversionError):
+        return convert(encoder_sd, masknet_sd, decoder_sd, **overrides), {"sample_rate": sample_rate}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -253,3 +255,95 @@ def test_convert_command_detects_resepformer_and_needs_a_sample_rate(tmp_path: P
 def test_convert_command_reports_a_folder_without_checkpoints(tmp_path: Path, capsys) -> None:
     assert main(["convert", "speechbrain", str(tmp_path), "--out", str(tmp_path / "m.ckpt")]) == 1
     assert "missing encoder.ckpt" in capsys.readouterr().err
+
+
+def convert_folder(folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``audiosep convert speechbrain`` expecting a one-line refusal; return it (no model file appears)."""
+    out = folder.parent / "model.ckpt"
+    assert main(["convert", "speechbrain", str(folder), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"audiosep: error: {folder}") and err.count("\n") == 1 and len(err) < 400, err
+    assert not out.exists()
+    return err
+
+
+def record_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The default device of every :class:`SepFormer` construction from now on ("meta" or "cpu")."""
+    devices: list[str] = []
+    build = SepFormer.__init__
+
+    @functools.wraps(build)
+    def recording(self: SepFormer, *args: object, **kwargs: object) -> None:
+        devices.append(torch.empty(0).device.type)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(SepFormer, "__init__", recording)
+    return devices
+
+
+def claimed_sepformer(folder: Path, tensor: Callable[..., Tensor]) -> Path:
+    """A few KB whose shapes claim a SepFormer with 256 channels and an FFN of 4000, keys for one layer only."""
+    folder.mkdir()
+    torch.save({"conv1d.weight": tensor(16, 1, 8)}, folder / "encoder.ckpt")
+    torch.save({"weight": tensor(16, 1, 8)}, folder / "decoder.ckpt")
+    torch.save(
+        {
+            "conv1d.weight": tensor(256, 16, 1),
+            "conv2d.weight": tensor(512, 256, 1, 1),
+            "dual_mdl.0.intra_mdl.mdl.layers.0.pos_ffn.ffn.0.weight": tensor(4000, 256),
+            "dual_mdl.0.inter_mdl.mdl.layers.0.pos_ffn.ffn.0.weight": tensor(4000, 256),
+            "dual_mdl.0.intra_norm.weight": tensor(256),
+        },
+        folder / "masknet.ckpt",
+    )
+    (folder / "hyperparams.yaml").write_text("sample_rate: 8000\n")
+    return folder
+
+
+def test_expanded_tensors_are_refused_before_any_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stride-0 views of one zero claim any shape while the file stores a single value."""
+    devices = record_builds(monkeypatch)
+    folder = claimed_sepformer(tmp_path / "sb", lambda *shape: torch.zeros(1).expand(*shape))
+    err = convert_folder(folder, capsys)
+    assert "encoder.ckpt: entry 'conv1d.weight' claims" in err and "but its storage holds 1" in err
+    assert devices == []
+
+
+def test_the_model_is_compared_with_the_weights_on_the_meta_device_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    devices = record_builds(monkeypatch)
+    folder = claimed_sepformer(tmp_path / "sb", torch.zeros)
+    assert "checkpoint does not fit the model: missing" in convert_folder(folder, capsys)
+    assert devices == ["meta"]
+
+
+def test_non_finite_weights_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = write_folder(tmp_path / "sb", sepformer_parts(), HYPERPARAMS.format(marker=tmp_path / "m"))
+    state = torch.load(folder / "decoder.ckpt", weights_only=True)
+    torch.save({"weight": torch.full_like(state["weight"], float("nan"))}, folder / "decoder.ckpt")
+    assert "decoder.ckpt: entry 'weight' holds NaN or infinite values" in convert_folder(folder, capsys)
+
+
+LAUGHS = "l0: &l0 [lol, lol, lol]\nl1: &l1 [*l0, *l0, *l0]\nl2: &l2 [*l1, *l1, *l1]\n"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h.replace("norm: ln", "norm: [1]"), "hyperparams.yaml: SpeechBrain setting for norm is [1], not of type str"),
+        (lambda h: h.replace("K: 10", "K: ten"), "SpeechBrain setting for chunk_size is 'ten', not of type int"),
+        (lambda h: h.replace("kernel_size: 8", "kernel_size: eight"), "decoder stride 4 != kernel 'eight' / 2"),
+        (lambda h: LAUGHS + h.replace("skip_around_intra: True", "skip_around_intra: *l2"), "YAML aliases"),
+        (lambda h: h.replace("num_spks: 3", "num_spks: " + "9" * 5000), "an integer of more than 100 characters"),
+        (lambda h: h + "junk: " + "[" * 1000 + "]" * 1000, "cannot read hyperparams: not valid YAML (RecursionError"),
+        (lambda h: h.replace("sample_rate: 8000", "sample_rate: true"), "no sample_rate in 1..384000"),
+    ],
+)  # fmt: skip
+def test_bad_hyperparams_are_one_line_errors_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[str], str], message: str
+) -> None:
+    folder = write_folder(tmp_path / "sb", sepformer_parts(), edit(HYPERPARAMS.format(marker=tmp_path / "m")))
+    assert message in convert_folder(folder, capsys)

@@ -1,0 +1,127 @@
+"""Reading files we did not write (converter inputs): YAML as plain data, weights as checked tensors.
+
+Shared by :mod:`audiosep.convert.nemo` and :mod:`audiosep.convert.speechbrain`. Every problem is a
+one-line :class:`~audiosep.errors.UserError`; :func:`prefixed_errors` puts the file's name in front.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import IO, Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from audiosep.checkpoint import BUILD_ERRORS, FORMAT, CheckpointError, model_from_record, tensor_problem
+from audiosep.errors import UserError, brief_repr, one_line
+from audiosep.models.base import RebuildableModule
+
+MAX_YAML_BYTES = 1 << 20  # a NeMo model_config.yaml or a SpeechBrain hyperparams.yaml is a few KB
+MAX_YAML_INT_CHARS = 100  # no config int is longer; PyYAML parses base-60 ints ("1:0:0...") in quadratic time
+
+
+class UntrustedYamlLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader for file input: no aliases, and ints of at most ``MAX_YAML_INT_CHARS`` characters.
+
+    Why: PyYAML keeps an alias as a reference, so a few nested aliases ("billion laughs") or merge
+    keys stand for a value of exponential size that any repr, comparison or merge then expands.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """Refuse ``*alias`` where PyYAML would reuse the anchored node."""
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not supported", mark)
+        return super().compose_node(parent, index)
+
+    def construct_short_int(self, node: yaml.ScalarNode) -> int:
+        """An int scalar of bounded length (huge ints cannot even be printed in an error message)."""
+        if len(node.value) > MAX_YAML_INT_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of more than {MAX_YAML_INT_CHARS} characters", node.start_mark
+            )
+        return self.construct_yaml_int(node)
+
+
+UntrustedYamlLoader.add_constructor("tag:yaml.org,2002:int", UntrustedYamlLoader.construct_short_int)
+
+
+@contextmanager
+def prefixed_errors(prefix: str, error: type[Exception] = UserError) -> Iterator[None]:
+    """Re-raise a UserError from the block as ``error``, with ``prefix`` (the file it concerns) in front."""
+    try:
+        yield
+    except UserError as err:
+        raise error(f"{prefix}: {err}" if prefix else str(err)) from None
+
+
+def parse_untrusted_yaml(data: bytes, loader: type[UntrustedYamlLoader] = UntrustedYamlLoader) -> Any:
+    """UTF-8 YAML ``data`` (at most ``MAX_YAML_BYTES``) as plain data; any problem is a one-line UserError."""
+    if len(data) > MAX_YAML_BYTES:
+        raise UserError(f"more than {MAX_YAML_BYTES} bytes of YAML; a config is a few KB")
+    try:
+        return yaml.load(data.decode("utf-8"), Loader=loader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError:
+        raise UserError("not UTF-8 text") from None
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as err:  # bad dates, deep nesting
+        raise UserError(f"not valid YAML ({one_line(err)})") from None
+
+
+def _entry_problem(key: Any, tensor: Any) -> str | None:
+    """Why a loaded state-dict entry cannot be a weight (None when it can).
+
+    :func:`audiosep.checkpoint.tensor_problem`'s rules (dense real CPU tensors holding their values:
+    models are sized from the stored shapes), and finite values: a NaN weight only makes NaN output.
+    """
+    if not isinstance(key, str) or not isinstance(tensor, Tensor):
+        return f"is a {type(key).__name__} -> {type(tensor).__name__} entry, not a name -> tensor one"
+    problem = tensor_problem(tensor)
+    if problem is None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        return "holds NaN or infinite values"
+    return problem
+
+
+def load_weights(source: str | os.PathLike | IO[bytes]) -> dict[str, Tensor]:
+    """A state dict read with ``weights_only=True`` whose entries pass :func:`_entry_problem`."""
+    try:
+        with warnings.catch_warnings():  # about pickle protocols or sparse tensors: refused or moot
+            warnings.simplefilter("ignore")
+            state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise UserError(f"not a readable PyTorch checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, Mapping):
+        raise UserError(f"holds a {type(state).__name__}, not a state dict")
+    for key, tensor in state.items():
+        problem = _entry_problem(key, tensor)
+        if problem is not None:
+            raise UserError(f"entry {brief_repr(key)} {problem}")
+    return dict(state)
+
+
+def build_on_meta(cls: type[nn.Module], kwargs: dict[str, Any]) -> nn.Module:
+    """``cls(**kwargs)`` on the meta device: the shapes to check file weights against, allocating nothing."""
+    try:
+        with torch.device("meta"):
+            return cls(**kwargs)
+    except BUILD_ERRORS as err:
+        raise UserError(f"cannot build {cls.__name__}: {one_line(err)}") from None
+
+
+def rebuild_checked(meta: RebuildableModule, state: dict[str, Tensor]) -> nn.Module:
+    """``meta``'s model on the CPU holding ``state`` (eval mode), through audiosep.checkpoint's checks.
+
+    Those are the checks an audiosep model file gets: init args against the constructor, sizes
+    against the stored values, a meta build compared with the weights, then a strict load.
+    """
+    record = {
+        "format": FORMAT, "class_path": meta.class_path(), "init_args": meta.init_args,
+        "state_dict": state, "metadata": {},
+    }  # fmt: skip
+    try:
+        return model_from_record(record)
+    except CheckpointError as err:
+        raise UserError(f"the weights do not fit the configured model: {err}") from None

@@ -1,0 +1,219 @@
+"""``audiosep convert nemo`` on crafted archives: every bad input is a one-line error, bounded in memory.
+
+The archives are tiny tars written here (a 3-block QuartzNet with 16 mel bins); the end-to-end
+comparison with NeMo's forward pass is in ``tests/asr/test_asr_nemo.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import pickle
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from audiosep.cli import main
+from audiosep.convert.nemo import block_from_nemo, key_map
+from audiosep.models.quartznet import QuartzNet
+
+JASPER = [
+    {"filters": 8, "repeat": 1, "kernel": [5], "stride": [2], "dilation": [1], "residual": False, "separable": True},
+    {"filters": 8, "repeat": 2, "kernel": [5], "stride": [1], "dilation": [1], "residual": True, "separable": True},
+    {"filters": 16, "repeat": 1, "kernel": [1], "stride": [1], "dilation": [1], "residual": False, "separable": False},
+]  # fmt: skip
+CONFIG = {
+    "preprocessor": {"sample_rate": 16000, "features": 16, "window_size": 0.02, "window_stride": 0.01, "n_fft": 512},
+    "encoder": {"feat_in": 16, "activation": "relu", "jasper": JASPER},
+    "decoder": {"feat_in": 16, "num_classes": 4, "vocabulary": [" ", "a", "b", "'"]},
+}  # fmt: skip
+
+
+@functools.cache
+def nemo_state() -> dict[str, torch.Tensor]:
+    """Weights under NeMo's key names for :data:`CONFIG` (the converter's own key map, run backwards)."""
+    model = QuartzNet(16, 5, [block_from_nemo(layer) for layer in JASPER], norm="batch_norm", norm_eps=1e-3)
+    ours = model.state_dict()
+    return {theirs: ours[key].clone() for key, theirs in key_map(model, {}).items()}
+
+
+def weights(state: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def write_archive(path: Path, config: bytes | None = None, state: bytes | None = None, mode: str = "w",
+                  extra: tuple[tuple[str, bytes], ...] = ()) -> Path:  # fmt: skip
+    """A tar (``mode`` "w" or "w:gz"): ``config``, ``state`` (valid ones if None), then ``extra``."""
+    config = config_with(lambda c: None) if config is None else config
+    state = weights(nemo_state()) if state is None else state
+    with tarfile.open(path, mode) as archive:
+        for name, data in (("./model_config.yaml", config), ("./model_weights.ckpt", state), *extra):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def config_with(edit: Any) -> bytes:
+    """:data:`CONFIG` as YAML after ``edit(config)``."""
+    config = copy.deepcopy(CONFIG)
+    edit(config)
+    return yaml.safe_dump(config).encode()
+
+
+def convert(archive: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run ``audiosep convert nemo``: (exit code, stderr); no model file may appear on failure."""
+    out = archive.with_suffix(".pt")
+    code = main(["convert", "nemo", str(archive), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0 or not out.exists()
+    return code, err
+
+
+def assert_one_line_refusal(archive: Path, capsys: pytest.CaptureFixture[str], message: str) -> None:
+    code, err = convert(archive, capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith(f"audiosep: error: {archive}: ") and err.count("\n") == 1, err
+    assert message in err and len(err) < 400, err
+
+
+def test_tiny_archive_converts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The base every crafted archive below departs from is valid."""
+    assert convert(write_archive(tmp_path / "ok.nemo"), capsys)[0] == 0
+
+
+def test_config_sizes_are_checked_against_the_weights_before_building(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``filters: 2000`` with weights for 8 channels: refused from the meta build, in one line."""
+
+    def widen(config: dict[str, Any]) -> None:
+        for layer in config["encoder"]["jasper"][:2]:
+            layer["filters"] = 2000
+
+    archive = write_archive(tmp_path / "wide.nemo", config_with(widen))
+    assert_one_line_refusal(
+        archive, capsys, "state_dict shapes do not fit QuartzNet: blocks.0.layers.0.pointwise"
+    )
+
+
+@pytest.mark.parametrize(
+    ("config_size", "weights_size", "message"),
+    [
+        ((1 << 20) + 1, None, "model_config.yaml: 1048577 bytes, more than a NeMo config needs"),
+        (None, 8 << 20, "model_weights.ckpt: 8388608 bytes, more than the model can hold"),
+    ],
+)
+def test_members_larger_than_their_bound_are_refused_unread(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    config_size: int | None,
+    weights_size: int | None,
+    message: str,
+) -> None:
+    """A gzipped archive of a few KB whose member expands to megabytes of zeros (a gzip bomb, small)."""
+    config, state = (None if size is None else bytes(size) for size in (config_size, weights_size))
+    archive = write_archive(tmp_path / "bomb.nemo", config, state, "w:gz")
+    assert archive.stat().st_size < 64 << 10
+    assert_one_line_refusal(archive, capsys, message)
+
+
+def test_a_second_config_member_is_ambiguous(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    extra = (("sub/model_config.yaml", config_with(lambda c: None)),)
+    archive = write_archive(tmp_path / "dup.nemo", extra=extra)
+    assert_one_line_refusal(archive, capsys, "ambiguous archive: 2 members named model_config.yaml")
+
+
+class _TouchOnLoad:
+    """Pickles to a call that creates ``marker``: proof that the weights were never unpickled freely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+LAUGHS = "l0: &l0 [lol, lol, lol]\nl1: &l1 [*l0, *l0, *l0]\nl2: &l2 [*l1, *l1, *l1]\n"
+BAD_CONFIGS = {
+    "bad_yaml": (b"encoder: [unclosed\n", "model_config.yaml: not valid YAML (ParserError"),
+    "python_tag": (b"!!python/object/apply:pathlib.Path.touch [{marker}]\n", "could not determine a constructor"),
+    "not_utf8": (b"\xff\xfe\x00bad", "model_config.yaml: not UTF-8 text"),
+    "yaml_list": (b"- 1\n- 2\n", "model_config.yaml: holds a list, not a mapping"),
+    "alias_bomb": (
+        LAUGHS.encode() + config_with(lambda c: None).replace(b"  window_size:", b"  window: *l2\n  window_size:"),
+        "YAML aliases (*name) are not supported",
+    ),
+    "merge_key": (b"base: &base {feat_in: 16}\nencoder: {<<: *base}\n", "YAML aliases (*name) are not supported"),
+    "huge_int": (b"encoder: {feat_in: " + b"9" * 5000 + b"}\n", "an integer of more than 100 characters"),
+    "deep_nesting": (b"encoder: " + b"[" * 1000 + b"]" * 1000 + b"\n", "not valid YAML (RecursionError"),
+    "no_jasper": (config_with(lambda c: c["encoder"].pop("jasper")), "the encoder has no 'jasper' block list"),
+    "jasper_not_list": (config_with(lambda c: c["encoder"].update(jasper="abc")), "no 'jasper' block list"),
+    "block_not_mapping": (config_with(lambda c: c["encoder"]["jasper"].append(3)), "block 3: a block must be a mapping, got 3"),
+    "bad_filters": (
+        config_with(lambda c: c["encoder"]["jasper"][0].update(filters="many")),
+        "encoder jasper block 0: filters must be a positive integer, got 'many'",
+    ),
+    "neg_filters": (
+        config_with(lambda c: c["encoder"]["jasper"][0].update(filters=-5)),
+        "filters must be a positive integer, got -5",
+    ),
+    "bad_dropout": (config_with(lambda c: c["encoder"]["jasper"][1].update(dropout="x")), "block 1: dropout must be a number"),
+    "zero_rate": (config_with(lambda c: c["preprocessor"].update(sample_rate=0)), "sample_rate=0"),
+    "list_activation": (config_with(lambda c: c["encoder"].update(activation=[1] * 200)), "unsupported activation"),
+    "word_labels": (config_with(lambda c: c["decoder"].update(vocabulary=["ab", "c"])), "unsupported vocabulary"),
+    "feat_in_mismatch": (config_with(lambda c: c["encoder"].update(feat_in=8)), "feat_in 8 != preprocessor features 16"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_configs_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    marker = tmp_path / "executed"
+    config, message = BAD_CONFIGS[name]
+    config = config.replace(b"{marker}", str(marker).encode())
+    archive = write_archive(tmp_path / f"{name}.nemo", config)
+    assert_one_line_refusal(archive, capsys, message)
+    assert not marker.exists()
+
+
+def replaced(key: Any, value: torch.Tensor) -> Any:
+    """Weights of :func:`nemo_state` with ``key`` set to ``value`` (for the table below, built lazily)."""
+    return lambda marker: weights(nemo_state() | {key: value})
+
+
+BAD_WEIGHTS = {
+    "garbage": (lambda marker: bytes(range(256)) * 2, "model_weights.ckpt: not a readable PyTorch checkpoint"),
+    "pickle": (lambda marker: pickle.dumps({"x": _TouchOnLoad(marker)}), "not a readable PyTorch checkpoint"),
+    "list": (lambda marker: weights([1, 2]), "model_weights.ckpt: holds a list, not a state dict"),
+    "nan": (replaced("decoder.decoder_layers.0.bias", torch.full((5,), float("nan"))), "holds NaN or infinite"),
+    "inf": (replaced("encoder.encoder.0.mconv.2.weight", torch.full((8,), float("inf"))), "NaN or infinite"),
+    "expanded": (replaced("decoder.decoder_layers.0.weight", torch.zeros(1).expand(5, 16, 1)), "claims 80 values but its storage holds 1"),
+    "meta": (replaced("decoder.decoder_layers.0.bias", torch.empty(5, device="meta")), "is on the meta device, not the CPU"),
+    "complex": (replaced("decoder.decoder_layers.0.bias", torch.zeros(5, dtype=torch.complex64)), "has the complex dtype"),
+    "int_key": (replaced(3, torch.zeros(1)), "not a name -> tensor one"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(BAD_WEIGHTS))
+def test_bad_weights_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    marker = tmp_path / "executed"
+    make_weights, message = BAD_WEIGHTS[name]
+    archive = write_archive(tmp_path / f"{name}.nemo", state=make_weights(marker))
+    assert_one_line_refusal(archive, capsys, message)
+    assert not marker.exists()
+
+
+def test_a_file_that_is_no_tar_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.nemo").write_bytes(b"")
+    assert_one_line_refusal(tmp_path / "empty.nemo", capsys, "not a .nemo archive")
