@@ -91,12 +91,23 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UserError(f"--accelerator {args.accelerator}: no CUDA device is available here (use auto or cpu)")
 
 
+def check_output_paths(args: argparse.Namespace) -> None:
+    """``--out`` and ``--report``: files, apart, and none of the files the command reads (checked before any work)."""
+    reads = [path for path in (args.ckpt, args.config) if path]
+    if args.out:
+        check_output_file(args.out, "--out", reads, "a file this command reads (--ckpt or --config)")
+    if args.report:
+        written = [args.out] if args.out else []
+        check_output_file(args.report, "--report", [*reads, *written], "a file this command reads or writes")
+
+
 def run(args: argparse.Namespace) -> int:
     from audiosep.checkpoint import CheckpointError, load_model, save_model
     from audiosep.pruning.pipeline import PruneSettings, prune_model
     from audiosep.pruning.profile import format_profile, profile_model
 
     check_arguments(args)
+    check_output_paths(args)
     try:
         model, metadata = load_model(args.ckpt)
     except CheckpointError as err:
@@ -113,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise UserError("--out is required (the pruned model file)")
-    check_output_file(args.out, "--out", [args.ckpt], "the checkpoint being pruned")
     datamodule = _datamodule(args.config, args.data_root) if args.config else None
     if datamodule is None and (args.method == "sepprune" or args.finetune_epochs > 0):
         raise UserError(f"--method {args.method} with fine-tuning needs --config (the data to train on)")

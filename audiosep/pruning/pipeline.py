@@ -10,6 +10,8 @@ All three then fine-tune the same way (Lightning, Adam 1e-3, the normal
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +21,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from audiosep.errors import UserError
+from audiosep.io import atomic_write_text
 from audiosep.pruning.gates import ChannelGates
 from audiosep.pruning.groups import ChannelGroup, find_groups, total_macs
 from audiosep.pruning.latency import measure_latency
@@ -35,6 +39,9 @@ from audiosep.pruning.task import ChannelGateTask
 
 Method = Literal["sepprune", "l1", "random"]
 METHODS: tuple[str, ...] = ("sepprune", "l1", "random")
+
+
+WORK_RECORD = "run.json"  # in the work folder: the weights and settings its checkpoints belong to
 
 
 @dataclass
@@ -175,6 +182,7 @@ def prune_model(
     """Score, select, remove and (when ``finetune_epochs > 0``) fine-tune; report every figure."""
     L.seed_everything(settings.seed, verbose=False)
     model = model.cpu().eval()
+    claim_work_dir(work_dir, run_identity(model, sample_rate, settings))
     groups = find_groups(model, sample_rate)
     macs = total_macs(model, sample_rate)
     scores = score_channels(model, groups, macs, settings, datamodule, work_dir)
@@ -197,6 +205,40 @@ def prune_model(
         latency = measure_latency({"before": model, "after": pruned}, latency_seconds, sample_rate)
         report.latency_before_s, report.latency_after_s = latency["before"], latency["after"]
     return pruned.eval(), report
+
+
+def run_identity(model: nn.Module, sample_rate: int, settings: PruneSettings) -> dict[str, object]:
+    """What a resumed phase must share with this run: the input weights (a digest) and the settings."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    settings_record = {key: value for key, value in asdict(settings).items() if key != "accelerator"}
+    return {"weights_sha256": digest.hexdigest(), "sample_rate": sample_rate, "settings": settings_record}
+
+
+def claim_work_dir(work_dir: Path, identity: dict[str, object]) -> None:
+    """Record ``identity`` in ``work_dir``; refuse a folder that holds another run's phases.
+
+    Why: the search and fine-tuning resume from ``last.ckpt`` in the work folder; one left by a run
+    on other weights or settings (same ``--out``) would otherwise hand back that run's model.
+    """
+    record = work_dir / WORK_RECORD
+    if record.exists():
+        try:
+            stored = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            stored = None
+        if stored != identity:
+            raise UserError(
+                f"{work_dir}: holds an earlier pruning of other weights or settings; delete it or pass another "
+                "--work-dir (or --out)"
+            )
+        return
+    if work_dir.exists() and any(work_dir.iterdir()):
+        raise UserError(f"{work_dir}: exists and is not a pruning work folder of this run; delete it or pass another --work-dir")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(identity, indent=2))
 
 
 def _params(model: nn.Module) -> int:

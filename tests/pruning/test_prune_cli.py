@@ -76,6 +76,30 @@ def test_a_second_run_resumes_the_finished_phases(tiny_librimix: Path, tmp_path:
     assert second["widths"] == first["widths"]  # the same learned scores, read back from the search checkpoint
 
 
+def test_a_work_folder_of_other_weights_or_settings_is_refused_not_resumed(
+    tiny_librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resuming another run's fine-tuning would hand back that run's model under this one's name."""
+    ckpt = _checkpoint(tmp_path)
+    _prune(tmp_path, tiny_librimix, ckpt, "--method", "random")
+    pruned = (tmp_path / "pruned.pt").read_bytes()
+    other = tmp_path / "other.pt"
+    model, metadata = load_model(ckpt)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_model(model, other, metadata)
+    for extra in (["--ckpt", str(other), "--method", "random"], ["--method", "l1"]):
+        argv = ["prune", "--ckpt", str(ckpt), "--config", RECIPE, "--data-root", str(tiny_librimix), "--out",
+                str(tmp_path / "pruned.pt"), "--target-macs", "0.6", "--finetune-epochs", "0.5",
+                "--latency-seconds", "0", "--accelerator", "cpu", "--work-dir", str(tmp_path / "work"),
+                "--multiple", "1", *extra]  # fmt: skip
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "holds an earlier pruning of other weights or settings" in err[0]
+    assert (tmp_path / "pruned.pt").read_bytes() == pruned
+
+
 def test_transformer_separator_prunes_its_ffn(tiny_librimix: Path, tmp_path: Path) -> None:
     model = build("sepformer_base", encoder_channels=16, model_channels=16, num_blocks=1, num_intra_layers=1,
                   num_inter_layers=1, num_heads=2, ffn_dim=64, chunk_size=10)  # fmt: skip
@@ -153,7 +177,14 @@ def test_out_must_be_a_new_file_name(tmp_path: Path, capsys: pytest.CaptureFixtu
     before = ckpt.read_bytes()
     base = ["prune", "--ckpt", str(ckpt), "--method", "l1", "--finetune-epochs", "0", "--latency-seconds", "0"]
     assert main([*base, "--out", str(ckpt)]) == 1
-    assert "would replace the checkpoint being pruned" in capsys.readouterr().err
+    assert "would replace a file this command reads" in capsys.readouterr().err
     assert ckpt.read_bytes() == before  # the input model is intact
     assert main([*base, "--out", str(tmp_path)]) == 1
     assert "is a folder" in capsys.readouterr().err
+    for flags in (["--profile", "--latency-seconds", "0.1", "--report", str(ckpt)],
+                  ["--out", str(tmp_path / "p.pt"), "--report", str(tmp_path / "p.pt")],
+                  ["--out", str(tmp_path / "p.pt"), "--report", str(tmp_path)]):  # fmt: skip
+        assert main([*base, *flags]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("audiosep: error: --report ")
+    assert ckpt.read_bytes() == before and not (tmp_path / "p.pt").exists()
