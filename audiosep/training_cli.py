@@ -18,11 +18,12 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins import TorchCheckpointIO
 
-from audiosep.errors import UserError
+from audiosep.errors import UserError, brief_repr, one_line
 
 SOURCE_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 EXTRA_IMPORTS_ENV = "AUDIOSEP_IMPORT_ALLOWLIST"  # comma-separated import paths a user adds (their own callbacks)
@@ -94,24 +95,57 @@ class AudiosepCLI(LightningCLI):
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        expected = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
         if kwargs.get("ckpt_path") == "last":
-            found = find_last_checkpoint(self.trainer.default_root_dir)
+            found = find_last_checkpoint(self.trainer.default_root_dir, expected)
             if found is not None:
                 kwargs["ckpt_path"] = str(found)
+        elif kwargs.get("ckpt_path") not in (None, "best", "hpc", "registry"):
+            problem = checkpoint_problem(Path(kwargs["ckpt_path"]), expected)
+            if problem:
+                raise UserError(f"--ckpt_path {kwargs['ckpt_path']}: {problem}")
         return kwargs
 
 
 LAST_CHECKPOINT = re.compile(r"^(last(-v\d+)?|hpc_ckpt_\d+)\.ckpt$")
 
 
-def find_last_checkpoint(root: str | Path) -> Path | None:
+def find_last_checkpoint(root: str | Path, expected: dict[str, tuple[int, ...]] | None = None) -> Path | None:
     """The most recently written ``last.ckpt`` (or ``last-vN.ckpt``, or the ``hpc_ckpt_N.ckpt`` that
-    Lightning's SLURM requeue saves) below ``root``, if any.
+    Lightning's SLURM requeue saves) below ``root``, if any; with ``expected`` (weight name -> shape),
+    the newest one that is a readable training checkpoint of that model.
 
-    Temp files of an interrupted save (``.last.ckpt.XXXX.tmp``) never match.
+    Temp files of an interrupted save (``.last.ckpt.XXXX.tmp``) never match. Why ``expected``: the
+    search covers every folder below ``root`` (the working directory by default), where other jobs
+    (another recipe, a pruning run) keep their own ``last.ckpt``.
     """
     candidates = [p for p in Path(root).rglob("*.ckpt") if LAST_CHECKPOINT.match(p.name) and p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+    candidates.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    if expected is None:
+        return candidates[0] if candidates else None
+    return next((path for path in candidates if checkpoint_problem(path, expected) is None), None)
+
+
+def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]]) -> str | None:
+    """Why ``path`` is not a Lightning training checkpoint of a model with weights ``expected``; None if it is.
+
+    Checked before Lightning reads it, which otherwise ends in a multi-line traceback.
+    """
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "is a folder, not a checkpoint file"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (torch raises many types for damaged or foreign files)
+        return f"not a readable checkpoint ({one_line(err, 120)})"
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+        return "not a Lightning training checkpoint (a model file is used with --model.model or audiosep infer)"
+    stored = {name: tuple(t.shape) for name, t in checkpoint.get("state_dict", {}).items() if isinstance(t, torch.Tensor)}
+    if stored != expected:
+        differ = sorted(set(stored) ^ set(expected)) or [k for k in expected if stored[k] != expected[k]]
+        return f"holds another model than the recipe's (e.g. {brief_repr(differ[:3])}); check the recipe and its overrides"
+    return None
 
 
 def allowed_import_paths() -> list[str]:

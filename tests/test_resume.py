@@ -193,3 +193,44 @@ def test_ckpt_path_last_takes_the_newest_of_last_and_slurm_requeue_checkpoints(t
     assert find_last_checkpoint(tmp_path) == hpc
     os.utime(older, (4_000, 4_000))
     assert find_last_checkpoint(tmp_path) == older
+
+
+def test_a_checkpoint_of_another_model_or_kind_is_one_error_line_before_training(
+    tiny_librimix: Path, tmp_path: Path, capsys
+) -> None:
+    """Lightning alone ends these in multi-line tracebacks (size mismatch, KeyError, IsADirectoryError)."""
+    from audiosep.checkpoint import save_model
+    from audiosep.cli import main
+    from audiosep.models import conv_tasnet_demo
+
+    out = tmp_path / "run"
+    argv = fit_argv(tiny_librimix, out)[3:]  # in process: drop "python -m audiosep.cli"
+    argv = [a for a in argv if not a.startswith("--trainer.max_steps")] + ["--trainer.max_steps=1"]
+    assert main(argv) == 0
+    last = find_last_checkpoint(out)
+    model_file = tmp_path / "model.pt"
+    save_model(conv_tasnet_demo(), model_file, {"sample_rate": 8000})
+    wider = [*argv, "--model.model.init_args.hidden_channels=24"]
+    cases = [
+        ([*argv, f"--ckpt_path={tmp_path / 'missing.ckpt'}"], "no such file"),
+        ([*argv, f"--ckpt_path={out}"], "is a folder, not a checkpoint file"),
+        ([*argv, f"--ckpt_path={model_file}"], "not a Lightning training checkpoint"),
+        ([*wider, f"--ckpt_path={last}"], "holds another model than the recipe's"),
+    ]
+    for case, message in cases:
+        capsys.readouterr()
+        assert main(case) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and message in err[0] and err[0].startswith("audiosep: error: --ckpt_path ")
+
+
+def test_last_skips_the_checkpoints_of_other_models_below_the_root(tmp_path: Path) -> None:
+    """``--ckpt_path last`` searches the whole tree: another job's newer last.ckpt must not be taken."""
+    ours, theirs = tmp_path / "a" / "last.ckpt", tmp_path / "pruned.ckpt.work" / "finetune" / "last.ckpt"
+    for path, width in ((ours, 4), (theirs, 3)):
+        path.parent.mkdir(parents=True)
+        torch.save({"pytorch-lightning_version": "2", "state_dict": {"model.w": torch.zeros(width)}}, path)
+        time.sleep(0.01)
+    assert find_last_checkpoint(tmp_path) == theirs  # the newest
+    assert find_last_checkpoint(tmp_path, {"model.w": (4,)}) == ours
+    assert find_last_checkpoint(tmp_path, {"model.w": (5,)}) is None
