@@ -250,6 +250,9 @@ def _study_state(settings: StudySettings, data: StudyData, out: Path) -> dict[st
             raise UserError(f"{path}: this folder holds a study with other settings; use another --out")
         if settings.steps is not None and settings.steps != state["steps"]:
             raise UserError(f"{path}: this study runs {state['steps']} steps, not --steps {settings.steps}")
+        if settings.steps is None and state.get("minutes") != settings.minutes:
+            raise UserError(f"{path}: this study was sized for --minutes {state.get('minutes')}, not {settings.minutes}; "
+                            "use another --out")  # fmt: skip
         return state
     if settings.steps is not None:
         steps, step_time = settings.steps, None
@@ -288,6 +291,8 @@ def _kept_run(path: Path, study: dict[str, Any]) -> dict[str, Any]:
 def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every (norm, seed) run, then write the table, CSV, JSON and plot."""
     check_settings(settings)
+    if Path(settings.out).exists() and not Path(settings.out).is_dir():
+        raise UserError(f"--out {settings.out}: exists and is not a folder")
     for norm in settings.norms:  # a norm the model refuses fails now, not after hours of training
         build_model(settings, norm)
     out = Path(settings.out)

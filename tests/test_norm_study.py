@@ -81,6 +81,28 @@ def test_a_run_from_other_settings_is_refused_not_reported_under_these(
     assert not (out / "results.json").exists()
 
 
+def test_out_that_is_a_file_is_one_error_line(demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "afile"
+    out.write_text("x")
+    assert main(_argv(demo_set, out, "BN")) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "exists and is not a folder" in error[0]
+
+
+def test_a_study_sized_for_other_minutes_is_refused(
+    demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --steps the step budget comes from --minutes: reusing another one's would be silent."""
+    monkeypatch.setattr(norm_study.StudySettings, "fingerprint", lambda self: {"same": "settings"})
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"settings": {"same": "settings"}, "steps": 3, "minutes": 0.02}))
+    argv = [a for a in _argv(demo_set, out, "BN") if a not in ("--steps", "4")] + ["--minutes", "5"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "sized for --minutes 0.02, not 5.0" in error[0]
+
+
 @pytest.mark.parametrize("content", [b"{not json", b"[]", b"\xff\xfe"])
 def test_a_damaged_study_file_is_one_error_line(
     demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes
