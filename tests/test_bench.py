@@ -142,6 +142,18 @@ def test_report_has_the_documented_keys(bench_run: tuple[dict, Path]) -> None:
     assert len(combos) == 5 and ("torchaudio ConvTasNet", "eager") in combos
 
 
+def test_the_markdown_table_is_well_formed_and_shows_the_longest_lengths_gmac(bench_run: tuple[dict, Path]) -> None:
+    """Every row has the header's cell count; GMAC per audio second is the 1 s run's (0.25 s is padded more)."""
+    from audiosep.bench.report import format_table
+
+    report, _ = bench_run
+    table = [line for line in format_table(report).splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1
+    one_second = next(r for r in report["results"] if r["seconds"] == 1 and r["backend"] == "eager")
+    row = next(line for line in table if line.startswith(f"| {one_second['model']} | eager "))
+    assert row.split("|")[6].strip() == f"{one_second['gmac_per_audio_second']:.2f}"
+
+
 def test_csv_rows_match_the_json_records(bench_run: tuple[dict, Path]) -> None:
     report, out = bench_run
     with (out / "bench.csv").open() as handle:
