@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.data.prep.demo_set import build_demo_set
     from audiosep.demo_report import ValidationHistory, evaluate_separator, plot_spectrograms, write_examples
     from audiosep.inference import Separator
-    from audiosep.training_cli import packaged_recipe, run_lightning_cli
+    from audiosep.io import atomic_write_text
+    from audiosep.training_cli import find_last_checkpoint, packaged_recipe, run_lightning_cli
 
     check_arguments(args)
     started = time.monotonic()
@@ -78,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/4] untrained model on {len(test_set)} held-out mixtures: SI-SNRi {before:.2f} dB; training")
     history = ValidationHistory()
     cli.trainer.callbacks.append(history)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    resume = find_last_checkpoint(out / "train", {k: tuple(v.shape) for k, v in cli.model.state_dict().items()})
+    if resume is not None:  # a killed or finished earlier demo in this folder: go on from its last step
+        print(f"      resuming from {resume}")
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=None if resume is None else str(resume))
     best = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
     separator = Separator.from_checkpoint(best)
     save_model(separator.model, out / "model.ckpt", {"sample_rate": sample_rate})
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         "best_checkpoint": best,
         "wall_time_s": round(time.monotonic() - started, 1),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     print("[4/4] validation SI-SNRi per epoch: " + ", ".join(f"{h['val_si_snri']:.1f}" for h in history.rows))
     print(f"SI-SNRi on held-out test mixtures: {before:.2f} dB before training, {after:.2f} dB after")
     print(f"wrote {out / 'model.ckpt'}, {out / 'separated'}, {out / 'spectrograms.png'}, {out / 'report.json'}")

@@ -27,6 +27,22 @@ def test_demo_writes_model_wavs_plot_and_report(tmp_path: Path, capsys) -> None:
     assert separator.sample_rate == 8000
 
 
+def test_a_rerun_resumes_the_training_of_an_earlier_run(tmp_path: Path, capsys) -> None:
+    """A killed demo (here: a finished 2-step one asked for 4 steps) goes on from its last checkpoint."""
+    import torch
+
+    from audiosep.training_cli import find_last_checkpoint
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--num-train", "8", "--num-dev", "2", "--num-test", "2", "--max-steps"]
+    assert main([*argv, "2"]) == 0
+    first = find_last_checkpoint(out / "train")
+    capsys.readouterr()
+    assert main([*argv, "4"]) == 0
+    assert f"resuming from {first}" in capsys.readouterr().out
+    assert torch.load(find_last_checkpoint(out / "train"), weights_only=True)["global_step"] == 4
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--threads", "-1"], "--threads must be >= 1, got -1"),
     (["--threads", "0"], "--threads must be >= 1, got 0"),
