@@ -367,7 +367,9 @@ def test_sweep_costs_at_least_12_configurations_and_plots_the_pareto_front(tmp_p
         )
 
 
-def test_sweep_training_fills_si_snri(tiny_librimix: Path, tmp_path: Path) -> None:
+def test_sweep_training_fills_si_snri_and_resumes(
+    tiny_librimix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     argv = ["sweep", "--X", "2", "--R", "1", "--H", "16", "--seconds", "0.1", "--repeats", "1", "--train-minutes", "1",
             "--data", str(tiny_librimix), "--out-dir", str(tmp_path), "--no-progress",
             "--train-arg=--trainer.max_steps=2", "--train-arg=--data.segment=0.25", "--train-arg=--data.batch_size=2",
@@ -376,6 +378,21 @@ def test_sweep_training_fills_si_snri(tiny_librimix: Path, tmp_path: Path) -> No
     (row,) = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert isinstance(row["si_snri_db"], float) and Path(row["checkpoint"]).is_file()
     assert (tmp_path / "pareto.png").is_file()
+    # A rerun (a killed sweep) keeps the finished configuration instead of training it again ...
+    import audiosep.training_cli
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished configuration was trained again")
+
+    monkeypatch.setattr(audiosep.training_cli, "run_lightning_cli", no_training)
+    assert bench_command.run(parse(argv)) == 0
+    (again,) = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert (again["si_snri_db"], again["checkpoint"]) == (row["si_snri_db"], row["checkpoint"])
+    # ... and refuses the folder for another budget.
+    from audiosep.errors import UserError
+
+    with pytest.raises(UserError, match="train.json: a training of other settings"):
+        bench_command.run(parse([*argv, "--train-minutes", "2"]))
 
 
 def test_the_command_works_under_the_top_level_parser(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
