@@ -175,7 +175,12 @@ def source_tag(path: str | os.PathLike) -> str:
     from a user's file that merely has an output's name) if it says so.
     """
     stat = os.stat(path)
-    return f"audiosep: separated from {os.path.abspath(path)} ({stat.st_size} bytes, mtime_ns {stat.st_mtime_ns})"
+    return f"{source_prefix(path)}{stat.st_size} bytes, mtime_ns {stat.st_mtime_ns})"
+
+
+def source_prefix(path: str | os.PathLike) -> str:
+    """The start of :func:`source_tag` that names the input's path only (its size and mtime follow)."""
+    return f"audiosep: separated from {os.path.abspath(path)} ("
 
 
 def written_from(output: str | os.PathLike) -> str | None:

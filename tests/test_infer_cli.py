@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +288,20 @@ def test_a_recording_named_like_an_output_in_the_input_folder_is_an_input_not_an
     assert len(lines) == 1 and lines[0].startswith(f"audiosep: error: {mixture}: ") and "overwrite the input" in lines[0]
     assert recording.read_bytes() == before
     assert (folder / "w_s1_s1.wav").is_file()  # the recording gets its outcome: separated
+
+
+def test_outputs_of_an_input_changed_since_are_stale_not_new_inputs(ckpt: Path, tmp_path: Path, capsys) -> None:
+    """Into the input folder: a touched input's old outputs are redone with --overwrite, never separated."""
+    folder = tmp_path / "rec"
+    mixture = write(folder / "x.wav")
+    assert infer(ckpt, "--out-dir", folder, folder) == 0
+    os.utime(mixture, ns=(mixture.stat().st_atime_ns, mixture.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert infer(ckpt, "--out-dir", folder, folder) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "was not written from this input" in lines[0]
+    assert infer(ckpt, "--out-dir", folder, "--overwrite", folder) == 0
+    assert all_files(folder) == ["x.wav", "x_s1.wav", "x_s2.wav"]
 
 
 def test_folder_run_twice_into_itself_does_not_separate_its_outputs(

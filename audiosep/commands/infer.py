@@ -115,8 +115,10 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
         plans.append(Plan(item, name, output_paths(out_dir, name, num_sources)))
 
     # A file found in a folder that is another input's output (out-dir == input folder, second run)
-    # is that output, not a new input: if its comment says it was written from that input. A file
-    # that only has an output's name is the user's, and is separated (and protected) like any input.
+    # is that output, not a new input: if its comment names that input's path (the input may have
+    # changed since: then it is a stale output, redone with --overwrite). A file that only has an
+    # output's name (a user's recording, or an output of a version before the comment) is separated
+    # and protected like any input.
     existing_outputs = {}
     for index, plan in enumerate(plans):
         for output in plan.outputs:
@@ -125,7 +127,7 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
     kept = []
     for index, plan in enumerate(plans):
         owner = existing_outputs.get(file_id(plan.input.path), index)
-        if plan.input.walked and owner != index and is_output_of(plan.input.path, plans[owner].input.path):
+        if plan.input.walked and owner != index and names_source(plan.input.path, plans[owner].input.path):
             log.info("%s: an output of %s, not separated again", plan.input.label, plans[owner].input.label)
             continue
         kept.append(plan)
@@ -162,6 +164,13 @@ def is_output_of(output: str | os.PathLike, source: str | os.PathLike) -> bool:
     from audiosep.inference import source_tag, written_from
 
     return written_from(output) == source_tag(source)
+
+
+def names_source(output: str | os.PathLike, source: str | os.PathLike) -> bool:
+    """Whether ``output``'s WAV comment names ``source``'s path (``source`` may have changed since)."""
+    from audiosep.inference import source_prefix, written_from
+
+    return (written_from(output) or "").startswith(source_prefix(source))
 
 
 def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, report: Report) -> None:
