@@ -100,7 +100,7 @@ class AudiosepCLI(LightningCLI):
             found = find_last_checkpoint(self.trainer.default_root_dir, expected)
             if found is not None:
                 kwargs["ckpt_path"] = str(found)
-        elif kwargs.get("ckpt_path") not in (None, "best", "hpc", "registry"):
+        elif is_local_checkpoint_file(kwargs.get("ckpt_path")):
             problem = checkpoint_problem(Path(kwargs["ckpt_path"]), expected)
             if problem:
                 raise UserError(f"--ckpt_path {kwargs['ckpt_path']}: {problem}")
@@ -126,22 +126,34 @@ def find_last_checkpoint(root: str | Path, expected: dict[str, tuple[int, ...]] 
     return next((path for path in candidates if checkpoint_problem(path, expected) is None), None)
 
 
+def is_local_checkpoint_file(ckpt_path: object) -> bool:
+    """Whether ``--ckpt_path`` names a local file or a missing path (checked by :func:`checkpoint_problem`).
+
+    Lightning's keywords (``best``, ``hpc``, ``registry...``), remote URLs and folders (the sharded
+    checkpoints of FSDP or DeepSpeed) are left to Lightning.
+    """
+    if not isinstance(ckpt_path, str) or ckpt_path in ("best", "last", "hpc") or ckpt_path.startswith("registry"):
+        return False
+    return "://" not in ckpt_path and not Path(ckpt_path).is_dir()
+
+
 def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]]) -> str | None:
     """Why ``path`` is not a Lightning training checkpoint of a model with weights ``expected``; None if it is.
 
     Checked before Lightning reads it, which otherwise ends in a multi-line traceback.
     """
-    if not path.exists():
-        return "no such file"
     if not path.is_file():
-        return "is a folder, not a checkpoint file"
+        return "no such file"
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 (torch raises many types for damaged or foreign files)
         return f"not a readable checkpoint ({one_line(err, 120)})"
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
         return "not a Lightning training checkpoint (a model file is used with --model.model or audiosep infer)"
-    stored = {name: tuple(t.shape) for name, t in checkpoint.get("state_dict", {}).items() if isinstance(t, torch.Tensor)}
+    weights = checkpoint.get("state_dict")
+    if not isinstance(weights, dict):
+        return "holds no state_dict of weights"
+    stored = {name: tuple(t.shape) for name, t in weights.items() if isinstance(t, torch.Tensor)}
     if stored != expected:
         differ = sorted(set(stored) ^ set(expected)) or [k for k in expected if stored[k] != expected[k]]
         return f"holds another model than the recipe's (e.g. {brief_repr(differ[:3])}); check the recipe and its overrides"
@@ -159,11 +171,20 @@ def allowed_import_paths() -> list[str]:
     extra = [entry.strip() for entry in os.environ.get(EXTRA_IMPORTS_ENV, "").split(",") if entry.strip()]
     paths = [*ALLOWED_IMPORTS, *MODEL_CLASSES, *extra]
     for path in list(paths):
-        module_name, _, name = path.rpartition(".")
-        obj = getattr(importlib.import_module(module_name), name, None) if path in ALLOWED_IMPORTS else None
-        if inspect.isclass(obj):
+        obj = _importable_class(path)
+        if obj is not None:
             paths.append(f"{obj.__module__}.{obj.__qualname__}")
     return paths
+
+
+def _importable_class(path: str) -> type | None:
+    """The class ``path`` names, if it names one (a module path or a missing name gives None)."""
+    module_name, _, name = path.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), name, None) if module_name else None
+    except ImportError:
+        return None
+    return obj if inspect.isclass(obj) else None
 
 
 def restrict_imports() -> None:
