@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import re
 import warnings
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -24,6 +26,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from audiosep.errors import UserError, brief_repr, one_line
+from audiosep.io import atomic_write_text
 
 SOURCE_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 EXTRA_IMPORTS_ENV = "AUDIOSEP_IMPORT_ALLOWLIST"  # comma-separated import paths a user adds (their own callbacks)
@@ -95,7 +98,7 @@ class AudiosepCLI(LightningCLI):
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        expected = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
+        expected = weight_shapes(self.model)
         if kwargs.get("ckpt_path") == "last":
             found = find_last_checkpoint(self.trainer.default_root_dir, expected)
             if found is not None:
@@ -124,6 +127,33 @@ def find_last_checkpoint(root: str | Path, expected: dict[str, tuple[int, ...]] 
     if expected is None:
         return candidates[0] if candidates else None
     return next((path for path in candidates if checkpoint_problem(path, expected) is None), None)
+
+
+def weight_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """``model``'s state-dict names and shapes: what a checkpoint must hold to resume it."""
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def claim_training_folder(root: Path, identity: dict[str, Any], record: str = "run.json") -> dict[str, Any]:
+    """``root/record`` as stored (``identity`` written there first); a folder of another identity is refused.
+
+    Why: a rerun resumes from the ``last.ckpt`` below ``root``, which is only right for the same run
+    (the same seed and data, the same recipe and budget); the record may hold more keys (results).
+    """
+    path = root / record
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            stored = None
+        if not isinstance(stored, dict) or {key: stored.get(key) for key in identity} != identity:
+            raise UserError(f"{path}: a run of other settings ({', '.join(identity)}); use another output folder")
+        return stored
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: exists and is not a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(identity))
+    return identity
 
 
 def is_local_checkpoint_file(ckpt_path: object) -> bool:

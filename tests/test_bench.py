@@ -391,7 +391,7 @@ def test_sweep_training_fills_si_snri_and_resumes(
     # ... and refuses the folder for another budget.
     from audiosep.errors import UserError
 
-    with pytest.raises(UserError, match="train.json: a training of other settings"):
+    with pytest.raises(UserError, match="train.json: a run of other settings"):
         bench_command.run(parse([*argv, "--train-minutes", "2"]))
 
 

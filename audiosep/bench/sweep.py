@@ -31,7 +31,6 @@ from audiosep.bench.measure import count_macs_at, machine_info
 from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs, load
 from audiosep.bench.report import CSV_FIELDS, _pyplot, csv_rows, write_csv
 from audiosep.bench.run import BenchSettings, build_runners, measure_memory, memory_jobs, run_case
-from audiosep.errors import UserError
 from audiosep.io import atomic_write_text
 
 SWEEP_SCHEMA = "audiosep.bench.sweep/1"
@@ -112,7 +111,12 @@ def train_and_score(
     """Train the recipe with ``model``'s sizes for the budget; the best checkpoint's val SI-SNRi and path."""
     from audiosep.checkpoint import load_model
     from audiosep.pruning.pipeline import validation_si_snri
-    from audiosep.training_cli import find_last_checkpoint, run_lightning_cli
+    from audiosep.training_cli import (
+        claim_training_folder,
+        find_last_checkpoint,
+        run_lightning_cli,
+        weight_shapes,
+    )
 
     init_args = model.module.init_args
     sizes = {
@@ -126,11 +130,11 @@ def train_and_score(
     ]  # fmt: skip
     identity = {"train_config": settings.train_config, "data": str(settings.data), "sizes": sizes,
                 "train_minutes": settings.train_minutes, "train_args": list(settings.train_args)}  # fmt: skip
-    record = _claim_train_dir(root, identity)
+    record = claim_training_folder(root, identity, TRAIN_RECORD)
     if "si_snri_db" in record:
         return record["si_snri_db"], record["checkpoint"]
     cli = run_lightning_cli(argv, run=False)
-    resume = find_last_checkpoint(root, {k: tuple(v.shape) for k, v in cli.model.state_dict().items()})
+    resume = find_last_checkpoint(root, weight_shapes(cli.model))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=None if resume is None else str(resume))
     callback = cli.trainer.checkpoint_callback
     best = (callback.best_model_path or callback.last_model_path) if callback else ""
@@ -140,26 +144,6 @@ def train_and_score(
         score = validation_si_snri(trained, cli.datamodule)
     atomic_write_text(root / TRAIN_RECORD, json.dumps(identity | {"si_snri_db": score, "checkpoint": best or None}))
     return score, best or None
-
-
-def _claim_train_dir(root: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """The record of ``root`` (with the score once its training finished); refuses another setting's folder.
-
-    Why: a killed sweep's rerun keeps the finished configurations and resumes the interrupted one
-    from its ``last.ckpt``; that is only right for the same recipe, data, sizes and budget.
-    """
-    path = root / TRAIN_RECORD
-    if path.exists():
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            record = None
-        if not isinstance(record, dict) or {k: record.get(k) for k in identity} != identity:
-            raise UserError(f"{path}: a training of other settings (recipe, data, sizes or budget); use another --out-dir")
-        return record
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(identity))
-    return identity
 
 
 def pareto_front(rows: list[dict[str, Any]], cost: str, quality: str) -> list[str]:

@@ -52,13 +52,21 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.demo_report import ValidationHistory, evaluate_separator, plot_spectrograms, write_examples
     from audiosep.inference import Separator
     from audiosep.io import atomic_write_text
-    from audiosep.training_cli import find_last_checkpoint, packaged_recipe, run_lightning_cli
+    from audiosep.training_cli import (
+        claim_training_folder,
+        find_last_checkpoint,
+        packaged_recipe,
+        run_lightning_cli,
+        weight_shapes,
+    )
 
     check_arguments(args)
     started = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    claim_training_folder(out / "train", {"seed": args.seed, "num_train": args.num_train, "num_dev": args.num_dev,
+                                          "num_test": args.num_test})  # fmt: skip
     print(f"[1/4] building the demo data set in {out / 'data'}")
     build_demo_set(
         out / "data", seed=args.seed, num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test
@@ -79,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/4] untrained model on {len(test_set)} held-out mixtures: SI-SNRi {before:.2f} dB; training")
     history = ValidationHistory()
     cli.trainer.callbacks.append(history)
-    resume = find_last_checkpoint(out / "train", {k: tuple(v.shape) for k, v in cli.model.state_dict().items()})
-    if resume is not None:  # a killed or finished earlier demo in this folder: go on from its last step
+    resume = find_last_checkpoint(out / "train", weight_shapes(cli.model))
+    if resume is not None:  # a killed or finished earlier demo of these settings: go on from its last step
         print(f"      resuming from {resume}")
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=None if resume is None else str(resume))
     best = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path

@@ -41,6 +41,8 @@ def test_a_rerun_resumes_the_training_of_an_earlier_run(tmp_path: Path, capsys) 
     assert main([*argv, "4"]) == 0
     assert f"resuming from {first}" in capsys.readouterr().out
     assert torch.load(find_last_checkpoint(out / "train"), weights_only=True)["global_step"] == 4
+    assert main([*argv, "4", "--seed", "1"]) == 1  # another seed's data and model: never resumed from these
+    assert "train/run.json: a run of other settings (seed, num_train, num_dev, num_test)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
