@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method, target_macs=args.target_macs, threshold=args.threshold,
         search_steps=args.search_steps, finetune_epochs=args.finetune_epochs, multiple=args.multiple,
         seed=args.seed, accelerator=args.accelerator,
+        data_source=f"{os.path.abspath(args.config)} {args.data_root}" if args.config else None,
     )  # fmt: skip
     work_dir = Path(args.work_dir or f"{args.out}.work")
     try:

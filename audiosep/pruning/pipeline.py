@@ -58,6 +58,7 @@ class PruneSettings:
     multiple: int = 8  # widths a multiple of 8: odd widths are slow (measured: 1.18x vs 1.32x at 50 % MACs)
     seed: int = 0
     accelerator: str = "auto"
+    data_source: str | None = None  # the recipe and data root the phases train on (resume is only right on the same)
 
 
 @dataclass
@@ -235,6 +236,8 @@ def claim_work_dir(work_dir: Path, identity: dict[str, object]) -> None:
                 "--work-dir (or --out)"
             )
         return
+    if work_dir.exists() and not work_dir.is_dir():
+        raise UserError(f"{work_dir}: exists and is not a folder; pass another --work-dir")
     if work_dir.exists() and any(work_dir.iterdir()):
         raise UserError(f"{work_dir}: exists and is not a pruning work folder of this run; delete it or pass another --work-dir")
     work_dir.mkdir(parents=True, exist_ok=True)

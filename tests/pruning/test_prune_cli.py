@@ -88,7 +88,10 @@ def test_a_work_folder_of_other_weights_or_settings_is_refused_not_resumed(
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     save_model(model, other, metadata)
-    for extra in (["--ckpt", str(other), "--method", "random"], ["--method", "l1"]):
+    moved = tmp_path / "moved_data"
+    moved.symlink_to(tiny_librimix, target_is_directory=True)  # the same files, another --data-root
+    for extra in (["--ckpt", str(other), "--method", "random"], ["--method", "l1"],
+                  ["--method", "random", "--data-root", str(moved)]):  # fmt: skip
         argv = ["prune", "--ckpt", str(ckpt), "--config", RECIPE, "--data-root", str(tiny_librimix), "--out",
                 str(tmp_path / "pruned.pt"), "--target-macs", "0.6", "--finetune-epochs", "0.5",
                 "--latency-seconds", "0", "--accelerator", "cpu", "--work-dir", str(tmp_path / "work"),
@@ -98,6 +101,9 @@ def test_a_work_folder_of_other_weights_or_settings_is_refused_not_resumed(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "holds an earlier pruning of other weights or settings" in err[0]
     assert (tmp_path / "pruned.pt").read_bytes() == pruned
+    (tmp_path / "afile").write_text("x")
+    assert main([*argv[:-2], "--method", "random", "--work-dir", str(tmp_path / "afile")]) == 1
+    assert "afile: exists and is not a folder" in capsys.readouterr().err
 
 
 def test_transformer_separator_prunes_its_ffn(tiny_librimix: Path, tmp_path: Path) -> None:
