@@ -58,7 +58,8 @@ MAX_SUB_BLOCKS = 512  # QuartzNet 15x5 has 79 sub-blocks, Jasper 10x5 54
 # model_weights.ckpt may hold at most 8 bytes per value of the configured model and front end
 # (float64; NeMo writes float32) plus 4 KiB of zip and pickle records per tensor, and never more
 # than 2 GiB (the largest NeMo Jasper, 10x5 with 333 M parameters, stores 1.3 GB): checked from the
-# tar header before reading, so a small compressed archive cannot expand to gigabytes in memory.
+# tar header before reading: a small compressed archive cannot expand beyond what its own config
+# claims the model holds (at most MAX_WEIGHTS_BYTES, read in memory), however small the config is.
 WEIGHT_BYTES_PER_VALUE, WEIGHT_BYTES_PER_TENSOR, MAX_WEIGHTS_BYTES = 8, 4096, 2 << 30
 # The front end sizes that audiosep.transcriber accepts when it reads the converted file back.
 FEATURE_LIMITS = {"sample_rate": MAX_SAMPLE_RATE, "n_fft": 1 << 16, "n_mels": 1 << 10}
@@ -178,9 +179,22 @@ def vocabulary_from_nemo(config: dict[str, Any]) -> list[str]:
     return labels
 
 
+def _yaml_float(value: Any) -> Any:
+    """A float written as YAML 1.1 reads it: ``1e-05`` (no dot) is a string there, but NeMo means a number.
+
+    Anything that is not a number string is returned as it is, for the type checks to refuse.
+    """
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _nemo_n_fft(pre: dict[str, Any]) -> Any:
     """``n_fft``, or NeMo's default when unset: the window length in samples rounded up to a power of two."""
-    n_fft, rate, size = pre.get("n_fft"), pre.get("sample_rate", 16000), pre.get("window_size", 0.02)
+    n_fft, rate, size = pre.get("n_fft"), pre.get("sample_rate", 16000), _yaml_float(pre.get("window_size", 0.02))
     if n_fft is not None or not all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in (rate, size)
     ):
@@ -208,15 +222,15 @@ def features_from_nemo(pre: dict[str, Any]) -> LogMelFeatures:
     kwargs = {
         "sample_rate": pre.get("sample_rate", 16000),
         "n_mels": pre.get("features", pre.get("nfilt", 64)),
-        "window_size": pre.get("window_size", 0.02),
-        "window_stride": pre.get("window_stride", 0.01),
+        "window_size": _yaml_float(pre.get("window_size", 0.02)),
+        "window_stride": _yaml_float(pre.get("window_stride", 0.01)),
         "n_fft": _nemo_n_fft(pre),
-        "preemphasis": pre.get("preemph", 0.97) or 0.0,
-        "dither": pre.get("dither", 1e-5),
+        "preemphasis": _yaml_float(pre.get("preemph", 0.97)) or 0.0,
+        "dither": _yaml_float(pre.get("dither", 1e-5)),
         "normalize": "none" if normalize in (None, False, "none") else normalize,
         "f_min": pre.get("lowfreq", 0.0) or 0.0,
         "f_max": pre.get("highfreq"),
-        "log_guard": pre.get("log_zero_guard_value", 2.0**-24),
+        "log_guard": _yaml_float(pre.get("log_zero_guard_value", 2.0**-24)),
     }
     try:
         return build_untrusted(LogMelFeatures, kwargs, FEATURE_LIMITS)

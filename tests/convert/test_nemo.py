@@ -89,6 +89,17 @@ def test_tiny_archive_converts(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert convert(write_archive(tmp_path / "ok.nemo"), capsys)[0] == 0
 
 
+def test_floats_that_yaml_reads_as_strings_are_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """YAML 1.1 reads ``1e-05`` (no dot) as a string; NeMo configs mean the number."""
+    config = config_with(lambda c: None).replace(b"window_size: 0.02", b"window_size: 2e-2\n  dither: 1e-05")
+    assert b"dither: 1e-05" in config
+    archive = write_archive(tmp_path / "strings.nemo", config)
+    assert convert(archive, capsys)[0] == 0
+    from audiosep.transcriber import Transcriber
+
+    assert Transcriber.from_checkpoint(archive.with_suffix(".pt")).features.dither == pytest.approx(1e-5)
+
+
 def test_config_sizes_are_checked_against_the_weights_before_building(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
