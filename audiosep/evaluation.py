@@ -29,7 +29,7 @@ from audiosep.data.librispeech import read_transcripts
 from audiosep.errors import UserError
 from audiosep.eval_report import SCORE_COLUMNS, summarise, write_reports
 from audiosep.inference import SeparationError
-from audiosep.io import atomic_write_text
+from audiosep.io import atomic_write_text, read_json
 from audiosep.losses import reorder_sources
 from audiosep.metrics import separation_scores
 
@@ -269,14 +269,6 @@ def score_utterance(
 # ---------------------------------------------------------------- resumable rows
 
 
-def _stored_identity(run_path: Path) -> Any:
-    """What ``run.json`` says the folder's run is; None where it is missing or unreadable."""
-    try:
-        return json.loads(run_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
 def _row_problem(line: bytes) -> str | None:
     """Why a line of ``utterances.jsonl`` is not a row the report can use (None: it is)."""
     try:
@@ -311,7 +303,7 @@ class RowLog:
                 raise UserError(f"{path}: exists and is not a file; use another --out-dir")
         if restart:
             self.rows_path.unlink(missing_ok=True)
-        elif self.rows_path.is_file() and _stored_identity(run_path) != asdict(identity):
+        elif self.rows_path.is_file() and read_json(run_path) != asdict(identity):
             # Rows without the run.json that names them are refused too: they may be another run's.
             raise UserError(
                 f"{out_dir}: holds the results of a different evaluation (checkpoint, data, split or task "

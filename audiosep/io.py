@@ -7,11 +7,13 @@ killed run leaves at most such a temp file, never a half-written output under th
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 TEMP_SUFFIX = ".tmp"
 
@@ -85,6 +87,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     with atomic_paths([path]) as (tmp,):
         write(tmp)
     return Path(path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in ``path``; None where it is missing, unreadable, not UTF-8 or not JSON.
+
+    For the records that name a run (resume checks): a damaged one is no proof of anything.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from audiosep.errors import UserError
-from audiosep.io import atomic_write_text
+from audiosep.io import atomic_write_text, read_json
 from audiosep.models import build
 from audiosep.nn.norms import (
     PowerNorm,
@@ -267,12 +267,9 @@ def _study_state(settings: StudySettings, data: StudyData, out: Path) -> dict[st
 
 def _read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object this study wrote earlier; anything else is a one-line :class:`UserError`."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: unreadable ({type(err).__name__}); use another --out") from err
+    value = read_json(path)
     if not isinstance(value, dict):
-        raise UserError(f"{path}: not a JSON object; use another --out")
+        raise UserError(f"{path}: unreadable, or not a JSON object; use another --out")
     return value
 
 

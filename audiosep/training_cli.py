@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from audiosep.errors import UserError, brief_repr, one_line
-from audiosep.io import atomic_write_text
+from audiosep.io import atomic_write_text, read_json
 
 SOURCE_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 EXTRA_IMPORTS_ENV = "AUDIOSEP_IMPORT_ALLOWLIST"  # comma-separated import paths a user adds (their own callbacks)
@@ -142,10 +142,7 @@ def claim_training_folder(root: Path, identity: dict[str, Any], record: str = "r
     """
     path = root / record
     if path.exists():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            stored = None
+        stored = read_json(path)
         if not isinstance(stored, dict) or {key: stored.get(key) for key in identity} != identity:
             raise UserError(f"{path}: a run of other settings ({', '.join(identity)}); use another output folder")
         return stored

@@ -28,3 +28,16 @@ def test_a_failure_leaves_neither_output_nor_temp(tmp_path: Path) -> None:
         assert all(is_temp_for(Path(t), p) for t, p in zip(temps, targets, strict=True))
         raise RuntimeError("killed mid-way")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_json_gives_none_for_anything_but_a_readable_json_file(tmp_path: Path) -> None:
+    from audiosep.io import read_json
+
+    (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
+    (tmp_path / "torn.json").write_text('{"a": [1')
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe{}")
+    (tmp_path / "folder.json").mkdir()
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+    assert [read_json(tmp_path / name) for name in ("torn.json", "binary.json", "folder.json", "missing.json")] == [
+        None, None, None, None,
+    ]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from audiosep.errors import UserError
-from audiosep.io import atomic_write_text
+from audiosep.io import atomic_write_text, read_json
 from audiosep.pruning.gates import ChannelGates
 from audiosep.pruning.groups import ChannelGroup, find_groups, total_macs
 from audiosep.pruning.latency import measure_latency
@@ -226,11 +226,7 @@ def claim_work_dir(work_dir: Path, identity: dict[str, object]) -> None:
     """
     record = work_dir / WORK_RECORD
     if record.exists():
-        try:
-            stored = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            stored = None
-        if stored != identity:
+        if read_json(record) != identity:
             raise UserError(
                 f"{work_dir}: holds an earlier pruning of other weights or settings; delete it or pass another "
                 "--work-dir (or --out)"
