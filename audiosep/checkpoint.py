@@ -106,15 +106,19 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= 300 else f"{text[:297]}..."
 
 
-def _is_plain(value: Any, visits: Iterator[int], depth: int = 0) -> bool:
-    """None/bool/int/float/str, or lists (tuples) and str-keyed dicts of those, nested a few levels;
-    False once ``visits`` (a count shared by the whole walk) passes :data:`MAX_VALUES`.
+class _TooManyValues(Exception):
+    """A walk of init args or metadata passed :data:`MAX_VALUES` values."""
 
-    Why a shared count: the unpickler shares repeated objects, so a small file can hold a list of
-    40 lists of 40 lists... whose walk takes 40**7 steps.
+
+def _is_plain(value: Any, visits: Iterator[int], depth: int = 0) -> bool:
+    """None/bool/int/float/str, or lists (tuples) and str-keyed dicts of those, nested a few levels.
+
+    Raises :class:`_TooManyValues` once ``visits`` (a count shared by the whole walk) passes
+    :data:`MAX_VALUES`. Why a shared count: the unpickler shares repeated objects, so a small file
+    can hold a list of 40 lists of 40 lists... whose walk takes 40**7 steps.
     """
     if next(visits) > MAX_VALUES:
-        return False
+        raise _TooManyValues
     if isinstance(value, PLAIN_SCALARS):
         return True
     if depth >= MAX_DEPTH:
@@ -134,9 +138,11 @@ def _check_plain_dict(value: Any, what: str) -> None:
     for key, item in value.items():
         if not isinstance(key, str):
             raise CheckpointError(f"{what} has a non-str key {brief_repr(key)}")
-        if not _is_plain(item, visits):
-            if next(visits) > MAX_VALUES:
-                raise CheckpointError(f"{what} holds more than {MAX_VALUES} values (shared lists count each time)")
+        try:
+            plain = _is_plain(item, visits)
+        except _TooManyValues:
+            raise CheckpointError(f"{what} holds more than {MAX_VALUES} values (shared lists count each time)") from None
+        if not plain:
             raise CheckpointError(f"{what}[{brief_repr(key)}] is not a plain value (None/bool/int/float/str/list/dict)")
 
 
@@ -155,7 +161,7 @@ def tensor_problem(tensor: Tensor) -> str | None:
         return f"is a {kind} tensor, not a dense one"
     if tensor.is_complex():
         return f"has the complex dtype {tensor.dtype}"
-    held = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+    held = tensor.untyped_storage().nbytes() // tensor.element_size()
     if tensor.numel() > held:
         return f"claims {tensor.numel()} values but its storage holds {held} (an expanded or overlapping view)"
     return None

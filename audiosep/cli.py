@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from audiosep import __version__
-from audiosep.errors import UserError, one_line
+from audiosep.errors import UserError
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model from a recipe YAML (LightningCLI)",
@@ -82,14 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_lightning(argv: list[str]) -> int:
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     from audiosep.training_cli import run_lightning_cli
 
-    try:
-        run_lightning_cli(argv)
-    except MisconfigurationException as err:  # Lightning's verdict on trainer settings (accelerator, devices, ...)
-        raise UserError(f"trainer settings: {one_line(str(err))}") from None
+    run_lightning_cli(argv)
     return 0
 
 

@@ -42,5 +42,4 @@ _BOUNDED_REPR = _BoundedRepr()
 
 def brief_repr(value: Any, limit: int = 120) -> str:
     """A bounded ``repr(value)`` on one line, cut to ``limit`` characters (file contents can be anything)."""
-    text = " ".join(_BOUNDED_REPR.repr(value).split())
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+    return one_line(_BOUNDED_REPR.repr(value), limit)

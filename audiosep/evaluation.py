@@ -269,19 +269,19 @@ def score_utterance(
 # ---------------------------------------------------------------- resumable rows
 
 
-def _row_problem(line: bytes) -> str | None:
-    """Why a line of ``utterances.jsonl`` is not a row the report can use (None: it is)."""
+def _parse_row(line: bytes) -> dict[str, Any]:
+    """A line of ``utterances.jsonl`` as a row; ``ValueError`` saying why the report cannot use it."""
     try:
         row = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return "not JSON"
+        raise ValueError("not JSON") from None
     if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-        return "not an object with a string id"
+        raise ValueError("not an object with a string id")
     for column in ("duration_s", *(column for column in SCORE_COLUMNS if column in row)):
         value = row.get(column)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            return f"{column} is {value!r:.40}, not a finite number"
-    return None
+            raise ValueError(f"{column} is {value!r:.40}, not a finite number")
+    return row
 
 
 class RowLog:
@@ -320,10 +320,10 @@ class RowLog:
         complete = data[: data.rfind(b"\n") + 1]
         rows = []
         for number, line in enumerate(complete.splitlines(), start=1):
-            problem = _row_problem(line)
-            if problem:
-                raise UserError(f"{self.rows_path}: line {number}: {problem}; use another --out-dir or --restart")
-            rows.append(json.loads(line))
+            try:
+                rows.append(_parse_row(line))
+            except ValueError as err:
+                raise UserError(f"{self.rows_path}: line {number}: {err}; use another --out-dir or --restart") from None
         if len(complete) != len(data):
             with self.rows_path.open("r+b") as handle:
                 handle.truncate(len(complete))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins import TorchCheckpointIO
@@ -98,15 +99,15 @@ class AudiosepCLI(LightningCLI):
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        expected = weight_shapes(self.model)
-        if kwargs.get("ckpt_path") == "last":
-            found = find_last_checkpoint(self.trainer.default_root_dir, expected)
+        ckpt_path = kwargs.get("ckpt_path")
+        if ckpt_path == "last":
+            found = find_last_checkpoint(self.trainer.default_root_dir, weight_shapes(self.model))
             if found is not None:
                 kwargs["ckpt_path"] = str(found)
-        elif is_local_checkpoint_file(kwargs.get("ckpt_path")):
-            problem = checkpoint_problem(Path(kwargs["ckpt_path"]), expected)
+        elif is_local_checkpoint_file(ckpt_path):
+            problem = checkpoint_problem(Path(ckpt_path), weight_shapes(self.model))
             if problem:
-                raise UserError(f"--ckpt_path {kwargs['ckpt_path']}: {problem}")
+                raise UserError(f"--ckpt_path {ckpt_path}: {problem}")
         return kwargs
 
 
@@ -240,13 +241,16 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
     ):
         warnings.filterwarnings("ignore", message=message)
     restrict_imports()
-    return AudiosepCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=resolve_config_paths(argv),
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "audiosep"},
-        run=run,
-    )
+    try:
+        return AudiosepCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=resolve_config_paths(argv),
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "audiosep"},
+            run=run,
+        )
+    except MisconfigurationException as err:  # Lightning's verdict on trainer settings (accelerator, devices, ...)
+        raise UserError(f"trainer settings: {one_line(str(err))}") from None

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audiosep.data.audio import read_audio, resample, to_mono
-from audiosep.errors import one_line
+from audiosep.errors import brief_repr
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
 
@@ -64,7 +64,7 @@ def read_manifest(
 
 def bad_value(row: dict, key: str, need: str) -> ValueError:
     """The error for a manifest value of the wrong kind (shown short, so the message stays one line)."""
-    return ValueError(f"{key} must be {need}, got {one_line(repr(row[key]), 60)}")
+    return ValueError(f"{key} must be {need}, got {brief_repr(row[key], 60)}")
 
 
 def parse_manifest_line(line: bytes, folder: Path) -> Utterance:

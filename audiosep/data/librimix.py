@@ -94,11 +94,11 @@ class LibriMixDataset(Dataset):
 
     def _read(self, folder: str, mixture_id: str, start: int, frames: int) -> Tensor:
         path = self.split_dir / folder / f"{mixture_id}.wav"
-        if not path.is_file():  # libsndfile says only "System error."
-            raise UserError(f"{path}: no such file")
         try:
             data, sample_rate = sf.read(str(path), start=start, frames=frames, dtype="float32")
         except (sf.LibsndfileError, RuntimeError) as err:
+            if not path.is_file():  # libsndfile says only "System error."
+                raise UserError(f"{path}: no such file") from None
             raise UserError(f"{path}: cannot read audio ({err})") from err
         if sample_rate != self.sample_rate:
             raise UserError(f"{path}: sample rate {sample_rate} Hz, expected {self.sample_rate} Hz")
