@@ -214,12 +214,12 @@ def test_existing_outputs_are_skipped_unless_overwrite(ckpt: Path, tmp_path: Pat
     wav = write(tmp_path / "x.wav")
     out = tmp_path / "out"
     assert infer(ckpt, "--out-dir", out, wav) == 0
-    written = {k: (out / f"x_s{k}.wav").stat().st_mtime_ns for k in (1, 2)}
+    written = {k: ((stat := (out / f"x_s{k}.wav").stat()).st_ino, stat.st_mtime_ns) for k in (1, 2)}
     capsys.readouterr()
     assert infer(ckpt, "--out-dir", out, wav) == 0
     captured = capsys.readouterr()
     assert "skipped" in captured.out and "0 written, 1 skipped, 0 failed" in captured.err
-    assert {k: (out / f"x_s{k}.wav").stat().st_mtime_ns for k in (1, 2)} == written
+    assert {k: ((stat := (out / f"x_s{k}.wav").stat()).st_ino, stat.st_mtime_ns) for k in (1, 2)} == written
     assert infer(ckpt, "--out-dir", out, "--overwrite", wav) == 0
     assert "1 written, 0 skipped, 0 failed" in capsys.readouterr().err
     assert sf.info(out / "x_s1.wav").frames == 2400

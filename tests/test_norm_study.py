@@ -97,7 +97,9 @@ def test_a_study_sized_for_other_minutes_is_refused(
     out = tmp_path / "study"
     out.mkdir()
     (out / "study.json").write_text(json.dumps({"settings": {"same": "settings"}, "steps": 3, "minutes": 0.02}))
-    argv = [a for a in _argv(demo_set, out, "BN") if a not in ("--steps", "4")] + ["--minutes", "5"]
+    argv = _argv(demo_set, out, "BN")
+    del argv[argv.index("--steps") : argv.index("--steps") + 2]
+    argv += ["--minutes", "5"]
     assert main(argv) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "sized for --minutes 0.02, not 5.0" in error[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 
 import pytest
@@ -104,7 +105,7 @@ def test_a_model_with_hooks_is_refused_not_prepared_without_them(name: str) -> N
     model = MODELS[name]().eval()
     layer_name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Linear)))
     handle = layer.register_forward_pre_hook(lambda module, args: None)
-    with pytest.raises(ValueError, match=f"has hooks on {layer_name}; .* remove them first"):
+    with pytest.raises(ValueError, match=f"has hooks on {re.escape(layer_name)}; .* remove them first"):
         prepare_for_inference(model)
     handle.remove()
     assert prepare_for_inference(model) is not model

@@ -226,10 +226,10 @@ def test_a_checkpoint_of_another_model_or_kind_is_one_error_line_before_training
 def test_last_skips_the_checkpoints_of_other_models_below_the_root(tmp_path: Path) -> None:
     """``--ckpt_path last`` searches the whole tree: another job's newer last.ckpt must not be taken."""
     ours, theirs = tmp_path / "a" / "last.ckpt", tmp_path / "pruned.ckpt.work" / "finetune" / "last.ckpt"
-    for path, width in ((ours, 4), (theirs, 3)):
+    for age, (path, width) in enumerate(((theirs, 3), (ours, 4))):  # ours 1 s older than theirs
         path.parent.mkdir(parents=True)
         torch.save({"pytorch-lightning_version": "2", "state_dict": {"model.w": torch.zeros(width)}}, path)
-        time.sleep(0.01)
+        os.utime(path, (1_000_000 - age, 1_000_000 - age))
     assert find_last_checkpoint(tmp_path) == theirs  # the newest
     assert find_last_checkpoint(tmp_path, {"model.w": (4,)}) == ours
     assert find_last_checkpoint(tmp_path, {"model.w": (5,)}) is None

@@ -90,19 +90,18 @@ def test_a_work_folder_of_other_weights_or_settings_is_refused_not_resumed(
     save_model(model, other, metadata)
     moved = tmp_path / "moved_data"
     moved.symlink_to(tiny_librimix, target_is_directory=True)  # the same files, another --data-root
+    base = ["prune", "--ckpt", str(ckpt), "--config", RECIPE, "--data-root", str(tiny_librimix), "--out",
+            str(tmp_path / "pruned.pt"), "--target-macs", "0.6", "--finetune-epochs", "0.5", "--latency-seconds", "0",
+            "--accelerator", "cpu", "--work-dir", str(tmp_path / "work"), "--multiple", "1"]  # fmt: skip
     for extra in (["--ckpt", str(other), "--method", "random"], ["--method", "l1"],
                   ["--method", "random", "--data-root", str(moved)]):  # fmt: skip
-        argv = ["prune", "--ckpt", str(ckpt), "--config", RECIPE, "--data-root", str(tiny_librimix), "--out",
-                str(tmp_path / "pruned.pt"), "--target-macs", "0.6", "--finetune-epochs", "0.5",
-                "--latency-seconds", "0", "--accelerator", "cpu", "--work-dir", str(tmp_path / "work"),
-                "--multiple", "1", *extra]  # fmt: skip
         capsys.readouterr()
-        assert main(argv) == 1
+        assert main([*base, *extra]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "holds an earlier pruning of other weights or settings" in err[0]
     assert (tmp_path / "pruned.pt").read_bytes() == pruned
     (tmp_path / "afile").write_text("x")
-    assert main([*argv[:-2], "--method", "random", "--work-dir", str(tmp_path / "afile")]) == 1
+    assert main([*base, "--method", "random", "--work-dir", str(tmp_path / "afile")]) == 1
     assert "afile: exists and is not a folder" in capsys.readouterr().err
 
 
@@ -160,11 +159,13 @@ def test_a_recipe_naming_other_data_code_is_refused(tmp_path: Path, capsys: pyte
 
 
 def test_latency_seconds_zero_skips_the_latency_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "p.pt"
+    out, report = tmp_path / "p.pt", tmp_path / "r.json"
     argv = ["prune", "--ckpt", str(_checkpoint(tmp_path)), "--out", str(out), "--method", "l1", "--finetune-epochs", "0",
-            "--latency-seconds", "0"]  # fmt: skip
+            "--latency-seconds", "0", "--report", str(report)]  # fmt: skip
     assert main(argv) == 0 and out.is_file()
     assert "Traceback" not in capsys.readouterr().err
+    latency = json.loads(report.read_text())
+    assert latency["latency_before_s"] is None and latency["latency_after_s"] is None  # skipped, not measured
 
 
 def test_a_gpu_accelerator_without_a_gpu_is_one_error_line(
@@ -187,10 +188,12 @@ def test_out_must_be_a_new_file_name(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert ckpt.read_bytes() == before  # the input model is intact
     assert main([*base, "--out", str(tmp_path)]) == 1
     assert "is a folder" in capsys.readouterr().err
-    for flags in (["--profile", "--latency-seconds", "0.1", "--report", str(ckpt)],
-                  ["--out", str(tmp_path / "p.pt"), "--report", str(tmp_path / "p.pt")],
-                  ["--out", str(tmp_path / "p.pt"), "--report", str(tmp_path)]):  # fmt: skip
+    for flags, problem in (
+        (["--profile", "--latency-seconds", "0.1", "--report", str(ckpt)], "would replace a file this command reads"),
+        (["--out", str(tmp_path / "p.pt"), "--report", str(tmp_path / "p.pt")], "would replace a file this command"),
+        (["--out", str(tmp_path / "p.pt"), "--report", str(tmp_path)], "is a folder"),
+    ):
         assert main([*base, *flags]) == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("audiosep: error: --report ")
+        assert len(err) == 1 and err[0].startswith("audiosep: error: --report ") and problem in err[0]
     assert ckpt.read_bytes() == before and not (tmp_path / "p.pt").exists()
