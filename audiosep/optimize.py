@@ -19,7 +19,8 @@ What it does:
   their plain layers already: fused attention kernels): the mask network's input norm gives its
   per-channel affine to the bottleneck linear after it (a BatchNorm-like norm disappears), and a
   BatchNorm-like norm after an intra/inter transformer stack is composed into that stack's final
-  LayerNorm affine and disappears.
+  LayerNorm affine and disappears; every linear layer becomes one oneDNN call with its bias (and
+  the feed-forward ReLU) inside (:class:`FusedLinear`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
         fold_quartznet_batchnorms(plain)
     if isinstance(plain, MaskingSeparator):
         fold_masknet_norms(plain)
+        fuse_linears(plain)
     return plain.eval()  # the folding made new modules, in training mode
 
 
@@ -148,6 +150,72 @@ class FusedConv(nn.Module):
     def extra_repr(self) -> str:
         out_channels, in_channels, kernel, _ = self.weight.shape
         return f"{in_channels * self.groups}, {out_channels}, kernel={kernel}, activation={self.activation}"
+
+
+class FusedLinear(nn.Module):
+    """``activation(x @ W^T + b)`` over the last dim of ``x``; ``activation`` is ``none`` or ``relu``.
+
+    On CPU float32 without autograd the matrix product, its bias and the ReLU are one oneDNN call
+    (why: ``F.linear`` first copies the broadcast bias into the output, then reads it back in the
+    product, and a ReLU after it is one more pass over the widest tensor of a transformer layer);
+    elsewhere ``F.linear`` then the activation.
+
+    Args:
+        linear: the layer whose weight and bias are copied.
+        activation: applied after the product.
+    """
+
+    def __init__(self, linear: nn.Linear, activation: Literal["none", "relu"] = "none") -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _oneDNN_usable(x):
+            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.weight, self.bias,
+                                                   self.activation, [], "")  # fmt: skip
+            return y.view(*x.shape[:-1], self.out_features)
+        y = F.linear(x, self.weight, self.bias)
+        return torch.relu(y) if self.activation == "relu" else y
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, activation={self.activation}"
+
+
+def fuse_linears(module: nn.Module) -> int:
+    """Replace every ``nn.Linear`` below ``module`` by a :class:`FusedLinear`, in place; returns how many.
+
+    A ReLU right after a linear layer in an ``nn.Sequential`` (the transformer feed-forward) moves
+    into it and leaves an ``nn.Identity``.
+    """
+    if isinstance(module, nn.Sequential):
+        return _fuse_sequential(module)
+    fused = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, FusedLinear(child))
+            fused += 1
+        else:
+            fused += fuse_linears(child)
+    return fused
+
+
+def _fuse_sequential(sequence: nn.Sequential) -> int:
+    """:func:`fuse_linears` on an ``nn.Sequential``, taking a following ``nn.ReLU`` into the linear."""
+    fused = 0
+    children = list(sequence)
+    for index, child in enumerate(children):
+        if isinstance(child, nn.Linear):
+            follows_relu = index + 1 < len(children) and type(children[index + 1]) is nn.ReLU
+            sequence[index] = FusedLinear(child, "relu" if follows_relu else "none")
+            if follows_relu:
+                sequence[index + 1] = nn.Identity()
+            fused += 1
+        else:
+            fused += fuse_linears(child)
+    return fused
 
 
 class ChannelAffine(nn.Module):

@@ -1,7 +1,7 @@
 """Dynamic int8 inference: the inference transform, then int8 matrix products in every linear layer.
 
 :func:`quantize_for_inference` runs :func:`audiosep.optimize.prepare_for_inference` and swaps every
-``nn.Linear`` (SepFormer family: attention projections, feed-forward layers, mask network) and every
+linear layer (SepFormer family: attention projections, feed-forward layers with their ReLU, mask network) and every
 pointwise (1x1, ungrouped) convolution of the prepared Conv-TasNet for a module calling torch's
 dynamic-quantization kernel ``quantized::linear_dynamic``: weights int8 per output channel (symmetric,
 scale = max |w| / 127), activations quantized per call at run time, output float32. The plain model
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiosep.optimize import FusedActivation, FusedConv, prepare_for_inference
+from audiosep.optimize import FusedActivation, FusedConv, FusedLinear, prepare_for_inference
 
 ENGINE_PREFERENCE = ("onednn", "x86", "fbgemm", "qnnpack")
 
@@ -153,11 +153,14 @@ def is_pointwise(conv: FusedConv) -> bool:
 
 
 def _swap_children(module: nn.Module) -> int:
-    """Replace linear layers and pointwise fused convs below ``module`` in place; returns how many."""
+    """Replace linear layers (plain or fused) and pointwise fused convs below ``module`` in place; returns how many."""
     swapped = 0
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
             setattr(module, name, Int8Linear(child.weight, child.bias))
+            swapped += 1
+        elif isinstance(child, FusedLinear):
+            setattr(module, name, Int8Linear(child.weight, child.bias, child.activation))
             swapped += 1
         elif isinstance(child, FusedConv) and is_pointwise(child):
             setattr(module, name, Int8PointwiseConv(child))

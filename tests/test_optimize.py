@@ -13,7 +13,7 @@ from torch import nn
 import audiosep.optimize as optimize
 from audiosep.models import ConvTasNet, QuartzNet, RESepFormer, SepFormer, TinySepformer
 from audiosep.nn.norms import NORM_NAMES, PowerNorm, UnifiedNorm, is_causal_norm
-from audiosep.optimize import FastConvTasNet, FusedConv, prepare_for_inference
+from audiosep.optimize import FastConvTasNet, FusedConv, FusedLinear, fuse_linears, prepare_for_inference
 
 RUNNING_STATISTICS = (nn.modules.batchnorm._BatchNorm, UnifiedNorm, PowerNorm)
 FOLDABLE_NORMS = ("batch_norm", "unified_norm", "power_norm")
@@ -156,6 +156,53 @@ def test_fused_conv_portable_path_equals_conv1d() -> None:
         actual = fused(x.unsqueeze(3).contiguous(memory_format=torch.channels_last)).squeeze(3)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused(x.unsqueeze(3)).squeeze(3), expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["none", "relu"])
+@pytest.mark.parametrize("shape", [(2, 5, 6), (7, 6), (5, 2, 6)])
+def test_fused_linear_equals_linear_then_activation_on_both_paths(activation: str, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 9)
+    x = torch.randn(*shape)
+    x = x.transpose(0, 1) if shape[0] == 5 else x  # a strided input as the inter-chunk layers give
+    expected = linear(x)
+    expected = torch.relu(expected) if activation == "relu" else expected
+    fused = FusedLinear(linear, activation)  # type: ignore[arg-type]
+    with torch.inference_mode():  # the oneDNN call
+        torch.testing.assert_close(fused(x), expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused(x), expected.detach(), rtol=1e-5, atol=1e-6)  # F.linear (autograd on)
+    assert (fused.in_features, fused.out_features) == (6, 9)
+
+
+def test_fuse_linears_takes_only_a_relu_that_directly_follows_a_linear() -> None:
+    class Residual(nn.Module):  # a non-Sequential parent, as a transformer layer is
+        def __init__(self) -> None:
+            super().__init__()
+            self.ffn = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.ffn(x)
+
+    residual = Residual()
+    inner = residual.ffn
+    model = nn.Sequential(nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), residual, nn.Linear(4, 4), nn.ReLU())
+    reference = copy.deepcopy(model).eval()
+    assert fuse_linears(model) == 4
+    activations = [m.activation for m in model.modules() if isinstance(m, FusedLinear)]
+    assert activations == ["none", "relu", "none", "relu"]
+    assert type(model[0]) is nn.ReLU and type(model[2]) is nn.Tanh  # not after a linear: kept
+    assert type(inner[1]) is nn.Identity and type(model[5]) is nn.Identity
+    x = torch.randn(3, 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sepformer", "resepformer", "tiny_sepformer"])
+def test_transformer_feed_forward_relu_runs_inside_its_first_linear(name: str) -> None:
+    prepared = prepare_for_inference(MODELS[name]().eval())
+    assert not any(isinstance(m, nn.Linear) for m in prepared.modules())
+    ffns = [m.ffn for m in prepared.modules() if hasattr(m, "ffn")]
+    assert ffns and all(ffn[0].activation == "relu" and type(ffn[1]) is nn.Identity for ffn in ffns)
 
 
 def test_quartznet_batch_norms_are_folded() -> None:

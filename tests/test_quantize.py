@@ -18,7 +18,7 @@ from audiosep.cli import main
 from audiosep.inference import Separator
 from audiosep.losses import si_snr
 from audiosep.models import conv_tasnet_demo
-from audiosep.optimize import FusedConv, prepare_for_inference
+from audiosep.optimize import FusedConv, FusedLinear, prepare_for_inference
 from audiosep.quantize import Int8Linear, Int8PointwiseConv, is_pointwise, quantize_for_inference
 
 SEPARATORS = [name for name in MODELS if name != "quartznet"]
@@ -37,8 +37,10 @@ def test_every_linear_and_pointwise_conv_is_int8_and_the_output_stays_close(name
     model = MODELS[name]().eval()
     before = copy.deepcopy(model.state_dict())
     quantized = quantize_for_inference(model)
-    assert not any(isinstance(m, nn.Linear) for m in quantized.modules())
+    assert not any(isinstance(m, nn.Linear | FusedLinear) for m in quantized.modules())
     assert not any(isinstance(m, FusedConv) and is_pointwise(m) for m in quantized.modules())
+    ffns = [m.ffn for m in quantized.modules() if hasattr(m, "ffn")]
+    assert all(ffn[0].activation == "relu" and type(ffn[1]) is nn.Identity for ffn in ffns)  # ReLU kept, once
     swapped = sum(isinstance(m, Int8Linear | Int8PointwiseConv) for m in quantized.modules())
     assert quantized.int8_layers > 0 and swapped >= quantized.int8_layers
     # the plain model is untouched and still plain
