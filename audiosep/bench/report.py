@@ -107,15 +107,15 @@ def int8_notes(records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Markdown table, one row per (model, backend, dtype, batch): RTF [min-max] per length, memory,
-    roofline fraction at the longest length, peer / ours latency ratio; then the notes."""
+    """Markdown table, one row per (model, backend, dtype, batch): RTF [min-max], memory, roofline
+    fraction and peer / ours latency ratio per length; then the notes."""
     lengths = report["settings"]["lengths"]
     rows = _group(report["results"])
     head = " | ".join(f"RTF {s:g} s" for s in lengths)
     span = "/".join(f"{s:g}" for s in lengths)
     lines = [
         f"| model | backend | dtype | batch | params (M) | GMAC / audio s | {head} | peak MiB {span} s "
-        f"| roofline {lengths[-1]:g} s | peer / ours {span} s |",
+        f"| roofline {span} s | peer / ours {span} s |",
         "|" + "---|" * (9 + len(lengths)),
     ]
     notes = list(report.get("notes", []))
@@ -125,14 +125,12 @@ def format_table(report: dict[str, Any]) -> str:
         # GMAC per audio second from the longest length run: a short input is padded to the encoder
         # window, so its per-second figure is inflated.
         per_second = next(r for r in reversed(cells) if r)["gmac_per_audio_second"]
-        longest = by_length.get(lengths[-1]) or {}
-        roofline = longest.get("roofline_fraction")
         ratios = [r.get("peer_ratio") if r else None for r in cells]
         lines.append(
             f"| {model} | {backend} | {dtype} | {batch} | {first['params'] / 1e6:.2f} "
             f"| {per_second:.2f} | {' | '.join(_rtf_cell(r) for r in cells)} "
             f"| {_joined([r.get('peak_memory_mib') if r else None for r in cells], '{:.0f}')} "
-            f"| {'-' if roofline is None else f'{roofline:.0%}'} "
+            f"| {_joined([r.get('roofline_fraction') if r else None for r in cells], '{:.0%}')} "
             f"| {_joined(ratios, '{:.2f}') if any(ratios) else '-'} |"
         )
         reasons = {r["status"] for r in cells if r and r["status"] != "ok"}
