@@ -10,13 +10,14 @@ CSV, JSON, markdown and PNG reports.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,13 +107,29 @@ def load_transcripts(source: str | os.PathLike) -> dict[str, str]:
     return texts
 
 
-def references_for(mixture_id: str, num_sources: int, transcripts: Mapping[str, str]) -> list[str]:
-    """The reference transcript of each source of a mixture, in source order."""
+def references_for(mixture_id: str, num_sources: int, transcripts: Mapping[str, str],
+                   normalize: Callable[[str], str] | None = None) -> list[str]:  # fmt: skip
+    """The reference transcript of each source of a mixture, in source order.
+
+    ``normalize`` is the recogniser's own text normalisation (its tokenizer's, as in training): the
+    hypotheses are in its lower-case vocabulary, LibriSpeech references are upper case, and the
+    error rates compare strings as they are.
+
+    Raises:
+        UserError: an utterance has no transcript, or none of its words survives ``normalize``.
+    """
     ids = source_ids(mixture_id, num_sources)
     missing = [i for i in ids if i not in transcripts]
     if missing:
         raise UserError(f"mixture {mixture_id}: no transcript for utterance(s) {', '.join(missing)}")
-    return [transcripts[i] for i in ids]
+    if normalize is None:
+        return [transcripts[i] for i in ids]
+    texts = [normalize(transcripts[i]) for i in ids]
+    empty = [i for i, text in zip(ids, texts, strict=True) if not text]
+    if empty:
+        raise UserError(f"mixture {mixture_id}: the transcript of {', '.join(empty)} has no word in the recogniser's "
+                        "vocabulary")  # fmt: skip
+    return texts
 
 
 # ---------------------------------------------------------------- reference descriptors
@@ -386,22 +403,26 @@ def evaluate(
     log = RowLog(Path(out_dir), identity, restart=restart)
     ids = list(dataset.ids)
     todo = list(pending(ids, log.done, limit))
+    references = None
     if transcriber is not None and transcripts is not None:
-        num_sources = separator.num_sources
+        references = functools.partial(references_for, num_sources=separator.num_sources, transcripts=transcripts,
+                                       normalize=transcriber.tokenizer.normalize)  # fmt: skip
         for index in todo:  # fail before hours of work, not in the middle of them
-            references_for(ids[index], num_sources, transcripts)
+            references(ids[index])
     started = time.perf_counter()
     with torch.inference_mode():
         for index in tqdm(todo, desc="evaluating", unit="mix", disable=not progress):
             mixture, sources, mixture_id = dataset[index]
-            references = None
-            if transcriber is not None and transcripts is not None:
-                references = references_for(mixture_id, sources.shape[0], transcripts)
-            log.append(score_utterance(separator, mixture, sources, mixture_id, transcriber, references))
+            texts = None if references is None else references(mixture_id)
+            log.append(score_utterance(separator, mixture, sources, mixture_id, transcriber, texts))
     wanted = set(ids if limit is None else ids[:limit])
     rows = [row for row in log.rows if row["id"] in wanted]
     if not rows:
         raise UserError(f"{identity.data_dir}: no mixture to evaluate in split {identity.split}")
+    if references is not None:  # rows resumed from an older run hold the texts it compared with
+        for row in rows:
+            if "references" in row:
+                row["references"] = references(row["id"])
     summary = summarise(rows, asdict(identity), time.perf_counter() - started)
     summary["scored_this_run"] = len(todo)
     files = write_reports(rows, summary, Path(out_dir), plots=plots)

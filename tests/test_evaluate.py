@@ -259,6 +259,35 @@ def test_cascade_reports_wer_for_mixture_separated_and_clean(sep_ckpt: Path, asr
     assert "WER separated" in capsys.readouterr().out
 
 
+def test_librispeech_style_references_are_scored_after_the_recognisers_normalisation(
+        sep_ckpt: Path, asr_ckpt: Path, librimix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LibriSpeech transcripts are upper case, a recogniser's vocabulary lower case: a perfect transcript is 0 % WER."""
+    from audiosep.transcriber import Transcriber
+
+    with (librimix / "wav8k" / "min" / "metadata" / "mixture_test_mix_clean.csv").open() as handle:
+        utterances = [u for row in csv.DictReader(handle) for u in row["mixture_ID"].split("_")]
+    chapter = tmp_path / "LibriSpeech" / "test-clean" / "1" / "2"
+    chapter.mkdir(parents=True)
+    (chapter / "1-2.trans.txt").write_text("".join(f"{u} HELLO,  WORLD!\n" for u in utterances))
+    monkeypatch.setattr(Transcriber, "transcribe", lambda self, waveforms: ["hello world"] * len(waveforms))
+    out = tmp_path / "cascade"
+    assert main(["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--out-dir", str(out),
+                 "--asr", str(asr_ckpt), "--librispeech", str(tmp_path / "LibriSpeech"), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["asr"] == {c: {"wer": 0.0, "cer": 0.0} for c in ("mixture", "separated", "clean")}
+
+
+def test_a_reference_with_no_word_in_the_vocabulary_is_refused_before_any_work() -> None:
+    from audiosep.data.tokenizer import CharTokenizer
+    from audiosep.evaluation import references_for
+
+    normalize = CharTokenizer().normalize
+    assert references_for("1-2-3_4-5-6", 2, {"1-2-3": "IT'S ME", "4-5-6": "Café-au-lait"}, normalize) == [
+        "it's me", "cafe au lait"]  # fmt: skip
+    with pytest.raises(UserError, match=r"mixture 1-2-3_4-5-6: the transcript of 4-5-6 has no word"):
+        references_for("1-2-3_4-5-6", 2, {"1-2-3": "A", "4-5-6": "?!"}, normalize)
+
+
 def test_a_killed_run_resumes_where_it_stopped_and_a_torn_line_is_dropped(sep_ckpt: Path, librimix: Path,
                                                                           tmp_path: Path) -> None:
     args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--no-progress", "--no-plots"]
