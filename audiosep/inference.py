@@ -35,6 +35,7 @@ from audiosep.checkpoint import CheckpointError, load_model
 from audiosep.data.audio import resample, to_mono
 from audiosep.io import TEMP_SUFFIX, atomic_paths, temp_prefix
 from audiosep.losses import best_permutation
+from audiosep.models.base import eval_copy
 from audiosep.models.registry import SEPARATOR_CLASSES
 from audiosep.optimize import prepare_for_inference
 from audiosep.transcriber import Transcriber
@@ -202,7 +203,8 @@ def output_paths(out_dir: str | os.PathLike, name: str | os.PathLike, num_source
 class Separator:
     """Separate mixtures with a trained model.
 
-    ``separator.model`` is the plain model (hooks, export, pruning); ``separator.runtime`` is what
+    ``separator.model`` is the plain model (hooks, export, pruning): the caller's own when it is in
+    eval mode on ``device`` already, else an eval-mode copy there; ``separator.runtime`` is what
     runs: ``prepare_for_inference(model)`` when ``optimize`` (the default), else the plain model;
     with ``dtype="int8"``, :func:`audiosep.quantize.quantize_for_inference` (CPU). With
     ``stream_block_ms``, a causal Conv-TasNet or RE-SepFormer separates through its stateful stream in blocks of
@@ -229,7 +231,7 @@ class Separator:
             raise ValueError(f"chunk_batch must be at least 1, got {chunk_batch}")
         self.chunk_batch = chunk_batch
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = eval_copy(model, self.device)  # the caller's model is never moved or switched to eval
         self.dtype = dtype
         self.stream_block_ms = stream_block_ms
         self.progress = False  # a chunks bar for long inputs (on a terminal only); audiosep infer sets it

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiosep.models.base import eval_copy
 from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet
 from audiosep.models.masking import frame_padding
 from audiosep.models.resepformer import RESepFormer
@@ -100,7 +101,7 @@ class ConvTasNetStream:
     def __init__(self, model: ConvTasNet) -> None:
         if not isinstance(model, ConvTasNet) or not model.init_args.get("causal", False):
             raise ValueError("streaming needs a causal Conv-TasNet (causal=True): other models look ahead")
-        self.model = model.eval()
+        self.model = eval_copy(model)
         self.window, self.stride = model.enc_kernel_size, model.stride
         self.algorithmic_latency = self.window - self.stride
         self.reset()
@@ -231,7 +232,7 @@ class RESepFormerStream:
     def __init__(self, model: RESepFormer) -> None:
         if not isinstance(model, RESepFormer) or not model.init_args.get("causal", False):
             raise ValueError("streaming needs a causal RE-SepFormer (causal=True): other models look ahead")
-        self.model = model.eval()
+        self.model = eval_copy(model)
         self.window, self.stride = model.encoder.kernel_size[0], model.encoder.stride[0]
         self.chunk_size = model.masker.chunk_size
         self.num_sources = model.masker.num_sources

@@ -13,7 +13,7 @@ from audiosep.cli import main
 from audiosep.inference import Separator
 from audiosep.models import ConvTasNet, conv_tasnet_demo
 from audiosep.models.resepformer import RESepFormer
-from audiosep.streaming import ConvTasNetStream, RESepFormerStream
+from audiosep.streaming import ConvTasNetStream, RESepFormerStream, open_stream
 
 
 def causal_model(**overrides: object) -> ConvTasNet:
@@ -176,3 +176,17 @@ def test_infer_streams_a_causal_resepformer(tmp_path: Path) -> None:
     written = torch.from_numpy(sf.read(out / "mix_s2.wav", dtype="float32")[0])
     scale = float(written.abs().max() / offline[1].abs().max())  # infer may limit the peak
     assert float((written - scale * offline[1]).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("make", [lambda: causal_model(norm="BN"), lambda: RESepFormer(
+    encoder_channels=8, chunk_size=5, num_blocks=1, num_intra_layers=1, num_inter_layers=1, num_heads=2, ffn_dim=8,
+    causal=True, norm="batch_norm")])  # fmt: skip
+def test_a_stream_or_separator_leaves_a_model_in_training_as_it_was(make) -> None:
+    """A model still being trained keeps training mode (its BatchNorms keep updating) and its own weights."""
+    model = make().train()
+    stream = open_stream(model)
+    separator = Separator(model, 8000)
+    assert model.training and all(m.training for m in model.modules())
+    assert not stream.model.training and not separator.model.training and stream.model is not model
+    model.eval()
+    assert Separator(model, 8000).model is model  # nothing to change: no copy

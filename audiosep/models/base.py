@@ -7,10 +7,26 @@ and a pruned model must come back with its pruned channel counts. Subclasses sta
 
 from __future__ import annotations
 
+import copy
 import inspect
+import itertools
 from typing import Any
 
+import torch
 from torch import nn
+
+
+def eval_copy(model: nn.Module, device: torch.device | None = None) -> nn.Module:
+    """``model`` in eval mode (on ``device``): the model itself when it already is, else a copy.
+
+    Why: ``nn.Module.eval`` and ``.to`` work in place; a separator or stream built from a model that
+    is still being trained must not switch its norms to running statistics or move it off its device.
+    """
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if not any(m.training for m in model.modules()) and (device is None or all(t.device == device for t in tensors)):
+        return model
+    copied = copy.deepcopy(model).eval()
+    return copied if device is None else copied.to(device)
 
 
 class RebuildableModule(nn.Module):
