@@ -63,8 +63,9 @@ def test_chunk_layout_of_short_and_hour_long_inputs() -> None:
 def test_chunked_separation_keeps_source_order() -> None:
     t = torch.arange(SAMPLE_RATE * 7) / SAMPLE_RATE
     low, high = torch.sin(2 * torch.pi * 200 * t), 0.5 * torch.sin(2 * torch.pi * 2000 * t)
-    model = BandSplitFlipping()
-    # optimize=False: the prepared runtime is a copy, and this test counts the calls of `model` itself.
+    model = BandSplitFlipping().eval()
+    # optimize=False and eval mode: the prepared runtime, or a separator's copy of a training-mode model,
+    # would be a copy, and this test counts the calls of `model` itself.
     separator = Separator(model, SAMPLE_RATE, ChunkConfig(seconds=2.0, overlap_seconds=0.5), optimize=False)
     estimate = separator.separate(low + high, SAMPLE_RATE)
     assert model.calls >= 4  # several chunks, with alternating output order
@@ -80,7 +81,7 @@ def test_chunks_stay_on_one_speaker_with_sign_flips_and_gain_changes() -> None:
     gate = torch.from_numpy(np.repeat(rng.uniform(size=18) > 0.3, SAMPLE_RATE // 2)).float()
     low = torch.sin(2 * torch.pi * 210 * t) * (0.4 + gate)  # level changes, never silent in an overlap
     high = 0.5 * torch.sin(2 * torch.pi * 2100 * t + 0.3)
-    model = BandSplitFlipping(flip_signs=True)
+    model = BandSplitFlipping(flip_signs=True).eval()  # eval: the separator runs this very module
     separator = Separator(model, SAMPLE_RATE, ChunkConfig(seconds=1.5, overlap_seconds=0.5), optimize=False)
     estimate = separator.separate(low + high, SAMPLE_RATE)
     assert model.calls >= 8
@@ -204,7 +205,7 @@ class PointwiseFlipping(nn.Module):
 def test_chunked_equals_unchunked_for_a_chunk_local_model() -> None:
     mixture = torch.randn(SAMPLE_RATE * 3 + 17, generator=torch.Generator().manual_seed(0))
     whole = Separator(PointwiseFlipping(), SAMPLE_RATE, ChunkConfig(10.0, 1.0), optimize=False)
-    chunked_model = PointwiseFlipping()
+    chunked_model = PointwiseFlipping().eval()  # eval: the separator runs this very module
     chunked = Separator(chunked_model, SAMPLE_RATE, ChunkConfig(0.5, 0.1), optimize=False)
     expected, got = whole.separate_at_model_rate(mixture), chunked.separate_at_model_rate(mixture)
     assert chunked_model.calls >= 7
