@@ -15,6 +15,8 @@ sources of a file appear together, or none).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -169,14 +171,20 @@ def model_window(model: nn.Module) -> int:
     return int(kernel) if isinstance(kernel, int) else 1
 
 
-def source_tag(path: str | os.PathLike) -> str:
-    """What the outputs of ``path`` carry in their WAV comment: the input's absolute path, size and mtime.
+def source_tag(path: str | os.PathLike, settings: str = "") -> str:
+    """What the outputs of ``path`` carry in their WAV comment: the input's absolute path, size and mtime,
+    then the digest of what made them (:meth:`Separator.output_settings`) when given.
 
-    Why: an existing output is only known to be this input's (to skip it on a rerun, or to tell it
-    from a user's file that merely has an output's name) if it says so.
+    Why: an existing output is only known to be this input's result (to skip it on a rerun, or to
+    tell it from a user's file that merely has an output's name, or from a result of another model
+    or other options) if it says so.
     """
     stat = os.stat(path)
-    return f"{source_prefix(path)}{stat.st_size} bytes, mtime_ns {stat.st_mtime_ns})"
+    tag = f"{source_prefix(path)}{stat.st_size} bytes, mtime_ns {stat.st_mtime_ns})"
+    return f"{tag}{SETTINGS_MARK}{settings}" if settings else tag
+
+
+SETTINGS_MARK = " with settings "  # between source_tag's input part and its settings digest
 
 
 def source_prefix(path: str | os.PathLike) -> str:
@@ -250,6 +258,7 @@ class Separator:
         else:
             raise ValueError(f"unknown inference dtype {dtype!r}; valid: fp32, int8")
         self.optimized = optimize
+        self._weights_sha256: str | None = None
         self.sample_rate = sample_rate
         self.chunk = chunk or ChunkConfig()
         self.window = model_window(self.model)
@@ -321,6 +330,25 @@ class Separator:
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device) / MIB
         return start_peak_window()
+
+    def output_settings(self, keep_model_rate: bool = False, channel: int | None = None) -> str:
+        """A digest of what decides an output file: the weights, dtype, stream block, chunking, output rate, channel.
+
+        Why: the WAV comment of :meth:`separate_file`'s outputs carries it, so a rerun with another
+        checkpoint or other options does not take an old result for its own.
+        """
+        if self._weights_sha256 is None:
+            digest = hashlib.sha256()
+            for name, tensor in self.model.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+            self._weights_sha256 = digest.hexdigest()
+        record = {
+            "weights": self._weights_sha256, "dtype": self.dtype, "stream_block_ms": self.stream_block_ms,
+            "chunk": [self.chunk.seconds, self.chunk.overlap_seconds], "keep_model_rate": bool(keep_model_rate),
+            "channel": channel,
+        }  # fmt: skip
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
     def fit_chunk_to_memory(self, max_mib: float) -> ChunkConfig:
         """Set and return the longest chunk whose passes keep memory under ``max_mib`` MiB (measured).
@@ -493,7 +521,7 @@ class Separator:
 
         ``relative_name`` defaults to the input's stem and may hold folders (``a/x`` ->
         ``out_dir/a/x_s1.wav``). ``channel`` picks one channel (0-based) instead of the mixdown.
-        Each output's WAV comment names the input (:func:`source_tag`).
+        Each output's WAV comment names the input and the settings (:func:`source_tag`).
         The file is checked whole first, then read, separated and written in blocks (memory follows
         the chunk size, not the file's length); the same numbers as :meth:`separate` on the whole
         waveform. All outputs appear together or none. An all-zero input is not an error: it gets
@@ -513,7 +541,8 @@ class Separator:
                 if audio.silent:
                     (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")
                 outputs = output_paths(out_dir, name, self.num_sources)
-                return self._separate_audio(audio, outputs, keep_model_rate, source_tag(path))
+                tag = source_tag(path, self.output_settings(keep_model_rate, channel))
+                return self._separate_audio(audio, outputs, keep_model_rate, tag)
         except AudioError as err:
             raise SeparationError(err.reason, path) from err
 

@@ -311,7 +311,13 @@ def test_folder_run_twice_into_itself_does_not_separate_its_outputs(
     write(folder / "x.wav")
     assert infer(ckpt, "--out-dir", folder, folder) == 0
     assert infer(ckpt, "--out-dir", folder, folder) == 0
-    assert "0 written, 1 skipped, 0 failed" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "0 written, 3 skipped, 0 failed" in captured.err  # x.wav's outputs exist; they are its outputs
+    assert f"{folder / 'x_s1.wav'}: skipped, an output of {folder / 'x.wav'}" in captured.out
+    assert all_files(folder) == ["x.wav", "x_s1.wav", "x_s2.wav"]
+    # the same when the shell expands the folder's files (`audiosep infer --out-dir D D/*.wav`)
+    assert infer(ckpt, "--out-dir", folder, *sorted(folder.glob("*.wav"))) == 0
+    assert "0 written, 3 skipped, 0 failed" in capsys.readouterr().err
     assert all_files(folder) == ["x.wav", "x_s1.wav", "x_s2.wav"]
     other = tmp_path / "other"
     write(other / "y.wav")
@@ -319,6 +325,32 @@ def test_folder_run_twice_into_itself_does_not_separate_its_outputs(
     assert infer(ckpt, "--out-dir", inside, other) == 0
     assert infer(ckpt, "--out-dir", inside, other) == 0
     assert all_files(other) == ["separated/y_s1.wav", "separated/y_s2.wav", "y.wav"]
+
+
+@pytest.mark.parametrize("change", [("--channel", "1"), ("--keep-model-rate",), ("--dtype", "int8"),
+                                    ("--chunk-seconds", "0.1", "--overlap-seconds", "0.02"), ("--ckpt",)])  # fmt: skip
+def test_a_rerun_with_another_model_or_options_does_not_take_old_outputs_for_its_own(
+    ckpt: Path, tmp_path: Path, capsys, change: tuple[str, ...]
+) -> None:
+    mixture = write(tmp_path / "x.wav", rate=16000, channels=2)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, mixture) == 0
+    before = (out / "x_s1.wav").read_bytes()
+    assert infer(ckpt, "--out-dir", out, mixture) == 0  # the same settings: skipped
+    assert "0 written, 1 skipped, 0 failed" in capsys.readouterr().err
+    model_file, options = ckpt, list(change)
+    if change == ("--ckpt",):  # the same architecture, other weights
+        model_file, options = tmp_path / "other.ckpt", []
+        model = tiny_model()
+        with torch.no_grad():
+            next(model.parameters()).mul_(1.5)
+        save_model(model, model_file, {"sample_rate": RATE})
+    assert infer(model_file, *options, "--out-dir", out, mixture) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "was separated from this input with another model or other options" in lines[0]
+    assert (out / "x_s1.wav").read_bytes() == before  # nothing replaced without --overwrite
+    assert infer(model_file, *options, "--out-dir", out, "--overwrite", mixture) == 0
+    assert (out / "x_s1.wav").read_bytes() != before
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ class Plan:
     name: Path  # output name below --out-dir, without ``_s<k>.wav``
     outputs: list[Path] = field(default_factory=list)
     error: str | None = None
+    output_of: str | None = None  # the input this file is an output of: not separated again
 
 
 def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[Plan]:
@@ -114,28 +115,25 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
         name = parent / path.stem
         plans.append(Plan(item, name, output_paths(out_dir, name, num_sources)))
 
-    # A file found in a folder that is another input's output (out-dir == input folder, second run)
-    # is that output, not a new input: if its comment names that input's path (the input may have
-    # changed since: then it is a stale output, redone with --overwrite). A file that only has an
-    # output's name (a user's recording, or an output of a version before the comment) is separated
-    # and protected like any input.
+    # An input that is another input's output (out-dir == input folder, second run; found in the
+    # folder or named by a shell glob) is that output, not a new input: if its comment names that
+    # input's path (the input may have changed since: then it is a stale output, redone with
+    # --overwrite). A file that only has an output's name (a user's recording, or an output of a
+    # version before the comment) is separated and protected like any input.
     existing_outputs = {}
     for index, plan in enumerate(plans):
         for output in plan.outputs:
             if (identity := file_id(output)) is not None:
                 existing_outputs.setdefault(identity, index)
-    kept = []
     for index, plan in enumerate(plans):
         owner = existing_outputs.get(file_id(plan.input.path), index)
-        if plan.input.walked and owner != index and names_source(plan.input.path, plans[owner].input.path):
-            log.info("%s: an output of %s, not separated again", plan.input.label, plans[owner].input.label)
-            continue
-        kept.append(plan)
-    plans = kept
+        if owner != index and names_source(plan.input.path, plans[owner].input.path):
+            plan.output_of = plans[owner].input.label
+    separated = [plan for plan in plans if plan.output_of is None]
 
     # Two inputs writing the same output name (case-insensitively, for case-insensitive disks).
     owners: dict[str, list[Plan]] = {}
-    for plan in plans:
+    for plan in separated:
         for output in plan.outputs:
             owners.setdefault(os.path.abspath(output).casefold(), []).append(plan)
     for group in owners.values():
@@ -144,12 +142,12 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
                 others = ", ".join(shown(other.input.label) for other in group if other is not plan)
                 plan.error = plan.error or (
                     f"its outputs would collide with those of {others} (same name below --out-dir); "
-                    "rename one or separate them in separate runs"
+                    "rename one, or separate them into different --out-dir folders"
                 )
 
     # Never replace an input file.
-    input_ids = {file_id(plan.input.path): plan for plan in plans}
-    for plan in plans:
+    input_ids = {file_id(plan.input.path): plan for plan in separated}
+    for plan in separated:
         for output in plan.outputs:
             victim = input_ids.get(file_id(output)) if output.exists() else None
             if victim is not None and plan.error is None:
@@ -159,11 +157,18 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
     return plans
 
 
-def is_output_of(output: str | os.PathLike, source: str | os.PathLike) -> bool:
-    """Whether ``output`` says (in its WAV comment) that it was separated from ``source`` as it is now."""
-    from audiosep.inference import source_tag, written_from
+def output_origin(output: str | os.PathLike, source: str | os.PathLike, settings: str) -> str:
+    """What ``output``'s WAV comment says of it: ``this`` result (``source`` as it is now, ``settings``),
+    ``other settings`` (this input, another model or options), or ``foreign`` (anything else)."""
+    from audiosep.inference import SETTINGS_MARK, source_tag, written_from
 
-    return written_from(output) == source_tag(source)
+    tag = written_from(output)
+    if tag is None:
+        return "foreign"
+    if tag == source_tag(source, settings):
+        return "this"
+    this_input = source_tag(source)  # an output of an older version carries no settings
+    return "other settings" if tag == this_input or tag.startswith(this_input + SETTINGS_MARK) else "foreign"
 
 
 def names_source(output: str | os.PathLike, source: str | os.PathLike) -> bool:
@@ -178,6 +183,9 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
     from audiosep.io import remove_temp_files
 
     label = plan.input.label
+    if plan.output_of is not None:
+        report.skip_output(label, plan.output_of)
+        return
     if plan.error:
         report.error(label, plan.error)
         return
@@ -187,12 +195,21 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
         report.error(label, f"output path {shown(not_files[0])} exists and is not a file")
         return
     if present and not args.overwrite:
-        foreign = [output for output in present if not is_output_of(output, plan.input.path)]
+        settings = separator.output_settings(args.keep_model_rate, args.channel)
+        origins = {output: output_origin(output, plan.input.path, settings) for output in present}
+        foreign = [output for output, origin in origins.items() if origin == "foreign"]
+        other = [output for output, origin in origins.items() if origin == "other settings"]
         if foreign:
             report.error(
                 label,
                 f"{shown(foreign[0])} exists and was not written from this input (another file, or this "
                 "file before it changed); --overwrite replaces it",
+            )
+        elif other:
+            report.error(
+                label,
+                f"{shown(other[0])} was separated from this input with another model or other options "
+                "(--ckpt, --dtype, --stream, --channel, --keep-model-rate, chunking); --overwrite replaces it",
             )
         elif len(present) == len(plan.outputs):
             report.skip(label, plan.outputs)

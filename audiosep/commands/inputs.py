@@ -34,7 +34,6 @@ def shown(text: object) -> str:
 class Input:
     path: Path
     label: str  # as the user would recognise it
-    walked: bool  # found in a folder (not named explicitly)
 
 
 class Report:
@@ -56,6 +55,11 @@ class Report:
         print(
             f"{shown(label)}: skipped, outputs exist ({', '.join(shown(p) for p in outputs)}); --overwrite redoes it"
         )
+
+    def skip_output(self, label: str, source: str) -> None:
+        """``label`` is an output of this run's input ``source``: not separated again."""
+        self.skipped += 1
+        print(f"{shown(label)}: skipped, an output of {shown(source)} (not separated again)")
 
     def wrote(self, label: str, outputs: list[Path]) -> None:
         self.written += 1
@@ -132,14 +136,14 @@ def collect_inputs(
     inputs: list[Input] = []
     seen: set[tuple[int, int]] = set()
 
-    def add(path: Path, label: str, walked: bool) -> None:
+    def add(path: Path, label: str) -> None:
         identity = file_id(path)
         if identity is None or identity in seen:  # the same file named twice is taken once
             if identity is not None:
                 log.info("%s: given more than once; taken once", label)
             return
         seen.add(identity)
-        inputs.append(Input(path, label, walked))
+        inputs.append(Input(path, label))
 
     def expand(path: Path, label: str) -> None:
         if path.is_dir():
@@ -148,13 +152,13 @@ def collect_inputs(
                 what = f"matching --glob {pattern!r}" if pattern else "with an audio suffix"
                 report.error(label, f"folder holds no files {what}")
             for file in found:
-                add(file, str(file), walked=True)
+                add(file, str(file))
         elif not path.exists():
             report.error(label, "no such file" if not path.is_symlink() else "broken symbolic link")
         elif not path.is_file():
             report.error(label, "not a regular file")
         else:
-            add(path, label, walked=False)
+            add(path, label)
 
     for argument in arguments:
         if argument.startswith("@") and len(argument) > 1:
