@@ -100,6 +100,8 @@ class ChunkConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.seconds) and math.isfinite(self.overlap_seconds)):
             raise ValueError(f"chunk {self.seconds} s and overlap {self.overlap_seconds} s must be finite")
+        if self.seconds > MAX_CHUNK_SECONDS:
+            raise ValueError(f"chunk {self.seconds:g} s is longer than {MAX_CHUNK_SECONDS:g} s")
         if not 0 < self.overlap_seconds < self.seconds / 2:
             raise ValueError(
                 f"overlap {self.overlap_seconds} s must be in (0, chunk/2) for a {self.seconds} s chunk"
@@ -298,7 +300,10 @@ class Separator:
         return self._num_sources
 
     def check_length(self, num_samples: int, sample_rate: int) -> None:
-        """Raise :class:`SeparationError` when ``num_samples`` at ``sample_rate`` is under the window."""
+        """Raise :class:`SeparationError` when ``sample_rate`` is not a positive integer or ``num_samples``
+        at that rate is under the window."""
+        if isinstance(sample_rate, bool) or not float(sample_rate).is_integer() or sample_rate < 1:
+            raise SeparationError(f"sample rate {sample_rate!r}: a positive whole number of Hz is needed")
         at_model_rate = math.ceil(num_samples * self.sample_rate / sample_rate)
         if at_model_rate < self.window:
             raise SeparationError(
@@ -453,8 +458,13 @@ class Separator:
         """``mixture[T]`` at the model's rate -> ``[S, T]``, chunked with overlap when long.
 
         Raises:
-            SeparationError: the model's output is not finite (NaN/Inf).
+            SeparationError: the mixture is not a float ``[T]`` tensor at least the model's window long,
+                or the model's output is not finite (NaN/Inf).
         """
+        if not isinstance(mixture, Tensor) or not mixture.is_floating_point() or mixture.dim() != 1:
+            shown = f"{mixture.dtype} {tuple(mixture.shape)}" if isinstance(mixture, Tensor) else type(mixture).__name__
+            raise SeparationError(f"the mixture must be a float [T] tensor at the model's rate, got {shown}")
+        self.check_length(mixture.shape[-1], self.sample_rate)
         return torch.cat(list(self._pieces(lambda a, b: mixture[a:b], mixture.shape[-1])), dim=-1)
 
     def _chunk_estimates(
@@ -475,6 +485,17 @@ class Separator:
                 bar.update(len(group))
 
     def _to_mono(self, waveform: Tensor) -> Tensor:
+        """``waveform`` (``[T]`` or ``[C, T]`` float) averaged to mono float32; other inputs raise ``SeparationError``.
+
+        Why refuse integer PCM rather than guess its scale: ``[T]`` int16 was separated at 32768 times
+        speech level, ``[C, T]`` failed inside ``mean``; read files with ``dtype="float32"``.
+        """
+        if not isinstance(waveform, Tensor) or not waveform.is_floating_point():
+            kind = waveform.dtype if isinstance(waveform, Tensor) else type(waveform).__name__
+            raise SeparationError(f"the waveform must be a float tensor in [-1, 1], got {kind} (read files with "
+                                  "dtype='float32')")  # fmt: skip
+        if waveform.dim() not in (1, 2) or waveform.shape[0] == 0:
+            raise SeparationError(f"the waveform must be [T] or [C, T] with C >= 1, got shape {tuple(waveform.shape)}")
         if waveform.dim() == 2 and waveform.shape[0] > 1:
             log.info("mixing %d channels down to mono", waveform.shape[0])
         return to_mono(waveform).float()
@@ -647,9 +668,18 @@ def write_sources_atomic(
     """Write ``sources[k]`` to ``paths[k]`` (wav) through temp files renamed together on success.
 
     On any error no output of this set appears and no temp file is left (:func:`audiosep.io.atomic_paths`).
+
+    Raises:
+        ValueError: a count mismatch, or samples that are not finite or (integer PCM) beyond [-1, 1],
+            which would be written as full-scale clicks or clipped (scale with :func:`limit_peak` first).
     """
     if len(sources) != len(paths):
         raise ValueError(f"{len(sources)} sources for {len(paths)} paths")
+    if not torch.isfinite(sources).all():
+        raise ValueError(f"{int((~torch.isfinite(sources)).sum())} non-finite sample(s) (NaN/Inf) in the sources")
+    peak = float(sources.abs().max()) if sources.numel() else 0.0
+    if subtype.startswith("PCM") and peak > 1.0:
+        raise ValueError(f"peak {peak:.3g} is beyond [-1, 1] and would clip in {subtype}; scale with limit_peak first")
     with atomic_paths(paths) as temps:
         for source, tmp in zip(sources, temps, strict=True):
             sf.write(tmp, source.detach().cpu().numpy(), sample_rate, subtype=subtype, format="WAV")

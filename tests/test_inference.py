@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from audiosep.checkpoint import save_model
 from audiosep.cli import main
-from audiosep.inference import ChunkConfig, Separator, chunk_layout
+from audiosep.inference import ChunkConfig, SeparationError, Separator, chunk_layout
 from audiosep.losses import si_snr
 
 SAMPLE_RATE = 8000
@@ -210,3 +210,53 @@ def test_chunked_equals_unchunked_for_a_chunk_local_model() -> None:
     expected, got = whole.separate_at_model_rate(mixture), chunked.separate_at_model_rate(mixture)
     assert chunked_model.calls >= 7
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def _band_split_separator() -> Separator:
+    return Separator(BandSplitFlipping().eval(), SAMPLE_RATE, optimize=False)
+
+
+@pytest.mark.parametrize(
+    ("waveform", "rate", "message"),
+    [
+        (torch.zeros(800, dtype=torch.int16), SAMPLE_RATE, "must be a float tensor in \\[-1, 1\\], got torch.int16"),
+        (torch.zeros(1, 800, dtype=torch.int16), SAMPLE_RATE, "got torch.int16"),
+        (torch.zeros(800, dtype=torch.bool), SAMPLE_RATE, "got torch.bool"),
+        (torch.zeros(0, 800), SAMPLE_RATE, "C >= 1, got shape \\(0, 800\\)"),
+        (torch.zeros(1, 2, 800), SAMPLE_RATE, "got shape \\(1, 2, 800\\)"),
+        (torch.zeros(800), 0, "sample rate 0: a positive whole number"),
+        (torch.zeros(800), -8000, "sample rate -8000"),
+        (torch.zeros(800), float("nan"), "sample rate nan"),
+        (torch.zeros(800), 44100.5, "sample rate 44100.5"),
+    ],
+)
+def test_separate_refuses_what_it_cannot_separate_with_one_clear_error(waveform: Tensor, rate: float, message: str) -> None:
+    with pytest.raises(SeparationError, match=message):
+        _band_split_separator().separate(waveform, rate)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mixture", [torch.zeros(0), torch.zeros(2, 800), torch.zeros(800, dtype=torch.int16)])
+def test_separate_at_model_rate_refuses_empty_batched_or_integer_input(mixture: Tensor) -> None:
+    with pytest.raises(SeparationError, match="must be a float \\[T\\] tensor|too short"):
+        _band_split_separator().separate_at_model_rate(mixture)
+
+
+def test_write_sources_atomic_refuses_non_finite_or_clipping_samples(tmp_path: Path) -> None:
+    from audiosep.inference import limit_peak, write_sources_atomic
+
+    paths = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    with pytest.raises(ValueError, match="2 non-finite sample"):
+        write_sources_atomic(torch.tensor([[float("nan"), 0.5], [0.1, float("inf")]]), SAMPLE_RATE, paths)
+    loud = torch.tensor([[2.0, -3.0], [0.5, 0.1]])
+    with pytest.raises(ValueError, match="peak 3 is beyond \\[-1, 1\\]"):
+        write_sources_atomic(loud, SAMPLE_RATE, paths)
+    assert not list(tmp_path.iterdir())  # nothing written
+    write_sources_atomic(limit_peak(loud, "x"), SAMPLE_RATE, paths)
+    assert float(np.abs(sf.read(paths[0])[0]).max()) < 1.0
+    write_sources_atomic(loud, SAMPLE_RATE, paths, subtype="FLOAT")  # float WAV holds any finite value
+    assert sf.read(paths[0])[0][1] == -3.0
+
+
+def test_a_chunk_longer_than_ten_minutes_is_refused_not_overflowed() -> None:
+    with pytest.raises(ValueError, match="chunk 1e\\+308 s is longer than 600 s"):
+        ChunkConfig(1e308, 1.0)
