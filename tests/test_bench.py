@@ -521,3 +521,17 @@ def test_untrained_presets_are_the_same_model_in_every_run(monkeypatch: pytest.M
     assert all(torch.equal(first[name], second[name]) for name in first)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left alone
     assert cuda_seeds == []
+
+
+def test_a_length_shorter_than_the_models_window_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """1e-9 s ran one sample while RTF and GMAC per audio second were divided by 1e-9 s."""
+    from audiosep.cli import main
+
+    argv = ["bench", "--models", "conv_tasnet_demo", *TINY_OVERRIDES, "--lengths", "1e-9,1", "--repeats", "3",
+            "--backends", "eager", "--no-memory", "--out-dir", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("audiosep: error: --lengths 1e-09 s is 0 samples at 8000 Hz, shorter "
+                                               "than conv_tasnet_demo(")  # fmt: skip
+    assert err[0].endswith("'s 8-sample window")
+    assert not (tmp_path / "out").exists()

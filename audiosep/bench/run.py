@@ -39,7 +39,7 @@ from audiosep.bench.measure import (
 from audiosep.bench.memory import MemoryWorkers, cuda_peak, rss_supported
 from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs, load, peer_spec
 from audiosep.bench.streaming import streaming_latency
-from audiosep.errors import one_line
+from audiosep.errors import UserError, one_line
 from audiosep.losses import si_snr
 
 SCHEMA = "audiosep.bench/1"
@@ -348,6 +348,20 @@ def oversubscription_note(device: torch.device, threads: int) -> list[str]:
             "latencies and above all the roofline matmul are not representative of this machine"]  # fmt: skip
 
 
+def check_lengths(models: Iterable[LoadedModel], lengths: Iterable[float]) -> None:
+    """Raise ``UserError`` for a length shorter than a model's window (the input would be padded, and
+    RTF and GMAC per audio second computed for audio that was never run)."""
+    from audiosep.bench.models import FEATURE_FRAMES_PER_SECOND
+    from audiosep.inference import model_window
+
+    for model in models:
+        rate, window = ((FEATURE_FRAMES_PER_SECOND, 1) if model.is_asr else (model.sample_rate, model_window(model.module)))
+        for seconds in lengths:
+            if round(seconds * rate) < window:
+                raise UserError(f"--lengths {seconds:g} s is {round(seconds * rate)} samples at {rate} Hz, shorter than "
+                                f"{model.spec.label}'s {window}-sample window")  # fmt: skip
+
+
 def run_bench(settings: BenchSettings) -> dict[str, Any]:
     """Measure everything ``settings`` asks for; returns the report (schema :data:`SCHEMA`, see README)."""
     device = torch.device(settings.device)
@@ -356,6 +370,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     dtypes = [DTYPES[name] for name in settings.dtypes]
     lengths = sorted(settings.lengths)
     ours, peers, notes = resolve_models(settings)
+    check_lengths(ours, lengths)
     notes += oversubscription_note(device, threads)
     models = {m.spec.label: m for m in ours + peers}
     machine = machine_info(device, threads, dtypes)
