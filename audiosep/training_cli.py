@@ -225,6 +225,29 @@ def restrict_imports() -> None:
         raise UserError(f"${EXTRA_IMPORTS_ENV}: {err}") from err
 
 
+def _yaml_without_aliases(text: str) -> Any:
+    """jsonargparse's YAML loading, after a parse-only pass that refuses ``*alias`` (not expanded: linear cost).
+
+    Why: a recipe of a few hundred bytes with nested aliases ("billion laughs") stands for a value
+    of exponential size that the parser's checks expand (minutes and GBs); recipes never need them.
+    """
+    import yaml
+    from jsonargparse._loaders_dumpers import yaml_load
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not supported", event.start_mark)
+    return yaml_load(text)
+
+
+def refuse_yaml_aliases() -> None:
+    """Make jsonargparse load every YAML config and value through :func:`_yaml_without_aliases`."""
+    import yaml
+    from jsonargparse import set_loader
+
+    set_loader("yaml", _yaml_without_aliases, exceptions=(yaml.YAMLError,))
+
+
 def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
     """Run ``fit``/``validate``/``test`` with ``argv`` (starting with the sub-command).
 
@@ -241,6 +264,7 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
     ):
         warnings.filterwarnings("ignore", message=message)
     restrict_imports()
+    refuse_yaml_aliases()
     try:
         return AudiosepCLI(
             LightningModule,
