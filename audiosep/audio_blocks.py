@@ -13,9 +13,10 @@ import math
 import os
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -76,54 +77,170 @@ def resample_span(
 
 
 _FRAME_ALIGNED_WAV_FORMATS = frozenset({0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE})  # PCM, float, A/mu-law, ext.
+# Sizes that writers to a pipe leave in a header they cannot go back to (ffmpeg: 0xFFFFFFFF, arecord:
+# 0x7FFFFFFF; AU's "unknown size" is 0xFFFFFFFF): the data runs to the end of the file.
+_PLACEHOLDER_SIZES = frozenset({0xFFFFFFFF, 0x7FFFFFFF})
+_W64_GUID_TAIL = bytes.fromhex("f3acd3118cd100c04f8edb8a")  # W64 chunk ids: four letters, then this
+_W64_RIFF = b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000")
+# AIFC compression types whose COMM chunk counts sample frames (ima4 and the like count packets).
+_FRAME_COUNTED_AIFC_TYPES = frozenset(
+    {b"NONE", b"sowt", b"twos", b"raw ", b"in24", b"in32", b"fl32", b"FL32", b"fl64", b"FL64"}
+    | {b"ulaw", b"ULAW", b"alaw", b"ALAW"}
+)
+_AU_SAMPLE_BYTES = {1: 1, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 8, 27: 1}  # mu-law, PCM 8-32, float, double, A-law
 
 
-def _wav_declared_frames(path: Path) -> int | None:
-    """Frames the RIFF/RIFX/RF64 ``data`` chunk header declares, or ``None`` (not a WAV, no data).
+def _chunks(
+    handle: BinaryIO, position: int, end: int, endian: str, w64: bool
+) -> Iterator[tuple[bytes, int, int]]:
+    """``(id, body offset, declared body size)`` of each RIFF/AIFF/W64 chunk from ``position`` on.
 
-    libsndfile quietly shortens a ``data`` chunk that runs past the end of the file, so a truncated
-    WAV would read as a shorter, complete one; this reads the declared size itself.
+    The walk is bounded (4096 chunks), so a crafted file cannot make it loop for long; a W64 chunk id
+    is given by its four letters.
+    """
+    header_size, size_code, align = (24, "Q", 8) if w64 else (8, "I", 2)
+    for _ in range(4096):
+        if position + header_size > end:
+            return
+        handle.seek(position)
+        header = handle.read(header_size)
+        chunk_id = header[:4] if not w64 or header[4:16] == _W64_GUID_TAIL else b""
+        (size,) = struct.unpack(f"{endian}{size_code}", header[header_size - struct.calcsize(size_code) :])
+        body = size - header_size if w64 else size
+        if body < 0:
+            return
+        yield chunk_id, position + header_size, body
+        position += header_size + body + (-body % align)
+
+
+def _wave_frames(handle: BinaryIO, head: bytes, end: int) -> int | None:
+    """Frames the ``data`` chunk of a RIFF/RIFX/RF64/W64 WAVE file declares (``None``: compressed, placeholder)."""
+    w64 = head[:4] == b"riff"
+    endian = ">" if head[:4] == b"RIFX" else "<"
+    block_align = ds64_data_size = None
+    for chunk_id, body, size in _chunks(handle, 40 if w64 else 12, end, endian, w64):
+        handle.seek(body)
+        if chunk_id == b"ds64":
+            fields = handle.read(16)
+            if len(fields) == 16:
+                ds64_data_size = struct.unpack("<QQ", fields)[1]
+        elif chunk_id == b"fmt ":
+            fields = handle.read(14)
+            if len(fields) == 14:
+                format_tag, block_align = struct.unpack(f"{endian}H10xH", fields)
+                if format_tag not in _FRAME_ALIGNED_WAV_FORMATS:  # compressed: blocks != frames
+                    return None
+        elif chunk_id == b"data":
+            if head[:4] == b"RF64" and size == 0xFFFFFFFF and ds64_data_size is not None:
+                size = ds64_data_size
+            elif not w64 and size in _PLACEHOLDER_SIZES:
+                return None
+            return size // block_align if block_align else None
+    return None
+
+
+def _aiff_frames(handle: BinaryIO, head: bytes, end: int) -> int | None:
+    """Sample frames the ``COMM`` chunk of an AIFF/AIFC file declares (``None``: compressed, placeholder)."""
+    for chunk_id, body, _ in _chunks(handle, 12, end, ">", False):
+        if chunk_id == b"COMM":
+            handle.seek(body)
+            fields = handle.read(22)
+            (frames,) = struct.unpack(">2xI", fields[:6])
+            compression = fields[18:22] if head[8:12] == b"AIFC" else b"NONE"
+            if compression not in _FRAME_COUNTED_AIFC_TYPES or frames in _PLACEHOLDER_SIZES:
+                return None
+            return frames
+    return None
+
+
+def _au_frames(head: bytes) -> int | None:
+    """Frames the header of an AU file declares (``None``: a compressed encoding, the unknown size)."""
+    endian = ">" if head[:4] == b".snd" else "<"
+    data_size, encoding, _, channels = struct.unpack(f"{endian}4I", head[8:24])
+    sample_bytes = _AU_SAMPLE_BYTES.get(encoding)
+    if sample_bytes is None or channels == 0 or data_size in _PLACEHOLDER_SIZES:
+        return None
+    return data_size // (sample_bytes * channels)
+
+
+def _declared_frames(path: Path) -> int | None:
+    """Frames a WAV, W64, AIFF or AU header declares, or ``None`` (another format, no size stated).
+
+    libsndfile quietly shortens a data chunk that runs past the end of the file, so a truncated file
+    would read as a shorter, complete one; this reads the declared size itself.
     """
     try:
-        size = path.stat().st_size
+        end = path.stat().st_size
         with path.open("rb") as handle:
-            head = handle.read(12)
-            if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX", b"RF64"):
-                return None
-            endian = ">" if head[:4] == b"RIFX" else "<"
-            block_align = ds64_data_size = None
-            position = 12
-            for _ in range(4096):  # bounded walk: a crafted file cannot make this loop for long
-                if position + 8 > size:
-                    return None
-                handle.seek(position)
-                chunk_id, chunk_size = struct.unpack(f"{endian}4sI", handle.read(8))
-                if chunk_id == b"ds64":
-                    body = handle.read(16)
-                    if len(body) == 16:
-                        ds64_data_size = struct.unpack("<QQ", body)[1]
-                elif chunk_id == b"fmt ":
-                    body = handle.read(16)
-                    if len(body) >= 14:
-                        format_tag, block_align = struct.unpack(f"{endian}H10xH", body[:14])
-                        if format_tag not in _FRAME_ALIGNED_WAV_FORMATS:  # compressed: blocks != frames
-                            return None
-                elif chunk_id == b"data":
-                    if head[:4] == b"RF64" and chunk_size == 0xFFFFFFFF and ds64_data_size is not None:
-                        chunk_size = ds64_data_size
-                    return chunk_size // block_align if block_align else None
-                position += 8 + chunk_size + (chunk_size & 1)
+            head = handle.read(40)
+            if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+                return _wave_frames(handle, head, end)
+            if head[:16] == _W64_RIFF and head[24:40] == b"wave" + _W64_GUID_TAIL:
+                return _wave_frames(handle, head, end)
+            if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+                return _aiff_frames(handle, head, end)
+            if head[:4] in (b".snd", b"dns."):
+                return _au_frames(head)
     except (OSError, struct.error):
         return None
     return None
 
 
-_LOG_SHORT_CHUNK = re.compile(r"^\s*(?:data|SSND|Data Size)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+def _ogg_unfinished(path: Path) -> bool:
+    """Whether ``path`` is an Ogg file in which a logical stream has no complete end-of-stream page.
+
+    A cut Ogg file decodes as a shorter, complete one, and libsndfile's log does not always say so (not
+    when the cut falls inside the last page), so this walks the page headers itself.
+    """
+    try:
+        end = path.stat().st_size
+        unfinished: set[int] = set()  # serial numbers of streams begun and not yet ended
+        with path.open("rb") as handle:
+            position = 0
+            while position + 27 <= end:
+                handle.seek(position)
+                header = handle.read(27)
+                if header[:4] != b"OggS":
+                    break
+                flags, (serial,), segments = header[5], struct.unpack("<I", header[14:18]), header[26]
+                lacing = handle.read(segments)
+                position += 27 + segments + sum(lacing)
+                if len(lacing) < segments or position > end:  # the page is cut
+                    break
+                if flags & 0x02:  # beginning of stream
+                    unfinished.add(serial)
+                if flags & 0x04:  # end of stream
+                    unfinished.discard(serial)
+    except (OSError, struct.error):
+        return False
+    return bool(unfinished)
+
+
+_LOG_SHORT_CHUNK = re.compile(r"^\s*(?:data|SSND|Data Size|riff)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
 
 
 def _log_says_truncated(extra_info: str) -> bool:
-    """libsndfile's log notes a data chunk longer than the file (AIFF, CAF, AU, ...)."""
-    return any(int(declared) > int(actual) for declared, actual in _LOG_SHORT_CHUNK.findall(extra_info))
+    """libsndfile's log notes a data chunk (W64: the whole file) longer than the file, placeholders aside."""
+    return any(
+        int(declared) > int(actual) and int(declared) not in _PLACEHOLDER_SIZES
+        for declared, actual in _LOG_SHORT_CHUNK.findall(extra_info)
+    )
+
+
+_OGG_CUT = "the Ogg stream stops before its end-of-stream page"
+
+
+def _unmeasured_truncation(path: Path, extra_info: str) -> str | None:
+    """How a file whose header states no length shows it is cut short, or ``None`` when it does not.
+
+    Without a declared length only the file's own end marks tell: an Ogg stream's end-of-stream page,
+    a chunk size that libsndfile's log finds past the end of the file.
+    """
+    if _ogg_unfinished(path):
+        return _OGG_CUT
+    if _log_says_truncated(extra_info):
+        return "a chunk runs past the end of the file"
+    return None
 
 
 def _libsndfile_message(err: Exception) -> str:
@@ -145,6 +262,8 @@ def _open(path: Path) -> sf.SoundFile:
         return sf.SoundFile(str(path))
     except (RuntimeError, ValueError, TypeError, OSError) as err:
         message = _libsndfile_message(err)
+        if _ogg_unfinished(path):  # libsndfile cannot open some cut Ogg files at all
+            raise AudioError(f"truncated: {_OGG_CUT}, libsndfile cannot open it ({message})", path) from err
         lowered = message.lower()
         kind = (
             "unknown or unsupported format: "
@@ -195,8 +314,9 @@ class CheckedAudio:
     def _check(self) -> tuple[int, bool]:
         """Read every frame once: ``(frames, all zero)``; raise on truncation and non-finite samples."""
         handle, path, rate = self.handle, self.path, self.sample_rate
-        promised = max(int(handle.frames), _wav_declared_frames(path) or 0)
-        truncated_by_log = _log_says_truncated(handle.extra_info)
+        declared = _declared_frames(path)
+        promised = int(handle.frames) if declared is None else declared  # libsndfile's: FLAC's header, Ogg's end
+        unmeasured = None if declared is not None else _unmeasured_truncation(path, handle.extra_info)
         got, silent = 0, True
         while True:
             try:
@@ -221,10 +341,16 @@ class CheckedAudio:
             got += block.shape[0]
             if block.shape[0] < self._block:
                 break
-        if got < promised or truncated_by_log:
+        if got < promised:
             raise AudioError(
                 f"truncated: the header promises {promised} frames ({promised / rate:.3f} s), "
                 f"the file holds {got} ({got / rate:.3f} s)",
+                path,
+            )
+        if unmeasured is not None:
+            raise AudioError(
+                f"truncated: {unmeasured}, so the promised length is unknown; "
+                f"the file holds {got} frames ({got / rate:.3f} s)",
                 path,
             )
         if got == 0:
