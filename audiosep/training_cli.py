@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import re
+import sys
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from audiosep.errors import UserError, brief_repr, one_line
@@ -84,6 +85,22 @@ def resolve_config_paths(argv: list[str]) -> list[str]:
         else:
             resolved[i] = f"--config={recipe}"
     return resolved
+
+
+PARSER_ERROR_CHARS = 600  # room for a list of valid choices, not for a config dump
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """LightningCLI's parser whose usage errors are one ``audiosep: error:`` line (exit 2), as every
+    other command's, instead of the usage text, a parser excerpt and the value given."""
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if not self.exit_on_error:  # a caller that handles ArgumentError itself
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"audiosep: error: {one_line(message, PARSER_ERROR_CHARS)} (`{prog} --help` lists the options)\n")
+        self.exit(2)
 
 
 class AudiosepCLI(LightningCLI):
@@ -274,6 +291,7 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
             args=resolve_config_paths(argv),
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "audiosep"},
+            parser_class=OneLineErrorParser,
             run=run,
         )
     except MisconfigurationException as err:  # Lightning's verdict on trainer settings (accelerator, devices, ...)

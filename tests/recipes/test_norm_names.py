@@ -64,3 +64,21 @@ def test_a_recipe_with_yaml_aliases_is_refused_before_they_expand(
         main(["fit", "--config", "demo/convtasnet_tiny.yaml", "--config", str(recipe), "--print_config"])
     assert exit_info.value.code != 0
     assert "YAML aliases (*name) are not supported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--model.model.init_args.norm", "glN"], "'gLN'"),
+        (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+        (["--trainer.max_epochs", "{1: 2"], "trainer.max_epochs"),
+    ],
+)
+def test_a_parse_error_is_one_line_with_exit_code_2(capsys: pytest.CaptureFixture[str], extra: list[str], says: str) -> None:
+    """As every other audiosep command: not the usage text, a parser excerpt and the value given."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "demo/convtasnet_tiny.yaml", *extra, "--print_config"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("audiosep: error: ") and says in lines[0], lines
+    assert lines[0].endswith("(`audiosep fit --help` lists the options)")
