@@ -1,7 +1,8 @@
 """``audiosep export --ckpt CKPT --format onnx|torchscript [--out F]``: export, then prove the file.
 
 After writing, the exported file is run (ONNX Runtime, or ``torch.jit.load``) at batch 1 and 2
-on two lengths that are a multiple of no stride, and compared with the PyTorch model; the max
+on three lengths that are a multiple of no stride (the longest 16 s, the chunk ``audiosep infer``
+runs), and compared with the PyTorch model; the max
 abs error of each is printed, and above ``--atol`` nothing is written and the exit code is 1.
 QuartzNet checkpoints export with their log-mel front end (waveform + lengths in, log-probs out).
 
@@ -48,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, >= 17 (default: %(default)s)"
     )
     parser.add_argument(
-        "--check-lengths", type=_lengths, default=None, metavar="N,M",
-        help="samples per row of the checks (default: primes near 0.3 s and 0.5 s)",
+        "--check-lengths", type=_lengths, default=None, metavar="N[,M...]",
+        help="samples per row of the checks (default: primes near 0.3 s, 0.5 s and 16 s)",
     )  # fmt: skip
     parser.add_argument(
         "--sample-rate", type=int, default=None, help="the model's rate, for a checkpoint that records none"
