@@ -78,8 +78,8 @@ def resample_span(
 
 _FRAME_ALIGNED_WAV_FORMATS = frozenset({0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE})  # PCM, float, A/mu-law, ext.
 # Sizes that writers to a pipe leave in a header they cannot go back to (ffmpeg: 0xFFFFFFFF, arecord:
-# 0x7FFFFFFF; AU's "unknown size" is 0xFFFFFFFF): the data runs to the end of the file.
-_PLACEHOLDER_SIZES = frozenset({0xFFFFFFFF, 0x7FFFFFFF})
+# 0x7FFFFFFF, SoX: 0x7FFFF000; AU's "unknown size" is 0xFFFFFFFF): the data runs to the end of the file.
+_PLACEHOLDER_SIZES = frozenset({0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000})
 _W64_GUID_TAIL = bytes.fromhex("f3acd3118cd100c04f8edb8a")  # W64 chunk ids: four letters, then this
 _W64_RIFF = b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000")
 # AIFC compression types whose COMM chunk counts sample frames (ima4 and the like count packets).

@@ -337,10 +337,13 @@ class Separator:
         return start_peak_window()
 
     def output_settings(self, keep_model_rate: bool = False, channel: int | None = None) -> str:
-        """A digest of what decides an output file: the weights, dtype, stream block, chunking, output rate, channel.
+        """A digest of what decides an output file: the weights and the model's rate, dtype, stream block,
+        output rate, channel.
 
         Why: the WAV comment of :meth:`separate_file`'s outputs carries it, so a rerun with another
-        checkpoint or other options does not take an old result for its own.
+        checkpoint or other options does not take an old result for its own. Chunking is left out:
+        it moves samples near chunk seams only, and ``--max-memory`` picks a slightly different
+        chunk on every run.
         """
         if self._weights_sha256 is None:
             digest = hashlib.sha256()
@@ -349,9 +352,8 @@ class Separator:
                 digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
             self._weights_sha256 = digest.hexdigest()
         record = {
-            "weights": self._weights_sha256, "dtype": self.dtype, "stream_block_ms": self.stream_block_ms,
-            "chunk": [self.chunk.seconds, self.chunk.overlap_seconds], "keep_model_rate": bool(keep_model_rate),
-            "channel": channel,
+            "weights": self._weights_sha256, "sample_rate": self.sample_rate, "dtype": self.dtype,
+            "stream_block_ms": self.stream_block_ms, "keep_model_rate": bool(keep_model_rate), "channel": channel,
         }  # fmt: skip
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 

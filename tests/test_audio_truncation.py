@@ -69,7 +69,7 @@ needs_opus = pytest.mark.skipif(not opus_available(), reason="this libsndfile wr
 
 
 def streamed_wav(path: Path, riff_size: int, data_size: int) -> Path:
-    """A 16-bit WAV with the RIFF and data sizes a writer to a pipe leaves (ffmpeg, arecord)."""
+    """A 16-bit WAV with the RIFF and data sizes a writer to a pipe leaves (ffmpeg, arecord, SoX)."""
     data = bytearray(write(path, subtype="PCM_16").read_bytes())
     struct.pack_into("<I", data, 4, riff_size)
     struct.pack_into("<I", data, data.index(b"data") + 4, data_size)
@@ -79,8 +79,8 @@ def streamed_wav(path: Path, riff_size: int, data_size: int) -> Path:
 
 @pytest.mark.parametrize(
     "riff_size, data_size",
-    [(0xFFFFFFFF, 0xFFFFFFFF), (0x7FFFFFFF + 36, 0x7FFFFFFF)],
-    ids=["ffmpeg_pipe", "arecord_stdout"],
+    [(0xFFFFFFFF, 0xFFFFFFFF), (0x7FFFFFFF + 36, 0x7FFFFFFF), (0x7FFFF000 + 36, 0x7FFFF000)],
+    ids=["ffmpeg_pipe", "arecord_stdout", "sox_pipe"],
 )
 def test_a_wav_written_to_a_pipe_is_read_to_its_end(tmp_path: Path, riff_size: int, data_size: int) -> None:
     path = streamed_wav(tmp_path / "streamed.wav", riff_size, data_size)

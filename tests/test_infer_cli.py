@@ -327,8 +327,8 @@ def test_folder_run_twice_into_itself_does_not_separate_its_outputs(
     assert all_files(other) == ["separated/y_s1.wav", "separated/y_s2.wav", "y.wav"]
 
 
-@pytest.mark.parametrize("change", [("--channel", "1"), ("--keep-model-rate",), ("--dtype", "int8"),
-                                    ("--chunk-seconds", "0.1", "--overlap-seconds", "0.02"), ("--ckpt",)])  # fmt: skip
+@pytest.mark.parametrize("change", [("--channel", "1"), ("--keep-model-rate",), ("--dtype", "int8"), ("--ckpt",),
+                                    ("--sample-rate",)])  # fmt: skip
 def test_a_rerun_with_another_model_or_options_does_not_take_old_outputs_for_its_own(
     ckpt: Path, tmp_path: Path, capsys, change: tuple[str, ...]
 ) -> None:
@@ -345,12 +345,25 @@ def test_a_rerun_with_another_model_or_options_does_not_take_old_outputs_for_its
         with torch.no_grad():
             next(model.parameters()).mul_(1.5)
         save_model(model, model_file, {"sample_rate": RATE})
+    if change == ("--sample-rate",):  # the same weights, recorded for another rate
+        model_file, options = tmp_path / "other_rate.ckpt", []
+        save_model(tiny_model(), model_file, {"sample_rate": 2 * RATE})
     assert infer(model_file, *options, "--out-dir", out, mixture) == 1
     _, lines = errors(capsys)
     assert len(lines) == 1 and "was separated from this input with another model or other options" in lines[0]
     assert (out / "x_s1.wav").read_bytes() == before  # nothing replaced without --overwrite
     assert infer(model_file, *options, "--out-dir", out, "--overwrite", mixture) == 0
     assert (out / "x_s1.wav").read_bytes() != before
+
+
+def test_a_rerun_that_only_changes_the_chunking_is_skipped(ckpt: Path, tmp_path: Path, capsys) -> None:
+    """Chunking moves samples near seams only, and --max-memory picks another chunk on every run."""
+    mixture = write(tmp_path / "x.wav")
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, mixture) == 0
+    assert infer(ckpt, "--chunk-seconds", "0.1", "--overlap-seconds", "0.02", "--out-dir", out, mixture) == 0
+    assert infer(ckpt, "--max-memory", "4000", "--out-dir", out, mixture) == 0
+    assert capsys.readouterr().err.count("0 written, 1 skipped, 0 failed") == 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -190,3 +190,4 @@ def test_a_stream_or_separator_leaves_a_model_in_training_as_it_was(make) -> Non
     assert not stream.model.training and not separator.model.training and stream.model is not model
     model.eval()
     assert Separator(model, 8000).model is model  # nothing to change: no copy
+    assert Separator(model, 8000, device="cpu:0").model is model  # the same device, spelt with its index

@@ -209,7 +209,7 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
             report.error(
                 label,
                 f"{shown(other[0])} was separated from this input with another model or other options "
-                "(--ckpt, --dtype, --stream, --channel, --keep-model-rate, chunking); --overwrite replaces it",
+                "(--ckpt, --dtype, --stream, --channel, --keep-model-rate); --overwrite replaces it",
             )
         elif len(present) == len(plan.outputs):
             report.skip(label, plan.outputs)

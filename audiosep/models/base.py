@@ -16,14 +16,22 @@ import torch
 from torch import nn
 
 
-def eval_copy(model: nn.Module, device: torch.device | None = None) -> nn.Module:
+def _resolved(device: torch.device) -> torch.device:
+    """``device`` with its index spelt out (``cuda`` is the current CUDA device, ``cpu:0`` is ``cpu``)."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu") if device.type == "cpu" else device
+
+
+def eval_copy(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
     """``model`` in eval mode (on ``device``): the model itself when it already is, else a copy.
 
     Why: ``nn.Module.eval`` and ``.to`` work in place; a separator or stream built from a model that
     is still being trained must not switch its norms to running statistics or move it off its device.
     """
+    target = None if device is None else _resolved(torch.device(device))
     tensors = itertools.chain(model.parameters(), model.buffers())
-    if not any(m.training for m in model.modules()) and (device is None or all(t.device == device for t in tensors)):
+    if not any(m.training for m in model.modules()) and (target is None or all(_resolved(t.device) == target for t in tensors)):
         return model
     copied = copy.deepcopy(model).eval()
     return copied if device is None else copied.to(device)
