@@ -189,9 +189,19 @@ def source_tag(path: str | os.PathLike, settings: str = "") -> str:
 SETTINGS_MARK = " with settings "  # between source_tag's input part and its settings digest
 
 
+COMMENT_PATH_CHARS = 1500  # libsndfile drops a WAV comment over ~2045 characters without an error
+
+
 def source_prefix(path: str | os.PathLike) -> str:
-    """The start of :func:`source_tag` that names the input's path only (its size and mtime follow)."""
-    return f"audiosep: separated from {os.path.abspath(path)} ("
+    """The start of :func:`source_tag` that names the input's path only (its size and mtime follow).
+
+    A path too long for the comment is named by its SHA-256 instead (the comment would be dropped,
+    and the outputs of a rerun taken for another file's).
+    """
+    absolute = os.path.abspath(path)
+    if len(absolute) > COMMENT_PATH_CHARS:
+        absolute = "sha256:" + hashlib.sha256(os.fsencode(absolute)).hexdigest()
+    return f"audiosep: separated from {absolute} ("
 
 
 def written_from(output: str | os.PathLike) -> str | None:

@@ -356,6 +356,26 @@ def test_a_rerun_with_another_model_or_options_does_not_take_old_outputs_for_its
     assert (out / "x_s1.wav").read_bytes() != before
 
 
+def test_an_input_with_a_very_long_path_is_skipped_on_a_rerun(
+    ckpt: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libsndfile drops a comment over ~2045 characters: a long absolute path is named by its digest there
+    (files are named relative to a deep working folder: libsndfile refuses long names itself)."""
+    from audiosep.inference import COMMENT_PATH_CHARS, written_from
+
+    folder = tmp_path
+    while len(str(folder)) <= COMMENT_PATH_CHARS + 600:
+        folder = folder / ("d" * 200)
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(folder)
+    write(Path("x.wav"))
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, "x.wav") == 0
+    assert written_from(out / "x_s1.wav").startswith("audiosep: separated from sha256:")
+    assert infer(ckpt, "--out-dir", out, "x.wav") == 0
+    assert "0 written, 1 skipped, 0 failed" in capsys.readouterr().err
+
+
 def test_a_rerun_that_only_changes_the_chunking_is_skipped(ckpt: Path, tmp_path: Path, capsys) -> None:
     """Chunking moves samples near seams only, and --max-memory picks another chunk on every run."""
     mixture = write(tmp_path / "x.wav")
