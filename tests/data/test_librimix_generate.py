@@ -473,3 +473,38 @@ def test_a_corpus_folder_that_links_to_another_disk_is_the_users_layout_and_is_r
     (tiny_tree / "LibriSpeech" / "dev-clean" / "link").symlink_to(tiny_tree / "LibriSpeech" / "dev-clean" / "1")
     rows = "a_b,dev-clean/link/2/1-2-0000.flac,1.0,dev-clean/1/2/1-2-0001.flac,1.0,,\n"
     assert generate_from_rows(tiny_tree, rows) == 0
+
+
+def _edit_gain(root: Path, column: str, value: str) -> None:
+    """Set ``column`` of the first row of the Libri2Mix dev-clean CSV below ``root`` to ``value``."""
+    path = root / "metadata" / "Libri2Mix" / "libri2mix_dev-clean.csv"
+    rows = read_csv(path)
+    rows[0][column] = value
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_a_row_whose_gains_changed_is_regenerated_on_a_rerun(corpus, tmp_path):
+    import shutil
+
+    root = Path(shutil.copytree(corpus["root"], tmp_path / "corpus"))
+    args = (2, 8000, "min", "mix_clean")
+    assert run_librimix(root, tmp_path / "out", *args) == 0
+    first = read_csv(root / "metadata" / "Libri2Mix" / "libri2mix_dev-clean.csv")[0]
+    _edit_gain(root, "source_1_gain", str(float(first["source_1_gain"]) / 2))
+    assert run_librimix(root, tmp_path / "out", *args) == 0  # into the same folder: a resume
+    assert run_librimix(root, tmp_path / "fresh", *args) == 0
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "fresh")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.5", "1e30"])
+def test_a_gain_that_is_not_a_plausible_number_is_refused(corpus, tmp_path, capsys, value):
+    import shutil
+
+    root = Path(shutil.copytree(corpus["root"], tmp_path / "corpus"))
+    _edit_gain(root, "source_2_gain", value)
+    assert run_librimix(root, tmp_path / "out", 2, 8000, "min", "mix_clean") == 1
+    err = capsys.readouterr().err
+    assert "libri2mix_dev-clean.csv:2: bad gain value" in err and f"gain {value!r} is not a number" in err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ class MixtureRow:
     noise_path: str
     noise_gain: float
     line: int  # in the CSV, for messages
+
+    def inputs_key(self) -> str:
+        """The row's inputs and gains as text: a journaled result counts only for the same ones."""
+        return json.dumps([self.source_paths, self.source_gains, self.noise_path, self.noise_gain])
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,18 @@ class RowResult:
     types: list[str]
     snrs: dict[str, list[float]] = field(default_factory=dict)
     clipped: bool = False
+    inputs: str = ""  # MixtureRow.inputs_key of the row it was made from (empty: a journal before it)
+
+
+MAX_GAIN = 1e3  # LibriMix gains are around 0.1-10; far beyond, a CSV is broken, not loud
+
+
+def _gain(text: str) -> float:
+    """A CSV gain: a finite number in [0, MAX_GAIN] (``ValueError`` otherwise; NaN made a flat -1.0 source)."""
+    value = float(text)
+    if not 0.0 <= value <= MAX_GAIN:  # NaN fails both comparisons
+        raise ValueError(f"gain {text!r} is not a number in [0, {MAX_GAIN:g}]")
+    return value
 
 
 def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
@@ -118,9 +135,9 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
                     MixtureRow(
                         row["mixture_ID"],
                         tuple(row[f"source_{i + 1}_path"] for i in range(n_src)),
-                        tuple(float(row[f"source_{i + 1}_gain"]) for i in range(n_src)),
+                        tuple(_gain(row[f"source_{i + 1}_gain"]) for i in range(n_src)),
                         row["noise_path"],
-                        float(row["noise_gain"] or "nan"),
+                        _gain(row["noise_gain"]) if row["noise_gain"] else math.nan,  # no noise: clean sets
                         reader.line_num,
                     )
                 )
@@ -240,7 +257,7 @@ def generate_row(config: GenerationConfig, split_dir: Path, row: MixtureRow) -> 
     written = {f"s{i + 1}": s for i, s in enumerate(sources)} | (
         {"noise": noise} if noise is not None else {}
     )
-    result = RowResult(row.mixture_id, len(sources[0]), list(config.types))
+    result = RowResult(row.mixture_id, len(sources[0]), list(config.types), inputs=row.inputs_key())
     for mix_type in config.types:
         to_mix = mixture_parts(mix_type, sources, noise)
         written[mix_type] = mix(to_mix)
@@ -264,9 +281,10 @@ def load_journal(path: Path) -> dict[str, RowResult]:
     return done
 
 
-def is_complete(result: RowResult | None, config: GenerationConfig, split_dir: Path) -> bool:
-    """Whether a journaled row covers the asked types and all its files read back with the right length."""
-    if result is None or not set(config.types) <= set(result.types):
+def is_complete(result: RowResult | None, row: MixtureRow, config: GenerationConfig, split_dir: Path) -> bool:
+    """Whether a journaled row was made from ``row``'s inputs and gains, covers the asked types, and all its
+    files read back with the right length (a CSV edited between runs regenerates the rows it changed)."""
+    if result is None or result.inputs != row.inputs_key() or not set(config.types) <= set(result.types):
         return False
     for folder in config.folders():
         try:
@@ -375,7 +393,7 @@ def generate_split(
     remove_temp_files(config.mode_dir / "metadata", set(metadata_names(config, split)))
     journal = split_dir / JOURNAL_NAME
     done = load_journal(journal)
-    pending = [row for row in rows if not is_complete(done.get(row.mixture_id), config, split_dir)]
+    pending = [row for row in rows if not is_complete(done.get(row.mixture_id), row, config, split_dir)]
     with journal.open("a", encoding="utf-8") as handle:
         if handle.tell() > 0 and not journal.read_bytes().endswith(b"\n"):
             handle.write("\n")  # ends a line torn by a killed run (load_journal skips it)
