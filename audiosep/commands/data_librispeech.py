@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from pathlib import Path
 
 MAX_LISTED = 20
 
@@ -23,10 +25,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SUBSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder name: no separators, not . or ..
+
+
+def subset_names(text: str) -> list[str]:
+    """The ``--subsets`` folder names; ``UserError`` for none, or one that is not a plain folder name.
+
+    Why: a name becomes ``<out>/<name>.jsonl``, so ``../x`` wrote outside ``--out`` and ``dev-clean/`` a
+    hidden ``.jsonl`` inside a new folder.
+    """
+    from audiosep.errors import UserError
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UserError(f"--subsets {text!r}: no subset named")
+    bad = [name for name in names if not SUBSET_NAME.fullmatch(name)]
+    if bad:
+        raise UserError(f"--subsets: {bad[0]!r} is not a subset folder name (such as dev-clean)")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     from audiosep.data.prep.librispeech_manifest import write_subset_manifest
+    from audiosep.errors import UserError
 
-    subsets = [name.strip() for name in args.subsets.split(",") if name.strip()]
+    subsets = subset_names(args.subsets)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
     for subset in subsets:
         report = write_subset_manifest(
             args.root, subset, args.out, workers=args.workers, decode=not args.headers_only

@@ -27,7 +27,11 @@ def read_transcripts(chapter_dir: Path) -> dict[str, str]:
     """``{utterance_id: text}`` from every ``*.trans.txt`` in one chapter folder."""
     texts: dict[str, str] = {}
     for transcript in sorted(chapter_dir.glob("*.trans.txt")):
-        for line in transcript.read_text(encoding="utf-8").splitlines():
+        try:
+            content = transcript.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"{transcript}: not UTF-8 text (byte {err.start})") from None
+        for line in content.splitlines():
             utterance_id, _, text = line.strip().partition(" ")
             if utterance_id:
                 texts[utterance_id] = text.strip()

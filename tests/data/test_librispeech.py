@@ -103,3 +103,30 @@ def test_listing_and_speakers_file(tmp_path):
     assert [u.utterance_id for u in utterances] == sorted(u.utterance_id for u in utterances)
     assert {u.speaker for u in utterances} == {"19", "1272"}
     assert read_speaker_sexes(tmp_path) == {"19": "F"}
+
+
+@pytest.mark.parametrize(
+    ("subsets", "says"),
+    [("../escape", "'../escape' is not a subset folder name"), ("dev-clean/", "'dev-clean/' is not a subset"),
+     (",", "no subset named"), ("..", "'..' is not a subset")],
+)  # fmt: skip
+def test_a_subset_that_is_not_a_folder_name_is_refused_before_writing(tmp_path, capsys, subsets, says):
+    """``--subsets`` names ``<out>/<name>.jsonl``: ../x wrote outside --out, dev-clean/ a hidden .jsonl."""
+    fabricate_librispeech(tmp_path / "LibriSpeech", "dev-clean")
+    out = tmp_path / "sub" / "out"
+    code = main(["data", "librispeech", "--root", str(tmp_path / "LibriSpeech"), "--subsets", subsets, "--out", str(out)])
+    assert code == 1 and says in capsys.readouterr().err
+    assert not (tmp_path / "sub").exists()
+
+
+def test_an_out_that_is_a_file_and_a_non_utf8_transcript_are_one_line_errors(tmp_path, capsys):
+    fabricate_librispeech(tmp_path / "LibriSpeech", "dev-clean")
+    argv = ["data", "librispeech", "--root", str(tmp_path / "LibriSpeech"), "--subsets", "dev-clean", "--out"]
+    (tmp_path / "file").write_text("x")
+    assert main([*argv, str(tmp_path / "file")]) == 1
+    assert "--out" in capsys.readouterr().err and (tmp_path / "file").read_text() == "x"
+    transcript = tmp_path / "LibriSpeech" / "dev-clean" / "19" / "198" / "19-198.trans.txt"
+    transcript.write_bytes(transcript.read_bytes() + b"19-198-0009 CAF\xe9\n")  # Latin-1, not UTF-8
+    assert main([*argv, str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{transcript}: not UTF-8 text" in err[0]
