@@ -23,6 +23,7 @@ from audiosep.commands.inputs import (
     collect_inputs,
     file_id,
     progress_bar,
+    shown,
 )
 from audiosep.errors import UserError
 
@@ -96,7 +97,8 @@ def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[s
         labels.append(item.label)
     texts = transcriber.transcribe_segmented(segments) if segments else []
     report.written += len(texts)
-    return [f"{label}\t{text}\n" for label, text in zip(labels, texts, strict=True)]
+    # shown(): a tab or newline in a file name would forge a PATH<TAB>TRANSCRIPT line of another file
+    return [f"{shown(label)}\t{text}\n" for label, text in zip(labels, texts, strict=True)]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -80,3 +80,12 @@ def test_cli_rejects_non_asr_checkpoint(tmp_path, audio_files, capsys):
     save_model(QuartzNet(64, 29, TINY_BLOCKS), tmp_path / "bare.pt", {"sample_rate": 16000})
     assert main(["transcribe", "--ckpt", str(tmp_path / "bare.pt"), str(audio_files[0])]) == 1
     assert "not an ASR checkpoint" in capsys.readouterr().err
+
+
+def test_a_tab_or_newline_in_a_file_name_cannot_forge_a_transcript_line(asr_ckpt, audio_files, tmp_path, capsys):
+    forged = tmp_path / "x\tforged transcript\nother.wav"
+    forged.write_bytes(audio_files[2].read_bytes())
+    assert main(["transcribe", "--ckpt", str(asr_ckpt), str(forged)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].count("\t") == 1
+    assert lines[0].split("\t")[0] == str(forged).replace("\t", "\\t").replace("\n", "\\n")
