@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from audiosep.audio_blocks import BLOCK_FRAMES, CheckedAudio, resample_span, resampled_length
+from audiosep.audio_blocks import BLOCK_FRAMES, AudioError, CheckedAudio, resample_span, resampled_length
 from audiosep.checkpoint import CheckpointError, build_untrusted, load_model
 from audiosep.data.audio import resample, to_mono
 from audiosep.data.tokenizer import CharTokenizer
@@ -220,11 +220,27 @@ class Transcriber:
         texts = iter(self.transcribe(flat))
         return [" ".join(text for text in (next(texts) for _ in segments) if text) for segments in files]
 
+    def check_length(self, audio: CheckedAudio) -> None:
+        """Raise ``AudioError`` when ``audio`` is shorter than one analysis window of the front end.
+
+        Why: the features of a few samples are all padding, and their transcript is noise, not speech.
+        """
+        window = self.features.win_length
+        if resampled_length(audio.frames, audio.sample_rate, self.sample_rate) < window:
+            raise AudioError(
+                f"too short: {audio.frames} samples at {audio.sample_rate} Hz "
+                f"({1000 * audio.frames / audio.sample_rate:.1f} ms); the recogniser needs at least one "
+                f"{1000 * window / self.sample_rate:.0f} ms analysis window",
+                audio.path,
+            )
+
     def transcribe_file(self, path: str | os.PathLike) -> str:
         """Transcript of one audio file (checked, and cut into segments when long).
 
         Raises:
-            AudioError: the file is missing, unreadable, truncated or holds non-finite samples.
+            AudioError: the file is missing, unreadable, truncated, holds non-finite samples, or is
+                shorter than one analysis window.
         """
         with CheckedAudio(path) as audio:
+            self.check_length(audio)
             return self.transcribe_segmented([self.segments(audio)])[0]

@@ -85,6 +85,7 @@ def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[s
     for item in group:
         try:
             with CheckedAudio(item.path) as audio:
+                transcriber.check_length(audio)
                 if audio.silent:
                     report.warning(f"{item.label}: all samples are zero (silent); empty transcript")
                 segments.append([] if audio.silent else transcriber.segments(audio))

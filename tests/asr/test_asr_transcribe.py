@@ -8,6 +8,7 @@ import soundfile as sf
 import torch
 from asr_helpers import TINY_BLOCKS, speechlike
 
+from audiosep.audio_blocks import AudioError
 from audiosep.checkpoint import save_model
 from audiosep.cli import main
 from audiosep.data.audio import resample
@@ -89,3 +90,14 @@ def test_a_tab_or_newline_in_a_file_name_cannot_forge_a_transcript_line(asr_ckpt
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].count("\t") == 1
     assert lines[0].split("\t")[0] == str(forged).replace("\t", "\\t").replace("\n", "\\n")
+
+
+def test_a_file_shorter_than_one_analysis_window_is_refused_not_transcribed(asr_ckpt, audio_files, tmp_path, capsys):
+    tiny = tmp_path / "tiny.wav"
+    sf.write(tiny, np.full(10, 0.1), 16000)
+    assert main(["transcribe", "--ckpt", str(asr_ckpt), str(tiny), str(audio_files[2])]) == 1
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in captured.out.splitlines()] == [str(audio_files[2])]
+    assert f"audiosep: error: {tiny}: too short: 10 samples at 16000 Hz (0.6 ms)" in captured.err
+    with pytest.raises(AudioError, match="the recogniser needs at least one"):
+        Transcriber.from_checkpoint(asr_ckpt).transcribe_file(tiny)
