@@ -15,6 +15,7 @@ sources of a file appear together, or none).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from audiosep.checkpoint import CheckpointError, load_model
 from audiosep.data.audio import resample, to_mono
 from audiosep.io import TEMP_SUFFIX, atomic_paths, temp_prefix
 from audiosep.losses import best_permutation
-from audiosep.models.base import eval_copy
+from audiosep.models.base import eval_copy, weights_sha256
 from audiosep.models.registry import SEPARATOR_CLASSES
 from audiosep.optimize import prepare_for_inference
 from audiosep.transcriber import Transcriber
@@ -270,7 +271,6 @@ class Separator:
         else:
             raise ValueError(f"unknown inference dtype {dtype!r}; valid: fp32, int8")
         self.optimized = optimize
-        self._weights_sha256: str | None = None
         self.sample_rate = sample_rate
         self.chunk = chunk or ChunkConfig()
         self.window = model_window(self.model)
@@ -346,6 +346,11 @@ class Separator:
             return torch.cuda.memory_allocated(self.device) / MIB
         return start_peak_window()
 
+    @functools.cached_property
+    def _weights_sha256(self) -> str:
+        """:func:`~audiosep.models.base.weights_sha256` of the plain model, once (one pass over the weights)."""
+        return weights_sha256(self.model)
+
     def output_settings(self, keep_model_rate: bool = False, channel: int | None = None) -> str:
         """A digest of what decides an output file: the weights and the model's rate, dtype, stream block,
         output rate, channel.
@@ -355,12 +360,6 @@ class Separator:
         it moves samples near chunk seams only, and ``--max-memory`` picks a slightly different
         chunk on every run.
         """
-        if self._weights_sha256 is None:
-            digest = hashlib.sha256()
-            for name, tensor in self.model.state_dict().items():
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-            self._weights_sha256 = digest.hexdigest()
         record = {
             "weights": self._weights_sha256, "sample_rate": self.sample_rate, "dtype": self.dtype,
             "stream_block_ms": self.stream_block_ms, "keep_model_rate": bool(keep_model_rate), "channel": channel,

@@ -8,12 +8,22 @@ and a pruned model must come back with its pruned channel counts. Subclasses sta
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import itertools
 from typing import Any
 
 import torch
 from torch import nn
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Hex SHA-256 of ``model``'s state dict (names and raw tensor bytes): which weights a result came from."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _resolved(device: torch.device) -> torch.device:

@@ -10,7 +10,6 @@ All three then fine-tune the same way (Lightning, Adam 1e-3, the normal
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from torch import nn
 
 from audiosep.errors import UserError
 from audiosep.io import atomic_write_text, read_json
+from audiosep.models.base import weights_sha256
 from audiosep.pruning.gates import ChannelGates
 from audiosep.pruning.groups import ChannelGroup, find_groups, total_macs
 from audiosep.pruning.latency import measure_latency
@@ -210,12 +210,8 @@ def prune_model(
 
 def run_identity(model: nn.Module, sample_rate: int, settings: PruneSettings) -> dict[str, object]:
     """What a resumed phase must share with this run: the input weights (a digest) and the settings."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().numpy())  # the model is on the CPU already
     settings_record = {key: value for key, value in asdict(settings).items() if key != "accelerator"}
-    return {"weights_sha256": digest.hexdigest(), "sample_rate": sample_rate, "settings": settings_record}
+    return {"weights_sha256": weights_sha256(model), "sample_rate": sample_rate, "settings": settings_record}
 
 
 def claim_work_dir(work_dir: Path, identity: dict[str, object]) -> None:
