@@ -10,7 +10,6 @@ CSV, JSON, markdown and PNG reports.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import json
@@ -403,26 +402,25 @@ def evaluate(
     log = RowLog(Path(out_dir), identity, restart=restart)
     ids = list(dataset.ids)
     todo = list(pending(ids, log.done, limit))
-    references = None
-    if transcriber is not None and transcripts is not None:
-        references = functools.partial(references_for, num_sources=separator.num_sources, transcripts=transcripts,
-                                       normalize=transcriber.tokenizer.normalize)  # fmt: skip
-        for index in todo:  # fail before hours of work, not in the middle of them
-            references(ids[index])
+    selected = ids if limit is None else ids[:limit]
+    wanted = set(selected)
+    references: dict[str, list[str]] | None = None
+    if transcriber is not None and transcripts is not None:  # all of them first: fail before hours of work
+        normalize = transcriber.tokenizer.normalize
+        references = {i: references_for(i, separator.num_sources, transcripts, normalize) for i in selected}
     started = time.perf_counter()
     with torch.inference_mode():
         for index in tqdm(todo, desc="evaluating", unit="mix", disable=not progress):
             mixture, sources, mixture_id = dataset[index]
-            texts = None if references is None else references(mixture_id)
+            texts = None if references is None else references[mixture_id]
             log.append(score_utterance(separator, mixture, sources, mixture_id, transcriber, texts))
-    wanted = set(ids if limit is None else ids[:limit])
     rows = [row for row in log.rows if row["id"] in wanted]
     if not rows:
         raise UserError(f"{identity.data_dir}: no mixture to evaluate in split {identity.split}")
     if references is not None:  # rows resumed from an older run hold the texts it compared with
         for row in rows:
             if "references" in row:
-                row["references"] = references(row["id"])
+                row["references"] = references[row["id"]]
     summary = summarise(rows, asdict(identity), time.perf_counter() - started)
     summary["scored_this_run"] = len(todo)
     files = write_reports(rows, summary, Path(out_dir), plots=plots)
