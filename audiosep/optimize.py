@@ -19,8 +19,9 @@ What it does:
   their plain layers already: fused attention kernels): the mask network's input norm gives its
   per-channel affine to the bottleneck linear after it (a BatchNorm-like norm disappears), and a
   BatchNorm-like norm after an intra/inter transformer stack is composed into that stack's final
-  LayerNorm affine and disappears; every linear layer becomes one oneDNN call with its bias (and
-  the feed-forward ReLU) inside (:class:`FusedLinear`).
+  LayerNorm affine and disappears.
+- **Every model**: each linear layer becomes one oneDNN call with its bias (and a ReLU right after
+  it in an ``nn.Sequential``, as in the transformer feed-forward) inside (:class:`FusedLinear`).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
         fold_quartznet_batchnorms(plain)
     if isinstance(plain, MaskingSeparator):
         fold_masknet_norms(plain)
-        fuse_linears(plain)
+    fuse_linears(plain)
     return plain.eval()  # the folding made new modules, in training mode
 
 
@@ -190,31 +191,18 @@ def fuse_linears(module: nn.Module) -> int:
     A ReLU right after a linear layer in an ``nn.Sequential`` (the transformer feed-forward) moves
     into it and leaves an ``nn.Identity``.
     """
-    if isinstance(module, nn.Sequential):
-        return _fuse_sequential(module)
     fused = 0
-    for name, child in module.named_children():
-        if isinstance(child, nn.Linear):
-            setattr(module, name, FusedLinear(child))
-            fused += 1
-        else:
+    children = list(module.named_children())
+    for position, (name, child) in enumerate(children):
+        if not isinstance(child, nn.Linear):
             fused += fuse_linears(child)
-    return fused
-
-
-def _fuse_sequential(sequence: nn.Sequential) -> int:
-    """:func:`fuse_linears` on an ``nn.Sequential``, taking a following ``nn.ReLU`` into the linear."""
-    fused = 0
-    children = list(sequence)
-    for index, child in enumerate(children):
-        if isinstance(child, nn.Linear):
-            follows_relu = index + 1 < len(children) and type(children[index + 1]) is nn.ReLU
-            sequence[index] = FusedLinear(child, "relu" if follows_relu else "none")
-            if follows_relu:
-                sequence[index + 1] = nn.Identity()
-            fused += 1
-        else:
-            fused += fuse_linears(child)
+            continue
+        after = children[position + 1] if isinstance(module, nn.Sequential) and position + 1 < len(children) else None
+        relu = after is not None and type(after[1]) is nn.ReLU
+        setattr(module, name, FusedLinear(child, "relu" if relu else "none"))
+        if relu:
+            setattr(module, after[0], nn.Identity())
+        fused += 1
     return fused
 
 

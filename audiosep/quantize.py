@@ -153,13 +153,10 @@ def is_pointwise(conv: FusedConv) -> bool:
 
 
 def _swap_children(module: nn.Module) -> int:
-    """Replace linear layers (plain or fused) and pointwise fused convs below ``module`` in place; returns how many."""
+    """Replace the fused linear layers and pointwise fused convs below ``module`` in place; returns how many."""
     swapped = 0
     for name, child in module.named_children():
-        if isinstance(child, nn.Linear):
-            setattr(module, name, Int8Linear(child.weight, child.bias))
-            swapped += 1
-        elif isinstance(child, FusedLinear):
+        if isinstance(child, FusedLinear):  # every linear layer, after prepare_for_inference
             setattr(module, name, Int8Linear(child.weight, child.bias, child.activation))
             swapped += 1
         elif isinstance(child, FusedConv) and is_pointwise(child):
