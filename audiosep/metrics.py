@@ -59,6 +59,11 @@ def bss_sdr(estimate: Tensor, reference: Tensor, taps: int = SDR_FILTER_TAPS) ->
     Raises ``ValueError`` where a reference is all zeros (its projection is undefined).
     """
     _refuse_silent_references(reference, "bss_sdr")
+    return _bss_sdr(estimate, reference, taps)
+
+
+def _bss_sdr(estimate: Tensor, reference: Tensor, taps: int = SDR_FILTER_TAPS) -> Tensor:
+    """:func:`bss_sdr` without the silent-reference check (callers that checked the references once)."""
     if estimate.shape[-1] != reference.shape[-1]:
         raise ValueError(f"bss_sdr: estimate has {estimate.shape[-1]} samples, reference {reference.shape[-1]}")
     reference = reference.double()
@@ -133,8 +138,9 @@ def separation_scores(
         "silent": silent_sources(reorder_sources(estimate, perm), reference).sum(-1),
     }
     if with_sdr:
-        sdr, _ = _under_best_permutation(_floored_pairs(bss_sdr, estimate, reference))
-        sdr_mix = bss_sdr(mixture_as_estimate, reference)
+        # _bss_sdr: the references were checked above (bss_sdr would check each of the S x S pairs again)
+        sdr, _ = _under_best_permutation(_floored_pairs(_bss_sdr, estimate, reference))
+        sdr_mix = _bss_sdr(mixture_as_estimate, reference)
         scores.update(sdr=sdr.mean(-1), sdri=(sdr - sdr_mix).mean(-1))
     return SeparationScores(**scores)
 
