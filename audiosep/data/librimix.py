@@ -92,8 +92,12 @@ class LibriMixDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _path(self, folder: str, mixture_id: str) -> Path:
+        """The wav of ``mixture_id`` in one folder of the split (``mix_clean``, ``s1``, ...)."""
+        return self.split_dir / folder / f"{mixture_id}.wav"
+
     def _read(self, folder: str, mixture_id: str, start: int, frames: int) -> Tensor:
-        path = self.split_dir / folder / f"{mixture_id}.wav"
+        path = self._path(folder, mixture_id)
         try:
             data, sample_rate = sf.read(str(path), start=start, frames=frames, dtype="float32")
         except (sf.LibsndfileError, RuntimeError) as err:
@@ -108,18 +112,19 @@ class LibriMixDataset(Dataset):
 
     def _read_sources(self, mixture_id: str, start: int, frames: int, length: int) -> Tensor:
         """``[S, T]`` sources of one mixture, each refused unless it has the mixture's ``length``."""
-        sources = [self._read(f"s{i + 1}", mixture_id, start, frames) for i in range(self.n_src)]
-        for i, source in enumerate(sources):
+        sources = []
+        for folder in (f"s{i + 1}" for i in range(self.n_src)):
+            source = self._read(folder, mixture_id, start, frames)
             if source.shape[-1] != length:
-                path = self.split_dir / f"s{i + 1}" / f"{mixture_id}.wav"
-                raise UserError(f"{path}: {source.shape[-1]} samples where the mixture has {length}")
+                raise UserError(f"{self._path(folder, mixture_id)}: {source.shape[-1]} samples where the mixture has {length}")
+            sources.append(source)
         return torch.stack(sources)
 
     def _crop(self, mixture_id: str, rng: np.random.Generator | None) -> tuple[int, int]:
         """Start and frame count of this item's crop (``-1`` frames = whole file)."""
         if self.segment_samples is None:
             return 0, -1
-        length = sf.info(str(self.split_dir / self.mixture_folder / f"{mixture_id}.wav")).frames
+        length = sf.info(str(self._path(self.mixture_folder, mixture_id))).frames
         top = max(0, length - self.segment_samples)
         start = random.randint(0, top) if rng is None else int(rng.integers(0, top + 1))
         return start, self.segment_samples

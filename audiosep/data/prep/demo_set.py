@@ -39,6 +39,7 @@ from tqdm import tqdm
 from audiosep.data.prep import synth
 from audiosep.data.prep.demo_config import SPLITS, DemoSetConfig
 from audiosep.errors import UserError
+from audiosep.io import read_json
 
 FORMAT_VERSION = 1
 TARGET_DBFS = -25.0  # active-speech RMS of every normalised source
@@ -296,10 +297,7 @@ def _synthesise_all(jobs: list[_SpeakerJob], num_workers: int, progress: tqdm) -
 def _read_marker(marker: Path) -> dict:
     """The record in ``demo_set.json``; ``{}`` (an unfinished set: rebuild) when it is damaged (torn by
     a killed run, or otherwise not UTF-8 JSON holding an object)."""
-    try:
-        stored = json.loads(marker.read_text(encoding="utf-8"))
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        return {}
+    stored = read_json(marker)
     return stored if isinstance(stored, dict) else {}
 
 
