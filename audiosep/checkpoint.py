@@ -183,7 +183,7 @@ def _check_metadata(metadata: Any) -> None:
     """Plain values, and a ``sample_rate`` (when set) that is a sane positive int."""
     _check_plain_dict(metadata, "metadata")
     rate = metadata.get("sample_rate")
-    if rate is not None and not (_is_size(rate) and rate <= MAX_SAMPLE_RATE):
+    if rate is not None and not (is_size(rate) and rate <= MAX_SAMPLE_RATE):
         raise CheckpointError(f"metadata sample_rate {brief_repr(rate)} is not an int in 1..{MAX_SAMPLE_RATE}")
 
 
@@ -252,7 +252,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
 # --- rebuilding the model --------------------------------------------------------------------------
 
 
-def _is_size(value: Any) -> bool:
+def is_size(value: Any) -> bool:
     """A positive int (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -280,7 +280,7 @@ def _fits(value: Any, hint: Any) -> bool:
     scalar_checks = {
         type(None): lambda v: v is None,
         bool: lambda v: isinstance(v, bool),
-        int: _is_size,
+        int: is_size,
         float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
         str: lambda v: isinstance(v, str),
     }
@@ -322,7 +322,7 @@ def _check_counts(init_args: dict[str, Any], stored: int) -> None:
     for name, value in init_args.items():
         if _largest_int(value) > cap:
             raise CheckpointError(f"init arg {name}={brief_repr(value)} is larger than the stored weights allow ({cap})")
-    counts = {name: value for name, value in init_args.items() if name.startswith("num_") and _is_size(value)}
+    counts = {name: value for name, value in init_args.items() if name.startswith("num_") and is_size(value)}
     if math.prod(counts.values()) > cap:
         named = " x ".join(f"{name}={value}" for name, value in counts.items())
         raise CheckpointError(f"init args {named} multiply to more than the stored weights allow ({cap})")
@@ -443,7 +443,7 @@ def build_untrusted(cls: type[nn.Module], kwargs: Any, limits: Mapping[str, int]
     _check_init_args(cls, kwargs)
     for name, limit in limits.items():
         value = kwargs.get(name)
-        if not (_is_size(value) and value <= limit):
+        if not (is_size(value) and value <= limit):
             raise CheckpointError(f"{cls.__name__} arg {name}={brief_repr(value)} is not an int in 1..{limit}")
     return _build(cls, kwargs, "cpu", limit=256)
 

@@ -35,6 +35,7 @@ from audiosep.checkpoint import (
     MAX_SAMPLE_RATE,
     CheckpointError,
     build_untrusted,
+    is_size,
     save_model,
 )
 from audiosep.convert.untrusted import (
@@ -96,7 +97,7 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _size(value: Any, what: str) -> int:
     """A positive int read from the config (bools, strings and floats are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_size(value):
         raise UserError(f"{what} must be a positive integer, got {brief_repr(value)}")
     return value
 

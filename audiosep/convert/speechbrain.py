@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from torch import Tensor, nn
 
-from audiosep.checkpoint import MAX_SAMPLE_RATE
+from audiosep.checkpoint import MAX_SAMPLE_RATE, is_size
 from audiosep.convert.untrusted import (
     MAX_YAML_BYTES,
     UntrustedYamlLoader,
@@ -497,7 +497,7 @@ def convert_speechbrain_folder(
     with prefixed_errors(str(yaml_path), ConversionError):
         overrides = hyperparams_overrides(hparams, kind)
     sample_rate = sample_rate if sample_rate is not None else _resolve(hparams.get("sample_rate"), hparams)
-    if type(sample_rate) is not int or not 0 < sample_rate <= MAX_SAMPLE_RATE:
+    if not (is_size(sample_rate) and sample_rate <= MAX_SAMPLE_RATE):  # the rule checkpoint metadata obeys
         raise ConversionError(
             f"{folder}: no sample_rate in 1..{MAX_SAMPLE_RATE} in hyperparams.yaml "
             f"(got {brief_repr(sample_rate)}); pass it explicitly"
