@@ -16,7 +16,7 @@ the TorchScript-based one cannot translate the front end's complex STFT and writ
 ``Transpose`` for ``movedim(-1, 1)`` (every ``channel_ln`` model). It exports a copy whose gLNs
 sum their statistics in float64 (:func:`with_float64_gln_statistics`; the PyTorch model stays as
 it is): gLN's ``group_norm`` would export as ``InstanceNormalization``, whose float32 sums in ONNX
-Runtime drift with the length (2e-3 off PyTorch at 60 s for ``conv_tasnet_base``). TorchScript goes through
+Runtime drift with the length (2e-3 off PyTorch at 60 s for the trained demo Conv-TasNet). TorchScript goes through
 ``torch.jit.trace`` (``torch.jit.script`` rejects the models' annotations); a trace records sizes
 as graph values, so padding and chunking stay dynamic. The two branches on the input length are
 recorded right for every length: :class:`SeparatorGraph` pads inputs shorter than one encoder
@@ -223,9 +223,9 @@ class Float64StatisticsGlobalLayerNorm(GlobalLayerNorm):
 
     Why: ``F.group_norm(x, 1)`` exports as ``InstanceNormalization``, and ONNX Runtime sums its
     statistics (as it sums ``ReduceMean``) in float32 with an error that grows with the input:
-    1.5e-4 off PyTorch at 16 s, 2e-3 at 60 s for ``conv_tasnet_base``. Summed in float64, the
-    file stays within ~2e-6 of PyTorch at any length; the normalisation itself stays float32.
-    The price: 1.4x to 1.6x ONNX Runtime's CPU time for ``conv_tasnet_base`` (16 s to 60 s).
+    1.5e-4 off PyTorch at 16 s, 2e-3 at 60 s for the trained demo Conv-TasNet. Summed in float64, the
+    file stays within ~2e-6 of PyTorch up to 60 s (measured); the normalisation itself stays float32.
+    The price: 1.4x to 1.6x ONNX Runtime's CPU time for that model (16 s to 60 s).
     """
 
     def normalize(self, x: Tensor) -> Tensor:
