@@ -250,7 +250,7 @@ def with_float64_gln_statistics(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose gLNs sum their statistics in float64 (``module`` is untouched).
 
     The ONNX export's substitution (:class:`Float64StatisticsGlobalLayerNorm`): equal to ``module``
-    in PyTorch up to float32 rounding, accurate in ONNX Runtime at any length. A gLN reached by
+    in PyTorch up to float32 rounding, accurate in ONNX Runtime to ~2e-6 up to 60 s (measured). A gLN reached by
     several paths stays one shared module.
     """
     module = copy.deepcopy(module)
