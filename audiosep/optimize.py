@@ -12,7 +12,10 @@ What it does:
   twice as fast, and GroupNorm several times faster, than on ``[B, C, M]``); each conv and the
   PReLU / sigmoid / ReLU after it are one oneDNN call (:class:`FusedConv`); the per-channel affine
   of every norm that feeds a 1x1 conv is folded into that conv (an eval-mode BatchNorm there
-  disappears entirely).
+  disappears entirely). For one item, a gLN's statistics go into the next conv's weights as well
+  (:class:`NormPointwise`, :class:`NormDepthwise`), so no normalised tensor is written, and the
+  residual and skip sums are added by the 1x1 convs as they write (:func:`conv_add`): 1.8x at
+  16 s, where those passes over the 512-channel tensors were memory-bound.
 - **QuartzNet**: every norm that is a per-channel affine at inference (BatchNorm, Unified
   Normalization, PowerNorm) is folded into the convolution before it.
 - **SepFormer, Tiny-Sepformer, RE-SepFormer** (an eval-mode copy, their fast paths are inside
@@ -33,13 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet, TemporalConvNet, overlap_add, run_blocks
+from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet, TemporalConvNet, overlap_add
 from audiosep.models.masking import DualPathMasker, MaskingSeparator
 from audiosep.models.quartznet import QuartzNet
 from audiosep.models.resepformer import ChunkSummaryMasker
 from audiosep.nn.dual_path import SequenceStack
 from audiosep.nn.norms import (
     CumulativeLayerNorm,
+    GlobalLayerNorm,
     Identity,
     _AffineNorm,
     fold_affine_into_conv,
@@ -103,6 +107,30 @@ def _oneDNN_usable(x: Tensor) -> bool:
     )
 
 
+def conv_time(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    activation: FusedActivation = "none",
+    slope: float = 0.0,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+) -> Tensor:
+    """``activation(conv(x))`` along time of a channels-last ``[B, C, M, 1]``: one oneDNN call where usable."""
+    if _oneDNN_usable(x):
+        attr, scalars = ("leaky_relu", [slope]) if activation == "prelu" else (activation, [])
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, [padding, 0], [1, 1], [dilation, 1], groups, attr, scalars, ""
+        )
+    y = F.conv2d(x, weight, bias, padding=(padding, 0), dilation=(dilation, 1), groups=groups)
+    if activation == "prelu":
+        return F.leaky_relu(y, slope)
+    if activation == "sigmoid":
+        return torch.sigmoid(y)
+    return torch.relu(y) if activation == "relu" else y
+
+
 class FusedConv(nn.Module):
     """``activation(conv(x))`` along time on a channels-last ``[B, C_in, M, 1]`` tensor.
 
@@ -135,18 +163,12 @@ class FusedConv(nn.Module):
         self.padding, self.dilation, self.groups = padding, dilation, groups
 
     def forward(self, x: Tensor) -> Tensor:
-        if _oneDNN_usable(x):
-            attr, scalars = ("leaky_relu", [self.slope]) if self.activation == "prelu" else (self.activation, [])
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, self.weight, self.bias, [self.padding, 0], [1, 1], [self.dilation, 1], self.groups,
-                attr, scalars, "",
-            )  # fmt: skip
-        y = F.conv2d(x, self.weight, self.bias, padding=(self.padding, 0), dilation=(self.dilation, 1), groups=self.groups)
-        if self.activation == "prelu":
-            return F.leaky_relu(y, self.slope)
-        if self.activation == "sigmoid":
-            return torch.sigmoid(y)
-        return torch.relu(y) if self.activation == "relu" else y
+        return self.apply_to(x, self.weight, self.bias)
+
+    def apply_to(self, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int | None = None) -> Tensor:
+        """This conv with other ``weight``/``bias`` (and time ``padding``, default its own)."""
+        padding = self.padding if padding is None else padding
+        return conv_time(x, weight, bias, self.activation, self.slope, padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         out_channels, in_channels, kernel, _ = self.weight.shape
@@ -287,31 +309,157 @@ def _prelu_slope(prelu: nn.PReLU) -> float:
     return float(prelu.weight)
 
 
+MOMENT_BLOCK = 1 << 20
+
+
+def global_moments(x: Tensor) -> tuple[float, float]:
+    """Mean and variance over all of a one-item channels-last ``[1, C, M, 1]`` tensor, as float64 numbers.
+
+    Why not ``var_mean``: it is about seven times slower than a group norm here; a sum and dot
+    products are fast and write nothing. The sums are taken per 2**20-value block and the blocks
+    added in float64, because one float32 dot product over a minute of features (3e7 values)
+    is off by ~1e-5 relative. Python numbers, not tensors: a handful of scalar tensor ops per norm
+    cost more than the sums themselves at 1 s.
+    """
+    flat = x.permute(0, 2, 3, 1).reshape(-1)  # a view: the memory order of channels-last
+    total = squares = 0.0
+    for block in flat.split(MOMENT_BLOCK):
+        total += block.sum().item()
+        squares += torch.dot(block, block).item()
+    mean = total / flat.numel()
+    return mean, max(squares / flat.numel() - mean * mean, 0.0)
+
+
+def _folds_global_statistics(x: Tensor) -> bool:
+    """Whether a gLN's statistics of ``x`` go into the next conv's weights: one item, on oneDNN."""
+    return x.shape[0] == 1 and _oneDNN_usable(x)
+
+
+class NormDepthwise(nn.Module):
+    """``depthwise(pad(norm(h)))`` on channels-last ``[B, C, M, 1]``, the depthwise conv's PReLU fused.
+
+    A gLN on one item is, for that input, the per-channel affine ``a h + c`` (``a = g / sigma``,
+    ``c = b - a mu``), which goes into the depthwise weights and bias (``w' = a w``,
+    ``bias' = bias + c sum(w)``) so the normalised ``h`` is never written. That is exact where the
+    kernel sees no padding; the frames within reach of the zeros are computed again from the
+    normalised ``left + right`` frames at each end.
+    """
+
+    def __init__(self, norm: nn.Module, depthwise: FusedConv, padding: tuple[int, int]) -> None:
+        super().__init__()
+        self.norm = _standalone_norm(norm)
+        self.folds_global = isinstance(norm, GlobalLayerNorm)
+        self.depthwise = depthwise
+        self.left, self.right = padding
+        self.register_buffer("tap_sums", depthwise.weight.sum(dim=(1, 2, 3)))
+
+    def forward(self, h: Tensor) -> Tensor:
+        span = self.left + self.right
+        if not (self.folds_global and _folds_global_statistics(h) and h.shape[2] >= span):
+            return self._padded(self.norm(h), self.depthwise.weight, self.depthwise.bias)
+        gln = self.norm.norm
+        mean, var = global_moments(h)
+        scale = gln.weight * (var + gln.eps) ** -0.5  # [C]: gLN(h) = scale h + shift, channel-wise
+        shift = torch.add(gln.bias, scale, alpha=-mean)
+        y = self._padded(h, self.depthwise.weight * scale.view(-1, 1, 1, 1),
+                         torch.addcmul(self.depthwise.bias, shift, self.tap_sums))  # fmt: skip
+        if span:
+            edges = torch.addcmul(shift.view(1, -1, 1, 1), torch.cat([h[:, :, :span], h[:, :, -span:]]),
+                                  scale.view(1, -1, 1, 1))  # fmt: skip
+            exact = self._padded(edges, self.depthwise.weight, self.depthwise.bias)
+            y[:, :, : self.left] = exact[:1, :, : self.left]
+            y[:, :, y.shape[2] - self.right :] = exact[1:, :, self.left :]
+        return y
+
+    def _padded(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.left == self.right:
+            return self.depthwise.apply_to(h, weight, bias, padding=self.left)
+        return self.depthwise.apply_to(F.pad(h, (0, 0, self.left, self.right)), weight, bias, padding=0)
+
+
+class NormPointwise(nn.Module):
+    """``conv(norm(x))`` for a 1x1 conv, the norm's per-channel affine folded into the conv.
+
+    A gLN's statistics on one item go into the conv's weights too (``conv(r (x - mu)) = (r W) x + c
+    - r mu W 1``), so the normalised ``x`` is never written: :meth:`operands` gives the input,
+    weight and bias that the conv runs with. Once :mod:`audiosep.quantize` has made ``conv`` int8
+    (its weights are packed), the statistics are applied to ``x`` instead.
+    """
+
+    def __init__(self, norm: nn.Module, conv: nn.Conv1d, activation: FusedActivation = "none") -> None:
+        super().__init__()
+        self.stats, self.conv = norm_then_conv(norm, conv, activation)
+        self.global_eps = norm.eps if isinstance(norm, GlobalLayerNorm) else None
+        self.register_buffer("weight_sums", self.conv.weight.sum(dim=(1, 2, 3)))
+
+    def operands(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(input, weight, bias)`` with ``conv(input; weight, bias) == conv(norm(x))``."""
+        if self.global_eps is None or not _folds_global_statistics(x):
+            return self.stats(x), self.conv.weight, self.conv.bias
+        mean, var = global_moments(x)
+        inv_std = (var + self.global_eps) ** -0.5
+        return x, self.conv.weight * inv_std, torch.add(self.conv.bias, self.weight_sums, alpha=-inv_std * mean)
+
+    @property
+    def float_weights(self) -> bool:
+        """Whether ``conv`` is still the float :class:`FusedConv` (not an int8 replacement)."""
+        return isinstance(self.conv, FusedConv)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.float_weights:
+            return self.conv(self.stats(x))
+        return self.conv.apply_to(*self.operands(x))
+
+
+def conv_add(total: Tensor | None, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``total + conv1x1(x)`` (``conv1x1(x)`` when ``total`` is None), into ``total`` where oneDNN applies.
+
+    Why: the TCN's residual and skip sums are otherwise one more pass over three tensors per block;
+    oneDNN adds the conv's output to ``total`` as it writes it.
+    """
+    if total is None:
+        return conv_time(x, weight, bias)
+    if _oneDNN_usable(x) and total.is_contiguous(memory_format=torch.channels_last):
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            total, x, weight, bias, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None, [], None
+        )
+    return total + conv_time(x, weight, bias)
+
+
 class FastConvBlock(nn.Module):
-    """:class:`ConvBlock` on channels-last tensors with fused activations and folded norm affines."""
+    """:class:`ConvBlock` on channels-last tensors with fused activations and folded norms."""
 
     def __init__(self, block: ConvBlock) -> None:
         super().__init__()
         self.residual_channels, self.skip_channels = block.residual_channels, block.skip_channels
         self.in_conv = FusedConv(block.in_conv.weight, block.in_conv.bias, "prelu", _prelu_slope(block.in_act))
-        self.in_norm = _standalone_norm(block.in_norm)
         left, right = block.padding
-        self.pad = (0, 0, left, right) if left != right else None
         dw = block.depthwise
-        self.depthwise = FusedConv(
-            dw.weight, dw.bias, "prelu", _prelu_slope(block.depthwise_act), dw.padding[0], dw.dilation[0], dw.groups
-        )
-        self.depthwise_norm, self.out_conv = norm_then_conv(block.depthwise_norm, block.out_conv)
+        bias = torch.zeros(dw.out_channels) if dw.bias is None else dw.bias
+        depthwise = FusedConv(dw.weight, bias, "prelu", _prelu_slope(block.depthwise_act), 0, dw.dilation[0], dw.groups)
+        self.depthwise = NormDepthwise(block.in_norm, depthwise, (left, right))
+        self.out = NormPointwise(block.depthwise_norm, block.out_conv)
 
-    def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """``[B, B_c, M, 1]`` -> (residual, skip), channels-last."""
-        h = self.in_norm(self.in_conv(x))
-        if self.pad is not None:
-            h = F.pad(h, self.pad)  # [B, H, M + left + right, 1]
-        out = self.out_conv(self.depthwise_norm(self.depthwise(h)))
-        residual = out[:, : self.residual_channels] if self.residual_channels else None
-        skip = out[:, self.residual_channels :] if self.skip_channels else None
-        return residual, skip
+    def forward(self, x: Tensor, skips: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Add this block's residual to ``x`` and its skip to ``skips``: ``[B, B_c, M, 1]``, channels-last.
+
+        Both tensors may be updated in place (they are the TCN's own running sums).
+        """
+        h = self.depthwise(self.in_conv(x))
+        residual = self.residual_channels
+        if not self.out.float_weights:  # int8: the conv's weights are packed, so plain sums
+            out = self.out(h)
+            if residual:
+                x = x + out[:, :residual]
+            if self.skip_channels:
+                skips = out[:, residual:] if skips is None else skips + out[:, residual:]
+            return x, skips
+        h, weight, bias = self.out.operands(h)
+        if residual:
+            x = conv_add(x, h, weight[:residual], None if bias is None else bias[:residual])
+        if self.skip_channels:
+            skips = conv_add(skips, h, weight[residual:], None if bias is None else bias[residual:])
+        return x, skips
 
 
 class FastTemporalConvNet(nn.Module):
@@ -320,15 +468,17 @@ class FastTemporalConvNet(nn.Module):
     def __init__(self, masker: TemporalConvNet) -> None:
         super().__init__()
         self.num_sources, self.mask_activation = masker.num_sources, masker.mask_activation
-        self.bottleneck_norm, self.bottleneck_conv = norm_then_conv(masker.bottleneck_norm, masker.bottleneck_conv)
+        self.bottleneck = NormPointwise(masker.bottleneck_norm, masker.bottleneck_conv)
         self.blocks = nn.ModuleList(FastConvBlock(block) for block in masker.blocks)
         self.output_prelu = masker.output_prelu
         activation = "none" if masker.mask_activation == "softmax" else masker.mask_activation
         self.output_conv = FusedConv(masker.output_conv.weight, masker.output_conv.bias, activation)
 
     def forward(self, features: Tensor) -> Tensor:
-        x = self.bottleneck_conv(self.bottleneck_norm(features))
-        masks = self.output_conv(self.output_prelu(run_blocks(self.blocks, x)))  # [B, S*N, M, 1]
+        x, skips = self.bottleneck(features), None
+        for block in self.blocks:
+            x, skips = block(x, skips)
+        masks = self.output_conv(self.output_prelu(x if skips is None else skips))  # [B, S*N, M, 1]
         masks = masks.permute(0, 2, 3, 1).squeeze(2).unflatten(2, (self.num_sources, -1))  # [B, M, S, N]
         return torch.softmax(masks, dim=2) if self.mask_activation == "softmax" else masks
 

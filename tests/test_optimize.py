@@ -126,17 +126,21 @@ CONV_TASNET_CASES = [
 
 @pytest.mark.parametrize(("norm", "variant"), CONV_TASNET_CASES)
 @pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("batch", [1, 2])
 def test_fast_conv_tasnet_matches_for_every_norm(
-    norm: str, variant: dict, fused: bool, monkeypatch: pytest.MonkeyPatch
+    norm: str, variant: dict, fused: bool, batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both the oneDNN-fused and the portable conv2d path of the fast model equal the plain model."""
+    """The oneDNN-fused path (gLN statistics folded into the convs for one item) and the portable conv2d
+    path of the fast model equal the plain model."""
     if not fused:
         monkeypatch.setattr(optimize, "_oneDNN_usable", lambda x: False)
     model = _randomise(conv_tasnet(norm=norm, **variant))
     prepared = prepare_for_inference(model)
     assert isinstance(prepared, FastConvTasNet)
     with torch.inference_mode():
-        torch.testing.assert_close(_run(prepared, length=777), _run(model, length=777), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            _run(prepared, batch, length=777), _run(model, batch, length=777), rtol=0, atol=1e-5
+        )
 
 
 def test_batch_norm_before_a_1x1_conv_is_folded_away() -> None:
@@ -144,7 +148,30 @@ def test_batch_norm_before_a_1x1_conv_is_folded_away() -> None:
     fast = prepare_for_inference(model)
     kinds = {type(m).__name__ for m in fast.masker.modules()}
     assert "BatchNorm" not in kinds and "ChannelAffine" in kinds  # only the one before the depthwise stays
-    assert all(isinstance(block.depthwise_norm, nn.Identity) for block in fast.masker.blocks)
+    assert all(isinstance(block.out.stats, nn.Identity) for block in fast.masker.blocks)
+
+
+def test_global_moments_of_a_long_input_match_float64() -> None:
+    """Blocked float64 sums keep a minute-long gLN input's variance exact where one float32 dot drifts."""
+    torch.manual_seed(0)
+    x = (3.0 + torch.randn(1, 64, 2**17, 1)).contiguous(memory_format=torch.channels_last)  # mean 3, std 1
+    mean, var = optimize.global_moments(x)
+    var64, mean64 = torch.var_mean(x.double(), correction=0)
+    assert abs(mean - mean64.item()) < 1e-7
+    assert abs(var - var64.item()) / var64.item() < 1e-6
+
+
+@pytest.mark.parametrize("length", [21, 45, 90, 400, 3001])
+@pytest.mark.parametrize("uneven", [False, True])
+def test_global_norm_folded_into_the_convs_equals_the_plain_block(length: int, uneven: bool) -> None:
+    """One item with gLN: the statistics go into the conv weights, the padded edges are computed again;
+    inputs shorter than the depthwise span take the explicit norm; an even kernel pads unevenly."""
+    kernel = 4 if uneven else 3
+    model = _randomise(conv_tasnet(norm="gLN", num_layers=4, num_repeats=1, conv_kernel_size=kernel))
+    prepared = prepare_for_inference(model)
+    assert any(block.depthwise.left != block.depthwise.right for block in prepared.masker.blocks) == uneven
+    with torch.inference_mode():
+        torch.testing.assert_close(_run(prepared, 1, length), _run(model, 1, length), rtol=0, atol=1e-5)
 
 
 def test_fused_conv_portable_path_equals_conv1d() -> None:
@@ -259,6 +286,7 @@ def test_conv_tasnet_folds_batch_statistics_norms(norm: str) -> None:
     model = _randomise(conv_tasnet(norm=norm))
     prepared = prepare_for_inference(model)
     assert not any(isinstance(m, RUNNING_STATISTICS) for m in prepared.modules())
-    assert all(isinstance(block.depthwise_norm, nn.Identity) for block in prepared.masker.blocks)
+    assert all(isinstance(block.out.stats, nn.Identity) for block in prepared.masker.blocks)
+    assert all(isinstance(block.depthwise.norm, optimize.ChannelAffine) for block in prepared.masker.blocks)
     with torch.inference_mode():
         torch.testing.assert_close(_run(prepared), _run(model), rtol=0, atol=1e-5)
