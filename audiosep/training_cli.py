@@ -114,9 +114,22 @@ class AudiosepCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    def _parse_ckpt_path(self) -> None:
+        """Take no configuration from ``--ckpt_path``'s ``hyper_parameters``: the recipe and the command line decide.
+
+        Lightning merges them into the parsed config, so a downloaded checkpoint could set the task's
+        arguments (an output CSV path: any file overwritten) or swap the model its own shape check then
+        agrees with. A checkpoint supplies weights and training state only.
+        """
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        kwargs["weights_only"] = True  # a recipe's `weights_only: false` would let a checkpoint's pickle run code
         ckpt_path = kwargs.get("ckpt_path")
+        if isinstance(ckpt_path, str) and "://" in ckpt_path:
+            raise UserError(
+                f"--ckpt_path {one_line(ckpt_path, 200)}: only local checkpoint files are read (download it first)"
+            )
         if ckpt_path == "last":
             found = find_last_checkpoint(self.trainer.default_root_dir, weight_shapes(self.model))
             if found is not None:
@@ -174,8 +187,8 @@ def claim_training_folder(root: Path, identity: dict[str, Any], record: str = "r
 def is_local_checkpoint_file(ckpt_path: object) -> bool:
     """Whether ``--ckpt_path`` names a local file or a missing path (checked by :func:`checkpoint_problem`).
 
-    Lightning's keywords (``best``, ``hpc``, ``registry...``), remote URLs and folders (the sharded
-    checkpoints of FSDP or DeepSpeed) are left to Lightning.
+    Lightning's keywords (``best``, ``hpc``, ``registry...``) and folders (the sharded checkpoints of FSDP
+    or DeepSpeed) are left to Lightning; URLs are refused before this.
     """
     if not isinstance(ckpt_path, str) or ckpt_path in ("best", "last", "hpc") or ckpt_path.startswith("registry"):
         return False

@@ -215,12 +215,32 @@ def test_a_checkpoint_of_another_model_or_kind_is_one_error_line_before_training
         ([*argv, f"--ckpt_path={tmp_path / 'missing.ckpt'}"], "no such file"),
         ([*argv, f"--ckpt_path={model_file}"], "not a Lightning training checkpoint"),
         ([*wider, f"--ckpt_path={last}"], "holds another model than the recipe's"),
+        ([*argv, "--ckpt_path=http://127.0.0.1:9/last.ckpt"], "only local checkpoint files are read"),
     ]
     for case, message in cases:
         capsys.readouterr()
         assert main(case) == 1
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and message in err[0] and err[0].startswith("audiosep: error: --ckpt_path ")
+
+
+def test_a_checkpoints_hyper_parameters_do_not_override_the_recipe(tiny_librimix: Path, tmp_path: Path) -> None:
+    """Lightning merges ``hyper_parameters`` into the config: a crafted checkpoint set ``test_csv`` to any file."""
+    from audiosep.cli import main
+
+    out = tmp_path / "run"
+    argv = fit_argv(tiny_librimix, out)[3:]
+    argv = [a for a in argv if not a.startswith("--trainer.max_steps")] + ["--trainer.max_steps=1"]
+    assert main(argv) == 0
+    victim, crafted = tmp_path / "victim.txt", tmp_path / "crafted.ckpt"
+    victim.write_text("precious")
+    checkpoint = torch.load(find_last_checkpoint(out), weights_only=True)
+    checkpoint["hyper_parameters"] = {"_class_path": "audiosep.tasks.separation.SeparationTask", "test_csv": str(victim)}
+    torch.save(checkpoint, crafted)
+    scores = tmp_path / "scores.csv"
+    test_argv = ["test", *argv[1:], f"--model.test_csv={scores}", f"--ckpt_path={crafted}"]
+    assert main(test_argv) == 0
+    assert victim.read_text() == "precious" and scores.read_text().startswith("id,")
 
 
 def test_last_skips_the_checkpoints_of_other_models_below_the_root(tmp_path: Path) -> None:
