@@ -98,8 +98,9 @@ def perturb_runner(monkeypatch: pytest.MonkeyPatch, offset: float = 1e-2) -> Non
 def assert_passed(report: export.ExportReport, path: Path, format: str) -> None:
     assert report.passed and report.path == path and path.is_file() and report.format == format
     assert report.file_size == path.stat().st_size > 0
-    assert [case.batch for case in report.cases] == [1, 2]
-    assert [case.length for case in report.cases] == SHORT_LENGTHS
+    assert [case.batch for case in report.cases] == [1, 2, 2]
+    assert [case.length for case in report.cases] == [*SHORT_LENGTHS, SHORT_LENGTHS[0]]
+    assert [case.silent_row for case in report.cases] == [False, False, True]
     assert all(case.max_abs_error < 1e-5 for case in report.cases), report.lines()
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
@@ -139,8 +140,8 @@ def test_onnx_export_reproduces_every_separator(name: str, tmp_path: Path) -> No
     assert (inputs.name, inputs.shape, outputs.name) == ("mixture", ["batch", "time"], "sources")
     info = json.loads(session.get_modelmeta().custom_metadata_map["audiosep"])
     assert info["sample_rate"] == RATE and info["outputs"] == ["sources"]
-    for shape in EXTRA_SHAPES:
-        x = 0.1 * torch.randn(*shape)
+    silence = [torch.zeros(1, 800), torch.zeros(3, 37)]  # a norm's zero variance: NaN if an exporter drops eps
+    for x in [0.1 * torch.randn(*shape) for shape in EXTRA_SHAPES] + silence:
         (got,) = session.run(None, {"mixture": x.numpy()})
         with torch.inference_mode():
             torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=0, atol=1e-5)
@@ -173,7 +174,8 @@ def test_onnx_gln_stays_within_atol_of_pytorch_on_a_minute_of_audio(tmp_path: Pa
         model.decoder.weight.mul_(10.0)  # outputs of a trained model's size (peak ~2.5), and errors too
     path = tmp_path / "gln.onnx"
     report = export_model(model, path, "onnx", RATE)
-    assert report.passed and [c.length for c in report.cases] == list(default_check_lengths(RATE))
+    lengths = list(default_check_lengths(RATE))
+    assert report.passed and [c.length for c in report.cases] == [*lengths, lengths[0]]
     minute = 0.1 * torch.randn(1, 60 * RATE)
     (got,) = onnx_session(path).run(None, {"mixture": minute.numpy()})
     with torch.inference_mode():
@@ -228,6 +230,27 @@ def test_a_wrong_file_fails_the_check_and_leaves_no_file(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_tolerance_is_relative_to_outputs_larger_than_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs near 1e3 carry float32 rounding near 1e-4: a correct file must not fail an absolute 1e-4."""
+    model = family("conv_tasnet")
+    with torch.no_grad():
+        model.decoder.weight.mul_(1e5)  # outputs of about 1e3 (the reviewer's RE-SepFormer: 1.5e3)
+    perturb_runner(monkeypatch, offset=5e-3)  # 5e-6 of the output scale: a correct export's rounding
+    report = export_model(model, tmp_path / "big.pt", "torchscript", RATE, check_lengths=SHORT_LENGTHS)
+    scale = max(case.output_scale for case in report.cases)
+    assert scale > 100 and report.tolerance == pytest.approx(1e-4 * scale)
+    assert report.passed and report.max_abs_error > export.DEFAULT_ATOL
+    assert f"<= atol 1.0e-04 x output scale {scale:.1e}" in report.lines()[-1]
+
+
+def test_outputs_within_one_keep_the_absolute_tolerance() -> None:
+    case = export.CheckCase(1, 100, 5e-4, output_scale=0.8)
+    report = export.ExportReport(Path("m.pt"), "torchscript", None, 1, 1e-4, (case,), 0.0)
+    assert report.tolerance == 1e-4 and not report.passed and report.lines()[-1].endswith("> atol 1.0e-04")
+    assert export.output_scale((torch.tensor([2.0, -3.0]), torch.tensor([7]))) == 3.0  # int outputs: no scale
+    assert export.output_scale((torch.tensor([float("inf")]),)) == 1.0  # no slack for a non-finite reference
+
+
 def test_a_file_that_does_not_run_fails_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(inputs):
         raise RuntimeError("Invalid input shape: {4}\nmore detail")
@@ -239,7 +262,7 @@ def test_a_file_that_does_not_run_fails_the_check(tmp_path: Path, monkeypatch: p
         )
     assert [case.failure for case in caught.value.report.cases] == [
         "RuntimeError: Invalid input shape: {4}"
-    ] * 2
+    ] * 3  # the two lengths and the silent row
     assert "(RuntimeError: Invalid input shape: {4})" in caught.value.report.lines()[1]
     assert list(tmp_path.iterdir()) == []
 
@@ -263,7 +286,7 @@ def test_the_check_sees_a_weight_changed_after_export(tmp_path: Path) -> None:
     with torch.no_grad():
         model.masker.bottleneck.weight[0, 0] += 0.05
     report = check_export(path, model, "torchscript", RATE, lengths=[401, 173])
-    assert not report.passed and [c.length for c in report.cases] == [401, 173]
+    assert not report.passed and [c.length for c in report.cases] == [401, 173, 401]  # the last with a silent row
     assert "FAILED" in report.lines()[-1]
 
 
@@ -308,7 +331,7 @@ def test_cli_exports_a_pruned_checkpoint_to_onnx(
     assert main_with_export(monkeypatch, ["--ckpt", str(tmp_path / "pruned.ckpt"), "--format", "onnx"]) == 0
     out = capsys.readouterr().out
     assert f"{tmp_path / 'pruned.onnx'}: onnx (opset 18)" in out and "check passed (ONNX Runtime" in out
-    assert out.count("max abs error") == 4  # three checks (16 s the last) and the verdict
+    assert out.count("max abs error") == 5  # three checks (16 s the last), the silent row and the verdict
     x = 0.1 * torch.randn(2, 999)
     (got,) = onnx_session(tmp_path / "pruned.onnx").run(None, {"mixture": x.numpy()})
     with torch.inference_mode():
