@@ -20,6 +20,13 @@ device, under a budget of registered modules, and compared with the weights the 
 (dense CPU tensors, counted by the bytes stored), so a small file cannot make us allocate a huge
 model. Only then is it built on the CPU and loaded with ``strict=True``. Every failure is a
 one-line :class:`CheckpointError` naming the file.
+
+Before ``torch.load`` even runs, the file must be a zip whose entries are stored uncompressed, as
+``torch.save`` writes them (:func:`zip_problem`): ``torch.load`` inflates a compressed entry in
+memory before anything can be checked (a 1 MB deflated file held 1 GB of zeros), so only stored
+entries let the file's own size bound what loading it allocates. Float init args must be finite
+and in a sensible range (:data:`FLOAT_RANGES`), and weights must be finite: a NaN anywhere only
+makes NaN output, or a crash deep inside inference.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ import math
 import os
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, BinaryIO, Literal, Union, get_args, get_origin
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +62,26 @@ EXTRA_ELEMENTS = 1 << 20  # non-persistent buffers (windows, filterbanks) beyond
 # Exceptions a constructor raises for arguments it cannot build (OverflowError: an ArithmeticError).
 BUILD_ERRORS = (TypeError, ValueError, KeyError, IndexError, RuntimeError, ArithmeticError, AssertionError)
 PLAIN_SCALARS = (type(None), bool, int, float, str)
+ZIP_MAGIC = b"PK\x03\x04"  # torch.load reads a file as a zip only when it starts with this (else: legacy format)
+ZIP_METHODS = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+MAX_EPS = 0.1  # a norm's variance floor is small (1e-8 to 1e-3 in practice)
+MAX_SECONDS = 1.0  # an analysis window or hop of the ASR front end (20 ms, 10 ms in practice)
+# Float init args (of any model or front end, by name) and the range each must lie in; every other
+# float need only be finite. Why: constructors check some of these (nn.Dropout refuses 5.0 but not
+# NaN, BatchNorm refuses eps < 0 only when it runs), others not at all (a negative log guard gives
+# NaN features); a value a file states must fail at load time, in one line, not later or silently.
+FLOAT_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "norm_eps": (lambda v: 0 < v <= MAX_EPS, f"in (0, {MAX_EPS:g}]"),
+    "eps": (lambda v: 0 < v <= MAX_EPS, f"in (0, {MAX_EPS:g}]"),
+    "preemphasis": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "dither": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "log_guard": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "window_size": (lambda v: 0 < v <= MAX_SECONDS, f"in (0, {MAX_SECONDS:g}] seconds"),
+    "window_stride": (lambda v: 0 < v <= MAX_SECONDS, f"in (0, {MAX_SECONDS:g}] seconds"),
+    "f_min": (lambda v: 0 <= v, ">= 0 Hz"),
+    "f_max": (lambda v: 0 < v, "> 0 Hz"),
+}
 
 
 class CheckpointError(ValueError):
@@ -168,13 +196,15 @@ def tensor_problem(tensor: Tensor) -> str | None:
 
 
 def _check_state_dict(value: Any) -> None:
-    """``value`` must be a dict of str -> dense, real CPU Tensor that holds its values."""
+    """``value`` must be a dict of str -> dense, real, finite CPU Tensor that holds its values."""
     if not isinstance(value, dict):
         raise CheckpointError(f"state_dict is a {type(value).__name__}, not a dict")
     for key, tensor in value.items():
         if not isinstance(key, str) or not isinstance(tensor, Tensor):
             raise CheckpointError(f"state_dict entry {brief_repr(key)} is not a str -> Tensor pair")
         problem = tensor_problem(tensor)
+        if problem is None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            problem = "holds NaN or infinite values"
         if problem:
             raise CheckpointError(f"state_dict entry {brief_repr(key)} {problem}")
 
@@ -228,19 +258,63 @@ def _unwrap(raw: Any) -> dict[str, Any]:
     return inner | {"state_dict": _lightning_weights(raw)}
 
 
+def zip_problem(file: BinaryIO) -> str | None:
+    """Why ``file`` is not a zip of uncompressed entries as ``torch.save`` writes; None if it is one.
+
+    Why: ``torch.load`` inflates a compressed entry in memory before anything can be checked, and
+    reads a file that does not start as a zip in the legacy format, whose pickle states storage
+    sizes that are allocated before any data is read. Stored entries hold their own bytes, so the
+    file's size bounds what loading it allocates. Reads the zip directory only; rewinds ``file``.
+    """
+    try:
+        file.seek(0)
+        if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+            return "not a zip file, as torch.save writes"
+        size = file.seek(0, os.SEEK_END)
+        with zipfile.ZipFile(file) as archive:
+            entries = archive.infolist()
+    except Exception as err:  # noqa: BLE001 (zipfile raises several types for damaged archives)
+        return f"a damaged zip file: {_one_line(err)}"
+    finally:
+        file.seek(0)
+    for entry in entries:
+        name = brief_repr(entry.filename)
+        if entry.compress_type != zipfile.ZIP_STORED:
+            method = ZIP_METHODS.get(entry.compress_type, f"method {entry.compress_type}")
+            return f"zip entry {name} is compressed with {method}; torch.save writes entries uncompressed"
+        if entry.file_size != entry.compress_size or entry.header_offset + entry.file_size > size:
+            return f"zip entry {name} declares {entry.file_size} bytes, more than the {size}-byte file holds"
+    declared = sum(entry.file_size for entry in entries)
+    if declared > size:
+        return f"zip entries declare {declared} bytes in all, more than the {size}-byte file holds"
+    return None
+
+
+def _load_checked(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` of ``path`` once :func:`zip_problem` passes (same open file)."""
+    try:
+        with path.open("rb") as file:
+            problem = zip_problem(file)
+            if problem is not None:
+                raise CheckpointError(f"{path}: not a readable checkpoint ({problem})")
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from err
+
+
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check the model record of an audiosep model file or an audiosep Lightning ``.ckpt``.
 
     Raises:
-        CheckpointError: missing or unreadable file, no audiosep model inside, a malformed record.
+        CheckpointError: missing or unreadable file, a compressed or non-zip file, no audiosep
+            model inside, a malformed record.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from err
+    raw = _load_checked(path)
     try:
         record = _unwrap(raw)
         check_record(record)
@@ -269,7 +343,7 @@ def _fits_container(value: Any, container: Any, args: tuple[Any, ...]) -> bool |
 
 
 def _fits(value: Any, hint: Any) -> bool:
-    """Whether a plain value fits a constructor annotation (``int``: a positive size or count)."""
+    """Whether a plain value fits a constructor annotation (``int``: a positive size or count; ``float``: finite)."""
     origin, args = get_origin(hint), get_args(hint)
     if hint is Any or hint is object:
         return True
@@ -281,7 +355,7 @@ def _fits(value: Any, hint: Any) -> bool:
         type(None): lambda v: v is None,
         bool: lambda v: isinstance(v, bool),
         int: is_size,
-        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        float: lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and math.isfinite(v)),
         str: lambda v: isinstance(v, str),
     }
     if hint in scalar_checks:
@@ -290,14 +364,40 @@ def _fits(value: Any, hint: Any) -> bool:
     return True if fits is None else fits  # an annotation we do not model: the constructor checks it
 
 
-def _largest_int(value: Any) -> int:
-    """The largest int (bools aside) anywhere in a plain value; 0 if none."""
+def _magnitude(value: Any) -> float:
+    """The size a scalar can stand for: ``abs`` of an int, a float or a numeric str (NaN: inf); 0 otherwise.
+
+    Why floats and strings: constructors coerce sizes with ``int()`` (QuartzNet's block lists),
+    which takes ``1e12`` and ``"1000000000000"`` as readily as ``10**12``.
+    """
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
-        return value
+        return abs(value)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return 0
+    if isinstance(value, float):
+        return abs(value) if math.isfinite(value) else math.inf
+    return 0
+
+
+def _largest_number(value: Any) -> float:
+    """The largest :func:`_magnitude` anywhere in a plain value; 0 if none."""
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else None
+    if items is None:
+        return _magnitude(value)
+    return max((_largest_number(item) for item in items), default=0)
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether a NaN or infinite float is anywhere in a plain value."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
     items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
-    return max((_largest_int(item) for item in items), default=0)
+    return any(_has_non_finite(item) for item in items)
 
 
 def _stored_values(state_dict: dict[str, Tensor]) -> int:
@@ -310,7 +410,7 @@ def _stored_values(state_dict: dict[str, Tensor]) -> int:
 
 
 def _check_counts(init_args: dict[str, Any], stored: int) -> None:
-    """No size or count, nor the product of the ``num_*`` counts, exceeds the ``stored`` values.
+    """No size or count (int, float or numeric str), nor the product of the ``num_*`` counts, exceeds the ``stored`` values.
 
     Why: a constructor may expand a count into a list before it builds anything (a per-layer
     width list of ``num_layers`` entries), which even the meta device cannot cut short; and counts
@@ -320,7 +420,7 @@ def _check_counts(init_args: dict[str, Any], stored: int) -> None:
     """
     cap = stored + INT_SLACK
     for name, value in init_args.items():
-        if _largest_int(value) > cap:
+        if _largest_number(value) > cap:
             raise CheckpointError(f"init arg {name}={brief_repr(value)} is larger than the stored weights allow ({cap})")
     counts = {name: value for name, value in init_args.items() if name.startswith("num_") and is_size(value)}
     if math.prod(counts.values()) > cap:
@@ -338,12 +438,33 @@ def _check_init_args(cls: type[nn.Module], init_args: dict[str, Any]) -> None:
             raise CheckpointError(
                 f"{cls.__name__} takes no init args {brief_repr(unknown)}; valid: {', '.join(parameters)}"
             )
+    for name, value in init_args.items():
+        if _has_non_finite(value):
+            raise CheckpointError(f"{cls.__name__} init arg {name}={brief_repr(value)} holds NaN or infinity")
     hints = typing.get_type_hints(cls.__init__)
     for name, value in init_args.items():
         if name in hints and not _fits(value, hints[name]):
             annotation = parameters[name].annotation if name in parameters else hints[name]
             note = " (sizes and counts are positive ints)" if "int" in str(annotation) else ""
             raise CheckpointError(f"{cls.__name__} init arg {name}={brief_repr(value)} does not fit {annotation}{note}")
+    _check_float_ranges(cls, init_args)
+
+
+def _check_float_ranges(cls: type[nn.Module], init_args: dict[str, Any]) -> None:
+    """Each number named in :data:`FLOAT_RANGES` lies in its range, and a mel band fits below Nyquist."""
+    for name, value in init_args.items():
+        if name in FLOAT_RANGES and isinstance(value, int | float) and not isinstance(value, bool):
+            within, allowed = FLOAT_RANGES[name]
+            if not within(value):
+                raise CheckpointError(f"{cls.__name__} init arg {name}={brief_repr(value)} is not {allowed}")
+    rate, f_min, f_max = (init_args.get(key) for key in ("sample_rate", "f_min", "f_max"))
+    if is_size(rate) and isinstance(f_min, int | float) and isinstance(f_max, int | float | type(None)):
+        top = rate / 2 if f_max is None else f_max
+        if not f_min < top <= rate / 2:
+            raise CheckpointError(
+                f"{cls.__name__} init args f_min={brief_repr(f_min)}, f_max={brief_repr(f_max)} "
+                f"are not a band 0 <= f_min < f_max <= sample_rate / 2 = {rate / 2:g} Hz"
+            )
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import TorchCheckpointIO
 
+from audiosep.checkpoint import zip_problem
 from audiosep.errors import UserError, brief_repr, one_line
 from audiosep.io import atomic_write_text, read_json
 
@@ -203,6 +204,10 @@ def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]]) -> str 
     if not path.is_file():
         return "no such file"
     try:
+        with path.open("rb") as file:  # a compressed zip would be inflated in memory by torch.load
+            problem = zip_problem(file)
+        if problem is not None:
+            return f"not a readable checkpoint ({problem})"
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 (torch raises many types for damaged or foreign files)
         return f"not a readable checkpoint ({one_line(err, 120)})"
@@ -255,7 +260,7 @@ def restrict_imports() -> None:
         raise UserError(f"${EXTRA_IMPORTS_ENV}: {err}") from err
 
 
-def _yaml_without_aliases(text: str) -> Any:
+def yaml_without_aliases(text: str) -> Any:
     """jsonargparse's YAML loading, after a parse-only pass that refuses ``*alias`` (not expanded: linear cost).
 
     Why: a recipe of a few hundred bytes with nested aliases ("billion laughs") stands for a value
@@ -271,11 +276,11 @@ def _yaml_without_aliases(text: str) -> Any:
 
 
 def refuse_yaml_aliases() -> None:
-    """Make jsonargparse load every YAML config and value through :func:`_yaml_without_aliases`."""
+    """Make jsonargparse load every YAML config and value through :func:`yaml_without_aliases`."""
     import yaml
     from jsonargparse import set_loader
 
-    set_loader("yaml", _yaml_without_aliases, exceptions=(yaml.YAMLError,))
+    set_loader("yaml", yaml_without_aliases, exceptions=(yaml.YAMLError,))
 
 
 def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:

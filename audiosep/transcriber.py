@@ -24,6 +24,7 @@ from audiosep.checkpoint import CheckpointError, build_untrusted, load_model
 from audiosep.data.audio import resample, to_mono
 from audiosep.data.tokenizer import CharTokenizer
 from audiosep.decoding import Decoder, build_decoder
+from audiosep.errors import UserError
 from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.features import LogMelFeatures
 
@@ -32,6 +33,23 @@ log = logging.getLogger(__name__)
 SEGMENT_SECONDS = 30.0  # longer files are cut into segments of at most this
 CUT_SEARCH_SECONDS = 5.0  # each cut is at the quietest frame of the last this-many seconds of a segment
 ENERGY_FRAME_SECONDS = 0.02
+
+
+class NonFiniteOutputError(UserError, ValueError):
+    """The acoustic model produced NaN or infinite log-probabilities: there is no transcript to give."""
+
+
+def check_finite(log_probs: Sequence[Tensor]) -> None:
+    """Raise :class:`NonFiniteOutputError` unless every utterance's log-probabilities are finite.
+
+    Why: CTC decoding of NaN picks some label (or blank) anyway, so a broken model or front end
+    would print an empty or garbage transcript and succeed; ``audiosep infer`` refuses the same.
+    """
+    bad = sum(not bool(torch.isfinite(lp).all()) for lp in log_probs)
+    if bad:
+        raise NonFiniteOutputError(
+            f"the model produced non-finite output (NaN/Inf) for {bad} of {len(log_probs)} utterance(s); no transcript"
+        )
 
 
 def frame_energies(audio: CheckedAudio, frame: int) -> Tensor:
@@ -180,12 +198,17 @@ class Transcriber:
         return [log_probs[i, : int(n)].cpu() for i, n in enumerate(out_lengths)]
 
     def transcribe(self, waveforms: Sequence[Tensor]) -> list[str]:
-        """Transcripts of mono waveforms at :attr:`sample_rate`, batched by length."""
+        """Transcripts of mono waveforms at :attr:`sample_rate`, batched by length.
+
+        Raises:
+            NonFiniteOutputError: the model's output for some waveform is not finite.
+        """
         order = sorted(range(len(waveforms)), key=lambda i: waveforms[i].shape[-1])
         texts: dict[int, str] = {}
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             outputs = self.log_probs([waveforms[i] for i in chunk])
+            check_finite(outputs)
             padded = nn.utils.rnn.pad_sequence(outputs, batch_first=True)  # [B, T'_max, V]
             lengths = torch.tensor([o.shape[0] for o in outputs])
             for index, ids in zip(chunk, self.decoder(padded, lengths), strict=True):
@@ -240,6 +263,7 @@ class Transcriber:
         Raises:
             AudioError: the file is missing, unreadable, truncated, holds non-finite samples, or is
                 shorter than one analysis window.
+            NonFiniteOutputError: the model's output is not finite.
         """
         with CheckedAudio(path) as audio:
             self.check_length(audio)

@@ -327,6 +327,17 @@ def test_user_errors_are_one_line(argv: list[str], message: str) -> None:
         bench_command.run(parse([*argv, "--no-memory"] if argv[:1] != ["sweep"] else argv))
 
 
+def test_a_bad_checkpoint_is_one_clean_line_naming_it_once(tmp_path: Path) -> None:
+    """The checkpoint's own error as it is: not ``empty.pt: CheckpointError: /full/path/empty.pt: ...``."""
+    from audiosep.errors import UserError
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError) as caught:
+        bench_command.run(parse(["--ckpt", str(empty), "--no-memory", "--no-progress"]))
+    assert str(caught.value) == f"{empty}: not a readable checkpoint (not a zip file, as torch.save writes)"
+
+
 def test_overrides_are_yaml_values_for_all_or_one_model() -> None:
     common, per_model = parse_overrides(
         ["hidden_channels=[12, 7]", "norm=cLN", "conv_tasnet_demo.causal=true", "x=null"]

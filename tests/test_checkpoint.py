@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import math
+import struct
 import sys
 import time
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -296,6 +298,53 @@ def test_the_constructor_value_error_of_a_quartznet_block_is_a_checkpoint_error(
     assert "cannot build QuartzNet: a block may stride or dilate, not both" in load_error(write(tmp_path, bad))
 
 
+def quartznet_record(**changes: Any) -> dict[str, Any]:
+    """A valid record of the tiny QuartzNet, with init args replaced by ``changes``."""
+    base = model_record(QuartzNet(**TINY["audiosep.models.quartznet.QuartzNet"]))
+    return base | {"init_args": base["init_args"] | changes}
+
+
+@pytest.mark.parametrize("dilation", [10**12, 1e12, "1000000000000", " 1_000_000_000_000 ", float("inf"), "nan"])
+def test_a_size_inside_a_block_list_is_bounded_in_every_numeric_spelling(dilation: Any, tmp_path: Path) -> None:
+    """QuartzNet coerces block fields with int(): 1e12 and "1000000000000" are the int 10**12 to it."""
+    blocks = [[4, 3, 1, 2, 1, False], [6, 5, 2, 1, dilation], [6, 1, 1, 1, 1, False, False]]
+    message = error_before_any_build(write(tmp_path, quartznet_record(blocks=blocks)))
+    assert "init arg blocks=" in message
+    assert "larger than the stored weights allow" in message or "holds NaN or infinity" in message
+
+
+@pytest.mark.parametrize(
+    ("class_path", "changes", "problem"),
+    [
+        ("audiosep.models.sepformer.SepFormer", {"dropout": math.nan}, "SepFormer init arg dropout=nan holds NaN or infinity"),
+        ("audiosep.models.sepformer.SepFormer", {"dropout": math.inf}, "dropout=inf holds NaN or infinity"),
+        ("audiosep.models.sepformer.SepFormer", {"dropout": 1.0}, "dropout=1.0 is not in [0, 1)"),
+        ("audiosep.models.resepformer.RESepFormer", {"dropout": -0.1}, "dropout=-0.1 is not in [0, 1)"),
+        ("audiosep.models.quartznet.QuartzNet", {"dropout": math.nan}, "QuartzNet init arg dropout=nan"),
+        ("audiosep.models.quartznet.QuartzNet", {"norm_eps": math.nan}, "norm_eps=nan holds NaN or infinity"),
+        ("audiosep.models.quartznet.QuartzNet", {"norm_eps": -5.0}, "norm_eps=-5.0 is not in (0, 0.1]"),
+        ("audiosep.models.quartznet.QuartzNet", {"norm_eps": 0}, "norm_eps=0 is not in (0, 0.1]"),
+        ("audiosep.models.quartznet.QuartzNet", {"blocks": [[4, 3, 1, 2, 1, False, True, math.nan]]}, "holds NaN"),
+    ],
+)
+def test_non_finite_or_out_of_range_float_args_are_refused_before_any_build(
+    class_path: str, changes: dict[str, Any], problem: str, tmp_path: Path
+) -> None:
+    """nn.Dropout takes NaN, BatchNorm takes eps=-5 until it runs: the file must fail at load, in one line."""
+    base = model_record(MODEL_CLASSES[class_path](**TINY[class_path]))
+    path = write(tmp_path, base | {"init_args": base["init_args"] | changes})
+    assert problem in error_before_any_build(path)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_weight_is_refused(value: float, tmp_path: Path) -> None:
+    bad = record()
+    bad["state_dict"]["decoder.weight"][0, 0, 0] = value
+    assert "state_dict entry 'decoder.weight' holds NaN or infinite values" in error_before_any_build(
+        write(tmp_path, bad)
+    )
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -473,6 +522,54 @@ def test_missing_file_and_garbage_are_one_line_errors(tmp_path: Path) -> None:
     assert "not a readable checkpoint" in load_error(garbage)
 
 
+def repacked(path: Path, compression: int) -> Path:
+    """``path`` (a torch.save zip) with every entry rewritten with ``compression``."""
+    out = path.with_name(f"{path.stem}.{compression}{path.suffix}")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w", compression) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    return out
+
+
+def test_a_stored_repack_loads(tmp_path: Path) -> None:
+    """The zip check reads what zipfile writes as torch.save does: entries stored uncompressed."""
+    assert isinstance(load_model(repacked(write(tmp_path, record()), zipfile.ZIP_STORED))[0], ConvTasNet)
+
+
+@pytest.mark.parametrize(("compression", "method"), [(zipfile.ZIP_DEFLATED, "deflate"), (zipfile.ZIP_LZMA, "lzma")])
+def test_a_compressed_checkpoint_is_refused_before_torch_load(
+    compression: int, method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deflated entry of zeros expands ~1000x in torch.load: a 1 MB file held 1 GB before any check."""
+    bomb = record(state_dict=record()["state_dict"] | {"zeros": torch.zeros(1 << 18)})  # 1 MB, deflates to ~1 KB
+    path = repacked(write(tmp_path, bomb), compression)
+    assert path.stat().st_size < 64 << 10
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("torch.load ran"))
+    assert f"is compressed with {method}; torch.save writes entries uncompressed" in load_error(path)
+
+
+def test_a_legacy_format_checkpoint_is_refused(tmp_path: Path) -> None:
+    """The legacy format's pickle states storage sizes that torch.load allocates before reading any data."""
+    path = tmp_path / "legacy.pt"
+    torch.save(record(), path, _use_new_zipfile_serialization=False)
+    assert "not a readable checkpoint (not a zip file, as torch.save writes)" in load_error(path)
+
+
+def test_a_zip_entry_declaring_more_bytes_than_the_file_holds_is_refused(tmp_path: Path) -> None:
+    data = bytearray(write(tmp_path, record()).read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the first central directory entry: sizes at +20 and +24
+    data[entry + 20 : entry + 28] = struct.pack("<II", 1 << 31, 1 << 31)
+    path = tmp_path / "sizes.pt"
+    path.write_bytes(bytes(data))
+    assert "declares 2147483648 bytes, more than the" in load_error(path)
+
+
+def test_a_damaged_zip_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "cut.pt"
+    path.write_bytes(write(tmp_path, record()).read_bytes()[:200])  # the zip directory is cut off
+    assert "not a readable checkpoint (a damaged zip file" in load_error(path)
+
+
 # --- Lightning checkpoints --------------------------------------------------------------------------
 
 
@@ -634,6 +731,10 @@ def test_cli_reports_a_class_path_nested_past_the_recursion_limit_in_one_line(
         ({"vocabulary": list("abc")}, "do not fit together"),  # 4 outputs, the model has 29
         ({"sample_rate": 8000}, "do not fit together"),  # the front end runs at 16 kHz
         ({"features": LogMelFeatures(n_mels=16).config()}, "do not fit together"),  # the model takes 8 bins
+        ({"features": LogMelFeatures(**QUARTZNET_FEATURES).config() | {"log_guard": math.nan}}, "log_guard=nan"),
+        ({"features": LogMelFeatures(**QUARTZNET_FEATURES).config() | {"log_guard": -1.0}}, "log_guard=-1.0 is not"),
+        ({"features": LogMelFeatures(**QUARTZNET_FEATURES).config() | {"preemphasis": math.inf}}, "preemphasis=inf"),
+        ({"features": LogMelFeatures(**QUARTZNET_FEATURES).config() | {"f_max": 9000.0}}, "f_max=9000.0"),
     ],
 )
 def test_transcribe_reports_bad_asr_metadata_in_one_line(

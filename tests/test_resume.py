@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -195,6 +196,14 @@ def test_ckpt_path_last_takes_the_newest_of_last_and_slurm_requeue_checkpoints(t
     assert find_last_checkpoint(tmp_path) == older
 
 
+def deflated(checkpoint: Path, out: Path) -> Path:
+    """``checkpoint`` re-packed with compressed entries (what torch.load would inflate in memory)."""
+    with zipfile.ZipFile(checkpoint) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry))
+    return out
+
+
 def test_a_checkpoint_of_another_model_or_kind_is_one_error_line_before_training(
     tiny_librimix: Path, tmp_path: Path, capsys
 ) -> None:
@@ -216,6 +225,7 @@ def test_a_checkpoint_of_another_model_or_kind_is_one_error_line_before_training
         ([*argv, f"--ckpt_path={model_file}"], "not a Lightning training checkpoint"),
         ([*wider, f"--ckpt_path={last}"], "holds another model than the recipe's"),
         ([*argv, "--ckpt_path=http://127.0.0.1:9/last.ckpt"], "only local checkpoint files are read"),
+        ([*argv, f"--ckpt_path={deflated(last, tmp_path / 'deflated.ckpt')}"], "is compressed with deflate"),
     ]
     for case, message in cases:
         capsys.readouterr()

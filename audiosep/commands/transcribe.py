@@ -2,10 +2,10 @@
 
 One line per transcribed file, ``PATH<TAB>TRANSCRIPT``, in input order, on stdout or in ``--out``
 (written atomically at the end). Every input gets one outcome: transcribed, or one error line on
-stderr naming the file and the reason (missing, corrupt, truncated, non-finite samples, ...); a
-silent file gets an empty transcript and a warning. A summary line ends the run; the exit code is 1
-if any input failed. Files longer than ``--segment-seconds`` are cut at quiet moments and read in
-spans (:class:`audiosep.transcriber.Transcriber`).
+stderr naming the file and the reason (missing, corrupt, truncated, non-finite samples or model
+output, ...); a silent file gets an empty transcript and a warning. A summary line ends the run;
+the exit code is 1 if any input failed. Files longer than ``--segment-seconds`` are cut at quiet
+moments and read in spans (:class:`audiosep.transcriber.Transcriber`).
 """
 
 from __future__ import annotations
@@ -96,10 +96,31 @@ def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[s
             report.error(item.label, str(err))
             continue
         labels.append(item.label)
-    texts = transcriber.transcribe_segmented(segments) if segments else []
-    report.written += len(texts)
+    transcribed = _texts(transcriber, labels, segments, report)
+    report.written += len(transcribed)
     # shown(): a tab or newline in a file name would forge a PATH<TAB>TRANSCRIPT line of another file
-    return [f"{shown(label)}\t{text}\n" for label, text in zip(labels, texts, strict=True)]
+    return [f"{shown(label)}\t{text}\n" for label, text in transcribed]
+
+
+def _texts(transcriber, labels: list[str], segments: list, report: Report) -> list[tuple[str, str]]:  # noqa: ANN001
+    """``(label, transcript)`` of each file; files whose model output is not finite are reported instead.
+
+    The files are transcribed together; only when some output is NaN/Inf is each file run alone, to
+    name the ones that failed (no transcript is printed for them: it would be garbage).
+    """
+    from audiosep.transcriber import NonFiniteOutputError
+
+    try:
+        return list(zip(labels, transcriber.transcribe_segmented(segments), strict=True))
+    except NonFiniteOutputError:
+        pass
+    transcribed = []
+    for label, parts in zip(labels, segments, strict=True):
+        try:
+            transcribed.append((label, transcriber.transcribe_segmented([parts])[0]))
+        except NonFiniteOutputError as err:
+            report.error(label, str(err))
+    return transcribed
 
 
 def run(args: argparse.Namespace) -> int:

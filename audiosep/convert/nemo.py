@@ -9,8 +9,9 @@ sub-block takes ``4r`` (conv), ``4r+1`` (BatchNorm); the residual is ``res.0.0``
 
 The archive is untrusted input, read in memory and never extracted: each member is refused by the
 size its tar header states before it is read (the weights may not exceed what the configured model
-holds), the YAML is read as plain data without aliases, the weights load with ``weights_only=True``
-and must be dense finite tensors, and the model is first built on the meta device and checked
+holds), the YAML is read as plain data without aliases, the weights must be a zip of uncompressed
+entries (as ``torch.save`` writes: a compressed entry would expand in memory past that bound), load
+with ``weights_only=True`` and must be dense finite tensors, and the model is first built on the meta device and checked
 against the stored shapes (:func:`audiosep.checkpoint.model_from_record`) before it is built on the
 CPU. Every failure is a one-line :class:`~audiosep.errors.UserError` naming the archive.
 
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 
 from audiosep.asr_metadata import asr_metadata
 from audiosep.checkpoint import (
+    FLOAT_RANGES,
     MAX_SAMPLE_RATE,
     CheckpointError,
     build_untrusted,
@@ -59,8 +61,9 @@ MAX_SUB_BLOCKS = 512  # QuartzNet 15x5 has 79 sub-blocks, Jasper 10x5 54
 # model_weights.ckpt may hold at most 8 bytes per value of the configured model and front end
 # (float64; NeMo writes float32) plus 4 KiB of zip and pickle records per tensor, and never more
 # than 2 GiB (the largest NeMo Jasper, 10x5 with 333 M parameters, stores 1.3 GB): checked from the
-# tar header before reading: a small compressed archive cannot expand beyond what its own config
-# claims the model holds (at most MAX_WEIGHTS_BYTES, read in memory), however small the config is.
+# tar header before reading, and its zip entries must be stored uncompressed (load_weights): a small
+# compressed archive cannot expand beyond what its own config claims the model holds (at most
+# MAX_WEIGHTS_BYTES, read in memory), however small the config is.
 WEIGHT_BYTES_PER_VALUE, WEIGHT_BYTES_PER_TENSOR, MAX_WEIGHTS_BYTES = 8, 4096, 2 << 30
 # The front end sizes that audiosep.transcriber accepts when it reads the converted file back.
 FEATURE_LIMITS = {"sample_rate": MAX_SAMPLE_RATE, "n_fft": 1 << 16, "n_mels": 1 << 10}
@@ -111,8 +114,8 @@ def block_from_nemo(layer: Any) -> dict[str, Any]:
     """One ``jasper`` entry -> an audiosep block spec.
 
     Raises:
-        UserError: features QuartzNet does not have (SE, dense residual, groups, heads, ...), or sizes
-            that are not positive integers.
+        UserError: features QuartzNet does not have (SE, dense residual, groups, heads, ...), sizes
+            that are not positive integers, or a dropout that is no probability (NaN, 1, -0.1).
     """
     if not isinstance(layer, dict):
         raise UserError(f"a block must be a mapping, got {brief_repr(layer)}")
@@ -120,8 +123,9 @@ def block_from_nemo(layer: Any) -> dict[str, Any]:
     if unsupported:
         raise UserError(f"unsupported NeMo block options {brief_repr(unsupported)}")
     dropout = layer.get("dropout", 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, int | float):
-        raise UserError(f"dropout must be a number, got {brief_repr(dropout)}")
+    within, allowed = FLOAT_RANGES["dropout"]
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not within(dropout):
+        raise UserError(f"dropout must be a number {allowed}, got {brief_repr(dropout)}")
     return {
         "channels": _size(layer.get("filters"), "filters"),
         "kernel_size": _size(_first(layer.get("kernel")), "kernel"),
@@ -130,7 +134,7 @@ def block_from_nemo(layer: Any) -> dict[str, Any]:
         "dilation": _size(_first(layer.get("dilation", 1)), "dilation"),
         "residual": bool(layer.get("residual", False)),
         "separable": bool(layer.get("separable", False)),
-        "dropout": dropout,  # QuartzNet refuses what is no probability
+        "dropout": dropout,
     }
 
 
@@ -211,7 +215,9 @@ def features_from_nemo(pre: dict[str, Any]) -> LogMelFeatures:
 
     Raises:
         UserError: settings the front end does not reproduce (frame splicing, non-Hann window, ...),
-            or sizes out of the range audiosep reads back (``FEATURE_LIMITS``).
+            sizes out of the range audiosep reads back (``FEATURE_LIMITS``), or non-finite or
+            out-of-range floats (``preemph``, ``log_zero_guard_value``, ``highfreq`` above Nyquist,
+            ...: :data:`audiosep.checkpoint.FLOAT_RANGES`), which would make NaN features.
     """
     for key, supported in FIXED_PREPROCESSOR_OPTIONS.items():
         if pre.get(key, supported) != supported:

@@ -347,14 +347,32 @@ def read_hyperparams(path: str | Path) -> dict[str, Any]:
     return hparams if isinstance(hparams, dict) else {}
 
 
-def _resolve(value: Any, top: dict[str, Any]) -> Any:
-    """Follow ``!ref <name>`` (plain names only); other expressions resolve to None."""
-    for _ in range(10):  # refs of refs, without looping forever on a cycle
+MAX_REF_HOPS = 10  # refs of refs a value may go through; more is taken for a cycle
+
+
+def _resolve(value: Any, top: dict[str, Any], key: str) -> Any:
+    """``value`` with ``!ref <name>`` followed to a top-level key (refs of refs too).
+
+    Why an error and not None: None reads as "not stated", so an expression (``!ref <N> // 2``), a
+    missing name or a cycle would silently become the paper default and the model would differ
+    from SpeechBrain's.
+
+    Raises:
+        ConversionError: a ref that is an expression, names no top-level key, or goes round a cycle.
+    """
+    for _ in range(MAX_REF_HOPS):
         if not isinstance(value, Ref):
             return value
-        match = re.fullmatch(r"\s*<([\w.]+)>\s*", value)
-        value = top.get(match.group(1)) if match else None
-    return None
+        match = re.fullmatch(r"\s*<(\w+)>\s*", value)
+        if match is None:
+            raise ConversionError(
+                f"{key}: cannot resolve !ref {brief_repr(str(value))}: only '!ref <name>' is read, "
+                "not expressions; write the value instead"
+            )
+        if match.group(1) not in top:
+            raise ConversionError(f"{key}: !ref {brief_repr(str(value))} names no top-level key")
+        value = top[match.group(1)]
+    raise ConversionError(f"{key}: !ref goes through more than {MAX_REF_HOPS} refs (a cycle?)")
 
 
 def _find_node(top: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, Any] | None:
@@ -366,10 +384,10 @@ def _find_node(top: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, A
 
 
 def _option(node: dict[str, Any] | None, key: str, top: dict[str, Any], default: Any) -> Any:
-    """``node[key]`` resolved, SpeechBrain's ``default`` when absent, None without a node."""
+    """``node[key]`` resolved (:func:`_resolve`), SpeechBrain's ``default`` when absent, None without a node."""
     if node is None:
         return None
-    return _resolve(node[key], top) if key in node else default
+    return _resolve(node[key], top, key) if key in node else default
 
 
 # Per model: the YAML nodes we read (class name suffix, or the masknet key that refers to them).
@@ -421,7 +439,8 @@ def hyperparams_overrides(hparams: dict[str, Any], kind: ModelKind) -> dict[str,
 
     Raises:
         ConversionError: a setting we do not implement (extra linear layers, no skip around
-            intra, global positional encoding, attention other than regularMHA, ...).
+            intra, global positional encoding, attention other than regularMHA, ...), or a
+            ``!ref`` that cannot be resolved (:func:`_resolve`).
     """
     nodes = _yaml_nodes(hparams, kind)
     for kinds, node, key, default, supported in _SUPPORTED_SETTINGS:
@@ -496,7 +515,9 @@ def convert_speechbrain_folder(
         kind = detect_model_kind(masknet_sd) if kind == "auto" else kind
     with prefixed_errors(str(yaml_path), ConversionError):
         overrides = hyperparams_overrides(hparams, kind)
-    sample_rate = sample_rate if sample_rate is not None else _resolve(hparams.get("sample_rate"), hparams)
+    if sample_rate is None:
+        with prefixed_errors(str(yaml_path), ConversionError):
+            sample_rate = _resolve(hparams.get("sample_rate"), hparams, "sample_rate")
     if not (is_size(sample_rate) and sample_rate <= MAX_SAMPLE_RATE):  # the rule checkpoint metadata obeys
         raise ConversionError(
             f"{folder}: no sample_rate in 1..{MAX_SAMPLE_RATE} in hyperparams.yaml "

@@ -16,7 +16,14 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from audiosep.checkpoint import BUILD_ERRORS, FORMAT, CheckpointError, model_from_record, tensor_problem
+from audiosep.checkpoint import (
+    BUILD_ERRORS,
+    FORMAT,
+    CheckpointError,
+    model_from_record,
+    tensor_problem,
+    zip_problem,
+)
 from audiosep.errors import UserError, brief_repr, one_line
 from audiosep.models.base import RebuildableModule
 
@@ -85,14 +92,32 @@ def _entry_problem(key: Any, tensor: Any) -> str | None:
     return problem
 
 
-def load_weights(source: str | os.PathLike | IO[bytes]) -> dict[str, Tensor]:
-    """A state dict read with ``weights_only=True`` whose entries pass :func:`_entry_problem`."""
+def _torch_load(file: IO[bytes]) -> Any:
+    """``torch.load(weights_only=True)`` of an open file once :func:`audiosep.checkpoint.zip_problem` passes.
+
+    Why the zip check: ``torch.load`` inflates compressed entries before anything can be checked.
+    """
+    problem = zip_problem(file)
+    if problem is not None:
+        raise UserError(f"not a readable PyTorch checkpoint ({problem})")
     try:
         with warnings.catch_warnings():  # about pickle protocols or sparse tensors: refused or moot
             warnings.simplefilter("ignore")
-            state = torch.load(source, map_location="cpu", weights_only=True)
+            return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or foreign files
         raise UserError(f"not a readable PyTorch checkpoint ({type(err).__name__})") from None
+
+
+def load_weights(source: str | os.PathLike | IO[bytes]) -> dict[str, Tensor]:
+    """A state dict read with ``weights_only=True`` (a zip of stored entries) whose entries pass :func:`_entry_problem`."""
+    if isinstance(source, str | os.PathLike):
+        try:
+            with open(source, "rb") as file:
+                state = _torch_load(file)
+        except OSError as err:
+            raise UserError(f"cannot read ({one_line(err)})") from None
+    else:
+        state = _torch_load(source)
     if not isinstance(state, Mapping):
         raise UserError(f"holds a {type(state).__name__}, not a state dict")
     for key, tensor in state.items():

@@ -13,7 +13,7 @@ from audiosep.checkpoint import save_model
 from audiosep.cli import main
 from audiosep.data.audio import resample
 from audiosep.models.quartznet import QuartzNet
-from audiosep.transcriber import Transcriber
+from audiosep.transcriber import NonFiniteOutputError, Transcriber
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,33 @@ def test_a_file_shorter_than_one_analysis_window_is_refused_not_transcribed(asr_
     assert f"audiosep: error: {tiny}: too short: 10 samples at 16000 Hz (0.6 ms)" in captured.err
     with pytest.raises(AudioError, match="the recogniser needs at least one"):
         Transcriber.from_checkpoint(asr_ckpt).transcribe_file(tiny)
+
+
+def test_non_finite_model_output_is_an_error_not_a_transcript(asr_ckpt):
+    """CTC decoding of NaN picks labels anyway: an empty or garbage transcript, printed as a success."""
+    transcriber = Transcriber.from_checkpoint(asr_ckpt)
+    with torch.no_grad():
+        transcriber.model.head.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutputError, match=r"non-finite output \(NaN/Inf\) for 1 of 1 utterance"):
+        transcriber.transcribe([torch.from_numpy(speechlike(4000, 16000, seed=1))])
+
+
+def test_cli_reports_the_file_whose_model_output_is_not_finite_and_transcribes_the_others(
+    asr_ckpt, audio_files, monkeypatch, capsys
+):
+    """Files are batched together; the one whose output is NaN is named, the others still get transcripts."""
+    log_probs = Transcriber.log_probs
+    poisoned = 6400  # samples of c16k.wav, the only file of that length
+
+    def nan_for_one_file(self, waveforms):
+        outputs = log_probs(self, waveforms)
+        return [torch.full_like(o, float("nan")) if w.shape[-1] == poisoned else o for w, o in zip(waveforms, outputs, strict=True)]
+
+    monkeypatch.setattr(Transcriber, "log_probs", nan_for_one_file)
+    assert main(["transcribe", "--ckpt", str(asr_ckpt), *map(str, audio_files)]) == 1
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in captured.out.splitlines()] == list(map(str, audio_files[:2]))
+    errors = [line for line in captured.err.splitlines() if line.startswith("audiosep: error: ")]
+    assert errors == [f"audiosep: error: {audio_files[2]}: the model produced non-finite output (NaN/Inf) "
+                      "for 1 of 1 utterance(s); no transcript"]  # fmt: skip
+    assert captured.err.splitlines()[-1] == "audiosep: 2 transcribed, 0 skipped, 1 failed"

@@ -11,6 +11,7 @@ import functools
 import io
 import pickle
 import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,15 @@ def write_archive(path: Path, config: bytes | None = None, state: bytes | None =
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return path
+
+
+def deflated(data: bytes) -> bytes:
+    """A torch.save zip ``data`` with its entries re-packed with DEFLATE (torch.save stores them)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    return out.getvalue()
 
 
 def config_with(edit: Any) -> bytes:
@@ -136,6 +146,17 @@ def test_members_larger_than_their_bound_are_refused_unread(
     assert_one_line_refusal(archive, capsys, message)
 
 
+def test_a_deflated_weights_member_within_its_tar_bound_is_refused_before_it_expands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tar header bounds the member's compressed size; its zip entries would inflate far past it."""
+    bomb = nemo_state() | {"encoder.encoder.9.zeros": torch.zeros(1 << 20)}  # 4 MB of zeros, ~4 KB deflated
+    data = deflated(weights(bomb))
+    assert len(data) < 64 << 10
+    archive = write_archive(tmp_path / "bomb.nemo", state=data)
+    assert_one_line_refusal(archive, capsys, "is compressed with deflate; torch.save writes entries uncompressed")
+
+
 def test_a_second_config_member_is_ambiguous(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     extra = (("sub/model_config.yaml", config_with(lambda c: None)),)
     archive = write_archive(tmp_path / "dup.nemo", extra=extra)
@@ -182,7 +203,22 @@ BAD_CONFIGS = {
     "list_activation": (config_with(lambda c: c["encoder"].update(activation=[1] * 200)), "unsupported activation"),
     "word_labels": (config_with(lambda c: c["decoder"].update(vocabulary=["ab", "c"])), "unsupported vocabulary"),
     "feat_in_mismatch": (config_with(lambda c: c["encoder"].update(feat_in=8)), "feat_in 8 != preprocessor features 16"),
+    "nan_dropout": (config_with(lambda c: c["encoder"]["jasper"][1].update(dropout=float("nan"))), "block 1: dropout must be a number in [0, 1), got nan"),
+    "one_dropout": (config_with(lambda c: c["encoder"]["jasper"][0].update(dropout=1.0)), "block 0: dropout must be a number in [0, 1)"),
+    "inf_preemph": (config_with(lambda c: c["preprocessor"].update(preemph=float("inf"))), "preemphasis=inf holds NaN or infinity"),
+    "neg_log_guard": (config_with(lambda c: c["preprocessor"].update(log_zero_guard_value=-1)), "log_guard=-1 is not in (0, 1]"),
+    "nan_highfreq": (config_with(lambda c: c["preprocessor"].update(highfreq=float("nan"))), "f_max=nan holds NaN or infinity"),
+    "highfreq_above_nyquist": (config_with(lambda c: c["preprocessor"].update(highfreq=9000)), "f_max=9000 are not a band"),
+    "lowfreq_above_highfreq": (config_with(lambda c: c["preprocessor"].update(lowfreq=4000, highfreq=3000)), "not a band"),
+    "nan_dither": (config_with(lambda c: c["preprocessor"].update(dither="nan")), "dither=nan holds NaN or infinity"),
 }  # fmt: skip
+
+
+def legacy(state: Any) -> bytes:
+    """``state`` in torch's legacy (non-zip) format, whose storage sizes are allocated before any data is read."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer, _use_new_zipfile_serialization=False)
+    return buffer.getvalue()
 
 
 def replaced(key: Any, value: torch.Tensor) -> Any:
@@ -200,6 +236,8 @@ BAD_WEIGHTS = {
     "meta": (replaced("decoder.decoder_layers.0.bias", torch.empty(5, device="meta")), "is on the meta device, not the CPU"),
     "complex": (replaced("decoder.decoder_layers.0.bias", torch.zeros(5, dtype=torch.complex64)), "has the complex dtype"),
     "int_key": (replaced(3, torch.zeros(1)), "not a name -> tensor one"),
+    "deflated": (lambda marker: deflated(weights(nemo_state())), "model_weights.ckpt: not a readable PyTorch checkpoint (zip entry"),
+    "legacy_format": (lambda marker: legacy(nemo_state()), "not a readable PyTorch checkpoint (not a zip file"),
 }  # fmt: skip
 
 

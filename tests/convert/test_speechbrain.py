@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import io
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -327,6 +329,17 @@ def test_non_finite_weights_are_refused(tmp_path: Path, capsys: pytest.CaptureFi
     assert "decoder.ckpt: entry 'weight' holds NaN or infinite values" in convert_folder(folder, capsys)
 
 
+def test_a_compressed_checkpoint_is_refused_before_it_expands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """torch.save stores zip entries uncompressed; a deflated one would inflate in memory before any check."""
+    folder = write_folder(tmp_path / "sb", sepformer_parts(), HYPERPARAMS.format(marker=tmp_path / "m"))
+    stored = (folder / "masknet.ckpt").read_bytes()
+    with zipfile.ZipFile(io.BytesIO(stored)) as src, zipfile.ZipFile(folder / "masknet.ckpt", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    err = convert_folder(folder, capsys)
+    assert "masknet.ckpt: not a readable PyTorch checkpoint (zip entry" in err and "compressed with deflate" in err
+
+
 LAUGHS = "l0: &l0 [lol, lol, lol]\nl1: &l1 [*l0, *l0, *l0]\nl2: &l2 [*l1, *l1, *l1]\n"
 
 
@@ -340,6 +353,7 @@ LAUGHS = "l0: &l0 [lol, lol, lol]\nl1: &l1 [*l0, *l0, *l0]\nl2: &l2 [*l1, *l1, *
         (lambda h: h.replace("num_spks: 3", "num_spks: " + "9" * 5000), "an integer of more than 100 characters"),
         (lambda h: h + "junk: " + "[" * 1000 + "]" * 1000, "cannot read hyperparams: not valid YAML (RecursionError"),
         (lambda h: h.replace("sample_rate: 8000", "sample_rate: true"), "no sample_rate in 1..384000"),
+        (lambda h: h.replace("sample_rate: 8000", "sample_rate: !ref <rate>"), "hyperparams.yaml: sample_rate: !ref '<rate>' names no top-level key"),
     ],
 )  # fmt: skip
 def test_bad_hyperparams_are_one_line_errors_naming_the_file(
@@ -347,3 +361,29 @@ def test_bad_hyperparams_are_one_line_errors_naming_the_file(
 ) -> None:
     folder = write_folder(tmp_path / "sb", sepformer_parts(), edit(HYPERPARAMS.format(marker=tmp_path / "m")))
     assert message in convert_folder(folder, capsys)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h.replace("K: 10", "K: !ref <kernel_size> + 2"), "K: cannot resolve !ref '<kernel_size> + 2'"),
+        (lambda h: h.replace("K: 10", "K: !ref <N> // 2"), "K: cannot resolve !ref '<N> // 2'"),
+        (lambda h: h.replace("nhead: 2", "nhead: !ref <num_spks> - 1"), "nhead: cannot resolve !ref '<num_spks> - 1'"),
+        (lambda h: h.replace("K: 10", "K: !ref <nope>"), "K: !ref '<nope>' names no top-level key"),
+        (lambda h: h.replace("K: 10", "K: !ref <a>") + "a: !ref <b>\nb: !ref <a>\n", "K: !ref goes through more than 10 refs"),
+        (lambda h: h.replace("norm_before: True", "norm_before: !ref <Encoder.bias>"), "norm_before: cannot resolve"),
+    ],
+)  # fmt: skip
+def test_a_ref_that_cannot_be_resolved_is_an_error_naming_the_key_not_a_paper_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[str], str], message: str
+) -> None:
+    """An expression, a missing name or a cycle once became the paper default (chunk 250, 8 heads) silently."""
+    folder = write_folder(tmp_path / "sb", sepformer_parts(), edit(HYPERPARAMS.format(marker=tmp_path / "m")))
+    err = convert_folder(folder, capsys)
+    assert f"{folder}/hyperparams.yaml: " in err and message in err, err
+
+
+def test_a_ref_to_a_ref_resolves(tmp_path: Path) -> None:
+    text = HYPERPARAMS.format(marker=tmp_path / "m").replace("K: 10", "K: !ref <chunk>") + "chunk: !ref <ten>\nten: 10\n"
+    (tmp_path / "h.yaml").write_text(text)
+    assert hyperparams_overrides(read_hyperparams(tmp_path / "h.yaml"), "sepformer")["chunk_size"] == 10
