@@ -6,6 +6,8 @@ differs between the two (measured on the demo Conv-TasNet at 50 % MACs: about 1.
 that had fine-tuned it, 1.5x in a fresh one). The child is ``python -m audiosep.pruning.latency``
 (never a re-import of the caller's script, as multiprocessing's spawn would do); it loads the models
 through the safe checkpoint loader, prepares them as ``audiosep infer`` does and alternates their passes.
+Each model's min, quartiles and max over the repeats come back with the median: on a busy machine
+one model's passes can be slowed more than the other's, and a bare ratio of medians hides that.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from torch import nn
 
 
 def measure_latency(models: dict[str, nn.Module], seconds: float, sample_rate: int, repeats: int = 21) -> dict[str, float]:
-    """Median batch-1 CPU latency (seconds) of each model on ``seconds`` of audio, at this process's threads.
+    """Median batch-1 CPU latency (seconds) of each model on ``seconds`` of audio, at this process's threads."""
+    spread = measure_latency_spread(models, seconds, sample_rate, repeats)
+    return {name: timing["median"] for name, timing in spread.items()}
+
+
+def measure_latency_spread(
+    models: dict[str, nn.Module], seconds: float, sample_rate: int, repeats: int = 21
+) -> dict[str, dict[str, float]]:
+    """Batch-1 CPU latency (seconds) of each model: ``median``, ``min``, ``q1``, ``q3`` and ``max`` over ``repeats``.
 
     Raises:
         RuntimeError: the child process failed (its last error line is quoted).
@@ -44,8 +54,32 @@ def measure_latency(models: dict[str, nn.Module], seconds: float, sample_rate: i
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def latency_of_files(paths: dict[str, str], seconds: float, sample_rate: int, repeats: int) -> dict[str, float]:
-    """Load, prepare, warm up, then ``repeats`` rounds of alternating passes (the benchmark's timer); medians."""
+RELIABLE_SPREAD = 0.2  # a speed-up whose quartile range is wider than this fraction of it is flagged
+
+
+def speedup_spread(before: dict[str, float], after: dict[str, float]) -> tuple[float, float, float]:
+    """Speed-up ``before / after`` from the medians, and its low and high ends from the latency quartiles.
+
+    Why: the median ratio alone cannot show that the two models' passes were slowed unevenly.
+    """
+    return before["q1"] / after["q3"], before["median"] / after["median"], before["q3"] / after["q1"]
+
+
+def unreliable_speedup(before: dict[str, float], after: dict[str, float]) -> str | None:
+    """Why the speed-up of these latency spreads is not to be trusted (a wide quartile range), or None."""
+    low, median, high = speedup_spread(before, after)
+    if high - low <= RELIABLE_SPREAD * median:
+        return None
+    return (
+        f"the speed-up {median:.2f}x spans {low:.2f}..{high:.2f}x between the latency quartiles: the timings are "
+        "noisy (a busy machine?); re-measure on an idle one or with a longer --latency-seconds"
+    )
+
+
+def latency_of_files(
+    paths: dict[str, str], seconds: float, sample_rate: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Load, prepare, warm up, then ``repeats`` rounds of alternating passes (the benchmark's timer); each spread."""
     from audiosep.bench.measure import time_interleaved, warm_up
     from audiosep.checkpoint import load_model
     from audiosep.optimize import prepare_for_inference
@@ -57,15 +91,15 @@ def latency_of_files(paths: dict[str, str], seconds: float, sample_rate: int, re
         for model in prepared.values():
             warm_up(model, (mixture,), cpu)
     passes = {name: (lambda model=model: model(mixture)) for name, model in prepared.items()}
-    return {name: timing.median for name, timing in time_interleaved(passes, repeats, cpu).items()}
+    return {name: timing.latency_dict() for name, timing in time_interleaved(passes, repeats, cpu).items()}
 
 
 def main(argv: list[str]) -> int:
-    """The child: one JSON job in ``argv[0]``, the medians as one JSON line on stdout."""
+    """The child: one JSON job in ``argv[0]``, each model's latency spread as one JSON line on stdout."""
     job = json.loads(argv[0])
     torch.set_num_threads(int(job["threads"]))
-    medians = latency_of_files(job["paths"], float(job["seconds"]), int(job["sample_rate"]), int(job["repeats"]))
-    print(json.dumps(medians))
+    spread = latency_of_files(job["paths"], float(job["seconds"]), int(job["sample_rate"]), int(job["repeats"]))
+    print(json.dumps(spread))
     return 0
 
 

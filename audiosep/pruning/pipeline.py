@@ -5,7 +5,8 @@
 baselines: one keep ratio for every layer, channels ranked by weight magnitude or at random.
 All three then fine-tune the same way (Lightning, Adam 1e-3, the normal
 :class:`~audiosep.tasks.separation.SeparationTask`). Every Lightning phase writes checkpoints in
-``work_dir`` and resumes from them when the same command runs again.
+``work_dir`` and resumes from them when the same command runs again: the folder records what they
+belong to (:mod:`audiosep.pruning.identity`), and a folder of another run is refused.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from torch import nn
 
 from audiosep.errors import UserError
 from audiosep.io import atomic_write_text, read_json
-from audiosep.models.base import weights_sha256
 from audiosep.pruning.gates import ChannelGates
 from audiosep.pruning.groups import ChannelGroup, find_groups, total_macs
-from audiosep.pruning.latency import measure_latency
+from audiosep.pruning.identity import as_json, data_identity, librimix_metadata_csvs, model_identity
+from audiosep.pruning.latency import measure_latency_spread
 from audiosep.pruning.surgery import (
     Keep,
     l1_scores,
@@ -58,7 +59,7 @@ class PruneSettings:
     multiple: int = 8  # widths a multiple of 8: odd widths are slow (measured: 1.18x vs 1.32x at 50 % MACs)
     seed: int = 0
     accelerator: str = "auto"
-    data_source: str | None = None  # the recipe and data root the phases train on (resume is only right on the same)
+    recipe_sha256: str | None = None  # digest of the recipe file's bytes (resume is only right on the same recipe)
 
 
 @dataclass
@@ -75,8 +76,15 @@ class PruneReport:
     si_snri_before: float | None = None
     si_snri_pruned: float | None = None
     si_snri_after: float | None = None
-    latency_before_s: float | None = None
+    latency_before_s: float | None = None  # medians
     latency_after_s: float | None = None
+    latency_spread_s: dict[str, dict[str, float]] = field(default_factory=dict)  # min, q1, median, q3, max per model
+    si_snri_split: str = "dev"  # the split of si_snri_*: also the one fine-tuning picks its best checkpoint on
+    si_snri_test_before: float | None = None  # held-out test split (when the data has one)
+    si_snri_test_after: float | None = None  # the model written: fine-tuned, or right after surgery
+    search_steps: int | None = None  # gate-training steps done (sepprune)
+    finetune_steps: int | None = None  # fine-tuning steps done
+    train_batches_per_epoch: int | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -90,20 +98,23 @@ def score_channels(
     settings: PruneSettings,
     datamodule: L.LightningDataModule | None,
     work_dir: Path,
-) -> dict[str, torch.Tensor]:
-    """Per-channel scores by ``settings.method`` (higher = keep)."""
+) -> tuple[dict[str, torch.Tensor], int | None]:
+    """Per-channel scores by ``settings.method`` (higher = keep), and the search steps done (sepprune).
+
+    The search runs ``settings.search_steps`` steps, over several epochs when an epoch is shorter.
+    """
     if settings.method == "l1":
-        return l1_scores(model, groups)
+        return l1_scores(model, groups), None
     if settings.method == "random":
-        return random_scores(groups, settings.seed)
+        return random_scores(groups, settings.seed), None
     if datamodule is None:
         raise ValueError("sepprune learns its scores on data: give a datamodule")
     gates = ChannelGates(groups, threshold=settings.threshold)
     task = ChannelGateTask(model, gates, macs, settings.target_macs, settings.budget_weight, settings.search_lr)
-    trainer = _trainer(work_dir / "search", settings, max_steps=settings.search_steps, max_epochs=1)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=_resume(work_dir / "search"))
+    trainer = _trainer(work_dir / "search", settings, max_steps=settings.search_steps)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=_resume(work_dir / "search", task))
     gates.detach()
-    return {g.name: gates.score(g).detach().clone() for g in groups}
+    return {g.name: gates.score(g).detach().clone() for g in groups}, trainer.global_step
 
 
 def select_channels(
@@ -116,8 +127,8 @@ def select_channels(
 
 def finetune(
     model: nn.Module, settings: PruneSettings, datamodule: L.LightningDataModule, work_dir: Path, sample_rate: int
-) -> nn.Module:
-    """Fine-tune the pruned model with the normal separation task; returns the best-validation weights."""
+) -> tuple[nn.Module, int]:
+    """Fine-tune the pruned model with the normal separation task; the best-validation weights and the steps done."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from audiosep.tasks.separation import SeparationTask
@@ -126,19 +137,36 @@ def finetune(
     best = ModelCheckpoint(dirpath=work_dir / "finetune", monitor="val_si_snri", mode="max", save_last=True)
     steps = _epochs_to_steps(settings.finetune_epochs, datamodule)
     trainer = _trainer(work_dir / "finetune", settings, max_steps=steps, callbacks=[best])
-    trainer.fit(task, datamodule=datamodule, ckpt_path=_resume(work_dir / "finetune"))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=_resume(work_dir / "finetune", task))
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state)
-    return task.model.eval()
+    return task.model.eval(), trainer.global_step
 
 
 def _epochs_to_steps(epochs: float, datamodule: L.LightningDataModule) -> int:
+    """Fine-tuning steps for ``epochs`` (at least one; :func:`check_inputs` refused a split without a batch)."""
     datamodule.setup("fit")
     return max(1, round(epochs * len(datamodule.train_dataloader())))
 
 
+def train_batches(datamodule: L.LightningDataModule) -> int | None:
+    """Training batches per epoch of a fixed LibriMix split (``drop_last``), read without building the loader.
+
+    Why not ``len(train_dataloader())``: that call fixes the data module's shuffling seed, before
+    ``seed_everything``. ``None`` for dynamic mixing and other data modules (not known up front).
+    """
+    from audiosep.data.librimix import LibriMixDataModule
+
+    if not isinstance(datamodule, LibriMixDataModule) or datamodule.dynamic_mixing:
+        return None
+    return len(datamodule.split_dataset(datamodule.train_split, datamodule.segment)) // datamodule.batch_size
+
+
 def _trainer(root: Path, settings: PruneSettings, **kwargs) -> L.Trainer:
+    """A Lightning trainer checkpointing to ``root`` atomically (a kill mid-save never leaves a half ``last.ckpt``)."""
+    from audiosep.checkpoint_io import AtomicCheckpointIO
+
     defaults = dict(
         default_root_dir=str(root), accelerator=settings.accelerator, devices=1, gradient_clip_val=5.0,
         logger=False, enable_model_summary=False, val_check_interval=0.5, max_epochs=-1,
@@ -149,27 +177,96 @@ def _trainer(root: Path, settings: PruneSettings, **kwargs) -> L.Trainer:
 
         kwargs["callbacks"] = [ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)]
         defaults["enable_checkpointing"] = True
-    return L.Trainer(**(defaults | kwargs))
+    trainer = L.Trainer(**(defaults | kwargs))
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer
 
 
-def _resume(root: Path) -> str | None:
-    """``last.ckpt`` of an interrupted phase, if there is one."""
+def _resume(root: Path, task: L.LightningModule) -> str | None:
+    """``last.ckpt`` of an interrupted phase, if there is one; a damaged one is a one-line error naming it."""
+    from audiosep.training_cli import checkpoint_problem, weight_shapes
+
     last = root / "last.ckpt"
-    return str(last) if last.is_file() else None
+    if not last.is_file():
+        return None
+    problem = checkpoint_problem(last, weight_shapes(task))
+    if problem is not None:
+        raise UserError(f"{last}: {problem}; delete it to redo this phase from its start")
+    return str(last)
 
 
 @torch.inference_mode()
-def validation_si_snri(model: nn.Module, datamodule: L.LightningDataModule) -> float:
-    """Mean SI-SNRi (dB) of ``model`` over the validation split, in eval mode on CPU."""
+def si_snri_on(model: nn.Module, loader: torch.utils.data.DataLoader) -> float:
+    """Mean SI-SNRi (dB) of ``model`` over ``loader``'s (mixture, sources, ids) batches, in eval mode on CPU."""
     from audiosep.metrics import separation_scores
 
-    datamodule.setup("validate")
     model = model.cpu().eval()
-    values = [
-        float(separation_scores(model(mixture), sources, mixture).si_snri.mean())
-        for mixture, sources, _ in datamodule.val_dataloader()
-    ]
+    values = [float(separation_scores(model(mixture), sources, mixture).si_snri.mean()) for mixture, sources, _ in loader]
     return statistics.fmean(values)
+
+
+def validation_si_snri(model: nn.Module, datamodule: L.LightningDataModule) -> float:
+    """Mean SI-SNRi (dB) of ``model`` over the validation split (the one fine-tuning selects on)."""
+    datamodule.setup("validate")
+    return si_snri_on(model, datamodule.val_dataloader())
+
+
+def has_test_split(datamodule: L.LightningDataModule) -> bool:
+    """Whether ``datamodule`` has a held-out test split (a LibriMix ``test`` metadata CSV)."""
+    from audiosep.data.librimix import LibriMixDataModule
+
+    return isinstance(datamodule, LibriMixDataModule) and librimix_metadata_csvs(datamodule)["test"].is_file()
+
+
+def test_si_snri(model: nn.Module, datamodule: L.LightningDataModule) -> float:
+    """Mean SI-SNRi (dB) of ``model`` over the test split: never seen by the search or the checkpoint choice."""
+    datamodule.setup("test")
+    return si_snri_on(model, datamodule.test_dataloader())
+
+
+def model_sources(model: nn.Module) -> int | None:
+    """The number of sources ``model`` separates, if it says."""
+    count = getattr(model, "num_sources", None)
+    if count is None:
+        count = (getattr(model, "init_args", None) or {}).get("num_sources")
+    return count if isinstance(count, int) else None
+
+
+def check_inputs(
+    model: nn.Module,
+    sample_rate: int,
+    settings: PruneSettings,
+    datamodule: L.LightningDataModule | None,
+    model_name: str = "the model",
+    data_name: str = "the data",
+) -> list[ChannelGroup]:
+    """The model's prunable groups, after one-line errors for a model and data that do not fit together.
+
+    Checked before the work folder is claimed: sources and sample rate match, the dev split reads,
+    and a run that trains gets at least one training batch per epoch.
+
+    Raises:
+        TypeError: no pruning rule for this model (from :func:`find_groups`).
+        UserError: any other mismatch, naming ``model_name`` or ``data_name`` (or the file at fault).
+    """
+    groups = find_groups(model, sample_rate)
+    if datamodule is None:
+        return groups
+    sources, data_sources = model_sources(model), getattr(datamodule, "n_src", None)
+    if sources is not None and data_sources is not None and sources != data_sources:
+        raise UserError(f"{model_name}: separates {sources} sources, but {data_name} has n_src {data_sources}")
+    data_rate = getattr(datamodule, "sample_rate", None)
+    if data_rate is not None and data_rate != sample_rate:
+        raise UserError(f"{model_name}: sample rate {sample_rate} Hz, but {data_name} is at {data_rate} Hz")
+    datamodule.setup("validate")
+    datamodule.val_dataloader()  # reads the dev metadata (a wrong root fails here, not after the claim)
+    batches = train_batches(datamodule)
+    if batches == 0 and (settings.method == "sepprune" or settings.finetune_epochs > 0):
+        raise UserError(
+            f"{data_name}: the train split {datamodule.train_split} holds fewer mixtures than batch_size "
+            f"{datamodule.batch_size}: no training batch (lower batch_size or use a larger split)"
+        )
+    return groups
 
 
 def prune_model(
@@ -180,53 +277,75 @@ def prune_model(
     work_dir: Path,
     latency_seconds: float = 4.0,
 ) -> tuple[nn.Module, PruneReport]:
-    """Score, select, remove and (when ``finetune_epochs > 0``) fine-tune; report every figure."""
+    """Score, select, remove and (when ``finetune_epochs > 0``) fine-tune; report every figure.
+
+    The SI-SNRi figures are on the dev split, which fine-tuning also picks its best checkpoint on;
+    when the data has a test split, the unpruned and final models are scored on it too.
+    """
     L.seed_everything(settings.seed, verbose=False)
     model = model.cpu().eval()
-    claim_work_dir(work_dir, run_identity(model, sample_rate, settings))
-    groups = find_groups(model, sample_rate)
+    groups = check_inputs(model, sample_rate, settings, datamodule)  # before the claim: a failed start claims nothing
+    claim_work_dir(work_dir, run_identity(model, sample_rate, settings, datamodule))
     macs = total_macs(model, sample_rate)
-    scores = score_channels(model, groups, macs, settings, datamodule, work_dir)
+    scores, search_steps = score_channels(model, groups, macs, settings, datamodule, work_dir)
     keep = select_channels(groups, scores, macs, settings)
     pruned = remove_channels(model, groups, keep).eval()
     report = PruneReport(
         method=settings.method, seed=settings.seed,
         params_before=_params(model), params_after=_params(pruned),
         macs_before=macs, macs_after=pruned_macs(groups, keep, macs),
-        widths=[len(keep[g.name]) for g in groups],
+        widths=[len(keep[g.name]) for g in groups], search_steps=search_steps,
     )  # fmt: skip
     report.extra["macs_after_counted"] = total_macs(pruned, sample_rate)
     if datamodule is not None:
+        report.train_batches_per_epoch = train_batches(datamodule)
         report.si_snri_before = validation_si_snri(model, datamodule)
         report.si_snri_pruned = validation_si_snri(pruned, datamodule)
         if settings.finetune_epochs > 0:
-            pruned = finetune(pruned, settings, datamodule, work_dir, sample_rate)
+            pruned, report.finetune_steps = finetune(pruned, settings, datamodule, work_dir, sample_rate)
             report.si_snri_after = validation_si_snri(pruned, datamodule)
+        if has_test_split(datamodule):
+            report.si_snri_test_before = test_si_snri(model, datamodule)
+            report.si_snri_test_after = test_si_snri(pruned, datamodule)
     if latency_seconds > 0:
-        latency = measure_latency({"before": model, "after": pruned}, latency_seconds, sample_rate)
-        report.latency_before_s, report.latency_after_s = latency["before"], latency["after"]
+        latency = measure_latency_spread({"before": model, "after": pruned}, latency_seconds, sample_rate)
+        report.latency_spread_s = latency
+        report.latency_before_s, report.latency_after_s = latency["before"]["median"], latency["after"]["median"]
     return pruned.eval(), report
 
 
-def run_identity(model: nn.Module, sample_rate: int, settings: PruneSettings) -> dict[str, object]:
-    """What a resumed phase must share with this run: the input weights (a digest) and the settings."""
+def run_identity(
+    model: nn.Module, sample_rate: int, settings: PruneSettings, datamodule: L.LightningDataModule | None = None
+) -> dict[str, object]:
+    """What a resumed phase must share with this run: the model (class, arguments, weights), settings and data."""
     settings_record = {key: value for key, value in asdict(settings).items() if key != "accelerator"}
-    return {"weights_sha256": weights_sha256(model), "sample_rate": sample_rate, "settings": settings_record}
+    return as_json({
+        "model": model_identity(model), "sample_rate": sample_rate, "settings": settings_record,
+        "data": data_identity(datamodule),
+    })  # fmt: skip
+
+
+def holds_phase_checkpoints(work_dir: Path) -> bool:
+    """Whether a phase of ``work_dir`` wrote a checkpoint (the only thing a later run could resume)."""
+    return any(path.is_file() for path in work_dir.rglob("*.ckpt"))
 
 
 def claim_work_dir(work_dir: Path, identity: dict[str, object]) -> None:
     """Record ``identity`` in ``work_dir``; refuse a folder that holds another run's phases.
 
     Why: the search and fine-tuning resume from ``last.ckpt`` in the work folder; one left by a run
-    on other weights or settings (same ``--out``) would otherwise hand back that run's model.
+    on other weights, settings or data (same ``--out``) would otherwise hand back that run's model.
+    A folder of another run with no phase checkpoint yet (a start that failed) is taken over.
     """
     record = work_dir / WORK_RECORD
-    if record.exists():
-        if read_json(record) != identity:
-            raise UserError(
-                f"{work_dir}: holds an earlier pruning of other weights or settings; delete it or pass another "
-                "--work-dir (or --out)"
-            )
+    identity = as_json(identity)
+    if record.is_file() and read_json(record) != identity and holds_phase_checkpoints(work_dir):
+        raise UserError(
+            f"{work_dir}: holds an earlier pruning of other weights or settings (model, recipe, data or options); "
+            "delete it or pass another --work-dir (or --out)"
+        )
+    if record.is_file():
+        atomic_write_text(record, json.dumps(identity, indent=2))
         return
     if work_dir.exists() and not work_dir.is_dir():
         raise UserError(f"{work_dir}: exists and is not a folder; pass another --work-dir")
