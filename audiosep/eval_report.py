@@ -73,17 +73,26 @@ def summarise(rows: Sequence[dict[str, Any]], identity: dict[str, Any], elapsed_
     }
 
 
-def _csv_cell(value: Any) -> Any:
-    """A value as written to the CSV: floats rounded, text that a spreadsheet would run as a formula quoted.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
-    Why: mixture ids come from the data's metadata; an id such as ``=HYPERLINK(...)`` opened in a
-    spreadsheet would be evaluated (CSV injection), so text starting with ``= + - @`` gets a ``'``.
+
+def csv_formula_guard(value: Any) -> Any:
+    """``value``, with a ``'`` before text that a spreadsheet would run as a formula; other values unchanged.
+
+    Why: text in a CSV (a mixture id from the data's metadata, a list of numbers) such as
+    ``=HYPERLINK(...)`` or ``-18.1 -14.9`` opened in a spreadsheet would be evaluated (CSV
+    injection, OWASP's prefixes ``= + - @`` and tab / carriage return). Numbers are left alone.
     """
-    if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
         return "'" + value
     return value
+
+
+def _csv_cell(value: Any) -> Any:
+    """A value as written to the CSV: floats rounded, text that a spreadsheet would run as a formula quoted."""
+    if isinstance(value, float):
+        return round(value, 4)
+    return csv_formula_guard(value)
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:

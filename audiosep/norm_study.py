@@ -10,12 +10,27 @@ inference, and whether training diverged (a non-finite loss or score). A finishe
 
 ``--minutes M`` is turned into one step budget for every run: the step time of the first norm is
 measured once and ``M * 60 / step_time`` steps are used by all (recorded in ``study.json``).
+
+Norms are keyed by their canonical registry name (``gLN`` and ``global_ln`` are one norm, listed
+once). A study resumes only under the same settings and the same run conditions: the data's
+fingerprint (:func:`data_fingerprint`), the torch thread count, the CPU and the library versions,
+since each changes the scores or the timings. A train split too small for one batch is refused
+before anything trains; a run that ends short of the step budget without diverging is named under
+the table.
+
+``results.csv`` has one row per norm. ``final_per_seed_db`` lists the seeds' final SI-SNRi joined
+with ``;``, ``nan`` for a seed that diverged; an empty cell means no value (no seed finished, or no
+step was timed). Text cells go through the project's formula guard
+(:func:`audiosep.eval_report.csv_formula_guard`), so a cell starting with ``-`` gets a ``'``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
+import platform
 import random
 import statistics
 import time
@@ -30,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from audiosep.errors import UserError
+from audiosep.eval_report import csv_formula_guard
 from audiosep.io import atomic_write_text, read_json
 from audiosep.models import build
 from audiosep.nn.norms import (
@@ -49,13 +65,15 @@ def check_settings(settings: StudySettings) -> None:
     """Raise :class:`UserError` for names and sizes that cannot work, before anything trains."""
     if not settings.norms:
         raise UserError("--norms is empty")
+    canonical: dict[str, list[str]] = {}
     for norm in settings.norms:
         try:
-            canonical_norm_name(norm)
+            canonical.setdefault(canonical_norm_name(norm), []).append(norm)
         except ValueError as err:
             raise UserError(f"--norms: {err}") from None
-    if len(set(settings.norms)) != len(settings.norms):
-        raise UserError(f"--norms lists a norm twice: {','.join(settings.norms)}")
+    for name, given in canonical.items():
+        if len(given) > 1:
+            raise UserError(f"--norms lists a norm twice: {', '.join(given)} (all {name})")
     if (settings.minutes is None) == (settings.steps is None):
         raise UserError("give exactly one of --minutes and --steps")
     if (settings.steps is not None and settings.steps < 1) or (
@@ -134,6 +152,7 @@ class StudyData:
     val_full: Any
     sample_rate: int
     collate: Callable
+    base: Path  # the LibriMix folder read (``.../wav8k/min``)
 
     def train_loader(self, seed: int, batch_size: int) -> DataLoader:
         generator = torch.Generator().manual_seed(seed)
@@ -146,13 +165,76 @@ class StudyData:
 
 def load_data(settings: StudySettings) -> StudyData:
     """The demo (or any LibriMix-shaped) set: random train crops, the first validation mixtures."""
-    from audiosep.data.librimix import LibriMixDataModule, collate_padded
+    from audiosep.data.librimix import LibriMixDataModule, collate_padded, resolve_librimix_dir
 
     module = LibriMixDataModule(settings.data, train_split="train-100", segment=settings.segment, num_workers=0)
     train = module.split_dataset(module.train_split, settings.segment)  # UserError names the missing file
     dev = module.split_dataset("dev", None)
     subset = Subset(dev, range(min(settings.val_mixtures, len(dev))))
-    return StudyData(train, subset, dev, module.sample_rate, collate_padded)
+    base = resolve_librimix_dir(module.root, module.n_src, module.sample_rate, module.mode).resolve()
+    return StudyData(train, subset, dev, module.sample_rate, collate_padded, base)
+
+
+def check_data(settings: StudySettings, data: StudyData) -> None:
+    """Refuse splits the study cannot use, before anything trains: a run of 0 steps would look trained."""
+    if len(data.train) < settings.batch_size:  # the train loader drops the last incomplete batch
+        raise UserError(f"{data.base / 'train-100'}: {len(data.train)} mixtures, fewer than --batch-size "
+                        f"{settings.batch_size}: not one training batch; give a smaller --batch-size")  # fmt: skip
+    if len(data.val_full) == 0:
+        raise UserError(f"{data.base / 'dev'}: no mixtures to validate on")
+
+
+FINGERPRINT_BYTES = 4096
+
+
+def _file_fingerprint(path: Path) -> bytes:
+    """Size and first and last :data:`FINGERPRINT_BYTES` of one file: two small reads however big it is."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(0)
+            head = handle.read(FINGERPRINT_BYTES)
+            handle.seek(max(len(head), size - FINGERPRINT_BYTES))
+            tail = handle.read(FINGERPRINT_BYTES)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    return size.to_bytes(8, "little") + head + tail
+
+
+def data_fingerprint(data: StudyData) -> str:
+    """SHA-256 over every file the study reads, in order: its path below the data folder, size, head and tail.
+
+    Why: a resumed study must not compare runs on other data (a folder regenerated in place with
+    another seed, other mixtures or another order). Reading 8 KiB a file keeps this cheap on a full
+    LibriMix; an edit confined to the middle of a file that keeps its size is not seen.
+    """
+    digest = hashlib.sha256()
+    for dataset in (data.train, data.val_full):
+        folders = [dataset.mixture_folder, *(f"s{i + 1}" for i in range(dataset.n_src))]
+        for mixture_id in dataset.ids:
+            for folder in folders:
+                name = f"{dataset.split_dir.name}/{folder}/{mixture_id}.wav"
+                digest.update(name.encode() + b"\0" + _file_fingerprint(dataset.split_dir / folder / f"{mixture_id}.wav"))
+    return digest.hexdigest()
+
+
+def _cpu_name() -> str:
+    """The CPU model (Linux ``/proc/cpuinfo``), else what :mod:`platform` knows: timings on another CPU differ."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_conditions(data: StudyData) -> dict[str, Any]:
+    """What changes a run's numbers besides the settings: the data, the thread count, the CPU, the versions."""
+    import audiosep
+
+    return {"data_fingerprint": data_fingerprint(data), "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+            "torch": torch.__version__, "audiosep": audiosep.__version__}  # fmt: skip
 
 
 def _seed(seed: int) -> None:
@@ -168,15 +250,17 @@ def calibrate_steps(settings: StudySettings, data: StudyData) -> tuple[int, floa
     from audiosep.losses import PITSISNRLoss
 
     loss_fn, times = PITSISNRLoss(), []
-    for index, (mixture, sources, _) in enumerate(data.train_loader(0, settings.batch_size)):
+    loader = data.train_loader(0, settings.batch_size)
+    if len(loader) == 0:  # check_data refuses this earlier; never a median of nothing
+        raise UserError(f"{data.base / 'train-100'}: not one training batch of --batch-size {settings.batch_size}")
+    batches = (batch for _ in range(13) for batch in loader)  # a split of few batches is walked again
+    for mixture, sources, _ in itertools.islice(batches, 13):
         start = time.perf_counter()
         optimizer.zero_grad()
         loss_fn(model(mixture), sources).backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
-        if index >= 12:
-            break
-    step_time = statistics.median(times[3:]) if len(times) > 3 else statistics.median(times)
+    step_time = statistics.median(times[3:])
     return max(1, int(settings.minutes * 60 / step_time)), step_time
 
 
@@ -241,8 +325,25 @@ def train_run(settings: StudySettings, data: StudyData, norm: str, seed: int, st
     }  # fmt: skip
 
 
-def _study_state(settings: StudySettings, data: StudyData, out: Path) -> dict[str, Any]:
-    """The study's fixed settings and step budget: read back on a restart, written once otherwise."""
+def _check_conditions(path: Path, kept: Any, now: dict[str, Any]) -> None:
+    """Raise a one-line :class:`UserError` naming the first run condition of ``path`` that differs from ``now``."""
+    kept = kept if isinstance(kept, dict) else {}
+    for key, value in now.items():
+        if kept.get(key) == value:
+            continue
+        if key not in kept:
+            raise UserError(f"{path}: this study records no {key} (an older study); use another --out")
+        if key == "threads":
+            raise UserError(f"{path}: this study ran with {kept[key]} threads, not {value}; "
+                            f"give --threads {kept[key]} or use another --out")  # fmt: skip
+        if key == "data_fingerprint":
+            raise UserError(f"{path}: this study was trained on other data (the files under the data folder "
+                            "changed since); use another --out")  # fmt: skip
+        raise UserError(f"{path}: this study ran with {key} {kept[key]!r}, not {value!r}; use another --out")
+
+
+def _study_state(settings: StudySettings, data: StudyData, out: Path, conditions: dict[str, Any]) -> dict[str, Any]:
+    """The study's fixed settings, run conditions and step budget: read back on a restart, written once otherwise."""
     path = out / "study.json"
     if path.exists():
         state = _read_json_object(path)
@@ -253,12 +354,13 @@ def _study_state(settings: StudySettings, data: StudyData, out: Path) -> dict[st
         if settings.steps is None and state.get("minutes") != settings.minutes:
             raise UserError(f"{path}: this study was sized for --minutes {state.get('minutes')}, not {settings.minutes}; "
                             "use another --out")  # fmt: skip
+        _check_conditions(path, state.get("conditions"), conditions)
         return state
     if settings.steps is not None:
         steps, step_time = settings.steps, None
     else:
         steps, step_time = calibrate_steps(settings, data)
-    state = {"schema": SCHEMA, "settings": settings.fingerprint(), "steps": steps,
+    state = {"schema": SCHEMA, "settings": settings.fingerprint(), "conditions": conditions, "steps": steps,
              "calibration_step_time_s": step_time, "minutes": settings.minutes}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(state, indent=2))
@@ -294,10 +396,12 @@ def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> di
         build_model(settings, norm)
     out = Path(settings.out)
     data = load_data(settings)
-    state = _study_state(settings, data, out)
+    check_data(settings, data)
+    conditions = run_conditions(data)
+    state = _study_state(settings, data, out, conditions)
     steps = state["steps"]
     log(f"norm study: {settings.model}, {steps} steps per run, norms {', '.join(settings.norms)}")
-    study = {"settings": settings.fingerprint(), "steps": steps}
+    study = {"settings": settings.fingerprint(), "conditions": conditions, "steps": steps}
     runs: list[dict[str, Any]] = []
     for norm in settings.norms:
         for seed in settings.seeds_of(norm):
@@ -308,23 +412,33 @@ def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> di
                 continue
             log(f"{norm} seed {seed}: training {steps} steps")
             record = train_run(settings, data, norm, seed, steps) | {"study": study}
+            if record["steps"] != steps and not record["diverged"]:
+                log(f"{norm} seed {seed}: warning: trained {record['steps']} of {steps} steps without diverging")
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(record, indent=2))
             runs.append(record)
+    labels = {canonical_norm_name(norm): norm for norm in settings.norms}
     report = {"schema": SCHEMA, "model": settings.model, "steps": steps, "settings": asdict(settings),
-              "rows": summary_rows(runs), "runs": runs}  # fmt: skip
+              "conditions": conditions, "rows": summary_rows(runs, labels), "runs": runs}  # fmt: skip
     write_outputs(report, out)
     return report
 
 
-def summary_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per norm: final SI-SNRi per seed and their mean, step time, RTFs, causality, divergence."""
+def summary_rows(runs: Sequence[dict[str, Any]], labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per canonical norm: final SI-SNRi per seed and mean, steps, step time, RTFs, causality, divergence.
+
+    Rows are keyed by the canonical registry name (an alias is the same norm, never a second row)
+    and labelled by ``labels[canonical]`` (the name given on the command line), else by the first run's name.
+    """
+    def key(run: dict[str, Any]) -> str:
+        return run.get("canonical_norm") or canonical_norm_name(run["norm"])
+
     rows = []
-    for norm in dict.fromkeys(run["norm"] for run in runs):
-        mine = [run for run in runs if run["norm"] == norm]
+    for canonical in dict.fromkeys(key(run) for run in runs):
+        mine = [run for run in runs if key(run) == canonical]
         finals = [run["final_si_snri_db"] for run in mine if run["final_si_snri_db"] is not None]
         rows.append({
-            "norm": norm, "seeds": len(mine),
+            "norm": (labels or {}).get(canonical, mine[0]["norm"]), "seeds": len(mine),
             "final_si_snri_db": round(statistics.fmean(finals), 2) if finals else None,
             "final_per_seed_db": [run["final_si_snri_db"] for run in mine],
             "step_time_ms": round(1000 * statistics.median(r["step_time_s"] for r in mine if r["step_time_s"]), 1)
@@ -334,12 +448,24 @@ def summary_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "folded_speedup": round(statistics.median(r["folded_speedup"] for r in mine), 2),
             "causal_in_training": mine[0]["causal_in_training"], "causal_at_inference": mine[0]["causal_at_inference"],
             "diverged": sum(bool(r["diverged"]) for r in mine),
+            "steps_per_seed": [r["steps"] for r in mine], "canonical_norm": canonical,
         })  # fmt: skip
     return rows
 
 
 TABLE_FIELDS = ("norm", "seeds", "final_si_snri_db", "final_per_seed_db", "step_time_ms", "rtf_plain", "rtf_folded",
-                "folded_speedup", "causal_in_training", "causal_at_inference", "diverged")  # fmt: skip
+                "folded_speedup", "causal_in_training", "causal_at_inference", "diverged", "steps_per_seed",
+                "canonical_norm")  # fmt: skip
+
+
+def short_runs(report: dict[str, Any]) -> list[str]:
+    """``"NORM seed S trained N of M steps"`` for every run that ended short of the budget without diverging.
+
+    Why: such a run (a loader that ran dry, a stop from outside) is not the study's comparison and
+    must not be read as one.
+    """
+    return [f"{run['norm']} seed {run['seed']} trained {run['steps']} of {report['steps']} steps"
+            for run in report["runs"] if run["steps"] != report["steps"] and not run["diverged"]]  # fmt: skip
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -355,11 +481,15 @@ def format_table(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         per_seed = ", ".join("-" if v is None else f"{v:.2f}" for v in row["final_per_seed_db"])
         final = "-" if row["final_si_snri_db"] is None else f"{row['final_si_snri_db']:.2f}"
-        cells = [row["norm"], str(row["seeds"]), final, per_seed, str(row["step_time_ms"]),
+        step_ms = "-" if row["step_time_ms"] is None else str(row["step_time_ms"])
+        cells = [row["norm"], str(row["seeds"]), final, per_seed, step_ms,
                  f"{row['rtf_plain']:.4f}", f"{row['rtf_folded']:.4f}", f"{row['folded_speedup']:.2f}x",
                  f"{yes(row['causal_in_training'])}/{yes(row['causal_at_inference'])}",
                  f"{row['diverged']}/{row['seeds']}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    short = short_runs(report)
+    if short:
+        lines += ["", f"**Not comparable: {'; '.join(short)}** (stopped early without diverging)."]
     return "\n".join(lines) + "\n"
 
 
@@ -392,20 +522,35 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
-    """``table.md``, ``results.json``, ``results.csv`` and ``curves.png`` in ``out``."""
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One summary row as CSV cells: lists joined by ``;`` (a diverged seed is ``nan``), ``None`` empty, text guarded."""
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, list):
+            return ";".join("nan" if v is None else str(v) for v in value)
+        return "" if value is None else value
+
+    return {key: csv_formula_guard(cell(row[key])) for key in TABLE_FIELDS}
+
+
+def results_csv(report: dict[str, Any]) -> str:
+    """``results.csv``: one row per norm (see the module docstring for the cells' meaning)."""
     import csv
     import io
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TABLE_FIELDS)
     writer.writeheader()
-    for row in report["rows"]:
-        writer.writerow(row | {"final_per_seed_db": " ".join(str(v) for v in row["final_per_seed_db"])})
+    writer.writerows(_csv_row(row) for row in report["rows"])
+    return buffer.getvalue()
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
+    """``table.md``, ``results.json``, ``results.csv`` and ``curves.png`` in ``out``."""
     paths = [
         atomic_write_text(out / "table.md", format_table(report)),
         atomic_write_text(out / "results.json", json.dumps(report, indent=2, default=_plain)),
-        atomic_write_text(out / "results.csv", buffer.getvalue()),
+        atomic_write_text(out / "results.csv", results_csv(report)),
     ]
     plot_curves(report, out / "curves.png")
     return [*paths, out / "curves.png"]

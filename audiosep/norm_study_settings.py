@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Study-sized configurations of presets (CPU minutes): name -> (registry preset, overrides).
@@ -51,7 +52,11 @@ class StudySettings:
         return list(range(count))
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that must match for a finished run to be reused."""
-        keys = ("data", "model", "overrides", "batch_size", "segment", "lr", "evals", "val_mixtures",
+        """The settings that must match for a finished run to be reused (``data`` resolved, as typed it varies).
+
+        The data's contents, the thread count and the library versions are checked too, by
+        :func:`audiosep.norm_study.run_conditions`: they are not settings but change the numbers.
+        """
+        keys = ("model", "overrides", "batch_size", "segment", "lr", "evals", "val_mixtures",
                 "warmup_fraction", "rtf_seconds")  # fmt: skip
-        return {key: getattr(self, key) for key in keys}
+        return {"data": str(Path(self.data).resolve())} | {key: getattr(self, key) for key in keys}

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 import audiosep.norm_study as norm_study
 from audiosep.cli import main
@@ -165,3 +169,132 @@ def test_a_folder_of_another_study_is_refused(demo_set: Path, tmp_path: Path, ca
     assert main(_argv(demo_set, out, "none", "--baseline-seeds", "1")) == 0
     assert main(_argv(demo_set, out, "none", "--baseline-seeds", "1", "--lr", "0.01")) == 1
     assert "other settings" in capsys.readouterr().err
+
+
+# --- norms named by alias (one norm, one row) -------------------------------------------------
+
+
+@pytest.mark.parametrize("norms", ["gLN,global_ln", "BN,batch_norm", "LN,channel_ln", "layer_norm,LN",
+                                   "cLN,cumulative_ln"])  # fmt: skip
+def test_a_norm_listed_by_alias_and_by_name_is_refused(
+    demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture, norms: str
+) -> None:
+    """``gLN,global_ln`` is one norm twice: its seed-0 run would be counted in the row twice."""
+    assert main(_argv(demo_set, tmp_path / "out", norms)) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "lists a norm twice" in error[0] and norms.replace(",", ", ") in error[0]
+    assert not (tmp_path / "out").exists()
+
+
+def _record(norm: str, seed: int, final: float | None, steps: int = 4, step_time: float | None = 0.01) -> dict[str, Any]:
+    """A run record as :func:`norm_study.train_run` writes it (the fields the summary reads)."""
+    return {"norm": norm, "seed": seed, "steps": steps, "final_si_snri_db": final, "step_time_s": step_time,
+            "rtf_plain": 0.02, "rtf_folded": 0.01, "folded_speedup": 2.0, "causal_in_training": False,
+            "causal_at_inference": False, "diverged": final is None, "curve": []}  # fmt: skip
+
+
+def test_summary_rows_are_keyed_by_canonical_norm() -> None:
+    runs = [_record("gLN", 0, -18.0), _record("global_ln", 1, -15.0), _record("BN", 0, -20.0)]
+    rows = norm_study.summary_rows(runs, {"global_ln": "gLN", "batch_norm": "BN"})
+    assert [(row["norm"], row["canonical_norm"], row["seeds"]) for row in rows] == [
+        ("gLN", "global_ln", 2), ("BN", "batch_norm", 1)]  # fmt: skip
+    assert rows[0]["final_per_seed_db"] == [-18.0, -15.0] and rows[0]["final_si_snri_db"] == -16.5
+
+
+# --- a resumed study: same data, same threads -------------------------------------------------
+
+
+def test_a_study_resumed_on_other_data_is_refused(
+    demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The data folder regenerated in place (another seed) must not be compared with runs on the old one."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_set, data)
+    out = tmp_path / "study"
+    assert main(_argv(data, out, "BN", "--baseline-seeds", "1")) == 0
+    shutil.rmtree(data)
+    build_demo_set(data, seed=1, num_workers=0, **TINY_SET)
+    capsys.readouterr()
+    assert main(_argv(data, out, "BN,gLN", "--baseline-seeds", "1")) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "study.json: this study was trained on other data" in error[0]
+    (out / "study.json").unlink()  # the run record holds the data fingerprint too
+    assert main(_argv(data, out, "BN", "--baseline-seeds", "1")) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "batch_norm-seed0.json: this run was trained with other settings" in error[0]
+    assert [row["norm"] for row in json.loads((out / "results.json").read_text())["rows"]] == ["BN"]
+
+
+def test_a_study_resumed_with_other_threads_is_refused(
+    demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Step time and RTF are study outputs: runs timed on 1 and 2 threads are not one table."""
+    before = torch.get_num_threads()
+    out = tmp_path / "study"
+    try:
+        assert main(_argv(demo_set, out, "none", "--baseline-seeds", "1", "--threads", "1")) == 0
+        capsys.readouterr()
+        assert main(_argv(demo_set, out, "none", "--baseline-seeds", "1", "--threads", "2")) == 1
+    finally:
+        torch.set_num_threads(before)
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "ran with 1 threads, not 2; give --threads 1" in error[0]
+    assert json.loads((out / "study.json").read_text())["conditions"]["threads"] == 1
+
+
+def test_the_same_data_typed_relative_or_absolute_is_one_study(
+    demo_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "study"
+    assert main(_argv(demo_set, out, "none", "--baseline-seeds", "1")) == 0
+    monkeypatch.chdir(demo_set.parent)
+    monkeypatch.setattr(norm_study, "train_run", lambda *args: pytest.fail("a finished run was trained again"))
+    capsys.readouterr()
+    assert main(_argv(Path(demo_set.name), out, "none", "--baseline-seeds", "1")) == 0
+    assert "finished earlier, kept" in capsys.readouterr().out
+
+
+# --- a train split too small for one batch ----------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [["--steps", "2"], ["--minutes", "0.01"]])
+def test_a_train_split_smaller_than_one_batch_is_refused_before_any_work(
+    demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture, budget: list[str]
+) -> None:
+    """8 train mixtures, batches of 9 (the last incomplete batch is dropped): 0 steps must not look trained."""
+    argv = _argv(demo_set, tmp_path / "out", "BN", "--baseline-seeds", "1")
+    del argv[argv.index("--steps") : argv.index("--steps") + 2]
+    argv[argv.index("--batch-size") + 1] = "9"
+    assert main([*argv, *budget]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "train-100: 8 mixtures, fewer than --batch-size 9" in error[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_short_of_the_budget_is_named_under_the_table() -> None:
+    runs = [_record("BN", 0, -29.08, steps=0, step_time=None), _record("gLN", 0, None, steps=1)]
+    report = {"model": "m", "steps": 2, "runs": runs, "rows": norm_study.summary_rows(runs)}
+    table = norm_study.format_table(report)
+    assert "Not comparable: BN seed 0 trained 0 of 2 steps" in table
+    assert "gLN seed 0" not in table.split("|")[-1]  # a diverged run stops early by design
+    assert "None" not in table and report["rows"][0]["steps_per_seed"] == [0]
+
+
+# --- results.csv ------------------------------------------------------------------------------
+
+
+def test_results_csv_cells_are_safe_for_spreadsheets() -> None:
+    """Per-seed values are one ``;`` list (``nan`` = diverged), missing values empty, formula text guarded."""
+    runs = [_record("gLN", 0, -18.0611), _record("gLN", 1, None), _record("gLN", 2, -14.9622),
+            _record("none", 0, None, step_time=None)]  # fmt: skip
+    text = norm_study.results_csv({"rows": norm_study.summary_rows(runs)})
+    rows = list(csv.DictReader(text.splitlines()))
+    assert rows[0]["final_per_seed_db"] == "'-18.0611;nan;-14.9622"
+    assert rows[1]["final_per_seed_db"] == "nan" and rows[1]["final_si_snri_db"] == rows[1]["step_time_ms"] == ""
+    assert "None" not in text
+    for row in rows:
+        for value in row.values():
+            try:
+                float(value)
+            except ValueError:
+                assert not value.startswith(("=", "+", "-", "@")), value

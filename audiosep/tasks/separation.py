@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from audiosep.checkpoint import LIGHTNING_KEY, model_record
+from audiosep.eval_report import csv_formula_guard
 from audiosep.io import atomic_write_text
 from audiosep.losses import PITSISNRLoss
 from audiosep.metrics import separation_scores
@@ -32,6 +33,19 @@ from audiosep.tasks.guards import TrainingGuards
 TEST_COLUMNS = ["id", "si_snr", "si_snri", "sdr", "sdri"]
 
 Batch = tuple[Tensor, Tensor, list[str]]
+
+
+def scores_csv_text(rows: list[dict[str, Any]]) -> str:
+    """The per-utterance test CSV, with the project's formula guard on every cell.
+
+    Why: mixture ids come from the data's metadata; an id such as ``=HYPERLINK(...)`` would be run
+    by a spreadsheet that opens ``test_scores.csv``. Scores are numbers and are written unchanged.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: csv_formula_guard(value) for key, value in row.items()} for row in rows)
+    return buffer.getvalue()
 
 
 class SeparationTask(TrainingGuards, L.LightningModule):
@@ -129,11 +143,7 @@ class SeparationTask(TrainingGuards, L.LightningModule):
         if self._trainer is not None and not self.trainer.is_global_zero:
             return
         path = self._test_csv_path()
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=TEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, buffer.getvalue())
+        atomic_write_text(path, scores_csv_text(rows))
         print(f"wrote per-utterance scores of {len(rows)} mixtures to {path}")
 
     def _test_csv_path(self) -> Path:

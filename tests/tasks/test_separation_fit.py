@@ -53,3 +53,19 @@ def test_typo_in_config_key_fails_at_parse_time(tiny_librimix: Path, tmp_path: P
 def test_packaged_recipe_name_resolves_and_unknown_recipe_is_a_one_line_error(capsys) -> None:
     assert main(["fit", "--config", "demo/no_such_recipe.yaml"]) == 1
     assert "recipe not found" in capsys.readouterr().err
+
+
+def test_test_scores_csv_guards_ids_a_spreadsheet_would_run_as_formulas(tmp_path: Path) -> None:
+    """A mixture id from the metadata such as ``=HYPERLINK(...)`` is written as text, the scores as numbers."""
+    import csv
+
+    from audiosep.tasks.separation import SeparationTask
+
+    path = tmp_path / "test_scores.csv"
+    task = SeparationTask(torch.nn.Identity(), sample_rate=8000, test_csv=str(path))
+    ids = ["=HYPERLINK(\"http://x\")", "-1+2", "@SUM(A1)", "+3", "plain_id"]
+    task._test_rows = [{"id": i, "si_snr": -1.5, "si_snri": 2.0, "sdr": -0.25, "sdri": 1.0} for i in ids]
+    task.on_test_epoch_end()
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    assert [row["id"] for row in rows] == ["'" + i for i in ids[:4]] + ["plain_id"]
+    assert all(float(row["si_snr"]) == -1.5 and float(row["sdr"]) == -0.25 for row in rows)
