@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["AUDIOSEP_IMPORT_ALLOWLIST"] = "training_probes"
 
 import csv  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,13 @@ def write_tiny_librimix(root: Path, n_src: int = 2, sample_rate: int = 8000, see
                 writer.writeheader()
                 writer.writerows(mix_rows)
     return root / f"Libri{n_src}Mix"
+
+
+@pytest.fixture
+def make_tiny_librimix() -> Callable[..., Path]:
+    """:func:`write_tiny_librimix` for tests that need several data sets (``conftest`` is not importable
+    by that name from every test folder: ``tests/asr`` has its own)."""
+    return write_tiny_librimix
 
 
 @pytest.fixture(scope="session")

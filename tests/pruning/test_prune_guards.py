@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_tiny_librimix
 
 from audiosep.checkpoint import load_model, save_model
 from audiosep.checkpoint_io import AtomicCheckpointIO
@@ -50,11 +49,11 @@ def _one_error(capsys: pytest.CaptureFixture[str], *parts: str) -> str:
 
 
 def test_the_same_relative_data_root_naming_other_data_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], make_tiny_librimix
 ) -> None:
     ckpt = _checkpoint(tmp_path)
     for seed, folder in ((0, "a"), (1, "b")):
-        write_tiny_librimix(tmp_path / folder / "data", seed=seed)
+        make_tiny_librimix(tmp_path / folder / "data", seed=seed)
     argv = [*_argv(tmp_path, ckpt, "data/Libri2Mix"), "--config", str(packaged_recipe(RECIPE))]  # absolute: no cwd
     monkeypatch.chdir(tmp_path / "a")
     assert main(argv) == 0
