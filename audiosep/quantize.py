@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiosep.optimize import FusedActivation, FusedConv, FusedLinear, prepare_for_inference
+from audiosep.optimize import FusedActivation, FusedConv, FusedLinear, NormDepthwise, prepare_for_inference
 
 ENGINE_PREFERENCE = ("onednn", "x86", "fbgemm", "qnnpack")
 
@@ -156,6 +156,8 @@ def _swap_children(module: nn.Module) -> int:
     """Replace the fused linear layers and pointwise fused convs below ``module`` in place; returns how many."""
     swapped = 0
     for name, child in module.named_children():
+        if isinstance(child, NormDepthwise):  # a depthwise conv (1x1 only when one channel wide): no matmul
+            continue
         if isinstance(child, FusedLinear):  # every linear layer, after prepare_for_inference
             setattr(module, name, Int8Linear(child.weight, child.bias, child.activation))
             swapped += 1

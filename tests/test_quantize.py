@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 from signal_helpers import harmonic_tone
-from test_optimize import MODELS
+from test_optimize import MODELS, conv_tasnet
 from torch import nn
 
 from audiosep.bench.run import _check
@@ -51,6 +51,18 @@ def test_every_linear_and_pointwise_conv_is_int8_and_the_output_stays_close(name
         reference = prepare_for_inference(model)(mixture)
         output = quantized(mixture)
     assert output.shape == reference.shape
+    assert float(si_snr(output, reference).min()) > 25.0
+
+
+def test_a_one_channel_depthwise_conv_with_kernel_1_stays_float() -> None:
+    """It is 1x1 and ungrouped, so it looked pointwise and was swapped for an int8 matmul the depthwise
+    stage cannot call (AttributeError)."""
+    torch.manual_seed(0)
+    model = conv_tasnet(conv_kernel_size=1, hidden_channels=[1, 7, 9, 12]).eval()
+    quantized = quantize_for_inference(model)
+    mixture = _speech()
+    with torch.inference_mode():
+        reference, output = prepare_for_inference(model)(mixture), quantized(mixture)
     assert float(si_snr(output, reference).min()) > 25.0
 
 
