@@ -129,7 +129,8 @@ class AudiosepCLI(LightningCLI):
         ckpt_path = kwargs.get("ckpt_path")
         if isinstance(ckpt_path, str) and "://" in ckpt_path:
             raise UserError(
-                f"--ckpt_path {one_line(ckpt_path, 200)}: only local checkpoint files are read (download it first)"
+                f"--ckpt_path {one_line(ckpt_path, 200)}: a URL; only local checkpoint files are read "
+                "(give the file's path; download a remote one first)"
             )
         if ckpt_path == "last":
             found = find_last_checkpoint(self.trainer.default_root_dir, weight_shapes(self.model))
@@ -139,6 +140,7 @@ class AudiosepCLI(LightningCLI):
             problem = checkpoint_problem(Path(ckpt_path), weight_shapes(self.model))
             if problem:
                 raise UserError(f"--ckpt_path {ckpt_path}: {problem}")
+            kwargs["ckpt_path"] = str(Path(ckpt_path).resolve())  # Lightning takes a path starting "http" for a URL
         return kwargs
 
 

@@ -234,21 +234,26 @@ def test_a_checkpoint_of_another_model_or_kind_is_one_error_line_before_training
         assert len(err) == 1 and message in err[0] and err[0].startswith("audiosep: error: --ckpt_path ")
 
 
-def test_a_checkpoints_hyper_parameters_do_not_override_the_recipe(tiny_librimix: Path, tmp_path: Path) -> None:
-    """Lightning merges ``hyper_parameters`` into the config: a crafted checkpoint set ``test_csv`` to any file."""
+def test_a_checkpoints_hyper_parameters_do_not_override_the_recipe(
+    tiny_librimix: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Lightning merges ``hyper_parameters`` into the config: a crafted checkpoint set ``test_csv`` to any file.
+    The checkpoint's relative path starts with "http", which Lightning alone takes for a URL."""
     from audiosep.cli import main
 
     out = tmp_path / "run"
     argv = fit_argv(tiny_librimix, out)[3:]
     argv = [a for a in argv if not a.startswith("--trainer.max_steps")] + ["--trainer.max_steps=1"]
     assert main(argv) == 0
-    victim, crafted = tmp_path / "victim.txt", tmp_path / "crafted.ckpt"
+    victim, crafted = tmp_path / "victim.txt", tmp_path / "http_runs" / "crafted.ckpt"
+    crafted.parent.mkdir()
     victim.write_text("precious")
     checkpoint = torch.load(find_last_checkpoint(out), weights_only=True)
     checkpoint["hyper_parameters"] = {"_class_path": "audiosep.tasks.separation.SeparationTask", "test_csv": str(victim)}
     torch.save(checkpoint, crafted)
     scores = tmp_path / "scores.csv"
-    test_argv = ["test", *argv[1:], f"--model.test_csv={scores}", f"--ckpt_path={crafted}"]
+    monkeypatch.chdir(tmp_path)
+    test_argv = ["test", *argv[1:], f"--model.test_csv={scores}", "--ckpt_path=http_runs/crafted.ckpt"]
     assert main(test_argv) == 0
     assert victim.read_text() == "precious" and scores.read_text().startswith("id,")
 
