@@ -30,7 +30,6 @@ import hashlib
 import itertools
 import json
 import math
-import platform
 import random
 import statistics
 import time
@@ -44,6 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from audiosep.bench.measure import cpu_name
 from audiosep.errors import UserError
 from audiosep.eval_report import csv_formula_guard
 from audiosep.io import atomic_write_text, read_json
@@ -218,22 +218,11 @@ def data_fingerprint(data: StudyData) -> str:
     return digest.hexdigest()
 
 
-def _cpu_name() -> str:
-    """The CPU model (Linux ``/proc/cpuinfo``), else what :mod:`platform` knows: timings on another CPU differ."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_conditions(data: StudyData) -> dict[str, Any]:
     """What changes a run's numbers besides the settings: the data, the thread count, the CPU, the versions."""
     import audiosep
 
-    return {"data_fingerprint": data_fingerprint(data), "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+    return {"data_fingerprint": data_fingerprint(data), "threads": torch.get_num_threads(), "cpu": cpu_name(),
             "torch": torch.__version__, "audiosep": audiosep.__version__}  # fmt: skip
 
 

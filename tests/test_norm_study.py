@@ -298,3 +298,11 @@ def test_results_csv_cells_are_safe_for_spreadsheets() -> None:
                 float(value)
             except ValueError:
                 assert not value.startswith(("=", "+", "-", "@")), value
+
+
+def test_the_cpu_is_named_by_the_benchmarks_function() -> None:
+    """Review s24 finding 9: one ``cpu_name`` (the benchmark's), not a copy in the norm study."""
+    from audiosep.bench import measure
+
+    assert norm_study.cpu_name is measure.cpu_name
+    assert not hasattr(norm_study, "_cpu_name")

@@ -102,6 +102,9 @@ def _datamodule(config: str, data_root: str | None):
     arguments = _data_arguments(config, init_args)
     if arguments["batch_size"] < 1:
         raise UserError(f"{config}: data batch_size must be >= 1, got {arguments['batch_size']}")
+    segment = arguments["segment"]
+    if segment is not None and not 0.0 < segment < math.inf:  # NaN fails too
+        raise UserError(f"{config}: data segment must be finite seconds > 0 (or null: whole utterances), got {segment}")
     try:
         return LibriMixDataModule(**arguments)
     except TypeError as err:
@@ -137,7 +140,7 @@ def check_output_paths(args: argparse.Namespace, work_dir: Path | None = None, d
     """``--out`` and ``--report``: files, apart, and none of the files the command reads (checked before any work).
 
     With ``work_dir`` and ``data_dirs`` also: neither is written inside the work folder (its checkpoints and
-    record) or the data folders, and the work folder is not inside them.
+    record) or the data folders, the work folder is not inside them, and not inside a data folder either.
     """
     reads = [path for path in (args.ckpt, args.config) if path]
     outputs = [(flag, path) for flag, path in (("--out", args.out), ("--report", args.report)) if path]
@@ -155,6 +158,9 @@ def check_output_paths(args: argparse.Namespace, work_dir: Path | None = None, d
         for flag, path in outputs:
             if _inside(work_dir, Path(path)):
                 raise UserError(f"--work-dir {work_dir}: the same as or inside {flag} {path}; pass another --work-dir")
+        for folder in data_dirs:
+            if _inside(work_dir, folder):
+                raise UserError(f"--work-dir {work_dir}: inside the data folder {folder}; pass another --work-dir")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -193,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     """Check every input, then prune, fine-tune, measure and write ``--out`` (and ``--report``)."""
     from audiosep.checkpoint import save_model
     from audiosep.pruning.latency import unreliable_speedup
-    from audiosep.pruning.pipeline import PruneSettings, check_inputs, prune_model
+    from audiosep.pruning.pipeline import PruneSettings, prune_model
     from audiosep.pruning.profile import format_profile, profile_model
 
     check_arguments(args)
@@ -225,8 +231,10 @@ def run(args: argparse.Namespace) -> int:
         recipe_sha256=recipe_sha256(args.config) if args.config else None,
     )  # fmt: skip
     try:
-        check_inputs(model, sample_rate, settings, datamodule, args.ckpt, args.config)  # before the work folder is claimed
-        pruned, report = prune_model(model, sample_rate, settings, datamodule, work_dir, args.latency_seconds)
+        pruned, report = prune_model(  # checks the inputs (naming these files) before it claims the work folder
+            model, sample_rate, settings, datamodule, work_dir, args.latency_seconds,
+            model_name=args.ckpt, data_name=args.config or "the data",
+        )  # fmt: skip
     except TypeError as err:
         raise UserError(f"{args.ckpt}: {err}") from err
     save_model(pruned, args.out, metadata | {"sample_rate": sample_rate, "pruning": report.as_dict()})

@@ -22,12 +22,6 @@ import torch
 from torch import nn
 
 
-def measure_latency(models: dict[str, nn.Module], seconds: float, sample_rate: int, repeats: int = 21) -> dict[str, float]:
-    """Median batch-1 CPU latency (seconds) of each model on ``seconds`` of audio, at this process's threads."""
-    spread = measure_latency_spread(models, seconds, sample_rate, repeats)
-    return {name: timing["median"] for name, timing in spread.items()}
-
-
 def measure_latency_spread(
     models: dict[str, nn.Module], seconds: float, sample_rate: int, repeats: int = 21
 ) -> dict[str, dict[str, float]]:

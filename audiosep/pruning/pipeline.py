@@ -276,15 +276,18 @@ def prune_model(
     datamodule: L.LightningDataModule | None,
     work_dir: Path,
     latency_seconds: float = 4.0,
+    model_name: str = "the model",
+    data_name: str = "the data",
 ) -> tuple[nn.Module, PruneReport]:
     """Score, select, remove and (when ``finetune_epochs > 0``) fine-tune; report every figure.
 
-    The SI-SNRi figures are on the dev split, which fine-tuning also picks its best checkpoint on;
-    when the data has a test split, the unpruned and final models are scored on it too.
+    The inputs are checked first (:func:`check_inputs`, its errors naming ``model_name`` and ``data_name``),
+    before the work folder is claimed. The SI-SNRi figures are on the dev split, which fine-tuning also
+    picks its best checkpoint on; when the data has a test split, the unpruned and final models are scored on it too.
     """
     L.seed_everything(settings.seed, verbose=False)
     model = model.cpu().eval()
-    groups = check_inputs(model, sample_rate, settings, datamodule)  # before the claim: a failed start claims nothing
+    groups = check_inputs(model, sample_rate, settings, datamodule, model_name, data_name)  # a failed start claims nothing
     claim_work_dir(work_dir, run_identity(model, sample_rate, settings, datamodule))
     macs = total_macs(model, sample_rate)
     scores, search_steps = score_channels(model, groups, macs, settings, datamodule, work_dir)
@@ -335,11 +338,19 @@ def claim_work_dir(work_dir: Path, identity: dict[str, object]) -> None:
 
     Why: the search and fine-tuning resume from ``last.ckpt`` in the work folder; one left by a run
     on other weights, settings or data (same ``--out``) would otherwise hand back that run's model.
-    A folder of another run with no phase checkpoint yet (a start that failed) is taken over.
+    A folder of another pruning run with no phase checkpoint yet (a start that failed) is taken over;
+    a ``run.json`` that is not a pruning record (not this identity's keys: e.g. a training folder's)
+    is never overwritten.
     """
     record = work_dir / WORK_RECORD
     identity = as_json(identity)
-    if record.is_file() and read_json(record) != identity and holds_phase_checkpoints(work_dir):
+    kept = read_json(record) if record.is_file() else None
+    if record.is_file() and not (isinstance(kept, dict) and kept.keys() == identity.keys()):
+        raise UserError(
+            f"{work_dir}: its {WORK_RECORD} is not a pruning record (another command's folder?); "
+            "delete it or pass another --work-dir"
+        )
+    if record.is_file() and kept != identity and holds_phase_checkpoints(work_dir):
         raise UserError(
             f"{work_dir}: holds an earlier pruning of other weights or settings (model, recipe, data or options); "
             "delete it or pass another --work-dir (or --out)"

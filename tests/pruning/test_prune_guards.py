@@ -12,6 +12,7 @@ import torch
 from audiosep.checkpoint import load_model, save_model
 from audiosep.checkpoint_io import AtomicCheckpointIO
 from audiosep.cli import main
+from audiosep.errors import UserError
 from audiosep.models import ConvTasNet
 from audiosep.pruning import pipeline
 from audiosep.pruning.pipeline import PruneSettings, claim_work_dir, run_identity
@@ -202,6 +203,7 @@ def test_a_model_without_a_sample_rate_takes_the_datas_and_says_so(
         (["--out", "{tmp}/afile/x.pt"], "{tmp}/afile is a file, not a folder"),
         (["--out", "{data}/wav8k/min/metadata/mixture_dev_mix_clean.csv"], "inside the data folder"),
         (["--work-dir", "{tmp}/p.pt/work"], "--work-dir {tmp}/p.pt/work: the same as or inside --out"),
+        (["--work-dir", "{data}/wav8k/min/work"], "--work-dir {tmp}/data/wav8k/min/work: inside the data folder"),
     ],
 )
 def test_output_paths_that_clash_with_the_work_folder_or_data_are_refused_up_front(
@@ -231,15 +233,34 @@ def test_a_typo_in_the_data_root_does_not_block_the_corrected_command(
     assert main(_argv(tmp_path, ckpt, tiny_librimix)) == 0
 
 
+def _identity(seed: int) -> dict:
+    """The record prune writes for the tiny model (weights of seed 0) pruned by L1 with ``seed``."""
+    torch.manual_seed(0)
+    return run_identity(ConvTasNet(**TINY).eval(), 8000, PruneSettings(method="l1", seed=seed))
+
+
 def test_a_work_folder_without_phase_checkpoints_is_taken_over(tmp_path: Path) -> None:
     """A start that failed after the claim left only the record: nothing can be resumed, so nothing is refused."""
-    claim_work_dir(tmp_path / "work", {"run": 1})
-    claim_work_dir(tmp_path / "work", {"run": 2})
-    assert json.loads((tmp_path / "work" / "run.json").read_text()) == {"run": 2}
+    claim_work_dir(tmp_path / "work", _identity(1))
+    claim_work_dir(tmp_path / "work", _identity(2))
+    assert json.loads((tmp_path / "work" / "run.json").read_text()) == _identity(2)
     (tmp_path / "work" / "finetune").mkdir()
     (tmp_path / "work" / "finetune" / "last.ckpt").write_bytes(b"x")
-    with pytest.raises(Exception, match="holds an earlier pruning"):
-        claim_work_dir(tmp_path / "work", {"run": 3})
+    with pytest.raises(UserError, match="holds an earlier pruning"):
+        claim_work_dir(tmp_path / "work", _identity(3))
+
+
+@pytest.mark.parametrize("record", ['{"note": "a training folder\'s record"}', '{"model": "x"}', "[1]", "not json"])
+def test_a_folder_whose_run_json_is_not_a_pruning_record_is_refused_and_kept(record: str, tmp_path: Path) -> None:
+    """Review s24 finding 7: only an earlier prune's record (its identity keys) is taken over, never overwritten."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "run.json").write_text(record)
+    (work / "results.csv").write_text("precious\n")
+    with pytest.raises(UserError, match="run.json is not a pruning record"):
+        claim_work_dir(work, _identity(0))
+    assert (work / "run.json").read_text() == record
+    assert sorted(p.name for p in work.iterdir()) == ["results.csv", "run.json"]
 
 
 # Finding 11: the speed-up comes with its spread, and a noisy one is flagged.
@@ -319,3 +340,41 @@ def test_the_recipe_is_read_like_fit_reads_it(
     assert main([*_argv(tmp_path, _checkpoint(tmp_path), tiny_librimix), "--config", str(recipe)]) == 1
     _one_error(capsys, str(recipe), problem)
     assert not (tmp_path / "work").exists()
+
+
+# Review s24 finding 5: the recipe's crop length is checked with the other data arguments, before any work.
+
+
+@pytest.mark.parametrize("segment", [".nan", "-1.0", ".inf", "0.0", "-.inf"])
+def test_a_recipe_segment_that_is_not_positive_finite_seconds_is_refused_up_front(
+    segment: str, tiny_librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(packaged_recipe(RECIPE).read_text().replace("segment: 1.5", f"segment: {segment}"))
+    assert main([*_argv(tmp_path, _checkpoint(tmp_path), tiny_librimix), "--config", str(recipe)]) == 1
+    _one_error(capsys, str(recipe), "data segment must be finite seconds > 0")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "p.pt").exists()
+
+
+def test_a_null_recipe_segment_trains_on_whole_utterances(tiny_librimix: Path, tmp_path: Path) -> None:
+    """``segment: null`` is what LibriMixDataModule reads as whole utterances: allowed, not mistaken for a bad value."""
+    from audiosep.commands.prune import _datamodule
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(packaged_recipe(RECIPE).read_text().replace("segment: 1.5", "segment: null"))
+    assert _datamodule(str(recipe), str(tiny_librimix)).segment is None
+
+
+# Review s24 finding 9: the inputs are checked once per prune (the groups, the data setup and metadata reads).
+
+
+def test_the_inputs_are_checked_once_and_errors_name_the_files(
+    tiny_librimix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    check = pipeline.check_inputs
+    monkeypatch.setattr(pipeline, "check_inputs", lambda *args, **kwargs: calls.append(args) or check(*args, **kwargs))
+    ckpt = _checkpoint(tmp_path)
+    assert main([*_argv(tmp_path, ckpt, tiny_librimix), "--finetune-epochs", "0"]) == 0
+    assert len(calls) == 1
+    assert calls[0][4:] == (str(ckpt), RECIPE)  # model_name, data_name: the one-line errors name the files
