@@ -389,14 +389,18 @@ class NormPointwise(nn.Module):
     A gLN's statistics on one item go into the conv's weights too (``conv(r (x - mu)) = (r W) x + c
     - r mu W 1``), so the normalised ``x`` is never written: :meth:`operands` gives the input,
     weight and bias that the conv runs with. Once :mod:`audiosep.quantize` has made ``conv`` int8
-    (its weights are packed), the statistics are applied to ``x`` instead.
+    (:meth:`use_int8`: its weights are packed), they go into its output instead:
+    ``r (Wq x + c) + (1 - r) c - r mu Wq 1``, one pass over the output, not three over the input.
     """
 
     def __init__(self, norm: nn.Module, conv: nn.Conv1d, activation: FusedActivation = "none") -> None:
         super().__init__()
         self.stats, self.conv = norm_then_conv(norm, conv, activation)
         self.global_eps = norm.eps if isinstance(norm, GlobalLayerNorm) else None
+        self.activation = activation
         self.register_buffer("weight_sums", self.conv.weight.sum(dim=(1, 2, 3)))
+        bias = self.conv.bias
+        self.register_buffer("bias", torch.zeros(self.conv.weight.shape[0]) if bias is None else bias.detach().clone())
 
     def operands(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(input, weight, bias)`` with ``conv(input; weight, bias) == conv(norm(x))``."""
@@ -411,10 +415,20 @@ class NormPointwise(nn.Module):
         """Whether ``conv`` is still the float :class:`FusedConv` (not an int8 replacement)."""
         return isinstance(self.conv, FusedConv)
 
+    def use_int8(self, conv: nn.Module, weight: Tensor) -> None:
+        """Run ``conv`` (int8, multiplying by ``weight`` ``[C_out, C_in]``) instead of the float conv."""
+        self.conv = conv
+        self.weight_sums = weight.sum(dim=1)
+
     def forward(self, x: Tensor) -> Tensor:
-        if not self.float_weights:
+        if self.float_weights:
+            return self.conv.apply_to(*self.operands(x))
+        if self.global_eps is None or self.activation != "none" or not _folds_global_statistics(x):
             return self.conv(self.stats(x))
-        return self.conv.apply_to(*self.operands(x))
+        mean, var = global_moments(x)
+        inv_std = (var + self.global_eps) ** -0.5
+        shift = torch.add(self.bias * (1.0 - inv_std), self.weight_sums, alpha=-inv_std * mean)
+        return torch.add(shift.view(1, -1, 1, 1), self.conv(x), alpha=inv_std)
 
 
 def conv_add(total: Tensor | None, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -12,6 +12,7 @@ from signal_helpers import harmonic_tone
 from test_optimize import MODELS, conv_tasnet
 from torch import nn
 
+import audiosep.optimize as optimize
 from audiosep.bench.run import _check
 from audiosep.checkpoint import save_model
 from audiosep.cli import main
@@ -52,6 +53,23 @@ def test_every_linear_and_pointwise_conv_is_int8_and_the_output_stays_close(name
         output = quantized(mixture)
     assert output.shape == reference.shape
     assert float(si_snr(output, reference).min()) > 25.0
+
+
+def test_int8_gln_statistics_go_into_the_output_of_the_int8_convs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One item: ``r (Wq x + c) + (1 - r) c - r mu Wq 1`` instead of normalising the input; the same numbers
+    as normalising first, up to int8 rounding (the activations' quantisation grid moves with the affine)."""
+    torch.manual_seed(0)
+    quantized = quantize_for_inference(conv_tasnet(norm="gLN").eval())
+    mixture = _speech(batch=1)
+    calls = []
+    moments = optimize.global_moments
+    monkeypatch.setattr(optimize, "global_moments", lambda x: calls.append(1) or moments(x))
+    with torch.inference_mode():
+        folded = quantized(mixture)
+        assert len(calls) == 1 + 2 * len(quantized.masker.blocks)  # bottleneck, each depthwise and output conv
+        monkeypatch.setattr(optimize, "_folds_global_statistics", lambda x: False)
+        normalised_first = quantized(mixture)
+    assert float(si_snr(folded, normalised_first).min()) > 40.0
 
 
 def test_a_one_channel_depthwise_conv_with_kernel_1_stays_float() -> None:
