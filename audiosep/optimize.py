@@ -283,7 +283,7 @@ def norm_then_conv(norm: nn.Module, conv: nn.Conv1d, activation: FusedActivation
     affine = norm_affine(norm)
     if affine is not None:
         scale, shift = affine
-        bias = (torch.zeros(weight.shape[0]) if bias is None else bias) + weight @ shift
+        bias = (weight.new_zeros(weight.shape[0]) if bias is None else bias) + weight @ shift
         weight = weight * scale
     stats: nn.Module
     if inference_affine(norm) is not None or isinstance(norm, nn.Identity):
@@ -409,7 +409,7 @@ class NormPointwise(nn.Module):
         self.activation = activation
         self.register_buffer("weight_sums", self.conv.weight.sum(dim=(1, 2, 3)))
         bias = self.conv.bias
-        self.register_buffer("bias", torch.zeros(self.conv.weight.shape[0]) if bias is None else bias.detach().clone())
+        self.register_buffer("bias", self.conv.weight.new_zeros(self.conv.weight.shape[0]) if bias is None else bias.detach().clone())
 
     def operands(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(input, weight, bias)`` with ``conv(input; weight, bias) == conv(norm(x))``."""
@@ -464,7 +464,7 @@ class FastConvBlock(nn.Module):
         self.in_conv = FusedConv(block.in_conv.weight, block.in_conv.bias, "prelu", _prelu_slope(block.in_act))
         left, right = block.padding
         dw = block.depthwise
-        bias = torch.zeros(dw.out_channels) if dw.bias is None else dw.bias
+        bias = dw.weight.new_zeros(dw.out_channels) if dw.bias is None else dw.bias
         depthwise = FusedConv(dw.weight, bias, "prelu", _prelu_slope(block.depthwise_act), 0, dw.dilation[0], dw.groups)
         self.depthwise = NormDepthwise(block.in_norm, depthwise, (left, right))
         self.out = NormPointwise(block.depthwise_norm, block.out_conv)
