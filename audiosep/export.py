@@ -6,9 +6,10 @@ for years; another output all zeros). So the written file is run again at batch 
 lengths other than the example's (primes: a multiple of no stride; one of them 16 s, the chunk
 ``audiosep infer`` uses, where errors that grow with the length show), and compared with PyTorch;
 above the tolerance nothing is written (or ``<name>.failed`` is kept, when asked). The tolerance is
-``atol`` times the largest PyTorch output magnitude when that is above 1 (:attr:`ExportReport.tolerance`):
-float32 rounding grows with the outputs, so a correct export of a model with outputs near 1e3 differs
-by ~1e-4 in absolute terms; for outputs within [-1, 1] (a separator's waveforms) it is ``atol`` itself.
+``atol`` times a scale of at least 1 (:func:`max_errors`): for a separator, the peak of that row's
+sources (a sample near zero carries the rounding of the large values summed to make it, so a correct
+export of a model with outputs near 1e3 differs by ~1e-4 everywhere); for a recogniser's log-probs,
+each value's own magnitude (a label's log-prob of -7e4 must not loosen the check on the best label's).
 
 Exported graphs (``B`` batch, ``T`` samples, ``S`` sources, ``T'`` output frames, ``V`` labels + blank):
 separators (pruned too) ``mixture [B, T] -> sources [B, S, T]`` for any ``T >= 1``; QuartzNet with
@@ -86,8 +87,7 @@ class CheckCase:
     max_abs_error: float  # inf: shapes, lengths or finiteness differ, or the file did not run
     failure: str = ""  # why the file did not run, if it did not
     silent_row: bool = False  # the last row is all zeros (digital silence, a padded batch)
-    # What atol judges: max |got - want| / max(1, |want|) per element (absolute where |want| <= 1,
-    # relative above, as float32 rounding is); None: the absolute error.
+    # What atol judges: the error over a scale of at least 1 (:func:`max_errors`); None: the absolute error.
     max_scaled_error: float | None = None
 
     @property
@@ -113,7 +113,7 @@ class ExportReport:
 
     @property
     def judged_error(self) -> float:
-        """The largest error atol judges: absolute where |PyTorch output| <= 1, relative to it above."""
+        """The largest error atol judges: absolute for outputs within [-1, 1], scaled beyond (:func:`max_errors`)."""
         return max(case.judged_error for case in self.cases)
 
     @property
@@ -122,7 +122,7 @@ class ExportReport:
 
     def verdict_text(self) -> str:
         """``max abs error 1.2e-05 <= atol 1.0e-04``; the scaled error too where outputs beyond 1 made it differ."""
-        scaled = f" (scaled by |output| > 1: {self.judged_error:.2e})" if self.judged_error != self.max_abs_error else ""
+        scaled = f" (scaled by outputs beyond 1: {self.judged_error:.2e})" if self.judged_error != self.max_abs_error else ""
         return f"max abs error {self.max_abs_error:.2e}{scaled} {'<=' if self.passed else '>'} atol {self.atol:.1e}"
 
     def lines(self) -> list[str]:
@@ -343,12 +343,13 @@ def load_runner(path: str | os.PathLike, format: str, input_names: Sequence[str]
     return run_torchscript
 
 
-def max_errors(got: Sequence[Tensor], want: Sequence[Tensor]) -> tuple[float, float]:
-    """Largest ``|got - want|`` and largest ``|got - want| / max(1, |want|)`` over all outputs' elements.
+def max_errors(got: Sequence[Tensor], want: Sequence[Tensor], per_value: bool = False) -> tuple[float, float]:
+    """Largest ``|got - want|``, and largest ``|got - want| / scale`` over all outputs.
 
-    Both ``inf`` for a shape, integer or finiteness mismatch. Why the scaled one: float32 rounding
-    grows with the value (outputs of 1e3 carry ~1e-4), but one large value (a CTC label's log-prob of
-    -70000) must not loosen the check on the others (the best label's, near 0).
+    ``scale`` is at least 1: the peak ``|want|`` of each batch row (waveforms: a sample near zero
+    carries the float32 rounding of the large values summed to make it), or with ``per_value`` each
+    value's own ``|want|`` (log-probs: one label's -7e4 must not loosen the check on the best
+    label's). Both ``inf`` for a shape, dtype kind or finiteness mismatch.
     """
     if len(got) != len(want):
         return math.inf, math.inf
@@ -357,15 +358,19 @@ def max_errors(got: Sequence[Tensor], want: Sequence[Tensor]) -> tuple[float, fl
         if tuple(g.shape) != tuple(w.shape):
             return math.inf, math.inf
         if not w.is_floating_point():
-            error = 0.0 if torch.equal(g.to(w.dtype), w) else math.inf
+            error = 0.0 if not g.is_floating_point() and torch.equal(g.to(w.dtype), w) else math.inf
             worst, scaled = max(worst, error), max(scaled, error)
             continue
         diff = (g.double() - w.double()).abs()
         if diff.numel() and not torch.isfinite(diff).all():
             return math.inf, math.inf
-        if diff.numel():
-            worst = max(worst, float(diff.max()))
-            scaled = max(scaled, float((diff / w.double().abs().clamp_min(1.0)).max()))
+        if not diff.numel():
+            continue
+        magnitude = w.double().abs()
+        if not per_value and w.dim() > 1:
+            magnitude = magnitude.flatten(1).amax(dim=1).view(-1, *([1] * (w.dim() - 1)))
+        worst = max(worst, float(diff.max()))
+        scaled = max(scaled, float((diff / magnitude.clamp_min(1.0)).max()))
     return worst, scaled
 
 
@@ -412,7 +417,7 @@ def _run_checks(
             want = graph.reference(*inputs)
         want = want if isinstance(want, tuple) else (want,)
         try:
-            errors = max_errors(runner(inputs), want) if runner else (math.inf, math.inf)
+            errors = max_errors(runner(inputs), want, graph.task == "asr") if runner else (math.inf, math.inf)
             cases.append(CheckCase(batch, length, errors[0], failure, silent, errors[1]))
         except Exception as err:  # e.g. a shape the graph cannot take
             cases.append(CheckCase(batch, length, math.inf, _first_line(err), silent))
@@ -501,8 +506,8 @@ def export_model(
         format: ``"onnx"`` or ``"torchscript"``.
         sample_rate: the model's rate; stored in the file and used for the default check lengths.
         features: QuartzNet's front end, exported with it.
-        atol: largest allowed difference from PyTorch: absolute for outputs within [-1, 1],
-            relative to the largest output magnitude above that (:attr:`ExportReport.tolerance`).
+        atol: largest allowed difference from PyTorch: absolute for outputs within [-1, 1], scaled
+            beyond that (:func:`max_errors`).
         opset: ONNX opset (>= 17, for the STFT).
         check_lengths: samples per row of the checks (default: :func:`default_check_lengths`).
         metadata: extra JSON-able entries stored with ``sample_rate`` (ONNX ``metadata_props``

@@ -3,8 +3,8 @@
 After writing, the exported file is run (ONNX Runtime, or ``torch.jit.load``) at batch 1 and 2
 on three lengths that are a multiple of no stride (the longest 16 s, the chunk ``audiosep infer``
 runs), and, for separators, once more with a silent row (digital silence), and compared with the
-PyTorch model; the max abs error of each is printed, and above ``--atol`` (per value, relative to it
-where PyTorch's value exceeds 1 in magnitude) nothing is written and the exit code is 1.
+PyTorch model; the max abs error of each is printed, and above ``--atol`` (scaled by each row's peak,
+or each log-prob's own magnitude, where that exceeds 1) nothing is written and the exit code is 1.
 QuartzNet checkpoints export with their log-mel front end (waveform + lengths in, log-probs out).
 
 Heavy imports (torch, the exporters) happen in :func:`run`, so ``audiosep --help`` stays fast.
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--atol", type=float, default=DEFAULT_ATOL,
-        help="largest allowed difference from PyTorch per value, relative to the value where |value| > 1 "
+        help="largest allowed difference from PyTorch, scaled by a separator row's peak (a log-prob's own value) beyond 1 "
         "(default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
