@@ -73,6 +73,20 @@ def test_int8_gln_statistics_go_into_the_output_of_the_int8_convs(monkeypatch: p
     assert float(si_snr(folded, normalised_first).min()) > 40.0
 
 
+@pytest.mark.parametrize("level", [1e-3, 1e-4])
+def test_int8_of_quiet_speech_stays_close_to_fp32(level: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-60 and -80 dB below speech level: the raw encoder features would quantise coarsely, so the int8 convs
+    then take normalised input (the fold gave 17.6 dB at -80 dBFS)."""
+    monkeypatch.setattr(optimize, "FOLD_MIN_FRAMES", 1)
+    torch.manual_seed(0)
+    model = conv_tasnet(norm="gLN").eval()
+    quantized, prepared = quantize_for_inference(model), prepare_for_inference(model)
+    mixture = level * _speech(batch=1)
+    with torch.inference_mode():
+        output, reference = quantized(mixture) / level, prepared(mixture) / level  # si_snr's eps is for speech level
+    assert float(si_snr(output, reference).min()) > 30.0
+
+
 def test_a_one_channel_depthwise_conv_with_kernel_1_stays_float() -> None:
     """It is 1x1 and ungrouped, so it looked pointwise and was swapped for an int8 matmul the depthwise
     stage cannot call (AttributeError)."""
