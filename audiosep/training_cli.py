@@ -126,22 +126,39 @@ class AudiosepCLI(LightningCLI):
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         kwargs["weights_only"] = True  # a recipe's `weights_only: false` would let a checkpoint's pickle run code
-        ckpt_path = kwargs.get("ckpt_path")
-        if isinstance(ckpt_path, str) and "://" in ckpt_path:
+        if kwargs.get("ckpt_path") is not None:
+            kwargs["ckpt_path"] = str(self._checked_ckpt_path(str(kwargs["ckpt_path"])))
+        return kwargs
+
+    def _checked_ckpt_path(self, ckpt_path: str) -> Path | str:
+        """``--ckpt_path`` as Lightning should get it: a checked local file, resolved, or ``last`` unresolved
+        when none is found yet (Lightning then starts from scratch).
+
+        Raises:
+            UserError: a URL, a Lightning keyword audiosep does not run (``best``, ``hpc``, ``registry``),
+                a folder, or a file that is not a training checkpoint of the recipe's model.
+        """
+        shown = one_line(ckpt_path, 200)
+        if "://" in ckpt_path:
             raise UserError(
-                f"--ckpt_path {one_line(ckpt_path, 200)}: a URL; only local checkpoint files are read "
-                "(give the file's path; download a remote one first)"
+                f"--ckpt_path {shown}: a URL; only local checkpoint files are read (give the file's path; "
+                "download a remote one first)"
+            )
+        if ckpt_path in ("best", "hpc", "registry") or ckpt_path.startswith("registry:"):
+            raise UserError(
+                f"--ckpt_path {shown}: not used by audiosep's training commands; give a checkpoint file, or "
+                "'last' (the newest last.ckpt or SLURM hpc_ckpt_N.ckpt below --trainer.default_root_dir)"
             )
         if ckpt_path == "last":
             found = find_last_checkpoint(self.trainer.default_root_dir, weight_shapes(self.model))
-            if found is not None:
-                kwargs["ckpt_path"] = str(found)
-        elif is_local_checkpoint_file(ckpt_path):
-            problem = checkpoint_problem(Path(ckpt_path), weight_shapes(self.model))
-            if problem:
-                raise UserError(f"--ckpt_path {ckpt_path}: {problem}")
-            kwargs["ckpt_path"] = str(Path(ckpt_path).resolve())  # Lightning takes a path starting "http" for a URL
-        return kwargs
+            return "last" if found is None else found.resolve()
+        path = Path(ckpt_path).expanduser()
+        if path.is_dir():
+            raise UserError(f"--ckpt_path {shown}: a folder; give a checkpoint file (e.g. its last.ckpt)")
+        problem = checkpoint_problem(path, weight_shapes(self.model))
+        if problem:
+            raise UserError(f"--ckpt_path {shown}: {problem}")
+        return path.resolve()  # Lightning takes a relative path starting with "http" for a URL
 
 
 LAST_CHECKPOINT = re.compile(r"^(last(-v\d+)?|hpc_ckpt_\d+)\.ckpt$")
@@ -185,17 +202,6 @@ def claim_training_folder(root: Path, identity: dict[str, Any], record: str = "r
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(identity))
     return identity
-
-
-def is_local_checkpoint_file(ckpt_path: object) -> bool:
-    """Whether ``--ckpt_path`` names a local file or a missing path (checked by :func:`checkpoint_problem`).
-
-    Lightning's keywords (``best``, ``hpc``, ``registry...``) and folders (the sharded checkpoints of FSDP
-    or DeepSpeed) are left to Lightning; URLs are refused before this.
-    """
-    if not isinstance(ckpt_path, str) or ckpt_path in ("best", "last", "hpc") or ckpt_path.startswith("registry"):
-        return False
-    return "://" not in ckpt_path and not Path(ckpt_path).is_dir()
 
 
 def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]]) -> str | None:

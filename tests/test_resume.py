@@ -183,6 +183,21 @@ def test_ckpt_path_last_with_no_checkpoint_yet_starts_from_scratch(tiny_librimix
     assert torch.load(find_last_checkpoint(tmp_path), weights_only=False)["global_step"] == 1
 
 
+def test_ckpt_path_last_under_a_relative_root_starting_with_http_resumes(
+    tiny_librimix: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Lightning takes a relative path starting with "http" for a URL: the found checkpoint goes to it resolved."""
+    from audiosep.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["fit", "--config", RECIPE, f"--data.root={tiny_librimix}", "--data.segment=0.25", "--data.batch_size=2",
+            "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+            "--trainer.default_root_dir=http_runs", "--ckpt_path=last", *TINY_MODEL]  # fmt: skip
+    assert main([*argv, "--trainer.max_steps=1"]) == 0
+    assert main([*argv, "--trainer.max_steps=2"]) == 0
+    assert torch.load(find_last_checkpoint(tmp_path / "http_runs"), weights_only=False)["global_step"] == 2
+
+
 def test_ckpt_path_last_takes_the_newest_of_last_and_slurm_requeue_checkpoints(tmp_path: Path) -> None:
     (tmp_path / "lightning_logs" / "version_0" / "checkpoints").mkdir(parents=True)
     older = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
@@ -226,6 +241,9 @@ def test_a_checkpoint_of_another_model_or_kind_is_one_error_line_before_training
         ([*wider, f"--ckpt_path={last}"], "holds another model than the recipe's"),
         ([*argv, "--ckpt_path=http://127.0.0.1:9/last.ckpt"], "only local checkpoint files are read"),
         ([*argv, f"--ckpt_path={deflated(last, tmp_path / 'deflated.ckpt')}"], "is compressed with deflate"),
+        ([*argv, "--ckpt_path=best"], "not used by audiosep's training commands"),
+        ([*argv, "--ckpt_path=registry:org/model"], "not used by audiosep's training commands"),
+        ([*argv, f"--ckpt_path={out}"], "a folder; give a checkpoint file"),
     ]
     for case, message in cases:
         capsys.readouterr()
