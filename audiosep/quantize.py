@@ -5,7 +5,8 @@ linear layer (SepFormer family: attention projections, feed-forward layers with 
 pointwise (1x1, ungrouped) convolution of the prepared Conv-TasNet for a module calling torch's
 dynamic-quantization kernel ``quantized::linear_dynamic``: weights int8 per output channel (symmetric,
 scale = max |w| / 127), activations quantized per call at run time, output float32. The plain model
-is never modified; depthwise and grouped convolutions, norms and the encoder/decoder stay float32.
+is never modified; depthwise and grouped convolutions, norms and the encoder stay float32 (the decoder
+too, unless one source makes its grouped conv an ungrouped 1x1 one).
 
 Why our own two small modules rather than ``torch.ao.quantization.quantize_dynamic``: it quantizes
 ``nn.Linear`` only, per tensor by default, and cannot see the prepared Conv-TasNet's fused 1x1
