@@ -12,7 +12,7 @@ What it does:
   twice as fast, and GroupNorm several times faster, than on ``[B, C, M]``); each conv and the
   PReLU / sigmoid / ReLU after it are one oneDNN call (:class:`FusedConv`); the per-channel affine
   of every norm that feeds a 1x1 conv is folded into that conv (an eval-mode BatchNorm there
-  disappears entirely). For one item, a gLN's statistics go into the next conv's weights as well
+  disappears entirely). For one long item, a gLN's statistics go into the next conv's weights as well
   (:class:`NormPointwise`, :class:`NormDepthwise`), so no normalised tensor is written, and the
   residual and skip sums are added by the 1x1 convs as they write (:func:`conv_add`): 1.8x at
   16 s, where those passes over the 512-channel tensors were memory-bound.
@@ -341,6 +341,10 @@ def global_moments(x: Tensor) -> tuple[float, float]:
 # next to the signal: -80 dBFS speech was 17.6 dB from fp32 that way, 35.7 dB normalised first.
 INT8_FOLD_MIN_VAR = 1e-6
 FOLD_MIN_FRAMES = 1000  # below this, the fold's dozen extra small ops per norm cost more than they save
+# The depthwise fold also recomputes the padded edges; it pays only once the tensor outgrows the caches:
+# conv_tasnet_base 0.98x at 1 s (512 x 1000 values), even at 4 s, 1.07x at 8 s (4M values), 1.09x at 16 s;
+# the 128-channel demo model 0.95x at 32 s (2M values).
+DEPTHWISE_FOLD_MIN_VALUES = 1 << 22
 
 
 def _folds_global_statistics(x: Tensor) -> bool:
@@ -374,7 +378,8 @@ class NormDepthwise(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         span = self.left + self.right
-        if not (self.folds_global and _folds_global_statistics(h) and h.shape[2] >= span):
+        foldable = h.shape[2] >= span and h.numel() >= DEPTHWISE_FOLD_MIN_VALUES
+        if not (self.folds_global and foldable and _folds_global_statistics(h)):
             return self._padded(self.norm(h), self.depthwise.weight, self.depthwise.bias)
         gln = self.norm.norm
         mean, var = global_moments(h)

@@ -136,6 +136,7 @@ def test_fast_conv_tasnet_matches_for_every_norm(
     if not fused:
         monkeypatch.setattr(optimize, "_oneDNN_usable", lambda x: False)
     monkeypatch.setattr(optimize, "FOLD_MIN_FRAMES", 1)  # fold these short inputs too
+    monkeypatch.setattr(optimize, "DEPTHWISE_FOLD_MIN_VALUES", 1)
     model = _randomise(conv_tasnet(norm=norm, **variant))
     prepared = prepare_for_inference(model)
     assert isinstance(prepared, FastConvTasNet)
@@ -166,7 +167,8 @@ def test_global_moments_of_a_long_input_match_float64(offset: float, std: float)
 
 
 def test_the_fold_waits_for_inputs_long_enough_to_pay_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Below ``FOLD_MIN_FRAMES`` the group norm runs (the fold's small ops cost more there), from it the fold."""
+    """Below ``FOLD_MIN_FRAMES`` the group norm runs (the fold's small ops cost more there), from it the fold;
+    the depthwise conv's only from ``DEPTHWISE_FOLD_MIN_VALUES`` values."""
     prepared = prepare_for_inference(_randomise(conv_tasnet(norm="gLN")))
     folded = []
     monkeypatch.setattr(optimize, "global_moments", lambda x: folded.append(x.shape[2]) or MOMENTS(x))
@@ -175,7 +177,10 @@ def test_the_fold_waits_for_inputs_long_enough_to_pay_for_it(monkeypatch: pytest
         _run(prepared, 1, 4 * 90)  # about 90 frames (a hop of 4 samples)
         assert folded == []
         _run(prepared, 1, 4 * 150)
-    assert folded and min(folded) >= 100
+        assert len(folded) == 1 + len(prepared.masker.blocks)  # the 1x1 convs only: too few values for the depthwise
+        monkeypatch.setattr(optimize, "DEPTHWISE_FOLD_MIN_VALUES", 1)
+        _run(prepared, 1, 4 * 150)
+    assert len(folded) == 2 + 3 * len(prepared.masker.blocks) and min(folded) >= 100
 
 
 @pytest.mark.parametrize("length", [21, 45, 90, 400, 3001])
@@ -193,6 +198,7 @@ def test_global_norm_folded_into_the_convs_equals_the_plain_block(
     folded = []  # the fast path must run, not only give equal numbers
     monkeypatch.setattr(optimize, "global_moments", lambda x: folded.append(x.shape[2]) or MOMENTS(x))
     monkeypatch.setattr(optimize, "FOLD_MIN_FRAMES", 1)
+    monkeypatch.setattr(optimize, "DEPTHWISE_FOLD_MIN_VALUES", 1)
     with torch.inference_mode():
         torch.testing.assert_close(_run(prepared, 1, length), _run(model, 1, length), rtol=0, atol=1e-5)
     frames = folded[0]

@@ -62,6 +62,7 @@ def test_int8_gln_statistics_go_into_the_output_of_the_int8_convs(monkeypatch: p
     quantized = quantize_for_inference(conv_tasnet(norm="gLN").eval())
     mixture = _speech(batch=1)
     monkeypatch.setattr(optimize, "FOLD_MIN_FRAMES", 1)
+    monkeypatch.setattr(optimize, "DEPTHWISE_FOLD_MIN_VALUES", 1)
     calls = []
     moments = optimize.global_moments
     monkeypatch.setattr(optimize, "global_moments", lambda x: calls.append(1) or moments(x))
