@@ -37,7 +37,6 @@ from audiosep.optimize import (
     FusedConv,
     FusedLinear,
     NormDepthwise,
-    NormPointwise,
     prepare_for_inference,
 )
 
@@ -165,11 +164,6 @@ def _swap_children(module: nn.Module) -> int:
     swapped = 0
     for name, child in module.named_children():
         if isinstance(child, NormDepthwise):  # a depthwise conv (1x1 only when one channel wide): no matmul
-            continue
-        if isinstance(child, NormPointwise) and child.float_weights:
-            int8 = Int8PointwiseConv(child.conv)
-            child.use_int8(int8, int8.linear.weight)
-            swapped += 1
             continue
         if isinstance(child, FusedLinear):  # every linear layer, after prepare_for_inference
             setattr(module, name, Int8Linear(child.weight, child.bias, child.activation))
