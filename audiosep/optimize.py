@@ -347,11 +347,18 @@ def _folds_global_statistics(x: Tensor) -> bool:
     """Whether a gLN's statistics of ``x`` go into the next conv's weights: one item of ``FOLD_MIN_FRAMES``
     frames or more, on oneDNN.
 
-    Why the length: the fold saves passes over the tensor and costs a fixed number of small ops; at
-    500 frames it was 6 % slower for conv_tasnet_base and 21 % for the 128-channel demo model, at
-    1000 frames 5 % faster and even, at 1500 frames 14 % faster for the demo model, at 16 s 1.8x.
+    Why the length: the fold saves passes over the tensor and costs a fixed number of small ops; with
+    the 1x1 and depthwise folds together, at 500 frames it was 6 % slower for conv_tasnet_base and 21 %
+    for the 128-channel demo model, at 1000 frames 5 % faster and even, at 1500 frames 14 % faster for
+    the demo model, at 16 s 1.8x (interleaved A/B, 2 threads, this project's Xeon).
     """
     return x.shape[0] == 1 and x.shape[2] >= FOLD_MIN_FRAMES and _oneDNN_usable(x)
+
+
+def _global_ln(norm: nn.Module) -> GlobalLayerNorm | None:
+    """The gLN a channels-last norm wrapper applies, if it is one (its statistics can fold into a conv)."""
+    inner = norm.norm if isinstance(norm, ChannelsLastNorm) else None
+    return inner if isinstance(inner, GlobalLayerNorm) else None
 
 
 class NormDepthwise(nn.Module):
@@ -367,17 +374,16 @@ class NormDepthwise(nn.Module):
     def __init__(self, norm: nn.Module, depthwise: FusedConv, padding: tuple[int, int]) -> None:
         super().__init__()
         self.norm = _standalone_norm(norm)
-        self.folds_global = isinstance(norm, GlobalLayerNorm)
         self.depthwise = depthwise
         self.left, self.right = padding
         self.register_buffer("tap_sums", depthwise.weight.sum(dim=(1, 2, 3)))
 
     def forward(self, h: Tensor) -> Tensor:
         span = self.left + self.right
+        gln = _global_ln(self.norm)
         foldable = h.shape[2] >= span and h.numel() >= DEPTHWISE_FOLD_MIN_VALUES
-        if not (self.folds_global and foldable and _folds_global_statistics(h)):
+        if gln is None or not (foldable and _folds_global_statistics(h)):
             return self._padded(self.norm(h), self.depthwise.weight, self.depthwise.bias)
-        gln = self.norm.norm
         mean, var = global_moments(h)
         scale = gln.weight * (var + gln.eps) ** -0.5  # [C]: gLN(h) = scale h + shift, channel-wise
         shift = torch.add(gln.bias, scale, alpha=-mean)
@@ -411,15 +417,15 @@ class NormPointwise(nn.Module):
     def __init__(self, norm: nn.Module, conv: nn.Conv1d, activation: FusedActivation = "none") -> None:
         super().__init__()
         self.stats, self.conv = norm_then_conv(norm, conv, activation)
-        self.global_eps = norm.eps if isinstance(norm, GlobalLayerNorm) else None
         self.register_buffer("weight_sums", self.conv.weight.sum(dim=(1, 2, 3)))
 
     def operands(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(input, weight, bias)`` with ``conv(input; weight, bias) == conv(norm(x))``."""
-        if self.global_eps is None or not _folds_global_statistics(x):
+        gln = _global_ln(self.stats)
+        if gln is None or not _folds_global_statistics(x):
             return self.stats(x), self.conv.weight, self.conv.bias
         mean, var = global_moments(x)
-        inv_std = (var + self.global_eps) ** -0.5
+        inv_std = (var + gln.eps) ** -0.5
         return x, self.conv.weight * inv_std, torch.add(self.conv.bias, self.weight_sums, alpha=-inv_std * mean)
 
     @property
