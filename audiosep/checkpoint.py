@@ -175,7 +175,7 @@ def _check_plain_dict(value: Any, what: str) -> None:
 
 
 def tensor_problem(tensor: Tensor) -> str | None:
-    """Why ``tensor`` is not a dense, real CPU tensor holding its own values; None if it is one.
+    """Why ``tensor`` is not a dense, real, finite CPU tensor holding its own values; None if it is one.
 
     Why: the size checks count the values a file really stores, so no weight may claim more (a
     meta tensor stores none, an expanded view with stride 0 stores one for a whole row; torch.load
@@ -192,6 +192,8 @@ def tensor_problem(tensor: Tensor) -> str | None:
     held = tensor.untyped_storage().nbytes() // tensor.element_size()
     if tensor.numel() > held:
         return f"claims {tensor.numel()} values but its storage holds {held} (an expanded or overlapping view)"
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        return "holds NaN or infinite values"  # a NaN weight only makes NaN output
     return None
 
 
@@ -203,8 +205,6 @@ def _check_state_dict(value: Any) -> None:
         if not isinstance(key, str) or not isinstance(tensor, Tensor):
             raise CheckpointError(f"state_dict entry {brief_repr(key)} is not a str -> Tensor pair")
         problem = tensor_problem(tensor)
-        if problem is None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            problem = "holds NaN or infinite values"
         if problem:
             raise CheckpointError(f"state_dict entry {brief_repr(key)} {problem}")
 
@@ -355,7 +355,7 @@ def _fits(value: Any, hint: Any) -> bool:
         type(None): lambda v: v is None,
         bool: lambda v: isinstance(v, bool),
         int: is_size,
-        float: lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and math.isfinite(v)),
+        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),  # finite: _has_non_finite
         str: lambda v: isinstance(v, str),
     }
     if hint in scalar_checks:
@@ -365,7 +365,7 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 def _magnitude(value: Any) -> float:
-    """The size a scalar can stand for: ``abs`` of an int, a float or a numeric str (NaN: inf); 0 otherwise.
+    """The size a scalar can stand for: ``abs`` of an int, a float or a numeric str (``"nan"``: inf); 0 otherwise.
 
     Why floats and strings: constructors coerce sizes with ``int()`` (QuartzNet's block lists),
     which takes ``1e12`` and ``"1000000000000"`` as readily as ``10**12``.

@@ -81,15 +81,12 @@ def parse_untrusted_yaml(data: bytes, loader: type[UntrustedYamlLoader] = Untrus
 def _entry_problem(key: Any, tensor: Any) -> str | None:
     """Why a loaded state-dict entry cannot be a weight (None when it can).
 
-    :func:`audiosep.checkpoint.tensor_problem`'s rules (dense real CPU tensors holding their values:
-    models are sized from the stored shapes), and finite values: a NaN weight only makes NaN output.
+    :func:`audiosep.checkpoint.tensor_problem`'s rules (dense real finite CPU tensors holding their values:
+    models are sized from the stored shapes).
     """
     if not isinstance(key, str) or not isinstance(tensor, Tensor):
         return f"is a {type(key).__name__} -> {type(tensor).__name__} entry, not a name -> tensor one"
-    problem = tensor_problem(tensor)
-    if problem is None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        return "holds NaN or infinite values"
-    return problem
+    return tensor_problem(tensor)
 
 
 def _torch_load(file: IO[bytes]) -> Any:
