@@ -87,12 +87,7 @@ class CheckCase:
     max_abs_error: float  # inf: shapes, lengths or finiteness differ, or the file did not run
     failure: str = ""  # why the file did not run, if it did not
     silent_row: bool = False  # the last row is all zeros (digital silence, a padded batch)
-    # What atol judges: the error over a scale of at least 1 (:func:`max_errors`); None: the absolute error.
-    max_scaled_error: float | None = None
-
-    @property
-    def judged_error(self) -> float:
-        return self.max_abs_error if self.max_scaled_error is None else self.max_scaled_error
+    max_scaled_error: float = math.inf  # what atol judges: the error over a scale of at least 1 (:func:`max_errors`)
 
 
 @dataclass(frozen=True)
@@ -114,7 +109,7 @@ class ExportReport:
     @property
     def judged_error(self) -> float:
         """The largest error atol judges: absolute for outputs within [-1, 1], scaled beyond (:func:`max_errors`)."""
-        return max(case.judged_error for case in self.cases)
+        return max(case.max_scaled_error for case in self.cases)
 
     @property
     def passed(self) -> bool:
@@ -420,7 +415,7 @@ def _run_checks(
             errors = max_errors(runner(inputs), want, graph.task == "asr") if runner else (math.inf, math.inf)
             cases.append(CheckCase(batch, length, errors[0], failure, silent, errors[1]))
         except Exception as err:  # e.g. a shape the graph cannot take
-            cases.append(CheckCase(batch, length, math.inf, _first_line(err), silent))
+            cases.append(CheckCase(batch, length, math.inf, _first_line(err), silent, math.inf))
     return tuple(cases)
 
 
