@@ -10,7 +10,6 @@ CSV, JSON, markdown and PNG reports.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -47,15 +46,6 @@ class RunIdentity:
     split: str
     task: str
     dtype: str = "fp32"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (identifies a checkpoint regardless of its name)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- transcripts

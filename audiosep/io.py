@@ -7,6 +7,7 @@ killed run leaves at most such a temp file, never a half-written output under th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -103,3 +104,13 @@ def read_json(path: str | os.PathLike) -> Any:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes read in 1 MiB blocks (identifies a checkpoint, recipe or
+    manifest regardless of its name)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

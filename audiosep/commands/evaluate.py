@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     """Load the models and the split, score, write the reports, print the summary."""
     from audiosep.checkpoint import CheckpointError
     from audiosep.data.librimix import MIXTURE_FOLDER, LibriMixDataset, resolve_librimix_dir
-    from audiosep.evaluation import RunIdentity, evaluate, file_sha256, load_transcripts
+    from audiosep.evaluation import RunIdentity, evaluate, load_transcripts
     from audiosep.inference import Separator
+    from audiosep.io import file_sha256
     from audiosep.metrics import SILENT_SOURCE_DB
     from audiosep.transcriber import Transcriber
 

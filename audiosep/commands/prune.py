@@ -55,7 +55,7 @@ def recipe_file(config: str) -> Path:
 
 def recipe_sha256(config: str) -> str:
     """Digest of the recipe's bytes: a recipe edited in place is another recipe (its path is not its identity)."""
-    from audiosep.pruning.identity import file_sha256
+    from audiosep.io import file_sha256
 
     return file_sha256(recipe_file(config))
 

@@ -9,7 +9,6 @@ the recipe file's bytes, the data folder as it resolves, and a digest of each me
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -18,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from audiosep.io import file_sha256
 from audiosep.models.base import weights_sha256
 
 # Data-module arguments that change how data is loaded, never which data or in what order.
@@ -28,11 +28,6 @@ PATH_ARGUMENTS = ("librispeech_root", "wham_root")
 def as_json(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists), so a stored record compares equal."""
     return json.loads(json.dumps(value, default=str))
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (a recipe or a metadata CSV: small, read whole)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def model_identity(model: nn.Module) -> dict[str, Any]:
