@@ -203,8 +203,8 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.pruning.profile import format_profile, profile_model
 
     check_arguments(args)
-    check_output_paths(args)
     if args.profile:
+        check_output_paths(args)
         model, metadata = _load(args.ckpt)
         sample_rate = model_sample_rate(metadata, args.ckpt, None)
         try:
