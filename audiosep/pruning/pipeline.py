@@ -239,8 +239,9 @@ def check_inputs(
     datamodule: L.LightningDataModule | None,
     model_name: str = "the model",
     data_name: str = "the data",
-) -> list[ChannelGroup]:
-    """The model's prunable groups, after one-line errors for a model and data that do not fit together.
+) -> tuple[list[ChannelGroup], int | None]:
+    """The model's prunable groups and the train batches per epoch (None: no data, or not known up front),
+    after one-line errors for a model and data that do not fit together.
 
     Checked before the work folder is claimed: sources and sample rate match, the dev split reads,
     and a run that trains gets at least one training batch per epoch.
@@ -251,7 +252,7 @@ def check_inputs(
     """
     groups = find_groups(model, sample_rate)
     if datamodule is None:
-        return groups
+        return groups, None
     sources, data_sources = model_sources(model), getattr(datamodule, "n_src", None)
     if sources is not None and data_sources is not None and sources != data_sources:
         raise UserError(f"{model_name}: separates {sources} sources, but {data_name} has n_src {data_sources}")
@@ -266,7 +267,7 @@ def check_inputs(
             f"{data_name}: the train split {datamodule.train_split} holds fewer mixtures than batch_size "
             f"{datamodule.batch_size}: no training batch (lower batch_size or use a larger split)"
         )
-    return groups
+    return groups, batches
 
 
 def prune_model(
@@ -287,7 +288,7 @@ def prune_model(
     """
     L.seed_everything(settings.seed, verbose=False)
     model = model.cpu().eval()
-    groups = check_inputs(model, sample_rate, settings, datamodule, model_name, data_name)  # a failed start claims nothing
+    groups, batches = check_inputs(model, sample_rate, settings, datamodule, model_name, data_name)  # before the claim
     claim_work_dir(work_dir, run_identity(model, sample_rate, settings, datamodule))
     macs = total_macs(model, sample_rate)
     scores, search_steps = score_channels(model, groups, macs, settings, datamodule, work_dir)
@@ -301,7 +302,7 @@ def prune_model(
     )  # fmt: skip
     report.extra["macs_after_counted"] = total_macs(pruned, sample_rate)
     if datamodule is not None:
-        report.train_batches_per_epoch = train_batches(datamodule)
+        report.train_batches_per_epoch = batches
         report.si_snri_before = validation_si_snri(model, datamodule)
         report.si_snri_pruned = validation_si_snri(pruned, datamodule)
         if settings.finetune_epochs > 0:
