@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +95,22 @@ def _csv_cell(value: Any) -> Any:
     return csv_formula_guard(value)
 
 
+def guarded_csv(
+    rows: Iterable[dict[str, Any]], columns: Sequence[str], cell: Callable[[Any], Any] = csv_formula_guard,
+    lineterminator: str = "\r\n",
+) -> str:
+    """CSV text of ``rows`` in ``columns`` (others ignored, missing ones empty), every cell through ``cell``,
+    by default :func:`csv_formula_guard`: every CSV this project writes goes through here."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator=lineterminator)
+    writer.writeheader()
+    writer.writerows({c: cell(row.get(c)) for c in columns} for row in rows)
+    return buffer.getvalue()
+
+
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     """Per-utterance scores as CSV (the columns present in the rows)."""
-    columns = [c for c in CSV_COLUMNS if any(c in row for row in rows)]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: _csv_cell(row.get(c)) for c in columns})
-    return buffer.getvalue()
+    return guarded_csv(rows, [c for c in CSV_COLUMNS if any(c in row for row in rows)], _csv_cell)
 
 
 def to_markdown(summary: dict[str, Any]) -> str:

@@ -522,14 +522,9 @@ def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def results_csv(report: dict[str, Any]) -> str:
     """``results.csv``: one row per norm (see the module docstring for the cells' meaning)."""
-    import csv
-    import io
+    from audiosep.eval_report import guarded_csv
 
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_FIELDS)
-    writer.writeheader()
-    writer.writerows(_csv_row(row) for row in report["rows"])
-    return buffer.getvalue()
+    return guarded_csv((_csv_row(row) for row in report["rows"]), TABLE_FIELDS)
 
 
 def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:

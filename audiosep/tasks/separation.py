@@ -13,8 +13,6 @@ some).
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from audiosep.checkpoint import LIGHTNING_KEY, model_record
-from audiosep.eval_report import csv_formula_guard
+from audiosep.eval_report import guarded_csv
 from audiosep.io import atomic_write_text
 from audiosep.losses import PITSISNRLoss
 from audiosep.metrics import separation_scores
@@ -41,11 +39,7 @@ def scores_csv_text(rows: list[dict[str, Any]]) -> str:
     Why: mixture ids come from the data's metadata; an id such as ``=HYPERLINK(...)`` would be run
     by a spreadsheet that opens ``test_scores.csv``. Scores are numbers and are written unchanged.
     """
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({key: csv_formula_guard(value) for key, value in row.items()} for row in rows)
-    return buffer.getvalue()
+    return guarded_csv(rows, TEST_COLUMNS, lineterminator="\n")
 
 
 class SeparationTask(TrainingGuards, L.LightningModule):
