@@ -290,18 +290,29 @@ def zip_problem(file: BinaryIO) -> str | None:
     return None
 
 
+def load_stored_zip(file: BinaryIO) -> Any:
+    """``torch.load(weights_only=True)`` of an open file once :func:`zip_problem` passes (the same file).
+
+    Raises:
+        CheckpointError: why not, as a short phrase (the zip problem, or the type torch raised) for
+            the caller to put in its own message.
+    """
+    problem = zip_problem(file)
+    if problem is not None:
+        raise CheckpointError(problem)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(err.__class__.__name__) from err
+
+
 def _load_checked(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` of ``path`` once :func:`zip_problem` passes (same open file)."""
+    """:func:`load_stored_zip` of ``path``, its problem named with the file."""
     try:
         with path.open("rb") as file:
-            problem = zip_problem(file)
-            if problem is not None:
-                raise CheckpointError(f"{path}: not a readable checkpoint ({problem})")
-            return torch.load(file, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from err
+            return load_stored_zip(file)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:

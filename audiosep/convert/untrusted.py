@@ -20,9 +20,9 @@ from audiosep.checkpoint import (
     BUILD_ERRORS,
     FORMAT,
     CheckpointError,
+    load_stored_zip,
     model_from_record,
     tensor_problem,
-    zip_problem,
 )
 from audiosep.errors import UserError, brief_repr, one_line
 from audiosep.models.base import RebuildableModule
@@ -90,19 +90,13 @@ def _entry_problem(key: Any, tensor: Any) -> str | None:
 
 
 def _torch_load(file: IO[bytes]) -> Any:
-    """``torch.load(weights_only=True)`` of an open file once :func:`audiosep.checkpoint.zip_problem` passes.
-
-    Why the zip check: ``torch.load`` inflates compressed entries before anything can be checked.
-    """
-    problem = zip_problem(file)
-    if problem is not None:
-        raise UserError(f"not a readable PyTorch checkpoint ({problem})")
+    """:func:`audiosep.checkpoint.load_stored_zip` of an open file, its problem as a :class:`UserError`."""
     try:
         with warnings.catch_warnings():  # about pickle protocols or sparse tensors: refused or moot
             warnings.simplefilter("ignore")
-            return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise UserError(f"not a readable PyTorch checkpoint ({type(err).__name__})") from None
+            return load_stored_zip(file)
+    except CheckpointError as err:
+        raise UserError(f"not a readable PyTorch checkpoint ({err})") from None
 
 
 def load_weights(source: str | os.PathLike | IO[bytes]) -> dict[str, Tensor]:
