@@ -39,6 +39,7 @@ from audiosep.bench.measure import (
 from audiosep.bench.memory import MemoryWorkers, cuda_peak, rss_supported
 from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs, load, peer_spec
 from audiosep.bench.streaming import streaming_latency
+from audiosep.checkpoint import CheckpointError
 from audiosep.errors import UserError, one_line
 from audiosep.losses import si_snr
 
@@ -130,7 +131,9 @@ def resolve_models(settings: BenchSettings) -> tuple[list[LoadedModel], list[Loa
     for spec in specs:
         try:
             ours.append(load(spec))
-        except (ValueError, TypeError, KeyError) as err:  # bad name, override or file (CheckpointError too)
+        except CheckpointError as err:  # one line that names the file itself
+            raise BenchError(str(err)) from err
+        except (ValueError, TypeError, KeyError) as err:  # bad name or override
             raise BenchError(f"{spec.label}: {one_line(err)}") from err
     peers: dict[str, LoadedModel] = {}
     for model in ours if settings.peers else []:

@@ -254,19 +254,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_bench(settings)
     except BenchError as err:
-        raise UserError(_bench_error(err)) from None
+        raise UserError(str(err)) from None
     print(format_table(report))
     paths = write_outputs(report, args.out_dir)
     print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
-
-
-def _bench_error(err: ValueError) -> str:
-    """The one line for a failed bench: a checkpoint's own error as it is (it names the file once)."""
-    from audiosep.checkpoint import CheckpointError
-
-    cause = err.__cause__
-    return str(cause) if isinstance(cause, CheckpointError) else str(err)
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
