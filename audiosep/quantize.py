@@ -106,16 +106,16 @@ class Int8Linear(nn.Module):
         self._weight: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, self.in_features)
-        y = torch.ops.quantized.linear_dynamic(flat.float(), self._packed, self.reduce_range)
-        y = y.view(*x.shape[:-1], self.out_features)
+        flat = x.reshape(-1, self.in_features).float()
+        # A ReLU runs inside the kernel (``linear_relu_dynamic``): no pass over the feed-forward hidden layer,
+        # the widest tensor of a transformer layer.
+        kernel = torch.ops.quantized.linear_relu_dynamic if self.activation == "relu" else torch.ops.quantized.linear_dynamic
+        y = kernel(flat, self._packed, self.reduce_range).view(*x.shape[:-1], self.out_features)
         # In place: ``y`` is the kernel's fresh output (no autograd through int8 kernels), so the
         # activation needs no second buffer of the layer's widest tensor.
         if self.activation == "prelu":
             return F.leaky_relu_(y, self.slope)
-        if self.activation == "sigmoid":
-            return y.sigmoid_()
-        return y.relu_() if self.activation == "relu" else y
+        return y.sigmoid_() if self.activation == "sigmoid" else y
 
     @property
     def weight(self) -> Tensor:

@@ -167,29 +167,43 @@ def test_global_moments_of_a_long_input_match_float64(offset: float, std: float)
 
 
 def test_the_fold_waits_for_inputs_long_enough_to_pay_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Below ``FOLD_MIN_FRAMES`` the group norm runs (the fold's small ops cost more there), from it the fold;
-    the depthwise conv's only from ``DEPTHWISE_FOLD_MIN_VALUES`` values."""
+    """Below ``FOLD_MIN_FRAMES`` the group norm runs (the fold's small ops cost more there), from it the fold
+    into the 1x1 convs; before the depthwise conv, the moments normalise a tensor of at most
+    ``NORMALIZE_MAX_VALUES`` values, the group norm a larger one, and from ``DEPTHWISE_FOLD_MIN_VALUES``
+    values they fold into the depthwise weights (its padded edges convolved once more)."""
     prepared = prepare_for_inference(_randomise(conv_tasnet(norm="gLN")))
-    folded = []
+    blocks = len(prepared.masker.blocks)
+    folded, convolved = [], []
     monkeypatch.setattr(optimize, "global_moments", lambda x: folded.append(x.shape[2]) or MOMENTS(x))
+    padded = optimize.NormDepthwise._padded
+    monkeypatch.setattr(optimize.NormDepthwise, "_padded", lambda self, h, *a: convolved.append(h) or padded(self, h, *a))
     monkeypatch.setattr(optimize, "FOLD_MIN_FRAMES", 100)
+
+    def run(samples: int) -> tuple[int, int]:
+        folded.clear(), convolved.clear()
+        _run(prepared, 1, samples)
+        return len(folded), len(convolved)
+
     with torch.inference_mode():
-        _run(prepared, 1, 4 * 90)  # about 90 frames (a hop of 4 samples)
-        assert folded == []
-        _run(prepared, 1, 4 * 150)
-        assert len(folded) == 1 + len(prepared.masker.blocks)  # the 1x1 convs only: too few values for the depthwise
+        assert run(4 * 90) == (0, blocks)  # about 90 frames (a hop of 4 samples)
+        monkeypatch.setattr(optimize, "NORMALIZE_MAX_VALUES", 0)
+        assert run(4 * 150) == (1 + blocks, blocks)  # the 1x1 convs only
+        monkeypatch.setattr(optimize, "NORMALIZE_MAX_VALUES", 10**9)
+        assert run(4 * 150) == (1 + 2 * blocks, blocks)  # the depthwise input normalised with the moments
         monkeypatch.setattr(optimize, "DEPTHWISE_FOLD_MIN_VALUES", 1)
-        _run(prepared, 1, 4 * 150)
-    assert len(folded) == 2 + 3 * len(prepared.masker.blocks) and min(folded) >= 100
+        assert run(4 * 150) == (1 + 2 * blocks, 2 * blocks)  # folded: the edges convolved once more
+    assert min(folded) >= 100
 
 
 @pytest.mark.parametrize("length", [21, 45, 90, 400, 3001])
 @pytest.mark.parametrize("uneven", [False, True])
+@pytest.mark.parametrize("depthwise_fold", [True, False])
 def test_global_norm_folded_into_the_convs_equals_the_plain_block(
-    length: int, uneven: bool, monkeypatch: pytest.MonkeyPatch
+    length: int, uneven: bool, depthwise_fold: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One item with gLN: the statistics go into the conv weights, the padded edges are computed again;
-    inputs shorter than the depthwise span take the explicit norm; an even kernel pads unevenly."""
+    inputs shorter than the depthwise span (or without the depthwise fold) are normalised with the
+    moments; an even kernel pads unevenly."""
     kernel = 4 if uneven else 3
     model = _randomise(conv_tasnet(norm="gLN", num_layers=4, num_repeats=1, conv_kernel_size=kernel))
     prepared = prepare_for_inference(model)
@@ -198,12 +212,10 @@ def test_global_norm_folded_into_the_convs_equals_the_plain_block(
     folded = []  # the fast path must run, not only give equal numbers
     monkeypatch.setattr(optimize, "global_moments", lambda x: folded.append(x.shape[2]) or MOMENTS(x))
     monkeypatch.setattr(optimize, "FOLD_MIN_FRAMES", 1)
-    monkeypatch.setattr(optimize, "DEPTHWISE_FOLD_MIN_VALUES", 1)
+    monkeypatch.setattr(optimize, "DEPTHWISE_FOLD_MIN_VALUES", 1 if depthwise_fold else 10**9)
     with torch.inference_mode():
         torch.testing.assert_close(_run(prepared, 1, length), _run(model, 1, length), rtol=0, atol=1e-5)
-    frames = folded[0]
-    spans_within = sum(block.depthwise.left + block.depthwise.right <= frames for block in blocks)
-    assert len(folded) == 1 + len(blocks) + spans_within  # bottleneck, every output conv, depthwise that fit
+    assert len(folded) == 1 + 2 * len(blocks)  # bottleneck, every depthwise and output conv
 
 
 def test_fused_conv_portable_path_equals_conv1d() -> None:

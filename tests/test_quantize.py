@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -117,18 +118,20 @@ def test_int8_linear_applies_its_activation_in_place_on_its_own_output(
     linear = x @ weight.t() + bias
     expected = {"none": linear, "prelu": torch.nn.functional.leaky_relu(linear, 0.25),
                 "sigmoid": torch.sigmoid(linear), "relu": torch.relu(linear)}[activation]  # fmt: skip
-    kernel_outputs: list[torch.Tensor] = []
-    kernel = torch.ops.quantized.linear_dynamic
+    kernel_outputs: list[tuple[str, torch.Tensor]] = []
 
-    def recording_kernel(*args: object) -> torch.Tensor:
-        kernel_outputs.append(kernel(*args))
-        return kernel_outputs[-1]
+    def recording(name: str) -> Callable[..., torch.Tensor]:
+        kernel = getattr(torch.ops.quantized, name)
+        return lambda *args: kernel_outputs.append((name, kernel(*args))) or kernel_outputs[-1][1]
 
-    monkeypatch.setattr(torch.ops.quantized, "linear_dynamic", recording_kernel)
+    for name in ("linear_dynamic", "linear_relu_dynamic"):
+        monkeypatch.setattr(torch.ops.quantized, name, recording(name))
     with torch.inference_mode():
         output = layer(x)
     assert torch.equal(x, before)  # the input is never written
-    assert output.data_ptr() == kernel_outputs[0].data_ptr()  # no second buffer for the activation
+    [(name, kernel_output)] = kernel_outputs
+    assert name == ("linear_relu_dynamic" if activation == "relu" else "linear_dynamic")  # ReLU inside the kernel
+    assert output.data_ptr() == kernel_output.data_ptr()  # no second buffer for the activation
     assert float((output - expected).abs().max()) < 0.03 * float(expected.abs().max())
 
 
