@@ -35,7 +35,8 @@ def _pairs(rows: Sequence[dict[str, Any]], condition: str) -> tuple[list[str], l
         else:
             hyps += row[f"hyp_{condition}"]
         refs += references
-    return hyps, refs
+    # Spaces a CTC decoder leaves at the ends or doubled are no character errors (the references are normalised).
+    return [" ".join(hyp.split()) for hyp in hyps], refs
 
 
 def error_rates(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -56,11 +57,12 @@ def error_rates(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def summarise(rows: Sequence[dict[str, Any]], identity: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
     """Means of every score over the rows, error rates, and this run's throughput."""
-    means = {}
+    means, counts = {}, {}
     for column in SCORE_COLUMNS:
         values = [row[column] for row in rows if column in row]
         if values:
             means[column] = round(math.fsum(values) / len(values), 3)
+            counts[column] = len(values)
     audio_s = math.fsum(row["duration_s"] for row in rows)
     return {
         "run": identity,
@@ -68,6 +70,7 @@ def summarise(rows: Sequence[dict[str, Any]], identity: dict[str, Any], elapsed_
         "silent_estimates": sum(row.get("silent_sources", 0) for row in rows),
         "audio_s": round(audio_s, 1),
         "mean": means,
+        "mean_over": counts,  # mixtures per mean: PESQ skips those it finds no speech in
         "asr": error_rates(rows),
         "elapsed_s_this_run": round(elapsed_s, 1),
     }
@@ -125,10 +128,11 @@ def to_markdown(summary: dict[str, Any]) -> str:
     if summary["silent_estimates"]:
         lines += [f"**{summary['silent_estimates']} estimated source(s) were silent**, scored {SILENT_SOURCE_DB:g} dB.", ""]
     lines += [
-        "| metric | mean |",
-        "|---|---:|",
+        "| metric | mean | mixtures |",
+        "|---|---:|---:|",
     ]
-    lines += [f"| {name} | {value:.3f} |" for name, value in summary["mean"].items()]
+    counts = summary.get("mean_over", {})
+    lines += [f"| {name} | {value:.3f} | {counts.get(name, summary['utterances'])} |" for name, value in summary["mean"].items()]
     if summary["asr"]:
         lines += ["", "| speech recognised | WER % | CER % |", "|---|---:|---:|"]
         lines += [f"| {cond} | {v['wer']:.2f} | {v['cer']:.2f} |" for cond, v in summary["asr"].items()]
@@ -169,6 +173,16 @@ def plot_reports(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out_di
         plt.close(figure)
         paths.append(out_dir / name)
     return paths
+
+
+REPORT_FILES = ("scores.csv", "summary.json", "report.md", *PLOTS)
+
+
+def remove_reports(out_dir: Path) -> None:
+    """Delete the reports a previous run left in ``out_dir``: new rows make them stale (they are rewritten
+    at the end; a run that stops before must not leave another run's numbers beside its rows)."""
+    for name in REPORT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def write_reports(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out_dir: Path, plots: bool = True) -> list[Path]:

@@ -26,9 +26,9 @@ from torch import Tensor
 from audiosep.data.asr import read_manifest
 from audiosep.data.librispeech import read_transcripts
 from audiosep.errors import UserError
-from audiosep.eval_report import SCORE_COLUMNS, summarise, write_reports
+from audiosep.eval_report import SCORE_COLUMNS, remove_reports, summarise, write_reports
 from audiosep.inference import SeparationError
-from audiosep.io import atomic_write_text, read_json
+from audiosep.io import atomic_write_text, folder_lock, read_json
 from audiosep.losses import reorder_sources
 from audiosep.metrics import separation_scores
 
@@ -261,8 +261,9 @@ def score_utterance(
     perceptual = perceptual_scores(aligned, sources, sample_rate)
     if perceptual:
         baseline = perceptual_scores(mixture.expand_as(sources), sources, sample_rate)
-        row.update(perceptual)
-        row.update({f"{name}_mixture": value for name, value in baseline.items()})
+        # A score and its mixture baseline cover the same mixtures, or the two means would not compare.
+        for name in perceptual.keys() & baseline.keys():
+            row.update({name: perceptual[name], f"{name}_mixture": baseline[name]})
     if transcriber is not None and references is not None:
         hypotheses = transcribe_conditions(transcriber, mixture, aligned, sources, sample_rate)
         row["references"] = list(references)
@@ -294,15 +295,13 @@ class RowLog:
     """The append-only ``utterances.jsonl`` of a run, and the ``run.json`` that names the run.
 
     Opening an existing folder resumes it: rows already there are kept (a torn last line from a
-    killed run is dropped) and their mixtures skipped. A folder holding another run is refused.
+    killed run is dropped, a mixture's repeated row too) and their mixtures skipped. A folder holding
+    another run is refused. The folder must exist (:func:`audiosep.io.folder_lock` makes it).
     """
 
     def __init__(self, out_dir: Path, identity: RunIdentity, restart: bool = False) -> None:
         self.out_dir = out_dir
         self.rows_path = out_dir / ROWS_FILE
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UserError(f"{out_dir}: --out-dir exists and is not a folder")
-        out_dir.mkdir(parents=True, exist_ok=True)
         run_path = out_dir / RUN_FILE
         for path in (run_path, self.rows_path):
             if path.exists() and not path.is_file():
@@ -324,12 +323,15 @@ class RowLog:
             return []
         data = self.rows_path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
-        rows = []
+        rows, seen = [], set()
         for number, line in enumerate(complete.splitlines(), start=1):
             try:
-                rows.append(_parse_row(line))
+                row = _parse_row(line)
             except ValueError as err:
                 raise UserError(f"{self.rows_path}: line {number}: {err}; use another --out-dir or --restart") from None
+            if row["id"] not in seen:  # a mixture counts once, whatever wrote it twice
+                seen.add(row["id"])
+                rows.append(row)
         if len(complete) != len(data):
             with self.rows_path.open("r+b") as handle:
                 handle.truncate(len(complete))
@@ -380,16 +382,27 @@ def evaluate(
 ) -> EvalResult:
     """Score every mixture of ``dataset`` (items ``(mixture, sources, id)``) and write the reports.
 
-    Rows already in ``out_dir`` from an interrupted run of the same ``identity`` are kept.
+    Rows already in ``out_dir`` from an interrupted run of the same ``identity`` are kept; the
+    folder is locked while the run writes into it.
 
     Raises:
-        UserError: ``limit`` below 1 (``ids[:-1]`` would quietly drop the last mixture).
+        UserError: ``limit`` below 1 (``ids[:-1]`` would quietly drop the last mixture), or another
+            run holds ``out_dir``.
     """
-    from tqdm import tqdm
-
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
-    log = RowLog(Path(out_dir), identity, restart=restart)
+    with folder_lock(Path(out_dir), "--out-dir"):
+        return _evaluate_locked(separator, dataset, Path(out_dir), identity, transcriber, transcripts, limit,
+                                restart, progress, plots)  # fmt: skip
+
+
+def _evaluate_locked(separator: Any, dataset: Any, out_dir: Path, identity: RunIdentity, transcriber: Any | None,
+                     transcripts: Mapping[str, str] | None, limit: int | None, restart: bool, progress: bool,
+                     plots: bool) -> EvalResult:  # fmt: skip
+    """:func:`evaluate` in its locked ``out_dir``."""
+    from tqdm import tqdm
+
+    log = RowLog(out_dir, identity, restart=restart)
     ids = list(dataset.ids)
     todo = list(pending(ids, log.done, limit))
     selected = ids if limit is None else ids[:limit]
@@ -398,6 +411,8 @@ def evaluate(
     if transcriber is not None and transcripts is not None:  # all of them first: fail before hours of work
         normalize = transcriber.tokenizer.normalize
         references = {i: references_for(i, separator.num_sources, transcripts, normalize) for i in selected}
+    if todo or restart:  # the reports of the rows so far (or of a run restarted) no longer hold
+        remove_reports(out_dir)
     started = time.perf_counter()
     with torch.inference_mode():
         for index in tqdm(todo, desc="evaluating", unit="mix", disable=not progress):
@@ -413,5 +428,5 @@ def evaluate(
                 row["references"] = references[row["id"]]
     summary = summarise(rows, asdict(identity), time.perf_counter() - started)
     summary["scored_this_run"] = len(todo)
-    files = write_reports(rows, summary, Path(out_dir), plots=plots)
+    files = write_reports(rows, summary, out_dir, plots=plots)
     return EvalResult(summary, rows, files)

@@ -3,6 +3,7 @@
 Each output is written to a temporary file in the destination folder (same file system, so the
 final ``os.replace`` is atomic) whose name starts with ``.<name>.`` and ends with ``.tmp``; a
 killed run leaves at most such a temp file, never a half-written output under the real name.
+:func:`folder_lock` keeps a second run out of a folder that a running one writes into.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from audiosep.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; folder_lock then locks nothing
+    fcntl = None  # type: ignore[assignment]
 
 TEMP_SUFFIX = ".tmp"
 
@@ -114,3 +122,40 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+LOCK_FILE = ".audiosep.lock"
+
+
+@contextmanager
+def folder_lock(folder: Path, option: str) -> Iterator[None]:
+    """Create ``folder`` if needed and hold an exclusive lock on it while the block runs.
+
+    Why: two runs on one output folder (a job resubmitted while the first still runs) would both
+    append the same results. The lock is the kernel's (``flock``): a killed run never leaves a stale
+    one. Where ``fcntl`` is missing (Windows) nothing is locked.
+
+    Raises:
+        UserError: ``folder`` is a file, or another process holds the lock (``option`` names the flag).
+    """
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: {option} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with (folder / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"{folder}: in use by a running audiosep command ({holder}); wait for it or "
+                            f"pass another {option}") from None  # fmt: skip
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

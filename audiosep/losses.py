@@ -17,22 +17,23 @@ from torch import Tensor, nn
 EXHAUSTIVE_PIT_MAX_SOURCES = 3
 
 
-def si_snr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
+def si_snr(estimate: Tensor, reference: Tensor, eps: float = 1e-8, dtype: torch.dtype = torch.float32) -> Tensor:
     """Scale-invariant SNR in dB over the last (time) dimension, zero-mean, eps-safe.
 
     Args:
         estimate: ``[..., T]``.
         reference: ``[..., T]``, same shape.
         eps: floor added to energies so silent signals give finite values.
+        dtype: computed in (float32 for the loss; the metrics take float64).
 
     Returns:
-        ``[...]`` SI-SNR in dB (float32).
+        ``[...]`` SI-SNR in dB (``dtype``).
     """
     if estimate.shape != reference.shape:
         raise ValueError(f"estimate {tuple(estimate.shape)} and reference {tuple(reference.shape)} differ")
     with torch.autocast(device_type=estimate.device.type, enabled=False):
-        estimate = estimate.float()
-        reference = reference.float()
+        estimate = estimate.to(dtype)
+        reference = reference.to(dtype)
         estimate = estimate - estimate.mean(dim=-1, keepdim=True)
         reference = reference - reference.mean(dim=-1, keepdim=True)
         dot = (estimate * reference).sum(dim=-1, keepdim=True)

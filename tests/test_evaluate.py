@@ -425,3 +425,99 @@ def test_the_library_refuses_a_limit_below_one(limit: int, tmp_path: Path) -> No
     with pytest.raises(UserError, match=f"limit must be at least 1, got {limit}"):
         evaluate(None, None, tmp_path, None, limit=limit)  # type: ignore[arg-type]  # refused before any use
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- review findings (stop 25)
+
+
+def test_si_snr_scores_do_not_depend_on_the_level_and_are_not_capped_by_float32() -> None:
+    """One estimate at any gain scores the same (the float32 loss with eps 1e-8 on the energies scored a 40 dB
+    estimate 18 dB at an rms of 5e-6), and a 100 dB estimate scores 100 dB, against a float64 formula."""
+    from audiosep.metrics import scored_si_snr
+
+    rng = np.random.default_rng(0)
+    reference = torch.from_numpy(rng.standard_normal((1, 1, 4000)))
+    noise = torch.from_numpy(rng.standard_normal((1, 1, 4000)))
+    for snr_db in (40.0, 100.0):
+        estimate = reference + noise * 10 ** (-snr_db / 20)
+        s, e = reference - reference.mean(), estimate - estimate.mean()
+        target = (e * s).sum() / (s * s).sum() * s
+        expected = float(10 * torch.log10((target**2).sum() / ((e - target) ** 2).sum()))
+        for gain in (1.0, 1e-3, 1e-6):
+            mixture = (gain * reference).float()[:, 0]
+            scores = separation_scores((gain * estimate).float(), (gain * reference).float(), mixture)
+            assert float(scored_si_snr((gain * estimate).float(), (gain * reference).float())) == pytest.approx(
+                expected, abs=0.05)  # float32 inputs: the estimate's own rounding at 100 dB
+            assert float(scores.si_snr[0]) == pytest.approx(expected, abs=0.05)
+
+
+def test_a_mixture_written_twice_counts_once_and_a_second_run_on_the_folder_is_refused(
+        sep_ckpt: Path, librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two runs at once on one --out-dir appended the same rows; the next report counted them twice."""
+    from audiosep.io import folder_lock
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--out-dir", str(out), "--no-progress",
+            "--no-plots"]
+    assert main(args) == 0
+    lines = (out / "utterances.jsonl").read_text().splitlines(keepends=True)
+    (out / "utterances.jsonl").write_text("".join(lines + lines[:2]))  # what a concurrent run left
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["utterances"] == 3 and summary["scored_this_run"] == 0 and len(_rows(out)) == 3
+    with folder_lock(out, "--out-dir"):  # a run still writing there
+        assert main(args) == 1
+    assert "in use by a running audiosep command (pid" in capsys.readouterr().err
+    assert main(args) == 0  # released
+
+
+def test_a_restarted_run_that_stops_early_leaves_no_report_of_the_run_before(
+        sep_ckpt: Path, librimix: Path, tmp_path: Path) -> None:
+    """--restart kept summary.json, scores.csv and report.md of the previous run beside the new rows."""
+    out = tmp_path / "eval"
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--out-dir", str(out), "--no-progress"]
+    assert main(args) == 0
+    assert (out / "summary.json").is_file() and (out / "si_snri_hist.png").is_file()
+    mixture_id = json.loads((out / "utterances.jsonl").read_text().splitlines()[1])["id"]
+    source = librimix / "wav8k" / "min" / "test" / "s1" / f"{mixture_id}.wav"
+    sf.write(source, np.zeros(sf.info(source).frames, "float32"), RATE)  # the second mixture fails: silent source
+    assert main([*args, "--restart"]) == 1
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["run.json", "utterances.jsonl"]
+
+
+def test_pesq_and_its_mixture_baseline_are_averaged_over_the_same_mixtures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where PESQ finds no speech in an estimate, the row drops pesq_mixture too (the mean over the other rows
+    beside a mean over all rows would not compare), and the summary says over how many mixtures."""
+    import audiosep.evaluation as evaluation
+
+    class Separator:
+        sample_rate, num_sources = RATE, 2
+
+        def check_length(self, *args: object) -> None:
+            pass
+
+        def separate_at_model_rate(self, mixture: torch.Tensor) -> torch.Tensor:
+            return torch.stack([mixture, torch.zeros_like(mixture)])
+
+    def fake_perceptual(estimate: torch.Tensor, reference: torch.Tensor, rate: int) -> dict[str, float]:
+        silent = bool((estimate.abs().amax(-1) == 0).any())
+        return {"stoi": 0.5} if silent else {"pesq": 2.0, "stoi": 0.7}  # PESQ refuses the silent estimate
+
+    monkeypatch.setattr(evaluation, "perceptual_scores", fake_perceptual)
+    rng = np.random.default_rng(0)
+    sources = torch.from_numpy(np.stack([harmonic_tone(rng, 4000, RATE) for _ in range(2)]))
+    row = evaluation.score_utterance(Separator(), sources.sum(0), sources, "a_b")
+    assert row["stoi"] == 0.5 and row["stoi_mixture"] == 0.7
+    assert "pesq" not in row and "pesq_mixture" not in row
+    other = {**row, "id": "c_d", "pesq": 3.0, "pesq_mixture": 2.5}
+    summary = summarise([row, other], {"data_dir": "d", "split": "test", "task": "sep_clean"}, 1.0)
+    assert summary["mean_over"]["pesq"] == summary["mean_over"]["pesq_mixture"] == 1
+    assert summary["mean_over"]["stoi"] == 2
+    assert "| pesq | 3.000 | 1 |" in to_markdown(summary)
+
+
+def test_spaces_a_ctc_decoder_leaves_are_no_character_errors() -> None:
+    rows = [{"references": ["hi there"], "hyp_mixture": " hi  there ", "hyp_separated": [" hi  there "],
+             "hyp_clean": ["hi there"]}]
+    rates = error_rates(rows)
+    assert rates["separated"] == rates["clean"] == {"wer": 0.0, "cer": 0.0}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,12 +47,17 @@ def resolve_librimix_dir(root: str | Path, n_src: int, sample_rate: int, mode: s
     )
 
 
-def read_mixture_ids(metadata_csv: Path) -> list[str]:
+SOURCE_COLUMN = re.compile(r"source_(\d+)_path")
+
+
+def read_mixture_ids(metadata_csv: Path, n_src: int) -> list[str]:
     """The ``mixture_ID`` column of an official metadata CSV, in file order.
 
     Raises:
-        UserError: the file or column is missing, or an id is not a plain file name (it would read
-            files outside the split folder) or repeats (its mixture would be scored twice).
+        UserError: the file or column is missing, the CSV lists another number of sources than
+            ``n_src`` (a 2-speaker model on Libri3Mix would be scored against two of three speakers),
+            or an id is not a plain file name (it would read files outside the split folder) or
+            repeats (its mixture would be scored twice).
     """
     if not metadata_csv.is_file():
         raise UserError(f"{metadata_csv}: metadata file not found")
@@ -59,6 +65,10 @@ def read_mixture_ids(metadata_csv: Path) -> list[str]:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "mixture_ID" not in reader.fieldnames:
             raise UserError(f"{metadata_csv}: no mixture_ID column (got {reader.fieldnames})")
+        listed = sum(SOURCE_COLUMN.fullmatch(name) is not None for name in reader.fieldnames)
+        if listed and listed != n_src:
+            raise UserError(f"{metadata_csv}: {listed} sources per mixture (source_*_path columns), the model "
+                            f"separates {n_src}; use a Libri{n_src}Mix folder or a {listed}-source model")  # fmt: skip
         numbered = [(reader.line_num, row["mixture_ID"]) for row in reader]
     check_mixture_ids(numbered, metadata_csv)
     return [mixture_id for _, mixture_id in numbered]
@@ -83,8 +93,12 @@ class LibriMixDataset(Dataset):
         if task not in MIXTURE_FOLDER:
             raise ValueError(f"unknown task {task!r}; valid: {', '.join(MIXTURE_FOLDER)}")
         self.split_dir = Path(split_dir)
-        self.ids = read_mixture_ids(metadata_csv)
+        self.ids = read_mixture_ids(metadata_csv, n_src)
         self.n_src = n_src
+        extra = self.split_dir / f"s{n_src + 1}"
+        if extra.is_dir():
+            raise UserError(f"{extra}: this split has more than {n_src} sources per mixture, the model separates "
+                            f"{n_src}; use a Libri{n_src}Mix folder")  # fmt: skip
         self.mixture_folder = MIXTURE_FOLDER[task]
         self.sample_rate = sample_rate
         self.segment_samples = None if segment is None else int(segment * sample_rate)

@@ -66,3 +66,15 @@ def test_a_missing_source_file_is_named_as_missing(split):
     (split / "test" / "s1" / "a_b.wav").unlink()
     with pytest.raises(UserError, match=r"s1/a_b.wav: no such file"):
         dataset(split, "a_b")[0]
+
+
+def test_a_split_of_three_sources_is_refused_for_a_two_source_model(split):
+    """Libri3Mix read as two sources would score a 2-speaker model against two of three speakers, silently."""
+    metadata = split / "mixture_test_mix_clean.csv"
+    metadata.write_text("mixture_ID,mixture_path,source_1_path,source_2_path,source_3_path,length\na_b,,,,,800\n")
+    with pytest.raises(UserError, match=r"mixture_test_mix_clean.csv: 3 sources per mixture .* the model separates 2"):
+        LibriMixDataset(split / "test", metadata)
+    assert len(LibriMixDataset(split / "test", metadata, n_src=3)) == 1
+    (split / "test" / "s3").mkdir()  # a CSV without source columns: the folder says it
+    with pytest.raises(UserError, match=r"test/s3: this split has more than 2 sources per mixture"):
+        dataset(split, "a_b")
