@@ -139,7 +139,7 @@ def folder_lock(folder: Path, option: str) -> Iterator[None]:
         UserError: ``folder`` is a file, or another process holds the lock (``option`` names the flag).
     """
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder}: {option} exists and is not a folder")
+        raise UserError(f"{folder}: exists and is not a folder; pass another {option}")
     folder.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
         yield

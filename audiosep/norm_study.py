@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Subset
 from audiosep.bench.measure import cpu_name
 from audiosep.errors import UserError
 from audiosep.eval_report import csv_formula_guard
-from audiosep.io import atomic_write_text, read_json
+from audiosep.io import atomic_write_text, folder_lock, read_json
 from audiosep.models import build
 from audiosep.nn.norms import (
     PowerNorm,
@@ -385,6 +385,13 @@ def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> di
     data = load_data(settings)
     check_data(settings, data)
     conditions = run_conditions(data)
+    with folder_lock(out, "--out"):  # a second study there would train and write the same runs
+        return _run_locked(settings, data, out, conditions, log)
+
+
+def _run_locked(settings: StudySettings, data: StudyData, out: Path, conditions: dict[str, Any],
+                log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """:func:`run_study` in its locked ``out`` folder."""
     state = _study_state(settings, data, out, conditions)
     steps = state["steps"]
     log(f"norm study: {settings.model}, {steps} steps per run, norms {', '.join(settings.norms)}")

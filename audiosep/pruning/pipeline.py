@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from audiosep.errors import UserError
-from audiosep.io import atomic_write_text, read_json
+from audiosep.io import LOCK_FILE, atomic_write_text, folder_lock, read_json
 from audiosep.pruning.gates import ChannelGates
 from audiosep.pruning.groups import ChannelGroup, find_groups, total_macs
 from audiosep.pruning.identity import as_json, data_identity, librimix_metadata_csvs, model_identity
@@ -289,7 +289,14 @@ def prune_model(
     L.seed_everything(settings.seed, verbose=False)
     model = model.cpu().eval()
     groups, batches = check_inputs(model, sample_rate, settings, datamodule, model_name, data_name)  # before the claim
-    claim_work_dir(work_dir, run_identity(model, sample_rate, settings, datamodule))
+    with folder_lock(work_dir, "--work-dir"):  # a second pruning there would resume from the same checkpoints
+        claim_work_dir(work_dir, run_identity(model, sample_rate, settings, datamodule))
+        return _prune_claimed(model, sample_rate, settings, datamodule, work_dir, latency_seconds, groups, batches)
+
+
+def _prune_claimed(model: nn.Module, sample_rate: int, settings: PruneSettings, datamodule: L.LightningDataModule | None,
+                   work_dir: Path, latency_seconds: float, groups: list[ChannelGroup], batches: int | None) -> tuple[nn.Module, PruneReport]:  # fmt: skip
+    """:func:`prune_model` after its checks, in its locked and claimed ``work_dir``."""
     macs = total_macs(model, sample_rate)
     scores, search_steps = score_channels(model, groups, macs, settings, datamodule, work_dir)
     keep = select_channels(groups, scores, macs, settings)
@@ -361,7 +368,7 @@ def claim_work_dir(work_dir: Path, identity: dict[str, object]) -> None:
         return
     if work_dir.exists() and not work_dir.is_dir():
         raise UserError(f"{work_dir}: exists and is not a folder; pass another --work-dir")
-    if work_dir.exists() and any(work_dir.iterdir()):
+    if work_dir.exists() and any(path.name != LOCK_FILE for path in work_dir.iterdir()):
         raise UserError(f"{work_dir}: exists and is not a pruning work folder of this run; delete it or pass another --work-dir")
     work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record, json.dumps(identity, indent=2))
