@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from audiosep.io import atomic_paths, atomic_write_text, is_temp_for
+from audiosep.errors import UserError
+from audiosep.io import atomic_paths, atomic_write_text, folder_lock, is_temp_for
 
 
 def test_written_file_has_the_umask_permissions_not_mkstemps_0600(tmp_path: Path) -> None:
@@ -41,3 +42,20 @@ def test_read_json_gives_none_for_anything_but_a_readable_json_file(tmp_path: Pa
     assert [read_json(tmp_path / name) for name in ("torn.json", "binary.json", "folder.json", "missing.json")] == [
         None, None, None, None,
     ]
+
+
+def test_folder_lock_keeps_a_second_holder_out_until_released(tmp_path: Path) -> None:
+    """The kernel's lock: a second holder (here another open file, as another process would be) is refused
+    while the first holds it, and gets it once released; a file in the folder's place is refused."""
+    folder = tmp_path / "new" / "out"
+    with folder_lock(folder, "--out-dir"):
+        assert folder.is_dir()
+        with pytest.raises(UserError, match=r"out: in use by a running audiosep command \(pid \d+\); .* --out-dir"):
+            with folder_lock(folder, "--out-dir"):
+                pass
+    with folder_lock(folder, "--out-dir"):
+        pass
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=r"afile: exists and is not a folder; pass another --out"):
+        with folder_lock(tmp_path / "afile", "--out"):
+            pass

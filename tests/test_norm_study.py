@@ -14,6 +14,7 @@ import torch
 import audiosep.norm_study as norm_study
 from audiosep.cli import main
 from audiosep.data.prep.demo_set import build_demo_set
+from audiosep.io import folder_lock
 
 TINY_SET = {"num_train": 8, "num_dev": 2, "num_test": 2, "num_speakers": 8, "progress": False}
 TINY_MODEL = ["enc_num_filters=16", "bottleneck_channels=8", "hidden_channels=16", "skip_channels=8",
@@ -91,6 +92,16 @@ def test_out_that_is_a_file_is_one_error_line(demo_set: Path, tmp_path: Path, ca
     assert main(_argv(demo_set, out, "BN")) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "exists and is not a folder" in error[0]
+
+
+def test_a_study_running_in_out_keeps_a_second_one_out(demo_set: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    out = tmp_path / "study"
+    with folder_lock(out, "--out"):
+        assert main(_argv(demo_set, out, "BN")) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "study: in use by a running audiosep command (pid" in error[0]
+    assert [path.name for path in out.iterdir()] == [".audiosep.lock"]
 
 
 def test_a_study_sized_for_other_minutes_is_refused(

@@ -12,6 +12,7 @@ import torch
 
 from audiosep.checkpoint import load_model, save_model
 from audiosep.cli import main
+from audiosep.io import folder_lock
 from audiosep.models import ConvTasNet, build
 
 RECIPE = "demo/convtasnet_tiny.yaml"
@@ -103,6 +104,10 @@ def test_a_work_folder_of_other_weights_or_settings_is_refused_not_resumed(
     (tmp_path / "afile").write_text("x")
     assert main([*base, "--method", "random", "--work-dir", str(tmp_path / "afile")]) == 1
     assert "afile: exists and is not a folder" in capsys.readouterr().err
+    with folder_lock(tmp_path / "work", "--work-dir"):  # a pruning still running there
+        assert main([*base, "--method", "random"]) == 1
+    assert "work: in use by a running audiosep command (pid" in capsys.readouterr().err
+    assert (tmp_path / "pruned.pt").read_bytes() == pruned
 
 
 def test_transformer_separator_prunes_its_ffn(tiny_librimix: Path, tmp_path: Path) -> None:
