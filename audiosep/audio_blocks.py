@@ -259,7 +259,7 @@ def _open(path: Path) -> sf.SoundFile:
     if path.stat().st_size == 0:
         raise AudioError("empty file (0 bytes)", path)
     try:
-        return sf.SoundFile(str(path))
+        return sf.SoundFile(os.fsencode(path))  # bytes: a name that is not UTF-8 (Latin-1 on Linux) opens too
     except (RuntimeError, ValueError, TypeError, OSError) as err:
         message = _libsndfile_message(err)
         if _ogg_unfinished(path):  # libsndfile cannot open some cut Ogg files at all
@@ -382,8 +382,13 @@ class CheckedAudio:
         return torch.from_numpy(np.ascontiguousarray(self._kept[: stop - start].T))
 
     def _rewind(self) -> None:
+        """Back to the first frame: a seek, or a fresh handle where the codec cannot seek (GSM 6.10, G.721)."""
         try:
-            self.handle.seek(0)
+            if self.handle.seekable():
+                self.handle.seek(0)
+            else:
+                self.handle.close()
+                self.handle = _open(self.path)
         except (RuntimeError, ValueError, TypeError, OSError) as err:
             raise AudioError(f"cannot read it again from the start ({_libsndfile_message(err)})", self.path) from err
         self._kept, self._kept_start = np.zeros((0, self.channels), dtype=np.float32), 0

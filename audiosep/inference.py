@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -165,6 +166,12 @@ def align_to_previous(current: Tensor, previous: Tensor) -> Tensor:
     return current * gain.unsqueeze(-1)
 
 
+def check_finite_input(waveform: Tensor) -> None:
+    """Raise :class:`SeparationError` counting the NaN/Inf samples of an input waveform, if any."""
+    if not torch.isfinite(waveform).all():
+        raise SeparationError(f"{int((~torch.isfinite(waveform)).sum())} non-finite sample(s) (NaN/Inf) in the input")
+
+
 def model_window(model: nn.Module) -> int:
     """The shortest input ``model`` can separate: its encoder's kernel (1 when it has none)."""
     encoder = getattr(model, "encoder", None)
@@ -190,25 +197,63 @@ def source_tag(path: str | os.PathLike, settings: str = "") -> str:
 SETTINGS_MARK = " with settings "  # between source_tag's input part and its settings digest
 
 
-COMMENT_PATH_CHARS = 1500  # libsndfile drops a WAV comment over ~2045 characters without an error
+COMMENT_PATH_BYTES = 1500  # libsndfile drops a WAV comment over ~2045 bytes without an error
 
 
 def source_prefix(path: str | os.PathLike) -> str:
     """The start of :func:`source_tag` that names the input's path only (its size and mtime follow).
 
-    A path too long for the comment is named by its SHA-256 instead (the comment would be dropped,
-    and the outputs of a rerun taken for another file's).
+    A path too long for the comment (in UTF-8 bytes), or not UTF-8 at all (a Latin-1 name on Linux),
+    is named by its SHA-256 instead: the comment would be dropped or could not be written, and the
+    outputs of a rerun taken for another file's.
     """
     absolute = os.path.abspath(path)
-    if len(absolute) > COMMENT_PATH_CHARS:
+    try:
+        size = len(absolute.encode("utf-8"))
+    except UnicodeEncodeError:
+        size = COMMENT_PATH_BYTES + 1
+    if size > COMMENT_PATH_BYTES:
         absolute = "sha256:" + hashlib.sha256(os.fsencode(absolute)).hexdigest()
     return f"audiosep: separated from {absolute} ("
+
+
+TAG_PATTERN = re.compile(
+    r"audiosep: separated from (?P<path>.*) \((?P<size>\d+) bytes, mtime_ns (?P<mtime>\d+)\)"
+    r"(?: with settings (?P<settings>.*))?", re.DOTALL
+)
+
+
+@dataclass(frozen=True)
+class SourceTag:
+    """A :func:`source_tag` taken apart: the input's path (or ``sha256:...``), size, mtime and settings."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    settings: str | None
+
+    @classmethod
+    def parse(cls, tag: str) -> SourceTag | None:
+        match = TAG_PATTERN.fullmatch(tag)
+        if match is None:
+            return None
+        return cls(match["path"], int(match["size"]), int(match["mtime"]), match["settings"])
+
+    def same_file(self, other: SourceTag) -> bool:
+        """The same input: the same path, or (a folder renamed, or reached through a symbolic link since)
+        the same file name, size and mtime."""
+        if (self.size, self.mtime_ns) != (other.size, other.mtime_ns):
+            return False
+        if self.path == other.path:
+            return True
+        hashed = self.path.startswith("sha256:") or other.path.startswith("sha256:")
+        return not hashed and os.path.basename(self.path) == os.path.basename(other.path)
 
 
 def written_from(output: str | os.PathLike) -> str | None:
     """The :func:`source_tag` an existing output carries; None for any other file."""
     try:
-        with sf.SoundFile(output) as handle:
+        with sf.SoundFile(os.fsencode(output)) as handle:
             comment = handle.comment
     except (sf.LibsndfileError, OSError, RuntimeError, TypeError):
         return None
@@ -464,19 +509,25 @@ class Separator:
             done += piece.shape[-1]
             yield piece
 
-    @torch.inference_mode()
     def separate_at_model_rate(self, mixture: Tensor) -> Tensor:
-        """``mixture[T]`` at the model's rate -> ``[S, T]``, chunked with overlap when long.
+        """``mixture[T]`` at the model's rate -> ``[S, T]`` float32, chunked with overlap when long.
+
+        The result is an ordinary tensor (not an inference-mode one), so in-place edits and autograd
+        work on it whatever the input's rate was.
 
         Raises:
             SeparationError: the mixture is not a float ``[T]`` tensor at least the model's window long,
-                or the model's output is not finite (NaN/Inf).
+                holds NaN/Inf, or the model's output is not finite.
         """
         if not isinstance(mixture, Tensor) or not mixture.is_floating_point() or mixture.dim() != 1:
             shown = f"{mixture.dtype} {tuple(mixture.shape)}" if isinstance(mixture, Tensor) else type(mixture).__name__
             raise SeparationError(f"the mixture must be a float [T] tensor at the model's rate, got {shown}")
+        check_finite_input(mixture)
         self.check_length(mixture.shape[-1], self.sample_rate)
-        return torch.cat(list(self._pieces(lambda a, b: mixture[a:b], mixture.shape[-1])), dim=-1)
+        mixture = mixture.detach().float()  # float64 and half inputs too: the model's weights are float32
+        with torch.inference_mode():
+            sources = torch.cat(list(self._pieces(lambda a, b: mixture[a:b], mixture.shape[-1])), dim=-1)
+        return sources.clone()
 
     def _chunk_estimates(
         self, read: Callable[[int, int], Tensor], starts: list[int], chunk: int, length: int
@@ -522,10 +573,7 @@ class Separator:
                 non-finite model output.
         """
         mono = self._to_mono(waveform)
-        if not torch.isfinite(mono).all():
-            raise SeparationError(
-                f"{int((~torch.isfinite(mono)).sum())} non-finite sample(s) (NaN/Inf) in the input"
-            )
+        check_finite_input(mono)
         self.check_length(mono.shape[-1], sample_rate)
         if sample_rate != self.sample_rate:
             log.info("resampling %d Hz -> %d Hz for the model", sample_rate, self.sample_rate)
@@ -613,7 +661,7 @@ class Separator:
             scale = PEAK_LIMIT / peak if peak > PEAK_LIMIT else 1.0
             if scale != 1.0:
                 log.info("%s: scaling all sources by %.3f to avoid clipping", audio.path, scale)
-            writers = [sf.SoundFile(tmp, "w", out_rate, 1, "PCM_16", format="WAV") for tmp in temps]
+            writers = [sf.SoundFile(os.fsencode(tmp), "w", out_rate, 1, "PCM_16", format="WAV") for tmp in temps]
             try:
                 for writer in writers:
                     writer.comment = tag
@@ -693,5 +741,5 @@ def write_sources_atomic(
         raise ValueError(f"peak {peak:.3g} is beyond [-1, 1] and would clip in {subtype}; scale with limit_peak first")
     with atomic_paths(paths) as temps:
         for source, tmp in zip(sources, temps, strict=True):
-            sf.write(tmp, source.detach().cpu().numpy(), sample_rate, subtype=subtype, format="WAV")
+            sf.write(os.fsencode(tmp), source.detach().cpu().numpy(), sample_rate, subtype=subtype, format="WAV")
     return [Path(p) for p in paths]

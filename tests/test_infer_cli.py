@@ -361,10 +361,10 @@ def test_an_input_with_a_very_long_path_is_skipped_on_a_rerun(
 ) -> None:
     """libsndfile drops a comment over ~2045 characters: a long absolute path is named by its digest there
     (files are named relative to a deep working folder: libsndfile refuses long names itself)."""
-    from audiosep.inference import COMMENT_PATH_CHARS, written_from
+    from audiosep.inference import COMMENT_PATH_BYTES, written_from
 
     folder = tmp_path
-    while len(str(folder)) <= COMMENT_PATH_CHARS + 600:
+    while len(str(folder)) <= COMMENT_PATH_BYTES + 600:
         folder = folder / ("d" * 200)
     folder.mkdir(parents=True)
     monkeypatch.chdir(folder)
@@ -492,7 +492,7 @@ def test_failure_writing_the_second_source_leaves_nothing(
     monkeypatch.setattr(sf.SoundFile, "write", failing_write)
     out = tmp_path / "out"
     assert infer(ckpt, "--out-dir", out, wav) == 1
-    assert len(files) == 2 and all(name.endswith(".tmp") for name in files)
+    assert len(files) == 2 and all(os.fsdecode(name).endswith(".tmp") for name in files)
     _, lines = errors(capsys)
     assert len(lines) == 1 and "No space left on device" in lines[0]
     assert all_files(out) == []  # no output, no temp file, no scratch file
@@ -544,3 +544,118 @@ def test_an_input_taken_for_the_stream_block_size_is_explained(ckpt: Path, tmp_p
     assert "is not a number of milliseconds (to give inputs right after --stream, put -- before them)" in (
         capsys.readouterr().err
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Review findings (stop 25): each failed before its fix.
+
+
+def test_a_codec_that_cannot_seek_is_read_again_from_a_fresh_handle(ckpt: Path, tmp_path: Path) -> None:
+    """GSM 6.10 WAV (telephony) cannot seek: the check pass then a rewind refused every such file."""
+    wav = write(tmp_path / "call.wav", subtype="GSM610")
+    assert not sf.SoundFile(wav).seekable()
+    assert infer(ckpt, "--out-dir", tmp_path / "out", wav) == 0
+    mixture, rate = read_mixture(wav)
+    expected, _ = sf.read(wav, dtype="float32")
+    assert rate == RATE and torch.equal(mixture.reshape(-1), torch.from_numpy(expected))
+
+
+def test_an_output_name_too_long_or_an_input_gone_is_one_line_and_the_batch_goes_on(
+    ckpt: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Path.exists raised 'File name too long' (a 253-byte input name) and os.stat of an input removed mid-batch
+    raised FileNotFoundError: tracebacks that ended the batch."""
+    import audiosep.commands.infer as infer_command
+
+    folder = tmp_path / "in"
+    long_name = write(folder / ("a" * 249 + ".wav"))
+    for name in ("b.wav", "c.wav"):
+        write(folder / name)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, folder) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and long_name.name in lines[0] and "too long" in lines[0]
+    assert all_files(out) == ["b_s1.wav", "b_s2.wav", "c_s1.wav", "c_s2.wav"]
+    process = infer_command.process
+
+    def removing_b(plan: infer_command.Plan, *args: object) -> None:
+        if plan.input.path.name == "b.wav":
+            plan.input.path.unlink()
+        return process(plan, *args)
+
+    monkeypatch.setattr(infer_command, "process", removing_b)
+    assert infer(ckpt, "--out-dir", out, folder / "b.wav", folder / "c.wav") == 1
+    captured, lines = errors(capsys)
+    assert len(lines) == 1 and "b.wav: cannot check its outputs (No such file or directory)" in lines[0]
+    assert f"{folder / 'c.wav'}: skipped, outputs exist" in captured
+
+
+def test_a_folder_reached_by_a_link_or_renamed_does_not_separate_its_own_outputs(
+    ckpt: Path, tmp_path: Path, capsys
+) -> None:
+    """With --out-dir the input folder, outputs are recognised by the input's name, size and mtime when its path
+    changed (a symbolic link, a renamed folder): they were separated again into x_s1_s1.wav ..."""
+    real = tmp_path / "real"
+    write(real / "x.wav")
+    assert infer(ckpt, "--out-dir", real, real) == 0
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    assert infer(ckpt, "--out-dir", link, link) == 0
+    assert "0 written, 3 skipped, 0 failed" in capsys.readouterr().err
+    moved = tmp_path / "moved"
+    real.rename(moved)
+    assert infer(ckpt, "--out-dir", moved, moved) == 0
+    assert "0 written, 3 skipped, 0 failed" in capsys.readouterr().err
+    assert all_files(moved) == ["x.wav", "x_s1.wav", "x_s2.wav"]
+
+
+def test_another_name_of_an_input_gets_its_own_line(ckpt: Path, tmp_path: Path, capsys) -> None:
+    """A symbolic or hard link to an input was dropped without a line: 3 files found, 1 written, 0 skipped."""
+    original = write(tmp_path / "all" / "utt1.wav")
+    view = tmp_path / "view"
+    view.mkdir()
+    (view / "spk1_utt1.wav").symlink_to(original)
+    os.link(original, view / "hard_utt1.wav")
+    assert infer(ckpt, "--out-dir", tmp_path / "out", original, view) == 0
+    captured = capsys.readouterr()
+    assert "1 written, 2 skipped, 0 failed" in captured.err
+    for name in ("spk1_utt1.wav", "hard_utt1.wav"):
+        assert f"{view / name}: skipped, the same file as {original}" in captured.out
+
+
+def test_a_multibyte_or_non_utf8_path_keeps_its_outputs_recognised(
+    ckpt: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The comment's path budget is in bytes (775 CJK characters were 2215 bytes: the comment was dropped), and
+    a Latin-1 file name (not UTF-8) could not be opened nor named in the comment."""
+    from audiosep.inference import COMMENT_PATH_BYTES, written_from
+
+    folder = tmp_path
+    while len(os.fsencode(folder)) <= COMMENT_PATH_BYTES + 300:
+        folder = folder / ("語" * 60)
+    assert len(str(folder)) < COMMENT_PATH_BYTES
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(folder)
+    latin1 = os.fsdecode(b"caf\xe9.wav")
+    for name in ("x.wav", latin1):
+        sf.write(os.fsencode(name), speech(0), RATE)  # soundfile encodes a str name as UTF-8
+        out = tmp_path / "out"
+        assert infer(ckpt, "--out-dir", out, name) == 0
+        stem = Path(name).stem
+        assert written_from(out / f"{stem}_s1.wav").startswith("audiosep: separated from sha256:")
+        assert infer(ckpt, "--out-dir", out, name) == 0
+        assert "0 written, 1 skipped, 0 failed" in capsys.readouterr().err
+
+
+def test_the_api_returns_ordinary_tensors_and_takes_float64(ckpt: Path) -> None:
+    """At the model's rate separate() returned an inference tensor (in-place edits raised), and
+    separate_at_model_rate(float64) failed inside the model."""
+    separator = Separator.from_checkpoint(ckpt)
+    mixture = torch.from_numpy(speech(0))
+    for sources in (separator.separate(mixture, RATE), separator.separate(mixture, RATE, keep_model_rate=True),
+                    separator.separate_at_model_rate(mixture)):  # fmt: skip
+        assert not sources.is_inference()
+        sources /= sources.abs().max()
+    torch.testing.assert_close(separator.separate_at_model_rate(mixture.double()), separator.separate_at_model_rate(mixture))
+    with pytest.raises(SeparationError, match="1 non-finite sample"):
+        separator.separate_at_model_rate(torch.where(torch.arange(len(mixture)) == 5, torch.nan, mixture))

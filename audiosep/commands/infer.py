@@ -149,7 +149,7 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
     input_ids = {file_id(plan.input.path): plan for plan in separated}
     for plan in separated:
         for output in plan.outputs:
-            victim = input_ids.get(file_id(output)) if output.exists() else None
+            victim = input_ids.get(file_id(output))  # None where the output does not exist (or cannot)
             if victim is not None and plan.error is None:
                 plan.error = (
                     f"output {shown(output)} would overwrite the input file {shown(victim.input.label)}"
@@ -159,23 +159,28 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
 
 def output_origin(output: str | os.PathLike, source: str | os.PathLike, settings: str) -> str:
     """What ``output``'s WAV comment says of it: ``this`` result (``source`` as it is now, ``settings``),
-    ``other settings`` (this input, another model or options), or ``foreign`` (anything else)."""
-    from audiosep.inference import SETTINGS_MARK, source_tag, written_from
+    ``other settings`` (this input, another model or options; an output of an older version carries
+    none), or ``foreign`` (anything else). The input may have been reached by another path since
+    (:meth:`audiosep.inference.SourceTag.same_file`)."""
+    from audiosep.inference import SourceTag, source_tag, written_from
 
-    tag = written_from(output)
-    if tag is None:
+    written = SourceTag.parse(written_from(output) or "")
+    current = SourceTag.parse(source_tag(source, settings))
+    if written is None or current is None or not written.same_file(current):
         return "foreign"
-    if tag == source_tag(source, settings):
-        return "this"
-    this_input = source_tag(source)  # an output of an older version carries no settings
-    return "other settings" if tag == this_input or tag.startswith(this_input + SETTINGS_MARK) else "foreign"
+    return "this" if written.settings == current.settings else "other settings"
 
 
 def names_source(output: str | os.PathLike, source: str | os.PathLike) -> bool:
-    """Whether ``output``'s WAV comment names ``source``'s path (``source`` may have changed since)."""
-    from audiosep.inference import source_prefix, written_from
+    """Whether ``output``'s WAV comment names ``source``: its path (``source`` may have changed since), or
+    ``source`` as it is now reached by another path (a folder renamed or linked since)."""
+    from audiosep.inference import SourceTag, source_prefix, source_tag, written_from
 
-    return (written_from(output) or "").startswith(source_prefix(source))
+    tag = written_from(output) or ""
+    if tag.startswith(source_prefix(source)):
+        return True
+    written, current = SourceTag.parse(tag), SourceTag.parse(source_tag(source))
+    return written is not None and current is not None and written.same_file(current)
 
 
 def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, report: Report) -> None:
@@ -189,14 +194,18 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
     if plan.error:
         report.error(label, plan.error)
         return
-    present = [output for output in plan.outputs if output.exists() or output.is_symlink()]
-    not_files = [output for output in present if not output.is_file()]
+    try:  # a name too long for the file system, or an input removed since it was found
+        present = [output for output in plan.outputs if output.exists() or output.is_symlink()]
+        not_files = [output for output in present if not output.is_file()]
+        settings = separator.output_settings(args.keep_model_rate, args.channel)
+        origins = {output: output_origin(output, plan.input.path, settings) for output in present}
+    except OSError as err:
+        report.error(label, f"cannot check its outputs ({err.strerror or err}); nothing written for it")
+        return
     if not_files:
         report.error(label, f"output path {shown(not_files[0])} exists and is not a file")
         return
     if present and not args.overwrite:
-        settings = separator.output_settings(args.keep_model_rate, args.channel)
-        origins = {output: output_origin(output, plan.input.path, settings) for output in present}
         foreign = [output for output, origin in origins.items() if origin == "foreign"]
         other = [output for output, origin in origins.items() if origin == "other settings"]
         if foreign:

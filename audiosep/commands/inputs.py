@@ -61,6 +61,11 @@ class Report:
         self.skipped += 1
         print(f"{shown(label)}: skipped, an output of {shown(source)} (not separated again)")
 
+    def skip_same(self, label: str, first: str) -> None:
+        """``label`` is another name (a link) of the input ``first``: separated once, under ``first``'s name."""
+        self.skipped += 1
+        print(f"{shown(label)}: skipped, the same file as {shown(first)} (a link; separated once, as {shown(first)})")
+
     def wrote(self, label: str, outputs: list[Path]) -> None:
         self.written += 1
         print(f"{shown(label)} -> {', '.join(shown(p) for p in outputs)}")
@@ -134,16 +139,20 @@ def collect_inputs(
     output folder); problems found here are reported as failures."""
     exclude = exclude.resolve() if exclude is not None else None
     inputs: list[Input] = []
-    seen: set[tuple[int, int]] = set()
+    seen: dict[tuple[int, int], Input] = {}
 
     def add(path: Path, label: str) -> None:
         identity = file_id(path)
-        if identity is None or identity in seen:  # the same file named twice is taken once
-            if identity is not None:
-                log.info("%s: given more than once; taken once", label)
+        if identity is None:
             return
-        seen.add(identity)
-        inputs.append(Input(path, label))
+        first = seen.get(identity)
+        if first is None:
+            seen[identity] = Input(path, label)
+            inputs.append(seen[identity])
+        elif os.path.abspath(first.path) == os.path.abspath(path):  # the same file named twice is taken once
+            log.info("%s: given more than once; taken once", label)
+        else:  # another name of it (a symbolic or hard link): one outcome per name, and this one says so
+            report.skip_same(label, first.label)
 
     def expand(path: Path, label: str) -> None:
         if path.is_dir():
