@@ -173,8 +173,8 @@ def test_the_fold_waits_for_inputs_long_enough_to_pay_for_it(monkeypatch: pytest
     prepared = prepare_for_inference(_randomise(conv_tasnet(norm="gLN")))
     blocks = len(prepared.masker.blocks)
     normalised, convolved = [], []
-    normalise = optimize.ChannelsLastNorm._global
-    monkeypatch.setattr(optimize.ChannelsLastNorm, "_global", lambda self, x: normalised.append(x) or normalise(self, x))
+    normalise = optimize.ChannelsLastNorm.forward
+    monkeypatch.setattr(optimize.ChannelsLastNorm, "forward", lambda self, x: normalised.append(x) or normalise(self, x))
     padded = optimize.NormDepthwise._padded
     monkeypatch.setattr(optimize.NormDepthwise, "_padded", lambda self, h, *a: convolved.append(h) or padded(self, h, *a))
     monkeypatch.setattr(optimize, "FOLD_MIN_FRAMES", 100)
@@ -194,12 +194,19 @@ def test_the_fold_waits_for_inputs_long_enough_to_pay_for_it(monkeypatch: pytest
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize(("offset", "std"), [(0.0, 1.0), (100.0, 1.0), (1000.0, 0.5)])
+@pytest.mark.parametrize("flat", [True, False])
 def test_channels_last_global_norm_stays_precise_when_the_mean_outweighs_the_spread(
-    batch: int, affine: bool, offset: float, std: float
+    batch: int, affine: bool, offset: float, std: float, flat: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each item's gLN as close to float64 as the plain model's (channels-first) group norm, within 1e-5 where
     that is, while torch's channels-last group norm is 2e-2 (mean 100x the spread) to 5e4 (1000x) off: the
-    prepared model's gLN of a batch, or of one short input, runs on it."""
+    prepared model's gLN of a batch, or of one short input, runs on it. Both paths: the channels-first group
+    norm of each item as one row (small items), and the sums of global_moments (large ones)."""
+    if not flat:
+        monkeypatch.setattr(optimize, "FLAT_NORM_MAX_VALUES", 0)
+        monkeypatch.setattr(optimize, "FLAT_AFFINE_MAX_VALUES", 0)
+    sums = []
+    monkeypatch.setattr(optimize, "global_moments", lambda x: sums.append(x) or MOMENTS(x))
     torch.manual_seed(0)
     gln = _randomise(conv_tasnet(norm="gLN")).masker.blocks[0].in_norm
     x = (offset + std * torch.randn(batch, gln.num_channels, 700, 1)) * torch.tensor([1.0, 3.0])[:batch].view(-1, 1, 1, 1)
@@ -211,6 +218,7 @@ def test_channels_last_global_norm_stays_precise_when_the_mean_outweighs_the_spr
     assert actual.is_contiguous(memory_format=torch.channels_last)
     plain_error = float((plain.double() - expected).abs().max())
     assert float((actual.double() - expected).abs().max()) <= max(1e-5, 3 * plain_error)
+    assert len(sums) == (0 if flat else batch)  # the path meant ran
 
 
 @pytest.mark.parametrize("length", [21, 45, 90, 400, 3001])
@@ -233,7 +241,10 @@ def test_global_norm_folded_into_the_convs_equals_the_plain_block(
     monkeypatch.setattr(optimize, "DEPTHWISE_FOLD_MIN_VALUES", 1 if depthwise_fold else 10**9)
     with torch.inference_mode():
         torch.testing.assert_close(_run(prepared, 1, length), _run(model, 1, length), rtol=0, atol=1e-5)
-    assert len(folded) == 1 + 2 * len(blocks)  # bottleneck, every depthwise and output conv
+    frames = folded[0]
+    spans_within = sum(block.depthwise.left + block.depthwise.right <= frames for block in blocks)
+    # bottleneck, every output conv, and the depthwise convs that fit (the others normalise their input)
+    assert len(folded) == 1 + len(blocks) + (spans_within if depthwise_fold else 0)
 
 
 def test_fused_conv_portable_path_equals_conv1d() -> None:
