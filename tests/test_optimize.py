@@ -203,8 +203,7 @@ def test_channels_last_global_norm_stays_precise_when_the_mean_outweighs_the_spr
     prepared model's gLN of a batch, or of one short input, runs on it. Both paths: the channels-first group
     norm of each item as one row (small items), and the sums of global_moments (large ones)."""
     if not flat:
-        monkeypatch.setattr(optimize, "FLAT_NORM_MAX_VALUES", 0)
-        monkeypatch.setattr(optimize, "FLAT_AFFINE_MAX_VALUES", 0)
+        monkeypatch.setattr(optimize, "FLAT_MAX_VALUES", 0)
     sums = []
     monkeypatch.setattr(optimize, "global_moments", lambda x: sums.append(x) or MOMENTS(x))
     torch.manual_seed(0)
