@@ -240,14 +240,24 @@ class SourceTag:
         return cls(match["path"], int(match["size"]), int(match["mtime"]), match["settings"])
 
     def same_file(self, other: SourceTag) -> bool:
-        """The same input: the same path, or (a folder renamed, or reached through a symbolic link since)
-        the same file name, size and mtime."""
+        """The same input as it is now: the same size and mtime, and the same path or, reached through a
+        symbolic link since, a path to the same file (two recordings of one size and mtime, unpacked from
+        one archive, are not the same input)."""
         if (self.size, self.mtime_ns) != (other.size, other.mtime_ns):
             return False
         if self.path == other.path:
             return True
+        try:
+            return os.path.samefile(self.path, other.path)
+        except OSError:  # a path that is gone (a renamed folder) or a digest
+            return False
+
+    def moved_from(self, other: SourceTag) -> bool:
+        """Whether this tag may name ``other``'s file before its folder was renamed: the same file name,
+        size and mtime. Evidence enough only for a file that also sits where ``other``'s output goes."""
         hashed = self.path.startswith("sha256:") or other.path.startswith("sha256:")
-        return not hashed and os.path.basename(self.path) == os.path.basename(other.path)
+        same_name = not hashed and os.path.basename(self.path) == os.path.basename(other.path)
+        return same_name and (self.size, self.mtime_ns) == (other.size, other.mtime_ns)
 
 
 def written_from(output: str | os.PathLike) -> str | None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -152,6 +153,11 @@ def folder_lock(folder: Path, option: str) -> Iterator[None]:
             holder = handle.read().strip() or "another process"
             raise UserError(f"{folder}: in use by a running audiosep command ({holder}); wait for it or "
                             f"pass another {option}") from None  # fmt: skip
+        except OSError as err:  # a file system without flock (some network and FUSE mounts)
+            warnings.warn(f"{folder}: cannot be locked ({err.strerror or err}); do not run two commands on it at once",
+                          stacklevel=3)  # fmt: skip
+            yield
+            return
         handle.truncate(0)
         handle.write(f"pid {os.getpid()}")
         handle.flush()

@@ -593,8 +593,10 @@ def test_an_output_name_too_long_or_an_input_gone_is_one_line_and_the_batch_goes
 def test_a_folder_reached_by_a_link_or_renamed_does_not_separate_its_own_outputs(
     ckpt: Path, tmp_path: Path, capsys
 ) -> None:
-    """With --out-dir the input folder, outputs are recognised by the input's name, size and mtime when its path
-    changed (a symbolic link, a renamed folder): they were separated again into x_s1_s1.wav ..."""
+    """With --out-dir the input folder, outputs were separated again (x_s1_s1.wav ...) once the input's path
+    changed. Through a symbolic link the input is the same file: all skipped. After a rename, the files where
+    x.wav's outputs go that name x.wav's file name, size and mtime are its outputs, not inputs; whether they are
+    its result cannot be told (the recorded path is gone): one error that --overwrite clears."""
     real = tmp_path / "real"
     write(real / "x.wav")
     assert infer(ckpt, "--out-dir", real, real) == 0
@@ -604,9 +606,41 @@ def test_a_folder_reached_by_a_link_or_renamed_does_not_separate_its_own_outputs
     assert "0 written, 3 skipped, 0 failed" in capsys.readouterr().err
     moved = tmp_path / "moved"
     real.rename(moved)
-    assert infer(ckpt, "--out-dir", moved, moved) == 0
-    assert "0 written, 3 skipped, 0 failed" in capsys.readouterr().err
+    assert infer(ckpt, "--out-dir", moved, moved) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("audiosep: error:")]
+    assert "0 written, 2 skipped, 1 failed" in captured.err
+    assert len(lines) == 1 and "x_s1.wav exists and was not written from this input" in lines[0]
     assert all_files(moved) == ["x.wav", "x_s1.wav", "x_s2.wav"]
+    assert infer(ckpt, "--out-dir", moved, "--overwrite", moved) == 0
+    assert all_files(moved) == ["x.wav", "x_s1.wav", "x_s2.wav"]
+
+
+def test_two_recordings_of_one_name_size_and_mtime_are_not_taken_for_each_other(
+    ckpt: Path, tmp_path: Path, capsys
+) -> None:
+    """Unpacked from one archive, dev/0001.wav and test/0001.wav have one size and mtime: the outputs of one were
+    skipped as the other's (reviewer), a silent wrong result."""
+    dev, test = write(tmp_path / "dev" / "0001.wav", seed=1), write(tmp_path / "test" / "0001.wav", seed=2)
+    os.utime(test, ns=(dev.stat().st_atime_ns, dev.stat().st_mtime_ns))
+    out = tmp_path / "sep"
+    assert infer(ckpt, "--out-dir", out, dev) == 0
+    before = (out / "0001_s1.wav").read_bytes()
+    assert infer(ckpt, "--out-dir", out, test) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "0001_s1.wav exists and was not written from this input" in lines[0]
+    assert (out / "0001_s1.wav").read_bytes() == before
+
+
+def test_an_input_gone_before_planning_fails_alone(tmp_path: Path) -> None:
+    """An input removed between the search and the plan had no file id: None became a key, and every output not
+    written yet (also None) 'would overwrite' it, so every input failed (reviewer)."""
+    from audiosep.commands.infer import plan_outputs
+    from audiosep.commands.inputs import Input
+
+    inputs = [Input(write(tmp_path / f"{name}.wav"), name) for name in ("a", "b", "c")]
+    inputs[1].path.unlink()
+    assert [plan.error for plan in plan_outputs(inputs, tmp_path / "out", 2)] == [None, None, None]
 
 
 def test_another_name_of_an_input_gets_its_own_line(ckpt: Path, tmp_path: Path, capsys) -> None:

@@ -59,3 +59,21 @@ def test_folder_lock_keeps_a_second_holder_out_until_released(tmp_path: Path) ->
     with pytest.raises(UserError, match=r"afile: exists and is not a folder; pass another --out"):
         with folder_lock(tmp_path / "afile", "--out"):
             pass
+
+
+def test_folder_lock_runs_unlocked_with_a_warning_where_the_file_system_has_no_flock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network and FUSE mounts answer flock with ENOSYS: the commands stopped there with a traceback."""
+    import errno
+
+    import audiosep.io as io
+
+    def no_flock(handle: object, operation: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(io.fcntl, "flock", no_flock)
+    with pytest.warns(UserWarning, match=r"out: cannot be locked \(Function not implemented\)"):
+        with folder_lock(tmp_path / "out", "--out-dir"):
+            ran = True
+    assert ran

@@ -146,7 +146,7 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
                 )
 
     # Never replace an input file.
-    input_ids = {file_id(plan.input.path): plan for plan in separated}
+    input_ids = {key: plan for plan in separated if (key := file_id(plan.input.path)) is not None}  # gone: no key
     for plan in separated:
         for output in plan.outputs:
             victim = input_ids.get(file_id(output))  # None where the output does not exist (or cannot)
@@ -160,7 +160,7 @@ def plan_outputs(inputs: list[Input], out_dir: Path, num_sources: int) -> list[P
 def output_origin(output: str | os.PathLike, source: str | os.PathLike, settings: str) -> str:
     """What ``output``'s WAV comment says of it: ``this`` result (``source`` as it is now, ``settings``),
     ``other settings`` (this input, another model or options; an output of an older version carries
-    none), or ``foreign`` (anything else). The input may have been reached by another path since
+    none), or ``foreign`` (anything else). The input may have been reached through a symbolic link since
     (:meth:`audiosep.inference.SourceTag.same_file`)."""
     from audiosep.inference import SourceTag, source_tag, written_from
 
@@ -172,15 +172,16 @@ def output_origin(output: str | os.PathLike, source: str | os.PathLike, settings
 
 
 def names_source(output: str | os.PathLike, source: str | os.PathLike) -> bool:
-    """Whether ``output``'s WAV comment names ``source``: its path (``source`` may have changed since), or
-    ``source`` as it is now reached by another path (a folder renamed or linked since)."""
+    """Whether ``output`` (a file found where ``source``'s output goes) is ``source``'s output: its comment
+    names ``source``'s path (``source`` may have changed since), or ``source`` as it is now under another
+    path (its folder linked or renamed since: :meth:`audiosep.inference.SourceTag.moved_from`)."""
     from audiosep.inference import SourceTag, source_prefix, source_tag, written_from
 
     tag = written_from(output) or ""
     if tag.startswith(source_prefix(source)):
         return True
     written, current = SourceTag.parse(tag), SourceTag.parse(source_tag(source))
-    return written is not None and current is not None and written.same_file(current)
+    return written is not None and current is not None and written.moved_from(current)
 
 
 def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, report: Report) -> None:
