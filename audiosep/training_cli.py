@@ -77,6 +77,7 @@ def resolve_config_paths(argv: list[str]) -> list[str]:
         else:
             continue
         if Path(value).is_file():
+            read_recipe_yaml(Path(value))  # its errors name the file
             continue
         recipe = packaged_recipe(value.removeprefix("recipes/"))
         if recipe is None:
@@ -86,6 +87,24 @@ def resolve_config_paths(argv: list[str]) -> list[str]:
         else:
             resolved[i] = f"--config={recipe}"
     return resolved
+
+
+def read_recipe_yaml(path: Path) -> Any:
+    """A recipe file's YAML, read as ``fit`` reads it (:func:`yaml_without_aliases`); a file that is not UTF-8
+    YAML is one error naming it, the line and the column.
+
+    Why: jsonargparse parses the file's text, so its own message names ``"<unicode string>"``, not the file.
+    """
+    import yaml
+
+    try:
+        return yaml_without_aliases(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = "" if mark is None else f", line {mark.line + 1}, column {mark.column + 1}"
+        raise UserError(f"{path}: not valid YAML ({getattr(err, 'problem', None) or one_line(err, 120)}{where})") from None
 
 
 PARSER_ERROR_CHARS = 600  # room for a list of valid choices, not for a config dump
@@ -269,18 +288,28 @@ def restrict_imports() -> None:
 
 
 def yaml_without_aliases(text: str) -> Any:
-    """jsonargparse's YAML loading, after a parse-only pass that refuses ``*alias`` (not expanded: linear cost).
+    """jsonargparse's YAML loading, after a parse-only pass that refuses ``*alias`` (not expanded: linear cost)
+    and nesting deeper than :data:`MAX_YAML_DEPTH`.
 
     Why: a recipe of a few hundred bytes with nested aliases ("billion laughs") stands for a value
     of exponential size that the parser's checks expand (minutes and GBs); recipes never need them.
+    A list nested 2000 levels deep ended jsonargparse in a RecursionError traceback.
     """
     import yaml
     from jsonargparse._loaders_dumpers import yaml_load
 
+    depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not supported", event.start_mark)
+        depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+        if depth > MAX_YAML_DEPTH:  # jsonargparse recurses per level: a traceback further down
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                              event.start_mark)  # fmt: skip
     return yaml_load(text)
+
+
+MAX_YAML_DEPTH = 64  # recipes nest 4-6 levels
 
 
 def refuse_yaml_aliases() -> None:

@@ -62,15 +62,9 @@ def recipe_sha256(config: str) -> str:
 
 def _read_recipe(config: str) -> Any:
     """The recipe as YAML, read like ``audiosep fit`` reads it: aliases (``*name``) refused, not expanded."""
-    import yaml
+    from audiosep.training_cli import read_recipe_yaml
 
-    from audiosep.training_cli import yaml_without_aliases
-
-    try:
-        return yaml_without_aliases(recipe_file(config).read_text())
-    except yaml.YAMLError as err:
-        problem = getattr(err, "problem", None) or err.__class__.__name__
-        raise UserError(f"{config}: not valid YAML ({one_line(problem)})") from err
+    return read_recipe_yaml(recipe_file(config))
 
 
 def _data_arguments(config: str, init_args: dict[str, Any]) -> dict[str, Any]:

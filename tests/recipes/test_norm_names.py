@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from audiosep.cli import main
@@ -60,10 +62,30 @@ def test_a_recipe_with_yaml_aliases_is_refused_before_they_expand(
     lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 4)]  # small: fails fast without the check
     recipe = tmp_path_factory.mktemp("recipe") / "laughs.yaml"
     recipe.write_text("\n".join(lines) + "\ntrainer:\n  max_epochs: 1\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", "demo/convtasnet_tiny.yaml", "--config", str(recipe), "--print_config"])
+    assert main(["fit", "--config", "demo/convtasnet_tiny.yaml", "--config", str(recipe), "--print_config"]) == 1
+    assert f"{recipe}: not valid YAML (YAML aliases (*name) are not supported, line 2, column" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a value on the command line: the parser's own one line
+        main(["fit", "--config", "demo/convtasnet_tiny.yaml", "--trainer.max_epochs", "[&a 1, *a]", "--print_config"])
     assert exit_info.value.code != 0
-    assert "YAML aliases (*name) are not supported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("model:\n  foo: [1, 2\n", "not valid YAML (expected ',' or ']', but got '<stream end>', line 3, column 1)"),
+        ("a: " + "[" * 2000 + "]" * 2000 + "\n", "not valid YAML (nested more than 64 levels deep, line 1, column 67)"),
+        (b"\xff\xfe", "not UTF-8 text (invalid start byte at byte 0)"),
+    ],
+)
+def test_a_recipe_that_is_not_yaml_is_one_line_naming_the_file_line_and_column(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str | bytes, says: str
+) -> None:
+    """jsonargparse named the file "<unicode string>", and a list nested 2000 deep ended in a RecursionError."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["fit", "--config", str(recipe), "--print_config"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"audiosep: error: {recipe}: {says}"]
 
 
 @pytest.mark.parametrize(
