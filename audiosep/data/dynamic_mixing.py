@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -156,7 +157,7 @@ class DynamicMixingDataset(Dataset):
             raise UserError(
                 f"dynamic mixing needs at least {n_src} speakers, got {len({e.speaker for e in sources})}"
             )
-        if segment <= 0:
+        if not (math.isfinite(segment) and segment > 0):
             raise UserError(f"segment must be positive seconds, got {segment}")
         self.sources, self.noises = sources, noises or []
         self.n_src, self.sample_rate, self.seed = n_src, sample_rate, seed

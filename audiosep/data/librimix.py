@@ -12,6 +12,7 @@ moved or copied folder still works.
 from __future__ import annotations
 
 import csv
+import math
 import random
 import re
 from pathlib import Path
@@ -38,6 +39,10 @@ def resolve_librimix_dir(root: str | Path, n_src: int, sample_rate: int, mode: s
     """Find ``.../Libri{n}Mix/wav{sr}k/{mode}`` from ``root`` (that folder, ``Libri{n}Mix`` or its parent)."""
     root = Path(root).expanduser()
     tail = Path(f"wav{sample_rate // 1000}k") / mode
+    named = root.name in ("min", "max") and re.fullmatch(r"wav\d+k", root.parent.name) is not None
+    if named and (root / "metadata").is_dir() and Path(root.parent.name, root.name) != tail:
+        # the min folder read as max (or 16k as 8k) trained on other data than the recipe says
+        raise UserError(f"{root}: a {root.parent.name}/{root.name} folder, but {tail} was asked for (mode, sample_rate)")
     for candidate in (root, root / tail, root / f"Libri{n_src}Mix" / tail):
         if (candidate / "metadata").is_dir():
             return candidate
@@ -92,6 +97,9 @@ class LibriMixDataset(Dataset):
     ) -> None:
         if task not in MIXTURE_FOLDER:
             raise ValueError(f"unknown task {task!r}; valid: {', '.join(MIXTURE_FOLDER)}")
+        if segment is not None and not (math.isfinite(segment) and segment * sample_rate >= 1):
+            # 0 gave empty items, a negative one random tails of the files (soundfile reads -n frames to the end)
+            raise UserError(f"segment must be positive seconds, at least one sample (null: whole utterances), got {segment}")
         self.split_dir = Path(split_dir)
         self.ids = read_mixture_ids(metadata_csv, n_src)
         self.n_src = n_src

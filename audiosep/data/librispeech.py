@@ -28,10 +28,10 @@ def read_transcripts(chapter_dir: Path) -> dict[str, str]:
     texts: dict[str, str] = {}
     for transcript in sorted(chapter_dir.glob("*.trans.txt")):
         try:
-            content = transcript.read_text(encoding="utf-8")
+            content = transcript.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first id
         except UnicodeDecodeError as err:
             raise UserError(f"{transcript}: not UTF-8 text (byte {err.start})") from None
-        for line in content.splitlines():
+        for line in content.split("\n"):  # not splitlines(): U+2028, U+0085 or a form feed inside a text cut it
             utterance_id, _, text = line.strip().partition(" ")
             if utterance_id:
                 texts[utterance_id] = text.strip()

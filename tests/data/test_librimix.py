@@ -78,3 +78,26 @@ def test_a_split_of_three_sources_is_refused_for_a_two_source_model(split):
     (split / "test" / "s3").mkdir()  # a CSV without source columns: the folder says it
     with pytest.raises(UserError, match=r"test/s3: this split has more than 2 sources per mixture"):
         dataset(split, "a_b")
+
+
+@pytest.mark.parametrize("segment", [0.0, -1.0, 0.0001, float("nan")])
+def test_a_segment_shorter_than_one_sample_is_refused(split, segment):
+    """0 gave empty items, -1 random tails of the files (soundfile reads a negative frame count to the end)."""
+    metadata = split / "mixture_test_mix_clean.csv"
+    metadata.write_text("mixture_ID,length\na_b,800\n")
+    with pytest.raises(UserError, match="segment must be positive seconds, at least one sample"):
+        LibriMixDataset(split / "test", metadata, segment=segment)
+    assert LibriMixDataset(split / "test", metadata, segment=0.05)[0][0].shape == (400,)
+
+
+def test_a_folder_of_another_mode_or_rate_is_refused(tmp_path):
+    """--data pointing at wav8k/min itself was read as max (the recipe's mode) without a word."""
+    from audiosep.data.librimix import resolve_librimix_dir
+
+    folder = tmp_path / "Libri2Mix" / "wav8k" / "min"
+    (folder / "metadata").mkdir(parents=True)
+    assert resolve_librimix_dir(folder, 2, 8000, "min") == folder
+    with pytest.raises(UserError, match=r"min: a wav8k/min folder, but wav8k/max was asked for"):
+        resolve_librimix_dir(folder, 2, 8000, "max")
+    with pytest.raises(UserError, match=r"a wav8k/min folder, but wav16k/min was asked for"):
+        resolve_librimix_dir(folder, 2, 16000, "min")

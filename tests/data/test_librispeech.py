@@ -130,3 +130,16 @@ def test_an_out_that_is_a_file_and_a_non_utf8_transcript_are_one_line_errors(tmp
     assert main([*argv, str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{transcript}: not UTF-8 text" in err[0]
+
+
+def test_transcripts_split_on_newlines_only_and_ignore_a_byte_order_mark(tmp_path):
+    """splitlines() cut a text at U+2028, U+0085 or a form feed (the rest of the text silently lost), and a
+    byte-order mark made the first id unknown (its utterance dropped as having no transcript line)."""
+    from audiosep.data.librispeech import read_transcripts
+
+    chapter = tmp_path / "19" / "198"
+    chapter.mkdir(parents=True)
+    (chapter / "19-198.trans.txt").write_bytes(
+        "\ufeff19-198-0000 THE CAF\u2028E IS OPEN\r\n19-198-0001 A\x0cB C\n19-198-0002 D\u0085E\n".encode())
+    assert read_transcripts(chapter) == {
+        "19-198-0000": "THE CAF\u2028E IS OPEN", "19-198-0001": "A\x0cB C", "19-198-0002": "D\u0085E"}
