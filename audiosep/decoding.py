@@ -150,7 +150,9 @@ class FlashlightDecoder:
         out = []
         for best in (hyps[0] if hyps else None for hyps in hypotheses):
             ids = [] if best is None else best.tokens.tolist()
-            out.append(self._strip(ctc_collapse(ids, self.blank)))
+            # already collapsed by torchaudio (repeats merged, blanks dropped): collapsing again merged real
+            # double letters ("aa" -> "a")
+            out.append(self._strip([int(i) for i in ids if i != self.blank]))
         return out
 
     def _strip(self, ids: list[int]) -> list[int]:

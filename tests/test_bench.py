@@ -315,6 +315,8 @@ def test_parser_accepts_the_issue_commands() -> None:
     (["sweep", "--train-minutes", "1"], "needs --data"),
     (["--models", "conv_tasnet_demo", "--lengths", "nan"], "--lengths must be positive and finite"),
     (["--models", "conv_tasnet_demo", "--lengths", "1,inf"], "--lengths must be positive and finite"),
+    (["--models", "conv_tasnet_demo", "--lengths", "1e7"], "--lengths: at most 3600 s per input, got 1e"),
+    (["--models", "conv_tasnet_demo", "--lengths", "1e30"], "--lengths: at most 3600 s per input"),
     (["--models", "conv_tasnet_demo", "--time-budget", "nan"], "--time-budget must be positive and finite"),
     (["--models", "conv_tasnet_demo", "--block-ms", "-5"], "--block-ms must be positive"),
     (["--models", "conv_tasnet_demo", "--out-dir", __file__], "is a file, not a folder"),
@@ -546,3 +548,23 @@ def test_a_length_shorter_than_the_models_window_is_refused(tmp_path: Path, caps
                                                "than conv_tasnet_demo(")  # fmt: skip
     assert err[0].endswith("'s 8-sample window")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_label_a_spreadsheet_would_run_is_quoted_and_repeated_lengths_run_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A --ckpt named ``=HYPERLINK(...).pt`` became a formula cell of bench.csv, and --lengths 0.1,0.1 timed each
+    case twice, into two columns (reviewer)."""
+    from audiosep.checkpoint import save_model
+    from audiosep.models import conv_tasnet_demo
+
+    ckpt = tmp_path / '=HYPERLINK("http:x","y").pt'
+    save_model(conv_tasnet_demo(num_repeats=1, num_layers=1), ckpt, {"sample_rate": 8000})
+    out = tmp_path / "out"
+    assert bench_command.run(parse(["--ckpt", str(ckpt), "--lengths", "0.1,0.1", "--repeats", "1", "--no-memory",
+                                    "--no-progress", "--out-dir", str(out)])) == 0  # fmt: skip
+    with (out / "bench.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["model"] for row in rows} == {"'" + ckpt.name}
+    assert len(rows) == len({row["backend"] for row in rows})  # one 0.1 s row per backend
+    assert capsys.readouterr().out.count("RTF 0.1 s") == 1

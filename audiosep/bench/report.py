@@ -6,12 +6,12 @@ The CSV has one row per JSON record (``results``), the ``latency_s`` statistics 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from audiosep.io import atomic_write_text
 
 CSV_FIELDS = (
     "model", "kind", "backend", "dtype", "batch_size", "seconds", "device", "threads", "status", "params",
@@ -35,11 +35,14 @@ def csv_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path, fields: Sequence[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    path.write_text(buffer.getvalue())
+    """``rows`` as CSV, written atomically; text a spreadsheet would run as a formula is quoted (a model label
+    comes from a --ckpt file name: ``=HYPERLINK(...).pt``)."""
+    from audiosep.eval_report import csv_formula_guard, guarded_csv
+
+    def cell(value: Any) -> Any:
+        return "" if value is None else csv_formula_guard(value)
+
+    atomic_write_text(path, guarded_csv(rows, fields, cell, lineterminator="\n"))
 
 
 def _group(records: Sequence[dict[str, Any]]) -> dict[tuple, dict[float, dict[str, Any]]]:
@@ -127,7 +130,7 @@ def format_table(report: dict[str, Any]) -> str:
         per_second = next(r for r in reversed(cells) if r)["gmac_per_audio_second"]
         ratios = [r.get("peer_ratio") if r else None for r in cells]
         lines.append(
-            f"| {model} | {backend} | {dtype} | {batch} | {first['params'] / 1e6:.2f} "
+            f"| {model.replace('|', '/')} | {backend} | {dtype} | {batch} | {first['params'] / 1e6:.2f} "
             f"| {per_second:.2f} | {' | '.join(_rtf_cell(r) for r in cells)} "
             f"| {_joined([r.get('peak_memory_mib') if r else None for r in cells], '{:.0f}')} "
             f"| {_joined([r.get('roofline_fraction') if r else None for r in cells], '{:.0%}')} "
@@ -207,7 +210,7 @@ def write_outputs(report: dict[str, Any], out_dir: Path | str) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "bench.json", out / "bench.csv", out / "latency.png", out / "memory.png"]
-    paths[0].write_text(json.dumps(report, indent=2))
+    atomic_write_text(paths[0], json.dumps(report, indent=2))
     write_csv(csv_rows(report["results"]), paths[1], CSV_FIELDS)
     plot_vs_length(report, paths[2], "latency")
     plot_vs_length(report, paths[3], "memory")

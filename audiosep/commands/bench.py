@@ -210,6 +210,9 @@ def _check_device(device: str, dtypes: list[str]) -> None:
         raise UserError("--dtypes fp16 is benchmarked on CUDA only (use bf16 on CPU)")
 
 
+MAX_LENGTH_S = 3600  # an hour of audio per benchmarked input
+
+
 def _check_positive(**values: object) -> None:
     """Each value (or every item of a list) must be a finite number > 0 (``nan`` and ``inf`` included)."""
     for name, value in values.items():
@@ -239,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{missing[0]}: no such checkpoint file")
     _check_positive(lengths=args.lengths, batch_sizes=args.batch_sizes, threads=args.threads, repeats=args.repeats,
                     time_budget=args.time_budget, block_ms=args.block_ms)  # fmt: skip
+    if max(args.lengths) > MAX_LENGTH_S:  # 1e7 s asked for 256 GB, 1e30 overflowed: tracebacks
+        raise UserError(f"--lengths: at most {MAX_LENGTH_S} s per input, got {max(args.lengths):g}")
+    args.lengths, args.batch_sizes = sorted(set(args.lengths)), sorted(set(args.batch_sizes))  # each case once
     _check_device(args.device, args.dtypes)
     check_output_folder(args.out_dir, "--out-dir")
     try:

@@ -98,8 +98,9 @@ def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[s
         labels.append(item.label)
     transcribed = _texts(transcriber, labels, segments, report)
     report.written += len(transcribed)
-    # shown(): a tab or newline in a file name would forge a PATH<TAB>TRANSCRIPT line of another file
-    return [f"{shown(label)}\t{text}\n" for label, text in transcribed]
+    # shown(): a tab or newline in a file name, or in a checkpoint's vocabulary, would forge a PATH<TAB>TRANSCRIPT
+    # line of another file
+    return [f"{shown(label)}\t{shown(text)}\n" for label, text in transcribed]
 
 
 def _texts(transcriber, labels: list[str], segments: list, report: Report) -> list[tuple[str, str]]:  # noqa: ANN001

@@ -116,3 +116,18 @@ def test_kenlm_word_lm_changes_ambiguous_decision(tmp_path):
     assert build_decoder([" ", "a", "b"], lm_weight=2.0, **options)(log_probs, lengths) == [
         [2, 1]
     ]  # LM: "ba"
+
+
+def test_lexicon_decoding_keeps_real_double_letters(tmp_path):
+    """torchaudio's decoder returns collapsed tokens; collapsing them again made the lexicon word "aa" "a"
+    (reviewer): "hello" would have come out "helo"."""
+    pytest.importorskip(
+        "flashlight.lib.text", reason="flashlight-text not installed (pip install flashlight-text)"
+    )
+    probs = torch.full((5, 4), 1e-4)  # labels " ", a, b, blank: the path a, blank, a, blank, blank
+    for frame, label in enumerate([1, 3, 1, 3, 3]):
+        probs[frame, label] = 1.0
+    log_probs, lengths = (probs / probs.sum(-1, keepdim=True)).log()[None], torch.tensor([5])
+    (tmp_path / "lexicon.txt").write_text("aa a a |\nb b |\n")
+    decoder = build_decoder([" ", "a", "b"], beam_size=4, lexicon_path=tmp_path / "lexicon.txt")
+    assert decoder(log_probs, lengths) == [[1, 1]] == build_decoder([" ", "a", "b"])(log_probs, lengths)

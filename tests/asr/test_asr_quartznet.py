@@ -99,3 +99,11 @@ def test_bf16_autocast_gives_float32_log_probs():
         log_probs, _ = model(feats, lengths)
     assert log_probs.dtype == torch.float32
     torch.testing.assert_close(log_probs, model(feats, lengths)[0], atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_an_even_kernel_is_refused_when_the_model_is_built(residual):
+    """'Same' padding of an even kernel loses a frame: a residual block's sum then failed in every forward
+    (a crafted checkpoint loaded, then a 49-line traceback per file: reviewer)."""
+    with pytest.raises(ValueError, match="block kernel_size must be odd, got 4"):
+        QuartzNet(64, 5, [[16, 4, 1, 1, 1, residual]])

@@ -131,3 +131,22 @@ def test_cli_reports_the_file_whose_model_output_is_not_finite_and_transcribes_t
     assert errors == [f"audiosep: error: {audio_files[2]}: the model produced non-finite output (NaN/Inf) "
                       "for 1 of 1 utterance(s); no transcript"]  # fmt: skip
     assert captured.err.splitlines()[-1] == "audiosep: 2 transcribed, 0 skipped, 1 failed"
+
+
+def test_a_vocabulary_of_control_characters_cannot_forge_output_lines(tmp_path, capsys):
+    """A checkpoint whose labels are a newline and a tab wrote 4 lines for 2 inputs (reviewer): the text is
+    escaped as the path is, one line per input."""
+    from audiosep.asr_metadata import asr_metadata
+    from audiosep.nn.features import LogMelFeatures
+
+    vocabulary = ["\n", "\t", "x"]
+    model = QuartzNet(64, len(vocabulary) + 1, TINY_BLOCKS)
+    with torch.no_grad():  # every frame says "\n"
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([10.0, 0, 0, 0]))
+    save_model(model, tmp_path / "evil.pt", asr_metadata(LogMelFeatures(), vocabulary))
+    files = [tmp_path / name for name in ("one.wav", "two.wav")]
+    for path in files:
+        sf.write(path, speechlike(8000, 16000, 3), 16000)
+    assert main(["transcribe", "--ckpt", str(tmp_path / "evil.pt"), "--no-progress", *map(str, files)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{path}\t\\n" for path in files]
