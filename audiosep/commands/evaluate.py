@@ -50,7 +50,7 @@ def _transcript_source(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load the models and the split, score, write the reports, print the summary."""
     from audiosep.checkpoint import CheckpointError
-    from audiosep.data.librimix import MIXTURE_FOLDER, LibriMixDataset, resolve_librimix_dir
+    from audiosep.data.librimix import LibriMixDataset, metadata_csv, resolve_librimix_dir
     from audiosep.evaluation import RunIdentity, evaluate, load_transcripts
     from audiosep.inference import Separator
     from audiosep.io import file_sha256
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not split_dir.is_dir():
         raise UserError(f"{split_dir}: split folder not found")
     dataset = LibriMixDataset(
-        split_dir, base / "metadata" / f"mixture_{args.split}_{MIXTURE_FOLDER[args.task]}.csv",
+        split_dir, metadata_csv(base, args.split, args.task),
         n_src=separator.num_sources, task=args.task, sample_rate=separator.sample_rate,
     )
     identity = RunIdentity(

@@ -55,6 +55,11 @@ def resolve_librimix_dir(root: str | Path, n_src: int, sample_rate: int, mode: s
 SOURCE_COLUMN = re.compile(r"source_(\d+)_path")
 
 
+def metadata_csv(base: Path, split: str, task: Task) -> Path:
+    """The official metadata CSV of ``split`` for ``task`` in a ``Libri{n}Mix/wav{sr}k/{mode}`` folder."""
+    return base / "metadata" / f"mixture_{split}_{MIXTURE_FOLDER[task]}.csv"
+
+
 def read_mixture_ids(metadata_csv: Path, n_src: int) -> list[str]:
     """The ``mixture_ID`` column of an official metadata CSV, in file order.
 
@@ -250,7 +255,7 @@ class LibriMixDataModule(L.LightningDataModule):
         parts = [
             LibriMixDataset(
                 base / name,
-                base / "metadata" / f"mixture_{name}_{MIXTURE_FOLDER[self.task]}.csv",
+                metadata_csv(base, name, self.task),
                 n_src=self.n_src,
                 task=self.task,
                 sample_rate=self.sample_rate,

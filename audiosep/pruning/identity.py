@@ -42,11 +42,11 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
 
 def librimix_metadata_csvs(datamodule: Any) -> dict[str, Path]:
     """The metadata CSV of each split ``datamodule`` reads (train parts, dev, test), by split name."""
-    from audiosep.data.librimix import MIXTURE_FOLDER, resolve_librimix_dir
+    from audiosep.data.librimix import metadata_csv, resolve_librimix_dir
 
     base = resolve_librimix_dir(datamodule.root, datamodule.n_src, datamodule.sample_rate, datamodule.mode)
     splits = [*datamodule.train_split.split("+"), "dev", "test"]
-    return {split: base / "metadata" / f"mixture_{split}_{MIXTURE_FOLDER[datamodule.task]}.csv" for split in splits}
+    return {split: metadata_csv(base, split, datamodule.task) for split in splits}
 
 
 def data_identity(datamodule: Any) -> dict[str, Any] | None:
