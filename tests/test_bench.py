@@ -313,6 +313,7 @@ def test_parser_accepts_the_issue_commands() -> None:
     (["--models", "conv_tasnet_demo", "--dtypes", "fp16"], "CUDA only"),
     (["--ckpt", "missing.ckpt"], "no such checkpoint"),
     (["sweep", "--train-minutes", "1"], "needs --data"),
+    (["sweep", "--seconds", "1e30"], "--seconds: at most 3600 s per input"),
     (["--models", "conv_tasnet_demo", "--lengths", "nan"], "--lengths must be positive and finite"),
     (["--models", "conv_tasnet_demo", "--lengths", "1,inf"], "--lengths must be positive and finite"),
     (["--models", "conv_tasnet_demo", "--lengths", "1e7"], "--lengths: at most 3600 s per input, got 1e"),

@@ -213,6 +213,12 @@ def _check_device(device: str, dtypes: list[str]) -> None:
 MAX_LENGTH_S = 3600  # an hour of audio per benchmarked input
 
 
+def _check_at_most_an_hour(flag: str, seconds: float) -> None:
+    """Refuse an input over :data:`MAX_LENGTH_S` in one line (1e7 s asked for 256 GB, 1e30 overflowed: tracebacks)."""
+    if seconds > MAX_LENGTH_S:
+        raise UserError(f"{flag}: at most {MAX_LENGTH_S} s per input, got {seconds:g}")
+
+
 def _check_positive(**values: object) -> None:
     """Each value (or every item of a list) must be a finite number > 0 (``nan`` and ``inf`` included)."""
     for name, value in values.items():
@@ -242,8 +248,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{missing[0]}: no such checkpoint file")
     _check_positive(lengths=args.lengths, batch_sizes=args.batch_sizes, threads=args.threads, repeats=args.repeats,
                     time_budget=args.time_budget, block_ms=args.block_ms)  # fmt: skip
-    if max(args.lengths) > MAX_LENGTH_S:  # 1e7 s asked for 256 GB, 1e30 overflowed: tracebacks
-        raise UserError(f"--lengths: at most {MAX_LENGTH_S} s per input, got {max(args.lengths):g}")
+    _check_at_most_an_hour("--lengths", max(args.lengths))
     args.lengths, args.batch_sizes = sorted(set(args.lengths)), sorted(set(args.batch_sizes))  # each case once
     _check_device(args.device, args.dtypes)
     check_output_folder(args.out_dir, "--out-dir")
@@ -273,6 +278,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     _check_positive(num_layers=args.num_layers, num_repeats=args.num_repeats, hidden_channels=args.hidden_channels,
                     seconds=args.seconds, batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
                     time_budget=args.time_budget, train_minutes=args.train_minutes)  # fmt: skip
+    _check_at_most_an_hour("--seconds", args.seconds)
     _check_device(args.device, ["fp32"])
     check_output_folder(args.out_dir, "--out-dir")
     if args.train_minutes is not None and not args.data:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -20,6 +21,14 @@ log = logging.getLogger("audiosep.inputs")
 
 # Suffixes soundfile may read beyond its format names (``soundfile.available_formats()``).
 SUFFIX_ALIASES = frozenset({"aif", "aifc", "oga", "opus", "snd", "sph", "mat"})
+
+
+def one_line_text(text: str) -> str:
+    """``text`` with its line breaks, tabs and other control characters escaped, and ``\\`` doubled so that the
+    escapes read back: one output line, every other character (non-breaking and zero-width spaces of Persian
+    or Hindi text) as it is."""
+    text = text.replace("\\", "\\\\")
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
 
 
 def shown(text: object) -> str:

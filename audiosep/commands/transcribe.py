@@ -22,6 +22,7 @@ from audiosep.commands.inputs import (
     check_glob,
     collect_inputs,
     file_id,
+    one_line_text,
     progress_bar,
     shown,
 )
@@ -100,7 +101,7 @@ def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[s
     report.written += len(transcribed)
     # shown(): a tab or newline in a file name, or in a checkpoint's vocabulary, would forge a PATH<TAB>TRANSCRIPT
     # line of another file
-    return [f"{shown(label)}\t{shown(text)}\n" for label, text in transcribed]
+    return [f"{shown(label)}\t{one_line_text(text)}\n" for label, text in transcribed]
 
 
 def _texts(transcriber, labels: list[str], segments: list, report: Report) -> list[tuple[str, str]]:  # noqa: ANN001

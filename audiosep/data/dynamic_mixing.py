@@ -157,8 +157,8 @@ class DynamicMixingDataset(Dataset):
             raise UserError(
                 f"dynamic mixing needs at least {n_src} speakers, got {len({e.speaker for e in sources})}"
             )
-        if not (math.isfinite(segment) and segment > 0):
-            raise UserError(f"segment must be positive seconds, got {segment}")
+        if not (math.isfinite(segment) and segment * sample_rate >= 1):  # 1e-5 s: zero-size items in the workers
+            raise UserError(f"segment must be positive seconds, at least one sample, got {segment}")
         self.sources, self.noises = sources, noises or []
         self.n_src, self.sample_rate, self.seed = n_src, sample_rate, seed
         self.segment_samples = int(round(segment * sample_rate))

@@ -39,10 +39,11 @@ def resolve_librimix_dir(root: str | Path, n_src: int, sample_rate: int, mode: s
     """Find ``.../Libri{n}Mix/wav{sr}k/{mode}`` from ``root`` (that folder, ``Libri{n}Mix`` or its parent)."""
     root = Path(root).expanduser()
     tail = Path(f"wav{sample_rate // 1000}k") / mode
-    named = root.name in ("min", "max") and re.fullmatch(r"wav\d+k", root.parent.name) is not None
-    if named and (root / "metadata").is_dir() and Path(root.parent.name, root.name) != tail:
+    real = root.resolve()  # "." from inside the folder names it too
+    named = real.name in ("min", "max") and re.fullmatch(r"wav\d+k", real.parent.name) is not None
+    if named and (root / "metadata").is_dir() and Path(real.parent.name, real.name) != tail:
         # the min folder read as max (or 16k as 8k) trained on other data than the recipe says
-        raise UserError(f"{root}: a {root.parent.name}/{root.name} folder, but {tail} was asked for (mode, sample_rate)")
+        raise UserError(f"{root}: a {real.parent.name}/{real.name} folder, but {tail} was asked for (mode, sample_rate)")
     for candidate in (root, root / tail, root / f"Libri{n_src}Mix" / tail):
         if (candidate / "metadata").is_dir():
             return candidate

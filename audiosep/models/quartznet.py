@@ -35,7 +35,7 @@ def parse_block(spec: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
     """Normalise one block spec (dict, or list in :data:`BLOCK_FIELDS` order) to a full dict.
 
     Raises:
-        ValueError: unknown keys, missing channels/kernel_size, non-positive sizes, or an even kernel.
+        ValueError: unknown keys, missing channels/kernel_size, non-positive sizes, or an even kernel in a residual block.
     """
     if isinstance(spec, Mapping):
         unknown = set(spec) - set(BLOCK_FIELDS)
@@ -55,8 +55,8 @@ def parse_block(spec: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
             raise ValueError(f"block {key} must be >= 1, got {block[key]!r} in {spec!r}")
     if block["stride"] > 1 and block["dilation"] > 1:
         raise ValueError(f"a block may stride or dilate, not both: {spec!r}")
-    if int(block["kernel_size"]) % 2 == 0:  # "same" padding loses a frame: the residual sum failed in every forward
-        raise ValueError(f"block kernel_size must be odd, got {block['kernel_size']!r} in {spec!r}")
+    if block["residual"] and int(block["kernel_size"]) % 2 == 0:  # "same" padding loses a frame: the sum failed
+        raise ValueError(f"a residual block's kernel_size must be odd, got {block['kernel_size']!r} in {spec!r}")
     return block
 
 

@@ -150,3 +150,12 @@ def test_a_vocabulary_of_control_characters_cannot_forge_output_lines(tmp_path, 
         sf.write(path, speechlike(8000, 16000, 3), 16000)
     assert main(["transcribe", "--ckpt", str(tmp_path / "evil.pt"), "--no-progress", *map(str, files)]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{path}\t\\n" for path in files]
+
+
+def test_transcripts_keep_their_letters_and_escape_only_what_breaks_a_line():
+    """Escaping every non-printable character wrote Persian's zero-width non-joiner as a literal \\u200c
+    (reviewer); line breaks and tabs are escaped, a backslash doubled so the escapes read back."""
+    from audiosep.commands.inputs import one_line_text
+
+    assert one_line_text("می\u200cخواهم café\u00a0ok") == "می\u200cخواهم café\u00a0ok"
+    assert one_line_text("a\tb\nc\u2028d\\t") == "a\\tb\\nc\\u2028d\\\\t"

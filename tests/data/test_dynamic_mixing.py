@@ -167,3 +167,11 @@ def test_dynamic_mixing_fit_of_the_demo_recipe(corpora, tiny_librimix, tmp_path)
     )
     assert code == 0
     assert list((tmp_path / "cache").rglob("train-clean-100.index.jsonl"))  # it trained on dynamic mixtures
+
+
+@pytest.mark.parametrize("segment", [0.0, -1.0, 1e-5, float("nan")])
+def test_a_segment_shorter_than_one_sample_is_refused_when_built(indexes, segment):
+    """1e-5 s at 8 kHz made zero-size items that failed later, inside the DataLoader workers (reviewer)."""
+    speech, _ = indexes
+    with pytest.raises(UserError, match="segment must be positive seconds, at least one sample"):
+        DynamicMixingDataset(speech, 2, 8000, segment)

@@ -90,7 +90,7 @@ def test_a_segment_shorter_than_one_sample_is_refused(split, segment):
     assert LibriMixDataset(split / "test", metadata, segment=0.05)[0][0].shape == (400,)
 
 
-def test_a_folder_of_another_mode_or_rate_is_refused(tmp_path):
+def test_a_folder_of_another_mode_or_rate_is_refused(tmp_path, monkeypatch):
     """--data pointing at wav8k/min itself was read as max (the recipe's mode) without a word."""
     from audiosep.data.librimix import resolve_librimix_dir
 
@@ -101,3 +101,6 @@ def test_a_folder_of_another_mode_or_rate_is_refused(tmp_path):
         resolve_librimix_dir(folder, 2, 8000, "max")
     with pytest.raises(UserError, match=r"a wav8k/min folder, but wav16k/min was asked for"):
         resolve_librimix_dir(folder, 2, 16000, "min")
+    monkeypatch.chdir(folder)  # "." from inside it is the same folder (reviewer: it was accepted)
+    with pytest.raises(UserError, match=r"a wav8k/min folder, but wav16k/max was asked for"):
+        resolve_librimix_dir(".", 2, 16000, "max")
