@@ -248,6 +248,12 @@ def _libsndfile_message(err: Exception) -> str:
     return message.strip().rstrip(".")
 
 
+def soundfile_name(path: str | os.PathLike) -> str | bytes:
+    """``path`` as soundfile should get it: bytes on POSIX, where a name need not be UTF-8 (a Latin-1 name on
+    Linux, which soundfile's own UTF-8 encoding refuses); text elsewhere (Windows opens text by wide characters)."""
+    return os.fsencode(path) if os.name == "posix" else os.fspath(path)
+
+
 def _open(path: Path) -> sf.SoundFile:
     """``soundfile.SoundFile(path)`` with one-line errors for missing, empty, unknown and corrupt files."""
     if not path.exists():
@@ -259,7 +265,7 @@ def _open(path: Path) -> sf.SoundFile:
     if path.stat().st_size == 0:
         raise AudioError("empty file (0 bytes)", path)
     try:
-        return sf.SoundFile(os.fsencode(path))  # bytes: a name that is not UTF-8 (Latin-1 on Linux) opens too
+        return sf.SoundFile(soundfile_name(path))
     except (RuntimeError, ValueError, TypeError, OSError) as err:
         message = _libsndfile_message(err)
         if _ogg_unfinished(path):  # libsndfile cannot open some cut Ogg files at all

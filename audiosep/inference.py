@@ -34,7 +34,7 @@ import soundfile as sf
 import torch
 from torch import Tensor, nn
 
-from audiosep.audio_blocks import AudioError, CheckedAudio, resample_span, resampled_length
+from audiosep.audio_blocks import AudioError, CheckedAudio, resample_span, resampled_length, soundfile_name
 from audiosep.checkpoint import CheckpointError, load_model
 from audiosep.data.audio import resample, to_mono
 from audiosep.io import TEMP_SUFFIX, atomic_paths, temp_prefix
@@ -263,7 +263,7 @@ class SourceTag:
 def written_from(output: str | os.PathLike) -> str | None:
     """The :func:`source_tag` an existing output carries; None for any other file."""
     try:
-        with sf.SoundFile(os.fsencode(output)) as handle:
+        with sf.SoundFile(soundfile_name(output)) as handle:
             comment = handle.comment
     except (sf.LibsndfileError, OSError, RuntimeError, TypeError):
         return None
@@ -671,7 +671,7 @@ class Separator:
             scale = PEAK_LIMIT / peak if peak > PEAK_LIMIT else 1.0
             if scale != 1.0:
                 log.info("%s: scaling all sources by %.3f to avoid clipping", audio.path, scale)
-            writers = [sf.SoundFile(os.fsencode(tmp), "w", out_rate, 1, "PCM_16", format="WAV") for tmp in temps]
+            writers = [sf.SoundFile(soundfile_name(tmp), "w", out_rate, 1, "PCM_16", format="WAV") for tmp in temps]
             try:
                 for writer in writers:
                     writer.comment = tag
@@ -751,5 +751,5 @@ def write_sources_atomic(
         raise ValueError(f"peak {peak:.3g} is beyond [-1, 1] and would clip in {subtype}; scale with limit_peak first")
     with atomic_paths(paths) as temps:
         for source, tmp in zip(sources, temps, strict=True):
-            sf.write(os.fsencode(tmp), source.detach().cpu().numpy(), sample_rate, subtype=subtype, format="WAV")
+            sf.write(soundfile_name(tmp), source.detach().cpu().numpy(), sample_rate, subtype=subtype, format="WAV")
     return [Path(p) for p in paths]

@@ -693,3 +693,14 @@ def test_the_api_returns_ordinary_tensors_and_takes_float64(ckpt: Path) -> None:
     torch.testing.assert_close(separator.separate_at_model_rate(mixture.double()), separator.separate_at_model_rate(mixture))
     with pytest.raises(SeparationError, match="1 non-finite sample"):
         separator.separate_at_model_rate(torch.where(torch.arange(len(mixture)) == 5, torch.nan, mixture))
+
+
+def test_file_names_go_to_soundfile_as_bytes_on_posix_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes let a Latin-1 name open on Linux; on Windows soundfile opens text names by wide characters, which
+    bytes would bypass (non-ASCII names there would fail)."""
+    from audiosep.audio_blocks import soundfile_name
+
+    name = os.fsdecode(b"/tmp/caf\xe9.wav") if os.name == "posix" else "café.wav"
+    assert soundfile_name(name) == (os.fsencode(name) if os.name == "posix" else name)
+    monkeypatch.setattr(os, "name", "nt")
+    assert soundfile_name(Path("café.wav")) == "café.wav"
