@@ -702,5 +702,6 @@ def test_file_names_go_to_soundfile_as_bytes_on_posix_only(monkeypatch: pytest.M
 
     name = os.fsdecode(b"/tmp/caf\xe9.wav") if os.name == "posix" else "café.wav"
     assert soundfile_name(name) == (os.fsencode(name) if os.name == "posix" else name)
+    path = Path("café.wav")  # made before os.name changes: pathlib picks its class from it
     monkeypatch.setattr(os, "name", "nt")
-    assert soundfile_name(Path("café.wav")) == "café.wav"
+    assert soundfile_name(path) == "café.wav"
