@@ -254,8 +254,6 @@ class ChannelsLastNorm(nn.Module):
         apply = self.norm if self.affine else self.norm.normalize
         if isinstance(self.norm, CumulativeLayerNorm):  # defined on [B, C, T] only
             y = apply(x.squeeze(3)).unsqueeze(3)
-        elif isinstance(self.norm, GlobalLayerNorm):  # the plain model's channels-first kernel (_precise_global)
-            y = apply(x.contiguous())
         else:
             y = apply(x)
         return y.contiguous(memory_format=torch.channels_last)
@@ -285,22 +283,10 @@ class ChannelsLastNorm(nn.Module):
         """gLN from each item's :func:`global_moments` (float64 block sums, centred when the mean outweighs
         the spread) and one multiply-add: 1e-5 where the channels-last kernel is 2e-2 off, and faster than it
         from ~256k values (512 x 1000: 135 instead of 195 us)."""
-        channels = x.shape[1]
-        scales, shifts = [], []
-        for item in x.split(1):
-            mean, var = global_moments(item)
-            inv_std = (var + self.norm.eps) ** -0.5
-            if self.affine:
-                scales.append(self.norm.weight * inv_std)
-                shifts.append(torch.add(self.norm.bias, scales[-1], alpha=-mean))
-            else:  # per-channel tensors all the same: addcmul's fast path, where [1, 1, 1, 1] ones were slow
-                scales.append(x.new_full((channels,), inv_std))
-                shifts.append(x.new_full((channels,), -mean * inv_std))
-        if x.shape[0] == 1:
-            return torch.addcmul(shifts[0].view(1, -1, 1, 1), x, scales[0].view(1, -1, 1, 1))
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        for index, (scale, shift) in enumerate(zip(scales, shifts, strict=True)):  # one item: addcmul's fast path
-            torch.addcmul(shift.view(1, -1, 1, 1), x[index : index + 1], scale.view(1, -1, 1, 1), out=out[index : index + 1])
+        for item, target in zip(x.split(1), out.split(1), strict=True):  # one item at a time: addcmul's fast path
+            scale, shift = gln_item_affine(self.norm, item, self.affine)
+            torch.addcmul(shift.view(1, -1, 1, 1), item, scale.view(1, -1, 1, 1), out=target)
         return out
 
 
@@ -399,6 +385,18 @@ FOLD_MIN_FRAMES = 1000  # below this, the fold's dozen extra small ops per norm 
 DEPTHWISE_FOLD_MIN_VALUES = 1 << 22
 
 
+def gln_item_affine(gln: GlobalLayerNorm, item: Tensor, affine: bool = True) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` per channel with ``gln(item) == scale * item + shift`` for one channels-last item
+    ``[1, C, M, 1]``, from its :func:`global_moments`; without ``affine``, of the statistics alone (constant
+    per-channel tensors: addcmul's fast path, where ``[1, 1, 1, 1]`` ones were slow)."""
+    mean, var = global_moments(item)
+    inv_std = (var + gln.eps) ** -0.5
+    if not affine:
+        return item.new_full((item.shape[1],), inv_std), item.new_full((item.shape[1],), -mean * inv_std)
+    scale = gln.weight * inv_std
+    return scale, torch.add(gln.bias, scale, alpha=-mean)
+
+
 def _folds_global_statistics(x: Tensor) -> bool:
     """Whether a gLN's statistics of ``x`` go into the next conv's weights: one item of ``FOLD_MIN_FRAMES``
     frames or more, on oneDNN.
@@ -440,9 +438,7 @@ class NormDepthwise(nn.Module):
         foldable = h.shape[2] >= span and h.numel() >= DEPTHWISE_FOLD_MIN_VALUES
         if gln is None or not (foldable and _folds_global_statistics(h)):
             return self._padded(self.norm(h), self.depthwise.weight, self.depthwise.bias)
-        mean, var = global_moments(h)
-        scale = gln.weight * (var + gln.eps) ** -0.5  # [C]: gLN(h) = scale h + shift, channel-wise
-        shift = torch.add(gln.bias, scale, alpha=-mean)
+        scale, shift = gln_item_affine(gln, h)  # [C]: gLN(h) = scale h + shift, channel-wise
         y = self._padded(h, self.depthwise.weight * scale.view(-1, 1, 1, 1),
                          torch.addcmul(self.depthwise.bias, shift, self.tap_sums))  # fmt: skip
         if span:
