@@ -534,6 +534,10 @@ class Separator:
             raise SeparationError(f"the mixture must be a float [T] tensor at the model's rate, got {shown}")
         check_finite_input(mixture)
         self.check_length(mixture.shape[-1], self.sample_rate)
+        return self._separated(mixture)
+
+    def _separated(self, mixture: Tensor) -> Tensor:
+        """:meth:`separate_at_model_rate` of a mixture already checked (float ``[T]``, finite, long enough)."""
         mixture = mixture.detach().float()  # float64 and half inputs too: the model's weights are float32
         with torch.inference_mode():
             sources = torch.cat(list(self._pieces(lambda a, b: mixture[a:b], mixture.shape[-1])), dim=-1)
@@ -587,7 +591,7 @@ class Separator:
         self.check_length(mono.shape[-1], sample_rate)
         if sample_rate != self.sample_rate:
             log.info("resampling %d Hz -> %d Hz for the model", sample_rate, self.sample_rate)
-        sources = self.separate_at_model_rate(resample(mono, sample_rate, self.sample_rate))
+        sources = self._separated(resample(mono, sample_rate, self.sample_rate))  # checked above: no second pass
         if keep_model_rate or sample_rate == self.sample_rate:
             return sources
         restored = resample(sources, self.sample_rate, sample_rate)

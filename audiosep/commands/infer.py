@@ -199,7 +199,8 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
         present = [output for output in plan.outputs if output.exists() or output.is_symlink()]
         not_files = [output for output in present if not output.is_file()]
         settings = separator.output_settings(args.keep_model_rate, args.channel)
-        origins = {output: output_origin(output, plan.input.path, settings) for output in present}
+        checked = [] if args.overwrite else present  # --overwrite replaces them whatever they are
+        origins = {output: output_origin(output, plan.input.path, settings) for output in checked}
     except OSError as err:
         report.error(label, f"cannot check its outputs ({err.strerror or err}); nothing written for it")
         return
