@@ -37,12 +37,9 @@ def csv_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_csv(rows: Sequence[dict[str, Any]], path: Path, fields: Sequence[str]) -> None:
     """``rows`` as CSV, written atomically; text a spreadsheet would run as a formula is quoted (a model label
     comes from a --ckpt file name: ``=HYPERLINK(...).pt``)."""
-    from audiosep.eval_report import csv_formula_guard, guarded_csv
+    from audiosep.eval_report import guarded_csv
 
-    def cell(value: Any) -> Any:
-        return "" if value is None else csv_formula_guard(value)
-
-    atomic_write_text(path, guarded_csv(rows, fields, cell, lineterminator="\n"))
+    atomic_write_text(path, guarded_csv(rows, fields, lineterminator="\n"))  # csv writes None as an empty cell
 
 
 def _group(records: Sequence[dict[str, Any]]) -> dict[tuple, dict[float, dict[str, Any]]]:

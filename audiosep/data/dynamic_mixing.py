@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from audiosep.data.librispeech import list_utterances
 from audiosep.data.mixing import LOUDNESS_RANGE, NOISE_LOUDNESS, RATE, peak_weight, protected_gain
 from audiosep.data.parallel import imap_with_progress
-from audiosep.data.sampling import EpochSampler
+from audiosep.data.sampling import EpochSampler, check_segment
 from audiosep.errors import UserError
 from audiosep.io import atomic_write, atomic_write_text
 
@@ -157,8 +156,7 @@ class DynamicMixingDataset(Dataset):
             raise UserError(
                 f"dynamic mixing needs at least {n_src} speakers, got {len({e.speaker for e in sources})}"
             )
-        if not (math.isfinite(segment) and segment * sample_rate >= 1):  # 1e-5 s: zero-size items in the workers
-            raise UserError(f"segment must be positive seconds, at least one sample, got {segment}")
+        check_segment(segment, sample_rate)
         self.sources, self.noises = sources, noises or []
         self.n_src, self.sample_rate, self.seed = n_src, sample_rate, seed
         self.segment_samples = int(round(segment * sample_rate))

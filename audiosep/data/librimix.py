@@ -12,7 +12,6 @@ moved or copied folder still works.
 from __future__ import annotations
 
 import csv
-import math
 import random
 import re
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from audiosep.data.dynamic_mixing import dynamic_mixing_dataset, dynamic_mixing_loader
 from audiosep.data.safe_paths import check_mixture_ids
-from audiosep.data.sampling import EpochSampler, EpochSeeded, EpochShuffleSampler, resume_state
+from audiosep.data.sampling import EpochSampler, EpochSeeded, EpochShuffleSampler, check_segment, resume_state
 from audiosep.errors import UserError
 
 Task = Literal["sep_clean", "sep_noisy"]
@@ -103,9 +102,8 @@ class LibriMixDataset(Dataset):
     ) -> None:
         if task not in MIXTURE_FOLDER:
             raise ValueError(f"unknown task {task!r}; valid: {', '.join(MIXTURE_FOLDER)}")
-        if segment is not None and not (math.isfinite(segment) and segment * sample_rate >= 1):
-            # 0 gave empty items, a negative one random tails of the files (soundfile reads -n frames to the end)
-            raise UserError(f"segment must be positive seconds, at least one sample (null: whole utterances), got {segment}")
+        if segment is not None:
+            check_segment(segment, sample_rate)
         self.split_dir = Path(split_dir)
         self.ids = read_mixture_ids(metadata_csv, n_src)
         self.n_src = n_src

@@ -21,10 +21,21 @@ trained on.
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Any
 
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Sampler
+
+from audiosep.errors import UserError
+
+
+def check_segment(segment: float, sample_rate: int) -> None:
+    """Refuse a training crop of less than one sample (0, negative, NaN): 0 gave empty items, a negative one
+    random tails of the files (soundfile reads a negative frame count to the end), 1e-5 s zero-size items that
+    failed inside the DataLoader workers."""
+    if not (math.isfinite(segment) and segment * sample_rate >= 1):
+        raise UserError(f"segment must be positive seconds, at least one sample, got {segment}")
 
 
 class EpochSampler(Sampler[int]):
