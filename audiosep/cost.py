@@ -10,13 +10,34 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from audiosep.nn.attention import MultiHeadSelfAttention
 
+UNCOUNTED_NAMESPACES = frozenset({"mkldnn", "onednn", "quantized"})  # fused CPU kernels FlopCounterMode counts as 0
+
+
+class _FusedOps(TorchDispatchMode):
+    """Records the ops of :data:`UNCOUNTED_NAMESPACES` a forward pass runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
+        if func.namespace in UNCOUNTED_NAMESPACES:
+            self.seen.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
 
 def count_macs(model: nn.Module, *inputs: Tensor) -> float:
-    """MACs of ``model(*inputs)`` (flops / 2), fused attention counted from its shapes."""
+    """MACs of ``model(*inputs)`` (flops / 2), fused attention counted from its shapes.
+
+    Raises:
+        ValueError: the forward pass runs fused kernels the counter cannot see (a prepared or int8
+            model from :mod:`audiosep.optimize` / :mod:`audiosep.quantize`): count its plain model.
+    """
     attention = 0.0
 
     def add_attention(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
@@ -26,11 +47,14 @@ def count_macs(model: nn.Module, *inputs: Tensor) -> float:
 
     handles = [m.register_forward_hook(add_attention) for m in model.modules() if isinstance(m, MultiHeadSelfAttention)]
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter, _FusedOps() as fused_ops:
             model(*inputs)
     finally:
         for handle in handles:
             handle.remove()
+    if fused_ops.seen:
+        raise ValueError(f"{type(model).__name__} runs fused kernels whose MACs cannot be counted "
+                         f"({', '.join(sorted(fused_ops.seen))}); count the plain model it was prepared from")
     fused = counter.get_flop_counts().get("Global", {})
     counted_attention = sum(count for op, count in fused.items() if "scaled_dot_product" in str(op))
     return (counter.get_total_flops() - counted_attention) / 2 + attention

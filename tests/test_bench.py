@@ -16,7 +16,7 @@ from audiosep.bench import measure
 from audiosep.bench.backends import BACKENDS as LIBRARY_BACKENDS
 from audiosep.bench.backends import DEFAULT_BACKENDS as LIBRARY_DEFAULTS
 from audiosep.bench.memory import MemoryWorkers
-from audiosep.bench.models import ModelSpec
+from audiosep.bench.models import ModelSpec, example_inputs
 from audiosep.bench.report import CSV_FIELDS
 from audiosep.bench.run import BenchSettings, parse_overrides, resolve_models, run_bench
 from audiosep.checkpoint import save_model
@@ -569,3 +569,74 @@ def test_a_label_a_spreadsheet_would_run_is_quoted_and_repeated_lengths_run_once
     assert {row["model"] for row in rows} == {"'" + ckpt.name}
     assert len(rows) == len({row["backend"] for row in rows})  # one 0.1 s row per backend
     assert capsys.readouterr().out.count("RTF 0.1 s") == 1
+
+
+# --- review findings (stop 26) ---------------------------------------------------------------------
+
+
+def test_a_peer_is_fed_the_sample_rate_of_the_model_it_is_compared_with(tmp_path: Path) -> None:
+    """A 16 kHz checkpoint was compared with a torchaudio peer fed 8 kHz: half the samples, a 2x ratio."""
+    pytest.importorskip("torchaudio")
+    model = ConvTasNet(**TINY, encoder_activation="linear")
+    save_model(model, tmp_path / "wide.ckpt", {"sample_rate": 16000})
+    ours, peers, _ = resolve_models(BenchSettings(checkpoints=[str(tmp_path / "wide.ckpt")], peers=True))
+    (peer,) = peers
+    assert ours[0].sample_rate == peer.sample_rate == 16000
+    assert measure.count_macs_at(peer.module, lambda s: example_inputs(peer, 1, s), [0.25])[0] == {
+        0.25: conv_tasnet_macs(TINY, 4000)
+    }
+
+
+def test_the_int8_note_compares_with_the_prepared_row_of_its_own_dtype() -> None:
+    """With --dtypes fp32,bf16 the note said "x prepared fp32" but divided by the bf16 row's latency."""
+    from audiosep.bench.report import int8_notes
+
+    def record(backend: str, dtype: str, median: float) -> dict:
+        return {"model": "m", "backend": backend, "dtype": dtype, "batch_size": 1, "seconds": 1.0, "status": "ok",
+                "latency_s": {"median": median}, "si_snr_vs_eager_db": 30.0}  # fmt: skip
+
+    records = [record("prepared", "fp32", 3.0), record("int8", "fp32", 2.0), record("prepared", "bf16", 1.0)]
+    assert int8_notes(records) == ["m int8, batch 1, 1 s: 1.50x prepared fp32, SI-SNR vs eager fp32 30.0 dB"]
+
+
+def test_an_override_of_a_model_not_benchmarked_is_refused() -> None:
+    """``conv_tasnet_dmeo.hidden_channels=16`` (a typo) benchmarked the unmodified preset without a word."""
+    from audiosep.bench.run import BenchError
+
+    with pytest.raises(BenchError, match="'conv_tasnet_dmeo' is not one of --models"):
+        resolve_models(BenchSettings(models=["conv_tasnet_demo"], model_overrides={"conv_tasnet_dmeo": {"norm": "cLN"}}))
+    with pytest.raises(BenchError, match="--models presets only"):
+        resolve_models(BenchSettings(checkpoints=["x.ckpt"], overrides={"norm": "cLN"}))
+
+
+def test_an_override_with_checkpoints_beside_presets_is_noted(tmp_path: Path) -> None:
+    save_model(ConvTasNet(**TINY), tmp_path / "m.ckpt", {"sample_rate": 8000})
+    _, _, notes = resolve_models(BenchSettings(models=["conv_tasnet_demo"], overrides=TINY,
+                                               checkpoints=[str(tmp_path / "m.ckpt")]))  # fmt: skip
+    assert any("not to the --ckpt models" in note for note in notes)
+
+
+def test_the_sweep_refuses_a_length_shorter_than_the_models_window(tmp_path: Path) -> None:
+    """``bench sweep --seconds 0.001`` ran 8 samples and reported 4x the GMAC per audio second of 1 s."""
+    from audiosep.errors import UserError
+
+    argv = ["sweep", "--X", "2", "--R", "1", "--H", "12", "--seconds", "0.0001", "--no-progress",
+            "--out-dir", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(UserError, match=r"^--seconds 0.0001 s is 1 samples at 8000 Hz, shorter than "):
+        bench_command.run(parse(argv))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("transform", ["prepare", "int8"])
+def test_macs_of_a_prepared_or_int8_model_are_refused_not_undercounted(transform: str) -> None:
+    """Fused oneDNN and quantized kernels count as 0 MACs: the prepared demo model gave 2.05M of 164M."""
+    from audiosep.cost import count_macs
+    from audiosep.optimize import prepare_for_inference
+    from audiosep.quantize import quantize_for_inference
+
+    plain = ConvTasNet(**TINY).eval()
+    fast = (prepare_for_inference if transform == "prepare" else quantize_for_inference)(plain)
+    x = torch.randn(1, 800)
+    assert count_macs(plain, x) == conv_tasnet_macs(TINY, 800)
+    with pytest.raises(ValueError, match="count the plain model"):
+        count_macs(fast, x)

@@ -39,6 +39,8 @@ class ModelSpec:
         name: preset name, checkpoint path, or peer name (a key of :data:`PEER_PACKAGES`).
         overrides: constructor overrides of a preset, or the configuration of a peer.
         peer_of: labels of our models this peer is compared with (peers only).
+        sample_rate: a peer's input rate: that of the models it is compared with (a 16 kHz model
+            against a peer fed 8 kHz would be timed on twice the samples).
     """
 
     label: str
@@ -46,6 +48,7 @@ class ModelSpec:
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
     peer_of: list[str] = field(default_factory=list)
+    sample_rate: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +80,7 @@ def load(spec: ModelSpec) -> LoadedModel:
     """Build ``spec`` (raises ``ValueError``/``TypeError`` for a bad preset, override or file)."""
     from audiosep.models import QuartzNet, build
 
-    sample_rate = None
+    sample_rate = spec.sample_rate
     if spec.kind == "checkpoint":
         from audiosep.checkpoint import load_model
 
@@ -262,4 +265,4 @@ def peer_spec(model: LoadedModel) -> ModelSpec | str:
         return config
     if not importable(PEER_PACKAGES[name]):
         return f"{PEER_PACKAGES[name]} is not importable"
-    return ModelSpec(PEER_LABELS[name], "peer", name, config)
+    return ModelSpec(PEER_LABELS[name], "peer", name, config, sample_rate=model.sample_rate)

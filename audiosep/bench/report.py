@@ -92,15 +92,15 @@ def roofline_span(records: Sequence[dict[str, Any]]) -> str:
 
 def int8_notes(records: Sequence[dict[str, Any]]) -> list[str]:
     """One line per int8 result: speed-up over the prepared fp32 model of the same case, SI-SNR vs eager."""
-    prepared = {(r["model"], r["batch_size"], r["seconds"]): r for r in records if r["backend"] == "prepared"}
+    prepared = {(r["model"], r["dtype"], r["batch_size"], r["seconds"]): r for r in records if r["backend"] == "prepared"}
     lines = []
     for record in records:
         if record["backend"] != "int8" or record["status"] != "ok":
             continue
-        base = prepared.get((record["model"], record["batch_size"], record["seconds"]))
+        base = prepared.get((record["model"], record["dtype"], record["batch_size"], record["seconds"]))
         speedup = (base["latency_s"]["median"] / record["latency_s"]["median"]
                    if base and base.get("latency_s") and record.get("latency_s") else None)  # fmt: skip
-        speed = "" if speedup is None else f"{speedup:.2f}x prepared fp32, "
+        speed = "" if speedup is None else f"{speedup:.2f}x prepared {record['dtype']}, "
         lines.append(f"{record['model']} int8, batch {record['batch_size']}, {record['seconds']:g} s: {speed}"
                      f"SI-SNR vs eager fp32 {record['si_snr_vs_eager_db']:.1f} dB")  # fmt: skip
     return lines

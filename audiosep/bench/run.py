@@ -111,9 +111,26 @@ def _label(name: str, overrides: dict[str, Any]) -> str:
     return f"{name}({','.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else name
 
 
+def _check_override_targets(settings: BenchSettings) -> list[str]:
+    """Notes on overrides some benchmarked models do not take; raises for one no model takes.
+
+    Why: an override of a model not in ``--models`` (a typo) or given with checkpoints only was
+    dropped silently, and the preset benchmarked as if it had been applied.
+    """
+    stray = sorted(set(settings.model_overrides) - set(settings.models))
+    if stray:
+        raise BenchError(f"--override {stray[0]}.KEY=VALUE: {stray[0]!r} is not one of --models "
+                         f"({', '.join(settings.models) or 'none given'})")  # fmt: skip
+    if settings.overrides and not settings.models:
+        raise BenchError("--override applies to --models presets only; a --ckpt model is benchmarked as saved")
+    if settings.overrides and settings.checkpoints:
+        return [f"overrides {_label('', settings.overrides)} apply to the presets, not to the --ckpt models"]
+    return []
+
+
 def resolve_models(settings: BenchSettings) -> tuple[list[LoadedModel], list[LoadedModel], list[str]]:
     """Our models, their peers (when asked and importable) and notes on what was adjusted or skipped."""
-    notes: list[str] = []
+    notes = _check_override_targets(settings)
     specs = []
     for name in settings.models:
         asked = settings.overrides | settings.model_overrides.get(name, {})
@@ -141,7 +158,7 @@ def resolve_models(settings: BenchSettings) -> tuple[list[LoadedModel], list[Loa
         if isinstance(peer, str):
             notes.append(f"{model.spec.label}: no peer ({peer})")
             continue
-        key = json.dumps([peer.name, peer.overrides], sort_keys=True)
+        key = json.dumps([peer.name, peer.overrides, peer.sample_rate], sort_keys=True)
         if key not in peers:
             peer.label += (
                 f" ({model.spec.label})" if any(p.spec.label == peer.label for p in peers.values()) else ""
@@ -351,7 +368,7 @@ def oversubscription_note(device: torch.device, threads: int) -> list[str]:
             "latencies and above all the roofline matmul are not representative of this machine"]  # fmt: skip
 
 
-def check_lengths(models: Iterable[LoadedModel], lengths: Iterable[float]) -> None:
+def check_lengths(models: Iterable[LoadedModel], lengths: Iterable[float], option: str = "--lengths") -> None:
     """Raise ``UserError`` for a length shorter than a model's window (the input would be padded, and
     RTF and GMAC per audio second computed for audio that was never run)."""
     from audiosep.bench.models import FEATURE_FRAMES_PER_SECOND
@@ -361,7 +378,7 @@ def check_lengths(models: Iterable[LoadedModel], lengths: Iterable[float]) -> No
         rate, window = ((FEATURE_FRAMES_PER_SECOND, 1) if model.is_asr else (model.sample_rate, model_window(model.module)))
         for seconds in lengths:
             if round(seconds * rate) < window:
-                raise UserError(f"--lengths {seconds:g} s is {round(seconds * rate)} samples at {rate} Hz, shorter than "
+                raise UserError(f"{option} {seconds:g} s is {round(seconds * rate)} samples at {rate} Hz, shorter than "
                                 f"{model.spec.label}'s {window}-sample window")  # fmt: skip
 
 

@@ -30,7 +30,14 @@ import torch
 from audiosep.bench.measure import count_macs_at, machine_info
 from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs, load
 from audiosep.bench.report import CSV_FIELDS, _pyplot, csv_rows, write_csv
-from audiosep.bench.run import BenchSettings, build_runners, measure_memory, memory_jobs, run_case
+from audiosep.bench.run import (
+    BenchSettings,
+    build_runners,
+    check_lengths,
+    measure_memory,
+    memory_jobs,
+    run_case,
+)
 from audiosep.io import atomic_write_text
 
 SWEEP_SCHEMA = "audiosep.bench.sweep/1"
@@ -173,6 +180,7 @@ def run_sweep(settings: SweepSettings) -> dict[str, Any]:
     ]
     models = {label: load(ModelSpec(label, "preset", settings.base, c))
               for label, c in zip(labels, sweep_configs(settings), strict=True)}  # fmt: skip
+    check_lengths(models.values(), [settings.seconds], "--seconds")
     machine = machine_info(device, threads, [torch.float32])
     bench = BenchSettings(repeats=settings.repeats, time_budget_s=settings.time_budget_s, memory=settings.memory,
                           device=settings.device, threads=threads)  # fmt: skip
