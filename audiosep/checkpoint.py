@@ -58,6 +58,15 @@ MAX_DEPTH = 8  # nesting of lists/dicts in init args and metadata
 MAX_VALUES = 10_000  # values in the init args, or in the metadata, each repeat of a shared list counted
 MAX_SAMPLE_RATE = 384_000
 INT_SLACK = 1 << 12  # ints that size no weights (chunk sizes, kernel widths) beyond the stored values
+# Init args that set the compute or the outputs of every call without storing weights in proportion:
+# capped absolutely, else a small file makes a forward pass quadratic in a chunk of a million frames, repeat
+# one shared layer 250k times, or write 3000 files per input.
+WEIGHTLESS_LIMITS = {
+    "chunk_size": 4096,  # frames per attention chunk (SepFormer 250, RE-SepFormer 150)
+    "num_intra_layers": 64,  # Tiny-Sepformer's shared layers repeat one layer this many times
+    "num_inter_layers": 64,
+    "num_sources": 16,  # outputs per input
+}
 EXTRA_ELEMENTS = 1 << 20  # non-persistent buffers (windows, filterbanks) beyond the stored weights
 # Exceptions a constructor raises for arguments it cannot build (OverflowError: an ArithmeticError).
 BUILD_ERRORS = (TypeError, ValueError, KeyError, IndexError, RuntimeError, ArithmeticError, AssertionError)
@@ -412,12 +421,18 @@ def _has_non_finite(value: Any) -> bool:
 
 
 def _stored_values(state_dict: dict[str, Tensor]) -> int:
-    """How many values the file really stores for ``state_dict``: each storage's bytes once, in its dtype.
+    """How many weight values the file stores for ``state_dict``: per storage, its values or those of its tensors.
 
-    Why not ``numel()``: tensors that share one storage store its values once.
+    Why not ``numel()`` alone: tensors that share one storage store its values once; nor the storage
+    alone: a weight that views a few values of a huge storage would raise every cap by all of it.
     """
-    storages = {t.untyped_storage().data_ptr(): t for t in state_dict.values()}
-    return sum(t.untyped_storage().nbytes() // t.element_size() for t in storages.values())
+    used: dict[int, int] = {}
+    held: dict[int, int] = {}
+    for tensor in state_dict.values():
+        key = tensor.untyped_storage().data_ptr()
+        used[key] = used.get(key, 0) + tensor.numel()
+        held[key] = tensor.untyped_storage().nbytes() // tensor.element_size()
+    return sum(min(used[key], held[key]) for key in used)
 
 
 def _check_counts(init_args: dict[str, Any], stored: int) -> None:
@@ -431,6 +446,9 @@ def _check_counts(init_args: dict[str, Any], stored: int) -> None:
     """
     cap = stored + INT_SLACK
     for name, value in init_args.items():
+        limit = WEIGHTLESS_LIMITS.get(name)
+        if limit is not None and _largest_number(value) > limit:
+            raise CheckpointError(f"init arg {name}={brief_repr(value)} is above {limit}, this loader's limit")
         if _largest_number(value) > cap:
             raise CheckpointError(f"init arg {name}={brief_repr(value)} is larger than the stored weights allow ({cap})")
     counts = {name: value for name, value in init_args.items() if name.startswith("num_") and is_size(value)}
@@ -561,7 +579,21 @@ def model_from_record(record: dict[str, Any]) -> nn.Module:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"cannot load the weights into {cls.__name__}: {_one_line(err)}") from err
+    _check_loaded(model)
     return model.eval()
+
+
+def _check_loaded(model: nn.Module) -> None:
+    """Every loaded weight is finite and every running variance or power non-negative.
+
+    Why after loading: a float64 1e300 is finite in the file and infinite once cast to the model's
+    float32; a negative running variance is finite and makes every output NaN.
+    """
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"weight {name} is not finite in {tensor.dtype} (out of its range once loaded)")
+        if name.rpartition(".")[2] in ("running_var", "running_power", "window_power") and bool((tensor < 0).any()):
+            raise CheckpointError(f"buffer {name} holds negative values (a variance or power is >= 0)")
 
 
 def build_untrusted(cls: type[nn.Module], kwargs: Any, limits: Mapping[str, int]) -> nn.Module:

@@ -370,7 +370,7 @@ def test_a_huge_model_with_small_weights_fails_fast_without_allocating(
     ("class_path", "counts"),
     [
         (CONV_TASNET, {"num_layers": 100, "num_repeats": 100}),  # hidden_channels: a list of X * R widths
-        ("audiosep.models.tiny_sepformer.TinySepformer", {"num_blocks": 100, "num_intra_layers": 100}),
+        ("audiosep.models.tiny_sepformer.TinySepformer", {"num_blocks": 200, "num_intra_layers": 60}),
     ],
 )
 def test_counts_that_multiply_are_bounded_by_the_stored_weights_too(
@@ -765,3 +765,66 @@ def test_a_recogniser_given_to_infer_and_a_separator_given_to_transcribe_are_one
         assert main([*argv, str(wav)]) == 1
         err = capsys.readouterr().err
         assert kind in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# --- settings that cost compute or outputs, not weights (review of stop 26) -----------------------
+
+
+def test_a_conv_tasnet_dilated_past_the_layer_limit_is_refused(tmp_path: Path) -> None:
+    """num_layers=31 dilated the last block 2**30 frames: oneDNN's conv crashed the process (SIGSEGV)."""
+    assert "num_layers must be at most 16" in load_error(write(tmp_path, with_args(num_layers=31)))
+    with pytest.raises(ValueError, match="num_layers must be at most 16"):
+        ConvTasNet(**TINY[CONV_TASNET] | {"num_layers": 17})
+
+
+@pytest.mark.parametrize(
+    ("class_path", "changes", "problem"),
+    [
+        ("audiosep.models.sepformer.SepFormer", {"chunk_size": 4097}, "chunk_size=4097 is above 4096"),
+        ("audiosep.models.tiny_sepformer.TinySepformer", {"num_intra_layers": 65}, "num_intra_layers=65 is above 64"),
+        (CONV_TASNET, {"num_sources": 17}, "num_sources=17 is above 16"),
+    ],
+)  # fmt: skip
+def test_settings_that_store_no_weights_are_capped(
+    class_path: str, changes: dict[str, Any], problem: str, tmp_path: Path
+) -> None:
+    """A 4 MB SepFormer with chunk_size 10**6 or a Tiny-Sepformer repeating its shared layer 251832 times
+    loaded in 0.03 s and then ran for half an hour per second of audio; 3000 sources wrote 3000 files."""
+    base = model_record(MODEL_CLASSES[class_path](**TINY[class_path]))
+    assert problem in error_before_any_build(write(tmp_path, base | {"init_args": base["init_args"] | changes}))
+
+
+def test_a_weight_viewing_a_few_values_of_a_large_storage_counts_only_those(tmp_path: Path) -> None:
+    """A view of 200k stored values raised the cap by all of them, though the model reads a few."""
+    base = record()
+    weights = base["state_dict"]
+    weight = weights["encoder.weight"]
+    big = torch.zeros(200_000)
+    big[: weight.numel()] = weight.flatten()
+    viewed = weights | {"encoder.weight": big[: weight.numel()].view(weight.shape)}
+    cap = sum(t.numel() for t in weights.values()) + INT_SLACK
+    path = write(tmp_path, base | {"state_dict": viewed, "init_args": base["init_args"] | {"hidden_channels": cap + 1}})
+    assert f"is larger than the stored weights allow ({cap})" in error_before_any_build(path)
+
+
+def test_a_weight_that_overflows_the_models_dtype_is_refused(tmp_path: Path) -> None:
+    """1e300 in float64 is finite in the file and +inf in the float32 model."""
+    base = record()
+    weight = base["state_dict"]["decoder.weight"].double()
+    weight[0, 0, 0] = 1e300
+    path = write(tmp_path, base | {"state_dict": base["state_dict"] | {"decoder.weight": weight}})
+    assert "weight decoder.weight is not finite in torch.float32" in load_error(path)
+
+
+def test_a_negative_running_variance_is_refused(tmp_path: Path) -> None:
+    model = randomized(ConvTasNet(**TINY[CONV_TASNET] | {"norm": "BN"}))
+    bad = model_record(model)
+    name = next(k for k in bad["state_dict"] if k.endswith("running_var"))
+    bad["state_dict"][name][0] = -1.0
+    assert f"buffer {name} holds negative values" in load_error(write(tmp_path, bad))
+
+
+def test_a_vocabulary_of_lone_surrogates_is_refused() -> None:
+    """A transcript holding one could be neither printed nor written: transcribe lost every result."""
+    with pytest.raises(ValueError, match="lone surrogates"):
+        CharTokenizer(["a", "\ud800"])

@@ -41,7 +41,7 @@ class CharTokenizer:
         vocabulary: the labels (single characters, unique); ``None`` takes :data:`DEFAULT_VOCABULARY`.
 
     Raises:
-        ValueError: empty vocabulary, multi-character or repeated labels.
+        ValueError: empty vocabulary, multi-character, repeated or surrogate labels.
 
     Example:
         >>> tok = CharTokenizer()
@@ -58,6 +58,9 @@ class CharTokenizer:
             raise ValueError(f"every label must be one character; got {bad!r}")
         if len(set(labels)) != len(labels):
             raise ValueError(f"the vocabulary repeats labels: {labels!r}")
+        surrogates = [label for label in labels if "\ud800" <= label <= "\udfff"]
+        if surrogates:  # no UTF-8 text holds one: a transcript with it could not be printed or written
+            raise ValueError(f"the vocabulary holds lone surrogates, not characters: {surrogates!r}")
         self.vocabulary: list[str] = labels
         self._index = {label: i for i, label in enumerate(labels)}
 

@@ -246,6 +246,10 @@ class ConvTasNet(RebuildableModule):
             skip_channels=1 if skip_channels is None else skip_channels,
             conv_kernel_size=conv_kernel_size, num_layers=num_layers, num_repeats=num_repeats,
         )  # fmt: skip
+        if num_layers > MAX_LAYERS:
+            raise ValueError(
+                f"num_layers must be at most {MAX_LAYERS} (block i is dilated 2**(i % num_layers)), got {num_layers}"
+            )
         hidden = per_block_widths(hidden_channels, num_layers * num_repeats)
         if enc_kernel_size < 2:
             raise ValueError(f"enc_kernel_size must be >= 2 (stride is L // 2), got {enc_kernel_size}")
@@ -308,6 +312,9 @@ def per_block_widths(widths: int | Sequence[int], num_blocks: int) -> list[int]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"hidden_channels must be positive ints, got {widths!r}")
     return values
+
+
+MAX_LAYERS = 16  # X: dilations up to 2**15 frames (the papers use X = 8); 2**30 crashed oneDNN's conv
 
 
 def _check_sizes(**sizes: int) -> None:
