@@ -15,6 +15,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audiosep.data.audio import read_audio, resample, to_mono
+from audiosep.data.sampling import resume_state
 from audiosep.errors import brief_repr
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
@@ -166,10 +168,25 @@ class DurationBucketSampler(Sampler[list[int]]):
         self.batch_size, self.max_batch_duration = batch_size, max_batch_duration
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.num_replicas, self.rank = num_replicas, rank
+        self._skip: tuple[int, int] | None = None
+
+    @property
+    def sampler(self) -> DurationBucketSampler:
+        """This batch sampler itself: Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler``
+        (never on the batch sampler), so without it every epoch had epoch 0's batches in epoch 0's order."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseed the shuffle for ``epoch`` (Lightning calls this)."""
+        """Reseed the shuffle for ``epoch`` (Lightning calls this, through :attr:`sampler`)."""
         self.epoch = epoch
+
+    def resume(self, epoch: int, skip: int) -> None:
+        """Start the next pass of ``epoch`` at this rank's batch ``skip``, the ones before it moved to the end.
+
+        Why rotate, not drop: the length stays that of the epoch; Lightning, which restores its batch
+        counter, ends the resumed epoch after the batches it still owed, so the moved ones are not trained.
+        """
+        self._skip = (epoch, skip)
 
     def _all_batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
@@ -202,7 +219,14 @@ class DurationBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._rank_batches())
+        # A generator: the order is drawn at the first batch, after Lightning's set_epoch (it makes the
+        # epoch's iterator first, so a resumed run drew epoch 0's order).
+        batches = self._rank_batches()
+        if self._skip is not None and self._skip[0] == self.epoch:
+            skip = self._skip[1] % max(1, len(batches))
+            batches = batches[skip:] + batches[:skip]
+            self._skip = None
+        yield from batches
 
     def __len__(self) -> int:
         return len(self._rank_batches())
@@ -246,6 +270,8 @@ class ASRDataModule(pl.LightningDataModule):
         self.min_duration, self.max_duration = min_duration, max_duration
         self.num_workers, self.seed = num_workers, seed
         self.datasets: dict[str, ASRDataset] = {}
+        self._train_sampler: DurationBucketSampler | None = None
+        self._resume: dict[str, Any] = {}
 
     def _load(self, split: str) -> ASRDataset:
         paths = self.manifests[split]
@@ -287,7 +313,20 @@ class ASRDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        self._train_sampler = loader.batch_sampler  # type: ignore[assignment]
+        if "batches" in self._resume:
+            self._train_sampler.resume(self._resume["epoch"], self._resume["batches"])  # type: ignore[union-attr]
+            self._resume = {}
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's epoch and the batches done in it (saved in every checkpoint): a resumed
+        run trains the batches an unbroken one would have, not the epoch's first ones again."""
+        return resume_state(self.trainer, self._train_sampler)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -111,8 +111,11 @@ class EpochSeeded(Dataset):
         return self.dataset.get(index, rng)  # type: ignore[attr-defined]
 
 
-def resume_state(trainer: Any, sampler: EpochSampler | None) -> dict[str, int]:
-    """What a data module saves in a checkpoint: the sampler's epoch and the batches done in it."""
+def resume_state(trainer: Any, sampler: Any) -> dict[str, int]:
+    """What a data module saves in a checkpoint: the sampler's epoch and the batches done in it.
+
+    ``sampler``: an :class:`EpochSampler`, a ``DurationBucketSampler`` (anything with ``epoch``) or None.
+    """
     if sampler is None or trainer is None:
         return {}
     return {"epoch": sampler.epoch, "batches": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)}

@@ -117,3 +117,39 @@ def test_recipe_smoke_fit(recipe, tiny_asr, tmp_path, monkeypatch):
         f"--data.test_manifest={tiny_asr['test']}", "--data.batch_size=2", "--data.num_workers=0",
     ])  # fmt: skip
     assert code == 0
+
+
+class BatchLog(pl.Callback):
+    """Records the transcripts of every training batch, in order."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, ...]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.batches.append(tuple(batch[2]))
+
+
+def fit_logged(tiny_asr, root: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[BatchLog, Path]:
+    """Fit the tiny task with batch size 1 (4 batches an epoch), a checkpoint after every step."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    log = BatchLog()
+    every_step = ModelCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    trainer = pl.Trainer(
+        max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=root, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[log, every_step],
+    )  # fmt: skip
+    pl.seed_everything(0)
+    trainer.fit(tiny_task(), ASRDataModule(tiny_asr["train"], tiny_asr["val"], batch_size=1, seed=5), ckpt_path=ckpt_path)
+    return log, root
+
+
+def test_each_epoch_draws_a_new_batch_order_and_a_resume_continues_it(tiny_asr, tmp_path):
+    """Lightning never called the batch sampler's set_epoch (epochs 0, 1, 2 trained one order), and a resumed
+    run started the epoch again (batches trained twice, the rest of the epoch never)."""
+    unbroken, root = fit_logged(tiny_asr, tmp_path / "a", max_epochs=3)
+    epochs = [unbroken.batches[i : i + 4] for i in (0, 4, 8)]
+    assert all(sorted(epoch) == sorted(epochs[0]) for epoch in epochs)  # each utterance once an epoch
+    assert len(set(map(tuple, epochs))) > 1, "every epoch trained the same batch order"
+    resumed, _ = fit_logged(tiny_asr, tmp_path / "b", max_epochs=3, ckpt_path=str(root / "step=6.ckpt"))
+    assert resumed.batches == unbroken.batches[6:]
