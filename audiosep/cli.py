@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from audiosep import __version__
-from audiosep.errors import UserError
+from audiosep.errors import UserError, user_message
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model from a recipe YAML (LightningCLI)",
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as err:
-        print(f"audiosep: error: {err}", file=sys.stderr)
+        print(f"audiosep: error: {user_message(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("audiosep: interrupted", file=sys.stderr)

@@ -10,6 +10,23 @@ class UserError(Exception):
     """Bad input from the user (a file, a flag, a config): the message says what and where."""
 
 
+class ConfigError(UserError, ValueError):
+    """A setting or data file that does not fit: a ``ValueError`` to library callers, one line at the command line."""
+
+
+def user_message(err: UserError) -> str:
+    """The message of ``err``; of one a DataLoader worker raised, the worker's own message line.
+
+    Why: torch re-raises a worker's exception with the worker's whole traceback as its message.
+    """
+    text = str(err)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    kind, sep, message = last.partition(": ")
+    return message if sep and kind.endswith("Error") else last
+
+
 def one_line(err: BaseException | str, limit: int = 200) -> str:
     """An exception (or text) on one line, cut to ``limit`` characters."""
     text = err if isinstance(err, str) else (str(err) or type(err).__name__)

@@ -247,6 +247,9 @@ def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]]) -> str 
     if stored != expected:
         differ = sorted(set(stored) ^ set(expected)) or [k for k in expected if stored[k] != expected[k]]
         return f"holds another model than the recipe's (e.g. {brief_repr(differ[:3])}); check the recipe and its overrides"
+    for name, tensor in weights.items():  # a NaN weight made every step a skipped one, to the end of the run
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"its weight {brief_repr(name)} holds NaN or infinite values"
     return None
 
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audiosep.data.audio import read_audio, resample, to_mono
 from audiosep.data.sampling import resume_state
-from audiosep.errors import brief_repr
+from audiosep.errors import ConfigError, brief_repr
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
 
@@ -49,7 +49,7 @@ def read_manifest(
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: manifest not found")
+        raise ConfigError(f"{path}: manifest not found")
     entries = []
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         if not line.strip():
@@ -57,7 +57,7 @@ def read_manifest(
         try:
             utterance = parse_manifest_line(line, path.parent)
         except ValueError as err:
-            raise ValueError(f"{path}:{number}: {err}") from err
+            raise ConfigError(f"{path}:{number}: {err}") from err
         duration = utterance.duration
         if min_duration <= duration and (max_duration is None or duration <= max_duration):
             entries.append(utterance)
@@ -276,12 +276,12 @@ class ASRDataModule(pl.LightningDataModule):
     def _load(self, split: str) -> ASRDataset:
         paths = self.manifests[split]
         if paths is None:
-            raise ValueError(f"no {split}_manifest configured")
+            raise ConfigError(f"no {split}_manifest configured")
         limits = (self.min_duration, self.max_duration) if split == "train" else (0.0, None)
         paths = [paths] if isinstance(paths, str | os.PathLike) else paths
         utterances = [u for p in paths for u in read_manifest(p, *limits)]
         if not utterances:
-            raise ValueError(f"{split} manifest(s) {paths} hold no usable utterances")
+            raise ConfigError(f"{split} manifest(s) {', '.join(map(str, paths))} hold no usable utterances")
         return ASRDataset(utterances, self.sample_rate)
 
     def setup(self, stage: str | None = None) -> None:

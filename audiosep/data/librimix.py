@@ -134,6 +134,9 @@ class LibriMixDataset(Dataset):
             raise UserError(f"{path}: sample rate {sample_rate} Hz, expected {self.sample_rate} Hz")
         if data.ndim != 1:
             raise UserError(f"{path}: {data.shape[1]} channels; LibriMix files are mono")
+        bad = int(data.size - np.isfinite(data).sum())
+        if bad:  # else every batch holding it is skipped as a non-finite step, and the scores are NaN
+            raise UserError(f"{path}: {bad} NaN or infinite samples in frames {start}..{start + data.shape[0]}")
         return torch.from_numpy(data)
 
     def _read_sources(self, mixture_id: str, start: int, frames: int, length: int) -> Tensor:
@@ -251,17 +254,14 @@ class LibriMixDataModule(L.LightningDataModule):
     def split_dataset(self, split: str, segment: float | None) -> Dataset:
         """The dataset of one split (``train-100+train-360`` concatenates)."""
         base = resolve_librimix_dir(self.root, self.n_src, self.sample_rate, self.mode)
-        parts = [
-            LibriMixDataset(
-                base / name,
-                metadata_csv(base, name, self.task),
-                n_src=self.n_src,
-                task=self.task,
-                sample_rate=self.sample_rate,
-                segment=segment,
-            )
-            for name in split.split("+")
-        ]
+        parts = []
+        for name in split.split("+"):
+            csv_path = metadata_csv(base, name, self.task)
+            part = LibriMixDataset(base / name, csv_path, n_src=self.n_src, task=self.task,
+                                   sample_rate=self.sample_rate, segment=segment)  # fmt: skip
+            if len(part) == 0:  # Lightning would only warn, and the run end with exit 0 having done nothing
+                raise UserError(f"{csv_path}: lists no mixtures")
+            parts.append(part)
         return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
@@ -310,6 +310,7 @@ class LibriMixDataModule(L.LightningDataModule):
         else:
             seed = self._shared_seed(self.seed)
             dataset = EpochSeeded(self.split_dataset(self.train_split, self.segment), seed)
+            self._check_one_batch(len(dataset))
             self._train_sampler = EpochShuffleSampler(len(dataset), seed)
             loader = DataLoader(
                 dataset,
@@ -326,6 +327,14 @@ class LibriMixDataModule(L.LightningDataModule):
             self._train_sampler.resume(self._resume["epoch"], skip)  # type: ignore[union-attr]
             self._resume = {}
         return loader
+
+    def _check_one_batch(self, items: int) -> None:
+        """Refuse a training split too small for one batch on every rank (the loader drops partial batches:
+        0 steps, no checkpoint, exit 0)."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if items < self.batch_size * world_size:
+            raise UserError(f"the {self.train_split} split has {items} mixtures, fewer than batch_size {self.batch_size}"
+                            f"{f' x {world_size} processes' if world_size > 1 else ''}: not one full batch to train on")  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         """The training sampler's epoch and the batches done in it (saved in every checkpoint)."""

@@ -21,6 +21,7 @@ from audiosep.asr_metadata import asr_metadata
 from audiosep.checkpoint import LIGHTNING_KEY, model_record
 from audiosep.data.tokenizer import CharTokenizer
 from audiosep.decoding import greedy_decode
+from audiosep.errors import ConfigError
 from audiosep.nn.features import LogMelFeatures, SpecAugment, SpecCutout
 from audiosep.tasks.guards import TrainingGuards
 
@@ -133,7 +134,7 @@ class ASRTask(TrainingGuards, pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         rate = getattr(datamodule, "sample_rate", self.features.sample_rate)
         if rate != self.features.sample_rate:
-            raise ValueError(f"data sample_rate={rate} but features.sample_rate={self.features.sample_rate}")
+            raise ConfigError(f"data sample_rate={rate} but features.sample_rate={self.features.sample_rate}")
 
     def on_train_start(self) -> None:
         """Step-interval schedules (``interval = "step"``) are stepped per batch, and given their length.
@@ -141,11 +142,7 @@ class ASRTask(TrainingGuards, pl.LightningModule):
         A resumed run also gets the checkpoint's RNG states back (SpecAugment draws as unbroken).
         """
         self.restore_rng()
-        for config in self.trainer.lr_scheduler_configs:
-            if getattr(config.scheduler, "interval", None) == "step":
-                config.interval = "step"
-                if getattr(config.scheduler, "total_steps", 0) is None:
-                    config.scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
+        self.prepare_step_schedules()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the model record without weights: Lightning's ``state_dict`` already holds them."""

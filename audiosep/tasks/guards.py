@@ -4,7 +4,7 @@
 
 - :meth:`~TrainingGuards.guard_loss` turns a loss that is not finite on *any* rank (one tiny
   all-reduce under DDP) into a skipped step on every rank, counted in the logged
-  ``nonfinite_steps``. Single-process it returns ``None``, Lightning's own skip. Lightning refuses
+  ``nonfinite_steps``; :data:`MAX_CONSECUTIVE_NONFINITE` in a row end the run with an error. Single-process it returns ``None``, Lightning's own skip. Lightning refuses
   ``None`` in distributed training, so under DDP every rank backpropagates an exact zero through
   every parameter (the gradient all-reduce stays in step) and :meth:`on_before_optimizer_step`
   drops the gradients, so the optimizer leaves the weights and its state as they were. The
@@ -24,10 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from audiosep.errors import UserError
 from audiosep.rng import collect_rng_states, set_rng_states
 
 RNG_KEY = "audiosep_rng_states"
 NONFINITE_KEY = "audiosep_nonfinite_steps"
+MAX_CONSECUTIVE_NONFINITE = 20  # skipped steps in a row that end the run: the weights or the data are broken
 
 
 class TrainingGuards:
@@ -35,6 +37,7 @@ class TrainingGuards:
 
     def init_guards(self) -> None:
         self.nonfinite_steps = 0
+        self._nonfinite_in_a_row = 0
         self._rng_to_restore: dict[str, Any] | None = None
         self._drop_gradients = False
         self._buffers_before: list[tuple[Tensor, Tensor]] = []
@@ -65,8 +68,14 @@ class TrainingGuards:
     def guard_loss(self, loss: Tensor, batch_size: int) -> Tensor | None:
         """``loss`` when finite everywhere; otherwise what skips this step on every rank."""
         finite = self._all_finite(loss)
+        self._nonfinite_in_a_row = 0 if finite else self._nonfinite_in_a_row + 1
         if not finite:
             self.nonfinite_steps += 1
+        if self._nonfinite_in_a_row >= MAX_CONSECUTIVE_NONFINITE:
+            raise UserError(
+                f"{self._nonfinite_in_a_row} training steps in a row had a non-finite loss (step "
+                f"{self.trainer.global_step}): the weights or the data hold NaN or infinity; the run stops"  # type: ignore[attr-defined]
+            )
         self.log("nonfinite_steps", float(self.nonfinite_steps), batch_size=batch_size)  # type: ignore[attr-defined]
         if finite:
             return loss
@@ -91,6 +100,15 @@ class TrainingGuards:
     def load_guards(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get(RNG_KEY)
         self.nonfinite_steps = int(checkpoint.get(NONFINITE_KEY, 0))
+
+    def prepare_step_schedules(self) -> None:
+        """Call from ``on_train_start``: schedules that say ``interval = "step"`` (e.g.
+        :class:`audiosep.optim.WarmupCosineLR`) are stepped per batch, and given their length."""
+        for config in self.trainer.lr_scheduler_configs:  # type: ignore[attr-defined]
+            if getattr(config.scheduler, "interval", None) == "step":
+                config.interval = "step"
+                if getattr(config.scheduler, "total_steps", 0) is None:
+                    config.scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))  # type: ignore[attr-defined]
 
     def restore_rng(self) -> None:
         """Call from ``on_train_start``: the checkpoint's RNG states, once."""

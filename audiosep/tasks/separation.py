@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from audiosep.checkpoint import LIGHTNING_KEY, model_record
+from audiosep.errors import ConfigError
 from audiosep.eval_report import guarded_csv
 from audiosep.io import atomic_write_text
 from audiosep.losses import PITSISNRLoss
@@ -162,8 +163,18 @@ class SeparationTask(TrainingGuards, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.load_guards(checkpoint)
 
+    def setup(self, stage: str) -> None:
+        """Refuse a ``sample_rate`` other than the data's: every checkpoint would record it, and
+        ``audiosep infer`` resample its inputs to a rate the model never heard."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        rate = getattr(datamodule, "sample_rate", None)
+        if self.sample_rate is not None and rate is not None and rate != self.sample_rate:
+            raise ConfigError(f"model sample_rate={self.sample_rate} but the data's is {rate} Hz")
+
     def on_train_start(self) -> None:
+        """A resumed run gets the checkpoint's RNG states back; step-interval schedules step per batch."""
         self.restore_rng()
+        self.prepare_step_schedules()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam 1e-3 when the recipe gives no ``optimizer:`` (LightningCLI replaces this otherwise)."""
