@@ -408,8 +408,11 @@ def _run_checks(
         inputs = graph.make_inputs(batch, length, generator)
         if silent:
             inputs = (inputs[0] * torch.tensor([[1.0], [0.0]]), *inputs[1:])
-        with torch.inference_mode():
-            want = graph.reference(*inputs)
+        try:
+            with torch.inference_mode():
+                want = graph.reference(*inputs)
+        except RuntimeError as err:  # e.g. a length below the STFT's reflect padding
+            raise UserError(f"--check-lengths {length}: the PyTorch model itself cannot take it ({_first_line(err)})") from err
         want = want if isinstance(want, tuple) else (want,)
         try:
             errors = max_errors(runner(inputs), want, graph.task == "asr") if runner else (math.inf, math.inf)
@@ -540,8 +543,11 @@ def export_model(
             raise UserError(
                 f"{path}: unsupported: cannot export {name} to {format} ({_first_line(err)})"
             ) from err
-        cases = _run_checks(graph, tmp, format, lengths)
         opset_used = _onnx_opset(tmp) if format == "onnx" else None
+        if format == "onnx" and opset_used != opset:  # onnxscript falls back to its own opset when down-conversion fails
+            raise UserError(f"{path}: the exporter wrote opset {opset_used}, not the {opset} asked for (its conversion "
+                            f"to {opset} failed); not written")  # fmt: skip
+        cases = _run_checks(graph, tmp, format, lengths)
         seconds = time.perf_counter() - start
         reports.append(ExportReport(path, format, opset_used, os.path.getsize(tmp), atol, cases, seconds))
         if not reports[0].passed:

@@ -7,17 +7,20 @@ sums of every cumulative layer norm (cLN), and the decoder's overlap-add tail. P
 outputs of :meth:`ConvTasNetStream.process` and :meth:`ConvTasNetStream.flush` gives the offline output
 of the whole signal (tested within 1e-4), for any block sizes.
 
-Latency: an output sample is final once the encoder window that covers it has been read, so the
-stream returns everything up to ``window - stride`` samples before the end of the input so far;
-:attr:`ConvTasNetStream.algorithmic_latency` is that in samples, plus the block length the caller
-buffers.
+Latency: an output sample is final once every encoder window that covers it has been read (the
+window starting at it: ``window - 1`` samples ahead), so after a block that ends on a frame boundary
+the stream has returned everything up to ``window - stride`` samples before the end of the input;
+:attr:`ConvTasNetStream.algorithmic_latency` is that in samples, for blocks a multiple of the stride
+(others wait up to a stride more: ``block + window - gcd(block, stride)`` in all; ``audiosep bench``
+measures it).
 
 :class:`RESepFormerStream` does the same for a causal RE-SepFormer: it separates one chunk of
 ``chunk_size`` encoder frames at a time (the intra-chunk transformer sees the whole chunk, and the
 chunk's summary is the mean of all its frames), and each inter-chunk transformer runs one new
 position per chunk over its cached keys and values (its output at a chunk is what the causal
 offline pass computes there). Its algorithmic latency is one chunk plus the decoder overlap:
-``chunk_size * stride + window - stride`` samples (150 ms + 1 ms at 8 kHz with the paper's sizes).
+``chunk_size * stride + window - stride`` samples (150 ms + 1 ms at 8 kHz with the paper's sizes), plus
+the block, less the part of the block that lines up with the chunks.
 
 :func:`open_stream` picks the stream class of a model (a closed list).
 """

@@ -485,8 +485,24 @@ def test_streaming_latency_of_a_causal_resepformer_is_a_chunk_and_a_window() -> 
                         num_heads=2, ffn_dim=16, chunk_size=20, norm="cumulative_ln", causal=True).eval()  # fmt: skip
     row = streaming_latency("re", model, 8000, 10.0, torch.device("cpu"), repeats=5)
     assert row["status"] == "ok (RESepFormerStream, batch 1)"
-    assert row["algorithmic_latency_ms"] == pytest.approx(10.0 + 1000 * (20 * 4 + 4) / 8000)  # block + chunk + W - s
+    # a chunk's first sample waits for the chunk and the window's tail (84 samples), then for the block that
+    # brings that (80 samples, aligned with the 80-sample chunks): 160 samples
+    assert row["algorithmic_latency_ms"] == pytest.approx(1000 * 160 / 8000)
     assert row["compute_ms"] > 0 and row["compute_rtf"] > 0
+
+
+@pytest.mark.parametrize(("block_ms", "latency_ms"), [(1.0, 4.0), (2.5, 6.0), (20.0, 22.0)])
+def test_streaming_latency_is_the_longest_wait_for_blocks_not_a_multiple_of_the_stride(
+    block_ms: float, latency_ms: float
+) -> None:
+    """block + window - stride (2.5 ms -> 4.5 ms) held only for blocks a multiple of the 16-sample stride: a sample at
+    a frame's start waits for the frame's 32 samples, then for the block that brings its last one."""
+    from audiosep.bench.streaming import streaming_latency
+    from audiosep.models import conv_tasnet_demo
+
+    model = conv_tasnet_demo(num_layers=2, num_repeats=1, causal=True, norm="cLN").eval()
+    row = streaming_latency("ct", model, 8000, block_ms, torch.device("cpu"), repeats=3)
+    assert row["algorithmic_latency_ms"] == pytest.approx(latency_ms)
 
 
 def test_the_roofline_matmul_is_timed_in_each_case_rounds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

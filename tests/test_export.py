@@ -46,6 +46,8 @@ FAMILIES: dict[str, Callable[[], nn.Module]] = {
     "sepformer": lambda: SepFormer(**TRANSFORMER, model_channels=12, num_blocks=1),
     "resepformer": lambda: RESepFormer(**RESEPFORMER),
     "resepformer_causal": lambda: RESepFormer(**RESEPFORMER, causal=True, norm="channel_ln"),
+    # cLN's first-frame shift was a slice torch.export could not size over the chunks (ONNX export failed)
+    "resepformer_causal_cumulative_ln": lambda: RESepFormer(**RESEPFORMER, causal=True, norm="cumulative_ln"),
     "tiny_sepformer": lambda: TinySepformer(**TINY_SEPFORMER),
 }
 PRUNED = dict(CONV_TASNET, hidden_channels=[12, 7, 9, 12], num_layers=2, num_repeats=2)
@@ -417,3 +419,43 @@ def test_the_command_module_imports_no_torch() -> None:
     code = "import sys, audiosep.commands.export; assert 'torch' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# --- review of stop 26 -------------------------------------------------------------------------------
+
+
+def test_an_onnx_file_of_another_opset_than_asked_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """onnxscript writes its own opset when down-conversion fails: --opset 17 gave an opset-18 file, exit 0."""
+    needs_onnx()
+    monkeypatch.setattr(export, "_onnx_opset", lambda path: export.DEFAULT_OPSET + 1)
+    path = tmp_path / "model.onnx"
+    with pytest.raises(UserError, match=rf"wrote opset {export.DEFAULT_OPSET + 1}, not the {export.DEFAULT_OPSET} asked"):
+        export_model(family("conv_tasnet"), path, "onnx", RATE, check_lengths=SHORT_LENGTHS)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_check_length_the_model_itself_refuses_is_one_line(tmp_path: Path) -> None:
+    """A QuartzNet with a reflect-padded STFT cannot take 100 samples: a traceback from the reference call."""
+    model = randomised(QuartzNet(16, len(VOCABULARY) + 1, QUARTZNET_BLOCKS))
+    features = LogMelFeatures(16000, n_mels=16, pad_mode="reflect")
+    with pytest.raises(UserError, match=r"^--check-lengths 100: the PyTorch model itself cannot take it \("):
+        export_model(model, tmp_path / "m.pt", "torchscript", 16000, features=features, check_lengths=[100, 4000])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_path_below_a_file_is_one_line(tmp_path: Path) -> None:
+    from audiosep.commands.inputs import check_output_file
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"file is a file, not a folder$"):
+        check_output_file(tmp_path / "file" / "deeper" / "m.onnx", "--out")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, a folder that holds no new files")
+def test_an_out_folder_that_refuses_the_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    save_model(randomised(ConvTasNet(**CONV_TASNET)), tmp_path / "m.ckpt", {"sample_rate": RATE})
+    argv = ["export", "--ckpt", str(tmp_path / "m.ckpt"), "--format", "torchscript", "--out", "/proc/audiosep_m.pt",
+            "--check-lengths", "401"]  # fmt: skip
+    assert audiosep.cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("audiosep: error: /proc/audiosep_m.pt: cannot write it (")

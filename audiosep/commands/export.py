@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from audiosep.commands.inputs import check_output_file
-from audiosep.errors import UserError
+from audiosep.errors import UserError, one_line
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_ATOL = 1e-4  # audiosep.export.DEFAULT_ATOL, repeated so that --help imports no torch
@@ -119,5 +119,7 @@ def run(args: argparse.Namespace) -> int:
     except ExportCheckError as err:
         print("\n".join(err.report.lines()))
         raise
+    except OSError as err:  # the folder refused the file (a read-only or special file system)
+        raise UserError(f"{out}: cannot write it ({err.strerror or one_line(err)})") from err
     print("\n".join(report.lines()))
     return 0

@@ -232,6 +232,11 @@ def check_output_file(path: str | os.PathLike, flag: str, reads: Iterable[str | 
         raise UserError(f"{flag} {path}: is a folder; give {flag} a file name")
     if Path(path).resolve() in {Path(read).resolve() for read in reads}:
         raise UserError(f"{flag} {path}: would replace {what}; pass another {flag}")
+    existing = next(parent for parent in Path(path).absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{flag} {path}: cannot write in {existing}")
 
 
 def check_glob(pattern: str | None) -> None:

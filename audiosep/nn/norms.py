@@ -174,7 +174,8 @@ class CumulativeLayerNorm(_AffineNorm):
         if x.shape[2] == 0:
             return x, state
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        shift = xf[:, :, :1].mean(dim=1, keepdim=True) if state is None else state.shift  # [B, 1, 1]
+        # Indexed, not sliced (`[:, :, :1]`): torch.export could not reconcile the slice's size Min(1, T) over chunks.
+        shift = xf[:, :, 0].mean(dim=1, keepdim=True).unsqueeze(2) if state is None else state.shift  # [B, 1, 1]
         centred = xf - shift  # [B, C, T]
         sums = centred.sum(dim=1).double().cumsum(dim=-1)  # [B, T]
         sums_sq = centred.square().sum(dim=1).double().cumsum(dim=-1)
