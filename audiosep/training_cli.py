@@ -147,6 +147,9 @@ class AudiosepCLI(LightningCLI):
         kwargs["weights_only"] = True  # a recipe's `weights_only: false` would let a checkpoint's pickle run code
         if kwargs.get("ckpt_path") is not None:
             kwargs["ckpt_path"] = str(self._checked_ckpt_path(str(kwargs["ckpt_path"])))
+        elif subcommand in ("validate", "test"):  # the scores would be those of freshly initialised weights
+            print(f"audiosep: warning: no --ckpt_path: {subcommand} scores the model as the recipe builds it "
+                  "(untrained, unless the recipe loads a model file)", file=sys.stderr)  # fmt: skip
         return kwargs
 
     def _checked_ckpt_path(self, ckpt_path: str) -> Path | str:

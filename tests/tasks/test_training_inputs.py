@@ -129,3 +129,11 @@ def test_asr_manifest_errors_are_config_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="manifest not found"):
         read_manifest(tmp_path / "none.jsonl")
     assert issubclass(ConfigError, ValueError) and issubclass(ConfigError, UserError)
+
+
+def test_test_without_a_checkpoint_warns_that_it_scores_untrained_weights(tiny_librimix, tmp_path, capsys) -> None:
+    """`audiosep test` without --ckpt_path wrote the scores of random weights, exit 0, without a word."""
+    argv = ["test", "--config", RECIPE, f"--data.root={tiny_librimix}", f"--trainer.default_root_dir={tmp_path}",
+            f"--model.test_csv={tmp_path / 's.csv'}", "--trainer.enable_progress_bar=false", *TINY_MODEL]  # fmt: skip
+    assert main(argv) == 0
+    assert "audiosep: warning: no --ckpt_path: test scores the model as the recipe builds it" in capsys.readouterr().err
