@@ -163,6 +163,27 @@ def train_batches(datamodule: L.LightningDataModule) -> int | None:
     return len(datamodule.split_dataset(datamodule.train_split, datamodule.segment)) // datamodule.batch_size
 
 
+LAST_EVERY_STEPS = 25  # search steps between saves of its last.ckpt (a few ms each for these models)
+
+
+class LastCheckpoint(L.Callback):
+    """Save ``path`` every :data:`LAST_EVERY_STEPS` training steps and when training ends.
+
+    Why not ``ModelCheckpoint(save_last=True, save_top_k=0)``: Lightning writes ``last.ckpt`` only beside a
+    top-k save, so with none it came when the search ended, and a killed search started over from step 0.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step % LAST_EVERY_STEPS == 0:
+            trainer.save_checkpoint(self.path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)
+
+
 def _trainer(root: Path, settings: PruneSettings, **kwargs) -> L.Trainer:
     """A Lightning trainer checkpointing to ``root`` atomically (a kill mid-save never leaves a half ``last.ckpt``)."""
     from audiosep.checkpoint_io import AtomicCheckpointIO
@@ -173,9 +194,7 @@ def _trainer(root: Path, settings: PruneSettings, **kwargs) -> L.Trainer:
         enable_checkpointing="callbacks" in kwargs,
     )  # fmt: skip
     if "callbacks" not in kwargs:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        kwargs["callbacks"] = [ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)]
+        kwargs["callbacks"] = [LastCheckpoint(root / "last.ckpt")]
         defaults["enable_checkpointing"] = True
     trainer = L.Trainer(**(defaults | kwargs))
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()

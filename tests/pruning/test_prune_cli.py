@@ -30,6 +30,7 @@ def _checkpoint(tmp_path: Path, model: torch.nn.Module | None = None) -> Path:
 
 
 def _prune(tmp_path: Path, root: Path, ckpt: Path, *extra: str) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
     argv = ["prune", "--ckpt", str(ckpt), "--config", RECIPE, "--data-root", str(root), "--out", str(out),
             "--target-macs", "0.6", "--search-steps", "3", "--finetune-epochs", "0.5",
@@ -202,3 +203,34 @@ def test_out_must_be_a_new_file_name(tmp_path: Path, capsys: pytest.CaptureFixtu
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("audiosep: error: --report ") and problem in err[0]
     assert ckpt.read_bytes() == before and not (tmp_path / "p.pt").exists()
+
+
+class Killed(RuntimeError):
+    """Stands for a kill of the process mid-search."""
+
+
+def test_a_search_killed_midway_resumes_from_its_last_save(
+    tiny_librimix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """last.ckpt came only when the search ended (Lightning saves it beside a top-k save, and there was none):
+    a search killed at step 366 of 600 started again from step 0."""
+    from audiosep.pruning import pipeline
+    from audiosep.pruning.task import ChannelGateTask
+
+    ckpt = _checkpoint(tmp_path)
+    unbroken = _prune(tmp_path / "a", tiny_librimix, ckpt, "--search-steps", "30", "--finetune-epochs", "0")
+    step = ChannelGateTask.training_step
+
+    def killed_at_27(self, batch, batch_idx):  # noqa: ANN001, ANN202
+        if self.trainer.global_step == 27:
+            raise Killed
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ChannelGateTask, "training_step", killed_at_27)
+    with pytest.raises(Killed):
+        _prune(tmp_path / "b", tiny_librimix, ckpt, "--search-steps", "30", "--finetune-epochs", "0")
+    last = tmp_path / "b" / "work" / "search" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == pipeline.LAST_EVERY_STEPS == 25
+    monkeypatch.setattr(ChannelGateTask, "training_step", step)
+    resumed = _prune(tmp_path / "b", tiny_librimix, ckpt, "--search-steps", "30", "--finetune-epochs", "0")
+    assert resumed["widths"] == unbroken["widths"] and resumed["search_steps"] == unbroken["search_steps"] == 30
