@@ -286,3 +286,39 @@ def test_last_skips_the_checkpoints_of_other_models_below_the_root(tmp_path: Pat
     assert find_last_checkpoint(tmp_path) == theirs  # the newest
     assert find_last_checkpoint(tmp_path, {"model.w": (4,)}) == ours
     assert find_last_checkpoint(tmp_path, {"model.w": (5,)}) is None
+
+
+def test_a_mid_epoch_resume_with_dataloader_workers_continues_the_epoch(tiny_librimix: Path, tmp_path: Path) -> None:
+    """Lightning makes the epoch's iterator before it calls set_epoch, and workers draw indices at once: a resumed
+    run drew epoch 0's order instead of the saved epoch's (the recipes use 4 to 8 workers)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from audiosep.data.librimix import LibriMixDataModule
+    from audiosep.models import ConvTasNet
+    from audiosep.tasks.separation import SeparationTask
+
+    class Log(pl.Callback):
+        def __init__(self) -> None:
+            self.ids: list[tuple[str, ...]] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+            self.ids.append(tuple(batch[2]))
+
+    def fit(root: Path, ckpt_path: str | None = None) -> list[tuple[str, ...]]:
+        log = Log()
+        every_step = ModelCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+        trainer = pl.Trainer(
+            max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, limit_val_batches=0, callbacks=[log, every_step], default_root_dir=root,
+        )  # fmt: skip
+        pl.seed_everything(0)
+        model = ConvTasNet(enc_num_filters=16, enc_kernel_size=8, bottleneck_channels=8, hidden_channels=12,
+                           skip_channels=8, num_layers=2, num_repeats=1)  # fmt: skip
+        data = LibriMixDataModule(str(tiny_librimix), segment=0.25, batch_size=1, num_workers=1, seed=3)
+        trainer.fit(SeparationTask(model), data, ckpt_path=ckpt_path)
+        return log.ids
+
+    unbroken = fit(tmp_path / "a")
+    for step in (6, 8):  # after epoch 0's last batch (6 mixtures, batch size 1), and mid-epoch
+        assert fit(tmp_path / f"b{step}", str(tmp_path / "a" / f"step={step}.ckpt")) == unbroken[step:]

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audiosep.data.audio import read_audio, resample, to_mono
-from audiosep.data.sampling import resume_state
+from audiosep.data.sampling import resume_position, resume_state
 from audiosep.errors import ConfigError, brief_repr
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
@@ -219,8 +219,6 @@ class DurationBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        # A generator: the order is drawn at the first batch, after Lightning's set_epoch (it makes the
-        # epoch's iterator first, so a resumed run drew epoch 0's order).
         batches = self._rank_batches()
         if self._skip is not None and self._skip[0] == self.epoch:
             skip = self._skip[1] % max(1, len(batches))
@@ -316,7 +314,9 @@ class ASRDataModule(pl.LightningDataModule):
         loader = self._loader("train", shuffle=True)
         self._train_sampler = loader.batch_sampler  # type: ignore[assignment]
         if "batches" in self._resume:
-            self._train_sampler.resume(self._resume["epoch"], self._resume["batches"])  # type: ignore[union-attr]
+            sampler = self._train_sampler
+            sampler.set_epoch(self._resume["epoch"])  # its batch count may change with the epoch's order
+            sampler.resume(*resume_position(sampler, self._resume, len(sampler)))  # type: ignore[arg-type]
             self._resume = {}
         return loader
 

@@ -12,6 +12,7 @@ moved or copied folder still works.
 from __future__ import annotations
 
 import csv
+import math
 import random
 import re
 from pathlib import Path
@@ -26,7 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from audiosep.data.dynamic_mixing import dynamic_mixing_dataset, dynamic_mixing_loader
 from audiosep.data.safe_paths import check_mixture_ids
-from audiosep.data.sampling import EpochSampler, EpochSeeded, EpochShuffleSampler, check_segment, resume_state
+from audiosep.data.sampling import (
+    EpochSampler,
+    EpochSeeded,
+    EpochShuffleSampler,
+    check_segment,
+    resume_position,
+    resume_state,
+)
 from audiosep.errors import UserError
 
 Task = Literal["sep_clean", "sep_noisy"]
@@ -323,8 +331,9 @@ class LibriMixDataModule(L.LightningDataModule):
             )
         if "batches" in self._resume:
             world_size = self.trainer.world_size if self.trainer is not None else 1
-            skip = self._resume["batches"] * self.batch_size * world_size
-            self._train_sampler.resume(self._resume["epoch"], skip)  # type: ignore[union-attr]
+            per_rank = math.ceil(len(self._train_sampler) / world_size) // self.batch_size  # type: ignore[arg-type]
+            epoch, skip = resume_position(self._train_sampler, self._resume, per_rank)
+            self._train_sampler.resume(epoch, skip * self.batch_size * world_size)  # type: ignore[union-attr]
             self._resume = {}
         return loader
 

@@ -111,6 +111,20 @@ class EpochSeeded(Dataset):
         return self.dataset.get(index, rng)  # type: ignore[attr-defined]
 
 
+def resume_position(sampler: Any, state: dict[str, Any], batches_per_epoch: int) -> tuple[int, int]:
+    """Set ``sampler`` to the epoch a resumed run trains first; returns it and the batches of it already done.
+
+    Why now, not at Lightning's ``set_epoch``: Lightning makes the resumed epoch's iterator before it calls
+    ``set_epoch``, and DataLoader workers draw indices from it at once (a resumed run drew epoch 0's order).
+    A checkpoint taken after an epoch's last batch resumes at the next epoch's start.
+    """
+    epoch, batches = int(state["epoch"]), int(state["batches"])
+    if batches >= batches_per_epoch:
+        epoch, batches = epoch + 1, 0
+    sampler.set_epoch(epoch)
+    return epoch, batches
+
+
 def resume_state(trainer: Any, sampler: Any) -> dict[str, int]:
     """What a data module saves in a checkpoint: the sampler's epoch and the batches done in it.
 

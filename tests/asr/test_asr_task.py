@@ -129,7 +129,9 @@ class BatchLog(pl.Callback):
         self.batches.append(tuple(batch[2]))
 
 
-def fit_logged(tiny_asr, root: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[BatchLog, Path]:
+def fit_logged(
+    tiny_asr, root: Path, max_epochs: int, ckpt_path: str | None = None, workers: int = 0
+) -> tuple[BatchLog, Path]:
     """Fit the tiny task with batch size 1 (4 batches an epoch), a checkpoint after every step."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -140,16 +142,20 @@ def fit_logged(tiny_asr, root: Path, max_epochs: int, ckpt_path: str | None = No
         default_root_dir=root, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[log, every_step],
     )  # fmt: skip
     pl.seed_everything(0)
-    trainer.fit(tiny_task(), ASRDataModule(tiny_asr["train"], tiny_asr["val"], batch_size=1, seed=5), ckpt_path=ckpt_path)
+    data = ASRDataModule(tiny_asr["train"], tiny_asr["val"], batch_size=1, seed=5, num_workers=workers)
+    trainer.fit(tiny_task(), data, ckpt_path=ckpt_path)
     return log, root
 
 
-def test_each_epoch_draws_a_new_batch_order_and_a_resume_continues_it(tiny_asr, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_each_epoch_draws_a_new_batch_order_and_a_resume_continues_it(tiny_asr, tmp_path, workers):
     """Lightning never called the batch sampler's set_epoch (epochs 0, 1, 2 trained one order), and a resumed
-    run started the epoch again (batches trained twice, the rest of the epoch never)."""
-    unbroken, root = fit_logged(tiny_asr, tmp_path / "a", max_epochs=3)
+    run started the epoch again (batches trained twice, the rest of the epoch never); with workers, which draw
+    indices as soon as Lightning makes the iterator (before its set_epoch), a resume drew epoch 0's order."""
+    unbroken, root = fit_logged(tiny_asr, tmp_path / "a", max_epochs=3, workers=workers)
     epochs = [unbroken.batches[i : i + 4] for i in (0, 4, 8)]
     assert all(sorted(epoch) == sorted(epochs[0]) for epoch in epochs)  # each utterance once an epoch
     assert len(set(map(tuple, epochs))) > 1, "every epoch trained the same batch order"
-    resumed, _ = fit_logged(tiny_asr, tmp_path / "b", max_epochs=3, ckpt_path=str(root / "step=6.ckpt"))
-    assert resumed.batches == unbroken.batches[6:]
+    for step in (6, 4):  # mid-epoch, and after an epoch's last batch
+        resumed, _ = fit_logged(tiny_asr, tmp_path / f"b{step}", 3, str(root / f"step={step}.ckpt"), workers=workers)
+        assert resumed.batches == unbroken.batches[step:]
