@@ -506,7 +506,7 @@ def export_model(
         features: QuartzNet's front end, exported with it.
         atol: largest allowed difference from PyTorch: absolute for outputs within [-1, 1], scaled
             beyond that (:func:`max_errors`).
-        opset: ONNX opset (>= 17, for the STFT).
+        opset: ONNX opset (>= 18: the exporter writes 18 and cannot convert down to 17).
         check_lengths: samples per row of the checks (default: :func:`default_check_lengths`).
         metadata: extra JSON-able entries stored with ``sample_rate`` (ONNX ``metadata_props``
             key ``"audiosep"``; TorchScript extra file ``audiosep.json``).

@@ -27,6 +27,8 @@ the block, less the part of the block that lines up with the chunks.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -89,6 +91,19 @@ def _check_block(block: Tensor, pending: Tensor | None) -> None:
         raise ValueError(f"this stream carries {pending.shape[0]} signals; got a block of {block.shape[0]}")
 
 
+def block_latency(block: int, period: int, lag: int) -> int:
+    """The longest wait, in samples, from a sample entering in ``block``-sample blocks to the block that returns it.
+
+    A stream returns the output of each ``period`` (a frame, or a chunk of frames) that starts at sample
+    ``t`` once its input holds ``t + lag`` samples, i.e. at the end of the first block reaching that. Over
+    the periods' alignments with the blocks (``t`` a multiple of ``period``), the wait ``lag + e`` is longest
+    for the smallest positive ``x = t + lag`` modulo ``block``, which is ``r = lag mod gcd`` (``gcd`` when 0):
+    ``lag + block - r``. Blocks a multiple of a Conv-TasNet's stride give ``block + window - stride``.
+    """
+    step = math.gcd(block, period)
+    return lag + block - (lag % step or step)
+
+
 class ConvTasNetStream:
     """Separate a causal :class:`ConvTasNet` input block by block.
 
@@ -107,7 +122,13 @@ class ConvTasNetStream:
         self.model = eval_copy(model)
         self.window, self.stride = model.enc_kernel_size, model.stride
         self.algorithmic_latency = self.window - self.stride
+        self.period, self.lag = self.stride, self.window  # a frame's output is final once its window is in
         self.reset()
+
+    def latency(self, block: int) -> int:
+        """The longest wait, in samples, from a sample's place in the input to the ``process`` call of
+        ``block``-sample blocks that returns it (:func:`block_latency`)."""
+        return block_latency(block, self.period, self.lag)
 
     def reset(self) -> None:
         """Start a new signal."""
@@ -240,7 +261,13 @@ class RESepFormerStream:
         self.chunk_size = model.masker.chunk_size
         self.num_sources = model.masker.num_sources
         self.algorithmic_latency = self.chunk_size * self.stride + self.window - self.stride
+        # a chunk's output is final once its last frame's window is in
+        self.period, self.lag = self.chunk_size * self.stride, self.algorithmic_latency
         self.reset()
+
+    def latency(self, block: int) -> int:
+        """As :meth:`ConvTasNetStream.latency`, for chunks."""
+        return block_latency(block, self.period, self.lag)
 
     def reset(self) -> None:
         """Start a new signal."""

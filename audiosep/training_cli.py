@@ -171,8 +171,11 @@ class AudiosepCLI(LightningCLI):
                 f"--ckpt_path {shown}: not used by audiosep's training commands; give a checkpoint file, or "
                 "'last' (the newest last.ckpt or SLURM hpc_ckpt_N.ckpt below --trainer.default_root_dir)"
             )
-        if ckpt_path == "last":
+        if ckpt_path == "last":  # this model's newest; one with NaN weights is this run's, broken: refused
             found = find_last_checkpoint(self.trainer.default_root_dir, weight_shapes(self.model))
+            problem = None if found is None else checkpoint_problem(found, weight_shapes(self.model))
+            if problem:
+                raise UserError(f"--ckpt_path last ({found}): {problem}")
             return "last" if found is None else found.resolve()
         path = Path(ckpt_path).expanduser()
         if path.is_dir():
@@ -199,7 +202,7 @@ def find_last_checkpoint(root: str | Path, expected: dict[str, tuple[int, ...]] 
     candidates.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
     if expected is None:
         return candidates[0] if candidates else None
-    return next((path for path in candidates if checkpoint_problem(path, expected) is None), None)
+    return next((path for path in candidates if checkpoint_problem(path, expected, finite=False) is None), None)
 
 
 def weight_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -226,10 +229,11 @@ def claim_training_folder(root: Path, identity: dict[str, Any], record: str = "r
     return identity
 
 
-def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]]) -> str | None:
+def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]], finite: bool = True) -> str | None:
     """Why ``path`` is not a Lightning training checkpoint of a model with weights ``expected``; None if it is.
 
-    Checked before Lightning reads it, which otherwise ends in a multi-line traceback.
+    Checked before Lightning reads it, which otherwise ends in a multi-line traceback. ``finite``: also
+    refuse NaN or infinite weights (with them every step was skipped to the end of the run).
     """
     if not path.is_file():
         return "no such file"
@@ -250,7 +254,7 @@ def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]]) -> str 
     if stored != expected:
         differ = sorted(set(stored) ^ set(expected)) or [k for k in expected if stored[k] != expected[k]]
         return f"holds another model than the recipe's (e.g. {brief_repr(differ[:3])}); check the recipe and its overrides"
-    for name, tensor in weights.items():  # a NaN weight made every step a skipped one, to the end of the run
+    for name, tensor in weights.items() if finite else ():  # a NaN weight made every step a skipped one
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return f"its weight {brief_repr(name)} holds NaN or infinite values"
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,32 @@ def test_a_stream_or_separator_leaves_a_model_in_training_as_it_was(make) -> Non
     model.eval()
     assert Separator(model, 8000).model is model  # nothing to change: no copy
     assert Separator(model, 8000, device="cpu:0").model is model  # the same device, spelt with its index
+
+
+def longest_wait(stream, block: int) -> int:
+    """The longest wait, in samples, from an input sample's place to the ``process`` call that returns it,
+    over whole cycles of the blocks' alignment with the stream's frames or chunks (brute force)."""
+    fed = returned = worst = 0
+    steps = 2 * (math.lcm(block, stream.period) // block) + 2 * (stream.lag // block + 1)
+    for _ in range(steps):
+        fed += block
+        out = stream.process(0.1 * torch.randn(1, block))
+        if out.shape[-1]:
+            worst = max(worst, fed - returned)  # the first sample returned now came in at `returned`
+            returned += out.shape[-1]
+    return worst
+
+
+@pytest.mark.parametrize("block", [1, 7, 16, 20, 80, 81])
+def test_conv_tasnet_stream_latency_is_its_longest_wait(block: int) -> None:
+    """block + window - stride held only for blocks a multiple of the stride (2.5 ms blocks at 8 kHz: 6 ms, not 4.5)."""
+    stream = open_stream(conv_tasnet_demo(num_repeats=1, num_layers=2, causal=True, norm="cLN").eval())
+    assert stream.latency(block) == longest_wait(stream, block)
+
+
+@pytest.mark.parametrize("block", [1, 3, 24, 40, 80, 81])
+def test_resepformer_stream_latency_is_its_longest_wait(block: int) -> None:
+    model = RESepFormer(encoder_channels=12, kernel_size=8, num_blocks=1, num_intra_layers=1, num_inter_layers=1,
+                        num_heads=2, ffn_dim=16, chunk_size=10, norm="cumulative_ln", causal=True).eval()  # fmt: skip
+    stream = open_stream(model)
+    assert stream.latency(block) == longest_wait(stream, block)

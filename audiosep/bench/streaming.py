@@ -1,11 +1,11 @@
 """Streaming latency of causal separators: the stateful stream of :mod:`audiosep.streaming`, timed per block.
 
 A causal Conv-TasNet or RE-SepFormer separates block by block with carried state and gives the
-offline output (:func:`audiosep.streaming.open_stream`). The algorithmic latency is measured, not
-computed: the longest wait, in the run's own steps, from a sample's place in the input to the step that
-returns it (the block buffered before it is processed, plus the stream's lag: Conv-TasNet's encoder
-window less one stride, RE-SepFormer's chunk of frames more, and up to one stride or chunk more when the
-block is not a multiple of it). The run covers a whole cycle of block vs. stride/chunk alignment. A Conv-TasNet step emits output on every block, a
+offline output (:func:`audiosep.streaming.open_stream`). The algorithmic latency is the longest wait
+from a sample's place in the input to the step that returns it (:func:`audiosep.streaming.block_latency`:
+the block buffered before it is processed, plus the stream's lag, Conv-TasNet's encoder window less one
+stride or RE-SepFormer's chunk of frames more, and up to one stride or chunk more when the block does not
+line up with them). A Conv-TasNet step emits output on every block, a
 RE-SepFormer step only on the blocks that complete a chunk: the compute time is the median of the
 steps that emit output, and the compute RTF is all steps' time over the audio's duration (below 1:
 the stream keeps up). Models that cannot stream get a row saying why.
@@ -13,7 +13,6 @@ the stream keeps up). Models that cannot stream get a row saying why.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -41,24 +40,18 @@ def streaming_latency(
         return row | {"status": "not measured: the stream is timed on CPU"}
     block = max(1, round(block_ms * sample_rate / 1000))
     generator = torch.Generator().manual_seed(0)  # not the global RNG: the bench must not reseed its caller
-    fed, returned, worst = 0, 0, 0  # samples in, samples out (output sample t is input sample t's), longest wait
     for _ in range(WARMUP_BLOCKS):
-        fed += block
-        returned += stream.process(0.1 * torch.randn(1, block, generator=generator)).shape[-1]
+        stream.process(0.1 * torch.randn(1, block, generator=generator))
     walls, emitting = [], []
-    cycle = math.lcm(block, stream.stride * getattr(stream, "chunk_size", 1)) // block  # steps of one alignment cycle
-    while len(walls) < max(repeats, cycle) or len(emitting) < STREAM_EMITTING_STEPS:
+    while len(walls) < repeats or len(emitting) < STREAM_EMITTING_STEPS:
         samples = 0.1 * torch.randn(1, block, generator=generator)
         start = time.perf_counter()
         out = stream.process(samples)
         walls.append(time.perf_counter() - start)
-        fed += block
         if out.shape[-1]:
             emitting.append(walls[-1])
-            worst = max(worst, fed - returned)  # the first sample returned now came in at `returned`
-            returned += out.shape[-1]
     compute_ms = 1000 * sorted(emitting)[len(emitting) // 2]
-    algorithmic = 1000 * worst / sample_rate
+    algorithmic = 1000 * stream.latency(block) / sample_rate
     return row | {
         "status": f"ok ({type(stream).__name__}, batch 1)",
         "algorithmic_latency_ms": round(algorithmic, 2),

@@ -341,9 +341,10 @@ class LibriMixDataModule(L.LightningDataModule):
         """Refuse a training split too small for one batch on every rank (the loader drops partial batches:
         0 steps, no checkpoint, exit 0)."""
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        if items < self.batch_size * world_size:
-            raise UserError(f"the {self.train_split} split has {items} mixtures, fewer than batch_size {self.batch_size}"
-                            f"{f' x {world_size} processes' if world_size > 1 else ''}: not one full batch to train on")  # fmt: skip
+        if math.ceil(items / world_size) < self.batch_size:  # each rank's share (padded to equal ones under DDP)
+            share = f" ({math.ceil(items / world_size)} for each of {world_size} processes)" if world_size > 1 else ""
+            raise UserError(f"the {self.train_split} split has {items} mixtures{share}, fewer than batch_size "
+                            f"{self.batch_size}: not one full batch to train on")  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         """The training sampler's epoch and the batches done in it (saved in every checkpoint)."""

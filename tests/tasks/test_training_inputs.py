@@ -137,3 +137,26 @@ def test_test_without_a_checkpoint_warns_that_it_scores_untrained_weights(tiny_l
             f"--model.test_csv={tmp_path / 's.csv'}", "--trainer.enable_progress_bar=false", *TINY_MODEL]  # fmt: skip
     assert main(argv) == 0
     assert "audiosep: warning: no --ckpt_path: test scores the model as the recipe builds it" in capsys.readouterr().err
+
+
+def test_ckpt_path_last_with_a_nan_weight_is_refused_not_skipped(tiny_librimix, tmp_path, capsys) -> None:
+    """`--ckpt_path last` took a NaN last.ckpt for another job's file and trained from step 0, exit 0."""
+    assert main(fit_argv(tiny_librimix, tmp_path)) == 0
+    last = next(tmp_path.rglob("last.ckpt"))
+    checkpoint = torch.load(last, weights_only=False)
+    name = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][name].fill_(float("nan"))
+    torch.save(checkpoint, last)
+    assert main(fit_argv(tiny_librimix, tmp_path, "--ckpt_path=last", "--trainer.max_steps=4")) == 1
+    assert f"--ckpt_path last ({last.resolve()}): its weight '{name}' holds NaN" in one_error_line(capsys)
+
+
+def test_one_full_batch_is_counted_per_process_under_ddp() -> None:
+    """5 mixtures on 2 processes are 3 for each (the sampler pads): a batch of 3 was refused as none."""
+    from audiosep.data.librimix import LibriMixDataModule
+
+    data = LibriMixDataModule("unused", batch_size=3)
+    data.trainer = type("T", (), {"world_size": 2})()
+    data._check_one_batch(5)
+    with pytest.raises(UserError, match=r"4 mixtures \(2 for each of 2 processes\), fewer than batch_size 3"):
+        data._check_one_batch(4)
