@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiosep.audio_blocks import AudioError, CheckedAudio, resample_span, resampled_length, soundfile_name
@@ -114,62 +115,80 @@ class ChunkConfig:
         return int(self.seconds * sample_rate), int(self.overlap_seconds * sample_rate)
 
 
-def chunk_layout(length: int, chunk: int, overlap: int) -> tuple[list[int], int]:
-    """``(starts, size)``: the fewest chunks of one ``size <= chunk`` covering ``length``, neighbours sharing
-    at least ``overlap`` samples.
+def chunk_layout(length: int, chunk: int, overlap: int, grid: int = 1) -> tuple[list[int], int]:
+    """``(starts, size)``: the fewest chunks of one ``size`` covering ``length``, neighbours sharing at least
+    ``overlap`` samples, every start a multiple of ``grid``; the last chunk may end up to ``grid - 1``
+    samples past ``length`` (it is read with zeros after the end).
 
     The chunks are spread evenly (not ``chunk`` long with a last one pushed back over its neighbour), so
-    a 60 s file in 16 s chunks with 2 s overlap costs 5 chunks of 13.6 s, not 5 of 16 s.
+    a 60 s file in 16 s chunks with 2 s overlap costs 5 chunks of 13.6 s, not 5 of 16 s. Why the grid
+    (the model's encoder stride): a chunk that starts between two of the whole signal's frames is framed
+    differently, and a Conv-TasNet's output differed over its whole length (11-19 dB from the unchunked
+    output, 34-35 dB on the grid); the size grows by a few samples when the hop is rounded to it.
     """
     if length <= chunk:
         return [0], length
     count = -(-(length - overlap) // (chunk - overlap))
     size = -(-(length + (count - 1) * overlap) // count)
-    hop = size - overlap
-    return [index * hop for index in range(count - 1)] + [length - size], size
+    hop = max(grid, (size - overlap) // grid * grid)
+    size = max(size, length - (count - 1) * hop)  # the rounded-down hop must still reach the end
+    last = -(-(length - size) // grid) * grid  # on the grid, at most the hop after its neighbour
+    return [index * hop for index in range(count - 1)] + [last], size
+
+
+def fade(overlap: int) -> Tensor:
+    """Weights of a chunk's head over an ``overlap`` it shares with the chunk before (its tail's are 1 minus these).
+
+    0 over the first quarter, a linear ramp over the middle half, 1 over the last quarter: each chunk's
+    edge, where the model saw zeros instead of the signal around it, is not used where its neighbour has
+    the signal (with a ramp over the whole overlap, a 65-tap filter's output was 2e-4 off at every seam).
+    """
+    quarter = overlap // 4
+    ramp = torch.arange(1, overlap - 2 * quarter + 1) / (overlap - 2 * quarter + 1)
+    return torch.cat([torch.zeros(quarter), ramp, torch.ones(quarter)])
 
 
 def crossfade_window(length: int, fade_in: int, fade_out: int) -> Tensor:
-    """Weights 1 inside, linear ramps (strictly positive) over the first/last samples."""
+    """Weights 1 inside, :func:`fade` over the first ``fade_in`` samples and its mirror over the last ``fade_out``."""
     window = torch.ones(length)
     if fade_in:
-        window[:fade_in] = torch.arange(1, fade_in + 1) / (fade_in + 1)
+        window[:fade_in] = fade(fade_in)
     if fade_out:
-        window[length - fade_out :] = torch.arange(fade_out, 0, -1) / (fade_out + 1)
+        window[length - fade_out :] = 1 - fade(fade_out)
     return window
-
-
-GAIN_LIMIT = 8.0  # a chunk's least-squares gain is kept within [1/8, 8] in magnitude
-SILENT_OVERLAP = 1e-6  # overlap energy, relative to the chunk's, below which no gain is fitted
 
 
 def align_to_previous(current: Tensor, previous: Tensor) -> Tensor:
     """Match ``current[S, T]`` to the output so far: ``previous[S, n]`` over their ``n`` shared samples.
 
-    Sources are reordered by the absolute correlation of the overlaps (a model may flip a source's
-    sign from one chunk to the next), then each is scaled by the least-squares gain, sign included,
-    that maps its overlap onto the previous one. A source nearly silent in the overlap keeps gain 1.
+    Over the overlaps' middle halves (their ends are the chunks' edges, where each chunk saw zeros),
+    sources are reordered and negated where that brings them closest to the output so far (the least
+    total squared error: the largest sum of absolute inner products; a model may swap sources or flip
+    a sign from one chunk to the next). The level stays the model's own: a least-squares gain fitted on
+    each overlap and chained from chunk to chunk made levels drift (-4.6 dB for one source over 30
+    minutes, -12 dB in 20 s of 1 s chunks).
     """
-    head = current[:, : previous.shape[-1]]
-    cur = head / (head.norm(dim=-1, keepdim=True) + 1e-8)
-    prev = previous / (previous.norm(dim=-1, keepdim=True) + 1e-8)
-    similarity = (cur @ prev.T).abs()  # S_cur, S_prev
-    perm = best_permutation(similarity.unsqueeze(0))[0]
-    current, head = current[perm], head[perm]
-    head_energy = head.square().sum(-1)
-    gain = (head * previous).sum(-1) / head_energy.clamp_min(1e-20)
-    reliable = (head_energy > SILENT_OVERLAP * current.square().sum(-1)) & (
-        previous.square().sum(-1) > SILENT_OVERLAP * current.square().sum(-1)
-    )
-    magnitude = gain.abs().clamp(1 / GAIN_LIMIT, GAIN_LIMIT)
-    gain = torch.where(reliable, torch.sign(gain) * magnitude, torch.ones_like(gain))
-    return current * gain.unsqueeze(-1)
+    shared = previous.shape[-1]
+    middle = slice(shared // 4, shared - shared // 4) if shared >= 4 else slice(0, shared)
+    products = current[:, :shared][:, middle].double() @ previous[:, middle].double().T  # S_cur, S_prev
+    perm = best_permutation(products.abs().unsqueeze(0))[0]
+    signs = torch.where(products[perm, torch.arange(len(perm))] < 0, -1.0, 1.0)
+    return current[perm] * signs.unsqueeze(-1).to(current.dtype)
 
 
 def check_finite_input(waveform: Tensor) -> None:
     """Raise :class:`SeparationError` counting the NaN/Inf samples of an input waveform, if any."""
     if not torch.isfinite(waveform).all():
         raise SeparationError(f"{int((~torch.isfinite(waveform)).sum())} non-finite sample(s) (NaN/Inf) in the input")
+
+
+def model_hop(model: nn.Module) -> int:
+    """The stride of ``model``'s encoder frames (1 when it has no framing encoder): the chunk grid."""
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, nn.Conv1d):
+        return int(encoder.stride[0])
+    stride = getattr(model, "stride", None)
+    return int(stride) if isinstance(stride, int) else 1
 
 
 def model_window(model: nn.Module) -> int:
@@ -487,7 +506,7 @@ class Separator:
         not ``length``.
         """
         chunk, overlap = self.chunk.samples(self.sample_rate)
-        starts, chunk = chunk_layout(length, chunk, overlap)
+        starts, chunk = chunk_layout(length, chunk, overlap, model_hop(self.model))
         pending = pending_weight = None  # blended output and weights over [next start, previous end)
         for index, (start, estimate) in enumerate(self._chunk_estimates(read, starts, chunk, length)):
             if pending is not None:
@@ -555,9 +574,11 @@ class Separator:
         with bar:
             for first in range(0, len(starts), self.chunk_batch):
                 group = starts[first : first + self.chunk_batch]
-                batch = torch.stack([read(start, min(start + chunk, length)) for start in group]).to(self.device)
-                estimates = self.runtime(batch).float().cpu()  # [b, S, n]
-                yield from zip(group, estimates, strict=True)
+                pieces = [read(start, min(start + chunk, length)) for start in group]
+                batch = torch.stack([F.pad(piece, (0, chunk - piece.shape[-1])) for piece in pieces])  # zeros past the end
+                estimates = self.runtime(batch.to(self.device)).float().cpu()  # [b, S, n]
+                for start, piece, estimate in zip(group, pieces, estimates, strict=True):
+                    yield start, estimate[:, : piece.shape[-1]]
                 bar.update(len(group))
 
     def _to_mono(self, waveform: Tensor) -> Tensor:
