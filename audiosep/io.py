@@ -129,6 +129,34 @@ LOCK_FILE = ".audiosep.lock"
 
 
 @contextmanager
+def directory_lock(folder: Path, option: str) -> Iterator[None]:
+    """:func:`folder_lock` that leaves no file behind: the lock is on the folder itself (Linux, macOS).
+
+    For folders that hold the user's own files (``audiosep infer``'s output folder may be the input folder).
+
+    Raises:
+        UserError: another process holds the lock.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder}: in use by another running audiosep command; wait for it or pass another "
+                            f"{option}") from None  # fmt: skip
+        except OSError as err:  # a file system without flock
+            warnings.warn(f"{folder}: cannot be locked ({err.strerror or err}); do not run two commands on it at once",
+                          stacklevel=3)  # fmt: skip
+        yield
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
 def folder_lock(folder: Path, option: str) -> Iterator[None]:
     """Create ``folder`` if needed and hold an exclusive lock on it while the block runs.
 

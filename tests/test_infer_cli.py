@@ -705,3 +705,35 @@ def test_file_names_go_to_soundfile_as_bytes_on_posix_only(monkeypatch: pytest.M
     path = Path("café.wav")  # made before os.name changes: pathlib picks its class from it
     monkeypatch.setattr(os, "name", "nt")
     assert soundfile_name(path) == "café.wav"
+
+
+def test_a_second_run_on_one_output_folder_is_refused_while_the_first_runs(ckpt, tmp_path, capsys) -> None:
+    """Two runs on one --out-dir: the second deleted the first's scratch files, which then failed mid-file."""
+    from audiosep.io import directory_lock
+
+    wav = tmp_path / "x.wav"
+    sf.write(wav, speech(0), RATE)
+    with directory_lock(tmp_path / "out", "--out-dir"):
+        assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), str(wav)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"audiosep: error: {tmp_path / 'out'}: in use by another running audiosep command; wait for it "
+                   "or pass another --out-dir"]  # fmt: skip
+    assert list((tmp_path / "out").iterdir()) == []
+    assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), str(wav)]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x_s1.wav", "x_s2.wav"]  # no lock file left
+
+
+def test_a_full_disk_is_named_not_a_libsndfile_system_error(ckpt, tmp_path, capsys, monkeypatch) -> None:
+    """libsndfile reports a full disk as "System error."; the user saw "separation failed (... System error.)"."""
+    import shutil
+    from collections import namedtuple
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise sf.LibsndfileError(2, "Error opening output: ")
+
+    monkeypatch.setattr(Separator, "separate_file", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: namedtuple("Usage", "total used free")(1, 1, 0))
+    wav = tmp_path / "x.wav"
+    sf.write(wav, speech(0), RATE)
+    assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), str(wav)]) == 1
+    assert "cannot write outputs (No space left on device); nothing written for it" in capsys.readouterr().err

@@ -15,15 +15,20 @@ Heavy imports (torch, the model code) happen in :func:`run`, so ``audiosep --hel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import soundfile as sf
+
 from audiosep.commands.inputs import Input, Report, check_glob, collect_inputs, file_id, progress_bar, shown
 from audiosep.errors import UserError
+from audiosep.io import directory_lock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -244,6 +249,12 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
         report.error(label, str(err))
     except OSError as err:
         report.error(label, f"cannot write outputs ({err.strerror or err}); nothing written for it")
+    except sf.LibsndfileError as err:  # libsndfile says only "System error." when a write finds the disk full
+        folder = next(path for path in plan.outputs[0].parents if path.exists())
+        if shutil.disk_usage(folder).free == 0:
+            report.error(label, "cannot write outputs (No space left on device); nothing written for it")
+        else:
+            report.error(label, f"separation failed (LibsndfileError: {err.error_string})")
     except MemoryError:
         report.error(label, "out of memory; try a smaller --chunk-seconds")
     except Exception as err:  # noqa: BLE001 - one bad file must not end the batch with a traceback
@@ -293,9 +304,14 @@ def run(args: argparse.Namespace) -> int:
     inputs = collect_inputs(args.inputs, args.glob, report, exclude=out_dir)
     plans = list(plan_outputs(inputs, out_dir, separator.num_sources))
     separator.progress = not args.no_progress
-    with progress_bar(len(plans), enabled=not args.no_progress and len(plans) > 1) as bar:
+    # One run per output folder: a second one deleted the first's scratch files and failed it mid-file.
+    created = not out_dir.exists()
+    lock = directory_lock(out_dir, "--out-dir") if plans else contextlib.nullcontext()
+    with lock, progress_bar(len(plans), enabled=not args.no_progress and len(plans) > 1) as bar:
         for plan in plans:
             process(plan, separator, args, out_dir, report)
             bar.update()
+    if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()  # made for the lock, and nothing was written
     report.summary()
     return 1 if report.failed else 0
