@@ -235,8 +235,11 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report))
     kept = report.macs_after / report.macs_before
     if abs(kept - args.target_macs) > 0.02:
+        why = ("every pruned group is at its narrowest; the rest (encoder, decoder, unpruned layers) cannot go"
+               if all(width <= args.multiple for width in report.widths)
+               else f"widths are multiples of {args.multiple}; a smaller --multiple gets closer")  # fmt: skip
         print(f"audiosep: warning: {100 * kept:.1f} % of the MACs kept for a target of {100 * args.target_macs:.1f} % "
-              f"(widths are multiples of {args.multiple}; a smaller --multiple gets closer)", file=sys.stderr)  # fmt: skip
+              f"({why})", file=sys.stderr)  # fmt: skip
     if report.latency_spread_s:
         problem = unreliable_speedup(report.latency_spread_s["before"], report.latency_spread_s["after"])
         if problem:

@@ -3,10 +3,10 @@
 Relaxation (SepPrune's public code does not publish one; this is our choice): one learnable score
 ``s`` per channel; the forward pass multiplies the channel by the *hard* gate
 ``1[sigmoid(s) > threshold]`` and the backward pass uses the gradient of ``sigmoid(s)``
-(straight-through estimator). Why: the network only ever sees 0/1 gates, so what the scores are
-trained on is exactly the network that surgery will produce (a sigmoid or hard-concrete gate
-trains a network with half-open channels that no pruned model reproduces), and all-open gates
-change nothing at all. Scores start at ``init_score`` (sigmoid 0.95), above every threshold.
+(straight-through estimator). Why: the network only ever sees 0/1 gates, so the scores are trained
+on networks of whole channels, as surgery produces (a sigmoid or hard-concrete gate trains a network
+with half-open channels that no pruned model reproduces), and all-open gates change nothing at all.
+The channels kept are then the best-scored within the MACs budget, which need not be the gates left open. Scores start at ``init_score`` (sigmoid 0.95), above every threshold.
 
 The MACs budget term is differentiable too: the expected cost ``sum(macs_per_channel *
 sigmoid(s))`` relative to the model's total, penalised above the target.

@@ -234,3 +234,26 @@ def test_a_search_killed_midway_resumes_from_its_last_save(
     monkeypatch.setattr(ChannelGateTask, "training_step", step)
     resumed = _prune(tmp_path / "b", tiny_librimix, ckpt, "--search-steps", "30", "--finetune-epochs", "0")
     assert resumed["widths"] == unbroken["widths"] and resumed["search_steps"] == unbroken["search_steps"] == 30
+
+
+def test_a_target_below_what_pruning_can_reach_says_so(
+    tiny_librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 1 % every block is one channel wide: the warning blamed --multiple 1."""
+    report = _prune(tmp_path, tiny_librimix, _checkpoint(tmp_path), "--method", "l1", "--target-macs", "0.01",
+                    "--finetune-epochs", "0")  # fmt: skip
+    assert set(report["widths"]) == {1}
+    err = capsys.readouterr().err
+    assert "every pruned group is at its narrowest" in err and "smaller --multiple" not in err
+
+
+def test_profile_of_a_model_without_a_pruning_rule_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--profile ran a QuartzNet with a mixture and printed "forward() missing 1 required positional argument"."""
+    from audiosep.asr_metadata import asr_metadata
+    from audiosep.models import QuartzNet
+    from audiosep.nn.features import LogMelFeatures
+
+    model = QuartzNet(16, 5, [[16, 11, 1, 2, 1, False], [16, 11, 2], [24, 1, 1, 1, 1, False, False]])
+    save_model(model, tmp_path / "asr.ckpt", asr_metadata(LogMelFeatures(16000, n_mels=16), list("abc ")))
+    assert main(["prune", "--ckpt", str(tmp_path / "asr.ckpt"), "--profile", "--latency-seconds", "0.1"]) == 1
+    assert "no pruning rule for QuartzNet" in capsys.readouterr().err
