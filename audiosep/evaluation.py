@@ -402,15 +402,15 @@ def _evaluate_locked(separator: Any, dataset: Any, out_dir: Path, identity: RunI
     """:func:`evaluate` in its locked ``out_dir``."""
     from tqdm import tqdm
 
-    log = RowLog(out_dir, identity, restart=restart)
     ids = list(dataset.ids)
-    todo = list(pending(ids, log.done, limit))
     selected = ids if limit is None else ids[:limit]
     wanted = set(selected)
     references: dict[str, list[str]] | None = None
-    if transcriber is not None and transcripts is not None:  # all of them first: fail before hours of work
-        normalize = transcriber.tokenizer.normalize
+    if transcriber is not None and transcripts is not None:  # all of them first: fail before hours of work,
+        normalize = transcriber.tokenizer.normalize  # and before a --restart clears the folder's rows
         references = {i: references_for(i, separator.num_sources, transcripts, normalize) for i in selected}
+    log = RowLog(out_dir, identity, restart=restart)
+    todo = list(pending(ids, log.done, limit))
     if todo or restart:  # the reports of the rows so far (or of a run restarted) no longer hold
         remove_reports(out_dir)
     started = time.perf_counter()

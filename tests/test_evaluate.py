@@ -521,3 +521,19 @@ def test_spaces_a_ctc_decoder_leaves_are_no_character_errors() -> None:
              "hyp_clean": ["hi there"]}]
     rates = error_rates(rows)
     assert rates["separated"] == rates["clean"] == {"wer": 0.0, "cer": 0.0}
+
+
+def test_a_restart_refused_for_a_missing_transcript_leaves_the_previous_run_whole(
+        sep_ckpt: Path, asr_ckpt: Path, librimix: Path, tmp_path: Path) -> None:
+    """--restart cleared the rows and rewrote run.json before the transcripts were checked: a missing one left the
+    old run's scores.csv and summary.json beside a run.json naming the new run, and no rows."""
+    out = tmp_path / "eval"
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--out-dir", str(out), "--no-progress"]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    chapter = tmp_path / "LibriSpeech" / "test-clean" / "1" / "2"
+    chapter.mkdir(parents=True)
+    (chapter / "1-2.trans.txt").write_text("1-2-0000 HELLO\n")  # none of the mixtures' utterances
+    assert main([*args, "--restart", "--asr", str(asr_ckpt), "--librispeech", str(tmp_path / "LibriSpeech")]) == 1
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert after == before
