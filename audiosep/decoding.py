@@ -106,7 +106,8 @@ class FlashlightDecoder:
         word_score: score added per word (insertion bonus).
 
     Raises:
-        UserError: flashlight-text is not installed, or a path does not exist.
+        UserError: flashlight-text is not installed, a path does not exist, or the vocabulary has no
+            word separator (no space label).
     """
 
     def __init__(
@@ -126,7 +127,9 @@ class FlashlightDecoder:
         except (ImportError, RuntimeError) as err:  # torchaudio raises RuntimeError without flashlight
             raise UserError("beam search with a language model needs `pip install flashlight-text`") from err
         self.tokens = ["|" if label == " " else label for label in vocabulary] + ["<blank>"]
-        separator = "|" if "|" in self.tokens else self.tokens[0]
+        if "|" not in self.tokens:  # flashlight then took the first label for silence: "c" came out "aca"
+            raise UserError("beam search needs a word separator (a space label) in the model's vocabulary, and this "
+                            "one has none; decode greedily (no --lm, no --lexicon)")  # fmt: skip
         try:
             self._decoder = ctc_decoder(
                 lexicon=None if lexicon_path is None else str(lexicon_path),
@@ -136,7 +139,7 @@ class FlashlightDecoder:
                 lm_weight=lm_weight,
                 word_score=word_score,
                 blank_token="<blank>",
-                sil_token=separator,
+                sil_token="|",
                 log_add=True,
             )
         except RuntimeError as err:  # unreadable LM or lexicon; KenLM's message spans lines

@@ -131,3 +131,16 @@ def test_lexicon_decoding_keeps_real_double_letters(tmp_path):
     (tmp_path / "lexicon.txt").write_text("aa a a |\nb b |\n")
     decoder = build_decoder([" ", "a", "b"], beam_size=4, lexicon_path=tmp_path / "lexicon.txt")
     assert decoder(log_probs, lengths) == [[1, 1]] == build_decoder([" ", "a", "b"])(log_probs, lengths)
+
+
+def test_beam_search_refuses_a_vocabulary_without_a_word_separator(tmp_path):
+    """flashlight took the first label for silence: with vocabulary "abc", "c" decoded as "aca" (reviewer)."""
+    pytest.importorskip(
+        "flashlight.lib.text", reason="flashlight-text not installed (pip install flashlight-text)"
+    )
+    from audiosep.decoding import FlashlightDecoder
+    from audiosep.errors import UserError
+
+    with pytest.raises(UserError, match="needs a word separator"):
+        FlashlightDecoder(["a", "b", "c"], beam_size=4)
+    FlashlightDecoder([" ", "a", "b"], beam_size=4)  # with a space: fine
