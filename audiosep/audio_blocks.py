@@ -343,7 +343,7 @@ class CheckedAudio:
                     f"(frame {frame}, channel {channel if self.channel is None else self.channel})",
                     path,
                 )
-            silent = silent and not block.any()
+            silent = silent and not block.mean(axis=1).any()  # the mono mixdown: channels may cancel out
             got += block.shape[0]
             if block.shape[0] < self._block:
                 break

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,6 +80,12 @@ def quiet_cuts(energies: Tensor, max_frames: int, search_frames: int) -> list[in
         first = cuts[-1] + max_frames - search_frames
         cuts.append(first + int(torch.argmin(energies[first : cuts[-1] + max_frames])) + 1)
     return [*cuts, total]
+
+
+def single_spaces(text: str) -> str:
+    """``text`` with runs of spaces as one and none at the ends (greedy CTC leaves both). Only the space:
+    other labels of a vocabulary (a tab, a newline) are text the output escapes."""
+    return re.sub(" {2,}", " ", text).strip(" ")
 
 
 def pad_batch(waveforms: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -212,7 +219,7 @@ class Transcriber:
             padded = nn.utils.rnn.pad_sequence(outputs, batch_first=True)  # [B, T'_max, V]
             lengths = torch.tensor([o.shape[0] for o in outputs])
             for index, ids in zip(chunk, self.decoder(padded, lengths), strict=True):
-                texts[index] = self.tokenizer.decode(ids)
+                texts[index] = single_spaces(self.tokenizer.decode(ids))
         return [texts[i] for i in range(len(waveforms))]
 
     def segments(self, audio: CheckedAudio) -> list[Tensor]:
@@ -227,7 +234,10 @@ class Transcriber:
             cuts = [0, frames]
         else:
             max_frames = int(self.segment_seconds * rate) // frame
-            cuts = [c * frame for c in quiet_cuts(frame_energies(audio, frame), max_frames, int(CUT_SEARCH_SECONDS * rate) // frame)]
+            search = int(CUT_SEARCH_SECONDS * rate) // frame
+            cuts = [c * frame for c in quiet_cuts(frame_energies(audio, frame), max_frames, search)]
+            if len(cuts) > 2 and frames - cuts[-2] < search * frame:  # a tail of a few samples: one more word of noise
+                del cuts[-2]
             cuts[-1] = frames
         length = resampled_length(frames, rate, self.sample_rate)
         edges = [min(length, round(c * self.sample_rate / rate)) for c in cuts]

@@ -95,3 +95,31 @@ def test_a_segment_length_that_cannot_work_is_one_error_line(asr_ckpt, tmp_path,
     assert main(["transcribe", "--ckpt", str(asr_ckpt), "--segment-seconds", seconds, str(path)]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "segment_seconds must be finite and at least" in error[0]
+
+
+def test_a_tail_of_a_few_samples_joins_the_segment_before(asr_ckpt, tmp_path) -> None:
+    """A 10 s + 1 sample file in 10 s segments, quietest just before 10 s, ended in a 1-sample segment, which was
+    transcribed (a stray word)."""
+    recording = speechlike(10 * RATE + 1, RATE, seed=8)
+    recording[10 * RATE - RATE // 10 : 10 * RATE] = 0.0  # the cut search finds its quietest frame at the very end
+    sf.write(tmp_path / "long.wav", recording, RATE, subtype="FLOAT")
+    transcriber = Transcriber.from_checkpoint(asr_ckpt, segment_seconds=10)
+    with CheckedAudio(tmp_path / "long.wav") as audio:
+        lengths = [s.shape[-1] for s in transcriber.segments(audio)]
+    assert sum(lengths) == recording.shape[0] and min(lengths) >= RATE
+
+
+def test_transcripts_have_single_spaces_and_no_spaces_at_the_ends(asr_ckpt, monkeypatch) -> None:
+    """The greedy CTC output " hi  there " was printed and written as it was."""
+    transcriber = Transcriber.from_checkpoint(asr_ckpt)
+    monkeypatch.setattr(transcriber.tokenizer, "decode", lambda ids: " hi  there ")
+    assert transcriber.transcribe([torch.zeros(RATE)]) == ["hi there"]
+
+
+def test_channels_that_cancel_out_are_silence(asr_ckpt, tmp_path, capsys) -> None:
+    """A stereo file of x and -x mixes down to zeros: it got a garbage transcript and no warning."""
+    tone = speechlike(8000, RATE, seed=9)
+    sf.write(tmp_path / "cancel.wav", np.stack([tone, -tone], axis=1), RATE, subtype="FLOAT")
+    assert main(["transcribe", "--ckpt", str(asr_ckpt), "--no-progress", str(tmp_path / "cancel.wav")]) == 0
+    captured = capsys.readouterr()
+    assert "cancel.wav: all samples are zero (silent); empty transcript" in captured.err
