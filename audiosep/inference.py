@@ -32,7 +32,6 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audiosep.audio_blocks import AudioError, CheckedAudio, resample_span, resampled_length, soundfile_name
@@ -42,6 +41,7 @@ from audiosep.io import TEMP_SUFFIX, atomic_paths, temp_prefix
 from audiosep.losses import best_permutation
 from audiosep.models.base import eval_copy, weights_sha256
 from audiosep.models.registry import SEPARATOR_CLASSES
+from audiosep.models.resepformer import RESepFormer
 from audiosep.optimize import prepare_for_inference
 from audiosep.transcriber import Transcriber
 
@@ -117,8 +117,8 @@ class ChunkConfig:
 
 def chunk_layout(length: int, chunk: int, overlap: int, grid: int = 1) -> tuple[list[int], int]:
     """``(starts, size)``: the fewest chunks of one ``size`` covering ``length``, neighbours sharing at least
-    ``overlap`` samples, every start a multiple of ``grid``; the last chunk may end up to ``grid - 1``
-    samples past ``length`` (it is read with zeros after the end).
+    ``overlap`` samples, every start a multiple of ``grid`` (at most ``chunk - overlap``); the last chunk
+    may reach up to ``grid - 1`` samples past ``length`` (it is read up to the end only: shorter).
 
     The chunks are spread evenly (not ``chunk`` long with a last one pushed back over its neighbour), so
     a 60 s file in 16 s chunks with 2 s overlap costs 5 chunks of 13.6 s, not 5 of 16 s. Why the grid
@@ -130,8 +130,9 @@ def chunk_layout(length: int, chunk: int, overlap: int, grid: int = 1) -> tuple[
         return [0], length
     count = -(-(length - overlap) // (chunk - overlap))
     size = -(-(length + (count - 1) * overlap) // count)
-    hop = max(grid, (size - overlap) // grid * grid)
-    size = max(size, length - (count - 1) * hop)  # the rounded-down hop must still reach the end
+    size = max(size, grid + overlap)  # a hop of at least one grid step (callers keep grid <= chunk - overlap)
+    hop = (size - overlap) // grid * grid
+    count = -(-(length - size) // hop) + 1  # one more chunk where the rounded-down hop falls short
     last = -(-(length - size) // grid) * grid  # on the grid, at most the hop after its neighbour
     return [index * hop for index in range(count - 1)] + [last], size
 
@@ -182,13 +183,16 @@ def check_finite_input(waveform: Tensor) -> None:
         raise SeparationError(f"{int((~torch.isfinite(waveform)).sum())} non-finite sample(s) (NaN/Inf) in the input")
 
 
-def model_hop(model: nn.Module) -> int:
-    """The stride of ``model``'s encoder frames (1 when it has no framing encoder): the chunk grid."""
+def model_grids(model: nn.Module) -> list[int]:
+    """Sample grids on which a chunk is framed as the whole signal is, coarsest first: RE-SepFormer's blocks
+    of ``chunk_size`` frames, then the encoder stride, then 1 (a model without a framing encoder)."""
     encoder = getattr(model, "encoder", None)
-    if isinstance(encoder, nn.Conv1d):
-        return int(encoder.stride[0])
-    stride = getattr(model, "stride", None)
-    return int(stride) if isinstance(stride, int) else 1
+    stride = int(encoder.stride[0]) if isinstance(encoder, nn.Conv1d) else getattr(model, "stride", 1)
+    stride = stride if isinstance(stride, int) else 1
+    grids = [stride, 1]
+    if isinstance(model, RESepFormer):  # non-overlapping chunks of frames from the signal's start
+        grids.insert(0, stride * int(model.masker.chunk_size))
+    return grids
 
 
 def model_window(model: nn.Module) -> int:
@@ -506,11 +510,12 @@ class Separator:
         not ``length``.
         """
         chunk, overlap = self.chunk.samples(self.sample_rate)
-        starts, chunk = chunk_layout(length, chunk, overlap, model_hop(self.model))
+        grid = next(g for g in model_grids(self.model) if g <= chunk - overlap)
+        starts, chunk = chunk_layout(length, chunk, overlap, grid)
         pending = pending_weight = None  # blended output and weights over [next start, previous end)
         for index, (start, estimate) in enumerate(self._chunk_estimates(read, starts, chunk, length)):
-            if pending is not None:
-                estimate = align_to_previous(estimate, pending / pending_weight)
+            if pending is not None:  # (a zero weight: a chunk's edge only, no reference there)
+                estimate = align_to_previous(estimate, pending / pending_weight.clamp_min(1e-12))
             fade_in = overlap if index > 0 else 0
             fade_out = overlap if index < len(starts) - 1 else 0
             window = crossfade_window(estimate.shape[-1], fade_in, fade_out)
@@ -575,10 +580,10 @@ class Separator:
             for first in range(0, len(starts), self.chunk_batch):
                 group = starts[first : first + self.chunk_batch]
                 pieces = [read(start, min(start + chunk, length)) for start in group]
-                batch = torch.stack([F.pad(piece, (0, chunk - piece.shape[-1])) for piece in pieces])  # zeros past the end
-                estimates = self.runtime(batch.to(self.device)).float().cpu()  # [b, S, n]
-                for start, piece, estimate in zip(group, pieces, estimates, strict=True):
-                    yield start, estimate[:, : piece.shape[-1]]
+                # The last chunk may end before its grid-aligned size: it runs alone, ending where the signal ends.
+                batches = [pieces] if len({p.shape[-1] for p in pieces}) == 1 else [[piece] for piece in pieces]
+                estimates = [e for batch in batches for e in self.runtime(torch.stack(batch).to(self.device)).float().cpu()]
+                yield from zip(group, estimates, strict=True)
                 bar.update(len(group))
 
     def _to_mono(self, waveform: Tensor) -> Tensor:

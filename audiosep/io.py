@@ -135,9 +135,12 @@ def directory_lock(folder: Path, option: str) -> Iterator[None]:
     For folders that hold the user's own files (``audiosep infer``'s output folder may be the input folder).
 
     Raises:
-        UserError: another process holds the lock.
+        UserError: ``folder`` cannot be made (a dangling link, a file on its path), or another process holds the lock.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{folder}: cannot make this folder ({err.strerror or err}); pass another {option}") from err
     if fcntl is None:
         yield
         return

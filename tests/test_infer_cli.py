@@ -737,3 +737,18 @@ def test_a_full_disk_is_named_not_a_libsndfile_system_error(ckpt, tmp_path, caps
     sf.write(wav, speech(0), RATE)
     assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), str(wav)]) == 1
     assert "cannot write outputs (No space left on device); nothing written for it" in capsys.readouterr().err
+
+
+def test_an_out_dir_that_cannot_be_made_is_one_line_and_no_empty_folders_stay(ckpt, tmp_path, capsys) -> None:
+    """A dangling link as --out-dir gave a FileExistsError traceback (the lock's mkdir); a failed run into
+    n1/n2/out left the empty n1/ and n1/n2/ behind."""
+    wav = tmp_path / "x.wav"
+    sf.write(wav, speech(0), RATE)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "dangling"), str(wav)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"audiosep: error: {tmp_path / 'dangling'}: cannot make this folder")
+    short = tmp_path / "short.wav"
+    sf.write(short, speech(0, frames=3), RATE)
+    assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "n1" / "n2" / "out"), str(short)]) == 1
+    assert not (tmp_path / "n1").exists()

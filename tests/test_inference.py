@@ -49,8 +49,9 @@ def test_chunk_layout_covers_the_signal_with_overlap_in_the_fewest_even_chunks(l
     starts, size = chunk_layout(length=length, chunk=30, overlap=5)
     assert size <= 30 and starts[0] == 0 and starts[-1] + size == length
     grid_starts, grid_size = chunk_layout(length=length, chunk=30, overlap=5, grid=4)  # a model's encoder stride
-    assert len(grid_starts) == len(starts) and all(start % 4 == 0 for start in grid_starts)
-    assert length <= grid_starts[-1] + grid_size < length + 4 and grid_size <= 30 + len(starts) * 4
+    hop = size - 5  # the grid rounds it down by at most 3: that many more chunks, and one
+    assert len(grid_starts) <= len(starts) * hop / (hop - 3) + 1 and all(start % 4 == 0 for start in grid_starts)
+    assert length <= grid_starts[-1] + grid_size < length + 4 and grid_size <= 30
     assert all(a + grid_size - b >= 5 for a, b in zip(grid_starts, grid_starts[1:], strict=False))
     assert all(5 <= a + size - b < size for a, b in zip(starts, starts[1:], strict=False))  # overlap, progress
     fewer = len(starts) - 1  # one chunk fewer of the longest size cannot cover the signal with the overlap
@@ -310,3 +311,36 @@ def test_write_sources_atomic_refuses_non_finite_or_clipping_samples(tmp_path: P
 def test_a_chunk_longer_than_ten_minutes_is_refused_not_overflowed() -> None:
     with pytest.raises(ValueError, match="chunk 1e\\+308 s is longer than 600 s"):
         ChunkConfig(1e308, 1.0)
+
+
+def test_a_grid_never_makes_a_chunk_longer_than_asked() -> None:
+    """Rounding the hop down to the stride and then stretching every chunk to reach the end ran 32224-sample
+    chunks for a configured 10400 (60 minutes at 8 kHz in 1.3 s chunks): 3.1x the memory --max-memory measured."""
+    length, chunk, overlap = 60 * 60 * 8000, 10400, 2000
+    starts, size = chunk_layout(length, chunk, overlap, grid=8)
+    assert size <= chunk and all(start % 8 == 0 for start in starts)
+    assert length <= starts[-1] + size < length + 8
+    assert all(a + size - b >= overlap for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_resepformer_chunks_start_on_its_blocks_of_frames() -> None:
+    """RE-SepFormer cuts its frames into blocks of chunk_size from the signal's start: a chunk on the stride grid
+    but not on the blocks' was cut differently (6-8 dB from unchunked for a one-block model)."""
+    from audiosep.models import RESepFormer
+
+    torch.manual_seed(0)
+    model = RESepFormer(encoder_channels=12, kernel_size=8, num_blocks=1, num_intra_layers=1, num_inter_layers=1,
+                        num_heads=2, ffn_dim=16, chunk_size=10, norm="channel_ln", causal=True).eval()  # fmt: skip
+    signal = 0.1 * torch.randn(SAMPLE_RATE * 3 + 7, generator=torch.Generator().manual_seed(2))
+    separator = Separator(model, SAMPLE_RATE, ChunkConfig(seconds=0.33, overlap_seconds=0.1), optimize=False)
+    with torch.inference_mode():
+        whole = model(signal[None])[0]
+    torch.testing.assert_close(separator.separate_at_model_rate(signal), whole, rtol=0, atol=1e-4)
+
+
+def test_chunks_a_few_strides_long_still_share_the_overlap() -> None:
+    """A hop rounded up to one grid step longer than the chunk less the overlap left neighbours sharing fewer
+    samples than the overlap; where that is all the earlier chunk's zero-weight edge, the reference was 0/0."""
+    for length in range(18, 400):
+        starts, size = chunk_layout(length, 17, 8, grid=8)
+        assert size <= 17 and all(a + size - b >= 8 for a, b in zip(starts, starts[1:], strict=False)), length

@@ -305,12 +305,13 @@ def test_a_mid_epoch_resume_with_dataloader_workers_continues_the_epoch(tiny_lib
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
             self.ids.append(tuple(batch[2]))
 
-    def fit(root: Path, ckpt_path: str | None = None) -> list[tuple[str, ...]]:
+    def fit(root: Path, ckpt_path: str | None = None, limit: int | None = None) -> list[tuple[str, ...]]:
         log = Log()
         every_step = ModelCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1, filename="{step}")
         trainer = pl.Trainer(
             max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, limit_val_batches=0, callbacks=[log, every_step], default_root_dir=root,
+            limit_train_batches=limit,
         )  # fmt: skip
         pl.seed_everything(0)
         model = ConvTasNet(enc_num_filters=16, enc_kernel_size=8, bottleneck_channels=8, hidden_channels=12,
@@ -322,3 +323,5 @@ def test_a_mid_epoch_resume_with_dataloader_workers_continues_the_epoch(tiny_lib
     unbroken = fit(tmp_path / "a")
     for step in (6, 8):  # after epoch 0's last batch (6 mixtures, batch size 1), and mid-epoch
         assert fit(tmp_path / f"b{step}", str(tmp_path / "a" / f"step={step}.ckpt")) == unbroken[step:]
+    limited = fit(tmp_path / "c", limit=4)  # epochs of 4 of the 6 batches: step 4 ends epoch 0
+    assert fit(tmp_path / "d", str(tmp_path / "c" / "step=4.ckpt"), limit=4) == limited[4:]

@@ -305,13 +305,14 @@ def run(args: argparse.Namespace) -> int:
     plans = list(plan_outputs(inputs, out_dir, separator.num_sources))
     separator.progress = not args.no_progress
     # One run per output folder: a second one deleted the first's scratch files and failed it mid-file.
-    created = not out_dir.exists()
+    missing = [folder for folder in (out_dir, *out_dir.absolute().parents) if not folder.exists()]  # deepest first
     lock = directory_lock(out_dir, "--out-dir") if plans else contextlib.nullcontext()
     with lock, progress_bar(len(plans), enabled=not args.no_progress and len(plans) > 1) as bar:
         for plan in plans:
             process(plan, separator, args, out_dir, report)
             bar.update()
-    if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()  # made for the lock, and nothing was written
+    for folder in missing:  # made for the lock: left only if something was written in it
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     report.summary()
     return 1 if report.failed else 0

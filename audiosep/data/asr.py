@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audiosep.data.audio import read_audio, resample, to_mono
-from audiosep.data.sampling import resume_position, resume_state
+from audiosep.data.sampling import resume_position, resume_state, trained_batches
 from audiosep.errors import ConfigError, brief_repr
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
@@ -316,7 +316,8 @@ class ASRDataModule(pl.LightningDataModule):
         if "batches" in self._resume:
             sampler = self._train_sampler
             sampler.set_epoch(self._resume["epoch"])  # its batch count may change with the epoch's order
-            sampler.resume(*resume_position(sampler, self._resume, len(sampler)))  # type: ignore[arg-type]
+            batches = trained_batches(self.trainer, len(sampler))  # type: ignore[arg-type]
+            sampler.resume(*resume_position(sampler, self._resume, batches))  # type: ignore[arg-type]
             self._resume = {}
         return loader
 

@@ -34,6 +34,7 @@ from audiosep.data.sampling import (
     check_segment,
     resume_position,
     resume_state,
+    trained_batches,
 )
 from audiosep.errors import UserError
 
@@ -332,7 +333,7 @@ class LibriMixDataModule(L.LightningDataModule):
         if "batches" in self._resume:
             world_size = self.trainer.world_size if self.trainer is not None else 1
             per_rank = math.ceil(len(self._train_sampler) / world_size) // self.batch_size  # type: ignore[arg-type]
-            epoch, skip = resume_position(self._train_sampler, self._resume, per_rank)
+            epoch, skip = resume_position(self._train_sampler, self._resume, trained_batches(self.trainer, per_rank))
             self._train_sampler.resume(epoch, skip * self.batch_size * world_size)  # type: ignore[union-attr]
             self._resume = {}
         return loader

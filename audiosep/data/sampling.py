@@ -111,6 +111,14 @@ class EpochSeeded(Dataset):
         return self.dataset.get(index, rng)  # type: ignore[attr-defined]
 
 
+def trained_batches(trainer: Any, batches: int) -> int:
+    """How many of an epoch's ``batches`` Lightning trains: all, or its ``limit_train_batches`` (a count or a fraction)."""
+    limit = getattr(trainer, "limit_train_batches", None)
+    if limit is None or isinstance(limit, bool):
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * float(limit))
+
+
 def resume_position(sampler: Any, state: dict[str, Any], batches_per_epoch: int) -> tuple[int, int]:
     """Set ``sampler`` to the epoch a resumed run trains first; returns it and the batches of it already done.
 

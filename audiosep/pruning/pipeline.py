@@ -193,9 +193,8 @@ def _trainer(root: Path, settings: PruneSettings, **kwargs) -> L.Trainer:
         logger=False, enable_model_summary=False, val_check_interval=0.5, max_epochs=-1,
         enable_checkpointing="callbacks" in kwargs,
     )  # fmt: skip
-    if "callbacks" not in kwargs:
+    if "callbacks" not in kwargs:  # saves by itself: Lightning's own ModelCheckpoint would add a file of its own
         kwargs["callbacks"] = [LastCheckpoint(root / "last.ckpt")]
-        defaults["enable_checkpointing"] = True
     trainer = L.Trainer(**(defaults | kwargs))
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     return trainer

@@ -234,6 +234,8 @@ def test_a_search_killed_midway_resumes_from_its_last_save(
     monkeypatch.setattr(ChannelGateTask, "training_step", step)
     resumed = _prune(tmp_path / "b", tiny_librimix, ckpt, "--search-steps", "30", "--finetune-epochs", "0")
     assert resumed["widths"] == unbroken["widths"] and resumed["search_steps"] == unbroken["search_steps"] == 30
+    search = tmp_path / "a" / "work" / "search"  # its own last.ckpt only: no Lightning default checkpoint beside it
+    assert sorted(p.relative_to(search).as_posix() for p in search.rglob("*.ckpt")) == ["last.ckpt"]
 
 
 def test_a_target_below_what_pruning_can_reach_says_so(
