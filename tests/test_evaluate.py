@@ -537,3 +537,15 @@ def test_a_restart_refused_for_a_missing_transcript_leaves_the_previous_run_whol
     assert main([*args, "--restart", "--asr", str(asr_ckpt), "--librispeech", str(tmp_path / "LibriSpeech")]) == 1
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
     assert after == before
+
+
+def test_references_that_lose_digits_or_letters_to_normalisation_are_warned_about() -> None:
+    """"CHAPTER 12 BEGINS" was scored as "chapter begins" without a word: a perfect "chapter twelve begins" is 33 %."""
+    from audiosep.data.tokenizer import CharTokenizer, dropped_characters
+    from audiosep.evaluation import warn_dropped_characters
+
+    vocabulary = CharTokenizer().vocabulary
+    assert dropped_characters("CHAPTER 12 BEGINS", vocabulary) == {"1", "2"}
+    assert dropped_characters("Café-au-lait, IT'S", vocabulary) == set()
+    with pytest.warns(UserWarning, match=r"1 reference transcript\(s\) hold letters or digits .*'12'"):
+        warn_dropped_characters(["1-2-3_4-5-6"], 2, {"1-2-3": "CHAPTER 12", "4-5-6": "HELLO"}, vocabulary)

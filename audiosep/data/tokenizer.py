@@ -34,6 +34,15 @@ def normalize_text(text: str, vocabulary: Sequence[str] = DEFAULT_VOCABULARY) ->
     return _SPACES.sub(" ", kept).strip()
 
 
+def dropped_characters(text: str, vocabulary: Sequence[str] = DEFAULT_VOCABULARY) -> set[str]:
+    """The letters and digits of ``text`` that :func:`normalize_text` drops (not in ``vocabulary`` even once
+    lower-cased and stripped of accents): "CHAPTER 12" loses "1" and "2", "STRASSE" nothing, "STRAßE" "ß"."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower()
+    allowed = set(vocabulary)
+    return {ch for ch in plain if ch.isalnum() and ch not in allowed}
+
+
 class CharTokenizer:
     """Text <-> label ids over a character vocabulary; the CTC blank is ``len(vocabulary)``.
 
