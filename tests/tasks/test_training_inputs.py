@@ -79,15 +79,21 @@ def test_a_step_schedule_steps_per_batch_in_a_separation_run(tiny_librimix, tmp_
     assert WarmupCosineLR.interval == "step"
 
 
-def test_a_resumed_checkpoint_with_a_nan_weight_is_refused(tiny_librimix, tmp_path, capsys) -> None:
-    """Every step was skipped to the end of the run, exit 0, a best checkpoint at val_si_snri=nan."""
+def fit_with_a_nan_weight_saved(tiny_librimix: Path, tmp_path: Path, saved_as: Path | None) -> tuple[Path, str]:
+    """Fit two steps, then store the run's last.ckpt with its first weight NaN at ``saved_as`` (None: in place)."""
     assert main(fit_argv(tiny_librimix, tmp_path)) == 0
     last = next(tmp_path.rglob("last.ckpt"))
     checkpoint = torch.load(last, weights_only=False)
     name = next(iter(checkpoint["state_dict"]))
     checkpoint["state_dict"][name].fill_(float("nan"))
-    torch.save(checkpoint, tmp_path / "nan.ckpt")
-    assert main(fit_argv(tiny_librimix, tmp_path, f"--ckpt_path={tmp_path / 'nan.ckpt'}", "--trainer.max_steps=4")) == 1
+    torch.save(checkpoint, saved_as or last)
+    return saved_as or last, name
+
+
+def test_a_resumed_checkpoint_with_a_nan_weight_is_refused(tiny_librimix, tmp_path, capsys) -> None:
+    """Every step was skipped to the end of the run, exit 0, a best checkpoint at val_si_snri=nan."""
+    path, name = fit_with_a_nan_weight_saved(tiny_librimix, tmp_path, tmp_path / "nan.ckpt")
+    assert main(fit_argv(tiny_librimix, tmp_path, f"--ckpt_path={path}", "--trainer.max_steps=4")) == 1
     assert f"its weight '{name}' holds NaN or infinite values" in one_error_line(capsys)
 
 
@@ -141,12 +147,7 @@ def test_test_without_a_checkpoint_warns_that_it_scores_untrained_weights(tiny_l
 
 def test_ckpt_path_last_with_a_nan_weight_is_refused_not_skipped(tiny_librimix, tmp_path, capsys) -> None:
     """`--ckpt_path last` took a NaN last.ckpt for another job's file and trained from step 0, exit 0."""
-    assert main(fit_argv(tiny_librimix, tmp_path)) == 0
-    last = next(tmp_path.rglob("last.ckpt"))
-    checkpoint = torch.load(last, weights_only=False)
-    name = next(iter(checkpoint["state_dict"]))
-    checkpoint["state_dict"][name].fill_(float("nan"))
-    torch.save(checkpoint, last)
+    last, name = fit_with_a_nan_weight_saved(tiny_librimix, tmp_path, None)
     assert main(fit_argv(tiny_librimix, tmp_path, "--ckpt_path=last", "--trainer.max_steps=4")) == 1
     assert f"--ckpt_path last ({last.resolve()}): its weight '{name}' holds NaN" in one_error_line(capsys)
 
