@@ -124,15 +124,15 @@ def chunk_layout(length: int, chunk: int, overlap: int, grid: int = 1) -> tuple[
     a 60 s file in 16 s chunks with 2 s overlap costs 5 chunks of 13.6 s, not 5 of 16 s. Why the grid
     (the model's encoder stride): a chunk that starts between two of the whole signal's frames is framed
     differently, and a Conv-TasNet's output differed over its whole length (11-19 dB from the unchunked
-    output, 34-35 dB on the grid); the size grows by a few samples when the hop is rounded to it.
+    output, 34-35 dB on the grid); the hop is the shortest multiple of it that covers the signal in that
+    many chunks, so the chunks may overlap a little more than ``overlap``.
     """
     if length <= chunk:
         return [0], length
-    count = -(-(length - overlap) // (chunk - overlap))
-    size = -(-(length + (count - 1) * overlap) // count)
-    size = max(size, grid + overlap)  # a hop of at least one grid step (callers keep grid <= chunk - overlap)
-    hop = (size - overlap) // grid * grid
-    count = -(-(length - size) // hop) + 1  # one more chunk where the rounded-down hop falls short
+    longest_hop = (chunk - overlap) // grid * grid  # callers keep grid <= chunk - overlap
+    count = -(-(length - chunk) // longest_hop) + 1  # the fewest chunks
+    hop = min(longest_hop, -(-(length - overlap) // (count * grid)) * grid)  # then the shortest that covers,
+    size = max(hop + overlap, length - (count - 1) * hop)  # with the room left below ``chunk`` where it falls short
     last = -(-(length - size) // grid) * grid  # on the grid, at most the hop after its neighbour
     return [index * hop for index in range(count - 1)] + [last], size
 
@@ -580,9 +580,13 @@ class Separator:
             for first in range(0, len(starts), self.chunk_batch):
                 group = starts[first : first + self.chunk_batch]
                 pieces = [read(start, min(start + chunk, length)) for start in group]
-                # The last chunk may end before its grid-aligned size: it runs alone, ending where the signal ends.
-                batches = [pieces] if len({p.shape[-1] for p in pieces}) == 1 else [[piece] for piece in pieces]
-                estimates = [e for batch in batches for e in self.runtime(torch.stack(batch).to(self.device)).float().cpu()]
+                # The last chunk may end before its grid-aligned size: it runs in a pass of its own length.
+                estimates: list[Tensor] = [torch.empty(0)] * len(pieces)
+                for size in dict.fromkeys(piece.shape[-1] for piece in pieces):
+                    rows = [i for i, piece in enumerate(pieces) if piece.shape[-1] == size]
+                    batch = torch.stack([pieces[i] for i in rows]).to(self.device)
+                    for row, estimate in zip(rows, self.runtime(batch).float().cpu(), strict=True):
+                        estimates[row] = estimate
                 yield from zip(group, estimates, strict=True)
                 bar.update(len(group))
 

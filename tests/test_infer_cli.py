@@ -752,3 +752,14 @@ def test_an_out_dir_that_cannot_be_made_is_one_line_and_no_empty_folders_stay(ck
     sf.write(short, speech(0, frames=3), RATE)
     assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "n1" / "n2" / "out"), str(short)]) == 1
     assert not (tmp_path / "n1").exists()
+
+
+def test_a_folder_reached_through_dotdot_is_never_removed(ckpt, tmp_path, capsys, monkeypatch) -> None:
+    """--out-dir new1/../x/out, nothing written: new1/../x was counted as made by the run, and x (the user's
+    existing empty folder) was removed."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir()
+    short = tmp_path / "short.wav"
+    sf.write(short, speech(0, frames=3), RATE)
+    assert main(["infer", "--ckpt", str(ckpt), "--out-dir", "new1/../x/out", str(short)]) == 1
+    assert (tmp_path / "x").is_dir()

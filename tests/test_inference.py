@@ -344,3 +344,31 @@ def test_chunks_a_few_strides_long_still_share_the_overlap() -> None:
     for length in range(18, 400):
         starts, size = chunk_layout(length, 17, 8, grid=8)
         assert size <= 17 and all(a + size - b >= 8 for a, b in zip(starts, starts[1:], strict=False)), length
+
+
+def test_grid_chunks_are_the_fewest_that_fit() -> None:
+    """Rounding the hop down and adding a chunk computed a 60 s file at 16 kHz in 6 chunks of 13.6 s, the last
+    two 16 samples apart, where 5 on the same grid cover it."""
+    starts, size = chunk_layout(960016, 256000, 32000, grid=8)
+    assert (starts, size) == ([0, 185608, 371216, 556824, 742408], 217608)
+    for length in (31, 100, 481, 1000, 12345):  # on a grid of 1, the even layout as it always was
+        count = -(-(length - 5) // 25)
+        size = -(-(length + (count - 1) * 5) // count)
+        assert chunk_layout(length, 30, 5) == ([i * (size - 5) for i in range(count - 1)] + [length - size], size)
+
+
+def test_a_short_last_chunk_still_runs_in_batches_with_its_equals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group with one shorter chunk ran every chunk of it alone: 7 passes of 1 where 6 and 1 do."""
+    model = FilterPair().eval()
+    model.encoder = nn.Conv1d(1, 1, 8, stride=8)  # a stride-8 grid: the last chunk comes out shorter
+    sizes = []
+    separator = Separator(model, SAMPLE_RATE, ChunkConfig(seconds=0.5, overlap_seconds=0.125), optimize=False,
+                          chunk_batch=8)  # fmt: skip
+    real = separator.runtime
+    separator.runtime = lambda batch: sizes.append(batch.shape[0]) or real(batch)
+    signal = 0.1 * torch.randn(SAMPLE_RATE * 2 + 3, generator=torch.Generator().manual_seed(4))
+    chunked = separator.separate_at_model_rate(signal)
+    starts, _ = chunk_layout(signal.shape[-1], *ChunkConfig(0.5, 0.125).samples(SAMPLE_RATE), grid=8)
+    assert sorted(sizes) == [1, len(starts) - 1]
+    with torch.inference_mode():
+        torch.testing.assert_close(chunked, model(signal[None])[0], rtol=0, atol=1e-5)

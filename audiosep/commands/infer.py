@@ -291,6 +291,22 @@ def load_separator(args: argparse.Namespace):
         raise UserError(f"cannot run the model on --device {args.device} ({first_line})") from err
 
 
+def folders_to_make(path: Path) -> list[Path]:
+    """The folders on ``path`` that do not exist yet, deepest first, up to its first ``..``.
+
+    Why stop there: past ``new/..`` a name means another folder once ``new`` exists (``new/../x`` is the
+    user's ``x``), and it would be removed as one made by this run.
+    """
+    missing = []
+    for depth in range(1, len(path.parts) + 1):
+        prefix = Path(*path.parts[:depth])
+        if ".." in prefix.parts:
+            break
+        if not os.path.lexists(prefix):
+            missing.append(prefix)
+    return missing[::-1]
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.channel is not None and args.channel < 0:
@@ -305,14 +321,14 @@ def run(args: argparse.Namespace) -> int:
     plans = list(plan_outputs(inputs, out_dir, separator.num_sources))
     separator.progress = not args.no_progress
     # One run per output folder: a second one deleted the first's scratch files and failed it mid-file.
-    missing = [folder for folder in (out_dir, *out_dir.absolute().parents) if not folder.exists()]  # deepest first
+    missing = folders_to_make(out_dir)
     lock = directory_lock(out_dir, "--out-dir") if plans else contextlib.nullcontext()
     with lock, progress_bar(len(plans), enabled=not args.no_progress and len(plans) > 1) as bar:
         for plan in plans:
             process(plan, separator, args, out_dir, report)
             bar.update()
     for folder in missing:  # made for the lock: left only if something was written in it
-        if folder.is_dir() and not any(folder.iterdir()):
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
             folder.rmdir()
     report.summary()
     return 1 if report.failed else 0
