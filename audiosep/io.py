@@ -128,6 +128,30 @@ def file_sha256(path: str | os.PathLike) -> str:
 LOCK_FILE = ".audiosep.lock"
 
 
+def _make_folder(folder: Path, option: str) -> None:
+    """Create ``folder`` (and its parents); a file in its place, or a path that cannot be made, is a UserError."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder; pass another {option}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a dangling link, a file further up
+        raise UserError(f"{folder}: cannot make this folder ({err.strerror or err}); pass another {option}") from err
+
+
+def _try_flock(target: Any, folder: Path) -> bool:
+    """Take ``target``'s exclusive ``flock`` without waiting: True; False, with a warning, on a file system without
+    flock (some network and FUSE mounts). Raises ``BlockingIOError`` while another process holds it."""
+    try:
+        fcntl.flock(target, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError as err:
+        warnings.warn(f"{folder}: cannot be locked ({err.strerror or err}); do not run two commands on it at once",
+                      stacklevel=4)  # fmt: skip
+        return False
+    return True
+
+
 @contextmanager
 def directory_lock(folder: Path, option: str) -> Iterator[None]:
     """:func:`folder_lock` that leaves no file behind: the lock is on the folder itself (Linux, macOS).
@@ -137,24 +161,22 @@ def directory_lock(folder: Path, option: str) -> Iterator[None]:
     Raises:
         UserError: ``folder`` cannot be made (a dangling link, a file on its path), or another process holds the lock.
     """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{folder}: cannot make this folder ({err.strerror or err}); pass another {option}") from err
+    _make_folder(folder, option)
     if fcntl is None:
         yield
         return
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = _try_flock(descriptor, folder)
         except BlockingIOError:
             raise UserError(f"{folder}: in use by another running audiosep command; wait for it or pass another "
                             f"{option}") from None  # fmt: skip
-        except OSError as err:  # a file system without flock
-            warnings.warn(f"{folder}: cannot be locked ({err.strerror or err}); do not run two commands on it at once",
-                          stacklevel=3)  # fmt: skip
-        yield
+        try:
+            yield
+        finally:
+            if locked:  # explicitly: a forked worker may still hold a copy of the descriptor
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
 
@@ -170,29 +192,24 @@ def folder_lock(folder: Path, option: str) -> Iterator[None]:
     Raises:
         UserError: ``folder`` is a file, or another process holds the lock (``option`` names the flag).
     """
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder}: exists and is not a folder; pass another {option}")
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder, option)
     if fcntl is None:
         yield
         return
     with (folder / LOCK_FILE).open("a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = _try_flock(handle, folder)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise UserError(f"{folder}: in use by a running audiosep command ({holder}); wait for it or "
                             f"pass another {option}") from None  # fmt: skip
-        except OSError as err:  # a file system without flock (some network and FUSE mounts)
-            warnings.warn(f"{folder}: cannot be locked ({err.strerror or err}); do not run two commands on it at once",
-                          stacklevel=3)  # fmt: skip
-            yield
-            return
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
+        if locked:
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if locked:  # explicitly: a forked worker may still hold a copy of the file
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -11,8 +11,8 @@ Latency: an output sample is final once every encoder window that covers it has 
 window starting at it: ``window - 1`` samples ahead), so after a block that ends on a frame boundary
 the stream has returned everything up to ``window - stride`` samples before the end of the input;
 :attr:`ConvTasNetStream.algorithmic_latency` is that in samples, for blocks a multiple of the stride
-(others wait up to a stride more: ``block + window - gcd(block, stride)`` in all; ``audiosep bench``
-measures it).
+(others wait up to a stride more: ``block + window - gcd(block, stride)`` in all; :func:`block_latency`,
+which ``audiosep bench`` reports).
 
 :class:`RESepFormerStream` does the same for a causal RE-SepFormer: it separates one chunk of
 ``chunk_size`` encoder frames at a time (the intra-chunk transformer sees the whole chunk, and the
@@ -104,7 +104,19 @@ def block_latency(block: int, period: int, lag: int) -> int:
     return lag + block - (lag % step or step)
 
 
-class ConvTasNetStream:
+class _LatencyMixin:
+    """What both streams share: output final per ``period`` of input, ``lag`` samples after its start."""
+
+    period: int
+    lag: int
+
+    def latency(self, block: int) -> int:
+        """The longest wait, in samples, from a sample's place in the input to the ``process`` call of
+        ``block``-sample blocks that returns it (:func:`block_latency`)."""
+        return block_latency(block, self.period, self.lag)
+
+
+class ConvTasNetStream(_LatencyMixin):
     """Separate a causal :class:`ConvTasNet` input block by block.
 
     Example:
@@ -124,11 +136,6 @@ class ConvTasNetStream:
         self.algorithmic_latency = self.window - self.stride
         self.period, self.lag = self.stride, self.window  # a frame's output is final once its window is in
         self.reset()
-
-    def latency(self, block: int) -> int:
-        """The longest wait, in samples, from a sample's place in the input to the ``process`` call of
-        ``block``-sample blocks that returns it (:func:`block_latency`)."""
-        return block_latency(block, self.period, self.lag)
 
     def reset(self) -> None:
         """Start a new signal."""
@@ -243,7 +250,7 @@ class _InterChunkState:
         return (normed + summary[:, None])[:, 0]
 
 
-class RESepFormerStream:
+class RESepFormerStream(_LatencyMixin):
     """Separate a causal :class:`RESepFormer` input block by block (one chunk of frames at a time).
 
     Same use as :class:`ConvTasNetStream`: ``process(block)`` returns the newly final samples,
@@ -264,10 +271,6 @@ class RESepFormerStream:
         # a chunk's output is final once its last frame's window is in
         self.period, self.lag = self.chunk_size * self.stride, self.algorithmic_latency
         self.reset()
-
-    def latency(self, block: int) -> int:
-        """As :meth:`ConvTasNetStream.latency`, for chunks."""
-        return block_latency(block, self.period, self.lag)
 
     def reset(self) -> None:
         """Start a new signal."""

@@ -27,7 +27,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import TorchCheckpointIO
 
-from audiosep.checkpoint import zip_problem
+from audiosep.checkpoint import tensor_problem, zip_problem
 from audiosep.errors import UserError, brief_repr, one_line
 from audiosep.io import atomic_write_text, read_json
 
@@ -255,8 +255,9 @@ def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]], finite:
         differ = sorted(set(stored) ^ set(expected)) or [k for k in expected if stored[k] != expected[k]]
         return f"holds another model than the recipe's (e.g. {brief_repr(differ[:3])}); check the recipe and its overrides"
     for name, tensor in weights.items() if finite else ():  # a NaN weight made every step a skipped one
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return f"its weight {brief_repr(name)} holds NaN or infinite values"
+        problem = tensor_problem(tensor) if isinstance(tensor, torch.Tensor) else None
+        if problem:
+            return f"its weight {brief_repr(name)} {problem}"
     return None
 
 

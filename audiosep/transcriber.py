@@ -71,14 +71,17 @@ def quiet_cuts(energies: Tensor, max_frames: int, search_frames: int) -> list[in
     """Frame indices ``[0, ..., len(energies)]`` cutting it into pieces of at most ``max_frames``.
 
     Each cut falls just after the lowest-energy frame among the last ``search_frames`` of its piece
-    (the earliest such frame on ties), so that words are rarely cut.
+    (the earliest such frame on ties), so that words are rarely cut, and leaves at least
+    ``search_frames`` after it (a cut at the very end left a piece of a few samples, transcribed as a
+    stray word).
     """
     if max_frames < 1 or not 0 < search_frames <= max_frames:
         raise ValueError(f"need 0 < search_frames ({search_frames}) <= max_frames ({max_frames})")
     cuts, total = [0], energies.shape[0]
     while total - cuts[-1] > max_frames:
         first = cuts[-1] + max_frames - search_frames
-        cuts.append(first + int(torch.argmin(energies[first : cuts[-1] + max_frames])) + 1)
+        last = min(cuts[-1] + max_frames, total - search_frames)  # > first, as total > cuts[-1] + max_frames
+        cuts.append(first + int(torch.argmin(energies[first:last])) + 1)
     return [*cuts, total]
 
 
@@ -236,8 +239,6 @@ class Transcriber:
             max_frames = int(self.segment_seconds * rate) // frame
             search = int(CUT_SEARCH_SECONDS * rate) // frame
             cuts = [c * frame for c in quiet_cuts(frame_energies(audio, frame), max_frames, search)]
-            if len(cuts) > 2 and frames - cuts[-2] < search * frame:  # a tail of a few samples: one more word of noise
-                del cuts[-2]
             cuts[-1] = frames
         length = resampled_length(frames, rate, self.sample_rate)
         edges = [min(length, round(c * self.sample_rate / rate)) for c in cuts]

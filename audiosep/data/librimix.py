@@ -288,7 +288,7 @@ class LibriMixDataModule(L.LightningDataModule):
         """``seed``, else the checkpoint's when resuming, else ``torch.initial_seed()``; under DDP rank
         0's, so every rank shards one order."""
         value = seed if seed is not None else self._seed_used if self._seed_used is not None else torch.initial_seed()
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if self._world_size() > 1:
             value = int(self.trainer.strategy.broadcast(value, src=0))
         self._seed_used = value
         return value
@@ -297,7 +297,7 @@ class LibriMixDataModule(L.LightningDataModule):
         if self.dynamic_mixing:
             # Under DDP each node's rank 0 builds the resampling cache first; the others then read it.
             seed = self._shared_seed(self.dm_seed)  # a collective: before the barrier, on every rank
-            distributed = self.trainer is not None and self.trainer.world_size > 1
+            distributed = self._world_size() > 1
             if distributed and self.trainer.local_rank != 0:
                 self.trainer.strategy.barrier("dynamic mixing cache")
             try:
@@ -331,20 +331,26 @@ class LibriMixDataModule(L.LightningDataModule):
                 persistent_workers=self.num_workers > 0,
             )
         if "batches" in self._resume:
-            world_size = self.trainer.world_size if self.trainer is not None else 1
-            per_rank = math.ceil(len(self._train_sampler) / world_size) // self.batch_size  # type: ignore[arg-type]
+            per_rank = self._rank_share(len(self._train_sampler)) // self.batch_size  # type: ignore[arg-type]
             epoch, skip = resume_position(self._train_sampler, self._resume, trained_batches(self.trainer, per_rank))
-            self._train_sampler.resume(epoch, skip * self.batch_size * world_size)  # type: ignore[union-attr]
+            self._train_sampler.resume(epoch, skip * self.batch_size * self._world_size())  # type: ignore[union-attr]
             self._resume = {}
         return loader
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def _rank_share(self, items: int) -> int:
+        """Items each rank draws in an epoch of ``items`` (the DDP sampler pads the shares to equal ones)."""
+        return math.ceil(items / self._world_size())
 
     def _check_one_batch(self, items: int) -> None:
         """Refuse a training split too small for one batch on every rank (the loader drops partial batches:
         0 steps, no checkpoint, exit 0)."""
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        if math.ceil(items / world_size) < self.batch_size:  # each rank's share (padded to equal ones under DDP)
-            share = f" ({math.ceil(items / world_size)} for each of {world_size} processes)" if world_size > 1 else ""
-            raise UserError(f"the {self.train_split} split has {items} mixtures{share}, fewer than batch_size "
+        share = self._rank_share(items)
+        if share < self.batch_size:
+            per_process = f" ({share} for each of {self._world_size()} processes)" if self._world_size() > 1 else ""
+            raise UserError(f"the {self.train_split} split has {items} mixtures{per_process}, fewer than batch_size "
                             f"{self.batch_size}: not one full batch to train on")  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Relaxation (SepPrune's public code does not publish one; this is our choice): on
 (straight-through estimator). Why: the network only ever sees 0/1 gates, so the scores are trained
 on networks of whole channels, as surgery produces (a sigmoid or hard-concrete gate trains a network
 with half-open channels that no pruned model reproduces), and all-open gates change nothing at all.
-The channels kept are then the best-scored within the MACs budget, which need not be the gates left open. Scores start at ``init_score`` (sigmoid 0.95), above every threshold.
+The channels kept are then the best-scored within the MACs budget, which need not be the gates left
+open. Scores start at ``init_score`` (sigmoid 0.95), above every threshold.
 
 The MACs budget term is differentiable too: the expected cost ``sum(macs_per_channel *
 sigmoid(s))`` relative to the model's total, penalised above the target.

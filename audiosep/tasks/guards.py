@@ -4,7 +4,8 @@
 
 - :meth:`~TrainingGuards.guard_loss` turns a loss that is not finite on *any* rank (one tiny
   all-reduce under DDP) into a skipped step on every rank, counted in the logged
-  ``nonfinite_steps``; :data:`MAX_CONSECUTIVE_NONFINITE` in a row end the run with an error. Single-process it returns ``None``, Lightning's own skip. Lightning refuses
+  ``nonfinite_steps``; :data:`MAX_CONSECUTIVE_NONFINITE` in a row end the run with an error.
+  Single-process it returns ``None``, Lightning's own skip. Lightning refuses
   ``None`` in distributed training, so under DDP every rank backpropagates an exact zero through
   every parameter (the gradient all-reduce stays in step) and :meth:`on_before_optimizer_step`
   drops the gradients, so the optimizer leaves the weights and its state as they were. The
