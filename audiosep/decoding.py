@@ -126,6 +126,9 @@ class FlashlightDecoder:
             from torchaudio.models.decoder import ctc_decoder
         except (ImportError, RuntimeError) as err:  # torchaudio raises RuntimeError without flashlight
             raise UserError("beam search with a language model needs `pip install flashlight-text`") from err
+        if " " in vocabulary and "|" in vocabulary:  # both would be flashlight's separator "|"
+            raise UserError("beam search with flashlight needs '|' as the word separator, and this vocabulary has "
+                            "both a space and a '|' label; decode greedily (no --lm, no --lexicon)")  # fmt: skip
         self.tokens = ["|" if label == " " else label for label in vocabulary] + ["<blank>"]
         if "|" not in self.tokens:  # flashlight then took the first label for silence: "c" came out "aca"
             raise UserError("beam search needs a word separator (a space label) in the model's vocabulary, and this "
@@ -148,8 +151,8 @@ class FlashlightDecoder:
         self.blank = len(vocabulary)
 
     def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[list[int]]:
-        emissions = log_probs.detach().float().cpu().contiguous()
-        hypotheses = self._decoder(emissions, lengths.cpu().to(torch.int32))
+        emissions, lengths = self._end_with_separator(log_probs.detach().float().cpu(), lengths.cpu())
+        hypotheses = self._decoder(emissions, lengths.to(torch.int32))
         out = []
         for best in (hyps[0] if hyps else None for hyps in hypotheses):
             ids = [] if best is None else best.tokens.tolist()
@@ -158,9 +161,28 @@ class FlashlightDecoder:
             out.append(self._strip([int(i) for i in ids if i != self.blank]))
         return out
 
+    def _end_with_separator(self, emissions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Append one frame that is certainly the word separator after each utterance's last frame.
+
+        A lexicon spells each word up to its ``|``, and flashlight completes a word only there: a
+        transcript's last word, which CTC models end without a separator, was dropped ("aa b" -> "aa").
+        The frame has log-probability 0 for ``|``, so every hypothesis' acoustic score is unchanged.
+        """
+        batch, frames, labels = emissions.shape
+        padded = torch.full((batch, frames + 1, labels), -1e30)
+        padded[:, :frames] = emissions
+        rows = torch.arange(batch)
+        padded[rows, lengths.long()] = torch.full((labels,), -1e30).index_fill(0, torch.tensor(self.separator), 0.0)
+        return padded.contiguous(), lengths + 1
+
+    @property
+    def separator(self) -> int:
+        """The index of the word separator ``|`` among the labels."""
+        return self.tokens.index("|")
+
     def _strip(self, ids: list[int]) -> list[int]:
         """Drop the word separators that flashlight adds at both ends of the hypothesis."""
-        separator = self.tokens.index("|") if "|" in self.tokens else -1
+        separator = self.separator
         while ids and ids[0] == separator:
             ids = ids[1:]
         while ids and ids[-1] == separator:

@@ -133,6 +133,34 @@ def test_lexicon_decoding_keeps_real_double_letters(tmp_path):
     assert decoder(log_probs, lengths) == [[1, 1]] == build_decoder([" ", "a", "b"])(log_probs, lengths)
 
 
+def test_lexicon_decoding_keeps_the_last_word(tmp_path):
+    """flashlight completes a lexicon word only at its "|", and CTC ends a transcript without one: the last
+    word was dropped ("aa b" -> "aa", "ab" -> "") (reviewer)."""
+    pytest.importorskip(
+        "flashlight.lib.text", reason="flashlight-text not installed (pip install flashlight-text)"
+    )
+    (tmp_path / "lexicon.txt").write_text("aa a a |\nb b |\nab a b |\n")
+    decoder = build_decoder([" ", "a", "b"], beam_size=8, lexicon_path=tmp_path / "lexicon.txt")
+    paths = [[1, 3, 1, 0, 2], [1, 2, 3, 3], [2, 0, 1, 3, 1, 0]]  # "aa b", "ab" and blanks, "b aa" and a space
+    log_probs = torch.full((len(paths), 7, 4), -20.0)
+    for row, path in enumerate(paths):
+        log_probs[row, range(len(path)), path] = 0.0
+    lengths = torch.tensor([len(path) for path in paths])
+    expected = [[1, 1, 0, 2], [1, 2], [2, 0, 1, 1]]
+    assert decoder(log_probs.log_softmax(-1), lengths) == expected
+
+
+def test_beam_search_refuses_a_vocabulary_with_both_space_and_pipe(tmp_path):
+    """Both labels became flashlight's separator "|": "Duplicate entry in dictionary" (reviewer)."""
+    pytest.importorskip(
+        "flashlight.lib.text", reason="flashlight-text not installed (pip install flashlight-text)"
+    )
+    from audiosep.decoding import FlashlightDecoder
+
+    with pytest.raises(UserError, match="both a space and a '[|]' label"):
+        FlashlightDecoder([" ", "|", "a"], beam_size=4)
+
+
 def test_beam_search_refuses_a_vocabulary_without_a_word_separator(tmp_path):
     """flashlight took the first label for silence: with vocabulary "abc", "c" decoded as "aca" (reviewer)."""
     pytest.importorskip(
