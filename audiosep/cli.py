@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from audiosep import __version__
 from audiosep.errors import UserError, user_message
@@ -81,6 +84,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, a job scheduler's time limit).
+
+    Raised in the main thread so that every ``finally`` runs: atomic writes remove their temp files
+    and folder locks are released (the default action killed the process and left ``.tmp`` files).
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no per-file ``except Exception`` takes
+    it for one input's failure and goes on with the next.
+    """
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_lightning(argv: list[str]) -> int:
     from audiosep.training_cli import run_lightning_cli
 
@@ -99,13 +129,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "_module"):
             (getattr(args, "_group_parser", None) or parser).print_help()
             return 2
-        return int(importlib.import_module(args._module).run(args) or 0)
+        with sigterm_raises():
+            return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as err:
         print(f"audiosep: error: {user_message(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("audiosep: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("audiosep: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

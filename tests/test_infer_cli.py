@@ -498,6 +498,43 @@ def test_failure_writing_the_second_source_leaves_nothing(
     assert all_files(out) == []  # no output, no temp file, no scratch file
 
 
+def test_sigterm_while_writing_leaves_no_temp_file_and_ends_the_batch(
+    ckpt: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """SIGTERM's default action killed the process inside the atomic write and left its ``.tmp`` files."""
+    import signal
+
+    real_write = sf.SoundFile.write
+    files: list[str] = []
+
+    def write_then_get_killed(self, data):
+        files.append(self.name)
+        result = real_write(self, data)
+        if len(files) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed, name in enumerate(["a.wav", "b.wav"]):
+        sf.write(folder / name, speech(seed), RATE)
+    def not_handled(signum, frame):  # without the fix: the test process would die; fail instead
+        raise AssertionError("SIGTERM reached the handler outside audiosep's")
+
+    monkeypatch.setattr(sf.SoundFile, "write", write_then_get_killed)
+    previous = signal.signal(signal.SIGTERM, not_handled)
+    out = tmp_path / "out"
+    try:
+        assert infer(ckpt, "--out-dir", out, folder) == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is not_handled  # the handler is put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "audiosep: terminated" in capsys.readouterr().err
+    assert len(files) == 2 and all_files(out) == []  # the second input was not started
+    monkeypatch.setattr(sf.SoundFile, "write", real_write)
+    assert infer(ckpt, "--out-dir", out, folder) == 0 and len(all_files(out)) == 4  # lock released
+
+
 def test_no_optimize_gives_the_same_files(ckpt: Path, tmp_path: Path) -> None:
     wav = write(tmp_path / "x.wav", frames=4000)
     assert infer(ckpt, "--out-dir", tmp_path / "fast", wav) == 0
