@@ -325,3 +325,25 @@ def test_a_mid_epoch_resume_with_dataloader_workers_continues_the_epoch(tiny_lib
         assert fit(tmp_path / f"b{step}", str(tmp_path / "a" / f"step={step}.ckpt")) == unbroken[step:]
     limited = fit(tmp_path / "c", limit=4)  # epochs of 4 of the 6 batches: step 4 ends epoch 0
     assert fit(tmp_path / "d", str(tmp_path / "c" / "step=4.ckpt"), limit=4) == limited[4:]
+
+
+def test_a_resume_with_another_optimizer_is_one_line_and_a_changed_lr_is_warned(
+    tiny_librimix: Path, tmp_path: Path, capsys
+) -> None:
+    """Lightning loads the saved state into the recipe's optimizer: Adam saved and SGD configured ended in a
+    ``KeyError: 'momentum'`` traceback, and a new ``lr`` was replaced by the saved one without a word (reviewer)."""
+    import pytest
+
+    from audiosep.cli import main
+
+    out = tmp_path / "run"
+    argv = [a for a in fit_argv(tiny_librimix, out)[3:] if not a.startswith("--trainer.max_steps")]
+    assert main([*argv, "--trainer.max_steps=1"]) == 0
+    last = str(find_last_checkpoint(out))
+    capsys.readouterr()
+    assert main([*argv, "--trainer.max_steps=2", f"--ckpt_path={last}", "--optimizer=torch.optim.SGD",
+                 "--optimizer.lr=0.1", "--optimizer.momentum=0.9"]) == 1  # fmt: skip
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "trained with another optimizer than the recipe's SGD" in err[0], err
+    with pytest.warns(UserWarning, match="the learning rate is its 0.002, not the recipe's 0.0005"):
+        assert main([*argv, "--trainer.max_steps=2", f"--ckpt_path={last}", "--optimizer.lr=5e-4"]) == 0

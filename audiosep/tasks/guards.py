@@ -20,12 +20,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from audiosep.errors import UserError
+from audiosep.errors import ConfigError, UserError
 from audiosep.rng import collect_rng_states, set_rng_states
 
 RNG_KEY = "audiosep_rng_states"
@@ -101,6 +102,50 @@ class TrainingGuards:
     def load_guards(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get(RNG_KEY)
         self.nonfinite_steps = int(checkpoint.get(NONFINITE_KEY, 0))
+        self._saved_param_groups = [state.get("param_groups", []) for state in checkpoint.get("optimizer_states", [])]
+        self.check_resumed_optimizers()
+
+    def on_fit_start(self) -> None:
+        self.check_resumed_optimizers()
+
+    def check_resumed_optimizers(self) -> None:
+        """Compare a resumed checkpoint's optimizer state with the recipe's optimizers, once both exist.
+
+        Lightning loads the saved state into the recipe's optimizers: another optimizer (Adam saved,
+        SGD configured) ended in a ``KeyError: 'momentum'`` traceback, and a changed learning rate was
+        silently replaced by the saved one (warned here). Runs from ``on_fit_start``, where the
+        optimizers exist and the saved state is not restored yet.
+
+        Raises:
+            ConfigError: the recipe's optimizers are not the ones the checkpoint was trained with.
+        """
+        saved = getattr(self, "_saved_param_groups", None)
+        trainer = getattr(self, "_trainer", None)
+        if saved is None or trainer is None or not trainer.optimizers:
+            return
+        self._saved_param_groups = None
+        current = [optimizer.param_groups for optimizer in trainer.optimizers]
+        if len(saved) != len(current):
+            raise ConfigError(f"--ckpt_path: the checkpoint holds {len(saved)} optimizer states and the recipe "
+                              f"configures {len(current)} optimizers; resume with the recipe it was trained with")  # fmt: skip
+        for optimizer, saved_groups, groups in zip(trainer.optimizers, saved, current, strict=True):
+            settings = [set(group) - {"params", "initial_lr"} for group in groups]
+            saved_settings = [set(group) - {"params", "initial_lr"} for group in saved_groups]
+            if settings != saved_settings:
+                differ = sorted(set().union(*saved_settings) ^ set().union(*settings))
+                raise ConfigError(f"--ckpt_path: the checkpoint was trained with another optimizer than the recipe's "
+                                  f"{type(optimizer).__name__} (settings that differ: {', '.join(differ) or 'groups'}); "
+                                  "resume with the optimizer it was trained with (its run's config.yaml names it)")  # fmt: skip
+            self._warn_replaced_learning_rates(saved_groups, groups, bool(trainer.lr_scheduler_configs))
+
+    @staticmethod
+    def _warn_replaced_learning_rates(saved: list[dict], groups: list[dict], scheduled: bool) -> None:
+        """Warn where the recipe's learning rate differs from the one the restored state brings back."""
+        key = "initial_lr" if all("initial_lr" in g for g in saved + groups) else None if scheduled else "lr"
+        for old, new in ((s[key], g[key]) for s, g in zip(saved, groups, strict=True)) if key else ():
+            if old != new:
+                warnings.warn(f"--ckpt_path: Lightning restores the checkpoint's optimizer state, so the learning "
+                              f"rate is its {old:g}, not the recipe's {new:g}", stacklevel=2)  # fmt: skip
 
     def prepare_step_schedules(self) -> None:
         """Call from ``on_train_start``: schedules that say ``interval = "step"`` (e.g.
