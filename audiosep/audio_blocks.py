@@ -163,16 +163,39 @@ def _au_frames(head: bytes) -> int | None:
     return data_size // (sample_bytes * channels)
 
 
-def _declared_frames(path: Path) -> int | None:
-    """Frames a WAV, W64, AIFF or AU header declares, or ``None`` (another format, no size stated).
+def _nist_frames(handle: BinaryIO) -> int | None:
+    """Frames a NIST SPHERE header declares (``sample_count``; ``None``: compressed, or no count)."""
+    handle.seek(0)
+    fields = dict(
+        (parts[0], parts[-1])
+        for parts in (line.split() for line in handle.read(1024).decode("latin-1").splitlines())
+        if len(parts) == 3
+    )
+    if "shorten" in fields.get("sample_coding", "") or not fields.get("sample_count", "").isdigit():
+        return None
+    return int(fields["sample_count"])  # per channel, as libsndfile counts frames
+
+
+_LOG_DECLARED_FRAMES = re.compile(r"^\s*Frames\s*:\s*(\d+)\s*$", re.M)
+_FRAMES_IN_LOG_FORMATS = {"AVR", "MPC2K"}  # their headers state frames, which only libsndfile's log shows
+
+
+def _declared_frames(path: Path, audio: sf.SoundFile) -> int | None:
+    """Frames a WAV, W64, AIFF, AU, NIST SPHERE, AVR or MPC2K header declares, or ``None`` (another
+    format, no size stated).
 
     libsndfile quietly shortens a data chunk that runs past the end of the file, so a truncated file
     would read as a shorter, complete one; this reads the declared size itself.
     """
+    if audio.format in _FRAMES_IN_LOG_FORMATS:
+        found = _LOG_DECLARED_FRAMES.search(audio.extra_info)
+        return int(found.group(1)) if found else None
     try:
         end = path.stat().st_size
         with path.open("rb") as handle:
             head = handle.read(40)
+            if head[:8] == b"NIST_1A\n":
+                return _nist_frames(handle)
             if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
                 return _wave_frames(handle, head, end)
             if head[:16] == _W64_RIFF and head[24:40] == b"wave" + _W64_GUID_TAIL:
@@ -216,12 +239,14 @@ def _ogg_unfinished(path: Path) -> bool:
     return bool(unfinished)
 
 
-_LOG_SHORT_CHUNK = re.compile(r"^\s*(?:data|SSND|Data Size|riff)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+_LOG_SHORT_CHUNK = re.compile(r"^\s*(?:data|SSND|Data Size|riff|BODY)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+_LOG_TRUNCATED = re.compile(r"seems to be (?:a )?truncated", re.I)  # VOC, MAT4
 
 
 def _log_says_truncated(extra_info: str) -> bool:
-    """libsndfile's log notes a data chunk (W64: the whole file) longer than the file, placeholders aside."""
-    return any(
+    """libsndfile's log notes a data chunk (W64: the whole file; 8SVX: the BODY) longer than the file,
+    placeholders aside, or says the file seems truncated."""
+    return bool(_LOG_TRUNCATED.search(extra_info)) or any(
         int(declared) > int(actual) and int(declared) not in _PLACEHOLDER_SIZES
         for declared, actual in _LOG_SHORT_CHUNK.findall(extra_info)
     )
@@ -320,7 +345,7 @@ class CheckedAudio:
     def _check(self) -> tuple[int, bool]:
         """Read every frame once: ``(frames, all zero)``; raise on truncation and non-finite samples."""
         handle, path, rate = self.handle, self.path, self.sample_rate
-        declared = _declared_frames(path)
+        declared = _declared_frames(path, handle)
         promised = int(handle.frames) if declared is None else declared  # libsndfile's: FLAC's header, Ogg's end
         unmeasured = None if declared is not None else _unmeasured_truncation(path, handle.extra_info)
         got, silent = 0, True

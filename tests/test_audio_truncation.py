@@ -102,6 +102,12 @@ FORMATS = {
     "flac": {"format": "FLAC"},
     "ogg": {"format": "OGG", "subtype": "VORBIS"},
     "opus": {"format": "OGG", "subtype": "OPUS"},
+    "sph": {"format": "NIST"},  # SPHERE: TIMIT, Switchboard; sample_count in its text header
+    "avr": {"format": "AVR"},  # frames in the header, shown only in libsndfile's log
+    "mpc": {"format": "MPC2K"},
+    "voc": {"format": "VOC"},  # libsndfile's log: "Seems to be a truncated file."
+    "8svx": {"format": "SVX"},  # libsndfile's log: "BODY : 128000 (should be ...)"
+    "mat4": {"format": "MAT4"},  # libsndfile's log: "File seems to be truncated."
 }
 
 
@@ -113,6 +119,11 @@ def expected_reason(ext: str, short: Path) -> str:
     if ext in ("ogg", "opus"):  # Ogg headers state no length
         return (
             "truncated: the Ogg stream stops before its end-of-stream page, so the promised length is unknown; "
+            rf"the file holds {held} frames \({held / RATE:.3f} s\)$"
+        )
+    if ext in ("voc", "8svx", "mat4"):  # only libsndfile's log tells
+        return (
+            "truncated: a chunk runs past the end of the file, so the promised length is unknown; "
             rf"the file holds {held} frames \({held / RATE:.3f} s\)$"
         )
     return (
