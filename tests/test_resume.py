@@ -345,5 +345,7 @@ def test_a_resume_with_another_optimizer_is_one_line_and_a_changed_lr_is_warned(
                  "--optimizer.lr=0.1", "--optimizer.momentum=0.9"]) == 1  # fmt: skip
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "trained with another optimizer than the recipe's SGD" in err[0], err
-    with pytest.warns(UserWarning, match="the learning rate is its 0.002, not the recipe's 0.0005"):
+    with pytest.warns(UserWarning, match="the learning rate is its 0.002, not the recipe's 0.0005") as caught:
         assert main([*argv, "--trainer.max_steps=2", f"--ckpt_path={last}", "--optimizer.lr=5e-4"]) == 0
+    # a mid-epoch resume (step 1 of 6) is exact here: Lightning's "unreliable results" warning is not shown
+    assert not [w for w in caught if "dataloader is not resumable" in str(w.message)]
