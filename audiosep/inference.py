@@ -305,7 +305,10 @@ class Separator:
     ``separator.model`` is the plain model (hooks, export, pruning): the caller's own when it is in
     eval mode on ``device`` already, else an eval-mode copy there; ``separator.runtime`` is what
     runs: ``prepare_for_inference(model)`` when ``optimize`` (the default), else the plain model;
-    with ``dtype="int8"``, :func:`audiosep.quantize.quantize_for_inference` (CPU). With
+    with ``dtype="int8"``, :func:`audiosep.quantize.quantize_for_inference` (CPU). Edits to
+    ``separator.model``'s weights (pruned, retrained, loaded) are seen at the next separation: the
+    runtime is rebuilt from them; hooks on it need ``optimize=False`` (the runtime's fused layers
+    cannot run them: an error, not a hook silently skipped). With
     ``stream_block_ms``, a causal Conv-TasNet or RE-SepFormer separates through its stateful stream in blocks of
     that length (:mod:`audiosep.streaming`; the same output as offline, no chunking). ``chunk_batch``
     chunks of a long input go through the model in one batch (faster on a GPU; same output).
@@ -338,17 +341,13 @@ class Separator:
             self.stream()  # refuses a model that cannot stream, before any file is read
             if not 0 < stream_block_ms < math.inf or dtype != "fp32" or self.device.type != "cpu":
                 raise ValueError("streaming runs the plain fp32 model on CPU in blocks of a positive, finite length")
-        if dtype == "int8":
-            if self.device.type != "cpu" or not optimize:
-                raise ValueError("int8 inference runs on CPU with the inference transform (no --no-optimize)")
-            from audiosep.quantize import quantize_for_inference
-
-            self.runtime = quantize_for_inference(self.model)
-        elif dtype == "fp32":
-            self.runtime = prepare_for_inference(self.model) if optimize else self.model
-        else:
+        if dtype not in ("fp32", "int8"):
             raise ValueError(f"unknown inference dtype {dtype!r}; valid: fp32, int8")
+        if dtype == "int8" and (self.device.type != "cpu" or not optimize):
+            raise ValueError("int8 inference runs on CPU with the inference transform (no --no-optimize)")
         self.optimized = optimize
+        self.runtime = self._build_runtime()
+        self._built_from = self._weights_probe()
         self.sample_rate = sample_rate
         self.chunk = chunk or ChunkConfig()
         self.window = model_window(self.model)
@@ -359,6 +358,46 @@ class Separator:
                 f"the model ({self.window} samples at {sample_rate} Hz)"
             )
         self._num_sources: int | None = None
+
+    def _build_runtime(self) -> nn.Module:
+        """What runs: the int8 or prepared transform of :attr:`model`, or the model itself."""
+        if self.dtype == "int8":
+            from audiosep.quantize import quantize_for_inference
+
+            return quantize_for_inference(self.model)
+        return prepare_for_inference(self.model) if self.optimized else self.model
+
+    def _weights_probe(self) -> tuple[tuple[object, ...], ...]:
+        """Per weight of :attr:`model`: its name, shape, storage, version, sum and norm.
+
+        Why sum and norm too: tensor version counters miss edits made through ``.data`` (a zeroed or
+        pruned weight, another checkpoint's values still change both); two passes, no copy of the weights.
+        """
+        probe = []
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict(keep_vars=True).items():
+                values = tensor.detach()
+                summary = (float(values.sum()), float(torch.linalg.vector_norm(values))) if values.is_floating_point() else (
+                    int(values.sum()) if values.numel() else 0,)  # fmt: skip
+                probe.append((name, tuple(values.shape), values.data_ptr(), values._version, *summary))
+        return tuple(probe)
+
+    def _sync_runtime(self) -> None:
+        """Rebuild :attr:`runtime` (and forget the weights digest) when :attr:`model` changed since it was built.
+
+        Raises:
+            ValueError: the model has hooks and the runtime is a transformed copy that cannot run them.
+        """
+        if self.runtime is not self.model:
+            from audiosep.optimize import refuse_hooks
+
+            refuse_hooks(self.model)
+        probe = self._weights_probe()
+        if probe != self._built_from:
+            self.runtime = self._build_runtime()
+            self._built_from = probe
+            self.__dict__.pop("_weights_sha256", None)
+            self._num_sources = None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> Separator:
@@ -438,6 +477,7 @@ class Separator:
         it moves samples near chunk seams only, and ``--max-memory`` picks a slightly different
         chunk on every run.
         """
+        self._sync_runtime()
         record = {
             "weights": self._weights_sha256, "sample_rate": self.sample_rate, "dtype": self.dtype,
             "stream_block_ms": self.stream_block_ms, "keep_model_rate": bool(keep_model_rate), "channel": channel,
@@ -563,6 +603,7 @@ class Separator:
     def _separated(self, mixture: Tensor) -> Tensor:
         """:meth:`separate_at_model_rate` of a mixture already checked (float ``[T]``, finite, long enough)."""
         mixture = mixture.detach().float()  # float64 and half inputs too: the model's weights are float32
+        self._sync_runtime()
         with torch.inference_mode():
             sources = torch.cat(list(self._pieces(lambda a, b: mixture[a:b], mixture.shape[-1])), dim=-1)
         return sources.clone()

@@ -38,6 +38,7 @@ from audiosep.optimize import (
     FusedLinear,
     NormDepthwise,
     prepare_for_inference,
+    user_subclass,
 )
 
 ENGINE_PREFERENCE = ("onednn", "x86", "fbgemm", "qnnpack")
@@ -87,8 +88,11 @@ def quantize_weight(weight: Tensor) -> Tensor:
 class Int8Linear(nn.Module):
     """``activation(x @ W^T + b)`` over the last dim with int8 weights (``quantized::linear_dynamic``).
 
+    The packed weights are not in ``state_dict`` (an int8 model is made from a float one, not saved);
+    a copy or pickle repacks them for the engine they were packed for, so it computes the same numbers.
+
     Args:
-        weight: float ``[C_out, C_in]``; kept in float too (``weight``) so ``state_dict`` is readable.
+        weight: float ``[C_out, C_in]``, quantized per output channel.
         bias: ``[C_out]`` or None.
         activation, slope: as in :class:`audiosep.optimize.FusedConv` (``prelu`` is a leaky ReLU).
     """
@@ -101,9 +105,25 @@ class Int8Linear(nn.Module):
         self.engine = quantized_engine()
         self.reduce_range = self.engine != "qnnpack" and reduced_activation_range()
         bias = None if bias is None else bias.detach().float().clone()
+        self._pack(quantize_weight(weight), bias)
+
+    def _pack(self, weight: Tensor, bias: Tensor | None) -> None:
         with _engine(self.engine):
-            self._packed = torch.ops.quantized.linear_prepack(quantize_weight(weight), bias)
+            self._packed = torch.ops.quantized.linear_prepack(weight, bias)
         self._weight: Tensor | None = None
+
+    def __getstate__(self) -> dict:
+        """For copies and pickles: the int8 weight and bias, not the engine-specific packed object (which
+        unpickles packed for the process's current engine, not :attr:`engine`: outputs moved by 2.6e-4)."""
+        state = self.__dict__.copy()
+        state["_packed"] = torch.ops.quantized.linear_unpack(self._packed)
+        state["_weight"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        weight, bias = state.pop("_packed")
+        self.__dict__.update(state)
+        self._pack(weight, bias)
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features).float()
@@ -127,10 +147,6 @@ class Int8Linear(nn.Module):
             self._weight = torch.ops.quantized.linear_unpack(self._packed)[0].dequantize()
         return self._weight
 
-    @property
-    def bias(self) -> Tensor | None:
-        return torch.ops.quantized.linear_unpack(self._packed)[1]
-
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, activation={self.activation}, engine={self.engine}, "
                 f"reduce_range={self.reduce_range}")
@@ -148,14 +164,12 @@ class Int8PointwiseConv(nn.Module):
         self.linear = Int8Linear(conv.weight[..., 0, 0], conv.bias, conv.activation, conv.slope)
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, _, frames, width = x.shape
-        y = self.linear(x.permute(0, 2, 3, 1))  # [B, M, 1, C_out]
-        return y.permute(0, 3, 1, 2) if width == 1 else y.permute(0, 3, 1, 2).contiguous()
+        return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # [B, M, 1, C_out] viewed channels-last
 
 
 def is_pointwise(conv: FusedConv) -> bool:
     """Whether a fused conv is a plain 1x1 channel mix (the ones :class:`Int8PointwiseConv` replaces)."""
-    out_channels, _, kernel, _ = conv.weight.shape
+    kernel = conv.weight.shape[2]
     return kernel == 1 and conv.groups == 1 and conv.padding == 0
 
 
@@ -179,10 +193,23 @@ def _swap_children(module: nn.Module) -> int:
 def quantize_for_inference(model: nn.Module) -> nn.Module:
     """A new eval-mode CPU module: ``prepare_for_inference(model)`` with int8 linear layers.
 
+    The norms before the quantized layers keep their per-channel scales (``fold_norm_scales=False``):
+    folded into the weights, one large scale coarsens the int8 step of every weight in its row.
+
     Raises:
-        ValueError: the model has no layer to quantize (nothing would change).
+        ValueError: the model is not float32 (the int8 kernels take and give float32), holds a user's
+            subclass of a layer (see :func:`audiosep.optimize.prepare_for_inference`), or has no layer
+            to quantize (nothing would change).
     """
-    prepared = prepare_for_inference(model).cpu()  # a copy: the caller's model stays on its device
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes - {torch.float32}:
+        raise ValueError(f"int8 inference needs a float32 model; {type(model).__name__} has "
+                         f"{', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))} weights: .float() it first")  # fmt: skip
+    subclass = user_subclass(model)
+    if subclass is not None:
+        raise ValueError(f"int8 inference rebuilds the layers from their weights, and {subclass} subclasses an "
+                         "audiosep or torch.nn layer (it may compute something else): run it in float32")  # fmt: skip
+    prepared = prepare_for_inference(model, fold_norm_scales=False).cpu()  # a copy: the caller's model stays put
     swapped = _swap_children(prepared)
     if swapped == 0:
         raise ValueError(f"{type(model).__name__} has no linear or pointwise-conv layer to quantize")

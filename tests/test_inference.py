@@ -372,3 +372,29 @@ def test_a_short_last_chunk_still_runs_in_batches_with_its_equals(monkeypatch: p
     assert sorted(sizes) == [1, len(starts) - 1]
     with torch.inference_mode():
         torch.testing.assert_close(chunked, model(signal[None])[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"dtype": "int8"}, {"optimize": False}])
+def test_edits_to_the_separators_model_are_used_and_hooks_are_not_skipped(options: dict) -> None:
+    """``separate()`` ran a transform built once in ``__init__``: zeroed, pruned or reloaded weights of
+    ``separator.model`` were ignored, a hook on it never fired, and the output tag kept the old weights'
+    digest (reviewer)."""
+    from audiosep.models import conv_tasnet_demo
+
+    torch.manual_seed(0)
+    separator = Separator(conv_tasnet_demo(num_repeats=1, num_layers=2).eval(), 8000, **options)
+    wave = 0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(1))
+    before, settings = separator.separate(wave, 8000), separator.output_settings()
+    with torch.no_grad():
+        separator.model.decoder.weight.data.zero_()  # through .data: no version counter sees it
+    assert torch.equal(separator.separate(wave, 8000), torch.zeros_like(before))
+    assert separator.output_settings() != settings
+    fired: list[int] = []
+    handle = separator.model.decoder.register_forward_hook(lambda *args: fired.append(1))
+    if options.get("optimize", True):
+        with pytest.raises(ValueError, match="has hooks on decoder"):
+            separator.separate(wave, 8000)
+    else:
+        separator.separate(wave, 8000)
+        assert fired
+    handle.remove()

@@ -172,3 +172,62 @@ def test_bench_checks_int8_by_si_snr_against_eager() -> None:
     # other backends keep the abs-error rule: int8-sized noise fails it, float-rounding-sized noise passes
     assert _check(noisy, reference, torch.float32, "prepared")[2].startswith("unsupported")
     assert _check(reference + 1e-5 * torch.randn_like(reference), reference, torch.float32, "prepared")[2] == "ok"
+
+
+def test_a_dead_norm_channel_does_not_coarsen_every_int8_weight() -> None:
+    """The mask network's BatchNorm scale was folded into the bottleneck's weights before int8: one channel
+    of zero variance (an encoder filter that never fires) made its column 126x the others, every row's int8
+    step with it, and the SepFormer's int8 output went from 37 to 25 dB SI-SNR against fp32 (reviewer)."""
+    from test_optimize import _randomise
+
+    from audiosep.models import SepFormer
+
+    torch.manual_seed(0)
+    model = _randomise(SepFormer(encoder_channels=64, model_channels=32, chunk_size=10, norm="batch_norm",
+                                 num_blocks=1, num_intra_layers=1, num_inter_layers=1, num_heads=2, ffn_dim=64))  # fmt: skip
+    with torch.no_grad():
+        model.encoder.weight[0].zero_()  # feature channel 0 is always 0, as a dead filter leaves it
+        model.masker.norm.running_mean[0], model.masker.norm.running_var[0] = 0.0, 0.0
+    mixture = _speech()
+    with torch.inference_mode():
+        score = float(si_snr(quantize_for_inference(model)(mixture), model(mixture)).min())
+    assert score > 33.0  # 25 dB with the scale folded in; ~37 dB as for a healthy model
+
+
+def test_an_int8_copy_or_pickle_computes_the_same_numbers() -> None:
+    """Copies unpickled the packed weights for the process's engine (x86), not the layer's (onednn): outputs moved
+    by 2.6e-4 while ``engine`` still said onednn (reviewer)."""
+    import io
+
+    torch.manual_seed(0)
+    quantized = quantize_for_inference(MODELS["conv_tasnet"]().eval())
+    mixture = _speech()
+    buffer = io.BytesIO()
+    torch.save(quantized, buffer)
+    buffer.seek(0)
+    engine = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = next(e for e in ("x86", "fbgemm", "qnnpack") if e in torch.backends.quantized.supported_engines)
+        copies = [copy.deepcopy(quantized), torch.load(buffer, weights_only=False)]
+    finally:
+        torch.backends.quantized.engine = engine
+    with torch.inference_mode():
+        expected = quantized(mixture)
+        for other in copies:
+            assert torch.equal(other(mixture), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_int8_refuses_a_model_that_is_not_float32(dtype: torch.dtype) -> None:
+    """Accepted, then the first call failed with "mixed dtype (CPU)" (reviewer)."""
+    with pytest.raises(ValueError, match="int8 inference needs a float32 model"):
+        quantize_for_inference(MODELS["sepformer"]().eval().to(dtype))
+
+
+def test_int8_refuses_a_users_subclass_of_a_layer() -> None:
+    from test_optimize import MaskedLinear
+
+    model = MODELS["sepformer"]().eval()
+    model.masker.to_masks = MaskedLinear(model.masker.to_masks)
+    with pytest.raises(ValueError, match=r"masker.to_masks \(MaskedLinear\) subclasses"):
+        quantize_for_inference(model)

@@ -188,6 +188,15 @@ def run_blocks(blocks: Sequence[nn.Module], x: Tensor) -> Tensor:
     return x if skip_sum is None else skip_sum
 
 
+def frame_padding(num_samples: int, kernel_size: int, stride: int) -> tuple[int, int]:
+    """Zeros to add (left, right) so that frames of ``kernel_size`` every ``stride`` tile ``num_samples``
+    exactly (torchaudio's rule)."""
+    is_odd = kernel_size % 2
+    num_strides = (num_samples - is_odd + stride - 1) // stride  # ceil, branch-free
+    end = num_strides * stride + is_odd - num_samples
+    return stride, stride + end
+
+
 class ConvTasNet(RebuildableModule):
     """Conv-TasNet separator: ``[B, T]`` mixture -> ``[B, S, T]`` sources, any T.
 
@@ -277,10 +286,7 @@ class ConvTasNet(RebuildableModule):
 
     def padding(self, num_samples: int) -> tuple[int, int]:
         """Zeros to add (left, right) so that the frames tile the signal exactly (torchaudio's rule)."""
-        is_odd = self.enc_kernel_size % 2
-        num_strides = (num_samples - is_odd + self.stride - 1) // self.stride  # ceil, branch-free
-        end = num_strides * self.stride + is_odd - num_samples
-        return self.stride, self.stride + end
+        return frame_padding(num_samples, self.enc_kernel_size, self.stride)
 
     def forward(self, mixture: Tensor) -> Tensor:
         """Separate ``mixture`` ``[B, T]`` into ``[B, S, T]``.
