@@ -121,8 +121,9 @@ def user_subclass(model: nn.Module) -> str | None:
     return None
 
 
-def refuse_hooks(model: nn.Module) -> None:
-    """Raise ``ValueError`` naming the submodules of ``model`` that carry forward or backward hooks."""
+def refuse_hooks(model: nn.Module, user: str = "prepare_for_inference", why: str = "the prepared copy's layers are fused") -> None:
+    """Raise ``ValueError`` naming the submodules of ``model`` that carry forward or backward hooks
+    (``user``: who refuses them, ``why``: why they would not run there)."""
     hooked = [
         name or type(model).__name__
         for name, module in model.named_modules()
@@ -131,9 +132,8 @@ def refuse_hooks(model: nn.Module) -> None:
     if hooked:
         listed = ", ".join(hooked[:3]) + (f" and {len(hooked) - 3} more" if len(hooked) > 3 else "")
         raise ValueError(
-            f"prepare_for_inference: {type(model).__name__} has hooks on {listed}; the prepared copy's layers "
-            "are fused, so hooks cannot carry over: remove them first (SepPrune gates: prune the model) "
-            "or run the plain model"
+            f"{user}: {type(model).__name__} has hooks on {listed}; {why}, so hooks cannot carry over: remove "
+            "them first (SepPrune gates: prune the model) or run the plain model"
         )
 
 

@@ -22,18 +22,26 @@ offline pass computes there). Its algorithmic latency is one chunk plus the deco
 ``chunk_size * stride + window - stride`` samples (150 ms + 1 ms at 8 kHz with the paper's sizes), plus
 the block, less the part of the block that lines up with the chunks.
 
-:func:`open_stream` picks the stream class of a model (a closed list).
+:func:`open_stream` picks the stream class of a model (a closed list). A stream runs a copy of the
+plain model made when it is opened (later edits or ``train()`` on the model do not reach it); hooked,
+prepared and int8 models are refused (the stream calls the layers in its own order, and int8's per-call
+activation scales differ block by block). Blocks must be finite float32 ``[batch, time]``; the returned
+blocks are ordinary tensors.
+
+RE-SepFormer's state grows with the stream: each inter-chunk layer keeps the keys and values of every
+chunk so far (what the causal model attends to), in buffers that double when full, so a step's cost
+grows with the attention over the past (``resepformer_base``: 8 KiB per chunk of 150 ms, 190 MiB an hour).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiosep.models.base import eval_copy
 from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet
 from audiosep.models.masking import frame_padding
 from audiosep.models.resepformer import RESepFormer
@@ -84,11 +92,33 @@ class _BlockState:
 
 
 def _check_block(block: Tensor, pending: Tensor | None) -> None:
-    """Refuse a block that is not ``[batch, time]`` or not of the batch the stream carries."""
-    if block.dim() != 2:
-        raise ValueError(f"a stream block is [batch, time], got shape {tuple(block.shape)}")
+    """Refuse a block that is not finite float32 ``[batch, time]`` or not of the batch the stream carries
+    (before any state changes: a refused block leaves the stream as it was)."""
+    if not isinstance(block, Tensor) or block.dim() != 2:
+        shown = tuple(block.shape) if isinstance(block, Tensor) else type(block).__name__
+        raise ValueError(f"a stream block is a [batch, time] tensor, got {shown}")
+    if block.dtype != torch.float32:
+        raise ValueError(f"a stream block must be float32 (the model's dtype), got {block.dtype}")
     if pending is not None and block.shape[0] != pending.shape[0]:
         raise ValueError(f"this stream carries {pending.shape[0]} signals; got a block of {block.shape[0]}")
+    if not torch.isfinite(block).all():  # NaN would also reach earlier outputs through attention
+        raise ValueError("a stream block holds NaN or Inf samples")
+
+
+def _stream_copy(model: nn.Module, kind: type, name: str) -> nn.Module:
+    """An eval-mode copy of a plain causal ``kind`` model for a stream, or ``ValueError`` saying why not."""
+    from audiosep.optimize import refuse_hooks
+
+    if type(model) is not kind:
+        raise ValueError(f"streaming runs a plain causal {name}, not a {type(model).__name__}")
+    if not model.init_args.get("causal", False):
+        raise ValueError(f"streaming needs a causal {name} (causal=True): other models look ahead")
+    transformed = [type(m).__name__ for m in model.modules() if type(m).__module__ in ("audiosep.optimize", "audiosep.quantize")]
+    if transformed:
+        raise ValueError(f"streaming runs the plain {name}, and this one is prepared or int8 ({transformed[0]}); "
+                         "stream the model it was made from")  # fmt: skip
+    refuse_hooks(model, "streaming", "the stream calls the layers block by block in its own order")
+    return copy.deepcopy(model).eval()
 
 
 def block_latency(block: int, period: int, lag: int) -> int:
@@ -129,9 +159,7 @@ class ConvTasNetStream(_LatencyMixin):
     """
 
     def __init__(self, model: ConvTasNet) -> None:
-        if not isinstance(model, ConvTasNet) or not model.init_args.get("causal", False):
-            raise ValueError("streaming needs a causal Conv-TasNet (causal=True): other models look ahead")
-        self.model = eval_copy(model)
+        self.model = _stream_copy(model, ConvTasNet, "Conv-TasNet")
         self.window, self.stride = model.enc_kernel_size, model.stride
         self.algorithmic_latency = self.window - self.stride
         self.period, self.lag = self.stride, self.window  # a frame's output is final once its window is in
@@ -181,16 +209,17 @@ class ConvTasNetStream(_LatencyMixin):
         self._emitted += samples.shape[-1]
         return samples
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def process(self, block: Tensor) -> Tensor:
         """``block[B, n]`` (any n) -> the newly final output samples ``[B, S, n']``."""
         _check_block(block, self._pending)
         if self._pending is None:
             self._pending = block.new_zeros(block.shape[0], self.stride)  # the offline left padding
+        out = self._emit(self._frames(torch.cat([self._pending, block], dim=-1)))
         self._seen += block.shape[-1]
-        return self._emit(self._frames(torch.cat([self._pending, block], dim=-1)))
+        return out
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def flush(self) -> Tensor:
         """End the signal: the remaining output samples, padded exactly as offline pads the end."""
         if self._pending is None:
@@ -209,23 +238,33 @@ class _InterChunkState:
 
     Keeps every transformer layer's keys and values of the chunks so far (a causal layer's output
     at a position depends on the earlier positions only through them) and the state of a
-    cumulative norm after the stack.
+    cumulative norm after the stack. The keys and values live in ``[2, B, H, capacity, d]`` buffers
+    that double when full: appending copied the whole cache at every chunk (4 h of 150 ms chunks: 750 MiB
+    copied per step, 0.4-0.6 s for a 150 ms chunk).
     """
 
     def __init__(self, stack: SequenceStack, norm: nn.Module) -> None:
         self.stack = stack
         self.norm = _stream_norm(norm)
         self.position = 0
-        self.caches: list[tuple[Tensor, Tensor] | None] = [None] * (len(stack.layers) * stack.repeats)
+        self.caches: list[Tensor | None] = [None] * (len(stack.layers) * stack.repeats)
+
+    def _cache(self, index: int, keys_values: Tensor) -> Tensor:
+        """Append this position's ``[2, B, H, 1, d]`` keys and values; the ones so far ``[2, B, H, position + 1, d]``."""
+        cache = self.caches[index]
+        if cache is None or cache.shape[3] == self.position:
+            grown = keys_values.new_empty(*keys_values.shape[:3], max(16, 2 * self.position), keys_values.shape[4])
+            if cache is not None:
+                grown[:, :, :, : self.position] = cache
+            cache = self.caches[index] = grown
+        cache[:, :, :, self.position] = keys_values[:, :, :, 0]
+        return cache[:, :, :, : self.position + 1]
 
     def _attend(self, layer: TransformerLayer, h: Tensor, index: int) -> Tensor:
         attention = layer.attention
         batch, _, dim = h.shape
         q, k, v = attention.qkv(h).view(batch, 1, 3, attention.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, 1, d]
-        cached = self.caches[index]
-        if cached is not None:
-            k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
-        self.caches[index] = (k, v)
+        k, v = self._cache(index, torch.stack([k, v]))
         y = F.scaled_dot_product_attention(q, k, v)  # every cached key is at or before this position
         return attention.out(y.transpose(1, 2).reshape(batch, 1, dim))
 
@@ -261,9 +300,7 @@ class RESepFormerStream(_LatencyMixin):
     """
 
     def __init__(self, model: RESepFormer) -> None:
-        if not isinstance(model, RESepFormer) or not model.init_args.get("causal", False):
-            raise ValueError("streaming needs a causal RE-SepFormer (causal=True): other models look ahead")
-        self.model = eval_copy(model)
+        self.model = _stream_copy(model, RESepFormer, "RE-SepFormer")
         self.window, self.stride = model.encoder.kernel_size[0], model.encoder.stride[0]
         self.chunk_size = model.masker.chunk_size
         self.num_sources = model.masker.num_sources
@@ -321,20 +358,20 @@ class RESepFormerStream(_LatencyMixin):
             parts.append(self._separate(chunk, self.chunk_size))
         return parts
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def process(self, block: Tensor) -> Tensor:
         """``block[B, n]`` (any n) -> the newly final output samples ``[B, C, n']``."""
         _check_block(block, self._pending)
         if self._pending is None:
             self._pending = block.new_zeros(block.shape[0], 0)
-        self._seen += block.shape[-1]
         self._encode(block)
+        self._seen += block.shape[-1]
         parts = self._full_chunks()
         out = torch.cat(parts, dim=-1) if parts else block.new_zeros(block.shape[0], self.num_sources, 0)
         self._emitted += out.shape[-1]
         return out
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def flush(self) -> Tensor:
         """End the signal: the remaining output samples, the end padded exactly as offline pads it."""
         if self._pending is None:
@@ -363,7 +400,6 @@ def open_stream(model: nn.Module) -> ConvTasNetStream | RESepFormerStream:
     """
     stream_class = STREAMS.get(type(model))
     if stream_class is None:
-        raise ValueError(
-            f"streaming needs a causal Conv-TasNet or RE-SepFormer, not a {type(model).__name__}: other models look ahead"
-        )
+        raise ValueError(f"streaming runs a plain causal Conv-TasNet or RE-SepFormer (other models look ahead), "
+                         f"not a {type(model).__name__}")  # fmt: skip
     return stream_class(model)

@@ -503,6 +503,8 @@ def test_streaming_latency_is_the_longest_wait_for_blocks_not_a_multiple_of_the_
     model = conv_tasnet_demo(num_layers=2, num_repeats=1, causal=True, norm="cLN").eval()
     row = streaming_latency("ct", model, 8000, block_ms, torch.device("cpu"), repeats=3)
     assert row["algorithmic_latency_ms"] == pytest.approx(latency_ms)
+    tiny = streaming_latency("ct", model, 8000, 0.01, torch.device("cpu"), repeats=3)
+    assert tiny["block_ms"] == 0.125  # the one-sample block streamed, not the 0.01 ms asked for (reviewer)
 
 
 def test_the_roofline_matmul_is_timed_in_each_case_rounds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -221,3 +221,73 @@ def test_resepformer_stream_latency_is_its_longest_wait(block: int) -> None:
                         num_heads=2, ffn_dim=16, chunk_size=10, norm="cumulative_ln", causal=True).eval()  # fmt: skip
     stream = open_stream(model)
     assert stream.latency(block) == longest_wait(stream, block)
+
+
+def test_a_long_resepformer_stream_equals_offline_and_its_caches_grow_by_doubling() -> None:
+    """Each chunk copied every cached key and value (``torch.cat``): 4 h of 150 ms chunks took 0.4-0.6 s a step
+    (reviewer). The caches now double when full: a handful of buffers over 60 chunks, same numbers."""
+    model = causal_resepformer("cumulative_ln", num_blocks=2)
+    mixture = 0.1 * torch.randn(1, 60 * 40 + 8, generator=torch.Generator().manual_seed(3))  # 60 chunks of 40 samples
+    with torch.no_grad():
+        offline = model(mixture)
+    stream, buffers = RESepFormerStream(model), set()
+    parts = []
+    for start in range(0, mixture.shape[-1], 40):
+        parts.append(stream.process(mixture[:, start : start + 40]))
+        buffers.update(cache.data_ptr() for state in stream._inter for cache in state.caches if cache is not None)
+    torch.testing.assert_close(torch.cat([*parts, stream.flush()], dim=-1), offline, atol=1e-5, rtol=0)
+    layers = len(stream._inter) * 2  # two inter-chunk layers per stack
+    assert len(buffers) <= layers * 3  # 16, 32, 64 positions: three buffers each, not one per chunk
+
+
+@pytest.mark.parametrize("make", [lambda: causal_model(norm="BN"), lambda: causal_resepformer("batch_norm", 2)])
+def test_a_stream_runs_a_copy_made_when_opened(make) -> None:
+    """An eval-mode model was shared: ``model.train()`` after opening made the stream update the model's
+    BatchNorm statistics (5.7e-2 off), and weight edits leaked into a running stream (reviewer)."""
+    model = make()
+    mixture = 0.1 * torch.randn(1, 1601, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        offline = model(mixture)
+    statistics = [b.clone() for b in model.buffers()]
+    stream = open_stream(model)
+    model.train()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    online = streamed_by(stream, mixture, 160)
+    torch.testing.assert_close(online, offline, atol=1e-4, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip(statistics, model.buffers(), strict=True))
+
+
+def test_a_refused_block_leaves_the_stream_as_it_was() -> None:
+    """A float64 block failed inside the encoder after the stream had counted its samples: retried in
+    float32, 400 samples came out as 404 (reviewer). NaN reached earlier outputs through attention."""
+    model = causal_model()
+    mixture = 0.1 * torch.randn(1, 400, generator=torch.Generator().manual_seed(2))
+    stream = ConvTasNetStream(model)
+    first = stream.process(mixture[:, :200])
+    with pytest.raises(ValueError, match="must be float32"):
+        stream.process(mixture[:, 200:].double())
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        stream.process(torch.full((1, 10), float("nan")))
+    online = torch.cat([first, stream.process(mixture[:, 200:]), stream.flush()], dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(online, model(mixture), atol=1e-4, rtol=0)
+    online.mul_(2.0)  # an ordinary tensor (inference tensors refuse in-place edits outside inference mode)
+
+
+def test_hooked_prepared_and_int8_models_are_refused_with_the_reason() -> None:
+    """Hooks on cLN norms, blocks and the inter-chunk stacks never fired in a stream (a SepPrune-gated cLN
+    model streamed 1e-2 from offline); an int8 RE-SepFormer streamed 5.5e-3 from its own offline output; a
+    prepared Conv-TasNet was refused for looking ahead (reviewer)."""
+    from audiosep.optimize import prepare_for_inference
+    from audiosep.quantize import quantize_for_inference
+
+    model = causal_model()
+    handle = model.masker.blocks[0].in_norm.register_forward_hook(lambda *args: None)
+    with pytest.raises(ValueError, match=r"streaming: ConvTasNet has hooks on masker.blocks.0.in_norm"):
+        open_stream(model)
+    handle.remove()
+    with pytest.raises(ValueError, match="streaming runs a plain causal Conv-TasNet, not a FastConvTasNet"):
+        ConvTasNetStream(prepare_for_inference(model))
+    with pytest.raises(ValueError, match="prepared or int8 .Int8Linear.; stream the model it was made from"):
+        open_stream(quantize_for_inference(causal_resepformer("channel_ln", 2)))

@@ -31,14 +31,15 @@ def streaming_latency(
     """One row: algorithmic latency and the compute time of the stateful stream's steps."""
     from audiosep.streaming import open_stream
 
-    row: dict[str, Any] = {"model": label, "block_ms": block_ms}
+    block = max(1, round(block_ms * sample_rate / 1000))
+    row: dict[str, Any] = {"model": label, "block_ms": round(1000 * block / sample_rate, 4)}  # what is streamed
     try:
         stream = open_stream(model)
-    except ValueError:
-        return row | {"status": "non-causal: each output sample depends on the whole input"}
+    except ValueError as err:
+        causal = getattr(model, "init_args", {}).get("causal", False)
+        return row | {"status": f"not streamed: {err}" if causal else "non-causal: each output sample depends on the whole input"}
     if device.type != "cpu":
         return row | {"status": "not measured: the stream is timed on CPU"}
-    block = max(1, round(block_ms * sample_rate / 1000))
     generator = torch.Generator().manual_seed(0)  # not the global RNG: the bench must not reseed its caller
     for _ in range(WARMUP_BLOCKS):
         stream.process(0.1 * torch.randn(1, block, generator=generator))
