@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -449,6 +450,29 @@ def test_an_out_path_below_a_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match=r"file is a file, not a folder$"):
         check_output_file(tmp_path / "file" / "deeper" / "m.onnx", "--out")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX named pipes")
+def test_an_out_that_is_a_pipe_a_link_or_a_folder_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Only folders were refused: the atomic writer put a regular file in place of anything else (as root,
+    `convert ... --out /dev/null` replaced the system's /dev/null), `--out nodir/` wrote a file named nodir,
+    and a symbolic link loop was a traceback (convert reviewer). Export, convert and prune share the check."""
+    from audiosep.commands.inputs import check_output_file
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "target.pt").write_text("x")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "target.pt")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    cases = {tmp_path / "pipe": "is a device, pipe or socket, not a file", tmp_path / "link.pt": "is a symbolic link",
+             f"{tmp_path}/nodir/": "ends with a path separator", tmp_path / "loop" / "m.pt": "Too many levels of symbolic links"}  # fmt: skip
+    for out, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            check_output_file(out, "--out")
+    save_model(randomised(ConvTasNet(**CONV_TASNET)), tmp_path / "m.ckpt", {"sample_rate": RATE})
+    argv = ["export", "--ckpt", str(tmp_path / "m.ckpt"), "--format", "torchscript", "--out", str(tmp_path / "pipe")]
+    assert audiosep.cli.main(argv) == 1
+    assert (tmp_path / "pipe").is_fifo() and (tmp_path / "link.pt").is_symlink()
+    assert "is a device, pipe or socket" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, a folder that holds no new files")

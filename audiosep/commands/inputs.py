@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import unicodedata
 from collections.abc import Iterable
@@ -226,12 +227,29 @@ def check_output_folder(path: str | os.PathLike, flag: str) -> None:
 
 def check_output_file(path: str | os.PathLike, flag: str, reads: Iterable[str | os.PathLike] = (),
                       what: str = "an input") -> None:  # fmt: skip
-    """One-line error for an output file that is a folder, or one of the files the command reads
-    (``what`` names them): writing it would destroy the input."""
+    """One-line error for an output file that is a folder, a device, pipe, socket or symbolic link (the
+    atomic writer would put a regular file in its place: as root, ``--out /dev/null`` replaced the
+    system's /dev/null), a name ending in a separator, or one of the files the command reads (``what``
+    names them): writing it would destroy the input."""
     if Path(path).is_dir():
         raise UserError(f"{flag} {path}: is a folder; give {flag} a file name")
-    if Path(path).resolve() in {Path(read).resolve() for read in reads}:
-        raise UserError(f"{flag} {path}: would replace {what}; pass another {flag}")
+    if str(path).endswith(("/", os.sep)):
+        raise UserError(f"{flag} {path}: ends with a path separator; give {flag} a file name")
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # a folder on the way that is a file: reported below
+        mode = None
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot be used ({err.strerror or err})") from None
+    if mode is not None and stat.S_ISLNK(mode):
+        raise UserError(f"{flag} {path}: is a symbolic link; give the file it points to, or another name")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UserError(f"{flag} {path}: is a device, pipe or socket, not a file; give {flag} a file name")
+    try:
+        if Path(path).resolve() in {Path(read).resolve() for read in reads}:
+            raise UserError(f"{flag} {path}: would replace {what}; pass another {flag}")
+    except (RuntimeError, OSError) as err:  # a symbolic link loop among the folders
+        raise UserError(f"{flag} {path}: cannot be resolved ({one_line(err)})") from None
     existing = next(parent for parent in Path(path).absolute().parents if parent.exists())
     if not existing.is_dir():
         raise UserError(f"{flag} {path}: {existing} is a file, not a folder")

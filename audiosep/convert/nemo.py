@@ -65,6 +65,11 @@ MAX_SUB_BLOCKS = 512  # QuartzNet 15x5 has 79 sub-blocks, Jasper 10x5 54
 # compressed archive cannot expand beyond what its own config claims the model holds (at most
 # MAX_WEIGHTS_BYTES, read in memory), however small the config is.
 WEIGHT_BYTES_PER_VALUE, WEIGHT_BYTES_PER_TENSOR, MAX_WEIGHTS_BYTES = 8, 4096, 2 << 30
+MAX_ARCHIVE_BYTES = MAX_WEIGHTS_BYTES + (64 << 20)  # the weights, the config and a few tokenizer files
+MAX_EXTENDED_HEADER_BYTES = 1 << 16  # a pax header or GNU long name: a path and a few attributes
+MEMBER_LIMITS = {CONFIG_MEMBER: (MAX_YAML_BYTES, "a NeMo config needs"), WEIGHTS_MEMBER: (MAX_WEIGHTS_BYTES, "audiosep reads")}
+EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                    tarfile.GNUTYPE_LONGLINK)  # fmt: skip
 # The front end sizes that audiosep.transcriber accepts when it reads the converted file back.
 FEATURE_LIMITS = {"sample_rate": MAX_SAMPLE_RATE, "n_fft": 1 << 16, "n_mels": 1 << 10}
 # Errors of a damaged tar or of its gzip/bz2/xz compression, once the archive is open.
@@ -248,35 +253,66 @@ def features_from_nemo(pre: dict[str, Any]) -> LogMelFeatures:
 # --- the archive ----------------------------------------------------------------------------------
 
 
-def _find_members(archive: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
-    """The config and weights members: exactly one regular file each, in whatever folder."""
-    found: dict[str, list[tarfile.TarInfo]] = {CONFIG_MEMBER: [], WEIGHTS_MEMBER: []}
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses an extended header (pax, GNU long name) larger than :data:`MAX_EXTENDED_HEADER_BYTES`.
+
+    Why: tarfile reads such a header whole before it hands out the member, so an 8.6 KB compressed
+    archive whose pax header decompresses to gigabytes took 2.7 GB of memory before any size check.
+    """
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in EXTENDED_HEADERS and self.size > MAX_EXTENDED_HEADER_BYTES:
+            raise UserError(f"an extended tar header of {self.size} bytes (at most {MAX_EXTENDED_HEADER_BYTES}): "
+                            "not a NeMo model archive")  # fmt: skip
+        return super()._proc_member(tarfile_)
+
+
+def _member_bytes(archive: tarfile.TarFile) -> dict[str, bytes]:
+    """The config's and the weights' bytes, in one pass over the archive (opened in stream mode).
+
+    Each must be exactly one regular file (in whatever folder); the members' declared sizes add up
+    to at most :data:`MAX_ARCHIVE_BYTES`, checked before a member is read or skipped, so a compressed
+    archive is decompressed once and never past that (a 8 KB bz2 file of 3 GiB of zeros took 25 s).
+    """
+    found: dict[str, tuple[str, bytes]] = {}
+    total = 0
     for count, member in enumerate(archive, 1):
+        total += member.size
         if count > MAX_MEMBERS:
             raise UserError(f"more than {MAX_MEMBERS} members: not a NeMo model archive")
-        found.get(PurePosixPath(member.name).name, []).append(member)
-    missing = [name for name, members in found.items() if not members]
+        if total > MAX_ARCHIVE_BYTES:
+            raise UserError(f"its members hold more than {MAX_ARCHIVE_BYTES} bytes: not a NeMo model archive")
+        name = PurePosixPath(member.name).name
+        if name not in MEMBER_LIMITS:
+            continue
+        if name in found:
+            paths = brief_repr([found[name][0], member.name])
+            raise UserError(f"ambiguous archive: 2 members named {name} ({paths})")
+        if not member.isfile():
+            raise UserError(f"{name} is a link or a special file, not a regular file")
+        limit, what = MEMBER_LIMITS[name]
+        with prefixed_errors(name):
+            found[name] = (member.name, _read_member(archive, member, limit, what))
+    missing = [name for name in MEMBER_LIMITS if name not in found]
     if missing:
         raise UserError(f"not a NeMo model archive (lacks {', '.join(missing)})")
-    for name, members in found.items():
-        if len(members) > 1:
-            paths = brief_repr([member.name for member in members])
-            raise UserError(f"ambiguous archive: {len(members)} members named {name} ({paths})")
-        if not members[0].isfile():
-            raise UserError(f"{name} is a link or a special file, not a regular file")
-    return {name: members[0] for name, members in found.items()}
+    return {name: data for name, (_, data) in found.items()}
+
+
+def _check_size(size: int, limit: int, what: str) -> None:
+    if size > limit:
+        raise UserError(f"{size} bytes, more than {what} ({limit} bytes)")
 
 
 def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, limit: int, what: str) -> bytes:
     """A member's bytes, refused from the size in its header, before any reading, when over ``limit``."""
-    if member.size > limit:
-        raise UserError(f"{member.size} bytes, more than {what} ({limit} bytes)")
+    _check_size(member.size, limit, what)
     return archive.extractfile(member).read()
 
 
-def _read_config(archive: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, Any]:
+def _read_config(data: bytes) -> dict[str, Any]:
     """``model_config.yaml`` as plain data (a mapping)."""
-    config = parse_untrusted_yaml(_read_member(archive, member, MAX_YAML_BYTES, "a NeMo config needs"))
+    config = parse_untrusted_yaml(data)
     if not isinstance(config, dict):
         raise UserError(f"holds a {type(config).__name__}, not a mapping")
     return config
@@ -333,19 +369,17 @@ def _check_filterbank(features: LogMelFeatures, state: dict[str, Tensor]) -> Non
 
 def _convert_archive(archive: tarfile.TarFile) -> tuple[QuartzNet, LogMelFeatures, list[str]]:
     """Model, front end and labels of an open ``.nemo``: config first, then weights within its bounds."""
-    members = _find_members(archive)
+    members = _member_bytes(archive)
     with prefixed_errors(CONFIG_MEMBER):
-        config = _read_config(archive, members[CONFIG_MEMBER])
+        config = _read_config(members[CONFIG_MEMBER])
     labels = vocabulary_from_nemo(config)
     features = features_from_nemo(_section(config, "preprocessor"))
     meta = build_on_meta(QuartzNet, quartznet_args(config, len(labels) + 1))
     if meta.in_features != features.n_mels:
         raise UserError(f"encoder feat_in {meta.in_features} != preprocessor features {features.n_mels}")
     with prefixed_errors(WEIGHTS_MEMBER):
-        limit = _weights_limit(meta, features)
-        state = load_weights(
-            io.BytesIO(_read_member(archive, members[WEIGHTS_MEMBER], limit, "the model can hold"))
-        )
+        _check_size(len(members[WEIGHTS_MEMBER]), _weights_limit(meta, features), "the model can hold")
+        state = load_weights(io.BytesIO(members[WEIGHTS_MEMBER]))
     mapping = key_map(meta, state)
     absent = sorted(v for v in mapping.values() if v not in state)
     if absent:
@@ -369,7 +403,9 @@ def convert_nemo(path: str | os.PathLike) -> tuple[QuartzNet, dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        archive = tarfile.open(path, "r:*")
+        archive = tarfile.open(path, "r|*", tarinfo=_BoundedTarInfo)  # one pass: no member decompressed twice
+    except UserError as err:  # the first member's header is read on opening
+        raise UserError(f"{path}: {err}") from None
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as err:
         raise UserError(f"{path}: not a .nemo archive (expected a tar file, plain or compressed)") from err
     with archive:

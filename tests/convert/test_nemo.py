@@ -264,3 +264,32 @@ def test_bad_configs_and_weights_are_one_line_errors(
 def test_a_file_that_is_no_tar_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty.nemo").write_bytes(b"")
     assert_one_line_refusal(tmp_path / "empty.nemo", capsys, "not a .nemo archive")
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_a_huge_extended_tar_header_is_refused_before_it_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: bytes
+) -> None:
+    """tarfile reads a pax header or GNU long name whole before handing out the member: an 8.6 KB bz2 archive
+    took 2.7 GB of memory, and one declaring 1 TiB ended in a MemoryError traceback (reviewer)."""
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = kind, 1 << 40
+    header = info._create_header(info.get_info(), tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    archive = tmp_path / "pax.nemo"
+    archive.write_bytes(header + write_archive(tmp_path / "ok.tar").read_bytes())
+    assert_one_line_refusal(archive, capsys, f"an extended tar header of {1 << 40} bytes (at most 65536)")
+
+
+def test_members_past_the_archive_budget_are_refused_before_they_are_decompressed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipped members of a compressed archive were decompressed three times, whatever their size: an 8.4 KB
+    bz2 file holding 3 GiB of zeros took 25 s, and converted (reviewer). The declared sizes are added up first,
+    and the archive is read once (stream mode)."""
+    import audiosep.convert.nemo as nemo
+
+    monkeypatch.setattr(nemo, "MAX_ARCHIVE_BYTES", 1 << 20)
+    padding = (("padding.bin", bytes(2 << 20)),)
+    archive = write_archive(tmp_path / "bomb.nemo", mode="w:bz2", extra=padding)
+    assert_one_line_refusal(archive, capsys, f"its members hold more than {1 << 20} bytes")
+    assert convert(write_archive(tmp_path / "ok.nemo", mode="w:bz2", extra=(("x.txt", b"x"),)), capsys)[0] == 0
