@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import lzma
+import math
 import os
 import tarfile
 import zlib
@@ -81,11 +82,15 @@ UNSUPPORTED_BLOCK_OPTIONS = {
     "future_context": -1, "residual_mode": "add", "kernel_size_factor": 1.0,
 }  # fmt: skip
 # Preprocessor options the front end reproduces only with this value.
-FIXED_PREPROCESSOR_OPTIONS = {
+FIXED_PREPROCESSOR_OPTIONS = {  # NeMo's defaults; other values change the features (reviewer: up to 0.89 off)
     "frame_splicing": 1,
     "window": "hann",
     "log": True,
     "log_zero_guard_type": "add",
+    "mag_power": 2.0,
+    "exact_pad": False,
+    "stft_exact_pad": False,
+    "mel_norm": "slaney",
 }
 ACTIVATION_NAMES = {"relu": "relu", "gelu": "gelu", "swish": "silu", "silu": "silu"}
 
@@ -202,15 +207,31 @@ def _yaml_float(value: Any) -> Any:
     return value
 
 
-def _nemo_n_fft(pre: dict[str, Any]) -> Any:
+def _nemo_seconds(pre: dict[str, Any], seconds_key: str, samples_key: str, default: float) -> Any:
+    """A window size or stride in seconds as NeMo takes it: ``int(seconds * rate)`` samples (truncated, where
+    audiosep rounds: 0.064 off at 22.05 kHz), or the sample count ``n_window_size``/``n_window_stride``.
+
+    Anything that is not a number is returned as it is, for the type checks to refuse.
+    """
+    rate, seconds, samples = pre.get("sample_rate", 16000), pre.get(seconds_key), pre.get(samples_key)
+    if seconds is not None and samples is not None:
+        raise UserError(f"both {seconds_key} and {samples_key} are set (NeMo refuses that too)")
+    value = _yaml_float(default if seconds is None and samples is None else seconds)
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (rate, value or 0))
+    if samples is not None:
+        return samples / rate if numbers and isinstance(samples, int) and not isinstance(samples, bool) else samples
+    return int(value * rate) / rate if numbers and rate > 0 else value
+
+
+def _nemo_n_fft(pre: dict[str, Any], window_size: Any) -> Any:
     """``n_fft``, or NeMo's default when unset: the window length in samples rounded up to a power of two."""
-    n_fft, rate, size = pre.get("n_fft"), pre.get("sample_rate", 16000), _yaml_float(pre.get("window_size", 0.02))
+    n_fft, rate = pre.get("n_fft"), pre.get("sample_rate", 16000)
     if n_fft is not None or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in (rate, size)
+        isinstance(v, int | float) and not isinstance(v, bool) for v in (rate, window_size)
     ):
         return n_fft  # build_untrusted refuses a missing or bad value
     try:
-        return 1 << (round(rate * size) - 1).bit_length()
+        return 1 << (round(rate * window_size) - 1).bit_length()
     except (ValueError, OverflowError):  # NaN or infinite window: refused by build_untrusted
         return None
 
@@ -234,9 +255,9 @@ def features_from_nemo(pre: dict[str, Any]) -> LogMelFeatures:
     kwargs = {
         "sample_rate": pre.get("sample_rate", 16000),
         "n_mels": pre.get("features", pre.get("nfilt", 64)),
-        "window_size": _yaml_float(pre.get("window_size", 0.02)),
-        "window_stride": _yaml_float(pre.get("window_stride", 0.01)),
-        "n_fft": _nemo_n_fft(pre),
+        "window_size": (window_size := _nemo_seconds(pre, "window_size", "n_window_size", 0.02)),
+        "window_stride": _nemo_seconds(pre, "window_stride", "n_window_stride", 0.01),
+        "n_fft": _nemo_n_fft(pre, window_size),
         "preemphasis": _yaml_float(pre.get("preemph", 0.97)) or 0.0,
         "dither": _yaml_float(pre.get("dither", 1e-5)),
         "normalize": "none" if normalize in (None, False, "none") else normalize,
@@ -364,7 +385,8 @@ def _check_filterbank(features: LogMelFeatures, state: dict[str, Tensor]) -> Non
     theirs = theirs.squeeze(0).float()
     ours = features.filterbank
     if theirs.shape != ours.shape or (theirs - ours).abs().max() > 1e-5 * float(ours.abs().max()):
-        log.warning("the archive's mel filterbank differs from audiosep's Slaney filterbank")
+        raise UserError("the archive's mel filterbank (preprocessor.featurizer.fb) differs from the Slaney one audiosep "
+                        "computes from its settings: the features would not be the model's")  # fmt: skip
 
 
 def _convert_archive(archive: tarfile.TarFile) -> tuple[QuartzNet, LogMelFeatures, list[str]]:

@@ -155,6 +155,14 @@ def write_nemo(path, config, state):
             archive.addfile(info, io.BytesIO(data))
 
 
+def nemo_filterbank() -> torch.Tensor:
+    """The ``[1, 64, 257]`` filterbank NeMo stores (librosa's Slaney mel scale and norm), from torchaudio."""
+    import torchaudio
+
+    banks = torchaudio.functional.melscale_fbanks(257, 0.0, 8000.0, 64, 16000, norm="slaney", mel_scale="slaney")
+    return banks.T[None]
+
+
 @pytest.fixture()
 def fake_nemo(tmp_path):
     torch.manual_seed(0)
@@ -162,7 +170,7 @@ def fake_nemo(tmp_path):
     randomize_batchnorm(fake)
     state = {
         f"preprocessor.featurizer.{k}": v
-        for k, v in {"window": torch.hann_window(320, periodic=False), "fb": torch.zeros(1, 64, 257)}.items()
+        for k, v in {"window": torch.hann_window(320, periodic=False), "fb": nemo_filterbank()}.items()
     }
     state |= fake.state_dict()
     write_nemo(tmp_path / "QuartzNetTiny.nemo", nemo_config(), state)
@@ -230,3 +238,39 @@ def test_not_an_archive(tmp_path, capsys):
     (tmp_path / "x.nemo").write_bytes(b"plain bytes")
     assert main(["convert", "nemo", str(tmp_path / "x.nemo"), "--out", str(tmp_path / "x.pt")]) == 1
     assert "not a .nemo archive" in capsys.readouterr().err
+
+
+def test_a_stored_filterbank_other_than_the_settings_give_is_refused(fake_nemo, tmp_path, capsys):
+    """It was a warning, and the model was written with features it never heard (mel_norm: null: 0.19 off)."""
+    archive, fake = fake_nemo
+    state = {"preprocessor.featurizer.fb": torch.zeros(1, 64, 257)} | fake.state_dict()
+    write_nemo(tmp_path / "other_fb.nemo", nemo_config(), state)
+    assert main(["convert", "nemo", str(tmp_path / "other_fb.nemo"), "--out", str(tmp_path / "m.pt")]) == 1
+    assert "mel filterbank (preprocessor.featurizer.fb) differs" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize(("setting", "value"), [("mag_power", 1.0), ("exact_pad", True), ("mel_norm", None)])
+def test_nemo_feature_settings_audiosep_does_not_reproduce_are_refused(setting, value):
+    """Accepted and ignored: up to 0.89 from NeMo's features (reviewer, against a float64 NeMo front end)."""
+    from audiosep.convert.nemo import features_from_nemo
+    from audiosep.errors import UserError
+
+    with pytest.raises(UserError, match=f"unsupported NeMo preprocessor setting {setting}="):
+        features_from_nemo(nemo_config()["preprocessor"] | {setting: value})
+
+
+def test_nemo_window_sizes_are_truncated_to_samples_as_nemo_does():
+    """NeMo takes int(window_size * rate) samples (22.05 kHz, 15 ms: 330) and accepts n_window_size/_stride in
+    samples; audiosep rounded (331) and ignored the sample counts (0.064 and 1.65 off, reviewer)."""
+    from audiosep.convert.nemo import features_from_nemo
+    from audiosep.errors import UserError
+
+    base = nemo_config()["preprocessor"]
+    at_22k = features_from_nemo(base | {"sample_rate": 22050, "window_size": 0.015, "window_stride": 0.0105})
+    assert (at_22k.win_length, at_22k.hop_length) == (int(0.015 * 22050), int(0.0105 * 22050)) == (330, 231)
+    counted = {k: v for k, v in base.items() if k not in ("window_size", "window_stride")}
+    in_samples = features_from_nemo(counted | {"n_window_size": 400, "n_window_stride": 160})
+    assert (in_samples.win_length, in_samples.hop_length, in_samples.n_fft) == (400, 160, 512)
+    with pytest.raises(UserError, match="both window_size and n_window_size are set"):
+        features_from_nemo(base | {"n_window_size": 400})
