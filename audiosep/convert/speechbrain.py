@@ -229,6 +229,11 @@ def _load(meta: nn.Module, state: dict[str, Tensor]) -> nn.Module:
 def _converted_state(
     encoder_sd: StateDict, masknet_sd: StateDict, decoder_sd: StateDict, renames: list[tuple[str, str | None]]
 ) -> dict[str, Tensor]:
+    for file, found, known in (("encoder.ckpt", encoder_sd, "conv1d.weight"), ("decoder.ckpt", decoder_sd, "weight")):
+        extra = sorted(set(found) - {known})
+        if extra:  # a Decoder(bias=True): dropping it gave outputs 0.64 off (reviewer)
+            raise ConversionError(f"{file}: weights audiosep's model has no place for ({brief_repr(extra[:3])}); "
+                                  "refused rather than dropped")  # fmt: skip
     state = {"encoder.weight": encoder_sd["conv1d.weight"], "decoder.weight": decoder_sd["weight"]}
     for key, value in masknet_sd.items():
         ours = _rename(key, renames)

@@ -74,7 +74,7 @@ def parse_untrusted_yaml(data: bytes, loader: type[UntrustedYamlLoader] = Untrus
         return yaml.load(data.decode("utf-8"), Loader=loader)  # noqa: S506 (a SafeLoader)
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text") from None
-    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as err:  # bad dates, deep nesting
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError, OverflowError) as err:  # bad dates, deep nesting, huge base-60 floats
         raise UserError(f"not valid YAML ({one_line(err)})") from None
 
 

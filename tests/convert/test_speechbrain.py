@@ -136,6 +136,14 @@ def test_unsupported_speechbrain_layers_are_refused_not_dropped() -> None:
         sepformer_from_speechbrain(*state_dicts(encoder, masknet, decoder), num_heads=HEADS)
 
 
+def test_a_decoder_bias_is_refused_not_dropped() -> None:
+    """``Decoder(bias=True)`` converted with the bias dropped: outputs 0.64 off SpeechBrain's (reviewer)."""
+    encoder, masknet, _ = sepformer_parts()
+    decoder = dual_path.Decoder(in_channels=CHANNELS, out_channels=1, kernel_size=KERNEL, stride=KERNEL // 2, bias=True)
+    with pytest.raises(ConversionError, match=r"decoder.ckpt: weights audiosep's model has no place for \(\['bias'\]\)"):
+        sepformer_from_speechbrain(*state_dicts(encoder, masknet, decoder), num_heads=HEADS)
+
+
 def test_wrong_architecture_guess_is_a_clear_error() -> None:
     parts = sepformer_parts()
     with pytest.raises(ConversionError, match="holds a sepformer, not a resepformer"):
@@ -375,3 +383,12 @@ def test_a_ref_to_a_ref_resolves(tmp_path: Path) -> None:
     text = HYPERPARAMS.format(marker=tmp_path / "m").replace("K: 10", "K: !ref <chunk>") + "chunk: !ref <ten>\nten: 10\n"
     (tmp_path / "h.yaml").write_text(text)
     assert hyperparams_overrides(read_hyperparams(tmp_path / "h.yaml"), "sepformer")["chunk_size"] == 10
+
+
+def test_a_huge_base_60_float_in_yaml_is_one_line() -> None:
+    """YAML 1.1 reads ``1:1:...:1.5`` as a base-60 float: 200 groups overflowed into a traceback (reviewer)."""
+    from audiosep.convert.untrusted import parse_untrusted_yaml
+    from audiosep.errors import UserError
+
+    with pytest.raises(UserError, match="not valid YAML"):
+        parse_untrusted_yaml(("bad: " + "1:" * 200 + "1.5\n").encode())
