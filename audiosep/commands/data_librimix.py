@@ -101,6 +101,8 @@ def draw_missing_metadata(args: argparse.Namespace, splits: list[str] | None) ->
 def run(args: argparse.Namespace) -> int:
     from audiosep.data.prep.librimix_generate import GenerationConfig, find_metadata_csvs, generate_split
 
+    if (Path(args.out).expanduser() / "demo_set.json").exists():  # both write Libri2Mix/wav8k/min there
+        raise UserError(f"--out {args.out}: holds the demo set of `audiosep data demo`; give LibriMix its own folder")
     if args.n_src < 2:
         raise UserError(f"--n-src must be at least 2, got {args.n_src}")
     if args.limit is not None and args.limit < 1:  # rows[:-1] would silently drop the last row

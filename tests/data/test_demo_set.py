@@ -126,8 +126,9 @@ def test_same_seed_same_bytes_any_workers_other_seed_differs(built: Path, tmp_pa
         data for name, data in sorted(ours.items()) if name.endswith(".wav")]
 
 
-def test_complete_set_is_reused_and_changed_parameters_rebuild(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_complete_set_is_reused_and_changed_parameters_are_refused(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other parameters deleted Libri2Mix whole, with any LibriMix generated there (reviewer): refused now."""
     out = build_demo_set(tmp_path / "set", num_workers=0, **TINY)
     before = _files(out)
 
@@ -138,9 +139,25 @@ def test_complete_set_is_reused_and_changed_parameters_rebuild(tmp_path: Path,
     assert build_demo_set(tmp_path / "set", num_workers=0, **TINY) == out
     assert _files(out) == before
     monkeypatch.undo()
-    build_demo_set(tmp_path / "set", num_workers=0, **{**TINY, "num_train": 4})
-    assert len(_rows(out, "train-100")) == 4
-    assert len(list((out / "Libri2Mix" / "wav8k" / "min" / "train-100" / "s1").iterdir())) == 4
+    with pytest.raises(UserError, match="holds a demo set of other settings"):
+        build_demo_set(tmp_path / "set", num_workers=0, **{**TINY, "num_train": 4})
+    assert _files(out) == before
+
+
+def test_an_unfinished_set_of_the_same_settings_is_rebuilt(tmp_path: Path) -> None:
+    config = demo_set.DemoSetConfig()
+    demo_set._write_marker(tmp_path, config, complete=False)
+    (tmp_path / "Libri2Mix" / "partial").mkdir(parents=True)
+    assert demo_set._prepare_out_dir(tmp_path, config) is False
+    assert not (tmp_path / "Libri2Mix").exists()
+
+
+def test_data_librimix_refuses_a_demo_set_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both write Libri2Mix/wav8k/min: LibriMix overwrote the demo's dev CSV, which then still said ready."""
+    demo_set._write_marker(tmp_path, demo_set.DemoSetConfig(), complete=True)
+    assert main(["data", "librimix", "--out", str(tmp_path), "--librispeech", str(tmp_path), "--metadata",
+                 str(tmp_path)]) == 1  # fmt: skip
+    assert "holds the demo set of `audiosep data demo`" in capsys.readouterr().err
 
 
 def test_refuses_foreign_data_and_bad_sizes(tmp_path: Path) -> None:
@@ -178,9 +195,11 @@ def test_cli_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "is a file, not a folder" in capsys.readouterr().err and a_file.read_text() == "x"
 
 
-@pytest.mark.parametrize("marker", [b"[]", b"\xff\xfe not utf-8", b'{"complete": tr'])
-def test_a_damaged_marker_means_an_unfinished_set_to_rebuild(tmp_path: Path, marker: bytes) -> None:
+@pytest.mark.parametrize("marker", [b"[]", b"\xff\xfe not utf-8", b'{"complete": tr', b'{"complete": true}'])
+def test_a_damaged_or_foreign_marker_deletes_nothing(tmp_path: Path, marker: bytes) -> None:
+    """Any demo_set.json let the builder delete Libri2Mix, a user's files in it included (reviewer)."""
     (tmp_path / "demo_set.json").write_bytes(marker)
-    (tmp_path / "Libri2Mix").mkdir()
-    assert demo_set._prepare_out_dir(tmp_path, demo_set.DemoSetConfig()) is False
-    assert not (tmp_path / "Libri2Mix").exists()
+    (tmp_path / "Libri2Mix" / "keep").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds a demo set of other settings"):
+        demo_set._prepare_out_dir(tmp_path, demo_set.DemoSetConfig())
+    assert (tmp_path / "Libri2Mix" / "keep").is_dir()

@@ -508,3 +508,14 @@ def test_a_gain_that_is_not_a_plausible_number_is_refused(corpus, tmp_path, caps
     assert run_librimix(root, tmp_path / "out", 2, 8000, "min", "mix_clean") == 1
     err = capsys.readouterr().err
     assert "libri2mix_dev-clean.csv:2: bad gain value" in err and f"gain {value!r} is not a number" in err
+
+
+def test_a_noise_path_without_its_gain_is_refused(corpus, tmp_path, capsys):
+    """An empty noise_gain made noise/ and mix_both/ files of constant -32768, exit 0 (reviewer)."""
+    import shutil
+
+    root = Path(shutil.copytree(corpus["root"], tmp_path / "corpus"))
+    _edit_gain(root, "noise_gain", "")
+    assert run_librimix(root, tmp_path / "out", 2, 8000, "min", "mix_clean") == 1
+    err = capsys.readouterr().err
+    assert "libri2mix_dev-clean.csv:2: bad gain value (noise_path and noise_gain must be both set" in err

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from audiosep.data.prep import synth
 from audiosep.data.prep.demo_config import SPLITS, DemoSetConfig
 from audiosep.errors import UserError
-from audiosep.io import read_json
+from audiosep.io import atomic_write_text, read_json
 
 FORMAT_VERSION = 1
 TARGET_DBFS = -25.0  # active-speech RMS of every normalised source
@@ -302,17 +302,24 @@ def _read_marker(marker: Path) -> dict:
 
 
 def _prepare_out_dir(out_dir: Path, config: DemoSetConfig) -> bool:
-    """True when out_dir already holds a complete set built with ``config``; else empties our folders.
+    """True when out_dir already holds a complete set built with ``config``; else empties our folders
+    after a run of this ``config`` that did not finish (its partial files).
+
+    Why nothing else is ever deleted: ``Libri2Mix`` may also hold a LibriMix that ``audiosep data
+    librimix`` generated there, and a rerun with other settings removed it whole (reviewer).
 
     Raises:
-        UserError: out_dir holds a LibriMix/speech folder that this builder did not write.
+        UserError: out_dir holds a demo set of other settings, or LibriMix/speech folders this builder
+            did not write.
     """
     marker = out_dir / "demo_set.json"
     ours = ("Libri2Mix", "speech", "manifests")
     if marker.is_file():
         stored = _read_marker(marker)
-        if stored.get("complete") and stored.get("config") == asdict(config) \
-                and stored.get("format_version") == FORMAT_VERSION:
+        if stored.get("config") != asdict(config) or stored.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"{out_dir}: holds a demo set of other settings (or data written by something else); "
+                            "choose another folder, or delete it first")  # fmt: skip
+        if stored.get("complete"):
             return True
         for name in ours:
             shutil.rmtree(out_dir / name, ignore_errors=True)
@@ -324,7 +331,7 @@ def _prepare_out_dir(out_dir: Path, config: DemoSetConfig) -> bool:
 
 def _write_marker(out_dir: Path, config: DemoSetConfig, complete: bool) -> None:
     record = {"format_version": FORMAT_VERSION, "complete": complete, "config": asdict(config)}
-    (out_dir / "demo_set.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "demo_set.json", json.dumps(record, indent=2) + "\n")
 
 
 def build_demo_set(out_dir: str | os.PathLike, seed: int = 0, num_train: int = 2000, num_dev: int = 150,

@@ -131,6 +131,8 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
             raise UserError(f"{path}: not a Libri{n_src}Mix metadata file (missing columns {missing})")
         try:
             for row in reader:
+                if bool(row["noise_path"]) != bool(row["noise_gain"]):  # one without the other: NaN noise
+                    raise ValueError("noise_path and noise_gain must be both set or both empty")
                 rows.append(
                     MixtureRow(
                         row["mixture_ID"],
