@@ -31,10 +31,15 @@ def read_transcripts(chapter_dir: Path) -> dict[str, str]:
             content = transcript.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first id
         except UnicodeDecodeError as err:
             raise UserError(f"{transcript}: not UTF-8 text (byte {err.start})") from None
-        for line in content.split("\n"):  # not splitlines(): U+2028, U+0085 or a form feed inside a text cut it
-            utterance_id, _, text = line.strip().partition(" ")
-            if utterance_id:
-                texts[utterance_id] = text.strip()
+        for number, line in enumerate(content.split("\n"), 1):  # not splitlines(): U+2028, U+0085, form feeds
+            utterance_id, _, text = line.strip().replace("\t", " ").partition(" ")  # a tab-separated line too
+            if not utterance_id:
+                continue
+            if not text.strip():
+                raise UserError(f"{transcript}:{number}: {utterance_id} has no transcript")
+            if utterance_id in texts:
+                raise UserError(f"{transcript}:{number}: a second line for {utterance_id}")
+            texts[utterance_id] = text.strip()
     return texts
 
 

@@ -143,3 +143,21 @@ def test_transcripts_split_on_newlines_only_and_ignore_a_byte_order_mark(tmp_pat
         "\ufeff19-198-0000 THE CAF\u2028E IS OPEN\r\n19-198-0001 A\x0cB C\n19-198-0002 D\u0085E\n".encode())
     assert read_transcripts(chapter) == {
         "19-198-0000": "THE CAF\u2028E IS OPEN", "19-198-0001": "A\x0cB C", "19-198-0002": "D\u0085E"}
+
+
+def test_transcript_lines_without_text_twice_or_tab_separated_are_handled(tmp_path):
+    """An id-only line became "text": "", a repeated id kept its last line, a tab-separated line was reported
+    as a missing transcript, all without a word (reviewer)."""
+    from audiosep.data.librispeech import read_transcripts
+    from audiosep.errors import UserError
+
+    chapter = tmp_path / "19" / "198"
+    chapter.mkdir(parents=True)
+    path = chapter / "19-198.trans.txt"
+    path.write_text("19-198-0000\tHELLO WORLD\n19-198-0001 GOOD DAY\n")
+    assert read_transcripts(chapter) == {"19-198-0000": "HELLO WORLD", "19-198-0001": "GOOD DAY"}
+    for content, message in (("19-198-0000\n", ":1: 19-198-0000 has no transcript"),
+                             ("19-198-0000 A\n19-198-0000 B\n", ":2: a second line for 19-198-0000")):  # fmt: skip
+        path.write_text(content)
+        with pytest.raises(UserError, match=message):
+            read_transcripts(chapter)
