@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -16,10 +17,27 @@ from audiosep.metrics import separation_scores
 
 
 class ValidationHistory(L.Callback):
-    """Records ``val_si_snri`` after every validation, with the step and the elapsed time."""
+    """Records ``val_si_snri`` after every validation, with the step and the elapsed time.
+
+    Its rows and elapsed time go into every checkpoint (Lightning saves a callback's ``state_dict``), so a
+    resumed run's curve goes on from the interrupted one's instead of starting again empty.
+    """
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
+        self._start = time.monotonic()
+        self._elapsed_before = 0.0  # training time of the runs this one resumed
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, resumed runs included."""
+        return self._elapsed_before + time.monotonic() - self._start
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(row) for row in self.rows], "elapsed_s": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = [dict(row) for row in state_dict.get("rows", [])]
+        self._elapsed_before = float(state_dict.get("elapsed_s", 0.0))
         self._start = time.monotonic()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -30,7 +48,7 @@ class ValidationHistory(L.Callback):
             {
                 "epoch": trainer.current_epoch,
                 "step": trainer.global_step,
-                "elapsed_s": round(time.monotonic() - self._start, 1),
+                "elapsed_s": round(self.elapsed(), 1),
                 "val_si_snri": round(float(value), 3),
             }
         )

@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/4] untrained model on {len(test_set)} held-out mixtures: SI-SNRi {before:.2f} dB; training")
     history = ValidationHistory()
     cli.trainer.callbacks.append(history)
+    # One checkpoint folder for every run of these settings: Lightning keeps the best score of a resumed run
+    # only when the folder is the same (each run's own version_N folder made a resumed run's first,
+    # possibly worse, validation the best, and the model shipped was that one)
+    cli.trainer.checkpoint_callback.dirpath = str(out / "train" / "checkpoints")
     resume = find_last_checkpoint(out / "train", weight_shapes(cli.model))
     if resume is not None:  # a killed or finished earlier demo of these settings: go on from its last step
         print(f"      resuming from {resume}")

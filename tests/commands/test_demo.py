@@ -38,9 +38,19 @@ def test_a_rerun_resumes_the_training_of_an_earlier_run(tmp_path: Path, capsys) 
     assert main([*argv, "2"]) == 0
     first = find_last_checkpoint(out / "train")
     capsys.readouterr()
+    curve = json.loads((out / "report.json").read_text())["validation_curve"]
     assert main([*argv, "4"]) == 0
     assert f"resuming from {first}" in capsys.readouterr().out
-    assert torch.load(find_last_checkpoint(out / "train"), weights_only=True)["global_step"] == 4
+    last = torch.load(find_last_checkpoint(out / "train"), weights_only=True)
+    assert last["global_step"] == 4
+    # the resumed run kept the first run's best score and curve (a new version_N folder forgot the best, and
+    # the report held the resumed part only; reviewer)
+    best = last["callbacks"][next(k for k in last["callbacks"] if k.startswith("ModelCheckpoint"))]
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation_curve"][: len(curve)] == curve and len(report["validation_curve"]) > len(curve)
+    assert round(float(best["best_model_score"]), 3) == max(row["val_si_snri"] for row in report["validation_curve"])
+    assert main([*argv, "4"]) == 0  # a rerun of a finished demo keeps its report
+    assert json.loads((out / "report.json").read_text())["validation_curve"] == report["validation_curve"]
     assert main([*argv, "4", "--seed", "1"]) == 1  # another seed's data and model: never resumed from these
     assert "train/run.json: a run of other settings (seed, num_train, num_dev, num_test)" in capsys.readouterr().err
 
