@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from audiosep.commands.inputs import check_output_folder
+from audiosep.data.prep.demo_config import DemoSetConfig
 from audiosep.errors import UserError
 
 RECIPE = "demo/convtasnet_tiny.yaml"
@@ -41,6 +42,9 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.max_time is not None and not MAX_TIME.fullmatch(args.max_time):
         raise UserError(f"--max-time must be DD:HH:MM:SS (e.g. 00:00:06:00), got {args.max_time!r}")
+    if args.max_time is not None and not any(int(part) for part in args.max_time.split(":")):
+        raise UserError("--max-time must be longer than 00:00:00:00 (no step would be trained)")
+    DemoSetConfig(seed=args.seed, num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test).validate()
     check_output_folder(args.out, "--out")
 
 

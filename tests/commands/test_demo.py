@@ -60,6 +60,8 @@ def test_a_rerun_resumes_the_training_of_an_earlier_run(tmp_path: Path, capsys) 
     (["--threads", "0"], "--threads must be >= 1, got 0"),
     (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
     (["--max-time", "banana"], "--max-time must be DD:HH:MM:SS"),
+    (["--max-time", "00:00:00:00"], "--max-time must be longer than 00:00:00:00"),  # was a CheckpointError traceback
+    (["--num-train", "0"], "num_train must be at least 1, got 0"),  # was checked after claiming --out (reviewer)
 ])  # fmt: skip
 def test_bad_arguments_are_one_line_errors_before_any_work(argv: list[str], message: str, tmp_path: Path,
                                                           capsys) -> None:  # fmt: skip

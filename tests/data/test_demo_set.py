@@ -166,6 +166,8 @@ def test_refuses_foreign_data_and_bad_sizes(tmp_path: Path) -> None:
         build_demo_set(tmp_path / "foreign", **TINY)
     with pytest.raises(UserError, match="num_train"):
         build_demo_set(tmp_path / "bad", **{**TINY, "num_train": 0})
+    with pytest.raises(UserError, match="from 8000 to 48000"):  # 8 MHz: 2.9 GB for 8 mixtures (reviewer)
+        build_demo_set(tmp_path / "bad", **{**TINY, "sample_rate": 8_000_000})
 
 
 def test_speed_perturbation_shifts_frequency_by_the_rate_ratio() -> None:

@@ -35,7 +35,7 @@ class DemoSetConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_speakers < 6:
             raise UserError(f"num_speakers must be at least 6 (2 per split), got {self.num_speakers}")
-        if self.sample_rate < 8000 or self.sample_rate % 1000:
-            raise UserError(f"sample_rate must be a multiple of 1000 Hz, at least 8000, got {self.sample_rate}")
+        if not 8000 <= self.sample_rate <= 48000 or self.sample_rate % 1000:
+            raise UserError(f"sample_rate must be a multiple of 1000 Hz from 8000 to 48000, got {self.sample_rate}")
         if not 3 <= self.min_words <= self.max_words:
             raise UserError(f"need 3 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
