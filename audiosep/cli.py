@@ -94,21 +94,38 @@ class Terminated(BaseException):
     """
 
 
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) arrived. Not a ``KeyboardInterrupt``: Lightning turns that into ``sys.exit(1)``
+    with its own message (and ignores Ctrl-C for the rest of the process), so a training step inside
+    ``demo`` or ``norms study`` ended with exit 1 instead of 130."""
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (main thread only; elsewhere a no-op)."""
+def signals_raise() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` and SIGINT :class:`Interrupted` (main thread
+    only; a signal the process was started ignoring, as a shell's background job ignores SIGINT, stays
+    ignored)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig, handler in ((signal.SIGTERM, _raise_terminated), (signal.SIGINT, _raise_interrupted))
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_lightning(argv: list[str]) -> int:
@@ -129,12 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "_module"):
             (getattr(args, "_group_parser", None) or parser).print_help()
             return 2
-        with sigterm_raises():
+        with signals_raise():
             return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as err:
         print(f"audiosep: error: {user_message(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         print("audiosep: interrupted", file=sys.stderr)
         return 130
     except Terminated:

@@ -800,3 +800,38 @@ def test_a_folder_reached_through_dotdot_is_never_removed(ckpt, tmp_path, capsys
     sf.write(short, speech(0, frames=3), RATE)
     assert main(["infer", "--ckpt", str(ckpt), "--out-dir", "new1/../x/out", str(short)]) == 1
     assert (tmp_path / "x").is_dir()
+
+
+def test_ctrl_c_inside_a_lightning_fit_of_a_command_exits_130(monkeypatch, capsys) -> None:
+    """Lightning turns KeyboardInterrupt into sys.exit(1) and then ignores Ctrl-C: `demo` and `norms study`
+    exited 1 with its message instead of the documented 130 (study reviewer). A command now gets SIGINT
+    as an exception Lightning re-raises."""
+    import signal
+
+    import lightning as L
+
+    from audiosep.commands import data_demo
+
+    def fit_interrupted(args) -> int:
+        trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False)  # fmt: skip
+
+        class Model(L.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layer = torch.nn.Linear(1, 1)
+
+            def training_step(self, batch, index):
+                os.kill(os.getpid(), signal.SIGINT)
+                return self.layer(batch).sum()
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        trainer.fit(Model(), torch.utils.data.DataLoader(torch.ones(4, 1)))
+        return 0
+
+    monkeypatch.setattr(data_demo, "run", fit_interrupted)
+    assert main(["data", "demo", "--out", "unused"]) == 130
+    assert "audiosep: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
