@@ -151,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"audiosep: error: {user_message(err)}", file=sys.stderr)
         return 1
+    except OSError as err:  # what the system refused (a read-only --out, a full disk): its file and reason
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"audiosep: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, Interrupted):
         print("audiosep: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from audiosep.commands.inputs import check_output_folder
 from audiosep.data.mixing import MIX_TYPES
 from audiosep.errors import UserError
 
@@ -101,6 +102,7 @@ def draw_missing_metadata(args: argparse.Namespace, splits: list[str] | None) ->
 def run(args: argparse.Namespace) -> int:
     from audiosep.data.prep.librimix_generate import GenerationConfig, find_metadata_csvs, generate_split
 
+    check_output_folder(args.out, "--out")
     if (Path(args.out).expanduser() / "demo_set.json").exists():  # both write Libri2Mix/wav8k/min there
         raise UserError(f"--out {args.out}: holds the demo set of `audiosep data demo`; give LibriMix its own folder")
     if args.n_src < 2:

@@ -70,3 +70,18 @@ def test_trainer_settings_lightning_refuses_are_one_error_line(tmp_path, capsys)
     errors = [line for line in err.splitlines() if line.startswith("audiosep: error:")]  # Lightning logs before it
     assert len(errors) == 1 and errors[0].startswith("audiosep: error: trainer settings: ") and "devices" in errors[0]
     assert "MisconfigurationException" not in err
+
+
+def test_what_the_system_refuses_is_one_line_naming_the_file(monkeypatch, capsys) -> None:
+    """A read-only --out of demo, data demo, data librimix, data librispeech or norms study was a
+    PermissionError traceback (study reviewer; as root here, so the error is raised by hand)."""
+    from audiosep.cli import main
+    from audiosep.commands import data_demo
+
+    def refused(args) -> int:
+        raise PermissionError(13, "Permission denied", "/read/only/Libri2Mix")
+
+    monkeypatch.setattr(data_demo, "run", refused)
+    assert main(["data", "demo", "--out", "unused"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["audiosep: error: /read/only/Libri2Mix: Permission denied"]

@@ -519,3 +519,25 @@ def test_a_noise_path_without_its_gain_is_refused(corpus, tmp_path, capsys):
     assert run_librimix(root, tmp_path / "out", 2, 8000, "min", "mix_clean") == 1
     err = capsys.readouterr().err
     assert "libri2mix_dev-clean.csv:2: bad gain value (noise_path and noise_gain must be both set" in err
+
+
+def test_a_non_utf8_csv_an_out_file_and_a_read_only_out_are_one_line(corpus, tmp_path, capsys):
+    """Each was a traceback (UnicodeDecodeError, NotADirectoryError, PermissionError) (reviewer)."""
+    import os
+    import shutil
+
+    root = Path(shutil.copytree(corpus["root"], tmp_path / "corpus"))
+    csv_path = root / "metadata" / "Libri2Mix" / "libri2mix_dev-clean.csv"
+    good = csv_path.read_bytes()
+    csv_path.write_bytes(good.replace(b"mixture_ID", b"mixture_\xffID", 1))
+    assert run_librimix(root, tmp_path / "out", 2, 8000, "min", "mix_clean") == 1
+    assert "libri2mix_dev-clean.csv: not UTF-8 text (byte 8)" in capsys.readouterr().err
+    csv_path.write_bytes(good)
+    (tmp_path / "a_file").write_text("x")
+    assert run_librimix(root, tmp_path / "a_file", 2, 8000, "min", "mix_clean") == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "read_only").mkdir(mode=0o500)
+        assert run_librimix(root, tmp_path / "read_only", 2, 8000, "min", "mix_clean") == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Permission denied" in err[0]

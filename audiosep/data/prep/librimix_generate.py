@@ -124,7 +124,11 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
     needed = ["mixture_ID", "noise_path", "noise_gain"]
     needed += [f"source_{i + 1}_{k}" for i in range(n_src) for k in ("path", "gain")]
     rows = []
-    with path.open(newline="") as handle:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle, restval="")
         missing = [name for name in needed if name not in (reader.fieldnames or [])]
         if missing:
