@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -516,6 +517,10 @@ def convert_speechbrain_folder(
     encoder_sd, masknet_sd, decoder_sd = (_load_state(folder / name) for name in CHECKPOINT_FILES)
     yaml_path = folder / HYPERPARAMS_FILE
     hparams = read_hyperparams(yaml_path) if yaml_path.is_file() else {}
+    if not hparams:  # the heads and the chunk size are in no weight's shape
+        warnings.warn(f"{folder}: no {HYPERPARAMS_FILE}: the number of heads, the chunk size and the norm placement "
+                      "are SpeechBrain's pretrained defaults, not read from this model; copy its hyperparams.yaml "
+                      "into the folder if they differ", stacklevel=2)  # fmt: skip
     with prefixed_errors(str(folder), ConversionError):
         kind = detect_model_kind(masknet_sd) if kind == "auto" else kind
     with prefixed_errors(str(yaml_path), ConversionError):

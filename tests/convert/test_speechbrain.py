@@ -257,7 +257,8 @@ def test_convert_command_detects_resepformer_and_needs_a_sample_rate(tmp_path: P
     assert main(["convert", "speechbrain", str(folder), "--out", str(out)]) == 1
     assert "sample_rate" in capsys.readouterr().err and not out.exists()
     argv = ["convert", "speechbrain", str(folder), "--out", str(out), "--sample-rate", "16000"]
-    assert main([*argv, "--model", "resepformer"]) == 0
+    with pytest.warns(UserWarning, match="no hyperparams.yaml: the number of heads, the chunk size"):
+        assert main([*argv, "--model", "resepformer"]) == 0  # defaults, said so (reviewer: silently, 0.255 off)
     model, metadata = load_model(out)
     assert isinstance(model, RESepFormer) and metadata["sample_rate"] == 16000
 
