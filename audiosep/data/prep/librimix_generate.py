@@ -49,9 +49,22 @@ class MixtureRow:
     noise_gain: float
     line: int  # in the CSV, for messages
 
-    def inputs_key(self) -> str:
-        """The row's inputs and gains as text: a journaled result counts only for the same ones."""
-        return json.dumps([self.source_paths, self.source_gains, self.noise_path, self.noise_gain])
+    def inputs_key(self, config: GenerationConfig) -> str:
+        """The row's inputs (each file's resolved path, size and mtime) and gains as text: a journaled result
+        counts only for the same ones (another corpus at the same relative paths reused its mixtures)."""
+        files = [config.librispeech_dir / p for p in self.source_paths]
+        files += [config.wham_dir / self.noise_path] if config.needs_noise and config.wham_dir else []
+        identities = [_file_identity(path) for path in files]
+        return json.dumps([self.source_paths, self.source_gains, self.noise_path, self.noise_gain, identities])
+
+
+def _file_identity(path: Path) -> list[object]:
+    """``[resolved path, size, mtime_ns]`` of an input file (``[path]`` when it cannot be read)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return [str(path)]
+    return [str(path.resolve()), info.st_size, info.st_mtime_ns]
 
 
 @dataclass(frozen=True)
@@ -263,7 +276,7 @@ def generate_row(config: GenerationConfig, split_dir: Path, row: MixtureRow) -> 
     written = {f"s{i + 1}": s for i, s in enumerate(sources)} | (
         {"noise": noise} if noise is not None else {}
     )
-    result = RowResult(row.mixture_id, len(sources[0]), list(config.types), inputs=row.inputs_key())
+    result = RowResult(row.mixture_id, len(sources[0]), list(config.types), inputs=row.inputs_key(config))
     for mix_type in config.types:
         to_mix = mixture_parts(mix_type, sources, noise)
         written[mix_type] = mix(to_mix)
@@ -290,7 +303,7 @@ def load_journal(path: Path) -> dict[str, RowResult]:
 def is_complete(result: RowResult | None, row: MixtureRow, config: GenerationConfig, split_dir: Path) -> bool:
     """Whether a journaled row was made from ``row``'s inputs and gains, covers the asked types, and all its
     files read back with the right length (a CSV edited between runs regenerates the rows it changed)."""
-    if result is None or result.inputs != row.inputs_key() or not set(config.types) <= set(result.types):
+    if result is None or result.inputs != row.inputs_key(config) or not set(config.types) <= set(result.types):
         return False
     for folder in config.folders():
         try:
