@@ -377,9 +377,11 @@ class Separator:
         with torch.no_grad():
             for name, tensor in self.model.state_dict(keep_vars=True).items():
                 values = tensor.detach()
-                summary = (float(values.sum()), float(torch.linalg.vector_norm(values))) if values.is_floating_point() else (
-                    int(values.sum()) if values.numel() else 0,)  # fmt: skip
-                probe.append((name, tuple(values.shape), values.data_ptr(), values._version, *summary))
+                if not (values.is_floating_point() or values.is_complex()):  # counters, masks
+                    values = values.double()
+                # repr: NaN equals itself there (a NaN weight rebuilt the runtime at every call)
+                summary = repr((values.sum().item(), torch.linalg.vector_norm(values).item()))
+                probe.append((name, tuple(values.shape), tensor.data_ptr(), tensor._version, summary))
         return tuple(probe)
 
     def _sync_runtime(self) -> None:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet, TemporalConvNet, frame_padding, overlap_add
+from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet, TemporalConvNet, overlap_add, tasnet_padding
 from audiosep.models.masking import DualPathMasker, MaskingSeparator
 from audiosep.models.quartznet import QuartzNet
 from audiosep.models.resepformer import ChunkSummaryMasker
@@ -637,7 +637,7 @@ class FastConvTasNet(nn.Module):
         if mixture.dim() != 2:
             raise ValueError(f"ConvTasNet expects a [batch, time] mixture, got shape {tuple(mixture.shape)}")
         batch, num_samples = mixture.shape
-        left, right = frame_padding(num_samples, self.enc_kernel_size, self.stride)
+        left, right = tasnet_padding(num_samples, self.enc_kernel_size, self.stride)
         padded = F.pad(mixture, (left, right))  # [B, T'']
         features = self.encoder_act(self.encoder(padded.unsqueeze(1)).transpose(1, 2).contiguous())  # [B, M, N]
         masks = self.masker(_time_major_to_4d(features))  # [B, M, S, N]

@@ -398,3 +398,18 @@ def test_edits_to_the_separators_model_are_used_and_hooks_are_not_skipped(option
         separator.separate(wave, 8000)
         assert fired
     handle.remove()
+
+
+def test_the_weights_probe_takes_nan_weights_and_complex_buffers() -> None:
+    """A NaN weight made every call rebuild the runtime (NaN != NaN); a complex buffer raised (diff reviewer)."""
+    from audiosep.models import conv_tasnet_demo
+
+    model = conv_tasnet_demo(num_repeats=1, num_layers=2).eval()
+    model.register_buffer("phase", torch.ones(3, dtype=torch.complex64))
+    with torch.no_grad():
+        model.decoder.weight[0, 0, 0] = float("nan")
+    separator = Separator(model, 8000)
+    runtime = separator.runtime
+    separator._sync_runtime()
+    separator._sync_runtime()
+    assert separator.runtime is runtime

@@ -349,3 +349,26 @@ def test_a_resume_with_another_optimizer_is_one_line_and_a_changed_lr_is_warned(
         assert main([*argv, "--trainer.max_steps=2", f"--ckpt_path={last}", "--optimizer.lr=5e-4"]) == 0
     # a mid-epoch resume (step 1 of 6) is exact here: Lightning's "unreliable results" warning is not shown
     assert not [w for w in caught if "dataloader is not resumable" in str(w.message)]
+
+
+def test_an_older_torchs_checkpoint_of_the_same_optimizer_resumes() -> None:
+    """The check compared the sets of setting names: an Adam saved without ``decoupled_weight_decay`` (older
+    torch; torch's loader fills it in) was refused as another optimizer (diff reviewer)."""
+    import types
+
+    from audiosep.tasks.guards import TrainingGuards
+
+    weight = torch.nn.Parameter(torch.zeros(3))
+    saved = torch.optim.Adam([weight], lr=1e-3).state_dict()
+    for group in saved["param_groups"]:
+        group.pop("decoupled_weight_decay", None)
+    guards = TrainingGuards()
+    guards._trainer = types.SimpleNamespace(optimizers=[torch.optim.Adam([weight], lr=1e-3)], lr_scheduler_configs=[])
+    guards.load_guards({"optimizer_states": [saved]})  # accepted
+    guards._trainer.optimizers = [torch.optim.SGD([weight], lr=1e-3)]
+    import pytest
+
+    from audiosep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="another optimizer than the recipe's SGD .its settings amsgrad, betas"):
+        guards.load_guards({"optimizer_states": [saved]})

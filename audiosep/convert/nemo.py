@@ -27,6 +27,7 @@ import math
 import os
 import tarfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -288,12 +289,14 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile_)
 
 
-def _member_bytes(archive: tarfile.TarFile) -> dict[str, bytes]:
+def _member_bytes(archive: tarfile.TarFile, weights_limit: Callable[[bytes], int]) -> dict[str, bytes]:
     """The config's and the weights' bytes, in one pass over the archive (opened in stream mode).
 
     Each must be exactly one regular file (in whatever folder); the members' declared sizes add up
     to at most :data:`MAX_ARCHIVE_BYTES`, checked before a member is read or skipped, so a compressed
     archive is decompressed once and never past that (a 8 KB bz2 file of 3 GiB of zeros took 25 s).
+    The weights are refused before reading when larger than ``weights_limit(config)`` allows, once the
+    config was read (it comes first in NeMo's archives; else the flat :data:`MAX_WEIGHTS_BYTES`).
     """
     found: dict[str, tuple[str, bytes]] = {}
     total = 0
@@ -312,6 +315,8 @@ def _member_bytes(archive: tarfile.TarFile) -> dict[str, bytes]:
         if not member.isfile():
             raise UserError(f"{name} is a link or a special file, not a regular file")
         limit, what = MEMBER_LIMITS[name]
+        if name == WEIGHTS_MEMBER and CONFIG_MEMBER in found:
+            limit, what = weights_limit(found[CONFIG_MEMBER][1]), "the model can hold"
         with prefixed_errors(name):
             found[name] = (member.name, _read_member(archive, member, limit, what))
     missing = [name for name in MEMBER_LIMITS if name not in found]
@@ -389,16 +394,28 @@ def _check_filterbank(features: LogMelFeatures, state: dict[str, Tensor]) -> Non
                         "computes from its settings: the features would not be the model's")  # fmt: skip
 
 
-def _convert_archive(archive: tarfile.TarFile) -> tuple[QuartzNet, LogMelFeatures, list[str]]:
-    """Model, front end and labels of an open ``.nemo``: config first, then weights within its bounds."""
-    members = _member_bytes(archive)
+def _configured(data: bytes) -> tuple[list[str], LogMelFeatures, QuartzNet]:
+    """Labels, front end and (weightless) model of a ``model_config.yaml``."""
     with prefixed_errors(CONFIG_MEMBER):
-        config = _read_config(members[CONFIG_MEMBER])
+        config = _read_config(data)
     labels = vocabulary_from_nemo(config)
     features = features_from_nemo(_section(config, "preprocessor"))
     meta = build_on_meta(QuartzNet, quartznet_args(config, len(labels) + 1))
     if meta.in_features != features.n_mels:
         raise UserError(f"encoder feat_in {meta.in_features} != preprocessor features {features.n_mels}")
+    return labels, features, meta
+
+
+def _convert_archive(archive: tarfile.TarFile) -> tuple[QuartzNet, LogMelFeatures, list[str]]:
+    """Model, front end and labels of an open ``.nemo``: config first, then weights within its bounds."""
+    configured: list[tuple[list[str], LogMelFeatures, QuartzNet]] = []
+
+    def weights_limit(config: bytes) -> int:
+        configured.append(_configured(config))
+        return _weights_limit(configured[-1][2], configured[-1][1])
+
+    members = _member_bytes(archive, weights_limit)
+    labels, features, meta = configured[-1] if configured else _configured(members[CONFIG_MEMBER])
     with prefixed_errors(WEIGHTS_MEMBER):
         _check_size(len(members[WEIGHTS_MEMBER]), _weights_limit(meta, features), "the model can hold")
         state = load_weights(io.BytesIO(members[WEIGHTS_MEMBER]))

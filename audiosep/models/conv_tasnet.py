@@ -188,7 +188,7 @@ def run_blocks(blocks: Sequence[nn.Module], x: Tensor) -> Tensor:
     return x if skip_sum is None else skip_sum
 
 
-def frame_padding(num_samples: int, kernel_size: int, stride: int) -> tuple[int, int]:
+def tasnet_padding(num_samples: int, kernel_size: int, stride: int) -> tuple[int, int]:
     """Zeros to add (left, right) so that frames of ``kernel_size`` every ``stride`` tile ``num_samples``
     exactly (torchaudio's rule)."""
     is_odd = kernel_size % 2
@@ -286,7 +286,7 @@ class ConvTasNet(RebuildableModule):
 
     def padding(self, num_samples: int) -> tuple[int, int]:
         """Zeros to add (left, right) so that the frames tile the signal exactly (torchaudio's rule)."""
-        return frame_padding(num_samples, self.enc_kernel_size, self.stride)
+        return tasnet_padding(num_samples, self.enc_kernel_size, self.stride)
 
     def forward(self, mixture: Tensor) -> Tensor:
         """Separate ``mixture`` ``[B, T]`` into ``[B, S, T]``.

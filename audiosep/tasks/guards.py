@@ -129,12 +129,12 @@ class TrainingGuards:
             raise ConfigError(f"--ckpt_path: the checkpoint holds {len(saved)} optimizer states and the recipe "
                               f"configures {len(current)} optimizers; resume with the recipe it was trained with")  # fmt: skip
         for optimizer, saved_groups, groups in zip(trainer.optimizers, saved, current, strict=True):
-            settings = [set(group) - {"params", "initial_lr"} for group in groups]
-            saved_settings = [set(group) - {"params", "initial_lr"} for group in saved_groups]
-            if settings != saved_settings:
-                differ = sorted(set().union(*saved_settings) ^ set().union(*settings))
+            # Settings saved that the recipe's optimizer does not know mark another optimizer (Adam's betas for
+            # SGD); settings it knows and the checkpoint lacks are an older torch's, filled in by its loader
+            foreign = sorted(set().union(*map(set, saved_groups)) - set().union(*map(set, groups)) - {"initial_lr"})
+            if foreign or len(saved_groups) != len(groups):
                 raise ConfigError(f"--ckpt_path: the checkpoint was trained with another optimizer than the recipe's "
-                                  f"{type(optimizer).__name__} (settings that differ: {', '.join(differ) or 'groups'}); "
+                                  f"{type(optimizer).__name__} (its settings {', '.join(foreign) or 'groups'}); "
                                   "resume with the optimizer it was trained with (its run's config.yaml names it)")  # fmt: skip
             self._warn_replaced_learning_rates(saved_groups, groups, bool(trainer.lr_scheduler_configs))
 
