@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
+    missing = [subset for subset in subsets if not (Path(args.root).expanduser() / subset).is_dir()]
+    if missing:  # before any subset is decoded and written, not after the first ones
+        raise UserError(f"{Path(args.root).expanduser() / missing[0]}: LibriSpeech subset folder not found")
     for subset in subsets:
         report = write_subset_manifest(
             args.root, subset, args.out, workers=args.workers, decode=not args.headers_only

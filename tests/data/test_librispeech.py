@@ -94,6 +94,17 @@ def test_missing_subset_is_a_one_line_error(tmp_path, capsys):
     assert str(tmp_path / "dev-clean") in capsys.readouterr().err
 
 
+def test_a_missing_second_subset_is_refused_before_the_first_is_written(tmp_path, capsys):
+    """dev-clean was decoded and written, then test-clean was found missing (study reviewer)."""
+    fabricate_librispeech(tmp_path / "LibriSpeech", "dev-clean")
+    out = tmp_path / "manifests"
+    argv = ["data", "librispeech", "--root", str(tmp_path / "LibriSpeech"), "--subsets", "dev-clean,test-clean",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 1
+    assert "test-clean: LibriSpeech subset folder not found" in capsys.readouterr().err
+    assert not out.exists() or not list(out.iterdir())
+
+
 def test_listing_and_speakers_file(tmp_path):
     fabricate_librispeech(tmp_path, "test-clean")
     (tmp_path / "SPEAKERS.TXT").write_text(
