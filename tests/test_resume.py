@@ -347,6 +347,12 @@ def test_a_resume_with_another_optimizer_is_one_line_and_a_changed_lr_is_warned(
     assert len(err) == 1 and "trained with another optimizer than the recipe's SGD" in err[0], err
     with pytest.warns(UserWarning, match="the learning rate is its 0.002, not the recipe's 0.0005") as caught:
         assert main([*argv, "--trainer.max_steps=2", f"--ckpt_path={last}", "--optimizer.lr=5e-4"]) == 0
+        import warnings
+
+        from audiosep.data.sampling import RESUME_WARNING
+
+        # the quiet lasted for this resume only: filters are process-wide (diff reviewer)
+        assert not [f for f in warnings.filters if getattr(f[1], "pattern", None) == RESUME_WARNING]
     # a mid-epoch resume (step 1 of 6) is exact here: Lightning's "unreliable results" warning is not shown
     assert not [w for w in caught if "dataloader is not resumable" in str(w.message)]
 

@@ -133,8 +133,20 @@ def resume_position(sampler: Any, state: dict[str, Any], batches_per_epoch: int)
     sampler.set_epoch(epoch)
     # Lightning warns of "unreliable results" after a mid-epoch resume unless the loader itself saves state;
     # this position makes the resume exact (tested against unbroken runs), so the warning would mislead
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    warnings.filterwarnings("ignore", message=RESUME_WARNING)
     return epoch, batches
+
+
+RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
+
+
+def end_resume_quiet() -> None:
+    """Drop the filter :func:`resume_position` set once training runs: filters are process-wide, and a later
+    resume in the same process (not through our data modules) must still get Lightning's warning.
+
+    ("ignore" filters leave nothing in the modules' warning registries, so removing one needs no reset.)
+    """
+    warnings.filters[:] = [f for f in warnings.filters if not (f[0] == "ignore" and getattr(f[1], "pattern", None) == RESUME_WARNING)]
 
 
 def resume_state(trainer: Any, sampler: Any) -> dict[str, int]:

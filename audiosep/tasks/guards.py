@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from audiosep.data.sampling import end_resume_quiet
 from audiosep.errors import ConfigError, UserError
 from audiosep.rng import collect_rng_states, set_rng_states
 
@@ -43,9 +44,14 @@ class TrainingGuards:
         self._rng_to_restore: dict[str, Any] | None = None
         self._drop_gradients = False
         self._buffers_before: list[tuple[Tensor, Tensor]] = []
+        self._resume_quiet_ended = False
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Keep a copy of the floating-point buffers (running statistics) to undo a skipped step."""
+        """Keep a copy of the floating-point buffers (running statistics) to undo a skipped step; the first
+        batch ends the quiet of an exact resume (:func:`audiosep.data.sampling.end_resume_quiet`)."""
+        if not self._resume_quiet_ended:
+            end_resume_quiet()
+            self._resume_quiet_ended = True
         self._buffers_before = [
             (buffer, buffer.detach().clone())
             for buffer in self.buffers()  # type: ignore[attr-defined]
