@@ -301,7 +301,8 @@ def train_run(settings: StudySettings, data: StudyData, norm: str, seed: int, st
     return {
         "norm": norm, "canonical_norm": canonical_norm_name(norm), "seed": seed, "steps": trainer.global_step,
         "final_si_snri_db": None if diverged else round(final, 4),
-        "best_curve_si_snri_db": max((p["val_si_snri"] for p in monitor.curve), default=None),
+        "best_curve_si_snri_db": max((p["val_si_snri"] for p in monitor.curve if math.isfinite(p["val_si_snri"])),
+                                     default=None),  # fmt: skip
         "curve": monitor.curve,
         "step_time_s": statistics.median(monitor.step_times) if monitor.step_times else None,
         "train_wall_s": round(wall, 1),
@@ -409,7 +410,7 @@ def _run_locked(settings: StudySettings, data: StudyData, out: Path, conditions:
             if record["steps"] != steps and not record["diverged"]:
                 log(f"{norm} seed {seed}: warning: trained {record['steps']} of {steps} steps without diverging")
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(record, indent=2))
+            atomic_write_text(path, json.dumps(strict_json(record), indent=2, allow_nan=False))
             runs.append(record)
     labels = {canonical_norm_name(norm): norm for norm in settings.norms}
     report = {"schema": SCHEMA, "model": settings.model, "steps": steps, "settings": asdict(settings),
@@ -538,11 +539,23 @@ def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
     """``table.md``, ``results.json``, ``results.csv`` and ``curves.png`` in ``out``."""
     paths = [
         atomic_write_text(out / "table.md", format_table(report)),
-        atomic_write_text(out / "results.json", json.dumps(report, indent=2, default=_plain)),
+        atomic_write_text(out / "results.json", json.dumps(strict_json(report), indent=2, default=_plain, allow_nan=False)),
         atomic_write_text(out / "results.csv", results_csv(report)),
     ]
     plot_curves(report, out / "curves.png")
     return [*paths, out / "curves.png"]
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None: JSON has no NaN (Python writes it, strict parsers
+    refuse the file), and a diverged run's validation points are NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -317,3 +317,21 @@ def test_the_cpu_is_named_by_the_benchmarks_function() -> None:
 
     assert norm_study.cpu_name is measure.cpu_name
     assert not hasattr(norm_study, "_cpu_name")
+
+
+def test_results_json_is_strict_json_when_a_run_diverged(tmp_path: Path) -> None:
+    """A diverged run's NaN validation points went into results.json as NaN, which strict parsers refuse
+    (study reviewer); NaN and infinity are written as null."""
+    import json
+
+    diverged = _record("gLN", 0, None) | {"curve": [{"step": 1, "val_si_snri": float("nan")}],
+                                          "best_curve_si_snri_db": float("inf")}  # fmt: skip
+    runs = [_record("BN", 0, -12.5), diverged]
+    report = {"model": "m", "steps": 4, "runs": runs, "rows": norm_study.summary_rows(runs), "settings": {}}
+    norm_study.write_outputs(report, tmp_path)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    stored = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
+    assert stored["runs"][1]["curve"][0]["val_si_snri"] is None and stored["runs"][1]["best_curve_si_snri_db"] is None
