@@ -149,6 +149,8 @@ def test_a_run_repeats_exactly_with_the_same_seed(demo_set: Path, tmp_path: Path
         (["--segment", "nan"], "--segment must be positive and finite, got nan"),
         (["--lr", "nan"], "--lr must be positive and finite"),
         (["--rtf-seconds", "inf"], "--rtf-seconds must be positive and finite, got inf"),
+        (["--rtf-seconds", "0.0001"], "--rtf-seconds must be from 0.1 to 60.0 s"),  # an empty input timed (reviewer)
+        (["--segment", "100"], "--segment must be from 0.1 to 60.0 s, got 100.0"),
         (["--warmup-fraction", "nan"], "--warmup-fraction must be in [0, 1]"),
         (["--threads", "-1"], "--threads must be >= 1, got -1"),
     ],
