@@ -205,3 +205,13 @@ def test_a_damaged_or_foreign_marker_deletes_nothing(tmp_path: Path, marker: byt
     with pytest.raises(UserError, match="holds a demo set of other settings"):
         demo_set._prepare_out_dir(tmp_path, demo_set.DemoSetConfig())
     assert (tmp_path / "Libri2Mix" / "keep").is_dir()
+
+
+def test_a_second_build_into_a_folder_being_built_is_refused(tmp_path: Path) -> None:
+    """Two concurrent builds into one folder crashed one with a traceback or left 933 files of the other seed."""
+    from audiosep.io import directory_lock
+
+    with directory_lock(tmp_path / "set", "--out"):  # what a running build holds
+        with pytest.raises(UserError, match="in use by another running audiosep command"):
+            build_demo_set(tmp_path / "set", num_workers=0, **TINY)
+    assert build_demo_set(tmp_path / "set", num_workers=0, **TINY) == (tmp_path / "set").resolve()

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from audiosep.data.prep import synth
 from audiosep.data.prep.demo_config import SPLITS, DemoSetConfig
 from audiosep.errors import UserError
-from audiosep.io import atomic_write_text, read_json
+from audiosep.io import atomic_write_text, directory_lock, read_json
 
 FORMAT_VERSION = 1
 TARGET_DBFS = -25.0  # active-speech RMS of every normalised source
@@ -360,9 +360,15 @@ def build_demo_set(out_dir: str | os.PathLike, seed: int = 0, num_train: int = 2
     config = DemoSetConfig(seed, num_train, num_dev, num_test, sample_rate, num_speakers)
     config.validate()
     out_dir = Path(out_dir).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if _prepare_out_dir(out_dir, config):
-        return out_dir
+    with directory_lock(out_dir, "--out"):  # two builds into one folder crashed one or mixed their files
+        if not _prepare_out_dir(out_dir, config):
+            _build(out_dir, config, num_workers, progress)
+    return out_dir
+
+
+def _build(out_dir: Path, config: DemoSetConfig, num_workers: int | None, progress: bool) -> None:
+    """Synthesise, mix and write every file of a demo set into an emptied ``out_dir`` (then mark it complete)."""
+    sample_rate = config.sample_rate
     _write_marker(out_dir, config, complete=False)
     jobs = _plan_jobs(config, out_dir)
     librimix_dir = out_dir / "Libri2Mix" / f"wav{sample_rate // 1000}k" / "min"
@@ -380,4 +386,3 @@ def build_demo_set(out_dir: str | os.PathLike, seed: int = 0, num_train: int = 2
             _write_split(split, config, librimix_dir, audio, speaker_of, bar)
     _write_manifests(out_dir, jobs, audio, sample_rate)
     _write_marker(out_dir, config, complete=True)
-    return out_dir
