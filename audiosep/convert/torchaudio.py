@@ -113,6 +113,7 @@ def from_torchaudio_convtasnet(state_dict: Mapping[str, Tensor], **overrides: An
 
     Raises:
         KeyError: not a torchaudio ConvTasNet state dict.
+        ValueError: a weight holds NaN or infinity (the model would output NaN).
         RuntimeError: the shapes do not fit the inferred configuration (strict loading).
 
     Example:
@@ -120,6 +121,9 @@ def from_torchaudio_convtasnet(state_dict: Mapping[str, Tensor], **overrides: An
         >>> theirs = torchaudio.models.conv_tasnet_base()
         >>> ours = from_torchaudio_convtasnet(theirs.state_dict())
     """
+    broken = [key for key, value in state_dict.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise ValueError(f"torchaudio ConvTasNet weights hold NaN or infinity (e.g. {broken[0]!r})")
     config = infer_torchaudio_config(state_dict, int(overrides.get("num_layers", TORCHAUDIO_NUM_LAYERS)))
     config.update(overrides)
     model = ConvTasNet(**config)

@@ -90,6 +90,14 @@ def test_block_count_not_a_multiple_of_num_layers_raises() -> None:
         from_torchaudio_convtasnet(theirs.state_dict(), num_layers=4)
 
 
+def test_nan_weights_are_refused() -> None:
+    """They were loaded as they were (convert reviewer): every output NaN."""
+    state = torchaudio.models.ConvTasNet(**SMALL).state_dict()
+    state["decoder.weight"] = state["decoder.weight"].clone().fill_(float("nan"))
+    with pytest.raises(ValueError, match="hold NaN or infinity .e.g. 'decoder.weight'"):
+        from_torchaudio_convtasnet(state, num_layers=3)
+
+
 def test_not_a_conv_tasnet_state_dict_raises() -> None:
     with pytest.raises(KeyError):
         from_torchaudio_convtasnet(nn.Linear(2, 2).state_dict())
