@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -86,6 +87,12 @@ def prefix_beam_search(log_probs: Tensor, beam_size: int, blank: int, prune: flo
         beams = {prefix: (scores[0], scores[1]) for prefix, scores in ranked[:beam_size]}
     best = max(beams.items(), key=lambda item: _logaddexp(*item[1]))
     return list(best[0])
+
+
+def single_spaces(text: str) -> str:
+    """``text`` with runs of spaces as one and none at the ends (greedy CTC leaves both). Only the space:
+    other labels of a vocabulary (a tab, a newline) are text the output escapes."""
+    return re.sub(" {2,}", " ", text).strip(" ")
 
 
 def prefix_beam_decode(log_probs: Tensor, lengths: Tensor, blank: int, beam_size: int) -> list[list[int]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from audiosep.audio_blocks import BLOCK_FRAMES, AudioError, CheckedAudio, resamp
 from audiosep.checkpoint import CheckpointError, build_untrusted, load_model
 from audiosep.data.audio import resample, to_mono
 from audiosep.data.tokenizer import CharTokenizer
-from audiosep.decoding import Decoder, build_decoder
+from audiosep.decoding import Decoder, build_decoder, single_spaces
 from audiosep.errors import UserError
 from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.features import LogMelFeatures
@@ -83,12 +82,6 @@ def quiet_cuts(energies: Tensor, max_frames: int, search_frames: int) -> list[in
         last = min(cuts[-1] + max_frames, total - search_frames)  # > first, as total > cuts[-1] + max_frames
         cuts.append(first + int(torch.argmin(energies[first:last])) + 1)
     return [*cuts, total]
-
-
-def single_spaces(text: str) -> str:
-    """``text`` with runs of spaces as one and none at the ends (greedy CTC leaves both). Only the space:
-    other labels of a vocabulary (a tab, a newline) are text the output escapes."""
-    return re.sub(" {2,}", " ", text).strip(" ")
 
 
 def pad_batch(waveforms: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

@@ -20,7 +20,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 from audiosep.asr_metadata import asr_metadata
 from audiosep.checkpoint import LIGHTNING_KEY, model_record
 from audiosep.data.tokenizer import CharTokenizer
-from audiosep.decoding import greedy_decode
+from audiosep.decoding import greedy_decode, single_spaces
 from audiosep.errors import ConfigError
 from audiosep.nn.features import LogMelFeatures, SpecAugment, SpecCutout
 from audiosep.tasks.guards import TrainingGuards
@@ -125,9 +125,10 @@ class ASRTask(TrainingGuards, pl.LightningModule):
         self._evaluate(batch, "test")
 
     def decode(self, log_probs: Tensor, out_lengths: Tensor) -> list[str]:
-        """Greedy transcripts of a batch of model outputs."""
+        """Greedy transcripts of a batch of model outputs, spaced as ``audiosep transcribe`` and ``evaluate``
+        give them (CER counted CTC's doubled and end spaces: 42.9 % for " the  cat " against "the cat")."""
         ids = greedy_decode(log_probs, out_lengths, self.tokenizer.blank)
-        return [self.tokenizer.decode(seq) for seq in ids]
+        return [single_spaces(self.tokenizer.decode(seq)) for seq in ids]
 
     def setup(self, stage: str) -> None:
         """Check that the data is at the front end's sample rate before any step runs."""
