@@ -265,6 +265,7 @@ def features_from_nemo(pre: dict[str, Any]) -> LogMelFeatures:
         "f_min": pre.get("lowfreq", 0.0) or 0.0,
         "f_max": pre.get("highfreq"),
         "log_guard": _yaml_float(pre.get("log_zero_guard_value", 2.0**-24)),
+        "frame_count": "nemo",  # NeMo's get_seq_len: N // hop valid frames
     }
     try:
         return build_untrusted(LogMelFeatures, kwargs, FEATURE_LIMITS)

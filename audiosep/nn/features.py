@@ -42,6 +42,9 @@ def normalize_per_feature(features: Tensor, lengths: Tensor) -> Tensor:
     return (features - mean) / (var.sqrt() + STD_FLOOR)
 
 
+FRAME_COUNTS = ("centred", "nemo")
+
+
 class LogMelFeatures(nn.Module):
     """Waveforms ``[B, N]`` -> normalised log-mel features ``[B, n_mels, T]`` and frame counts ``[B]``.
 
@@ -57,6 +60,9 @@ class LogMelFeatures(nn.Module):
         f_min, f_max: mel range in Hz; ``f_max=None`` is Nyquist.
         log_guard: added before the log (NeMo: ``2**-24``).
         pad_mode: STFT centre padding, ``"constant"`` (NeMo >= 1.20, padding-invariant) or ``"reflect"``.
+        frame_count: valid frames, ``"centred"`` (``N // hop + 1``: every centred STFT frame) or ``"nemo"``
+            (``N // hop``, NeMo 3.0's ``get_seq_len``: the frame centred on the last sample is padding, left
+            out of the normalisation; 0.3-0.66 off on every frame otherwise). Converted NeMo models use it.
 
     Raises:
         ValueError: a window shorter than the hop, an FFT shorter than the window, an unknown mode.
@@ -76,6 +82,7 @@ class LogMelFeatures(nn.Module):
         f_max: float | None = None,
         log_guard: float = 2.0**-24,
         pad_mode: str = "constant",
+        frame_count: str = "centred",
     ) -> None:
         super().__init__()
         win_length = round(window_size * sample_rate)
@@ -89,17 +96,19 @@ class LogMelFeatures(nn.Module):
             raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZE_MODES)}")
         if pad_mode not in ("constant", "reflect"):
             raise ValueError(f"unknown pad_mode {pad_mode!r}; valid: constant, reflect")
+        if frame_count not in FRAME_COUNTS:
+            raise ValueError(f"unknown frame_count {frame_count!r}; valid: {', '.join(FRAME_COUNTS)}")
         self._config = {
             "sample_rate": sample_rate, "n_mels": n_mels, "window_size": window_size,
             "window_stride": window_stride, "n_fft": n_fft, "preemphasis": preemphasis, "dither": dither,
             "normalize": normalize, "f_min": f_min, "f_max": f_max, "log_guard": log_guard,
-            "pad_mode": pad_mode,
+            "pad_mode": pad_mode, "frame_count": frame_count,
         }  # fmt: skip
         self.sample_rate = sample_rate
         self.n_mels = n_mels
         self.win_length, self.hop_length, self.n_fft = win_length, hop_length, n_fft
         self.preemphasis, self.dither, self.normalize = preemphasis, dither, normalize
-        self.log_guard, self.pad_mode = log_guard, pad_mode
+        self.log_guard, self.pad_mode, self.frame_count = log_guard, pad_mode, frame_count
         fmax = sample_rate / 2 if f_max is None else f_max
         self.register_buffer("window", torch.hann_window(win_length, periodic=False), persistent=False)
         self.register_buffer(
@@ -111,8 +120,8 @@ class LogMelFeatures(nn.Module):
         return dict(self._config)
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
-        """Number of valid frames for ``lengths`` samples (centred STFT: ``N // hop + 1``)."""
-        return torch.div(lengths, self.hop_length, rounding_mode="floor") + 1
+        """Number of valid frames for ``lengths`` samples (``N // hop + 1``, or ``N // hop`` for ``"nemo"``)."""
+        return torch.div(lengths, self.hop_length, rounding_mode="floor") + int(self.frame_count == "centred")
 
     def forward(self, waveform: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Compute features in float32 (autocast off); frames past ``frame_lengths`` are zero.

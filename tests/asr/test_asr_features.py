@@ -106,3 +106,20 @@ def test_spec_cutout_rectangles_bounded():
             assert rows.max() - rows.min() < 5 and cols.max() - cols.min() < 10
             assert cols.max() < lengths[b]
     assert torch.equal(SpecCutout().eval()(feats, lengths), feats)
+
+
+def test_nemo_frame_count_leaves_the_end_frame_out_of_the_statistics():
+    """NeMo 3.0's get_seq_len is ``N // hop`` (the frame centred on the last sample is padding); counting it
+    moved every normalised feature by 0.30-0.66 against NeMo (models reviewer). Converted models use NeMo's."""
+    from audiosep.convert.nemo import features_from_nemo
+
+    waveform = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3210))).float()
+    nemo = LogMelFeatures(frame_count="nemo", dither=0.0).eval()
+    raw = LogMelFeatures(normalize="none", dither=0.0).eval()
+    features, frames = nemo(waveform)
+    assert int(frames) == 3210 // 160 == 20 and features.shape[-1] == 21
+    log_mel = raw(waveform)[0][0, :, :20].double()  # float64 reference: NeMo's per-feature normalisation
+    mean, std = log_mel.mean(-1, keepdim=True), log_mel.std(-1, keepdim=True)
+    torch.testing.assert_close(features[0, :, :20].double(), (log_mel - mean) / (std + 1e-5), atol=1e-4, rtol=0)
+    assert torch.equal(features[0, :, 20], torch.zeros(64))
+    assert features_from_nemo({}).frame_count == "nemo" and LogMelFeatures().frame_count == "centred"
