@@ -99,12 +99,16 @@ class SubBlock(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         conv = self.temporal_conv
-        if conv.kernel_size[0] > 1:
-            x = x * length_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)  # [B, C, T]
-        x = conv(x)
-        if self.pointwise is not None:
-            x = self.pointwise(x)
-        return self.norm(x), conv_out_lengths(lengths, conv)
+        x = conv(masked(x, lengths))
+        out_lengths = conv_out_lengths(lengths, conv)
+        if self.pointwise is not None:  # NeMo masks every conv's input: padding stays out of BatchNorm's statistics
+            x = self.pointwise(masked(x, out_lengths))
+        return self.norm(x), out_lengths
+
+
+def masked(x: Tensor, lengths: Tensor) -> Tensor:
+    """``x [B, C, T]`` with the frames past each row's length set to zero (NeMo's ``MaskedConv1d`` input)."""
+    return x * length_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
 
 
 class Residual(nn.Module):
@@ -150,7 +154,7 @@ class QuartzBlock(nn.Module):
             if index < len(self.layers) - 1:
                 out = self.dropout(self.activation(out))
         if self.residual is not None:
-            out = out + self.residual(x)
+            out = out + self.residual(masked(x, lengths))
         return self.dropout(self.activation(out)), out_lengths
 
 

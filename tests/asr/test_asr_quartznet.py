@@ -110,3 +110,23 @@ def test_an_even_kernel_is_refused_in_a_residual_block_when_the_model_is_built()
     model = QuartzNet(64, 5, [[16, 32, 1, 2, 1, False], [16, 3, 1, 1, 1, True]]).eval()
     log_probs, lengths = model(torch.randn(2, 64, 50), torch.tensor([50, 37]))
     assert log_probs.shape[:2] == (2, int(lengths.max())) and torch.isfinite(log_probs).all()
+
+
+def test_every_conv_of_a_padded_batch_sees_zeros_past_each_length():
+    """NeMo's MaskedConv1d masks every conv's input; the pointwise and residual 1x1 convs here took the padded
+    frames as they were, so in training BatchNorm's batch statistics differed from NeMo's (up to 8.3 in the
+    log-probs, running means 4.6e-2 off; models reviewer)."""
+    torch.manual_seed(0)
+    model = QuartzNet(64, 29, TINY_BLOCKS).train()
+    lengths = torch.tensor([40, 23])
+    seen: list[tuple[str, torch.Tensor]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv1d):
+            module.register_forward_pre_hook(lambda mod, args, name=name: seen.append((name, args[0].detach())))
+    model(torch.randn(2, 64, 40), lengths)
+    convs = {name for name, _ in seen}
+    assert {"blocks.0.layers.0.pointwise", "blocks.1.residual.conv", "blocks.3.layers.0.conv"} <= convs
+    for name, inputs in seen:
+        if name != "head":  # the CTC head has no norm after it: its padded frames are never read
+            valid = 23 if inputs.shape[-1] == 40 else 12  # the second row's frames before and after the stride of 2
+            assert not inputs[1, :, valid:].any(), name
