@@ -377,7 +377,8 @@ class RESepFormerStream(_LatencyMixin):
         if self._pending is None:
             raise ValueError("flush() before any process() call")
         batch = self._pending.shape[0]
-        self._encode(self._pending.new_zeros(batch, frame_padding(self._seen, self.window, self.stride)))
+        cover = self.model.tail == "pad" or self._seen < self.window  # "drop": no frame for the last samples
+        self._encode(self._pending.new_zeros(batch, frame_padding(self._seen, self.window, self.stride) if cover else 0))
         parts = self._full_chunks()
         left = 0 if self._features is None else self._features.shape[1]
         if left:  # the last chunk, zero-padded to a whole one as offline does
@@ -385,6 +386,7 @@ class RESepFormerStream(_LatencyMixin):
             parts.append(self._separate(chunk, left))
         tail = self._tail.unflatten(0, (batch, self.num_sources))
         remaining = torch.cat([*parts, tail], dim=-1)[..., : self._seen - self._emitted]
+        remaining = F.pad(remaining, (0, self._seen - self._emitted - remaining.shape[-1]))  # "drop": zeros
         self.reset()
         return remaining
 

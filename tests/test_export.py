@@ -483,3 +483,18 @@ def test_an_out_folder_that_refuses_the_file_is_one_line(tmp_path: Path, capsys:
     assert audiosep.cli.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("audiosep: error: /proc/audiosep_m.pt: cannot write it (")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_a_model_that_drops_the_tail_exports_for_every_length(tmp_path: Path, fmt: str) -> None:
+    """Converted SpeechBrain models (``tail="drop"``) zero the samples after the last frame; a Python max()
+    of the lengths baked the example's padding into the traced graph (inf error at other lengths)."""
+    from audiosep.models import SepFormer
+
+    torch.manual_seed(0)
+    model = SepFormer(encoder_channels=16, model_channels=16, chunk_size=10, num_blocks=1, num_intra_layers=1,
+                      num_inter_layers=1, num_heads=2, ffn_dim=24, tail="drop").eval()  # fmt: skip
+    save_model(model, tmp_path / "m.ckpt", {"sample_rate": RATE})
+    argv = ["export", "--ckpt", str(tmp_path / "m.ckpt"), "--format", fmt, "--out", str(tmp_path / f"m.{fmt}"),
+            "--check-lengths", "803,1605,5"]  # fmt: skip
+    assert audiosep.cli.main(argv) == 0

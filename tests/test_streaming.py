@@ -291,3 +291,16 @@ def test_hooked_prepared_and_int8_models_are_refused_with_the_reason() -> None:
         ConvTasNetStream(prepare_for_inference(model))
     with pytest.raises(ValueError, match="prepared or int8 .Int8Linear.; stream the model it was made from"):
         open_stream(quantize_for_inference(causal_resepformer("channel_ln", 2)))
+
+
+def test_a_resepformer_that_drops_the_tail_streams_its_offline_output() -> None:
+    """Converted SpeechBrain models leave the samples after the last frame out (``tail="drop"``)."""
+    torch.manual_seed(0)
+    model = RESepFormer(encoder_channels=16, kernel_size=8, num_blocks=2, num_intra_layers=1, num_inter_layers=1,
+                        num_heads=2, ffn_dim=24, chunk_size=10, norm="channel_ln", causal=True, tail="drop").eval()  # fmt: skip
+    for length in (403, 405, 5):  # the frames leave 3 and 1 samples out; shorter than a frame: padded
+        mixture = 0.1 * torch.randn(1, length, generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            offline = model(mixture)
+        online = streamed_by(RESepFormerStream(model), mixture, 37)
+        torch.testing.assert_close(online, offline, atol=1e-5, rtol=0)

@@ -268,6 +268,7 @@ def sepformer_from_speechbrain(
     """
     args = infer_sepformer_args(encoder_sd, masknet_sd, decoder_sd)
     args["norm"] = _default_norm(masknet_sd, "dual_mdl.0.intra_norm.weight", causal=False)
+    args["tail"] = "drop"  # SpeechBrain's handling of the samples after the last frame: its numbers at every length
     args.update(overrides)
     meta = _build_meta(SepFormer, args)
     return _load(meta, _fit(meta, _converted_state(encoder_sd, masknet_sd, decoder_sd, _SEPFORMER_RENAMES)))
@@ -295,6 +296,7 @@ def resepformer_from_speechbrain(
     args = infer_resepformer_args(encoder_sd, masknet_sd, decoder_sd)
     causal = bool(overrides.get("causal", False))
     args["norm"] = _default_norm(masknet_sd, "model.seg_model.0.norm.weight", causal)
+    args["tail"] = "drop"  # as for the SepFormer
     args.update(overrides)
     meta = _build_meta(RESepFormer, args)
     state = _fit(meta, _converted_state(encoder_sd, masknet_sd, decoder_sd, _RESEPFORMER_RENAMES))

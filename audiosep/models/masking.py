@@ -28,6 +28,9 @@ from audiosep.nn.norms import NormName
 __all__ = ["DualPathMasker", "MaskingSeparator", "dual_path_blocks", "frame_padding", "transformer_layers"]
 
 
+TAILS = ("pad", "drop")  # the samples after the last whole frame: padded into one more, or SpeechBrain's way
+
+
 def frame_padding(length: int, kernel_size: int, stride: int) -> int:
     """Zeros to append so that frames of ``kernel_size`` with ``stride`` cover ``length`` samples."""
     if length <= kernel_size:
@@ -44,10 +47,14 @@ class MaskingSeparator(RebuildableModule):
     encoder: nn.Conv1d
     decoder: nn.ConvTranspose1d
     masker: nn.Module
+    tail: str = "pad"
 
-    def _build_filterbank(self, channels: int, kernel_size: int) -> None:
+    def _build_filterbank(self, channels: int, kernel_size: int, tail: str = "pad") -> None:
         if kernel_size < 2 or kernel_size % 2:
             raise ValueError(f"kernel_size must be even and >= 2 (stride is half of it), got {kernel_size}")
+        if tail not in TAILS:
+            raise ValueError(f"tail must be one of {', '.join(TAILS)}, got {tail!r}")
+        self.tail = tail
         stride = kernel_size // 2
         self.encoder = nn.Conv1d(1, channels, kernel_size, stride=stride, bias=False)
         self.decoder = nn.ConvTranspose1d(channels, 1, kernel_size, stride=stride, bias=False)
@@ -62,12 +69,15 @@ class MaskingSeparator(RebuildableModule):
             raise ValueError(f"expected a mixture of shape [batch, time], got {tuple(mixture.shape)}")
         length = mixture.shape[-1]
         kernel_size, stride = self.encoder.kernel_size[0], self.encoder.stride[0]
-        padded = F.pad(mixture, (0, frame_padding(length, kernel_size, stride)))
+        cover = self.tail == "pad" or length < kernel_size  # "drop": only a signal shorter than a frame is padded
+        padded = F.pad(mixture, (0, frame_padding(length, kernel_size, stride) if cover else 0))
         features = F.relu(self.encoder(padded.unsqueeze(1)))  # [B, N, L]
         masked = self.masker(features) * features.unsqueeze(1)  # [B, C, N, L]
         batch, num_sources, channels, frames = masked.shape
         waves = self.decoder(masked.reshape(batch * num_sources, channels, frames))  # [B*C, 1, T']
-        return waves.view(batch, num_sources, -1)[..., :length]
+        # to the input's length: cut ("pad": the frames reach past it) or zeros after the last frame ("drop");
+        # one F.pad (a negative pad cuts) so that traced exports follow every length
+        return F.pad(waves.view(batch, num_sources, -1), (0, length - waves.shape[-1]))
 
 
 def dual_path_blocks(stacks: list[nn.Module], norm: NormName, channels: int) -> list[DualPathBlock]:

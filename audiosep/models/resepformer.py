@@ -136,6 +136,9 @@ class RESepFormer(MaskingSeparator):
             causal norm.
         dropout: transformer dropout.
         pre_norm: pre-norm transformer layers.
+        tail: the samples after the last whole encoder frame: ``"pad"`` (zero-padded into one more
+            frame, so they are separated too) or ``"drop"`` (SpeechBrain's: not encoded, zeros in the
+            output; converted SpeechBrain models use it and give SpeechBrain's numbers at every length).
 
     Raises:
         ValueError: a non-causal norm with ``causal=True``, an ``ffn_dim`` list of the wrong
@@ -157,12 +160,13 @@ class RESepFormer(MaskingSeparator):
         causal: bool = False,
         dropout: float = 0.0,
         pre_norm: bool = True,
+        tail: str = "pad",
     ) -> None:
         super().__init__()
         check_causal_norm(norm, causal)
         if num_sources < 1 or chunk_size < 1:
             raise ValueError(f"num_sources and chunk_size must be >= 1, got {num_sources}, {chunk_size}")
-        self._build_filterbank(encoder_channels, kernel_size)
+        self._build_filterbank(encoder_channels, kernel_size, tail)
         self.masker = ChunkSummaryMasker(
             encoder_channels,
             num_sources,

@@ -7,9 +7,10 @@ decoder turns the masked features back into waveforms. The computation matches S
 skip-around-intra, no extra linear layer) + ``Decoder``, so its checkpoints load through
 :func:`audiosep.convert.speechbrain.sepformer_from_speechbrain`.
 
-One deliberate difference: the mixture is zero-padded so that the encoder frames cover every
-sample (SpeechBrain drops the last ``(T - W) mod (W/2)`` samples and pads the output with zeros).
-For lengths with ``(T - W) mod (W/2) = 0`` the outputs are identical.
+By default the mixture is zero-padded so that the encoder frames cover every sample; SpeechBrain
+drops the last ``(T - W) mod (W/2)`` samples and pads the output with zeros, which ``tail="drop"``
+reproduces (what converted SpeechBrain models use: the same numbers at every length; with
+``"pad"`` only lengths with ``(T - W) mod (W/2) = 0`` give identical outputs).
 
 Shape legend: ``B`` batch, ``T`` samples, ``N`` encoder channels, ``L`` frames, ``C`` sources,
 ``S`` chunks, ``K`` chunk size.
@@ -63,6 +64,9 @@ class SepFormer(MaskingSeparator):
             ``"ln"`` is ``global_ln``.
         dropout: transformer dropout.
         pre_norm: pre-norm transformer layers (SepFormer) or post-norm.
+        tail: the samples after the last whole encoder frame: ``"pad"`` (zero-padded into one more
+            frame, so they are separated too) or ``"drop"`` (SpeechBrain's: not encoded, zeros in the
+            output; converted SpeechBrain models use it and give SpeechBrain's numbers at every length).
 
     Raises:
         ValueError: an ``ffn_dim`` list of the wrong length, or an invalid size.
@@ -89,11 +93,12 @@ class SepFormer(MaskingSeparator):
         norm: NormName = "global_ln",
         dropout: float = 0.0,
         pre_norm: bool = True,
+        tail: str = "pad",
     ) -> None:
         super().__init__()
         if num_sources < 1:
             raise ValueError(f"num_sources must be >= 1, got {num_sources}")
-        self._build_filterbank(encoder_channels, kernel_size)
+        self._build_filterbank(encoder_channels, kernel_size, tail)
         sizes = [num_intra_layers, num_inter_layers] * num_blocks  # intra_0, inter_0, intra_1, ...
         stacks = [
             transformer_stack(model_channels, widths, num_heads, dropout, pre_norm)

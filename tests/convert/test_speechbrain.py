@@ -46,11 +46,13 @@ def randomize(*modules: nn.Module) -> None:
 def speechbrain_separate(
     encoder: nn.Module, masknet: nn.Module, decoder: nn.Module, mixture: Tensor
 ) -> Tensor:
-    """SpeechBrain's separation recipe: encoder -> masks -> decoder per source, ``[B, C, T]``."""
+    """SpeechBrain's separation recipe: encoder -> masks -> decoder per source, ``[B, C, T]``; the samples after
+    the last frame zero, as ``SepformerSeparation.separate_batch`` pads them."""
     with torch.no_grad():
         features = encoder(mixture)
         masks = masknet(features)  # [C, B, N, L]
-        return torch.stack([decoder(features * mask).reshape(mixture.shape[0], -1) for mask in masks], 1)
+        sources = torch.stack([decoder(features * mask).reshape(mixture.shape[0], -1) for mask in masks], 1)
+        return torch.nn.functional.pad(sources, (0, mixture.shape[-1] - sources.shape[-1]))
 
 
 def sepformer_parts(norm: str = "ln") -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -101,9 +103,12 @@ def state_dicts(*modules: nn.Module) -> list[dict[str, Tensor]]:
 @pytest.mark.parametrize(
     ("speechbrain_norm", "norm"), [("ln", "global_ln"), ("gln", "global_ln"), ("cln", "channel_ln")]
 )
-def test_sepformer_matches_speechbrain(speechbrain_norm: str, norm: str) -> None:
+@pytest.mark.parametrize("length", [LENGTH, LENGTH + 5])  # frames that cover it, and 5 samples after the last
+def test_sepformer_matches_speechbrain(speechbrain_norm: str, norm: str, length: int) -> None:
+    """At a length the frames do not cover, the converted model drops the tail as SpeechBrain does (padding it
+    into one more frame changed the global norms' statistics: 0.09-3.5 relative error; models reviewer)."""
     parts = sepformer_parts(speechbrain_norm)
-    mixture = torch.randn(2, LENGTH)
+    mixture = torch.randn(2, length)
     reference = speechbrain_separate(*parts, mixture)
     model = sepformer_from_speechbrain(*state_dicts(*parts), num_heads=HEADS, chunk_size=10, norm=norm)
     assert isinstance(model, SepFormer)
@@ -113,9 +118,10 @@ def test_sepformer_matches_speechbrain(speechbrain_norm: str, norm: str) -> None
 
 
 @pytest.mark.parametrize(("causal", "norm_type"), [(False, "gln"), (True, "cln")])
-def test_resepformer_matches_speechbrain_per_utterance(causal: bool, norm_type: str) -> None:
+@pytest.mark.parametrize("length", [LENGTH, LENGTH + 5])
+def test_resepformer_matches_speechbrain_per_utterance(causal: bool, norm_type: str, length: int) -> None:
     parts = resepformer_parts(causal, norm_type)
-    mixtures = torch.randn(2, LENGTH)
+    mixtures = torch.randn(2, length)
     model = resepformer_from_speechbrain(*state_dicts(*parts), num_heads=HEADS, chunk_size=12, causal=causal)
     assert isinstance(model, RESepFormer)
     with torch.no_grad():
