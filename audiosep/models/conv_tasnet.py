@@ -219,8 +219,8 @@ class ConvTasNet(RebuildableModule):
         norm: registry norm name (:data:`audiosep.nn.norms.NORM_NAMES` or an alias such as ``gLN``).
         causal: left-only padding in the depthwise convs; requires a causal norm.
         mask_activation: ``sigmoid``, ``relu`` or ``softmax`` (over sources).
-        encoder_activation: ``relu`` (non-negative encoder output, as in TasNet, Asteroid and
-            SpeechBrain) or ``linear`` (torchaudio and the authors' code apply none).
+        encoder_activation: ``relu`` (non-negative encoder output, as in TasNet and SpeechBrain's
+            encoder) or ``linear`` (torchaudio, Asteroid's default and the authors' code apply none).
 
     Raises:
         ValueError: unknown norm or mask activation, non-causal norm with ``causal=True``, a
