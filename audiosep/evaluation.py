@@ -222,6 +222,9 @@ def check_references(mixture_id: str, mixture: Tensor, sources: Tensor) -> None:
     silent = [k + 1 for k, source in enumerate(sources) if not source.abs().amax() > 0]
     if silent:
         raise UserError(f"mixture {mixture_id}: source s{silent[0]} is silent, so SI-SNR and SDR are undefined")
+    constant = [k + 1 for k, source in enumerate(sources) if not source.amax() > source.amin()]
+    if constant:
+        raise UserError(f"mixture {mixture_id}: source s{constant[0]} is constant (a DC offset), so SI-SNR is undefined")
 
 
 def match_level(estimates: Tensor, mixture: Tensor) -> Tensor:

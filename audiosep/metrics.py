@@ -54,6 +54,13 @@ def _refuse_silent_references(reference: Tensor, caller: str) -> None:
         raise ValueError(f"{caller}: a reference signal is all zeros, so its score is undefined")
 
 
+def _refuse_constant_references(reference: Tensor, caller: str) -> None:
+    """Raise ``ValueError`` where a ``[..., T]`` reference is one value throughout (a DC offset, not silence):
+    zero-mean SI-SNR projects onto nothing (a constant 0.01 scored -159 dB and pulled a mean to 0 dB)."""
+    if not (reference.amax(dim=-1) > reference.amin(dim=-1)).all():
+        raise ValueError(f"{caller}: a reference signal is constant, so its SI-SNR is undefined")
+
+
 def bss_sdr(estimate: Tensor, reference: Tensor, taps: int = SDR_FILTER_TAPS) -> Tensor:
     """BSS-Eval SDR in dB of each ``[..., T]`` pair (computed in float64, returned as float32).
 
@@ -146,6 +153,7 @@ def separation_scores(
     Raises ``ValueError`` where a reference source is all zeros, with or without ``with_sdr``.
     """
     _refuse_silent_references(reference, "separation_scores")
+    _refuse_constant_references(reference, "separation_scores")
     per_source, perm = _under_best_permutation(_floored_pairs(scored_si_snr, estimate, reference))
     mixture_as_estimate = mixture.unsqueeze(1).expand_as(reference)
     baseline = scored_si_snr(mixture_as_estimate, reference)

@@ -549,3 +549,12 @@ def test_references_that_lose_digits_or_letters_to_normalisation_are_warned_abou
     assert dropped_characters("Café-au-lait, IT'S", vocabulary) == set()
     with pytest.warns(UserWarning, match=r"1 reference transcript\(s\) hold letters or digits .*'12'"):
         warn_dropped_characters(["1-2-3_4-5-6"], 2, {"1-2-3": "CHAPTER 12", "4-5-6": "HELLO"}, vocabulary)
+
+
+def test_a_constant_source_file_is_named_as_the_reason() -> None:
+    from audiosep.errors import UserError
+    from audiosep.evaluation import check_references
+
+    sources = torch.stack([torch.full((100,), 0.01), torch.randn(100)])
+    with pytest.raises(UserError, match="mixture m1: source s1 is constant .a DC offset., so SI-SNR is undefined"):
+        check_references("m1", sources.sum(0), sources)

@@ -31,3 +31,14 @@ def test_scores_match_mir_eval_and_are_permutation_aligned() -> None:
     aligned = estimates[::-1]
     expected = np.mean([si_snr(aligned[j], references[j]) - si_snr(mixture, references[j]) for j in range(2)])
     np.testing.assert_allclose(float(scores.si_snri[0]), expected, atol=1e-3)
+
+
+def test_a_constant_reference_is_refused() -> None:
+    """A DC-only reference has nothing left after SI-SNR removes the mean: 0.01 throughout scored -159 dB and
+    pulled an utterance mean to 0 dB (metrics reviewer)."""
+    import pytest
+
+    reference = torch.stack([torch.full((400,), 0.01), torch.randn(400)])[None]
+    estimate = torch.randn(1, 2, 400)
+    with pytest.raises(ValueError, match="a reference signal is constant"):
+        separation_scores(estimate, reference, reference.sum(1))
