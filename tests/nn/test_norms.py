@@ -238,3 +238,22 @@ def test_eln_with_a_negative_alpha_is_still_the_papers_formula() -> None:
             norm.alpha.fill_(alpha)
         expected = math.sqrt(CHANNELS - 1) * x / torch.sqrt(1 / alpha**2 + x * x)
         torch.testing.assert_close(norm.normalize(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_channel_ln_is_speechbrains_cln_on_quiet_frames() -> None:
+    """channel_ln is SpeechBrain's (and Asteroid's) channel-wise "cLN", eps 1e-8; with 1e-5 it was 1.5e-3 off
+    Asteroid's ChanLN, and on frames as quiet as dither far more (models reviewer)."""
+    pytest.importorskip("speechbrain", reason="SpeechBrain is an optional peer")
+    from speechbrain.lobes.models.dual_path import select_norm
+
+    from audiosep.nn.norms import build_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 50, dtype=torch.float64) * torch.logspace(-5, 0, 50, dtype=torch.float64)  # quiet to loud
+    theirs = select_norm("cln", 16, 3).double()
+    ours = build_norm("channel_ln", 16).double()
+    with torch.no_grad():
+        for norm in (theirs, ours):
+            norm.weight.copy_(torch.linspace(0.5, 1.5, 16))
+            norm.bias.copy_(torch.linspace(-0.1, 0.1, 16))
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-9, rtol=1e-9)
