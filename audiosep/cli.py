@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import signal
 import sys
 import threading
@@ -128,6 +129,14 @@ def signals_raise() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that Python's final flush into a closed pipe raises nothing more."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured, replaced)
+        pass
+
+
 def _run_lightning(argv: list[str]) -> int:
     from audiosep.training_cli import run_lightning_cli
 
@@ -151,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"audiosep: error: {user_message(err)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `audiosep ... | head` closed stdout: stop quietly, as a shell tool does
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE
     except OSError as err:  # what the system refused (a read-only --out, a full disk): its file and reason
         where = f"{err.filename}: " if err.filename else ""
         print(f"audiosep: error: {where}{err.strerror or err}", file=sys.stderr)

@@ -471,8 +471,8 @@ class Separator:
         return weights_sha256(self.model)
 
     def output_settings(self, keep_model_rate: bool = False, channel: int | None = None) -> str:
-        """A digest of what decides an output file: the weights and the model's rate, dtype, stream block,
-        output rate, channel.
+        """A digest of what decides an output file: the weights, the model's constructor arguments and rate,
+        dtype, stream block, output rate, channel.
 
         Why: the WAV comment of :meth:`separate_file`'s outputs carries it, so a rerun with another
         checkpoint or other options does not take an old result for its own. Chunking is left out:
@@ -482,9 +482,10 @@ class Separator:
         self._sync_runtime()
         record = {
             "weights": self._weights_sha256, "sample_rate": self.sample_rate, "dtype": self.dtype,
+            "model": getattr(self.model, "init_args", None),  # same weights, other computation (SepFormer tail)
             "stream_block_ms": self.stream_block_ms, "keep_model_rate": bool(keep_model_rate), "channel": channel,
         }  # fmt: skip
-        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def fit_chunk_to_memory(self, max_mib: float) -> ChunkConfig:
         """Set and return the longest chunk whose passes keep memory under ``max_mib`` MiB (measured).

@@ -835,3 +835,27 @@ def test_ctrl_c_inside_a_lightning_fit_of_a_command_exits_130(monkeypatch, capsy
     assert main(["data", "demo", "--out", "unused"]) == 130
     assert "audiosep: interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+
+
+def test_a_model_of_the_same_weights_but_other_arguments_redoes_the_outputs(tmp_path: Path, capsys) -> None:
+    """Outputs were recognised by the weights' digest alone: a SpeechBrain model converted again with tail="drop"
+    (same weights, other numbers) found the old outputs and skipped them (diff reviewer)."""
+    from audiosep.models import SepFormer
+
+    config = dict(encoder_channels=16, model_channels=16, chunk_size=10, num_blocks=1, num_intra_layers=1,
+                  num_inter_layers=1, num_heads=2, ffn_dim=24)  # fmt: skip
+    torch.manual_seed(0)
+    padded = SepFormer(**config).eval()
+    dropped = SepFormer(**config, tail="drop").eval()
+    dropped.load_state_dict(padded.state_dict())
+    for name, model in (("pad.ckpt", padded), ("drop.ckpt", dropped)):
+        save_model(model, tmp_path / name, {"sample_rate": RATE})
+    wav = tmp_path / "x.wav"
+    sf.write(wav, speech(0, 2403), RATE)
+    out = tmp_path / "out"
+    assert infer(tmp_path / "pad.ckpt", "--out-dir", out, wav) == 0
+    capsys.readouterr()
+    assert infer(tmp_path / "drop.ckpt", "--out-dir", out, wav) == 1
+    _, lines = errors(capsys)
+    assert len(lines) == 1 and "was separated from this input with another model or other options" in lines[0]
+    assert infer(tmp_path / "drop.ckpt", "--out-dir", out, wav, "--overwrite") == 0

@@ -29,7 +29,7 @@ def imap_with_progress(
                 bar.update()
             return
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        pool = multiprocessing.get_context(method).Pool(workers, initializer=_default_signals)
+        pool = multiprocessing.get_context(method).Pool(workers, initializer=default_worker_signals)
         try:
             for result in pool.imap_unordered(func, items, chunksize=4):
                 yield result
@@ -45,7 +45,7 @@ def imap_with_progress(
         bar.close()
 
 
-def _default_signals() -> None:
+def default_worker_signals() -> None:
     """Pool workers: SIGTERM ends them even if the parent (e.g. Lightning) installed a handler
     before forking; Ctrl-C is left to the parent, which then terminates the pool."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -411,7 +411,8 @@ class Identity(nn.Identity):
 _DEFAULT_EPS: dict[str, float] = {
     "global_ln": 1e-8,
     "cumulative_ln": 1e-8,
-    "channel_ln": 1e-8,  # SpeechBrain's and Asteroid's channel-wise LN (their "cLN"); torch's LayerNorm has 1e-5
+    "channel_ln": 1e-5,  # torch's LayerNorm; the SepFormer family's mask network uses SpeechBrain's 1e-8 (eps is
+    # not in checkpoints: changing a default would change every saved model that uses it)
     "time_ln": 1e-5,
     "batch_norm": 1e-5,
     "rms_norm": 1e-6,

@@ -85,3 +85,16 @@ def test_what_the_system_refuses_is_one_line_naming_the_file(monkeypatch, capsys
     assert main(["data", "demo", "--out", "unused"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["audiosep: error: /read/only/Libri2Mix: Permission denied"]
+
+
+def test_a_closed_output_pipe_ends_quietly(monkeypatch, capsys) -> None:
+    """`audiosep ... | head`: the OSError one-liner said "error: Broken pipe", exit 1 (diff reviewer)."""
+    from audiosep.cli import main
+    from audiosep.commands import data_demo
+
+    def closed(args) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(data_demo, "run", closed)
+    assert main(["data", "demo", "--out", "unused"]) == 141
+    assert capsys.readouterr().err == ""

@@ -215,3 +215,33 @@ def test_a_second_build_into_a_folder_being_built_is_refused(tmp_path: Path) -> 
         with pytest.raises(UserError, match="in use by another running audiosep command"):
             build_demo_set(tmp_path / "set", num_workers=0, **TINY)
     assert build_demo_set(tmp_path / "set", num_workers=0, **TINY) == (tmp_path / "set").resolve()
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_while_workers_synthesise_ends_the_build(tmp_path: Path, sig: str) -> None:
+    """The pool's forked workers inherited the command's raising signal handlers: one raised while writing its
+    result and the parent waited on it forever (diff reviewer). They leave Ctrl-C to the parent now."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from recipe_args import REPO, subprocess_env
+
+    argv = [sys.executable, "-m", "audiosep", "data", "demo", "--out", str(tmp_path / "set"), "--num-train", "2000",
+            "--workers", "2", "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(argv, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "set" / "speech").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the workers are synthesising
+    assert process.poll() is None, "the build ended before the signal"
+    os.killpg(process.pid, getattr(signal, sig))  # what a terminal's Ctrl-C does: the whole process group
+    try:
+        code = process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"the build hung after {sig}") from None
+    assert code == 128 + getattr(signal, sig), process.stderr.read()[-2000:]

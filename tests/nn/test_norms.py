@@ -240,18 +240,18 @@ def test_eln_with_a_negative_alpha_is_still_the_papers_formula() -> None:
         torch.testing.assert_close(norm.normalize(x), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_channel_ln_is_speechbrains_cln_on_quiet_frames() -> None:
-    """channel_ln is SpeechBrain's (and Asteroid's) channel-wise "cLN", eps 1e-8; with 1e-5 it was 1.5e-3 off
-    Asteroid's ChanLN, and on frames as quiet as dither far more (models reviewer)."""
+def test_the_mask_networks_channel_ln_is_speechbrains_cln_on_quiet_frames() -> None:
+    """SpeechBrain's "cln" (a channel-wise LN, eps 1e-8) is what the SepFormer family's channel_ln computes,
+    on frames from 1e-5 to 1 (where eps matters), in float64."""
     pytest.importorskip("speechbrain", reason="SpeechBrain is an optional peer")
     from speechbrain.lobes.models.dual_path import select_norm
 
-    from audiosep.nn.norms import build_norm
+    from audiosep.nn.dual_path import build_masknet_norm
 
     torch.manual_seed(0)
     x = torch.randn(2, 16, 50, dtype=torch.float64) * torch.logspace(-5, 0, 50, dtype=torch.float64)  # quiet to loud
     theirs = select_norm("cln", 16, 3).double()
-    ours = build_norm("channel_ln", 16).double()
+    ours = build_masknet_norm("channel_ln", 16).double()
     with torch.no_grad():
         for norm in (theirs, ours):
             norm.weight.copy_(torch.linspace(0.5, 1.5, 16))

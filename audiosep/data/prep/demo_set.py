@@ -36,6 +36,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from audiosep.data.parallel import default_worker_signals
 from audiosep.data.prep import synth
 from audiosep.data.prep.demo_config import SPLITS, DemoSetConfig
 from audiosep.errors import UserError
@@ -285,7 +286,9 @@ def _synthesise_all(jobs: list[_SpeakerJob], num_workers: int, progress: tqdm) -
     synth.native_sample_rate()  # load the engine here: forked workers share its library copy
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with context.Pool(num_workers) as pool:
+    # Workers leave Ctrl-C to the parent and die on SIGTERM: with the command's raising handlers inherited
+    # through fork, one raised while writing its result and the parent waited on it forever
+    with context.Pool(num_workers, initializer=default_worker_signals) as pool:
         for result in pool.imap(_run_job, jobs):
             audio.update(result)
             progress.update(len(result))
