@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -473,23 +474,33 @@ def test_integer_and_float_subtypes(ckpt: Path, tmp_path: Path, subtype: str) ->
 # Atomic writes, the inference transform.
 
 
-def test_failure_writing_the_second_source_leaves_nothing(
-    ckpt: Path, tmp_path: Path, monkeypatch, capsys
-) -> None:
+def on_second_file_written(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> list[str]:
+    """Record the files soundfile writes to (the list returned); ``action()`` runs as the second one is first
+    written, before its samples are (a full disk, a kill while the outputs are being written)."""
     real_write = sf.SoundFile.write
     files: list[str] = []
 
-    def failing_write(self, data):
+    def write(self, data):
         if self.name not in files:
             files.append(self.name)
-        if len(files) == 2:
-            raise OSError(28, "No space left on device")
+            if len(files) == 2:
+                action()
         return real_write(self, data)
+
+    monkeypatch.setattr(sf.SoundFile, "write", write)
+    return files
+
+
+def test_failure_writing_the_second_source_leaves_nothing(
+    ckpt: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device")
 
     wav = tmp_path / "in" / "x.wav"
     wav.parent.mkdir()
     sf.write(wav, speech(0), RATE)
-    monkeypatch.setattr(sf.SoundFile, "write", failing_write)
+    files = on_second_file_written(monkeypatch, disk_full)
     out = tmp_path / "out"
     assert infer(ckpt, "--out-dir", out, wav) == 1
     assert len(files) == 2 and all(os.fsdecode(name).endswith(".tmp") for name in files)
@@ -504,24 +515,15 @@ def test_sigterm_while_writing_leaves_no_temp_file_and_ends_the_batch(
     """SIGTERM's default action killed the process inside the atomic write and left its ``.tmp`` files."""
     import signal
 
-    real_write = sf.SoundFile.write
-    files: list[str] = []
-
-    def write_then_get_killed(self, data):
-        files.append(self.name)
-        result = real_write(self, data)
-        if len(files) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
     folder = tmp_path / "in"
     folder.mkdir()
     for seed, name in enumerate(["a.wav", "b.wav"]):
         sf.write(folder / name, speech(seed), RATE)
+
     def not_handled(signum, frame):  # without the fix: the test process would die; fail instead
         raise AssertionError("SIGTERM reached the handler outside audiosep's")
 
-    monkeypatch.setattr(sf.SoundFile, "write", write_then_get_killed)
+    files = on_second_file_written(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
     previous = signal.signal(signal.SIGTERM, not_handled)
     out = tmp_path / "out"
     try:
@@ -531,7 +533,7 @@ def test_sigterm_while_writing_leaves_no_temp_file_and_ends_the_batch(
         signal.signal(signal.SIGTERM, previous)
     assert "audiosep: terminated" in capsys.readouterr().err
     assert len(files) == 2 and all_files(out) == []  # the second input was not started
-    monkeypatch.setattr(sf.SoundFile, "write", real_write)
+    monkeypatch.undo()
     assert infer(ckpt, "--out-dir", out, folder) == 0 and len(all_files(out)) == 4  # lock released
 
 
