@@ -101,12 +101,11 @@ class Interrupted(BaseException):
     ``demo`` or ``norms study`` ended with exit 1 instead of 130."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
+SIGNAL_EXCEPTIONS: dict[int, type[BaseException]] = {signal.SIGTERM: Terminated, signal.SIGINT: Interrupted}
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted
+def _raise_for_signal(signum: int, frame: object) -> None:
+    raise SIGNAL_EXCEPTIONS[signum]
 
 
 @contextmanager
@@ -118,8 +117,8 @@ def signals_raise() -> Iterator[None]:
         yield
         return
     previous = {
-        sig: signal.signal(sig, handler)
-        for sig, handler in ((signal.SIGTERM, _raise_terminated), (signal.SIGINT, _raise_interrupted))
+        sig: signal.signal(sig, _raise_for_signal)
+        for sig in SIGNAL_EXCEPTIONS
         if signal.getsignal(sig) is not signal.SIG_IGN
     }
     try:
