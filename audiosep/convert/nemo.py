@@ -20,6 +20,7 @@ The checks shared with :mod:`audiosep.convert.speechbrain` live in :mod:`audiose
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import lzma
@@ -409,14 +410,14 @@ def _configured(data: bytes) -> tuple[list[str], LogMelFeatures, QuartzNet]:
 
 def _convert_archive(archive: tarfile.TarFile) -> tuple[QuartzNet, LogMelFeatures, list[str]]:
     """Model, front end and labels of an open ``.nemo``: config first, then weights within its bounds."""
-    configured: list[tuple[list[str], LogMelFeatures, QuartzNet]] = []
+    configured = functools.cache(_configured)  # read during the pass when the config comes first, once
 
     def weights_limit(config: bytes) -> int:
-        configured.append(_configured(config))
-        return _weights_limit(configured[-1][2], configured[-1][1])
+        _, features, meta = configured(config)
+        return _weights_limit(meta, features)
 
     members = _member_bytes(archive, weights_limit)
-    labels, features, meta = configured[-1] if configured else _configured(members[CONFIG_MEMBER])
+    labels, features, meta = configured(members[CONFIG_MEMBER])
     with prefixed_errors(WEIGHTS_MEMBER):
         _check_size(len(members[WEIGHTS_MEMBER]), _weights_limit(meta, features), "the model can hold")
         state = load_weights(io.BytesIO(members[WEIGHTS_MEMBER]))
