@@ -684,6 +684,7 @@ class Separator:
         relative_name: str | os.PathLike | None = None,
         channel: int | None = None,
         warn: Callable[[str], object] | None = None,
+        settings: str | None = None,
     ) -> list[Path]:
         """Separate one file into ``out_dir/<relative_name>_s<k>.wav`` (16-bit PCM wav).
 
@@ -693,7 +694,8 @@ class Separator:
         The file is checked whole first, then read, separated and written in blocks (memory follows
         the chunk size, not the file's length); the same numbers as :meth:`separate` on the whole
         waveform. All outputs appear together or none. An all-zero input is not an error: it gets
-        silent outputs and a warning (``warn(message)``, default ``logging.warning``).
+        silent outputs and a warning (``warn(message)``, default ``logging.warning``). ``settings``: the
+        :meth:`output_settings` of these options when the caller has just computed it (it probes every weight).
 
         Raises:
             SeparationError: the file cannot be read or separated (see
@@ -709,7 +711,7 @@ class Separator:
                 if audio.silent:
                     (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")
                 outputs = output_paths(out_dir, name, self.num_sources)
-                tag = source_tag(path, self.output_settings(keep_model_rate, channel))
+                tag = source_tag(path, settings or self.output_settings(keep_model_rate, channel))
                 return self._separate_audio(audio, outputs, keep_model_rate, tag)
         except AudioError as err:
             raise SeparationError(err.reason, path) from err
