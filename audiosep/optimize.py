@@ -60,8 +60,9 @@ def prepare_for_inference(model: nn.Module, fold_norm_scales: bool = True) -> nn
 
     ``fold_norm_scales=False`` keeps each norm's per-channel scale out of the 1x1 conv or linear layer
     after it (the norm then runs whole before it): for layers about to be quantized, where one large
-    scale (a BatchNorm channel of near-zero variance: 126x) widens every row's int8 step and took
-    the int8 output from 62 to 21 dB SI-SNR against fp32.
+    scale (a BatchNorm channel of zero variance: a column 124x the others) widens every row's int8 step:
+    the SepFormer of ``test_a_dead_norm_channel_does_not_coarsen_every_int8_weight`` was 20.0 dB SI-SNR from
+    fp32 in int8 with the scale folded in, 38.0 dB without.
 
     Example:
         >>> fast = prepare_for_inference(conv_tasnet_demo().eval())  # doctest: +SKIP
