@@ -5,7 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import signal
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -29,20 +30,49 @@ def imap_with_progress(
                 bar.update()
             return
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        pool = multiprocessing.get_context(method).Pool(workers, initializer=default_worker_signals)
-        try:
+        with worker_pool(multiprocessing.get_context(method), workers) as pool:
             for result in pool.imap_unordered(func, items, chunksize=4):
                 yield result
                 bar.update()
-        except BaseException:  # an error, Ctrl-C or an abandoned generator: stop the workers
-            pool.terminate()
-            raise
-        else:
-            pool.close()  # normal end: workers exit on their own
-        finally:
-            pool.join()
     finally:
         bar.close()
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_MASKS = hasattr(signal, "pthread_sigmask")  # POSIX
+
+
+@contextmanager
+def worker_pool(context: Any, workers: int) -> Iterator[Any]:
+    """A ``context.Pool`` whose workers leave Ctrl-C to this process and die on SIGTERM; terminated on any
+    error, Ctrl-C or abandoned generator, closed and joined at a normal end.
+
+    Why the signals are blocked while it starts: a worker runs with this process's handlers from its fork
+    until :func:`default_worker_signals` (the command's raise ``Interrupted``/``Terminated``), and a signal
+    taken then, or by this process before the pool is returned, left the build waiting for ever; blocked,
+    it waits and is taken once the pool can be terminated.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if _MASKS else None
+    try:
+        pool = context.Pool(workers, initializer=default_worker_signals)
+    except BaseException:
+        _restore_mask(previous)
+        raise
+    try:
+        _restore_mask(previous)  # a signal that came meanwhile is raised here, where the pool gets terminated
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()  # normal end: workers exit on their own
+    finally:
+        pool.join()
+
+
+def _restore_mask(previous: set[int] | None) -> None:
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def default_worker_signals() -> None:
@@ -50,3 +80,5 @@ def default_worker_signals() -> None:
     before forking; Ctrl-C is left to the parent, which then terminates the pool."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if _MASKS:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by worker_pool while it forked us

@@ -36,7 +36,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from audiosep.data.parallel import default_worker_signals
+from audiosep.data.parallel import worker_pool
 from audiosep.data.prep import synth
 from audiosep.data.prep.demo_config import SPLITS, DemoSetConfig
 from audiosep.errors import UserError
@@ -288,12 +288,10 @@ def _synthesise_all(jobs: list[_SpeakerJob], num_workers: int, progress: tqdm) -
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     # Workers leave Ctrl-C to the parent and die on SIGTERM: with the command's raising handlers inherited
     # through fork, one raised while writing its result and the parent waited on it forever
-    with context.Pool(num_workers, initializer=default_worker_signals) as pool:
+    with worker_pool(context, num_workers) as pool:
         for result in pool.imap(_run_job, jobs):
             audio.update(result)
             progress.update(len(result))
-        pool.close()  # let workers exit normally (and clean up) instead of being terminated
-        pool.join()
     return audio
 
 
