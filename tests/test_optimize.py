@@ -261,13 +261,15 @@ def test_the_fold_waits_for_inputs_long_enough_to_pay_for_it(monkeypatch: pytest
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize(("offset", "std"), [(0.0, 1.0), (100.0, 1.0), (1000.0, 0.5)])
 @pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize("inplace", [False, True])
 def test_channels_last_global_norm_stays_precise_when_the_mean_outweighs_the_spread(
-    batch: int, affine: bool, offset: float, std: float, flat: bool, monkeypatch: pytest.MonkeyPatch
+    batch: int, affine: bool, offset: float, std: float, flat: bool, inplace: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each item's gLN as close to float64 as the plain model's (channels-first) group norm, within 1e-5 where
     that is, while torch's channels-last group norm is 2e-2 (mean 100x the spread) to 5e4 (1000x) off: the
     prepared model's gLN of a batch, or of one short input, runs on it. Both paths: the channels-first group
-    norm of each item as one row (small items), and the sums of global_moments (large ones)."""
+    norm of each item as one row (small items), and the sums of global_moments (large ones), which ``inplace``
+    writes into its input (the int8 Conv-TasNet's blocks: no new tensor of its size)."""
     if not flat:
         monkeypatch.setattr(optimize, "FLAT_MAX_VALUES", 0)
     sums = []
@@ -276,14 +278,17 @@ def test_channels_last_global_norm_stays_precise_when_the_mean_outweighs_the_spr
     gln = _randomise(conv_tasnet(norm="gLN")).masker.blocks[0].in_norm
     x = (offset + std * torch.randn(batch, gln.num_channels, 700, 1)) * torch.tensor([1.0, 3.0])[:batch].view(-1, 1, 1, 1)
     weight, bias = (gln.weight, gln.bias) if affine else (None, None)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        actual = optimize.ChannelsLastNorm(gln, affine)(x.contiguous(memory_format=torch.channels_last))
+        actual = optimize.ChannelsLastNorm(gln, affine)(channels_last.clone(), inplace)
+        written = optimize.ChannelsLastNorm(gln, affine)(channels_last, inplace)
         plain = torch.nn.functional.group_norm(x, 1, weight, bias, gln.eps)
         expected = torch.nn.functional.group_norm(x.double(), 1, *(None if w is None else w.double() for w in (weight, bias)), gln.eps)
     assert actual.is_contiguous(memory_format=torch.channels_last)
     plain_error = float((plain.double() - expected).abs().max())
     assert float((actual.double() - expected).abs().max()) <= max(1e-5, 3 * plain_error)
-    assert len(sums) == (0 if flat else batch)  # the path meant ran
+    assert len(sums) == (0 if flat else 2 * batch)  # the path meant ran
+    assert torch.equal(written, actual) and (written.data_ptr() == channels_last.data_ptr()) == (inplace and not flat)
 
 
 @pytest.mark.parametrize("length", [21, 45, 90, 400, 3001])

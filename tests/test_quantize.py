@@ -20,7 +20,17 @@ from audiosep.inference import Separator
 from audiosep.losses import si_snr
 from audiosep.models import conv_tasnet_demo
 from audiosep.optimize import FusedConv, FusedLinear, prepare_for_inference
-from audiosep.quantize import Int8Linear, Int8PointwiseConv, is_pointwise, quantize_for_inference
+from audiosep.quantize import (
+    Int8Linear,
+    Int8PointwiseConv,
+    Int8ResidualSkip,
+    activation_qparams,
+    best_int8_kernel,
+    is_pointwise,
+    quantize_for_inference,
+    quantize_input,
+    reduced_activation_range,
+)
 
 SEPARATORS = [name for name in MODELS if name != "quartznet"]
 
@@ -106,13 +116,21 @@ def test_int8_linear_is_per_channel_and_close_to_the_float_product() -> None:
     assert layer.weight.shape == (6, 32) and bool(((layer.weight - weight).abs() <= step / 2 + 1e-6).all())
 
 
+ONEDNN = pytest.mark.skipif(best_int8_kernel("onednn", reduced_activation_range()) != "onednn",
+                            reason="oneDNN's int8 kernel needs an x86 torch with oneDNN and a VNNI CPU")  # fmt: skip
+KERNELS = [pytest.param("onednn", marks=ONEDNN), "dynamic"]
+KERNEL_OPS = {"onednn": [(torch.ops.onednn, "qlinear_pointwise")],
+              "dynamic": [(torch.ops.quantized, "linear_dynamic"), (torch.ops.quantized, "linear_relu_dynamic")]}  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("activation", ["none", "prelu", "sigmoid", "relu"])
 def test_int8_linear_applies_its_activation_in_place_on_its_own_output(
-    activation: str, monkeypatch: pytest.MonkeyPatch
+    activation: str, kernel: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch.manual_seed(0)
     weight, bias = torch.randn(16, 24), torch.randn(16)
-    layer = Int8Linear(weight, bias, activation, 0.25)  # type: ignore[arg-type]
+    layer = Int8Linear(weight, bias, activation, 0.25, kernel)  # type: ignore[arg-type]
     x = torch.randn(40, 24)
     before = x.clone()
     linear = x @ weight.t() + bias
@@ -120,19 +138,112 @@ def test_int8_linear_applies_its_activation_in_place_on_its_own_output(
                 "sigmoid": torch.sigmoid(linear), "relu": torch.relu(linear)}[activation]  # fmt: skip
     kernel_outputs: list[tuple[str, torch.Tensor]] = []
 
-    def recording(name: str) -> Callable[..., torch.Tensor]:
-        kernel = getattr(torch.ops.quantized, name)
-        return lambda *args: kernel_outputs.append((name, kernel(*args))) or kernel_outputs[-1][1]
+    def recording(namespace: object, name: str) -> Callable[..., torch.Tensor]:
+        op = getattr(namespace, name)
+        return lambda *args: kernel_outputs.append((name, op(*args))) or kernel_outputs[-1][1]
 
-    for name in ("linear_dynamic", "linear_relu_dynamic"):
-        monkeypatch.setattr(torch.ops.quantized, name, recording(name))
+    for namespace, name in KERNEL_OPS[kernel]:
+        monkeypatch.setattr(namespace, name, recording(namespace, name))
     with torch.inference_mode():
         output = layer(x)
     assert torch.equal(x, before)  # the input is never written
     [(name, kernel_output)] = kernel_outputs
-    assert name == ("linear_relu_dynamic" if activation == "relu" else "linear_dynamic")  # ReLU inside the kernel
+    if kernel == "dynamic":
+        assert name == ("linear_relu_dynamic" if activation == "relu" else "linear_dynamic")  # ReLU inside the kernel
     assert output.data_ptr() == kernel_output.data_ptr()  # no second buffer for the activation
     assert float((output - expected).abs().max()) < 0.03 * float(expected.abs().max())
+
+
+def test_activation_qparams_are_torchs_dynamic_quantization_parameters() -> None:
+    """The oneDNN kernel quantizes its input itself: with the range and zero point torch's dynamic kernels pick
+    (spread from 1e-9, below the finest step torch allows, to 1e3; one-sided, offset and all-zero inputs)."""
+    generator = torch.Generator().manual_seed(0)
+    for index in range(3000):
+        spread = 10 ** (12 * torch.rand(1, generator=generator).item() - 9)
+        x = spread * torch.randn(9, generator=generator) + spread * (index % 3) * torch.randn(1, generator=generator)
+        x = (x.abs(), -x.abs(), x, torch.zeros(9))[index % 4]
+        low, high = (float(v) for v in torch.aminmax(x))
+        scale, zero_point = torch._choose_qparams_per_tensor(x, False)
+        assert activation_qparams(low, high) == pytest.approx((scale, zero_point), rel=1e-12)
+
+
+@ONEDNN
+@pytest.mark.parametrize("activation", ["none", "prelu", "relu"])
+def test_onednn_int8_linear_is_the_exact_product_of_its_quantized_input(activation: str) -> None:
+    """Against float64 from the kernel's own operands, and added into a running sum in place."""
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.randn(48, 40), torch.randn(48), activation, 0.25, "onednn")  # type: ignore[arg-type]
+    x = torch.randn(30, 80)[:, ::2]  # strided: torch's quantize_per_tensor reads such input wrongly
+    quantized = quantize_input(x)
+    dequantized = quantized.scale * (quantized.values.double() - quantized.zero_point)
+    assert float((dequantized - x.double()).abs().max()) <= quantized.scale / 2 + 1e-9
+    product = dequantized @ layer.weight.double().t() + layer._bias.double()
+    expected = {"none": product, "relu": product.relu(), "prelu": torch.nn.functional.leaky_relu(product, 0.25)}[activation]
+    total = torch.randn(30, 48)
+    start = total.clone()
+    with torch.inference_mode():
+        output = layer.run(quantized)
+        if activation != "none":  # oneDNN would apply it to the sum
+            with pytest.raises(ValueError, match="only a layer without activation adds into a total"):
+                layer.run(quantized, total)
+            assert torch.equal(total, start)
+        else:
+            summed = layer.run(quantized, total)
+            assert summed.data_ptr() == total.data_ptr()
+            assert torch.allclose(summed.double(), start.double() + expected, rtol=1e-5, atol=1e-5)
+            with pytest.raises(ValueError, match="contiguous float32"):
+                layer.run(quantized, torch.zeros(48, 30).t())  # oneDNN would take its memory as contiguous
+    assert torch.allclose(output.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@ONEDNN
+@pytest.mark.parametrize("name", ["conv_tasnet", "sepformer", "resepformer"])
+def test_both_int8_kernels_compute_the_same_model_outputs(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same quantization both ways: only values at the exact half of a step may round apart."""
+    import audiosep.quantize as quantize
+
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    onednn = quantize_for_inference(model)
+    monkeypatch.setattr(quantize, "best_int8_kernel", lambda engine, reduce_range: "dynamic")
+    dynamic = quantize_for_inference(model)
+    kernels = {m.kernel for m in dynamic.modules() if isinstance(m, Int8Linear)}
+    assert kernels == {"dynamic"} and {m.kernel for m in onednn.modules() if isinstance(m, Int8Linear)} == {"onednn"}
+    mixture = _speech()
+    with torch.inference_mode():
+        assert float(si_snr(onednn(mixture), dynamic(mixture)).min()) > 60.0
+
+
+def test_int8_conv_tasnet_adds_each_block_into_its_residual_and_skip_sums() -> None:
+    """Each block's output conv is two int8 layers (residual rows, skip rows) on the sums; the last block has no
+    residual rows; the outputs are the int8 model's with the block outputs added separately."""
+    torch.manual_seed(0)
+    model = conv_tasnet(norm="gLN").eval()
+    quantized = quantize_for_inference(model)
+    blocks = quantized.masker.blocks
+    outs = [block.out.conv for block in blocks]
+    assert all(isinstance(out, Int8ResidualSkip) for out in outs)
+    assert outs[-1].residual is None and all(out.residual is not None for out in outs[:-1])
+    assert all(out.skip.out_features == model.masker.blocks[0].skip_channels for out in outs)
+    h = torch.randn(2, blocks[0].out.conv.skip.in_features, 7, 1).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, outs[0].residual.out_features, 7, 1).contiguous(memory_format=torch.channels_last)
+    skips = torch.randn(2, outs[0].skip.out_features, 7, 1).contiguous(memory_format=torch.channels_last)
+    residual = outs[0].residual(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    skip = outs[0].skip(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    expected_x, expected_skips = x + residual, skips + skip
+    with torch.inference_mode():
+        first_x, first_skips = outs[0](h, x.clone(), None)
+        new_x, new_skips = outs[0](h, x, skips)
+    assert torch.allclose(new_x, expected_x, atol=1e-5) and torch.allclose(new_skips, expected_skips, atol=1e-5)
+    if outs[0].skip.kernel == "onednn":  # added as the kernel writes: the sums are updated in place
+        assert new_x.data_ptr() == x.data_ptr() and new_skips.data_ptr() == skips.data_ptr()
+    assert torch.allclose(first_x, expected_x, atol=1e-5) and torch.allclose(first_skips, skip, atol=1e-5)
+
+
+def test_int8_linear_refuses_nan_input() -> None:
+    layer = Int8Linear(torch.randn(4, 6), None)
+    with pytest.raises(ValueError, match="NaN or Inf"), torch.inference_mode():
+        layer(torch.full((3, 6), float("nan")))
 
 
 def test_int8_pointwise_conv_keeps_the_channels_last_layout() -> None:
