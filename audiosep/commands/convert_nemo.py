@@ -16,13 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, help="audiosep checkpoint to write (for `audiosep transcribe`)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
 
 
 def run(args: argparse.Namespace) -> int:
     from audiosep.convert.nemo import convert_nemo_file
 
     out = Path(args.out)
-    check_output_file(out, "--out", [args.archive], "the NeMo archive")
+    check_output_file(out, "--out", [args.archive], "the NeMo archive", args.overwrite)
     try:
         convert_nemo_file(args.archive, out)
     except OSError as err:

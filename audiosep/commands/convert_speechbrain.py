@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
     parser.add_argument("folder", help="SpeechBrain model folder (encoder.ckpt, masknet.ckpt, decoder.ckpt)")
     parser.add_argument("--out", required=True, help="audiosep model file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     parser.add_argument(
         "--model",
         choices=("auto", "sepformer", "resepformer"),
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sample_rate is not None and args.sample_rate <= 0:
         raise UserError(f"--sample-rate must be positive, got {args.sample_rate}")
     reads = [Path(args.folder) / name for name in (*CHECKPOINT_FILES, HYPERPARAMS_FILE)]
-    check_output_file(args.out, "--out", reads, "one of the SpeechBrain files")
+    check_output_file(args.out, "--out", reads, "one of the SpeechBrain files", args.overwrite)
     try:
         model, metadata = convert_speechbrain_folder(args.folder, args.model, args.sample_rate)
     except ConversionError as err:

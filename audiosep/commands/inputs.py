@@ -226,11 +226,11 @@ def check_output_folder(path: str | os.PathLike, flag: str) -> None:
 
 
 def check_output_file(path: str | os.PathLike, flag: str, reads: Iterable[str | os.PathLike] = (),
-                      what: str = "an input") -> None:  # fmt: skip
+                      what: str = "an input", overwrite: bool = True) -> None:  # fmt: skip
     """One-line error for an output file that is a folder, a device, pipe, socket or symbolic link (the
     atomic writer would put a regular file in its place: as root, ``--out /dev/null`` replaced the
-    system's /dev/null), a name ending in a separator, or one of the files the command reads (``what``
-    names them): writing it would destroy the input."""
+    system's /dev/null), a name ending in a separator, one of the files the command reads (``what``
+    names them): writing it would destroy the input, or, unless ``overwrite``, an existing file."""
     if Path(path).is_dir():
         raise UserError(f"{flag} {path}: is a folder; give {flag} a file name")
     if str(path).endswith(("/", os.sep)):
@@ -250,6 +250,8 @@ def check_output_file(path: str | os.PathLike, flag: str, reads: Iterable[str | 
             raise UserError(f"{flag} {path}: would replace {what}; pass another {flag}")
     except (RuntimeError, OSError) as err:  # a symbolic link loop among the folders
         raise UserError(f"{flag} {path}: cannot be resolved ({one_line(err)})") from None
+    if mode is not None and not overwrite:
+        raise UserError(f"{flag} {path}: exists; pass --overwrite to replace it")
     existing = next(parent for parent in Path(path).absolute().parents if parent.exists())
     if not existing.is_dir():
         raise UserError(f"{flag} {path}: {existing} is a file, not a folder")

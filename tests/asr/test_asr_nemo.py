@@ -188,6 +188,9 @@ def test_convert_cli_matches_nemo_forward(fake_nemo, tmp_path, capsys):
     assert main(["convert", "nemo", str(archive), "--out", str(tmp_path)]) == 1
     assert "is a folder" in capsys.readouterr().err
     assert main(["convert", "nemo", str(archive), "--out", str(tmp_path / "model.pt")]) == 0
+    assert main(["convert", "nemo", str(archive), "--out", str(tmp_path / "model.pt")]) == 1  # never replaced unasked
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["convert", "nemo", str(archive), "--out", str(tmp_path / "model.pt"), "--overwrite"]) == 0
     transcriber = Transcriber.from_checkpoint(tmp_path / "model.pt")
     feats, lens = torch.randn(2, 64, 45), torch.tensor([45, 30])
     ours, our_lens = transcriber.model(feats, lens)

@@ -237,6 +237,11 @@ def test_convert_command_writes_a_model_file_that_reproduces_speechbrain(tmp_pat
     assert (folder / "masknet.ckpt").read_bytes() == masknet
     assert main(["convert", "speechbrain", str(folder), "--out", str(out)]) == 0
     assert "SepFormer" in capsys.readouterr().out
+    out.write_bytes(b"a model of the user's")
+    assert main(["convert", "speechbrain", str(folder), "--out", str(out)]) == 1  # never replaced unasked
+    assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_bytes() == b"a model of the user's"
+    assert main(["convert", "speechbrain", str(folder), "--out", str(out), "--overwrite"]) == 0
+    assert "SepFormer" in capsys.readouterr().out
     model, metadata = load_model(out)
     assert metadata == {"sample_rate": 8000}
     mixture = 0.1 * torch.randn(1, LENGTH)
