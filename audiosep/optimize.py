@@ -335,6 +335,11 @@ class ChannelsLastNorm(nn.Module):
         return out
 
 
+def normalise_temporary(norm: nn.Module, x: Tensor) -> Tensor:
+    """``norm(x)`` for an ``x`` nothing else reads afterwards: a large gLN writes into it (no new tensor)."""
+    return norm(x, inplace=True) if isinstance(norm, ChannelsLastNorm) else norm(x)
+
+
 def norm_affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
     """``(scale, shift)`` of the per-channel affine a norm applies last; None for ``none``.
 
@@ -483,11 +488,12 @@ class NormDepthwise(nn.Module):
         self.register_buffer("tap_sums", depthwise.weight.sum(dim=(1, 2, 3)))
 
     def forward(self, h: Tensor) -> Tensor:
+        """The block's depthwise stage; ``h`` (the 1x1 conv's output, a temporary) may be overwritten."""
         span = self.left + self.right
         gln = _global_ln(self.norm)
         foldable = h.shape[2] >= span and h.numel() >= DEPTHWISE_FOLD_MIN_VALUES
         if gln is None or not (foldable and _folds_global_statistics(h)):
-            return self._padded(self.norm(h), self.depthwise.weight, self.depthwise.bias)
+            return self._padded(normalise_temporary(self.norm, h), self.depthwise.weight, self.depthwise.bias)
         scale, shift = gln_item_affine(gln, h)  # [C]: gLN(h) = scale h + shift, channel-wise
         y = self._padded(h, self.depthwise.weight * scale.view(-1, 1, 1, 1),
                          torch.addcmul(self.depthwise.bias, shift, self.tap_sums))  # fmt: skip
@@ -580,9 +586,7 @@ class FastConvBlock(nn.Module):
         h = self.depthwise(self.in_conv(x))
         residual = self.residual_channels
         if not self.out.float_weights:  # int8 (audiosep.quantize.Int8ResidualSkip): it adds into the sums
-            stats = self.out.stats
-            h = stats(h, inplace=True) if isinstance(stats, ChannelsLastNorm) else stats(h)  # h is ours
-            return self.out.conv(h, x, skips)
+            return self.out.conv(normalise_temporary(self.out.stats, h), x, skips)
         h, weight, bias = self.out.operands(h)
         if residual:
             x = conv_add(x, h, weight[:residual], None if bias is None else bias[:residual])

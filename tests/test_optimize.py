@@ -240,7 +240,7 @@ def test_the_fold_waits_for_inputs_long_enough_to_pay_for_it(monkeypatch: pytest
     blocks = len(prepared.masker.blocks)
     normalised, convolved = [], []
     normalise = optimize.ChannelsLastNorm.forward
-    monkeypatch.setattr(optimize.ChannelsLastNorm, "forward", lambda self, x: normalised.append(x) or normalise(self, x))
+    monkeypatch.setattr(optimize.ChannelsLastNorm, "forward", lambda self, x, inplace=False: normalised.append(x) or normalise(self, x, inplace))
     padded = optimize.NormDepthwise._padded
     monkeypatch.setattr(optimize.NormDepthwise, "_padded", lambda self, h, *a: convolved.append(h) or padded(self, h, *a))
     monkeypatch.setattr(optimize, "FOLD_MIN_FRAMES", 100)
