@@ -120,6 +120,7 @@ def onednn_int8_linear_available() -> bool:
 
 
 SMALL_SCALE = float(np.float32(6.1e-5))  # torch's SMALL_SCALE_THRESHOLD: the finest activation step it uses
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class QuantizedInput(NamedTuple):
@@ -139,7 +140,8 @@ def activation_qparams(low: float, high: float) -> tuple[float, int]:
     qmax = 255
     low, high = min(low, 0.0), max(high, 0.0)
     scale = (high - low) / qmax
-    if np.float32(scale) == 0 or math.isinf(1.0 / np.float32(scale)):
+    single = float(np.float32(scale))  # ATen tests the float32 step: zero, or a reciprocal beyond float32
+    if single == 0.0 or 1.0 / single > FLOAT32_MAX:
         scale = 0.1
     if scale < SMALL_SCALE:
         amplifier, scale = SMALL_SCALE / scale, SMALL_SCALE
@@ -192,13 +194,15 @@ ONEDNN_POST_OPS: dict[str, str] = {"none": "none", "relu": "relu", "prelu": "lea
 class Int8Linear(nn.Module):
     """``activation(x @ W^T + b)`` over the last dim with int8 weights.
 
-    Two kernels, the same numbers (the activations quantised per call with the same range and rounding):
+    Two kernels, one quantization (the activations quantised per call with the same range and zero point;
+    values within float rounding of half a step may round apart, so outputs agree to 41-73 dB, measured):
     oneDNN's ``qlinear_pointwise`` where this torch has it and the CPU has VNNI (our own quantisation pass
     and the activation as a post-op: 1.1-1.45x faster than the other on this project's layer shapes,
     measured), else torch's ``quantized::linear_dynamic``.
 
     The packed weights are not in ``state_dict`` (an int8 model is made from a float one, not saved);
-    a copy or pickle repacks them for the engine they were packed for, so it computes the same numbers.
+    a copy or pickle repacks them for the engine they were packed for, so it computes the same numbers,
+    unless it is loaded on a CPU that needs other settings (no VNNI: 7-bit activations, torch's kernel).
 
     Args:
         weight: float ``[C_out, C_in]``, quantized per output channel.
@@ -236,6 +240,8 @@ class Int8Linear(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        if self.engine != "qnnpack" and reduced_activation_range() and not self.reduce_range:
+            self.reduce_range, self.kernel = True, "dynamic"  # saved on a VNNI CPU, loaded on one without
         self._pack(self._qweight, self._bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -262,6 +268,9 @@ class Int8Linear(nn.Module):
         """
         if self.kernel != "onednn":
             raise RuntimeError("Int8Linear.run needs the oneDNN kernel; call the layer instead")
+        if x.values.dtype != torch.uint8 or x.values.dim() != 2 or x.values.shape[1] != self.in_features:
+            raise ValueError(f"the input must be uint8 [rows, {self.in_features}] from quantize_input, "
+                             f"got {x.values.dtype} {tuple(x.values.shape)}")  # fmt: skip
         post_op = ONEDNN_POST_OPS[self.activation]
         args = [self.slope] if post_op == "leaky_relu" else []
         common = (x.values, x.scale, x.zero_point, self._packed, self._scales, self._zero_points)

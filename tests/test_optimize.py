@@ -317,6 +317,36 @@ def test_global_norm_folded_into_the_convs_equals_the_plain_block(
     assert len(folded) == 1 + len(blocks) + (spans_within if depthwise_fold else 0)
 
 
+def large_item_norms_in_place(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Make every gLN item "large" (its statistics from sums, not the flat group norm) and no fold apply, so
+    the normalisations the prepared Conv-TasNet may write in place run on a tiny model; records ``inplace``."""
+    writes: list[bool] = []
+    normalise = optimize.ChannelsLastNorm._global
+    monkeypatch.setattr(optimize, "FLAT_MAX_VALUES", 0)
+    monkeypatch.setattr(optimize, "FOLD_MIN_FRAMES", 10**9)
+    monkeypatch.setattr(optimize.ChannelsLastNorm, "_global",
+                        lambda self, x, inplace=False: writes.append(inplace) or normalise(self, x, inplace))  # fmt: skip
+    return writes
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_norms_written_in_place_leave_the_prepared_conv_tasnet_equal_to_the_plain_one(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The depthwise stage's gLN writes into the 1x1 conv's output (a temporary): never into a tensor read again
+    (a write into the encoder features or the residual stream would move every output), nor the caller's input."""
+    writes = large_item_norms_in_place(monkeypatch)
+    model = _randomise(conv_tasnet(norm="gLN"))
+    prepared = prepare_for_inference(model)
+    torch.manual_seed(1)
+    mixture = 0.1 * torch.randn(batch, 801)
+    before = mixture.clone()
+    with torch.inference_mode():
+        torch.testing.assert_close(prepared(mixture), model(mixture), rtol=0, atol=1e-5)
+    assert torch.equal(mixture, before)
+    assert writes.count(True) == len(prepared.masker.blocks)  # each depthwise stage's norm, in place
+
+
 def test_fused_conv_portable_path_equals_conv1d() -> None:
     conv = nn.Conv1d(6, 4, 3, dilation=2, padding=2)
     x = torch.randn(2, 6, 30)

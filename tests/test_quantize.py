@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,6 +64,26 @@ def test_every_linear_and_pointwise_conv_is_int8_and_the_output_stays_close(name
         output = quantized(mixture)
     assert output.shape == reference.shape
     assert float(si_snr(output, reference).min()) > 25.0
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_int8_norms_written_in_place_keep_the_output_close(batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each block's two gLNs write into temporaries of the block (forced on a tiny model): a write into a tensor
+    read again (a reviewer's mutation wrote the bottleneck's into the encoder features: 46 -> 2 dB) is caught."""
+    from test_optimize import large_item_norms_in_place
+
+    writes = large_item_norms_in_place(monkeypatch)
+    torch.manual_seed(0)
+    model = conv_tasnet(norm="gLN").eval()
+    quantized, prepared = quantize_for_inference(model), prepare_for_inference(model)
+    mixture = _speech(batch=batch)
+    before = mixture.clone()
+    with torch.inference_mode():
+        writes.clear()
+        output = quantized(mixture)
+        assert writes.count(True) == 2 * len(quantized.masker.blocks)  # the depthwise and output norms
+        assert float(si_snr(output, prepared(mixture)).min()) > 25.0
+    assert torch.equal(mixture, before)
 
 
 @pytest.mark.parametrize("level", [1e-3, 1e-4])
@@ -162,9 +183,13 @@ def test_activation_qparams_are_torchs_dynamic_quantization_parameters() -> None
         spread = 10 ** (12 * torch.rand(1, generator=generator).item() - 9)
         x = spread * torch.randn(9, generator=generator) + spread * (index % 3) * torch.randn(1, generator=generator)
         x = (x.abs(), -x.abs(), x, torch.zeros(9))[index % 4]
+        if index % 50 == 1:  # denormal: numpy warned "overflow encountered in scalar divide" (reviewer)
+            x = torch.full((9,), 1e-40)
         low, high = (float(v) for v in torch.aminmax(x))
         scale, zero_point = torch._choose_qparams_per_tensor(x, False)
-        assert activation_qparams(low, high) == pytest.approx((scale, zero_point), rel=1e-12)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert activation_qparams(low, high) == pytest.approx((scale, zero_point), rel=1e-12)
 
 
 @ONEDNN
@@ -193,13 +218,17 @@ def test_onednn_int8_linear_is_the_exact_product_of_its_quantized_input(activati
             assert torch.allclose(summed.double(), start.double() + expected, rtol=1e-5, atol=1e-5)
             with pytest.raises(ValueError, match="contiguous float32"):
                 layer.run(quantized, torch.zeros(48, 30).t())  # oneDNN would take its memory as contiguous
+    for values in (quantized.values.to(torch.int8), quantized.values[:, :20].contiguous()):  # reviewer
+        with pytest.raises(ValueError, match="must be uint8 .rows, 40. from quantize_input"):
+            layer.run(quantized._replace(values=values))
     assert torch.allclose(output.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @ONEDNN
 @pytest.mark.parametrize("name", ["conv_tasnet", "sepformer", "resepformer"])
 def test_both_int8_kernels_compute_the_same_model_outputs(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same quantization both ways: only values at the exact half of a step may round apart."""
+    """The same quantization both ways (values within float rounding of a step's half may round apart, which
+    compounds through the layers: 41-73 dB between the kernels, measured), equally close to fp32."""
     import audiosep.quantize as quantize
 
     torch.manual_seed(0)
@@ -211,7 +240,11 @@ def test_both_int8_kernels_compute_the_same_model_outputs(name: str, monkeypatch
     assert kernels == {"dynamic"} and {m.kernel for m in onednn.modules() if isinstance(m, Int8Linear)} == {"onednn"}
     mixture = _speech()
     with torch.inference_mode():
-        assert float(si_snr(onednn(mixture), dynamic(mixture)).min()) > 60.0
+        reference = prepare_for_inference(model)(mixture)
+        outputs = onednn(mixture), dynamic(mixture)
+    assert float(si_snr(*outputs).min()) > 35.0
+    to_fp32 = [float(si_snr(output, reference).mean()) for output in outputs]
+    assert min(to_fp32) > 25.0 and abs(to_fp32[0] - to_fp32[1]) < 1.0
 
 
 def test_int8_conv_tasnet_adds_each_block_into_its_residual_and_skip_sums() -> None:
@@ -326,6 +359,23 @@ def test_an_int8_copy_or_pickle_computes_the_same_numbers() -> None:
         expected = quantized(mixture)
         for other in copies:
             assert torch.equal(other(mixture), expected)
+
+
+def test_an_int8_layer_loaded_on_a_cpu_without_vnni_takes_its_safe_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved where oneDNN's kernel and 8-bit activations run, loaded where the int8 products saturate."""
+    import pickle
+
+    import audiosep.quantize as quantize
+
+    monkeypatch.setattr(quantize, "reduced_activation_range", lambda: False)
+    layer = Int8Linear(torch.randn(8, 16), torch.randn(8))
+    saved = pickle.dumps(layer)
+    monkeypatch.setattr(quantize, "reduced_activation_range", lambda: True)
+    loaded = pickle.loads(saved)
+    assert loaded.reduce_range and loaded.kernel == "dynamic"
+    x = torch.randn(5, 16)
+    with torch.inference_mode():
+        assert float(si_snr(loaded(x).flatten(), layer(x).flatten())) > 30.0
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
