@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -98,8 +99,10 @@ def plot_spectrograms(example: Example, sample_rate: int, path: Path) -> None:
     rows += [(f"estimate {k + 1}", s) for k, s in enumerate(example.estimates)]
     rows += [(f"reference {k + 1}", s) for k, s in enumerate(example.references)]
     fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.8 * len(rows)), sharex=True)
+    cmap = plt.get_cmap("magma").with_extremes(bad="black")  # digital silence: -inf dB, drawn as the floor
     for axis, (title, signal) in zip(axes, rows, strict=True):
-        axis.specgram(signal.numpy(), NFFT=256, Fs=sample_rate, noverlap=192, cmap="magma")
+        with np.errstate(divide="ignore"):  # its log10(0) warned "divide by zero" on every demo run
+            axis.specgram(signal.numpy(), NFFT=256, Fs=sample_rate, noverlap=192, cmap=cmap)
         axis.set_title(title, fontsize=9, loc="left")
         axis.set_ylabel("Hz")
     axes[-1].set_xlabel("time (s)")

@@ -69,3 +69,21 @@ def test_bad_arguments_are_one_line_errors_before_any_work(argv: list[str], mess
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "demo").exists()  # nothing built
+
+
+def test_the_spectrogram_plot_of_digital_silence_warns_nothing(tmp_path: Path) -> None:
+    """A reference with silent stretches has -inf dB bins: matplotlib's log10 warned "divide by zero" on every
+    `audiosep demo` (seen in the quick start); they are drawn as the colour map's floor."""
+    import warnings
+
+    import torch
+
+    from audiosep.demo_report import Example, plot_spectrograms
+
+    tone = torch.sin(torch.arange(4000) * 0.3)
+    silent = torch.cat([torch.zeros(2000), tone[:2000]])
+    example = Example("m", tone, torch.stack([tone, silent]), torch.stack([silent, tone]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_spectrograms(example, 8000, tmp_path / "spec.png")
+    assert (tmp_path / "spec.png").stat().st_size > 1000
