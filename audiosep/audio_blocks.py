@@ -28,6 +28,9 @@ from audiosep.errors import UserError
 
 BLOCK_BYTES = 1 << 20  # bytes of float32 frames decoded per read
 BLOCK_FRAMES = 1 << 16  # frames per block for callers that scan a file (256 KiB per channel as float32)
+# Beyond +80 dBFS (full scale is 1) a sample is no recording but a corrupt float file's value: one at 1e30 let
+# the peak limiter scale the whole output down to silence, exit 0 (a reviewer's file).
+MAX_SAMPLE = 1e4
 
 # torchaudio.functional.resample's defaults: its filter reaches ``ceil(6 * orig / (0.99 * min))`` input
 # samples either side of an output frame (rates reduced by their gcd).
@@ -315,8 +318,8 @@ class CheckedAudio:
 
     Raises (on opening):
         AudioError: missing, empty, unknown-format, corrupt or truncated file (fewer frames than its
-            header promises), a channel out of range, no samples, or non-finite samples (the first
-            one's time is named).
+            header promises), a channel out of range, no samples, or non-finite samples or samples beyond
+            :data:`MAX_SAMPLE` (the first one's time is named).
     """
 
     def __init__(self, path: str | os.PathLike, channel: int | None = None) -> None:
@@ -366,6 +369,15 @@ class CheckedAudio:
                 raise AudioError(
                     f"non-finite sample(s) (NaN/Inf), first at {frame / rate:.3f} s "
                     f"(frame {frame}, channel {channel if self.channel is None else self.channel})",
+                    path,
+                )
+            loud = np.abs(block) > MAX_SAMPLE
+            if loud.any():
+                frame, channel = (int(v) for v in np.argwhere(loud)[0])
+                frame += got
+                raise AudioError(
+                    f"sample(s) beyond +-{MAX_SAMPLE:g} (+80 dBFS; full scale is 1), first at {frame / rate:.3f} s "
+                    f"(frame {frame}, channel {channel if self.channel is None else self.channel}): not audio",
                     path,
                 )
             silent = silent and not block.mean(axis=1).any()  # the mono mixdown: channels may cancel out

@@ -34,7 +34,14 @@ import soundfile as sf
 import torch
 from torch import Tensor, nn
 
-from audiosep.audio_blocks import AudioError, CheckedAudio, resample_span, resampled_length, soundfile_name
+from audiosep.audio_blocks import (
+    MAX_SAMPLE,
+    AudioError,
+    CheckedAudio,
+    resample_span,
+    resampled_length,
+    soundfile_name,
+)
 from audiosep.checkpoint import CheckpointError, load_model
 from audiosep.data.audio import resample, to_mono
 from audiosep.io import TEMP_SUFFIX, atomic_paths, temp_prefix
@@ -178,9 +185,13 @@ def align_to_previous(current: Tensor, previous: Tensor) -> Tensor:
 
 
 def check_finite_input(waveform: Tensor) -> None:
-    """Raise :class:`SeparationError` counting the NaN/Inf samples of an input waveform, if any."""
+    """Raise :class:`SeparationError` counting the NaN/Inf samples of an input waveform, or those beyond
+    :data:`audiosep.audio_blocks.MAX_SAMPLE` (no recording: a corrupt value), if any."""
     if not torch.isfinite(waveform).all():
         raise SeparationError(f"{int((~torch.isfinite(waveform)).sum())} non-finite sample(s) (NaN/Inf) in the input")
+    loud = int((waveform.abs() > MAX_SAMPLE).sum())
+    if loud:
+        raise SeparationError(f"{loud} sample(s) beyond +-{MAX_SAMPLE:g} (+80 dBFS; full scale is 1) in the input: not audio")
 
 
 def model_grids(model: nn.Module) -> list[int]:

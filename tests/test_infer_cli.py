@@ -76,6 +76,13 @@ def make_inf(path: Path) -> None:
     sf.write(path, data, RATE, subtype="DOUBLE")
 
 
+def make_huge_sample(path: Path) -> None:
+    """One corrupt 1e30 sample in a float file: the peak limiter scaled the output to silence, exit 0 (reviewer)."""
+    data = speech(1)
+    data[500] = 1e30
+    sf.write(path, data, RATE, subtype="FLOAT")
+
+
 def make_truncated_wav(path: Path) -> None:
     write(path, frames=4000)
     path.write_bytes(path.read_bytes()[:-1000])  # the header still says 4000 frames
@@ -117,6 +124,7 @@ def make_empty_folder(path: Path) -> None:
 BAD_INPUTS = {
     "nan.wav": (make_nan, "non-finite sample"),
     "inf.wav": (make_inf, "non-finite sample"),
+    "huge.wav": (make_huge_sample, "sample(s) beyond +-10000 (+80 dBFS; full scale is 1), first at"),
     "cut.wav": (make_truncated_wav, "truncated: the header promises 4000 frames"),
     "cut.flac": (make_truncated_flac, "truncated"),
     "corrupt.wav": (make_corrupt, "cannot read audio"),
@@ -732,6 +740,8 @@ def test_the_api_returns_ordinary_tensors_and_takes_float64(ckpt: Path) -> None:
     torch.testing.assert_close(separator.separate_at_model_rate(mixture.double()), separator.separate_at_model_rate(mixture))
     with pytest.raises(SeparationError, match="1 non-finite sample"):
         separator.separate_at_model_rate(torch.where(torch.arange(len(mixture)) == 5, torch.nan, mixture))
+    with pytest.raises(SeparationError, match=r"1 sample\(s\) beyond \+-10000"):
+        separator.separate(torch.where(torch.arange(len(mixture)) == 5, 1e30, mixture), RATE)
 
 
 def test_file_names_go_to_soundfile_as_bytes_on_posix_only(monkeypatch: pytest.MonkeyPatch) -> None:
