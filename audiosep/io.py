@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,19 @@ except ImportError:  # Windows: no flock; folder_lock then locks nothing
     fcntl = None  # type: ignore[assignment]
 
 TEMP_SUFFIX = ".tmp"
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+@contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends (taken then; POSIX only): for steps that must not stop halfway."""
+    masks = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if masks else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def temp_prefix(path: Path) -> str:
@@ -76,9 +90,10 @@ def atomic_paths(paths: Sequence[str | os.PathLike]) -> Iterator[list[str]]:
             temps.append(tmp)
         yield temps
         mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; outputs get the usual permissions
-        for tmp, target in zip(temps, targets, strict=True):
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
+        with stop_signals_deferred():  # all renamed: a SIGTERM between two renames left a pair half old, half new
+            for tmp, target in zip(temps, targets, strict=True):
+                os.chmod(tmp, mode)
+                os.replace(tmp, target)
     finally:
         for tmp in temps:
             if os.path.exists(tmp):

@@ -77,3 +77,39 @@ def test_folder_lock_runs_unlocked_with_a_warning_where_the_file_system_has_no_f
         with folder_lock(tmp_path / "out", "--out-dir"):
             ran = True
     assert ran
+
+
+def test_a_signal_between_two_renames_waits_until_all_are_renamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM right after the first output was renamed (``infer --overwrite``) left the pair half new, half old
+    (reviewer): the renames run with the stop signals held, and the signal is taken after them."""
+    import signal
+
+    import audiosep.io as io
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped
+
+    targets = [tmp_path / "a_s1.wav", tmp_path / "a_s2.wav"]
+    for target in targets:
+        target.write_text("old")
+    replace, renamed = os.replace, []
+
+    def replace_then_signal(source: str, target: Path) -> None:
+        replace(source, target)
+        renamed.append(target)
+        if len(renamed) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(io.os, "replace", replace_then_signal)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stopped), io.atomic_paths(targets) as temps:
+            for temp in temps:
+                Path(temp).write_text("new")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert [target.read_text() for target in targets] == ["new", "new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_s1.wav", "a_s2.wav"]  # no temp file left

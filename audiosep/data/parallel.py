@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from audiosep.io import STOP_SIGNALS
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -38,7 +40,6 @@ def imap_with_progress(
         bar.close()
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _MASKS = hasattr(signal, "pthread_sigmask")  # POSIX
 
 
