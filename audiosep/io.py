@@ -42,9 +42,23 @@ def stop_signals_deferred() -> Iterator[None]:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+NAME_MAX = 255  # bytes in a file name: ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units there)
+TEMP_RANDOM = 8  # characters ``tempfile.mkstemp`` puts between prefix and suffix
+
+
 def temp_prefix(path: Path) -> str:
-    """Prefix of the temporary files written for ``path`` (for resume clean-ups that remove them)."""
-    return f".{path.name}."
+    """Prefix of the temporary files written for ``path`` (for resume clean-ups that remove them).
+
+    ``.<name>.``; for a name within 14 bytes of :data:`NAME_MAX` (its temp name would be too long to
+    create: the output failed although its own name was legal), ``.<start of name>~<hash of name>.``.
+    """
+    prefix = f".{path.name}."
+    if len(os.fsencode(prefix)) + TEMP_RANDOM + len(TEMP_SUFFIX) <= NAME_MAX:
+        return prefix
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+    room = NAME_MAX - TEMP_RANDOM - len(TEMP_SUFFIX) - len(digest) - 3  # the dots and the tilde
+    start = os.fsencode(path.name)[:room].decode(errors="ignore")  # a cut multi-byte character is dropped
+    return f".{start}~{digest}."
 
 
 def is_temp_for(candidate: Path, path: Path) -> bool:
@@ -65,9 +79,9 @@ def remove_temp_files(folder: Path, names: set[str]) -> int:
     removed = 0
     if not folder.is_dir():
         return removed
+    prefixes = {temp_prefix(folder / name) for name in names}
     for candidate in folder.glob(f".*{TEMP_SUFFIX}"):
-        target = folder / candidate.name[1 : -len(TEMP_SUFFIX)].rpartition(".")[0]
-        if target.name in names and is_temp_for(candidate, target) and candidate.is_file():
+        if candidate.name[: -(TEMP_RANDOM + len(TEMP_SUFFIX))] in prefixes and candidate.is_file():
             candidate.unlink()
             removed += 1
     return removed

@@ -113,3 +113,27 @@ def test_a_signal_between_two_renames_waits_until_all_are_renamed(tmp_path: Path
         signal.signal(signal.SIGTERM, previous)
     assert [target.read_text() for target in targets] == ["new", "new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_s1.wav", "a_s2.wav"]  # no temp file left
+
+
+@pytest.mark.parametrize("length", [200, 241, 242, 255])
+def test_an_output_with_a_name_near_the_file_system_limit_is_written_and_its_leftovers_removed(
+    tmp_path: Path, length: int
+) -> None:
+    """Temp names were the output's name plus 14 bytes: outputs of 242-255 bytes failed with "File name too
+    long" although their own names were legal (reviewer); such temps now hold a hash of the name."""
+    import tempfile
+
+    from audiosep.io import TEMP_SUFFIX, remove_temp_files, temp_prefix
+
+    target = tmp_path / ("é" * ((length - 4) // 2) + "a" * ((length - 4) % 2) + ".wav")
+    assert len(os.fsencode(target.name)) == length
+    with atomic_paths([target]) as (temp,):
+        assert len(os.fsencode(Path(temp).name)) <= 255 and is_temp_for(Path(temp), target)
+        Path(temp).write_text("x")
+    assert target.read_text() == "x"
+    fd, left = tempfile.mkstemp(dir=tmp_path, prefix=temp_prefix(target), suffix=TEMP_SUFFIX)  # a killed run's
+    os.close(fd)
+    other = tmp_path / f"{temp_prefix(tmp_path / 'other.wav')}abcdefgh{TEMP_SUFFIX}"
+    other.write_text("someone else's")
+    assert remove_temp_files(tmp_path, {target.name}) == 1
+    assert not Path(left).exists() and other.exists() and target.exists()
