@@ -213,8 +213,13 @@ def check_finite(name: str, signal: Tensor) -> None:
         raise UserError(f"{name}: the audio holds NaN or Inf samples")
 
 
-def check_references(mixture_id: str, mixture: Tensor, sources: Tensor) -> None:
-    """Refuses what makes the scores undefined: NaN/Inf, a silent source, sources not as long as the mixture."""
+MIN_SUM_SNR_DB = 30.0  # a clean LibriMix mixture is its sources' sum up to 16-bit rounding (70 dB and more)
+
+
+def check_references(mixture_id: str, mixture: Tensor, sources: Tensor, clean: bool = False) -> None:
+    """Refuses what makes the scores undefined: NaN/Inf, a silent source, sources not as long as the mixture;
+    with ``clean`` (``sep_clean``), a mixture that is not the sum of its sources (a wrong, shifted or swapped
+    file gave a plausible SI-SNRi: SI-SNRi subtracts the mixture's own score)."""
     check_finite(f"mixture {mixture_id}", mixture)
     check_finite(f"sources of {mixture_id}", sources)
     if sources.shape[-1] != mixture.shape[-1]:
@@ -225,6 +230,12 @@ def check_references(mixture_id: str, mixture: Tensor, sources: Tensor) -> None:
     constant = [k + 1 for k, source in enumerate(sources) if not source.amax() > source.amin()]
     if constant:
         raise UserError(f"mixture {mixture_id}: source s{constant[0]} is constant (a DC offset), so SI-SNR is undefined")
+    if clean:
+        residual = float((mixture.double() - sources.double().sum(0)).square().sum())
+        snr = 10 * math.log10(float(mixture.double().square().sum()) / residual) if residual > 0 else math.inf
+        if snr < MIN_SUM_SNR_DB:
+            raise UserError(f"mixture {mixture_id}: is not the sum of its sources (they explain it to {snr:.1f} dB, "
+                            f"under {MIN_SUM_SNR_DB:g}): a wrong, shifted or swapped file in mix_clean, s1 or s2")  # fmt: skip
 
 
 def match_level(estimates: Tensor, mixture: Tensor) -> Tensor:
@@ -258,10 +269,12 @@ def score_utterance(
     mixture_id: str,
     transcriber: Any | None = None,
     references: Sequence[str] | None = None,
+    clean: bool = False,
 ) -> dict[str, Any]:
-    """One row of the report: scores of ``separator`` on ``mixture[T]`` against ``sources[S, T]``."""
+    """One row of the report: scores of ``separator`` on ``mixture[T]`` against ``sources[S, T]``; ``clean``:
+    the mixture must be the sources' sum (``sep_clean``)."""
     sample_rate = separator.sample_rate
-    check_references(mixture_id, mixture, sources)
+    check_references(mixture_id, mixture, sources, clean)
     try:
         separator.check_length(mixture.shape[-1], sample_rate)
         estimate = separator.separate_at_model_rate(mixture)
@@ -441,7 +454,8 @@ def _evaluate_locked(separator: Any, dataset: Any, out_dir: Path, identity: RunI
         for index in tqdm(todo, desc="evaluating", unit="mix", disable=not progress):
             mixture, sources, mixture_id = dataset[index]
             texts = None if references is None else references[mixture_id]
-            log.append(score_utterance(separator, mixture, sources, mixture_id, transcriber, texts))
+            log.append(score_utterance(separator, mixture, sources, mixture_id, transcriber, texts,
+                                       clean=identity.task == "sep_clean"))  # fmt: skip
     rows = [row for row in log.rows if row["id"] in wanted]
     if not rows:
         raise UserError(f"{identity.data_dir}: no mixture to evaluate in split {identity.split}")

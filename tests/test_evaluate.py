@@ -558,3 +558,39 @@ def test_a_constant_source_file_is_named_as_the_reason() -> None:
     sources = torch.stack([torch.full((100,), 0.01), torch.randn(100)])
     with pytest.raises(UserError, match="mixture m1: source s1 is constant .a DC offset., so SI-SNR is undefined"):
         check_references("m1", sources.sum(0), sources)
+
+
+@pytest.mark.parametrize("defect", ["another_mixture", "shifted", "s1_is_the_mixture"])
+def test_a_clean_mixture_that_is_not_the_sum_of_its_sources_is_refused(
+    defect: str, sep_ckpt: Path, librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A wrong, delayed or swapped file scored a plausible SI-SNRi (3.8, 2.6 and -77 dB; SI-SNRi subtracts the
+    mixture's own score) with exit 0 (reviewer); it is refused, naming the mixture."""
+    test = librimix / "wav8k" / "min" / "test"
+    first, victim = sorted((test / "mix_clean").glob("*.wav"))[:2]
+    audio, rate = sf.read(victim, dtype="float32")
+    if defect == "another_mixture":
+        other, _ = sf.read(first, dtype="float32")
+        audio = np.resize(other, audio.shape)
+    elif defect == "shifted":
+        audio = np.concatenate([np.zeros(rate // 4, np.float32), audio[: -(rate // 4)]])
+    else:
+        sf.write(test / "s1" / victim.name, audio, rate, subtype="FLOAT")
+    sf.write(victim, audio, rate, subtype="FLOAT")
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--no-progress", "--no-plots"]
+    assert main([*args, "--out-dir", str(tmp_path / "eval")]) == 1
+    assert f"mixture {victim.stem}: is not the sum of its sources" in capsys.readouterr().err
+
+
+def test_the_sum_check_passes_16_bit_rounding_and_skips_noisy_mixtures() -> None:
+    from audiosep.errors import UserError
+    from audiosep.evaluation import check_references
+
+    torch.manual_seed(0)
+    sources = 0.1 * torch.randn(2, 8000)
+    rounded = lambda x: torch.round(x * 32767) / 32767  # noqa: E731 (each file quantised on its own)
+    check_references("m", rounded(sources.sum(0)), rounded(sources), clean=True)
+    noisy = sources.sum(0) + 0.2 * torch.randn(8000)
+    check_references("m", noisy, sources)  # sep_noisy: the noise file is not read, so no sum to compare
+    with pytest.raises(UserError, match="is not the sum of its sources"):
+        check_references("m", noisy, sources, clean=True)
