@@ -332,6 +332,8 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
             model inside, a malformed record.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     raw = _load_checked(path)

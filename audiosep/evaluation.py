@@ -346,7 +346,7 @@ class RowLog:
         elif self.rows_path.is_file() and read_json(run_path) != asdict(identity):
             # Rows without the run.json that names them are refused too: they may be another run's.
             raise UserError(
-                f"{out_dir}: holds the results of a different evaluation (checkpoint, data, split or task "
+                f"{out_dir}: holds the results of a different evaluation (checkpoint, data, split, task or dtype "
                 f"differ, or {RUN_FILE} is missing); use another --out-dir or --restart"
             )
         atomic_write_text(run_path, json.dumps(asdict(identity), indent=2))

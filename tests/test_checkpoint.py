@@ -517,6 +517,7 @@ def test_state_dict_keys_and_shapes_must_match_the_constructor(tmp_path: Path) -
 
 def test_missing_file_and_garbage_are_one_line_errors(tmp_path: Path) -> None:
     assert "checkpoint not found" in load_error(tmp_path / "nope.ckpt")
+    assert f"{tmp_path}: is a folder, not a checkpoint file" in load_error(tmp_path)  # said "not found" (reviewer)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x80\x04not a pickle at all")
     assert "not a readable checkpoint" in load_error(garbage)

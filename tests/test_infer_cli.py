@@ -871,3 +871,12 @@ def test_a_model_of_the_same_weights_but_other_arguments_redoes_the_outputs(tmp_
     _, lines = errors(capsys)
     assert len(lines) == 1 and "was separated from this input with another model or other options" in lines[0]
     assert infer(tmp_path / "drop.ckpt", "--out-dir", out, wav, "--overwrite") == 0
+
+
+def test_a_cuda_device_where_there_is_none_is_one_line_before_loading(ckpt: Path, tmp_path: Path, capsys,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """As evaluate does (infer passed torch's driver message on, naming no flag: reviewer)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert infer(ckpt, "--device", "cuda", "--out-dir", tmp_path / "out", write(tmp_path / "a.wav", seed=1)) == 1
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

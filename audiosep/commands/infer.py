@@ -26,7 +26,16 @@ from pathlib import Path
 
 import soundfile as sf
 
-from audiosep.commands.inputs import Input, Report, check_glob, collect_inputs, file_id, progress_bar, shown
+from audiosep.commands.inputs import (
+    Input,
+    Report,
+    check_device,
+    check_glob,
+    collect_inputs,
+    file_id,
+    progress_bar,
+    shown,
+)
 from audiosep.errors import UserError
 from audiosep.io import directory_lock
 
@@ -270,6 +279,7 @@ def load_separator(args: argparse.Namespace):
 
     if args.max_memory is not None and not (math.isfinite(args.max_memory) and args.max_memory > 0 and args.stream is None):
         raise UserError("--max-memory takes a positive number of MiB, and does not apply to --stream")
+    check_device(args.device)  # as evaluate: one line, not the driver's message
     try:
         chunk = ChunkConfig(args.chunk_seconds, args.overlap_seconds)
         separator = Separator.from_checkpoint(
