@@ -183,6 +183,13 @@ _LOG_DECLARED_FRAMES = re.compile(r"^\s*Frames\s*:\s*(\d+)\s*$", re.M)
 _FRAMES_IN_LOG_FORMATS = {"AVR", "MPC2K"}  # their headers state frames, which only libsndfile's log shows
 
 
+def declared_frames(path: Path) -> int | None:
+    """The frames ``path``'s header declares (see :func:`_declared_frames`), or ``None``: to tell a truncated
+    file from a complete shorter one after reading it with ``soundfile``, which cannot."""
+    with sf.SoundFile(soundfile_name(path)) as audio:
+        return _declared_frames(path, audio)
+
+
 def _declared_frames(path: Path, audio: sf.SoundFile) -> int | None:
     """Frames a WAV, W64, AIFF, AU, NIST SPHERE, AVR or MPC2K header declares, or ``None`` (another
     format, no size stated).

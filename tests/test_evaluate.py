@@ -594,3 +594,15 @@ def test_the_sum_check_passes_16_bit_rounding_and_skips_noisy_mixtures() -> None
     check_references("m", noisy, sources)  # sep_noisy: the noise file is not read, so no sum to compare
     with pytest.raises(UserError, match="is not the sum of its sources"):
         check_references("m", noisy, sources, clean=True)
+
+
+def test_a_truncated_mixture_file_is_named_not_its_intact_sources(sep_ckpt: Path, librimix: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """soundfile reads a WAV cut inside its data as a shorter complete file: the error blamed the intact s1 for
+    having more samples than the mixture (reviewer)."""
+    victim = sorted((librimix / "wav8k" / "min" / "test" / "mix_clean").glob("*.wav"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--no-progress", "--no-plots"]
+    assert main([*args, "--out-dir", str(tmp_path / "eval")]) == 1
+    assert f"{victim}: truncated: the header promises" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from audiosep.audio_blocks import declared_frames
 from audiosep.data.dynamic_mixing import dynamic_mixing_dataset, dynamic_mixing_loader
 from audiosep.data.safe_paths import check_mixture_ids
 from audiosep.data.sampling import (
@@ -146,6 +147,9 @@ class LibriMixDataset(Dataset):
         bad = int(data.size - np.isfinite(data).sum())
         if bad:  # else every batch holding it is skipped as a non-finite step, and the scores are NaN
             raise UserError(f"{path}: {bad} NaN or infinite samples in frames {start}..{start + data.shape[0]}")
+        declared = declared_frames(path) if frames < 0 and start == 0 else None  # whole files (evaluate)
+        if declared is not None and declared != data.shape[0]:  # soundfile reads a truncated file as shorter
+            raise UserError(f"{path}: truncated: the header promises {declared} frames, the file holds {data.shape[0]}")
         return torch.from_numpy(data)
 
     def _read_sources(self, mixture_id: str, start: int, frames: int, length: int) -> Tensor:
