@@ -368,23 +368,15 @@ class CheckedAudio:
                     f"({_libsndfile_message(err)})",
                     path,
                 ) from err
-            finite = np.isfinite(block)
-            if not finite.all():
-                bad = np.argwhere(~finite)
-                frame, channel = (int(v) for v in bad[0])
+            usable = np.abs(block) <= MAX_SAMPLE  # one pass: False for NaN, Inf and absurd values alike
+            if not usable.all():
+                frame, channel = (int(v) for v in np.argwhere(~usable)[0])
+                what = ("non-finite sample(s) (NaN/Inf)" if not np.isfinite(block[frame, channel]) else
+                        f"sample(s) beyond +-{MAX_SAMPLE:g} (+80 dBFS; full scale is 1)")  # fmt: skip
                 frame += got
                 raise AudioError(
-                    f"non-finite sample(s) (NaN/Inf), first at {frame / rate:.3f} s "
+                    f"{what}, first at {frame / rate:.3f} s "
                     f"(frame {frame}, channel {channel if self.channel is None else self.channel})",
-                    path,
-                )
-            loud = np.abs(block) > MAX_SAMPLE
-            if loud.any():
-                frame, channel = (int(v) for v in np.argwhere(loud)[0])
-                frame += got
-                raise AudioError(
-                    f"sample(s) beyond +-{MAX_SAMPLE:g} (+80 dBFS; full scale is 1), first at {frame / rate:.3f} s "
-                    f"(frame {frame}, channel {channel if self.channel is None else self.channel}): not audio",
                     path,
                 )
             silent = silent and not block.mean(axis=1).any()  # the mono mixdown: channels may cancel out
