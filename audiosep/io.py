@@ -43,7 +43,7 @@ def stop_signals_deferred() -> Iterator[None]:
 
 
 NAME_MAX = 255  # bytes in a file name: ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units there)
-TEMP_RANDOM = 8  # characters ``tempfile.mkstemp`` puts between prefix and suffix
+TEMP_RANDOM = 8  # characters ``tempfile.mkstemp`` puts between prefix and suffix (letters, digits, "_")
 
 
 def temp_prefix(path: Path) -> str:
@@ -80,8 +80,8 @@ def remove_temp_files(folder: Path, names: set[str]) -> int:
     if not folder.is_dir():
         return removed
     prefixes = {temp_prefix(folder / name) for name in names}
-    for candidate in folder.glob(f".*{TEMP_SUFFIX}"):
-        if candidate.name[: -(TEMP_RANDOM + len(TEMP_SUFFIX))] in prefixes and candidate.is_file():
+    for candidate in folder.glob(f".*{TEMP_SUFFIX}"):  # mkstemp's random part holds no dot
+        if candidate.name[: -len(TEMP_SUFFIX)].rpartition(".")[0] + "." in prefixes and candidate.is_file():
             candidate.unlink()
             removed += 1
     return removed

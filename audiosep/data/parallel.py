@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from audiosep.io import STOP_SIGNALS
+from audiosep.io import STOP_SIGNALS, stop_signals_deferred
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -40,40 +40,30 @@ def imap_with_progress(
         bar.close()
 
 
-_MASKS = hasattr(signal, "pthread_sigmask")  # POSIX
-
-
 @contextmanager
 def worker_pool(context: Any, workers: int) -> Iterator[Any]:
     """A ``context.Pool`` whose workers leave Ctrl-C to this process and die on SIGTERM; terminated on any
     error, Ctrl-C or abandoned generator, closed and joined at a normal end.
 
-    Why the signals are blocked while it starts: a worker runs with this process's handlers from its fork
+    Why the signals are held while it starts: a worker runs with this process's handlers from its fork
     until :func:`default_worker_signals` (the command's raise ``Interrupted``/``Terminated``), and a signal
-    taken then, or by this process before the pool is returned, left the build waiting for ever; blocked,
-    it waits and is taken once the pool can be terminated.
+    taken then, or by this process before the pool is returned, left the build waiting for ever; held,
+    it is taken once the pool exists and can be terminated.
     """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if _MASKS else None
+    pool = None
     try:
-        pool = context.Pool(workers, initializer=default_worker_signals)
-    except BaseException:
-        _restore_mask(previous)
-        raise
-    try:
-        _restore_mask(previous)  # a signal that came meanwhile is raised here, where the pool gets terminated
+        with stop_signals_deferred():  # a signal that came meanwhile is raised on leaving, pool assigned
+            pool = context.Pool(workers, initializer=default_worker_signals)
         yield pool
     except BaseException:
-        pool.terminate()
+        if pool is not None:
+            pool.terminate()
         raise
     else:
         pool.close()  # normal end: workers exit on their own
     finally:
-        pool.join()
-
-
-def _restore_mask(previous: set[int] | None) -> None:
-    if previous is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if pool is not None:
+            pool.join()
 
 
 def default_worker_signals() -> None:
@@ -81,5 +71,5 @@ def default_worker_signals() -> None:
     before forking; Ctrl-C is left to the parent, which then terminates the pool."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if _MASKS:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by worker_pool while it forked us
+    if hasattr(signal, "pthread_sigmask"):  # POSIX
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by worker_pool while it forked us
