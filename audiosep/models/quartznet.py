@@ -98,8 +98,9 @@ class SubBlock(nn.Module):
         return self.conv if self.conv is not None else self.depthwise
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``x`` zero past ``lengths`` (the caller masks it: :class:`QuartzBlock` shares it with its residual)."""
         conv = self.temporal_conv
-        x = conv(masked(x, lengths))
+        x = conv(x)
         out_lengths = conv_out_lengths(lengths, conv)
         if self.pointwise is not None:  # NeMo masks every conv's input: padding stays out of BatchNorm's statistics
             x = self.pointwise(masked(x, out_lengths))
@@ -148,13 +149,14 @@ class QuartzBlock(nn.Module):
         self.dropout = nn.Dropout(dropout if block["dropout"] is None else float(block["dropout"]))
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = masked(x, lengths)  # every conv's input is masked, as NeMo's: once for the first layer and the residual
         out, out_lengths = x, lengths
         for index, layer in enumerate(self.layers):
+            if index:
+                out = masked(self.dropout(self.activation(out)), out_lengths)
             out, out_lengths = layer(out, out_lengths)
-            if index < len(self.layers) - 1:
-                out = self.dropout(self.activation(out))
         if self.residual is not None:
-            out = out + self.residual(masked(x, lengths))
+            out = out + self.residual(x)
         return self.dropout(self.activation(out)), out_lengths
 
 
