@@ -584,9 +584,9 @@ class FastConvBlock(nn.Module):
         Both tensors may be updated in place (they are the TCN's own running sums).
         """
         h = self.depthwise(self.in_conv(x))
-        residual = self.residual_channels
         if not self.out.float_weights:  # int8 (audiosep.quantize.Int8ResidualSkip): it adds into the sums
             return self.out.conv(normalise_temporary(self.out.stats, h), x, skips)
+        residual = self.residual_channels
         h, weight, bias = self.out.operands(h)
         if residual:
             x = conv_add(x, h, weight[:residual], None if bias is None else bias[:residual])
@@ -616,7 +616,7 @@ class FastTemporalConvNet(nn.Module):
         return torch.softmax(masks, dim=2) if self.mask_activation == "softmax" else masks
 
 
-def _time_major_to_4d(x: Tensor) -> Tensor:
+def time_major_to_4d(x: Tensor) -> Tensor:
     """View a contiguous ``[B, M, C]`` tensor as a channels-last ``[B, C, M, 1]`` tensor (no copy)."""
     return x.unsqueeze(2).permute(0, 3, 1, 2)
 
@@ -644,8 +644,8 @@ class FastConvTasNet(nn.Module):
         left, right = tasnet_padding(num_samples, self.enc_kernel_size, self.stride)
         padded = F.pad(mixture, (left, right))  # [B, T'']
         features = self.encoder_act(self.encoder(padded.unsqueeze(1)).transpose(1, 2).contiguous())  # [B, M, N]
-        masks = self.masker(_time_major_to_4d(features))  # [B, M, S, N]
-        masked = _time_major_to_4d((masks * features.unsqueeze(2)).flatten(2))  # [B, S*N, M, 1]
+        masks = self.masker(time_major_to_4d(features))  # [B, M, S, N]
+        masked = time_major_to_4d((masks * features.unsqueeze(2)).flatten(2))  # [B, S*N, M, 1]
         frames = self.decoder(masked).squeeze(3).unflatten(1, (self.num_sources, -1))  # [B, S, L, M]
         frames = frames.reshape(batch * self.num_sources, self.enc_kernel_size, -1)  # [B*S, L, M]
         signal = overlap_add(frames, self.stride)  # [B*S, T'']

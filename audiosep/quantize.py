@@ -50,6 +50,7 @@ from audiosep.optimize import (
     FusedLinear,
     NormDepthwise,
     prepare_for_inference,
+    time_major_to_4d,
     user_subclass,
 )
 
@@ -335,18 +336,27 @@ class Int8ResidualSkip(nn.Module):
         """``(x + residual(h), skips + skip(h))`` for channels-last ``[B, C, M, 1]`` tensors; ``x`` and
         ``skips`` (the TCN's own sums) are updated in place where the kernel allows."""
         rows = _rows(h)
-        layers = [layer for layer in (self.residual, self.skip) if layer is not None]
-        if layers[0].kernel != "onednn":
-            x = x if self.residual is None else x + _channels_last(self.residual(rows), x.shape[0])
-            if self.skip is not None:
-                out = _channels_last(self.skip(rows), h.shape[0])
-                skips = out if skips is None else skips + out
-            return x, skips
+        first = self.residual if self.residual is not None else self.skip
+        quantized = quantize_input(rows) if first.kernel == "onednn" else None  # one for both parts
+
+        def add(layer: Int8Linear, total: Tensor | None) -> Tensor:
+            """``total + layer(h)`` channels-last (the product alone without ``total``)."""
+            if quantized is None:
+                out = time_major_to_4d(layer(rows).unflatten(0, (h.shape[0], -1)))
+                return out if total is None else total + out
+            product = layer.run(quantized, None if total is None else _sum_rows(total))  # into total
+            return time_major_to_4d(product.unflatten(0, (h.shape[0], -1)))
+
+        if self.residual is not None:
+            x = add(self.residual, x)
+        if self.skip is not None:
+            skips = add(self.skip, skips)
+        return x, skips
         quantized = quantize_input(rows)
         if self.residual is not None:
-            x = _channels_last(self.residual.run(quantized, _sum_rows(x)), h.shape[0])
+            x = time_major_to_4d(self.residual.run(quantized, _sum_rows(x)).unflatten(0, (h.shape[0], -1)))
         if self.skip is not None:
-            skips = _channels_last(self.skip.run(quantized, None if skips is None else _sum_rows(skips)), h.shape[0])
+            skips = time_major_to_4d(self.skip.run(quantized, None if skips is None else _sum_rows(skips)).unflatten(0, (h.shape[0], -1)))
         return x, skips
 
 
@@ -358,11 +368,6 @@ def _rows(x: Tensor) -> Tensor:
 def _sum_rows(total: Tensor) -> Tensor:
     """A running sum's ``[B*M, C]`` matrix to add into: a view of ``total``, made contiguous first if need be."""
     return total.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).view(-1, total.shape[1])
-
-
-def _channels_last(rows: Tensor, batch: int) -> Tensor:
-    """``[B*M, C]`` back to channels-last ``[B, C, M, 1]`` (a view)."""
-    return rows.view(batch, -1, 1, rows.shape[1]).permute(0, 3, 1, 2)
 
 
 def is_pointwise(conv: FusedConv) -> bool:
