@@ -12,8 +12,9 @@ The kernel: oneDNN's ``qlinear_pointwise`` where this torch has it and the CPU h
 quantization pass, with the activation (ReLU, PReLU) and, in Conv-TasNet's blocks, the residual and skip
 sums applied as it writes its output (:class:`Int8ResidualSkip`); else torch's
 ``quantized::linear_dynamic``. On this project's layer shapes the first was 1.1-1.45x faster per layer
-(its matrix product uses AMX on Sapphire Rapids; ``linear_dynamic`` quantizes through a slower oneDNN
-reorder); with it, ``conv_tasnet_base``'s int8 over fp32 went from 1.39-1.41x to 1.62-1.68x at 4 s
+where its output's memory is reused (its matrix product uses AMX on Sapphire Rapids; ``linear_dynamic``
+quantizes through a slower oneDNN reorder; a fresh 8 MB output each call costs both ~1 ms of page faults);
+with it, ``conv_tasnet_base``'s int8 over fp32 went from 1.39-1.41x to 1.62-1.68x at 4 s
 (A/B of two runs each, 2 threads, Sapphire Rapids).
 
 Why our own small modules rather than ``torch.ao.quantization.quantize_dynamic``: it quantizes
@@ -196,10 +197,10 @@ class Int8Linear(nn.Module):
     """``activation(x @ W^T + b)`` over the last dim with int8 weights.
 
     Two kernels, one quantization (the activations quantised per call with the same range and zero point;
-    values within float rounding of half a step may round apart, so outputs agree to 41-73 dB, measured):
-    oneDNN's ``qlinear_pointwise`` where this torch has it and the CPU has VNNI (our own quantisation pass
-    and the activation as a post-op: 1.1-1.45x faster than the other on this project's layer shapes,
-    measured), else torch's ``quantized::linear_dynamic``.
+    values within float rounding of half a step may round apart, so model outputs agreed to 41-73 dB in a
+    reviewer's runs): oneDNN's ``qlinear_pointwise`` where this torch has it and the CPU has VNNI (our own
+    quantisation pass and the activation as a post-op; speed in the module docstring), else torch's
+    ``quantized::linear_dynamic``.
 
     The packed weights are not in ``state_dict`` (an int8 model is made from a float one, not saved);
     a copy or pickle repacks them for the engine they were packed for, so it computes the same numbers,

@@ -228,7 +228,7 @@ def test_onednn_int8_linear_is_the_exact_product_of_its_quantized_input(activati
 @pytest.mark.parametrize("name", ["conv_tasnet", "sepformer", "resepformer"])
 def test_both_int8_kernels_compute_the_same_model_outputs(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same quantization both ways (values within float rounding of a step's half may round apart, which
-    compounds through the layers: 41-73 dB between the kernels, measured), equally close to fp32."""
+    compounds through the layers: 41-73 dB between the kernels in a reviewer's runs), equally close to fp32."""
     import audiosep.quantize as quantize
 
     torch.manual_seed(0)
