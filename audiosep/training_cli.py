@@ -349,7 +349,7 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
     restrict_imports()
     refuse_yaml_aliases()
     try:
-        return AudiosepCLI(
+        cli = AudiosepCLI(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,
@@ -362,3 +362,17 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
         )
     except MisconfigurationException as err:  # Lightning's verdict on trainer settings (accelerator, devices, ...)
         raise UserError(f"trainer settings: {one_line(str(err))}") from None
+    if run:
+        release_process_group()
+    return cli
+
+
+def release_process_group() -> None:
+    """Destroy the DDP process group once a run has finished on this rank.
+
+    Lightning leaves it to the interpreter's exit, where gloo's worker threads can abort the process
+    (SIGABRT, "terminate called without an active exception") after a run that succeeded. Only after a
+    success: a rank that failed would wait in the collective teardown for ranks that still train.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -13,6 +13,7 @@ import torch
 from audiosep.data.librimix import LibriMixDataModule
 from audiosep.models.conv_tasnet import ConvTasNet
 from audiosep.tasks.separation import SeparationTask
+from audiosep.training_cli import release_process_group
 
 
 class NaNOnRank1(SeparationTask):
@@ -46,6 +47,7 @@ def main(root: str, out: str) -> None:
     Path(out, f"rank{trainer.global_rank}.json").write_text(json.dumps(
         {"global_step": trainer.global_step, "nonfinite_steps": task.nonfinite_steps, "checksum": checksum,
          "finite": finite, "batches": task.batches, "checksums": task.checksums}))
+    release_process_group()  # as `audiosep fit` does: left to the exit, gloo's threads can abort it
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -174,3 +175,16 @@ def test_ddp_fit_on_dynamic_mixtures_shards_fresh_draws_every_epoch(tiny_librimi
         assert len(first) == len(second) == 2 and not set(first) & set(second)  # both ranks work, no overlap
         assert sorted(first + second) == list(range(4 * int(epoch), 4 * int(epoch) + 4))  # new draws each epoch
     assert len(list((tmp_path / "cache").rglob("train-clean-100.index.jsonl"))) == 1
+
+
+def test_audiosep_fit_destroys_the_process_group_it_trained_in(tiny_librimix: Path, tmp_path: Path) -> None:
+    """A finished ``fit`` tears DDP down itself: left to the interpreter's exit, gloo's threads aborted a run
+    that had succeeded (exit -6, "terminate called without an active exception", seen once in CI)."""
+    from audiosep.training_cli import run_lightning_cli
+
+    with mock.patch.dict(os.environ):  # Lightning sets LOCAL_RANK, MASTER_PORT, ...: later DDP runs would obey them
+        run_lightning_cli(["fit", "--config", RECIPE, f"--data.root={tiny_librimix}", *TINY_MODEL, *QUIET,
+                           "--trainer.strategy=ddp", "--trainer.devices=1", "--trainer.accelerator=cpu",
+                           "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.num_workers=0",
+                           f"--trainer.default_root_dir={tmp_path}"])
+    assert torch.distributed.is_available() and not torch.distributed.is_initialized()
