@@ -320,7 +320,7 @@ class CheckedAudio:
     """One audio file, checked whole in blocks on opening, then read span by span (in increasing order).
 
     ``channel`` (0-based) keeps one channel; ``None`` keeps them all. After opening, :attr:`frames`,
-    :attr:`sample_rate`, :attr:`channels` and :attr:`silent` describe the used channels, and
+    :attr:`sample_rate`, :attr:`channels`, :attr:`silent` and :attr:`subtype` describe the used channels, and
     :meth:`read` returns any span as ``float32 [C, n]`` (integer and float subtypes alike).
 
     Raises (on opening):
@@ -334,6 +334,7 @@ class CheckedAudio:
         self.handle = _open(self.path)
         try:
             self.sample_rate = int(self.handle.samplerate)
+            self.subtype = str(self.handle.subtype)  # soundfile's name of the sample format, e.g. PCM_24
             available = int(self.handle.channels)
             if channel is not None and not 0 <= channel < available:
                 raise AudioError(

@@ -44,7 +44,7 @@ from audiosep.audio_blocks import (
 )
 from audiosep.checkpoint import CheckpointError, load_model
 from audiosep.data.audio import resample, to_mono
-from audiosep.io import TEMP_SUFFIX, atomic_paths, temp_prefix
+from audiosep.io import TEMP_SUFFIX, atomic_paths, output_subtype, temp_prefix
 from audiosep.losses import best_permutation
 from audiosep.models.base import eval_copy, weights_sha256
 from audiosep.models.registry import SEPARATOR_CLASSES
@@ -69,7 +69,7 @@ InferenceDtype = Literal["fp32", "int8"]
 OUTPUT_BLOCK = 1 << 16  # samples per block when reading, resampling and writing long audio
 MIN_CHUNK_SECONDS = 1.0  # --max-memory never picks a shorter chunk
 MAX_CHUNK_SECONDS = 600.0  # nor a longer one (the overlap-add keeps nothing longer)
-PEAK_LIMIT = 0.999  # sources are scaled as one so that no sample of a 16-bit output exceeds this
+PEAK_LIMIT = 0.999  # sources are scaled as one so that no sample of an integer-PCM output exceeds this
 
 
 class SeparationError(AudioError):
@@ -483,9 +483,9 @@ class Separator:
         """:func:`~audiosep.models.base.weights_sha256` of the plain model, once (one pass over the weights)."""
         return weights_sha256(self.model)
 
-    def output_settings(self, keep_model_rate: bool = False, channel: int | None = None) -> str:
+    def output_settings(self, keep_model_rate: bool = False, channel: int | None = None, subtype: str = "auto") -> str:
         """A digest of what decides an output file: the weights, the model's constructor arguments and rate,
-        dtype, stream block, output rate, channel.
+        dtype, stream block, output rate, channel, requested subtype.
 
         Why: the WAV comment of :meth:`separate_file`'s outputs carries it, so a rerun with another
         checkpoint or other options does not take an old result for its own. Chunking is left out:
@@ -497,6 +497,7 @@ class Separator:
             "weights": self._weights_sha256, "sample_rate": self.sample_rate, "dtype": self.dtype,
             "model": getattr(self.model, "init_args", None),  # same weights, other computation (SepFormer tail)
             "stream_block_ms": self.stream_block_ms, "keep_model_rate": bool(keep_model_rate), "channel": channel,
+            "subtype": subtype,
         }  # fmt: skip
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -698,11 +699,14 @@ class Separator:
         channel: int | None = None,
         warn: Callable[[str], object] | None = None,
         settings: str | None = None,
+        subtype: str = "auto",
     ) -> list[Path]:
-        """Separate one file into ``out_dir/<relative_name>_s<k>.wav`` (16-bit PCM wav).
+        """Separate one file into ``out_dir/<relative_name>_s<k>.wav``.
 
         ``relative_name`` defaults to the input's stem and may hold folders (``a/x`` ->
         ``out_dir/a/x_s1.wav``). ``channel`` picks one channel (0-based) instead of the mixdown.
+        ``subtype``: the outputs' WAV subtype, by default the input's precision (:func:`output_subtype`);
+        integer-PCM sources are scaled as one so that none clips, float ones keep their level.
         Each output's WAV comment names the input and the settings (:func:`source_tag`).
         The file is checked whole first, then read, separated and written in blocks (memory follows
         the chunk size, not the file's length); the same numbers as :meth:`separate` on the whole
@@ -713,7 +717,9 @@ class Separator:
         Raises:
             SeparationError: the file cannot be read or separated (see
                 :class:`~audiosep.audio_blocks.CheckedAudio`, :meth:`separate`); ``err.path`` names it.
+            ValueError: an unknown ``subtype``.
         """
+        output_subtype("", subtype)  # an unknown subtype fails before any work
         path = Path(path)
         name = Path(relative_name) if relative_name is not None else Path(path.stem)
         try:
@@ -724,17 +730,21 @@ class Separator:
                 if audio.silent:
                     (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")
                 outputs = output_paths(out_dir, name, self.num_sources)
-                tag = source_tag(path, settings or self.output_settings(keep_model_rate, channel))
-                return self._separate_audio(audio, outputs, keep_model_rate, tag)
+                tag = source_tag(path, settings or self.output_settings(keep_model_rate, channel, subtype))
+                written = output_subtype(audio.subtype, subtype)
+                return self._separate_audio(audio, outputs, keep_model_rate, tag, written)
         except AudioError as err:
             raise SeparationError(err.reason, path) from err
 
     @torch.inference_mode()
-    def _separate_audio(self, audio: CheckedAudio, outputs: list[Path], keep_model_rate: bool, tag: str) -> list[Path]:
-        """Separate ``audio`` block by block into ``outputs`` (written atomically, peaks limited as one).
+    def _separate_audio(
+        self, audio: CheckedAudio, outputs: list[Path], keep_model_rate: bool, tag: str, subtype: str
+    ) -> list[Path]:
+        """Separate ``audio`` block by block into ``outputs`` of WAV ``subtype`` (written atomically).
 
         Pass 1 writes the model-rate sources to a float32 scratch file beside the outputs; pass 2 finds
-        the peak of the sources at the output rate; pass 3 writes them, scaled as one so that none clips.
+        the peak of the sources at the output rate; pass 3 writes them, for integer PCM scaled as one so
+        that none clips.
         """
         rate, frames = audio.sample_rate, audio.frames
         model_length = resampled_length(frames, rate, self.sample_rate)
@@ -761,10 +771,10 @@ class Separator:
             peak = max(float(block.abs().max()) for block in blocks())
             if not math.isfinite(peak):
                 raise SeparationError("non-finite output (NaN/Inf) after resampling; nothing written")
-            scale = PEAK_LIMIT / peak if peak > PEAK_LIMIT else 1.0
+            scale = PEAK_LIMIT / peak if peak > PEAK_LIMIT and subtype != "FLOAT" else 1.0
             if scale != 1.0:
                 log.info("%s: scaling all sources by %.3f to avoid clipping", audio.path, scale)
-            writers = [sf.SoundFile(soundfile_name(tmp), "w", out_rate, 1, "PCM_16", format="WAV") for tmp in temps]
+            writers = [sf.SoundFile(soundfile_name(tmp), "w", out_rate, 1, subtype, format="WAV") for tmp in temps]
             try:
                 for writer in writers:
                     writer.comment = tag

@@ -242,3 +242,25 @@ def folder_lock(folder: Path, option: str) -> Iterator[None]:
         finally:
             if locked:  # explicitly: a forked worker may still hold a copy of the file
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --subtype of separated files: "auto" follows the input's precision (output_subtype)
+OUTPUT_SUBTYPES = ("auto", "PCM_16", "PCM_24", "FLOAT")
+
+
+def output_subtype(input_subtype: str, requested: str = "auto") -> str:
+    """The WAV subtype of the sources separated from a file of ``input_subtype`` (soundfile's name).
+
+    ``requested`` unless it is ``"auto"``; then float inputs give ``FLOAT`` and integer PCM of more than
+    16 bits ``PCM_24``: a quiet 24-bit or float recording written in 16 bits would lose its low bits
+    (a signal at -60 dBFS RMS is only 41 dB above 16-bit rounding). Anything else (16 or 8 bits, compressed) gives
+    ``PCM_16``.
+
+    Raises:
+        ValueError: ``requested`` is not one of :data:`OUTPUT_SUBTYPES`.
+    """
+    if requested not in OUTPUT_SUBTYPES:
+        raise ValueError(f"unknown output subtype {requested!r}; choose one of {', '.join(OUTPUT_SUBTYPES)}")
+    if requested != "auto":
+        return requested
+    return {"FLOAT": "FLOAT", "DOUBLE": "FLOAT", "PCM_24": "PCM_24", "PCM_32": "PCM_24"}.get(input_subtype, "PCM_16")

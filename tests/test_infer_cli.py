@@ -337,7 +337,7 @@ def test_folder_run_twice_into_itself_does_not_separate_its_outputs(
 
 
 @pytest.mark.parametrize("change", [("--channel", "1"), ("--keep-model-rate",), ("--dtype", "int8"), ("--ckpt",),
-                                    ("--sample-rate",)])  # fmt: skip
+                                    ("--sample-rate",), ("--subtype", "FLOAT")])  # fmt: skip
 def test_a_rerun_with_another_model_or_options_does_not_take_old_outputs_for_its_own(
     ckpt: Path, tmp_path: Path, capsys, change: tuple[str, ...]
 ) -> None:

@@ -21,6 +21,7 @@ from audiosep.audio_blocks import CheckedAudio, resample_span, resampled_length
 from audiosep.checkpoint import save_model
 from audiosep.cli import main
 from audiosep.data.audio import resample
+from audiosep.io import output_subtype
 from audiosep.inference import OUTPUT_BLOCK, ChunkConfig, Separator, limit_peak, read_mixture
 from audiosep.models import conv_tasnet_demo
 
@@ -71,7 +72,7 @@ def test_a_file_separated_in_blocks_equals_the_whole_waveform_separated(
     path = tmp_path / "long.wav"
     sf.write(path, mixture(int(5.3 * rate), rate, channels), rate, subtype="FLOAT")
     separator = Separator(tiny_model(), RATE, ChunkConfig(1.0, 0.25))
-    written = separator.separate_file(path, tmp_path / "out", keep_model_rate=keep_model_rate)
+    written = separator.separate_file(path, tmp_path / "out", keep_model_rate=keep_model_rate, subtype="PCM_16")
     waveform, _ = read_mixture(path)
     expected = limit_peak(separator.separate(waveform, rate, keep_model_rate), "whole")
     got = np.stack([sf.read(p, dtype="int16")[0] for p in written])
@@ -211,3 +212,40 @@ def test_a_rate_that_needs_a_huge_resampling_filter_is_one_error_line(tmp_path: 
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert "odd.wav" in line and "44101 Hz -> 8000 Hz needs a" in line and "convert the file" in line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_output_subtype_follows_the_input_precision_unless_one_is_asked_for() -> None:
+    assert [output_subtype(s) for s in ("PCM_16", "PCM_S8", "PCM_U8", "VORBIS", "ULAW")] == ["PCM_16"] * 5
+    assert [output_subtype(s) for s in ("PCM_24", "PCM_32", "FLOAT", "DOUBLE")] == ["PCM_24", "PCM_24", "FLOAT", "FLOAT"]
+    assert output_subtype("FLOAT", "PCM_16") == "PCM_16" and output_subtype("PCM_16", "FLOAT") == "FLOAT"
+    with pytest.raises(ValueError, match="unknown output subtype 'PCM_8'"):
+        output_subtype("PCM_16", "PCM_8")
+
+
+def test_a_quiet_24_bit_recording_keeps_its_low_bits(tmp_path: Path) -> None:
+    """-60 dBFS in 24 bits: its sources written in 16 bits would keep only the top few bits."""
+    path = tmp_path / "quiet.wav"
+    sf.write(path, 1e-3 * mixture(3 * RATE, RATE), RATE, subtype="PCM_24")
+    separator = Separator(tiny_model(), RATE)
+    expected = separator.separate(read_mixture(path)[0], RATE).numpy()
+    errors = {}
+    for subtype in ("auto", "PCM_16"):
+        written = separator.separate_file(path, tmp_path / subtype, subtype=subtype)
+        assert sf.info(str(written[0])).subtype == ("PCM_24" if subtype == "auto" else "PCM_16")
+        got = np.stack([sf.read(p, dtype="float64")[0] for p in written])
+        errors[subtype] = 10 * np.log10((expected**2).sum() / ((got - expected) ** 2).sum())
+    # SNR (dB) of the written sources: 8 more bits, ~48 dB more (this untrained model's sources are very quiet)
+    assert errors["auto"] > errors["PCM_16"] + 40 and errors["auto"] > 55, errors
+
+
+def test_a_float_recording_gives_float_sources_at_their_level(tmp_path: Path) -> None:
+    """Float WAV may exceed full scale: its sources are written as float, not scaled down to fit 16 bits."""
+    path = tmp_path / "loud.wav"
+    sf.write(path, 8.0 * mixture(2 * RATE, RATE), RATE, subtype="FLOAT")
+    separator = Separator(tiny_model(), RATE)
+    expected = separator.separate(read_mixture(path)[0], RATE).numpy()
+    written = separator.separate_file(path, tmp_path / "out")
+    assert all(sf.info(str(p)).subtype == "FLOAT" for p in written)
+    got = np.stack([sf.read(p, dtype="float32")[0] for p in written])
+    assert np.abs(got).max() > 1.0
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())

@@ -37,7 +37,7 @@ from audiosep.commands.inputs import (
     shown,
 )
 from audiosep.errors import UserError
-from audiosep.io import directory_lock
+from audiosep.io import OUTPUT_SUBTYPES, directory_lock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-model-rate", action="store_true", help="write at the model's sample rate, not the input's"
     )
+    parser.add_argument(
+        "--subtype", choices=OUTPUT_SUBTYPES, default="auto",
+        help="sample format of the output WAVs; auto: float inputs give FLOAT (level kept), 24- and 32-bit "
+        "ones PCM_24, others PCM_16 (integer outputs are scaled as one so that none clips; default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--chunk-seconds", type=float, default=16.0, help="chunk length for long files")
     parser.add_argument("--overlap-seconds", type=float, default=2.0, help="overlap between chunks")
     parser.add_argument(
@@ -212,7 +217,7 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
     try:  # a name too long for the file system, or an input removed since it was found
         present = [output for output in plan.outputs if output.exists() or output.is_symlink()]
         not_files = [output for output in present if not output.is_file()]
-        settings = separator.output_settings(args.keep_model_rate, args.channel)
+        settings = separator.output_settings(args.keep_model_rate, args.channel, args.subtype)
         checked = [] if args.overwrite else present  # --overwrite replaces them whatever they are
         origins = {output: output_origin(output, plan.input.path, settings) for output in checked}
     except OSError as err:
@@ -234,7 +239,7 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
             report.error(
                 label,
                 f"{shown(other[0])} was separated from this input with another model or other options "
-                "(--ckpt, --dtype, --stream, --channel, --keep-model-rate); --overwrite replaces it",
+                "(--ckpt, --dtype, --stream, --channel, --keep-model-rate, --subtype); --overwrite replaces it",
             )
         elif len(present) == len(plan.outputs):
             report.skip(label, plan.outputs)
@@ -251,6 +256,7 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
         written = separator.separate_file(
             plan.input.path, out_dir, keep_model_rate=args.keep_model_rate,
             relative_name=plan.name, channel=args.channel, warn=report.warning, settings=settings,
+            subtype=args.subtype,
         )  # fmt: skip
     except SeparationError as err:
         report.error(label, err.reason)
