@@ -21,8 +21,8 @@ from audiosep.audio_blocks import CheckedAudio, resample_span, resampled_length
 from audiosep.checkpoint import save_model
 from audiosep.cli import main
 from audiosep.data.audio import resample
-from audiosep.io import output_subtype
 from audiosep.inference import OUTPUT_BLOCK, ChunkConfig, Separator, limit_peak, read_mixture
+from audiosep.io import output_subtype
 from audiosep.models import conv_tasnet_demo
 
 RATE = 8000
