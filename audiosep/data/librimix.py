@@ -70,14 +70,15 @@ def metadata_csv(base: Path, split: str, task: Task) -> Path:
     return base / "metadata" / f"mixture_{split}_{MIXTURE_FOLDER[task]}.csv"
 
 
-def read_mixture_ids(metadata_csv: Path, n_src: int) -> list[str]:
-    """The ``mixture_ID`` column of an official metadata CSV, in file order.
+def read_mixture_rows(metadata_csv: Path, n_src: int) -> tuple[list[str], list[int] | None]:
+    """The ``mixture_ID`` column of an official metadata CSV, in file order, and its ``length`` column
+    (samples per mixture) where it has one.
 
     Raises:
         UserError: the file or column is missing, the CSV lists another number of sources than
             ``n_src`` (a 2-speaker model on Libri3Mix would be scored against two of three speakers),
-            or an id is not a plain file name (it would read files outside the split folder) or
-            repeats (its mixture would be scored twice).
+            an id is not a plain file name (it would read files outside the split folder) or
+            repeats (its mixture would be scored twice), or a length is not a whole number.
     """
     if not metadata_csv.is_file():
         raise UserError(f"{metadata_csv}: metadata file not found")
@@ -89,9 +90,21 @@ def read_mixture_ids(metadata_csv: Path, n_src: int) -> list[str]:
         if listed and listed != n_src:
             raise UserError(f"{metadata_csv}: {listed} sources per mixture (source_*_path columns), the model "
                             f"separates {n_src}; use a Libri{n_src}Mix folder or a {listed}-source model")  # fmt: skip
-        numbered = [(reader.line_num, row["mixture_ID"]) for row in reader]
-    check_mixture_ids(numbered, metadata_csv)
-    return [mixture_id for _, mixture_id in numbered]
+        has_length = "length" in reader.fieldnames
+        rows = [(reader.line_num, row["mixture_ID"], row["length"] if has_length else None) for row in reader]
+    check_mixture_ids([(line, mixture_id) for line, mixture_id, _ in rows], metadata_csv)
+    ids = [mixture_id for _, mixture_id, _ in rows]
+    if not has_length:
+        return ids, None
+    return ids, [listed_length(value, f"{metadata_csv}:{line}: length") for line, _, value in rows]
+
+
+def listed_length(value: str | None, where: str) -> int:
+    """A metadata CSV's ``length`` cell as a sample count; else raise at ``where``."""
+    text = (value or "").strip()
+    if not text.isdigit():
+        raise UserError(f"{where} {value!r} is not a whole number of samples")
+    return int(text)
 
 
 class LibriMixDataset(Dataset):
@@ -115,7 +128,8 @@ class LibriMixDataset(Dataset):
         if segment is not None:
             check_segment(segment, sample_rate)
         self.split_dir = Path(split_dir)
-        self.ids = read_mixture_ids(metadata_csv, n_src)
+        self.metadata_csv = Path(metadata_csv)
+        self.ids, self.lengths = read_mixture_rows(self.metadata_csv, n_src)
         self.n_src = n_src
         extra = self.split_dir / f"s{n_src + 1}"
         if extra.is_dir():
@@ -162,11 +176,20 @@ class LibriMixDataset(Dataset):
             sources.append(source)
         return torch.stack(sources)
 
-    def _crop(self, mixture_id: str, rng: np.random.Generator | None) -> tuple[int, int]:
+    def _check_length(self, index: int, frames: int) -> None:
+        """Refuse a mixture of another length than its metadata row lists (a folder of the other mode,
+        ``min`` or ``max``, or a file cut short or replaced): its scores would be of other audio."""
+        if self.lengths is not None and frames != self.lengths[index]:
+            raise UserError(f"{self._path(self.mixture_folder, self.ids[index])}: {frames} samples, but "
+                            f"{self.metadata_csv.name} lists {self.lengths[index]} for it (a folder of the "
+                            "other mode, min or max, or a changed file)")  # fmt: skip
+
+    def _crop(self, index: int, rng: np.random.Generator | None) -> tuple[int, int]:
         """Start and frame count of this item's crop (``-1`` frames = whole file)."""
         if self.segment_samples is None:
             return 0, -1
-        length = sf.info(str(self._path(self.mixture_folder, mixture_id))).frames
+        length = sf.info(str(self._path(self.mixture_folder, self.ids[index]))).frames
+        self._check_length(index, length)
         top = max(0, length - self.segment_samples)
         start = random.randint(0, top) if rng is None else int(rng.integers(0, top + 1))
         return start, self.segment_samples
@@ -177,8 +200,10 @@ class LibriMixDataset(Dataset):
     def get(self, index: int, rng: np.random.Generator | None = None) -> tuple[Tensor, Tensor, str]:
         """Item ``index``; its crop is drawn from ``rng`` (default: the global ``random`` module)."""
         mixture_id = self.ids[index]
-        start, frames = self._crop(mixture_id, rng)
+        start, frames = self._crop(index, rng)
         mixture = self._read(self.mixture_folder, mixture_id, start, frames)
+        if frames < 0:
+            self._check_length(index, mixture.shape[-1])
         sources = self._read_sources(mixture_id, start, frames, mixture.shape[-1])  # S, T
         if self.segment_samples is not None and mixture.shape[-1] < self.segment_samples:
             pad = self.segment_samples - mixture.shape[-1]

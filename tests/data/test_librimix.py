@@ -23,11 +23,11 @@ def split(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def dataset(root: Path, *ids: str) -> LibriMixDataset:
+def dataset(root: Path, *ids: str, length: str = "800", segment: float | None = None) -> LibriMixDataset:
     metadata = root / "mixture_test_mix_clean.csv"
     metadata.write_text("mixture_ID,mixture_path,source_1_path,source_2_path,length\n" + "".join(
-        f'"{mixture_id}",,,,800\n' for mixture_id in ids))
-    return LibriMixDataset(root / "test", metadata)
+        f'"{mixture_id}",,,,{length}\n' for mixture_id in ids))
+    return LibriMixDataset(root / "test", metadata, segment=segment)
 
 
 def test_plain_ids_load(split):
@@ -54,6 +54,23 @@ def test_a_source_shorter_than_its_mixture_is_one_error_naming_the_file(split):
     sf.write(split / "test" / "s2" / "a_b.wav", np.full(700, 0.1, "float32"), 8000)
     with pytest.raises(UserError, match=r"s2/a_b.wav: 700 samples where the mixture has 800"):
         dataset(split, "a_b")[0]
+
+
+@pytest.mark.parametrize("segment", [None, 0.05])  # whole files (evaluate, validation) and training crops
+def test_a_mixture_of_another_length_than_its_metadata_row_is_refused(split, segment):
+    """A folder of the other mode (min vs max) holds the same ids at other lengths: its scores would be of
+    other audio than the metadata describes."""
+    assert dataset(split, "a_b", segment=segment)[0][0].shape[-1] == (int(segment * 8000) if segment else 800)
+    for folder in ("mix_clean", "s1", "s2"):
+        sf.write(split / "test" / folder / "a_b.wav", np.full(900, 0.1, "float32"), 8000)
+    with pytest.raises(UserError, match=r"mix_clean/a_b.wav: 900 samples, but mixture_test_mix_clean.csv lists 800"):
+        dataset(split, "a_b", segment=segment)[0]
+
+
+@pytest.mark.parametrize("length", ["", "8.5", "-3", "many"])
+def test_a_length_that_is_not_a_sample_count_is_refused_naming_the_line(split, length):
+    with pytest.raises(UserError, match=rf"mixture_test_mix_clean.csv:2: length '{length}' is not a whole number"):
+        dataset(split, "a_b", length=length)
 
 
 def test_a_stereo_mixture_is_refused_as_such(split):
