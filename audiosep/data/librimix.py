@@ -102,7 +102,7 @@ def read_mixture_rows(metadata_csv: Path, n_src: int) -> tuple[list[str], list[i
 def listed_length(value: str | None, where: str) -> int:
     """A metadata CSV's ``length`` cell as a sample count; else raise at ``where``."""
     text = (value or "").strip()
-    if not text.isdigit():
+    if not text.isascii() or not text.isdigit():  # isdigit alone takes "²" and other digits int() refuses
         raise UserError(f"{where} {value!r} is not a whole number of samples")
     return int(text)
 

@@ -67,7 +67,7 @@ def test_a_mixture_of_another_length_than_its_metadata_row_is_refused(split, seg
         dataset(split, "a_b", segment=segment)[0]
 
 
-@pytest.mark.parametrize("length", ["", "8.5", "-3", "many"])
+@pytest.mark.parametrize("length", ["", "8.5", "-3", "many", "8²", "٨٠٠"])
 def test_a_length_that_is_not_a_sample_count_is_refused_naming_the_line(split, length):
     with pytest.raises(UserError, match=rf"mixture_test_mix_clean.csv:2: length '{length}' is not a whole number"):
         dataset(split, "a_b", length=length)
