@@ -70,6 +70,8 @@ OUTPUT_BLOCK = 1 << 16  # samples per block when reading, resampling and writing
 MIN_CHUNK_SECONDS = 1.0  # --max-memory never picks a shorter chunk
 MAX_CHUNK_SECONDS = 600.0  # nor a longer one (the overlap-add keeps nothing longer)
 PEAK_LIMIT = 0.999  # sources are scaled as one so that no sample of an integer-PCM output exceeds this
+WAV_SAMPLE_BYTES = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}  # per sample of each output subtype
+WAV_MAX_DATA_BYTES = 2**32 - 1 - 4096  # a WAV's sizes are 32-bit; room left for its header and comment
 
 
 class SeparationError(AudioError):
@@ -483,9 +485,11 @@ class Separator:
         """:func:`~audiosep.models.base.weights_sha256` of the plain model, once (one pass over the weights)."""
         return weights_sha256(self.model)
 
-    def output_settings(self, keep_model_rate: bool = False, channel: int | None = None, subtype: str = "auto") -> str:
+    def output_settings(self, keep_model_rate: bool = False, channel: int | None = None, subtype: str = "PCM_16") -> str:
         """A digest of what decides an output file: the weights, the model's constructor arguments and rate,
-        dtype, stream block, output rate, channel, requested subtype.
+        dtype, stream block, output rate, channel, and the subtype written (:func:`~audiosep.io.output_subtype`
+        of the input's; recorded only when not ``PCM_16``, what every output was before there was a choice,
+        so that an unchanged 16-bit output still counts as this run's).
 
         Why: the WAV comment of :meth:`separate_file`'s outputs carries it, so a rerun with another
         checkpoint or other options does not take an old result for its own. Chunking is left out:
@@ -497,8 +501,7 @@ class Separator:
             "weights": self._weights_sha256, "sample_rate": self.sample_rate, "dtype": self.dtype,
             "model": getattr(self.model, "init_args", None),  # same weights, other computation (SepFormer tail)
             "stream_block_ms": self.stream_block_ms, "keep_model_rate": bool(keep_model_rate), "channel": channel,
-            "subtype": subtype,
-        }  # fmt: skip
+        } | ({} if subtype == "PCM_16" else {"subtype": subtype})  # fmt: skip
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def fit_chunk_to_memory(self, max_mib: float) -> ChunkConfig:
@@ -712,7 +715,8 @@ class Separator:
         the chunk size, not the file's length); the same numbers as :meth:`separate` on the whole
         waveform. All outputs appear together or none. An all-zero input is not an error: it gets
         silent outputs and a warning (``warn(message)``, default ``logging.warning``). ``settings``: the
-        :meth:`output_settings` of these options when the caller has just computed it (it probes every weight).
+        :meth:`output_settings` of these options and the subtype written when the caller has just computed it
+        (it probes every weight).
 
         Raises:
             SeparationError: the file cannot be read or separated (see
@@ -730,8 +734,8 @@ class Separator:
                 if audio.silent:
                     (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")
                 outputs = output_paths(out_dir, name, self.num_sources)
-                tag = source_tag(path, settings or self.output_settings(keep_model_rate, channel, subtype))
                 written = output_subtype(audio.subtype, subtype)
+                tag = source_tag(path, settings or self.output_settings(keep_model_rate, channel, written))
                 return self._separate_audio(audio, outputs, keep_model_rate, tag, written)
         except AudioError as err:
             raise SeparationError(err.reason, path) from err
@@ -749,6 +753,10 @@ class Separator:
         rate, frames = audio.sample_rate, audio.frames
         model_length = resampled_length(frames, rate, self.sample_rate)
         out_rate, out_length = (self.sample_rate, model_length) if keep_model_rate else (rate, frames)
+        data_bytes = out_length * WAV_SAMPLE_BYTES[subtype]
+        if data_bytes > WAV_MAX_DATA_BYTES:  # libsndfile writes the file, whose header then misstates its length
+            raise SeparationError(f"each output would hold {data_bytes / 2**30:.2f} GiB of {subtype} samples, more "
+                                  "than a WAV file can (4 GiB); split the file, or use a smaller --subtype")  # fmt: skip
         if rate != self.sample_rate:
             log.info("resampling %d Hz -> %d Hz for the model", rate, self.sample_rate)
 
@@ -771,6 +779,9 @@ class Separator:
             peak = max(float(block.abs().max()) for block in blocks())
             if not math.isfinite(peak):
                 raise SeparationError("non-finite output (NaN/Inf) after resampling; nothing written")
+            if subtype == "FLOAT" and peak > MAX_SAMPLE:  # what no input may hold (audio_blocks): a broken model
+                raise SeparationError(f"the sources peak at {peak:.3g}, beyond +-{MAX_SAMPLE:g} (+80 dBFS); "
+                                      "nothing written")  # fmt: skip
             scale = PEAK_LIMIT / peak if peak > PEAK_LIMIT and subtype != "FLOAT" else 1.0
             if scale != 1.0:
                 log.info("%s: scaling all sources by %.3f to avoid clipping", audio.path, scale)

@@ -246,15 +246,16 @@ def folder_lock(folder: Path, option: str) -> Iterator[None]:
 
 # --subtype of separated files: "auto" follows the input's precision (output_subtype)
 OUTPUT_SUBTYPES = ("auto", "PCM_16", "PCM_24", "FLOAT")
+WIDE_INTEGER_SUBTYPES = frozenset({"PCM_24", "PCM_32", "ALAC_20", "ALAC_24", "ALAC_32", "DWVW_24"})  # > 16 bits
 
 
 def output_subtype(input_subtype: str, requested: str = "auto") -> str:
     """The WAV subtype of the sources separated from a file of ``input_subtype`` (soundfile's name).
 
-    ``requested`` unless it is ``"auto"``; then float inputs give ``FLOAT`` and integer PCM of more than
-    16 bits ``PCM_24``: a quiet 24-bit or float recording written in 16 bits would lose its low bits
-    (a signal at -60 dBFS RMS is only 41 dB above 16-bit rounding). Anything else (16 or 8 bits, compressed) gives
-    ``PCM_16``.
+    ``requested`` unless it is ``"auto"``; then float inputs give ``FLOAT`` and integer ones of more than
+    16 bits (PCM, ALAC, DWVW) ``PCM_24``: a quiet 24-bit or float recording written in 16 bits would lose its
+    low bits (a signal at -60 dBFS RMS is only 41 dB above 16-bit rounding). Anything else (16 or 8 bits,
+    lossy or ADPCM codecs, whose names count kbit/s, not bits) gives ``PCM_16``.
 
     Raises:
         ValueError: ``requested`` is not one of :data:`OUTPUT_SUBTYPES`.
@@ -263,4 +264,18 @@ def output_subtype(input_subtype: str, requested: str = "auto") -> str:
         raise ValueError(f"unknown output subtype {requested!r}; choose one of {', '.join(OUTPUT_SUBTYPES)}")
     if requested != "auto":
         return requested
-    return {"FLOAT": "FLOAT", "DOUBLE": "FLOAT", "PCM_24": "PCM_24", "PCM_32": "PCM_24"}.get(input_subtype, "PCM_16")
+    if input_subtype in ("FLOAT", "DOUBLE"):
+        return "FLOAT"
+    return "PCM_24" if input_subtype in WIDE_INTEGER_SUBTYPES else "PCM_16"
+
+
+def input_output_subtype(path: str | os.PathLike, requested: str = "auto") -> str:
+    """:func:`output_subtype` for the file at ``path``, from its header (``PCM_16`` where that is unreadable:
+    the file is refused when it is read)."""
+    import soundfile as sf
+
+    try:
+        subtype = sf.info(os.fspath(path)).subtype
+    except (RuntimeError, TypeError, ValueError, OSError):  # LibsndfileError is a RuntimeError
+        subtype = "PCM_16"
+    return output_subtype(subtype, requested)

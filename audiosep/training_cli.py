@@ -348,6 +348,7 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
         warnings.filterwarnings("ignore", message=message)
     restrict_imports()
     refuse_yaml_aliases()
+    owned_group = not distributed_initialized()  # a caller's own process group is the caller's to end
     try:
         cli = AudiosepCLI(
             LightningModule,
@@ -362,17 +363,22 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
         )
     except MisconfigurationException as err:  # Lightning's verdict on trainer settings (accelerator, devices, ...)
         raise UserError(f"trainer settings: {one_line(str(err))}") from None
-    if run:
+    if run and owned_group:
         release_process_group()
     return cli
 
 
+def distributed_initialized() -> bool:
+    """Whether this process is in a torch.distributed process group."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def release_process_group() -> None:
-    """Destroy the DDP process group once a run has finished on this rank.
+    """Destroy the DDP process group once a run that made it has finished on this rank.
 
     Lightning leaves it to the interpreter's exit, where gloo's worker threads can abort the process
     (SIGABRT, "terminate called without an active exception") after a run that succeeded. Only after a
     success: a rank that failed would wait in the collective teardown for ranks that still train.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if distributed_initialized():
         torch.distributed.destroy_process_group()

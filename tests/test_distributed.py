@@ -188,3 +188,23 @@ def test_audiosep_fit_destroys_the_process_group_it_trained_in(tiny_librimix: Pa
                            "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.num_workers=0",
                            f"--trainer.default_root_dir={tmp_path}"])
     assert torch.distributed.is_available() and not torch.distributed.is_initialized()
+
+
+def test_audiosep_fit_leaves_a_process_group_its_caller_made(tiny_librimix: Path, tmp_path: Path) -> None:
+    """Only the group a run made is the run's to end: a program that calls the CLI inside its own group keeps it."""
+    from audiosep.training_cli import run_lightning_cli
+
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        run_lightning_cli(["fit", "--config", RECIPE, f"--data.root={tiny_librimix}", *TINY_MODEL, *QUIET,
+                           "--trainer.devices=1", "--trainer.accelerator=cpu", "--trainer.max_steps=1",
+                           "--trainer.limit_val_batches=0", "--data.num_workers=0",
+                           f"--trainer.default_root_dir={tmp_path}"])
+        assert torch.distributed.is_initialized()
+        total = torch.ones(1)
+        torch.distributed.all_reduce(total)  # still usable
+        assert total.item() == 1.0
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -880,3 +880,17 @@ def test_a_cuda_device_where_there_is_none_is_one_line_before_loading(ckpt: Path
     assert infer(ckpt, "--device", "cuda", "--out-dir", tmp_path / "out", write(tmp_path / "a.wav", seed=1)) == 1
     assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_naming_the_subtype_auto_chose_takes_the_outputs_for_its_own(ckpt: Path, tmp_path: Path, capsys) -> None:
+    """The digest holds the subtype written, not the option: auto and PCM_24 on a 24-bit input are one setting,
+    and so are auto and PCM_16 on a 16-bit one (whose outputs were 16-bit before there was a choice)."""
+    wide, narrow = write(tmp_path / "wide.wav", subtype="PCM_24"), write(tmp_path / "narrow.wav", seed=1)
+    out = tmp_path / "out"
+    assert infer(ckpt, "--out-dir", out, wide, narrow) == 0
+    assert sf.info(str(out / "wide_s1.wav")).subtype == "PCM_24" and sf.info(str(out / "narrow_s1.wav")).subtype == "PCM_16"
+    capsys.readouterr()
+    assert infer(ckpt, "--out-dir", out, "--subtype", "PCM_24", wide) == 0
+    assert infer(ckpt, "--out-dir", out, "--subtype", "PCM_16", narrow) == 0
+    assert capsys.readouterr().err.count("0 written, 1 skipped, 0 failed") == 2
+    assert infer(ckpt, "--out-dir", out, "--subtype", "PCM_16", wide) == 1  # a different file would be written

@@ -21,7 +21,7 @@ from audiosep.audio_blocks import CheckedAudio, resample_span, resampled_length
 from audiosep.checkpoint import save_model
 from audiosep.cli import main
 from audiosep.data.audio import resample
-from audiosep.inference import OUTPUT_BLOCK, ChunkConfig, Separator, limit_peak, read_mixture
+from audiosep.inference import OUTPUT_BLOCK, ChunkConfig, SeparationError, Separator, limit_peak, read_mixture
 from audiosep.io import output_subtype
 from audiosep.models import conv_tasnet_demo
 
@@ -217,6 +217,8 @@ def test_a_rate_that_needs_a_huge_resampling_filter_is_one_error_line(tmp_path: 
 def test_the_output_subtype_follows_the_input_precision_unless_one_is_asked_for() -> None:
     assert [output_subtype(s) for s in ("PCM_16", "PCM_S8", "PCM_U8", "VORBIS", "ULAW")] == ["PCM_16"] * 5
     assert [output_subtype(s) for s in ("PCM_24", "PCM_32", "FLOAT", "DOUBLE")] == ["PCM_24", "PCM_24", "FLOAT", "FLOAT"]
+    assert [output_subtype(s) for s in ("ALAC_20", "ALAC_24", "ALAC_32", "DWVW_24")] == ["PCM_24"] * 4
+    assert [output_subtype(s) for s in ("ALAC_16", "G721_32", "G723_40", "MPEG_LAYER_III")] == ["PCM_16"] * 4  # kbit/s
     assert output_subtype("FLOAT", "PCM_16") == "PCM_16" and output_subtype("PCM_16", "FLOAT") == "FLOAT"
     with pytest.raises(ValueError, match="unknown output subtype 'PCM_8'"):
         output_subtype("PCM_16", "PCM_8")
@@ -249,3 +251,33 @@ def test_a_float_recording_gives_float_sources_at_their_level(tmp_path: Path) ->
     got = np.stack([sf.read(p, dtype="float32")[0] for p in written])
     assert np.abs(got).max() > 1.0
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_float_sources_beyond_any_sane_level_are_refused_not_written(tmp_path: Path) -> None:
+    """A float output has no clipping to stop it: a broken model's 1e5 peak would be written as audio that
+    audiosep itself refuses to read (beyond MAX_SAMPLE)."""
+    path = tmp_path / "x.wav"
+    sf.write(path, mixture(RATE, RATE), RATE, subtype="FLOAT")
+    model = tiny_model()
+    with torch.no_grad():
+        model.decoder.weight.mul_(1e7)
+    with pytest.raises(SeparationError, match=r"the sources peak at .*, beyond \+-10000"):
+        Separator(model, RATE).separate_file(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert Separator(model, RATE).separate_file(path, tmp_path / "out16", subtype="PCM_16")  # scaled to fit
+
+
+def test_an_output_past_the_wav_size_limit_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WAV's sizes are 32-bit: libsndfile writes a longer file without error, which then reads back short."""
+    import audiosep.inference as inference
+
+    path = tmp_path / "x.wav"
+    sf.write(path, mixture(RATE, RATE), RATE, subtype="FLOAT")
+    monkeypatch.setattr(inference, "WAV_MAX_DATA_BYTES", 3 * RATE)  # between the PCM_16 and the FLOAT size
+    separator = Separator(tiny_model(), RATE)
+    with pytest.raises(SeparationError, match=r"each output would hold .* GiB of FLOAT samples, more than a WAV"):
+        separator.separate_file(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert separator.separate_file(path, tmp_path / "out", subtype="PCM_16")

@@ -37,7 +37,7 @@ from audiosep.commands.inputs import (
     shown,
 )
 from audiosep.errors import UserError
-from audiosep.io import OUTPUT_SUBTYPES, directory_lock
+from audiosep.io import OUTPUT_SUBTYPES, directory_lock, input_output_subtype
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -217,7 +217,8 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
     try:  # a name too long for the file system, or an input removed since it was found
         present = [output for output in plan.outputs if output.exists() or output.is_symlink()]
         not_files = [output for output in present if not output.is_file()]
-        settings = separator.output_settings(args.keep_model_rate, args.channel, args.subtype)
+        subtype = input_output_subtype(plan.input.path, args.subtype)
+        settings = separator.output_settings(args.keep_model_rate, args.channel, subtype)
         checked = [] if args.overwrite else present  # --overwrite replaces them whatever they are
         origins = {output: output_origin(output, plan.input.path, settings) for output in checked}
     except OSError as err:

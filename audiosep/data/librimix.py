@@ -82,16 +82,20 @@ def read_mixture_rows(metadata_csv: Path, n_src: int) -> tuple[list[str], list[i
     """
     if not metadata_csv.is_file():
         raise UserError(f"{metadata_csv}: metadata file not found")
-    with metadata_csv.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "mixture_ID" not in reader.fieldnames:
-            raise UserError(f"{metadata_csv}: no mixture_ID column (got {reader.fieldnames})")
-        listed = sum(SOURCE_COLUMN.fullmatch(name) is not None for name in reader.fieldnames)
-        if listed and listed != n_src:
-            raise UserError(f"{metadata_csv}: {listed} sources per mixture (source_*_path columns), the model "
-                            f"separates {n_src}; use a Libri{n_src}Mix folder or a {listed}-source model")  # fmt: skip
-        has_length = "length" in reader.fieldnames
-        rows = [(reader.line_num, row["mixture_ID"], row["length"] if has_length else None) for row in reader]
+    try:
+        # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
+        with metadata_csv.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or "mixture_ID" not in reader.fieldnames:
+                raise UserError(f"{metadata_csv}: no mixture_ID column (got {reader.fieldnames})")
+            listed = sum(SOURCE_COLUMN.fullmatch(name) is not None for name in reader.fieldnames)
+            if listed and listed != n_src:
+                raise UserError(f"{metadata_csv}: {listed} sources per mixture (source_*_path columns), the model "
+                                f"separates {n_src}; use a Libri{n_src}Mix folder or a {listed}-source model")  # fmt: skip
+            has_length = "length" in reader.fieldnames
+            rows = [(reader.line_num, row["mixture_ID"], row["length"] if has_length else None) for row in reader]
+    except UnicodeDecodeError as err:
+        raise UserError(f"{metadata_csv}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     check_mixture_ids([(line, mixture_id) for line, mixture_id, _ in rows], metadata_csv)
     ids = [mixture_id for _, mixture_id, _ in rows]
     if not has_length:
@@ -102,7 +106,8 @@ def read_mixture_rows(metadata_csv: Path, n_src: int) -> tuple[list[str], list[i
 def listed_length(value: str | None, where: str) -> int:
     """A metadata CSV's ``length`` cell as a sample count; else raise at ``where``."""
     text = (value or "").strip()
-    if not text.isascii() or not text.isdigit():  # isdigit alone takes "²" and other digits int() refuses
+    # isdigit alone takes "²" and other digits int() refuses; past 4300 digits int() refuses any
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
         raise UserError(f"{where} {value!r} is not a whole number of samples")
     return int(text)
 

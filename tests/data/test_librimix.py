@@ -67,10 +67,20 @@ def test_a_mixture_of_another_length_than_its_metadata_row_is_refused(split, seg
         dataset(split, "a_b", segment=segment)[0]
 
 
-@pytest.mark.parametrize("length", ["", "8.5", "-3", "many", "8²", "٨٠٠"])
+@pytest.mark.parametrize("length", ["", "8.5", "-3", "many", "8²", "٨٠٠", "9" * 5000])
 def test_a_length_that_is_not_a_sample_count_is_refused_naming_the_line(split, length):
-    with pytest.raises(UserError, match=rf"mixture_test_mix_clean.csv:2: length '{length}' is not a whole number"):
+    with pytest.raises(UserError, match=r"mixture_test_mix_clean.csv:2: length '.*' is not a whole number"):
         dataset(split, "a_b", length=length)
+
+
+def test_a_metadata_csv_with_a_byte_order_mark_reads_and_one_in_utf16_is_refused_in_one_line(split):
+    metadata = split / "mixture_test_mix_clean.csv"
+    text = "mixture_ID,mixture_path,source_1_path,source_2_path,length\na_b,,,,800\n"
+    metadata.write_text(text, encoding="utf-8-sig")  # what a spreadsheet saves
+    assert LibriMixDataset(split / "test", metadata)[0][2] == "a_b"
+    metadata.write_text(text, encoding="utf-16")
+    with pytest.raises(UserError, match=r"mixture_test_mix_clean.csv: not UTF-8 text \(byte 0\); save it as UTF-8"):
+        LibriMixDataset(split / "test", metadata)
 
 
 def test_a_stereo_mixture_is_refused_as_such(split):
