@@ -558,3 +558,11 @@ def test_a_rerun_on_another_corpus_at_the_same_paths_regenerates(corpus, tmp_pat
     assert run_librimix(second, tmp_path / "out", *args) == 0  # the same --out: a resume
     assert run_librimix(second, tmp_path / "fresh", *args) == 0
     assert snapshot(tmp_path / "out") == snapshot(tmp_path / "fresh")
+
+
+def test_a_metadata_csv_saved_with_a_byte_order_mark_reads(tmp_path):
+    path = tmp_path / "libri2mix_dev-clean.csv"
+    path.write_text("mixture_ID,source_1_path,source_1_gain,source_2_path,source_2_gain,noise_path,noise_gain\n"
+                    "a_b,x/a.flac,0.5,x/b.flac,0.7,,\n", encoding="utf-8-sig")  # fmt: skip
+    (row,) = librimix_generate.read_metadata_csv(path, 2)
+    assert row.mixture_id == "a_b" and row.source_gains == (0.5, 0.7)

@@ -138,7 +138,7 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
     needed += [f"source_{i + 1}_{k}" for i in range(n_src) for k in ("path", "gain")]
     rows = []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of a column name
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
     with io.StringIO(text, newline="") as handle:
