@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from audiosep.errors import UserError
 from audiosep.io import atomic_write
+from audiosep.models.base import model_window
 from audiosep.models.masking import MaskingSeparator
 from audiosep.models.quartznet import QuartzNet
 from audiosep.models.registry import SEPARATOR_CLASSES
@@ -193,6 +194,7 @@ class _Graph:
     dynamic_shapes: dict[str, dict[int, str]]
     make_inputs: Callable[[int, int, torch.Generator], Inputs]  # (batch, length, generator)
     task: str  # "separation" or "asr"
+    window: int = 1  # a separator's encoder window: inputs below it take the graph's only length branch
 
 
 def _mixtures(batch: int, length: int, generator: torch.Generator) -> Inputs:
@@ -219,7 +221,7 @@ def build_graph(model: nn.Module, features: LogMelFeatures | None = None, where:
         min_length = model.encoder.kernel_size[0] if isinstance(model, MaskingSeparator) else 1
         return _Graph(
             SeparatorGraph(model, min_length).eval(), model, ["mixture"], ["sources"],
-            {"mixture": {0: "batch", 1: "time"}}, _mixtures, "separation",
+            {"mixture": {0: "batch", 1: "time"}}, _mixtures, "separation", model_window(model),
         )  # fmt: skip
     if isinstance(model, QuartzNet):
         if features is None:
@@ -376,9 +378,14 @@ def _next_prime(n: int) -> int:
     return n
 
 
-def default_check_lengths(sample_rate: int) -> tuple[int, ...]:
-    """Prime lengths (a multiple of no stride) near 0.3 s, 0.5 s and 16 s (run at batch 1, 2, 1)."""
-    return tuple(_next_prime(round(seconds * sample_rate)) for seconds in CHECK_SECONDS)
+def default_check_lengths(sample_rate: int, window: int = 1) -> tuple[int, ...]:
+    """Prime lengths (a multiple of no stride) near 0.3 s, 0.5 s and 16 s (run at batch 1, 2, 1, ...), then for
+    a separator of encoder ``window`` > 1 the short ones where its padding branch works: 1 sample, one below
+    the window, and a prime above it."""
+    lengths = [_next_prime(round(seconds * sample_rate)) for seconds in CHECK_SECONDS]
+    if window > 1:
+        lengths += [n for n in dict.fromkeys((1, window - 1, _next_prime(window + 1))) if n not in lengths]
+    return tuple(lengths)
 
 
 def _first_line(err: BaseException) -> str:
@@ -426,16 +433,36 @@ def check_format(path: Path, format: str) -> None:
     """Raise :class:`UserError` for an unknown format, or ONNX without its packages."""
     if format not in EXPORT_FORMATS:
         raise UserError(f"{path}: unknown export format {format!r}; valid: {', '.join(EXPORT_FORMATS)}")
+    if format != "onnx":
+        return
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
-    if format == "onnx" and missing:  # onnxscript: the dynamo exporter; onnxruntime: the check
+    if missing:  # onnxscript: the dynamo exporter; onnxruntime: the check
         raise UserError(f"{path}: ONNX export needs {', '.join(missing)}: pip install 'audiosep[export]'")
+    try:  # installed but broken (a missing shared library, a version clash): else every check fails as "inf"
+        importlib.import_module("onnxruntime")
+    except Exception as err:  # noqa: BLE001 - an import can raise anything
+        raise UserError(f"{path}: onnxruntime is installed but cannot be imported ({_first_line(err)})") from None
+
+
+def check_opset(path: Path, format: str, opset: int) -> None:
+    """Refuse, before any export, an ONNX opset the exporter cannot write: below its own (it cannot convert
+    down: 17 always failed) or above the newest this onnx package knows (99 failed after a whole export).
+    Call after :func:`check_format` (which makes sure onnx is there)."""
+    if format != "onnx":
+        return
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not DEFAULT_OPSET <= opset <= newest:
+        raise UserError(f"{path}: the ONNX opset must be {DEFAULT_OPSET}..{newest} (the exporter's own up to the "
+                        f"newest this onnx knows), got {opset}")  # fmt: skip
 
 
 def _check_lengths(path: Path, lengths: Sequence[int], atol: float) -> None:
     if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
         raise UserError(f"{path}: check lengths must be positive sample counts, got {list(lengths)}")
-    if not atol >= 0:
-        raise UserError(f"{path}: atol must be >= 0, got {atol}")
+    if not 0 <= atol < math.inf:  # an infinite atol passed a file that could not even be loaded
+        raise UserError(f"{path}: atol must be a finite number >= 0, got {atol}")
 
 
 def check_export(
@@ -456,12 +483,12 @@ def check_export(
         UserError: unknown format, missing file, unsupported model, bad lengths.
     """
     path = Path(path)
-    lengths = list(lengths or default_check_lengths(sample_rate))
     check_format(path, format)
+    graph = build_graph(model, features, str(path))
+    lengths = list(lengths or default_check_lengths(sample_rate, graph.window))
     _check_lengths(path, lengths, atol)
     if not path.is_file():
         raise UserError(f"{path}: exported file not found")
-    graph = build_graph(model, features, str(path))
     start = time.perf_counter()
     cases = _run_checks(graph, path, format, lengths)
     opset = _onnx_opset(path) if format == "onnx" else None
@@ -525,10 +552,11 @@ def export_model(
         3.1e-07
     """
     path = Path(path)
-    lengths = list(check_lengths or default_check_lengths(sample_rate))
     check_format(path, format)
-    _check_lengths(path, lengths, atol)
+    check_opset(path, format, opset)
     graph = build_graph(model, features, str(path))
+    lengths = list(check_lengths or default_check_lengths(sample_rate, graph.window))
+    _check_lengths(path, lengths, atol)
     info = {"sample_rate": sample_rate, "model": type(model).__name__, "task": graph.task,
             "inputs": graph.input_names, "outputs": graph.output_names, **(metadata or {})}  # fmt: skip
     example = _example(graph, sample_rate, lengths)

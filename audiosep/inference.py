@@ -46,7 +46,7 @@ from audiosep.checkpoint import CheckpointError, load_model
 from audiosep.data.audio import resample, to_mono
 from audiosep.io import TEMP_SUFFIX, atomic_paths, output_subtype, temp_prefix
 from audiosep.losses import best_permutation
-from audiosep.models.base import eval_copy, weights_sha256
+from audiosep.models.base import eval_copy, model_window, weights_sha256
 from audiosep.models.registry import SEPARATOR_CLASSES
 from audiosep.models.resepformer import RESepFormer
 from audiosep.optimize import prepare_for_inference
@@ -210,15 +210,6 @@ def model_grids(model: nn.Module) -> list[int]:
     return grids
 
 
-def model_window(model: nn.Module) -> int:
-    """The shortest input ``model`` can separate: its encoder's kernel (1 when it has none)."""
-    encoder = getattr(model, "encoder", None)
-    if isinstance(encoder, nn.Conv1d):
-        return int(encoder.kernel_size[0])
-    kernel = getattr(model, "enc_kernel_size", None)
-    return int(kernel) if isinstance(kernel, int) else 1
-
-
 def source_tag(path: str | os.PathLike, settings: str = "") -> str:
     """What the outputs of ``path`` carry in their WAV comment: the input's absolute path, size and mtime,
     then the digest of what made them (:meth:`Separator.output_settings`) when given.
@@ -353,9 +344,11 @@ class Separator:
         self.stream_block_ms = stream_block_ms
         self.progress = False  # a chunks bar for long inputs (on a terminal only); audiosep infer sets it
         if stream_block_ms is not None:
-            self.stream()  # refuses a model that cannot stream, before any file is read
-            if not 0 < stream_block_ms < math.inf or dtype != "fp32" or self.device.type != "cpu":
-                raise ValueError("streaming runs the plain fp32 model on CPU in blocks of a positive, finite length")
+            self.stream()  # refuses a model that cannot stream (or int8), before any file is read
+            if not 0 < stream_block_ms < math.inf:
+                raise ValueError(f"a stream's block must be a positive, finite number of ms, got {stream_block_ms}")
+            if self.device.type != "cpu":
+                raise ValueError(f"streaming runs on CPU, not {self.device}")
         if dtype not in ("fp32", "int8"):
             raise ValueError(f"unknown inference dtype {dtype!r}; valid: fp32, int8")
         if dtype == "int8" and (self.device.type != "cpu" or not optimize):
@@ -544,10 +537,13 @@ class Separator:
         """A fresh stream of this model (:func:`audiosep.streaming.open_stream`: causal Conv-TasNet or RE-SepFormer).
 
         Raises:
-            ValueError: the model cannot stream (it looks ahead).
+            ValueError: the model cannot stream (it looks ahead), or this separator runs int8 (a stream runs
+                the plain fp32 model: it would not compute what :meth:`separate` does).
         """
         from audiosep.streaming import open_stream
 
+        if self.dtype != "fp32":
+            raise ValueError(f"streaming runs the plain fp32 model, not {self.dtype}")
         return open_stream(self.model)
 
     def _stream_pieces(self, read: Callable[[int, int], Tensor], length: int) -> Iterator[Tensor]:

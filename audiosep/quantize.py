@@ -353,12 +353,6 @@ class Int8ResidualSkip(nn.Module):
         if self.skip is not None:
             skips = add(self.skip, skips)
         return x, skips
-        quantized = quantize_input(rows)
-        if self.residual is not None:
-            x = time_major_to_4d(self.residual.run(quantized, _sum_rows(x)).unflatten(0, (h.shape[0], -1)))
-        if self.skip is not None:
-            skips = time_major_to_4d(self.skip.run(quantized, None if skips is None else _sum_rows(skips)).unflatten(0, (h.shape[0], -1)))
-        return x, skips
 
 
 def _rows(x: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ ONNX tests need onnxruntime (and onnxscript, for the dynamo exporter); TorchScri
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from audiosep.errors import UserError
 from audiosep.export import ExportCheckError, check_export, default_check_lengths, export_model
 from audiosep.inference import ChunkConfig
 from audiosep.models import ConvTasNet, QuartzNet, RESepFormer, SepFormer, TinySepformer
+from audiosep.models.base import model_window
 from audiosep.nn.features import LogMelFeatures
 from audiosep.nn.norms import GlobalLayerNorm
 
@@ -178,8 +180,10 @@ def test_onnx_gln_stays_within_atol_of_pytorch_on_a_minute_of_audio(tmp_path: Pa
         model.decoder.weight.mul_(10.0)  # outputs of a trained model's size (peak ~2.5), and errors too
     path = tmp_path / "gln.onnx"
     report = export_model(model, path, "onnx", RATE)
-    lengths = list(default_check_lengths(RATE))
+    lengths = list(default_check_lengths(RATE, model_window(model)))
     assert report.passed and [c.length for c in report.cases] == [*lengths, lengths[0]]
+    window = model_window(model)
+    assert lengths[3:5] == [1, window - 1] and lengths[5] > window  # where the short-input padding runs
     minute = 0.1 * torch.randn(1, 60 * RATE)
     (got,) = onnx_session(path).run(None, {"mixture": minute.numpy()})
     with torch.inference_mode():
@@ -347,7 +351,7 @@ def test_cli_exports_a_pruned_checkpoint_to_onnx(
     assert main_with_export(monkeypatch, ["--ckpt", str(tmp_path / "pruned.ckpt"), "--format", "onnx"]) == 0
     out = capsys.readouterr().out
     assert f"{tmp_path / 'pruned.onnx'}: onnx (opset 18)" in out and "check passed (ONNX Runtime" in out
-    assert out.count("max abs error") == 5  # three checks (16 s the last), the silent row and the verdict
+    assert out.count("max abs error") == 8  # three checks (16 s the last), three short ones, the silent row, the verdict
     x = 0.1 * torch.randn(2, 999)
     (got,) = onnx_session(tmp_path / "pruned.onnx").run(None, {"mixture": x.numpy()})
     with torch.inference_mode():
@@ -498,3 +502,51 @@ def test_a_model_that_drops_the_tail_exports_for_every_length(tmp_path: Path, fm
     argv = ["export", "--ckpt", str(tmp_path / "m.ckpt"), "--format", fmt, "--out", str(tmp_path / f"m.{fmt}"),
             "--check-lengths", "803,1605,5"]  # fmt: skip
     assert audiosep.cli.main(argv) == 0
+
+
+# --- review of stop 29 -------------------------------------------------------------------------------
+
+
+def test_the_default_check_catches_a_graph_wrong_only_below_the_encoder_window(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The default lengths were all 0.3 s and more: with the short-input padding gone, a RE-SepFormer file that
+    fails at 1 and 3 samples passed its check (reviewer)."""
+    monkeypatch.setattr(export.SeparatorGraph, "forward", lambda self, mixture: self.model(mixture))  # no padding
+    model = family("resepformer")
+    with pytest.raises(ExportCheckError) as caught:
+        export_model(model, tmp_path / "re.pt", "torchscript", RATE)
+    failed = {case.length for case in caught.value.report.cases if not case.max_abs_error <= export.DEFAULT_ATOL}
+    assert 1 in failed and failed <= {1, model_window(model) - 1}  # the long lengths still pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_infinite_atol_and_an_opset_no_exporter_writes_are_refused_before_the_export(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--atol inf passed a file that could not be loaded; --opset 99 was refused only after a whole export."""
+    needs_onnx()
+    monkeypatch.setattr(export, "build_graph", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(UserError, match=r"the ONNX opset must be 18\.\.\d+ .*got 99"):
+        export_model(family("conv_tasnet"), tmp_path / "m.onnx", "onnx", RATE, opset=99)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="atol must be a finite number >= 0, got inf"):
+        export_model(family("conv_tasnet"), tmp_path / "m.pt", "torchscript", RATE, atol=math.inf)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_onnxruntime_that_cannot_be_imported_is_named_before_the_export(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """It was found installed, the export ran, and every check then failed as "max abs error inf"."""
+    needs_onnx()
+    real_import = importlib.import_module
+
+    def broken(name: str, *args: object):
+        if name == "onnxruntime":
+            raise ImportError("libonnxruntime.so: cannot open shared object file")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(UserError, match="onnxruntime is installed but cannot be imported .*libonnxruntime.so"):
+        export_model(family("conv_tasnet"), tmp_path / "m.onnx", "onnx", RATE)

@@ -98,8 +98,16 @@ def test_models_that_look_ahead_are_refused() -> None:
 
 @pytest.mark.parametrize("block_ms", [0.0, -5.0, float("nan"), float("inf")])
 def test_a_block_length_that_is_not_positive_and_finite_is_refused(block_ms: float) -> None:
-    with pytest.raises(ValueError, match="blocks of a positive, finite length"):
+    with pytest.raises(ValueError, match="a stream's block must be a positive, finite number of ms"):
         Separator(causal_model(), 8000, stream_block_ms=block_ms)
+
+
+def test_an_int8_separator_refuses_to_stream() -> None:
+    """A stream runs the plain fp32 model: an int8 separator's stream would not compute what it separates."""
+    with pytest.raises(ValueError, match="streaming runs the plain fp32 model, not int8"):
+        Separator(causal_model(), 8000, dtype="int8").stream()
+    with pytest.raises(ValueError, match="streaming runs the plain fp32 model, not int8"):
+        Separator(causal_model(), 8000, dtype="int8", stream_block_ms=20)
 
 
 def test_infer_stream_writes_the_offline_result(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

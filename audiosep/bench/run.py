@@ -372,7 +372,7 @@ def check_lengths(models: Iterable[LoadedModel], lengths: Iterable[float], optio
     """Raise ``UserError`` for a length shorter than a model's window (the input would be padded, and
     RTF and GMAC per audio second computed for audio that was never run)."""
     from audiosep.bench.models import FEATURE_FRAMES_PER_SECOND
-    from audiosep.inference import model_window
+    from audiosep.models.base import model_window
 
     for model in models:
         rate, window = ((FEATURE_FRAMES_PER_SECOND, 1) if model.is_asr else (model.sample_rate, model_window(model.module)))

@@ -98,15 +98,14 @@ def load_for_export(ckpt: Path, sample_rate: int | None) -> tuple[Any, Any, int,
 
 def run(args: argparse.Namespace) -> int:
     """Export, check, print the report; a failed check raises (exit code 1)."""
-    from audiosep.export import ExportCheckError, check_format, export_model
+    from audiosep.export import ExportCheckError, check_format, check_opset, export_model
 
     if args.sample_rate is not None and args.sample_rate < 1:
         raise UserError(f"--sample-rate must be positive, got {args.sample_rate}")
-    if args.opset < DEFAULT_OPSET:  # onnx's converter has no adapter down to 17 for Pad: 17 always failed
-        raise UserError(f"--opset must be >= {DEFAULT_OPSET} (the exporter's own; it cannot convert down), got {args.opset}")
     ckpt = Path(args.ckpt)
     out = Path(args.out) if args.out else default_output(ckpt, args.format)
     check_format(out, args.format)  # before loading: a missing onnxruntime fails fast
+    check_opset(out, args.format, args.opset)
     if out.resolve() == ckpt.resolve():
         raise UserError(f"{out}: the export would replace the checkpoint; pass another --out")
     check_output_file(out, "--out")

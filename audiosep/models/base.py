@@ -71,3 +71,12 @@ class RebuildableModule(nn.Module):
     def class_path(self) -> str:
         """Importable ``module.ClassName`` of this model."""
         return f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def model_window(model: nn.Module) -> int:
+    """The shortest input ``model`` can separate: its encoder's kernel (1 when it has none)."""
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, nn.Conv1d):
+        return int(encoder.kernel_size[0])
+    kernel = getattr(model, "enc_kernel_size", None)
+    return int(kernel) if isinstance(kernel, int) else 1
