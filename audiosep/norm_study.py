@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Subset
 from audiosep.bench.measure import cpu_name
 from audiosep.errors import UserError
 from audiosep.eval_report import csv_formula_guard
-from audiosep.io import atomic_write_text, folder_lock, read_json
+from audiosep.io import LOCK_FILE, TEMP_SUFFIX, atomic_write_text, folder_lock, read_json
 from audiosep.models import build
 from audiosep.nn.norms import (
     PowerNorm,
@@ -351,6 +351,10 @@ def _study_state(settings: StudySettings, data: StudyData, out: Path, conditions
                             "use another --out")  # fmt: skip
         _check_conditions(path, state.get("conditions"), conditions)
         return state
+    others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE and not p.name.endswith(TEMP_SUFFIX))
+    if others:  # a folder of the user's: the study's results.csv, table.md, ... would replace theirs
+        raise UserError(f"--out {out}: exists and is not a norm study's folder (it holds {others[0]!r} and no "
+                        "study.json); use another --out")  # fmt: skip
     if settings.steps is not None:
         steps, step_time = settings.steps, None
     else:

@@ -28,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from audiosep.checkpoint import tensor_problem, zip_problem
+from audiosep.convert.untrusted import MAX_YAML_INT_CHARS
 from audiosep.errors import UserError, brief_repr, one_line
 from audiosep.io import atomic_write_text, read_json
 
@@ -299,8 +300,8 @@ def restrict_imports() -> None:
 
 
 def yaml_without_aliases(text: str) -> Any:
-    """jsonargparse's YAML loading, after a parse-only pass that refuses ``*alias`` (not expanded: linear cost)
-    and nesting deeper than :data:`MAX_YAML_DEPTH`.
+    """jsonargparse's YAML loading, after a parse-only pass that refuses ``*alias`` (not expanded: linear cost),
+    nesting deeper than :data:`MAX_YAML_DEPTH` and ints longer than :data:`MAX_YAML_INT_CHARS` characters.
 
     Why: a recipe of a few hundred bytes with nested aliases ("billion laughs") stands for a value
     of exponential size that the parser's checks expand (minutes and GBs); recipes never need them.
@@ -313,6 +314,9 @@ def yaml_without_aliases(text: str) -> Any:
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not supported", event.start_mark)
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_YAML_INT_CHARS and _plain_int(event):
+            raise yaml.composer.ComposerError(None, None, f"an integer of more than {MAX_YAML_INT_CHARS} characters",
+                                              event.start_mark)  # fmt: skip
         depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
         if depth > MAX_YAML_DEPTH:  # jsonargparse recurses per level: a traceback further down
             raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
@@ -321,6 +325,19 @@ def yaml_without_aliases(text: str) -> Any:
 
 
 MAX_YAML_DEPTH = 64  # recipes nest 4-6 levels
+
+
+def _plain_int(event: Any) -> bool:
+    """Whether a YAML scalar event is an unquoted int by PyYAML's own resolver (decimal, octal, hex, base 60).
+
+    Why: past 4300 digits Python refuses to convert one (a traceback), and base-60 ones parse in quadratic time.
+    """
+    import yaml
+
+    if not event.implicit[0]:  # quoted or tagged: a string
+        return False
+    resolvers = yaml.SafeLoader.yaml_implicit_resolvers.get(event.value[:1], [])
+    return any(tag == "tag:yaml.org,2002:int" and regexp.match(event.value) for tag, regexp in resolvers)
 
 
 def refuse_yaml_aliases() -> None:

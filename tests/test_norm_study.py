@@ -74,7 +74,8 @@ def test_study_writes_table_csv_json_and_plot_and_resumes(
 def test_a_run_from_other_settings_is_refused_not_reported_under_these(
     demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """Deleting study.json must not let a run trained at another --lr be kept as if it were this study's."""
+    """Deleting study.json must not let a run trained at another --lr be kept as if it were this study's: the
+    folder is then no study's (its run records say so too, were study.json replaced by one of these settings)."""
     out = tmp_path / "study"
     assert main(_argv(demo_set, out, "BN", "--baseline-seeds", "1")) == 0
     (out / "study.json").unlink()
@@ -82,8 +83,15 @@ def test_a_run_from_other_settings_is_refused_not_reported_under_these(
     capsys.readouterr()
     assert main(_argv(demo_set, out, "BN", "--baseline-seeds", "1", "--lr", "0.5")) == 1
     error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "exists and is not a norm study's folder" in error[0]
+    assert not (out / "results.json").exists() and not (out / "study.json").exists()
+    other = tmp_path / "other"  # an --lr 0.5 study handed this study's run record: the record refuses
+    assert main(_argv(demo_set, other, "gLN", "--baseline-seeds", "1", "--lr", "0.5")) == 0  # writes study.json
+    shutil.copy(out / "runs" / "batch_norm-seed0.json", other / "runs")
+    capsys.readouterr()
+    assert main(_argv(demo_set, other, "BN", "--baseline-seeds", "1", "--lr", "0.5")) == 1
+    error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "batch_norm-seed0.json: this run was trained with other settings" in error[0]
-    assert not (out / "results.json").exists()
 
 
 def test_out_that_is_a_file_is_one_error_line(demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -92,6 +100,20 @@ def test_out_that_is_a_file_is_one_error_line(demo_set: Path, tmp_path: Path, ca
     assert main(_argv(demo_set, out, "BN")) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "exists and is not a folder" in error[0]
+
+
+def test_a_folder_of_the_users_own_files_is_refused_not_written_into(
+    demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The study's results.csv and table.md replaced a user's files of those names, exit 0 (reviewer)."""
+    out = tmp_path / "my_project"
+    out.mkdir()
+    (out / "results.csv").write_text("mine")
+    assert main(_argv(demo_set, out, "BN")) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "exists and is not a norm study's folder (it holds 'results.csv'" in error[0]
+    assert sorted(path.name for path in out.iterdir()) == [".audiosep.lock", "results.csv"]
+    assert (out / "results.csv").read_text() == "mine"
 
 
 def test_a_study_running_in_out_keeps_a_second_one_out(demo_set: Path, tmp_path: Path,
@@ -231,10 +253,10 @@ def test_a_study_resumed_on_other_data_is_refused(
     assert main(_argv(data, out, "BN,gLN", "--baseline-seeds", "1")) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "study.json: this study was trained on other data" in error[0]
-    (out / "study.json").unlink()  # the run record holds the data fingerprint too
+    (out / "study.json").unlink()  # no study's folder now (and the run record holds the data fingerprint too)
     assert main(_argv(data, out, "BN", "--baseline-seeds", "1")) == 1
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "batch_norm-seed0.json: this run was trained with other settings" in error[0]
+    assert len(error) == 1 and "exists and is not a norm study's folder" in error[0]
     assert [row["norm"] for row in json.loads((out / "results.json").read_text())["rows"]] == ["BN"]
 
 

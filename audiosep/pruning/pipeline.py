@@ -139,9 +139,23 @@ def finetune(
     trainer = _trainer(work_dir / "finetune", settings, max_steps=steps, callbacks=[best])
     trainer.fit(task, datamodule=datamodule, ckpt_path=_resume(work_dir / "finetune", task))
     if best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        task.load_state_dict(state)
+        path = own_checkpoint(best.best_model_path, work_dir / "finetune")
+        task.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
     return task.model.eval(), trainer.global_step
+
+
+def own_checkpoint(recorded: str | Path, folder: Path) -> Path:
+    """The file of that name in ``folder``, the run's own: a resumed ModelCheckpoint reloads the absolute best path
+    its state recorded, which in a moved or copied work folder names the old folder (where another run may have
+    written since: its weights came back under this run's settings).
+
+    Raises:
+        UserError: ``folder`` holds no file of that name.
+    """
+    path = folder / Path(recorded).name
+    if not path.is_file():
+        raise UserError(f"{folder}: the best checkpoint {Path(recorded).name} is missing from this run's folder")
+    return path
 
 
 def _epochs_to_steps(epochs: float, datamodule: L.LightningDataModule) -> int:

@@ -259,3 +259,18 @@ def test_profile_of_a_model_without_a_pruning_rule_names_it(tmp_path: Path, caps
     save_model(model, tmp_path / "asr.ckpt", asr_metadata(LogMelFeatures(16000, n_mels=16), list("abc ")))
     assert main(["prune", "--ckpt", str(tmp_path / "asr.ckpt"), "--profile", "--latency-seconds", "0.1"]) == 1
     assert "no pruning rule for QuartzNet" in capsys.readouterr().err
+
+
+def test_a_moved_work_folder_resumes_from_its_own_best_checkpoint(tiny_librimix: Path, tmp_path: Path) -> None:
+    """The fine-tuning's resumed ModelCheckpoint recorded the old folder's absolute best path: a moved work folder
+    failed on it, and a copied one took whatever another run had written there since (reviewer)."""
+    ckpt = _checkpoint(tmp_path)
+    first = _prune(tmp_path / "a", tiny_librimix, ckpt, "--method", "l1")
+    weights = load_model(tmp_path / "a" / "pruned.pt")[0].state_dict()
+    (tmp_path / "a").rename(tmp_path / "b")
+    (tmp_path / "b" / "pruned.pt").unlink()
+    second = _prune(tmp_path / "b", tiny_librimix, ckpt, "--method", "l1")
+    assert second["widths"] == first["widths"]
+    assert list((tmp_path / "b" / "work" / "finetune").glob("epoch=*.ckpt"))  # a best checkpoint was taken
+    moved = load_model(tmp_path / "b" / "pruned.pt")[0].state_dict()
+    assert moved.keys() == weights.keys() and all(torch.equal(moved[k], v) for k, v in weights.items())

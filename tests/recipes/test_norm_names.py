@@ -75,12 +75,15 @@ def test_a_recipe_with_yaml_aliases_is_refused_before_they_expand(
         ("model:\n  foo: [1, 2\n", "not valid YAML (expected ',' or ']', but got '<stream end>', line 3, column 1)"),
         ("a: " + "[" * 2000 + "]" * 2000 + "\n", "not valid YAML (nested more than 64 levels deep, line 1, column 67)"),
         (b"\xff\xfe", "not UTF-8 text (invalid start byte at byte 0)"),
+        ("seed_everything: " + "9" * 5000 + "\n", "not valid YAML (an integer of more than 100 characters, line 1, column 18)"),
+        ("seed_everything: " + "1:" * 60 + "1\n", "not valid YAML (an integer of more than 100 characters, line 1, column 18)"),
     ],
 )
 def test_a_recipe_that_is_not_yaml_is_one_line_naming_the_file_line_and_column(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str | bytes, says: str
 ) -> None:
-    """jsonargparse named the file "<unicode string>", and a list nested 2000 deep ended in a RecursionError."""
+    """jsonargparse named the file "<unicode string>", a list nested 2000 deep ended in a RecursionError, and a
+    5000-digit int in int()'s ValueError (a traceback)."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert main(["fit", "--config", str(recipe), "--print_config"]) == 1
