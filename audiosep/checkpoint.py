@@ -24,7 +24,9 @@ one-line :class:`CheckpointError` naming the file.
 Before ``torch.load`` even runs, the file must be a zip whose entries are stored uncompressed, as
 ``torch.save`` writes them (:func:`zip_problem`): ``torch.load`` inflates a compressed entry in
 memory before anything can be checked (a 1 MB deflated file held 1 GB of zeros), so only stored
-entries let the file's own size bound what loading it allocates. Float init args must be finite
+entries let the file's own size bound what loading it allocates; and its pickle, walked without being run,
+must not stand for more values than its size allows (:func:`pickle_problem`: 1.3 KB of shared tuples made
+the unpickler hash 40**7 values). Float init args must be finite
 and in a sensible range (:data:`FLOAT_RANGES`), and weights must be finite: a NaN anywhere only
 makes NaN output, or a crash deep inside inference.
 """
@@ -35,6 +37,7 @@ import inspect
 import itertools
 import math
 import os
+import pickletools
 import types
 import typing
 import zipfile
@@ -296,7 +299,69 @@ def zip_problem(file: BinaryIO) -> str | None:
     declared = sum(entry.file_size for entry in entries)
     if declared > size:
         return f"zip entries declare {declared} bytes in all, more than the {size}-byte file holds"
+    try:
+        file.seek(0)
+        with zipfile.ZipFile(file) as archive:
+            pickles = [archive.read(entry) for entry in entries if entry.filename.endswith("data.pkl")]
+    except Exception as err:  # noqa: BLE001 (zipfile raises several types for damaged archives)
+        return f"a damaged zip file: {_one_line(err)}"
+    finally:
+        file.seek(0)
+    return next(filter(None, map(pickle_problem, pickles)), None)
+
+
+PICKLE_VALUES_BASE = 1_000_000  # values a pickle may stand for, plus PICKLE_VALUES_PER_BYTE per byte of it
+PICKLE_VALUES_PER_BYTE = 64  # a checkpoint's pickle stands for about one value per opcode, a few bytes each
+
+
+def pickle_problem(data: bytes) -> str | None:
+    """Why unpickling ``data`` would cost far more than its size; None if it would not.
+
+    Why: ``weights_only=True`` still builds tuples of references to earlier tuples, so 1.3 KB can stand for
+    40**7 values, which the unpickler then hashes as a dict key (hours, before any check of ours). The pass
+    walks the opcodes (not run) and counts what each value stands for with shared references counted each
+    time; a legitimate checkpoint stays near its opcode count. Linear in ``data``.
+    """
+    limit = PICKLE_VALUES_BASE + PICKLE_VALUES_PER_BYTE * len(data)
+    stack: list[int | None] = []  # the values each stack entry stands for; None: a mark
+    memo: dict[int, int] = {}
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo[len(memo) if opcode.name == "MEMOIZE" else arg] = _top(stack)
+                continue
+            if opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+                continue
+            values = 1 + sum(_pop_operands(stack, opcode.stack_before))
+            if values > limit:
+                return f"its {len(data)}-byte pickle stands for more than {limit} values (a crafted file)"
+            stack += [None if item is pickletools.markobject else values for item in opcode.stack_after]
+    except (ValueError, KeyError, IndexError) as err:  # genops's own errors, or an operand that is not there
+        return f"a damaged pickle: {_one_line(err)}"
     return None
+
+
+def _top(stack: list[int | None]) -> int:
+    if not stack or stack[-1] is None:
+        raise ValueError("no value to memoize")
+    return stack[-1]
+
+
+def _pop_operands(stack: list[int | None], operands: list[Any]) -> list[int]:
+    """Pop an opcode's operands (``stack_before``: a mark and the slice above it included); their value counts."""
+    popped: list[int] = []
+    for operand in reversed(operands):
+        if operand is pickletools.stackslice:
+            while stack and stack[-1] is not None:
+                popped.append(stack.pop())  # type: ignore[arg-type]
+            continue
+        value = stack.pop() if stack else -1
+        if value == -1 or (value is None) != (operand is pickletools.markobject):
+            raise ValueError("an opcode without its operands")
+        if value is not None:
+            popped.append(value)
+    return popped
 
 
 def load_stored_zip(file: BinaryIO) -> Any:

@@ -27,6 +27,7 @@ from audiosep.checkpoint import (
     CheckpointError,
     load_model,
     model_record,
+    pickle_problem,
     read_record,
     save_model,
 )
@@ -829,3 +830,31 @@ def test_a_vocabulary_of_lone_surrogates_is_refused() -> None:
     """A transcript holding one could be neither printed nor written: transcribe lost every result."""
     with pytest.raises(ValueError, match="lone surrogates"):
         CharTokenizer(["a", "\ud800"])
+
+
+def _tuple_bomb_pickle(width: int, depth: int) -> bytes:
+    """Protocol 2: a tuple of ``width`` references to the tuple below, ``depth`` levels, used as a dict key."""
+    out = bytearray(b"\x80\x02)q\x00")  # PROTO 2, EMPTY_TUPLE, BINPUT 0
+    for level in range(1, depth + 1):
+        out += b"(" + (b"h" + bytes([level - 1])) * width + b"tq" + bytes([level])  # MARK, BINGET.., TUPLE, BINPUT
+    return bytes(out + b"}h" + bytes([depth]) + b"K\x01s.")  # EMPTY_DICT, BINGET top, BININT1 1, SETITEM, STOP
+
+
+def test_a_pickle_standing_for_billions_of_values_is_refused_before_torch_load(tmp_path: Path) -> None:
+    """1.3 KB made torch.load(weights_only=True) hash a tuple of 40**7 shared leaves: hours, in every loader
+    (reviewer). The opcodes are walked, not run: refused at once, naming the file."""
+    plain = tmp_path / "plain.pt"
+    torch.save({"x": 1}, plain)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            # 40**4 values: past the limit, yet loaded in well under a second were it not refused (40**7: hours)
+            target.writestr(info.filename, _tuple_bomb_pickle(40, 4) if info.filename.endswith("data.pkl") else data)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"bomb.pt: not a readable checkpoint \(its \d+-byte pickle stands for more"):
+        load_model(bomb)
+    assert time.perf_counter() - start < 5
+    assert "stands for more than" in pickle_problem(_tuple_bomb_pickle(40, 7))
+    assert pickle_problem(_tuple_bomb_pickle(10, 3)) is None  # 1000 values: what any file may hold
+    assert "a damaged pickle" in pickle_problem(b"\x80\x02t.")  # TUPLE without its mark
