@@ -243,7 +243,9 @@ def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]], finite:
             problem = zip_problem(file)
         if problem is not None:
             return f"not a readable checkpoint ({problem})"
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # not mmap: it takes a storage record shorter than its tensor (the neighbouring bytes are read), which
+        # Lightning's own load then refuses with a traceback
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 (torch raises many types for damaged or foreign files)
         return f"not a readable checkpoint ({one_line(err, 120)})"
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:

@@ -378,3 +378,22 @@ def test_an_older_torchs_checkpoint_of_the_same_optimizer_resumes() -> None:
 
     with pytest.raises(ConfigError, match="another optimizer than the recipe's SGD .its settings amsgrad, betas"):
         guards.load_guards({"optimizer_states": [saved]})
+
+
+def test_a_resume_checkpoint_with_a_storage_record_shorter_than_its_tensor_is_one_line(tmp_path: Path) -> None:
+    """Read with mmap, the check took the neighbouring bytes for the tensor's; Lightning's own load then ended in
+    a traceback (record size does not match) under --ckpt_path last (reviewer)."""
+    from audiosep.training_cli import checkpoint_problem
+
+    whole = tmp_path / "whole.ckpt"
+    weights = {"w": torch.zeros(1264), "b": torch.ones(4096)}  # b: the bytes after a cut w, within the file
+    torch.save({"pytorch-lightning_version": "2.6", "state_dict": weights}, whole)
+    cut = tmp_path / "cut.ckpt"
+    with zipfile.ZipFile(whole) as source, zipfile.ZipFile(cut, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            target.writestr(info.filename, data[:8] if info.filename.endswith("/data/0") else data)
+    expected = {"w": (1264,), "b": (4096,)}
+    assert checkpoint_problem(whole, expected) is None
+    problem = checkpoint_problem(cut, expected)
+    assert problem is not None and problem.startswith("not a readable checkpoint") and "\n" not in problem
