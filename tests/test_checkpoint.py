@@ -779,6 +779,15 @@ def test_a_conv_tasnet_dilated_past_the_layer_limit_is_refused(tmp_path: Path) -
         ConvTasNet(**TINY[CONV_TASNET] | {"num_layers": 17})
 
 
+def test_a_conv_tasnet_whose_kernel_spans_a_huge_reach_is_refused(tmp_path: Path) -> None:
+    """conv_kernel_size is bounded by the stored weights only: at dilation 2**15 each tap pads 32768 frames, and a
+    1 MB file (P = 4097, X = 16) took 2.7 GB and 7 s for 1 s of audio (reviewer)."""
+    assert "spans 67107840 frames per repeat" in load_error(write(tmp_path, with_args(conv_kernel_size=1025, num_layers=16)))
+    with pytest.raises(ValueError, match=r"conv_kernel_size 9 with num_layers 16 spans 524280 frames per repeat"):
+        ConvTasNet(**TINY[CONV_TASNET] | {"conv_kernel_size": 9, "num_layers": 16})
+    assert ConvTasNet(**TINY[CONV_TASNET] | {"conv_kernel_size": 5, "num_layers": 16}).num_sources  # 262140: allowed
+
+
 @pytest.mark.parametrize(
     ("class_path", "changes", "problem"),
     [

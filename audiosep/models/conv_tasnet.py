@@ -259,6 +259,10 @@ class ConvTasNet(RebuildableModule):
             raise ValueError(
                 f"num_layers must be at most {MAX_LAYERS} (block i is dilated 2**(i % num_layers)), got {num_layers}"
             )
+        reach = (conv_kernel_size - 1) * (2**num_layers - 1)  # frames one repeat's padding spans
+        if reach > MAX_REPEAT_REACH:
+            raise ValueError(f"conv_kernel_size {conv_kernel_size} with num_layers {num_layers} spans {reach} frames "
+                             f"per repeat, more than {MAX_REPEAT_REACH} (the papers: 3 and 8, 510 frames)")  # fmt: skip
         hidden = per_block_widths(hidden_channels, num_layers * num_repeats)
         if enc_kernel_size < 2:
             raise ValueError(f"enc_kernel_size must be >= 2 (stride is L // 2), got {enc_kernel_size}")
@@ -321,6 +325,8 @@ def per_block_widths(widths: int | Sequence[int], num_blocks: int) -> list[int]:
 
 
 MAX_LAYERS = 16  # X: dilations up to 2**15 frames (the papers use X = 8); 2**30 crashed oneDNN's conv
+# (P - 1)(2**X - 1): each block pads dilation (P - 1) frames; a 1 MB file of P = 4097 took 2.7 GB for 1 s of audio
+MAX_REPEAT_REACH = 1 << 18
 
 
 def _check_sizes(**sizes: int) -> None:
