@@ -399,10 +399,13 @@ def quantize_for_inference(model: nn.Module) -> nn.Module:
     folded into the weights, one large scale coarsens the int8 step of every weight in its row.
 
     Raises:
-        ValueError: the model is not float32 (the int8 kernels take and give float32), holds a user's
+        ValueError: the model is int8 already, or not float32 (the int8 kernels take and give float32), holds a user's
             subclass of a layer (see :func:`audiosep.optimize.prepare_for_inference`), or has no layer
             to quantize (nothing would change).
     """
+    if any(isinstance(m, (Int8Linear, Int8PointwiseConv, Int8ResidualSkip)) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} is int8 already (quantize_for_inference's output); quantize the "
+                         "float model it was made from")  # fmt: skip
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes - {torch.float32}:
         raise ValueError(f"int8 inference needs a float32 model; {type(model).__name__} has "

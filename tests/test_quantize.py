@@ -392,3 +392,10 @@ def test_int8_refuses_a_users_subclass_of_a_layer() -> None:
     model.masker.to_masks = MaskedLinear(model.masker.to_masks)
     with pytest.raises(ValueError, match=r"masker.to_masks \(MaskedLinear\) subclasses"):
         quantize_for_inference(model)
+
+
+def test_int8_of_an_int8_model_says_so() -> None:
+    """It said "has no linear or pointwise-conv layer to quantize" (reviewer)."""
+    quantized = quantize_for_inference(conv_tasnet())
+    with pytest.raises(ValueError, match="is int8 already"):
+        quantize_for_inference(quantized)
