@@ -37,3 +37,17 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def rng_states_problem(states: Any) -> str | None:
+    """Why ``states`` is not what :func:`collect_rng_states` returns (tried on fresh generators, never the
+    process's own); None if it is. For a resumed checkpoint, before training starts."""
+    try:
+        torch.Generator().set_state(states["torch"])
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.RandomState().set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        version, internal, gauss = states["python"]
+        random.Random().setstate((version, tuple(internal), gauss))
+    except Exception as err:  # noqa: BLE001 - each library raises its own types for a malformed state
+        return f"{type(err).__name__}: {str(err)[:120]}"
+    return None

@@ -261,7 +261,30 @@ def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]], finite:
         problem = tensor_problem(tensor) if isinstance(tensor, torch.Tensor) else None
         if problem:
             return f"its weight {brief_repr(name)} {problem}"
+    return resume_state_problem(checkpoint)
+
+
+def resume_state_problem(checkpoint: dict[str, Any]) -> str | None:
+    """Why the training state audiosep saves beside the weights cannot be restored; None if it can.
+
+    Checked before Lightning reads the file: a malformed RNG state, skipped-step count or data module position
+    (a damaged or hand-edited file) otherwise fails in the restore hooks with a traceback.
+    """
+    from audiosep.rng import rng_states_problem
+    from audiosep.tasks.guards import NONFINITE_KEY, RNG_KEY
+
+    if RNG_KEY in checkpoint and (problem := rng_states_problem(checkpoint[RNG_KEY])):
+        return f"its saved RNG states cannot be restored ({problem})"
+    if NONFINITE_KEY in checkpoint and not _count(checkpoint[NONFINITE_KEY]):
+        return f"its {NONFINITE_KEY} is {brief_repr(checkpoint[NONFINITE_KEY])}, not a count"
+    for key, state in checkpoint.items():  # Lightning keeps a data module's state under its class name
+        if key.endswith("DataModule") and not (isinstance(state, dict) and all(map(_count, state.values()))):
+            return f"its {key} position is {brief_repr(state)}, not counts of epochs and batches"
     return None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def allowed_import_paths() -> list[str]:

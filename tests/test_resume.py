@@ -13,6 +13,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 from recipe_args import RECIPE, REPO, TINY_MODEL, subprocess_env
 
@@ -397,3 +398,30 @@ def test_a_resume_checkpoint_with_a_storage_record_shorter_than_its_tensor_is_on
     assert checkpoint_problem(whole, expected) is None
     problem = checkpoint_problem(cut, expected)
     assert problem is not None and problem.startswith("not a readable checkpoint") and "\n" not in problem
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"audiosep_rng_states": {"torch": torch.zeros(7, dtype=torch.uint8)}}, "its saved RNG states cannot be restored"),
+        ({"audiosep_rng_states": {}}, "its saved RNG states cannot be restored (KeyError"),
+        ({"audiosep_nonfinite_steps": "abc"}, "its audiosep_nonfinite_steps is 'abc', not a count"),
+        ({"LibriMixDataModule": {"epoch": 1, "batches": "x"}}, "its LibriMixDataModule position is"),
+        ({"LibriMixDataModule": {"epoch": -1, "batches": 0}}, "its LibriMixDataModule position is"),
+    ],
+)
+def test_a_resume_checkpoint_whose_training_state_cannot_be_restored_is_one_line(
+    tmp_path: Path, extra: dict, says: str
+) -> None:
+    """Each passed the pre-check and then ended in a traceback in the restore hooks (reviewer)."""
+    from audiosep.rng import collect_rng_states
+    from audiosep.training_cli import checkpoint_problem
+
+    good = {"pytorch-lightning_version": "2.6", "state_dict": {"w": torch.zeros(3)},
+            "audiosep_rng_states": collect_rng_states(), "audiosep_nonfinite_steps": 2,
+            "LibriMixDataModule": {"epoch": 1, "batches": 4, "seed": 7}}  # fmt: skip
+    torch.save(good, tmp_path / "good.ckpt")
+    assert checkpoint_problem(tmp_path / "good.ckpt", {"w": (3,)}) is None
+    torch.save(good | extra, tmp_path / "bad.ckpt")
+    problem = checkpoint_problem(tmp_path / "bad.ckpt", {"w": (3,)})
+    assert problem is not None and problem.startswith(says), problem
