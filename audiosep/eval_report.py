@@ -39,8 +39,12 @@ def _pairs(rows: Sequence[dict[str, Any]], condition: str) -> tuple[list[str], l
     return [" ".join(hyp.split()) for hyp in hyps], refs
 
 
-def error_rates(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Corpus WER and CER (%) per condition (mixture, separated, clean); empty without transcripts."""
+def error_rates(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Corpus WER and CER (%) per condition (mixture, separated, clean); empty without transcripts.
+
+    None where the references hold no word (character): a rate of nothing is undefined (torchmetrics divides
+    by zero: inf or NaN, which strict JSON cannot hold).
+    """
     from torchmetrics.functional.text import char_error_rate, word_error_rate
 
     if not rows or "references" not in rows[0]:
@@ -48,11 +52,17 @@ def error_rates(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     rates = {}
     for condition in CONDITIONS:
         hyps, refs = _pairs(rows, condition)
+        words, characters = any(ref.split() for ref in refs), any(refs)
         rates[condition] = {
-            "wer": round(100 * float(word_error_rate(hyps, refs)), 2),
-            "cer": round(100 * float(char_error_rate(hyps, refs)), 2),
+            "wer": round(100 * float(word_error_rate(hyps, refs)), 2) if words else None,
+            "cer": round(100 * float(char_error_rate(hyps, refs)), 2) if characters else None,
         }
     return rates
+
+
+def rate_text(rate: float | None) -> str:
+    """An error rate for a report: ``12.34``, or ``n/a`` where the references held nothing to recognise."""
+    return "n/a" if rate is None else f"{rate:.2f}"
 
 
 def summarise(rows: Sequence[dict[str, Any]], identity: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
@@ -135,7 +145,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
     lines += [f"| {name} | {value:.3f} | {counts.get(name, summary['utterances'])} |" for name, value in summary["mean"].items()]
     if summary["asr"]:
         lines += ["", "| speech recognised | WER % | CER % |", "|---|---:|---:|"]
-        lines += [f"| {cond} | {v['wer']:.2f} | {v['cer']:.2f} |" for cond, v in summary["asr"].items()]
+        lines += [f"| {cond} | {rate_text(v['wer'])} | {rate_text(v['cer'])} |" for cond, v in summary["asr"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -163,7 +173,7 @@ def plot_reports(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out_di
     if summary["asr"]:
         fig, axis = plt.subplots(figsize=(5, 4))
         names = list(summary["asr"])
-        axis.bar(names, [summary["asr"][n]["wer"] for n in names], color=["tab:red", "tab:green", "tab:gray"])
+        axis.bar(names, [summary["asr"][n]["wer"] or 0.0 for n in names], color=["tab:red", "tab:green", "tab:gray"])
         axis.set(ylabel="WER (%)", title="recognition of mixture, separated and clean speech")
         fig.tight_layout()
         written.append(("wer.png", fig))

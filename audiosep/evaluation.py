@@ -69,7 +69,7 @@ def _manifest_transcripts(paths: Sequence[Path]) -> dict[str, str]:
     texts: dict[str, str] = {}
     for path in paths:
         try:
-            utterances = read_manifest(path)
+            utterances = read_manifest(path, audio=False)  # the references' text only
         except ValueError as err:
             raise UserError(str(err)) from err
         texts.update({Path(u.audio_filepath).stem: u.text for u in utterances})

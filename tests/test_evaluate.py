@@ -608,3 +608,15 @@ def test_a_truncated_mixture_file_is_named_not_its_intact_sources(sep_ckpt: Path
     args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--no-progress", "--no-plots"]
     assert main([*args, "--out-dir", str(tmp_path / "eval")]) == 1
     assert f"{victim}: truncated: the header promises" in capsys.readouterr().err
+
+
+def test_error_rates_of_references_without_words_are_undefined_not_infinite() -> None:
+    """torchmetrics divides by zero: inf / NaN in summary.json, which strict JSON cannot hold (reviewer)."""
+    rows = [{"references": ["", " "], "hyp_mixture": "a", "hyp_separated": ["a", ""], "hyp_clean": ["", ""]}]
+    rates = error_rates(rows)
+    assert rates["mixture"]["wer"] is None and rates["clean"]["wer"] is None
+    assert rates["clean"]["cer"] is not None  # " " is one character to recognise
+    json.dumps(rates, allow_nan=False)
+    run = {"data_dir": "d", "split": "test", "task": "sep_clean"}
+    summary = {"run": run, "utterances": 1, "audio_s": 1.0, "silent_estimates": 0, "mean": {}, "asr": rates}
+    assert "| mixture | n/a | " in to_markdown(summary)

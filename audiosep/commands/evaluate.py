@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the models and the split, score, write the reports, print the summary."""
     from audiosep.checkpoint import CheckpointError
     from audiosep.data.librimix import LibriMixDataset, metadata_csv, resolve_librimix_dir
+    from audiosep.eval_report import rate_text
     from audiosep.evaluation import RunIdentity, evaluate, load_transcripts
     from audiosep.inference import Separator
     from audiosep.io import file_sha256
@@ -89,6 +90,6 @@ def run(args: argparse.Namespace) -> int:
     if summary["silent_estimates"]:
         print(f"warning: {summary['silent_estimates']} estimated source(s) were silent, each scored {SILENT_SOURCE_DB:g} dB")
     for condition, rates in summary["asr"].items():
-        print(f"  WER {condition}: {rates['wer']:.2f} %  (CER {rates['cer']:.2f} %)")
+        print(f"  WER {condition}: {rate_text(rates['wer'])} %  (CER {rate_text(rates['cer'])} %)")
     print(f"wrote {', '.join(str(p) for p in result.files)}")
     return 0

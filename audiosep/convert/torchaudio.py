@@ -11,6 +11,7 @@ our fused ``out_conv``; its last block has no residual conv, like ours.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -109,7 +110,8 @@ def from_torchaudio_convtasnet(state_dict: Mapping[str, Tensor], **overrides: An
         state_dict: ``torchaudio.models.ConvTasNet(...).state_dict()``, e.g. the pretrained bundle's
             ``conv_tasnet_base_libri2mix.pt`` loaded with ``torch.load``.
         **overrides: constructor arguments that the weights cannot tell: ``num_layers`` (X,
-            default 8) and ``mask_activation`` (default ``relu``, torchaudio's pretrained model).
+            default 8) and ``mask_activation`` (default ``relu``, torchaudio's pretrained model); a warning
+            names the defaults taken.
 
     Raises:
         KeyError: not a torchaudio ConvTasNet state dict.
@@ -119,11 +121,16 @@ def from_torchaudio_convtasnet(state_dict: Mapping[str, Tensor], **overrides: An
     Example:
         >>> import torchaudio
         >>> theirs = torchaudio.models.conv_tasnet_base()
-        >>> ours = from_torchaudio_convtasnet(theirs.state_dict())
+        >>> ours = from_torchaudio_convtasnet(theirs.state_dict(), num_layers=8, mask_activation="relu")
     """
     broken = [key for key, value in state_dict.items() if value.is_floating_point() and not torch.isfinite(value).all()]
     if broken:
         raise ValueError(f"torchaudio ConvTasNet weights hold NaN or infinity (e.g. {broken[0]!r})")
+    unknown = [name for name in ("num_layers", "mask_activation") if name not in overrides]
+    if unknown:  # a wrong guess is no error, only other numbers (68 % off for torchaudio's own default sigmoid)
+        warnings.warn(f"from_torchaudio_convtasnet: {' and '.join(unknown)} not given (the weights cannot tell): "
+                      "using torchaudio's pretrained conv_tasnet_base's (X=8, relu); pass them for any other model "
+                      "(torchaudio.models.ConvTasNet() defaults to sigmoid)", stacklevel=2)  # fmt: skip
     config = infer_torchaudio_config(state_dict, int(overrides.get("num_layers", TORCHAUDIO_NUM_LAYERS)))
     config.update(overrides)
     model = ConvTasNet(**config)

@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import soundfile as sf
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audiosep.data.audio import read_audio, resample, to_mono
 from audiosep.data.sampling import resume_position, resume_state, trained_batches
-from audiosep.errors import ConfigError, brief_repr
+from audiosep.errors import ConfigError, UserError, brief_repr
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
+DURATION_SLACK, DURATION_SLACK_S = 0.05, 0.1  # a file may run 5 % + 0.1 s past its row's (rounded) duration
 
 
 @dataclass(frozen=True)
@@ -39,18 +41,21 @@ class Utterance:
 
 
 def read_manifest(
-    path: str | os.PathLike, min_duration: float = 0.0, max_duration: float | None = None
+    path: str | os.PathLike, min_duration: float = 0.0, max_duration: float | None = None, audio: bool = True
 ) -> list[Utterance]:
     """Read a JSON-lines manifest, keeping utterances with ``min_duration <= duration <= max_duration``.
 
+    ``audio``: the kept rows' audio files must exist (False where only the text is read, as for references).
+
     Raises:
         ValueError: a missing file, or a line that is not UTF-8 JSON, not an object, lacks a required
-            key or holds a value of the wrong type (file and line number given).
+            key or holds a value of the wrong type, or a kept row's audio file is missing (file and line
+            number given).
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: manifest not found")
-    entries = []
+    entries, missing = [], []
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         if not line.strip():
             continue
@@ -61,6 +66,11 @@ def read_manifest(
         duration = utterance.duration
         if min_duration <= duration and (max_duration is None or duration <= max_duration):
             entries.append(utterance)
+            if audio and not os.path.isfile(utterance.audio_filepath):  # else found hours into an epoch
+                missing.append((number, utterance.audio_filepath))
+    if missing:
+        number, first = missing[0]
+        raise ConfigError(f"{path}:{number}: audio file {first} not found ({len(missing)} of its files missing)")
     return entries
 
 
@@ -118,8 +128,21 @@ class ASRDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, str]:
         utterance = self.utterances[index]
+        check_listed_duration(utterance)
         waveform, rate = read_audio(utterance.audio_filepath)  # [C, N]
         return resample(to_mono(waveform), rate, self.sample_rate), utterance.text
+
+
+def check_listed_duration(utterance: Utterance) -> None:
+    """Refuse, from its header, a file much longer than its manifest row says: batches are sized (and
+    ``max_duration`` filters) by the row, so a 60 s file listed as 1 s would be read and batched whole."""
+    try:
+        actual = sf.info(utterance.audio_filepath).duration
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return  # read_audio names the problem
+    if actual > utterance.duration * (1 + DURATION_SLACK) + DURATION_SLACK_S:
+        raise UserError(f"{utterance.audio_filepath}: {actual:.2f} s of audio, but its manifest row says "
+                        f"{utterance.duration:.2f} s; fix the manifest's duration")  # fmt: skip
 
 
 def collate_utterances(items: Sequence[tuple[Tensor, str]]) -> tuple[Tensor, Tensor, list[str]]:

@@ -11,6 +11,7 @@ import torch
 
 from audiosep.data.asr import ASRDataModule, DurationBucketSampler, read_manifest
 from audiosep.data.fsdd import DIGIT_WORDS, FSDDSplits, build_fsdd_asr
+from audiosep.errors import UserError
 
 
 def test_read_manifest_resolves_relative_paths_and_filters(tiny_asr):
@@ -45,6 +46,7 @@ def test_bad_manifest_lines_name_the_file_line_and_problem(tmp_path, line, messa
 
 def test_manifest_lines_end_only_at_newlines(tmp_path):
     path = tmp_path / "m.jsonl"
+    (tmp_path / "x.wav").touch()
     path.write_text('{"audio_filepath": "x.wav", "duration": 1.5, "text": "a\u2028b"}\n', encoding="utf-8")
     assert [(u.duration, u.text) for u in read_manifest(path)] == [(1.5, "a\u2028b")]
 
@@ -105,3 +107,28 @@ def test_fsdd_builder_is_seeded_and_splits_speakers_and_takes(fsdd_dir, tmp_path
 def test_fsdd_builder_rejects_unknown_speaker(fsdd_dir, tmp_path):
     with pytest.raises(ValueError, match="unseen speaker"):
         build_fsdd_asr(fsdd_dir, tmp_path, FSDDSplits(unseen_speaker="nobody"))
+
+
+def test_a_missing_audio_file_is_named_when_the_manifest_is_read(tmp_path):
+    """It was found by the loader, whenever that row's batch came (hours into an epoch) (reviewer)."""
+    sf.write(tmp_path / "a.wav", torch.zeros(800).numpy(), 8000)
+    path = tmp_path / "m.jsonl"
+    rows = [{"audio_filepath": name, "duration": 0.1, "text": "a"} for name in ("a.wav", "gone.wav", "b.wav")]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ValueError, match=r"m.jsonl:2: audio file .*gone.wav not found \(2 of its files missing\)"):
+        read_manifest(path)
+    assert len(read_manifest(path, audio=False)) == 3  # references only: the text is what is read
+
+
+def test_a_file_far_longer_than_its_manifest_row_is_refused_when_read(tmp_path):
+    """Batches are sized by the rows: a 60 s file listed as 1 s passed max_duration and was batched whole."""
+    from audiosep.data.asr import ASRDataset
+
+    sf.write(tmp_path / "long.wav", torch.zeros(8000 * 3).numpy(), 8000)
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"audio_filepath": "long.wav", "duration": 1.0, "text": "a"}) + "\n"
+                    + json.dumps({"audio_filepath": "long.wav", "duration": 2.99, "text": "a"}) + "\n")  # fmt: skip
+    dataset = ASRDataset(read_manifest(path), 8000)
+    with pytest.raises(UserError, match=r"long.wav: 3.00 s of audio, but its manifest row says 1.00 s"):
+        dataset[0]
+    assert dataset[1][0].shape == (8000 * 3,)  # within rounding of its row: read

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -115,3 +116,13 @@ def test_convert_package_is_lazy() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_defaults_taken_for_what_the_weights_cannot_tell_are_warned_about() -> None:
+    """A plain torchaudio ConvTasNet() (sigmoid) loaded with the relu default was 68 % off, silently (reviewer)."""
+    state = torchaudio.models.ConvTasNet(**SMALL).state_dict()
+    with pytest.warns(UserWarning, match="mask_activation not given .*torchaudio.models.ConvTasNet\\(\\) defaults to sigmoid"):
+        from_torchaudio_convtasnet(state, num_layers=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_torchaudio_convtasnet(state, num_layers=3, mask_activation="sigmoid")
