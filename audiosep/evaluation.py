@@ -11,6 +11,7 @@ CSV, JSON, markdown and PNG reports.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -47,6 +48,7 @@ class RunIdentity:
     split: str
     task: str
     dtype: str = "fp32"
+    metadata_sha256: str | None = None  # the split's metadata CSV: data regenerated at the same path is other data
 
 
 # ---------------------------------------------------------------- transcripts
@@ -233,12 +235,41 @@ def check_references(mixture_id: str, mixture: Tensor, sources: Tensor, clean: b
     constant = [k + 1 for k, source in enumerate(sources) if not source.amax() > source.amin()]
     if constant:
         raise UserError(f"mixture {mixture_id}: source s{constant[0]} is constant (a DC offset), so SI-SNR is undefined")
+    if not mixture.amax() > mixture.amin():  # its own score, which the improvements subtract, is undefined
+        raise UserError(f"mixture {mixture_id}: the mixture is silent or constant, so SI-SNRi and SDRi are undefined")
+    problem = sources_problem(sources)
+    if problem:
+        raise UserError(f"mixture {mixture_id}: {problem}")
     if clean:
         residual = float((mixture.double() - sources.double().sum(0)).square().sum())
         snr = 10 * math.log10(float(mixture.double().square().sum()) / residual) if residual > 0 else math.inf
         if snr < MIN_SUM_SNR_DB and math.sqrt(residual / mixture.shape[-1]) > ROUNDING_RMS:
             raise UserError(f"mixture {mixture_id}: is not the sum of its sources (they explain it to {snr:.1f} dB, "
                             f"under {MIN_SUM_SNR_DB:g}): a wrong, shifted or swapped file in mix_clean, s1 or s2")  # fmt: skip
+
+
+MAX_SOURCE_CORRELATION = 0.95  # two speakers' zero-mean signals correlate near 0
+MAX_SOURCE_GAP_DB = 80.0  # beyond, the quieter source is near the louder one's 16-bit rounding
+
+
+def sources_problem(sources: Tensor) -> str | None:
+    """Why a mixture's sources make its improvements meaningless; None if they do not.
+
+    Two copies of one signal (or one scaled) make the mixture itself score ~150 dB against each, so a good
+    separator's SI-SNRi came out near -140 dB and pulled a set's mean down 50 dB; a source 120 dB below the
+    other makes the mixture's score against it as extreme the other way.
+    """
+    centred = sources.double() - sources.double().mean(-1, keepdim=True)
+    energy = centred.square().sum(-1)
+    for first, second in itertools.combinations(range(len(sources)), 2):
+        correlation = float((centred[first] * centred[second]).sum() / (energy[first] * energy[second]).sqrt())
+        if abs(correlation) > MAX_SOURCE_CORRELATION:
+            return (f"sources s{first + 1} and s{second + 1} are one signal (correlation {correlation:.3f}), so the "
+                    "mixture's own score is extreme and SI-SNRi meaningless")  # fmt: skip
+    gap = 10 * math.log10(float(energy.max() / energy.min()))
+    if gap > MAX_SOURCE_GAP_DB:
+        return f"its sources are {gap:.0f} dB apart (more than {MAX_SOURCE_GAP_DB:g}), so SI-SNRi is meaningless"
+    return None
 
 
 def match_level(estimates: Tensor, mixture: Tensor) -> Tensor:
@@ -349,8 +380,8 @@ class RowLog:
         elif self.rows_path.is_file() and read_json(run_path) != asdict(identity):
             # Rows without the run.json that names them are refused too: they may be another run's.
             raise UserError(
-                f"{out_dir}: holds the results of a different evaluation (checkpoint, data, split, task or dtype "
-                f"differ, or {RUN_FILE} is missing); use another --out-dir or --restart"
+                f"{out_dir}: holds the results of a different evaluation (checkpoint, data, its metadata, split, task "
+                f"or dtype differ, or {RUN_FILE} is missing); use another --out-dir or --restart"
             )
         atomic_write_text(run_path, json.dumps(asdict(identity), indent=2))
         self.rows = self._read_rows()

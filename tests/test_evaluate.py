@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -620,3 +621,56 @@ def test_error_rates_of_references_without_words_are_undefined_not_infinite() ->
     run = {"data_dir": "d", "split": "test", "task": "sep_clean"}
     summary = {"run": run, "utterances": 1, "audio_s": 1.0, "silent_estimates": 0, "mean": {}, "asr": rates}
     assert "| mixture | n/a | " in to_markdown(summary)
+
+
+@pytest.mark.parametrize(
+    ("second", "says"),
+    [
+        (lambda s: s.clone(), "sources s1 and s2 are one signal (correlation 1.000)"),
+        (lambda s: -0.5 * s, "sources s1 and s2 are one signal (correlation -1.000)"),
+        (lambda s: s + 0.01 * torch.randn(8000), "sources s1 and s2 are one signal"),
+        (lambda s: 1e-6 * torch.randn(8000), "its sources are 100 dB apart"),
+    ],
+)
+def test_sources_that_make_the_mixtures_own_score_extreme_are_refused(second, says: str) -> None:
+    """Two copies of one signal: the mixture scored ~150 dB against each, a good separator's SI-SNRi came out
+    near -140 dB and one such mixture moved a set's mean by 50 dB, with no warning (reviewer)."""
+    from audiosep.errors import UserError
+    from audiosep.evaluation import check_references
+
+    torch.manual_seed(0)
+    first = 0.1 * torch.randn(8000)
+    sources = torch.stack([first, second(first)])
+    with pytest.raises(UserError, match=re.escape(f"mixture m: {says}")):
+        check_references("m", sources.sum(0), sources, clean=True)
+    check_references("m", sources[0] + 0.1 * torch.randn(8000), torch.stack([first, 0.1 * torch.randn(8000)]))
+
+
+@pytest.mark.parametrize("mixture", [torch.zeros(8000), torch.full((8000,), 0.3)])
+def test_a_silent_or_constant_mixture_is_refused_for_either_task(mixture: torch.Tensor) -> None:
+    """sep_noisy took an all-zero mix_both file: its SDR (-300 dB) made that row's SDRi +220 dB (reviewer)."""
+    from audiosep.errors import UserError
+    from audiosep.evaluation import check_references
+
+    sources = 0.1 * torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(UserError, match="mixture m: the mixture is silent or constant"):
+        check_references("m", mixture, sources)
+
+
+def test_a_rerun_on_regenerated_metadata_is_another_evaluation(
+    sep_ckpt: Path, librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Only the data folder's path named the data: rows of the old set were kept beside new ones (reviewer)."""
+    data = tmp_path / "data"
+    shutil.copytree(librimix, data)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(data), "--out-dir", str(out), "--no-progress",
+            "--no-plots", "--limit", "1"]  # fmt: skip
+    assert main(args) == 0
+    csv_path = next((data / "wav8k" / "min" / "metadata").glob("mixture_test_mix_clean.csv"))
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")  # other rows, other order
+    capsys.readouterr()
+    assert main(args) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "different evaluation (checkpoint, data, its metadata" in error[0]

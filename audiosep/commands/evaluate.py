@@ -71,14 +71,15 @@ def run(args: argparse.Namespace) -> int:
     split_dir = base / args.split
     if not split_dir.is_dir():
         raise UserError(f"{split_dir}: split folder not found")
+    metadata = metadata_csv(base, args.split, args.task)
     dataset = LibriMixDataset(
-        split_dir, metadata_csv(base, args.split, args.task),
-        n_src=separator.num_sources, task=args.task, sample_rate=separator.sample_rate,
+        split_dir, metadata, n_src=separator.num_sources, task=args.task, sample_rate=separator.sample_rate,
     )
     identity = RunIdentity(
         separator_sha256=file_sha256(args.ckpt),
         recogniser_sha256=file_sha256(args.asr) if args.asr else None,
         data_dir=str(base.resolve()), split=args.split, task=args.task, dtype=args.dtype,
+        metadata_sha256=file_sha256(metadata),
     )
     result = evaluate(
         separator, dataset, args.out_dir, identity, transcriber, transcripts, limit=args.limit,
