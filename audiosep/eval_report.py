@@ -20,6 +20,9 @@ from audiosep.metrics import SILENT_SOURCE_DB
 
 CONDITIONS = ("mixture", "separated", "clean")
 SCORE_COLUMNS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "pesq_mixture", "stoi", "stoi_mixture")
+# what each score is measured in, for the report's table (dB beside STOI's 0-1 read as the same scale)
+SCORE_UNITS = {"si_snr": "dB", "si_snri": "dB", "sdr": "dB", "sdri": "dB", "pesq": "MOS 1-4.5",
+               "pesq_mixture": "MOS 1-4.5", "stoi": "0-1", "stoi_mixture": "0-1"}  # fmt: skip
 CSV_COLUMNS = ("id", "duration_s", *SCORE_COLUMNS, "input_snr_db", "overlap_ratio")
 PLOTS = ("si_snri_hist.png", "si_snri_vs_input.png", "wer.png")
 
@@ -138,11 +141,12 @@ def to_markdown(summary: dict[str, Any]) -> str:
     if summary["silent_estimates"]:
         lines += [f"**{summary['silent_estimates']} estimated source(s) were silent**, scored {SILENT_SOURCE_DB:g} dB.", ""]
     lines += [
-        "| metric | mean | mixtures |",
-        "|---|---:|---:|",
+        "| metric | mean | unit | mixtures |",
+        "|---|---:|---|---:|",
     ]
     counts = summary.get("mean_over", {})
-    lines += [f"| {name} | {value:.3f} | {counts.get(name, summary['utterances'])} |" for name, value in summary["mean"].items()]
+    lines += [f"| {name} | {value:.3f} | {SCORE_UNITS.get(name, '')} | {counts.get(name, summary['utterances'])} |"
+              for name, value in summary["mean"].items()]  # fmt: skip
     if summary["asr"]:
         lines += ["", "| speech recognised | WER % | CER % |", "|---|---:|---:|"]
         lines += [f"| {cond} | {rate_text(v['wer'])} | {rate_text(v['cer'])} |" for cond, v in summary["asr"].items()]

@@ -320,6 +320,8 @@ def test_parser_accepts_the_issue_commands() -> None:
     (["--models", "conv_tasnet_demo", "--lengths", "1e30"], "--lengths: at most 3600 s per input"),
     (["--models", "conv_tasnet_demo", "--time-budget", "nan"], "--time-budget must be positive and finite"),
     (["--models", "conv_tasnet_demo", "--block-ms", "-5"], "--block-ms must be positive"),
+    (["--models", "conv_tasnet_demo", "--batch-sizes", "1000000"], "--batch-sizes x --lengths: at most 3600 s of audio"),
+    (["--models", "conv_tasnet_demo", "--block-ms", "1e9"], "--block-ms: at most 10000"),
     (["--models", "conv_tasnet_demo", "--out-dir", __file__], "is a file, not a folder"),
     (["sweep", "--out-dir", __file__], "is a file, not a folder"),
 ])  # fmt: skip

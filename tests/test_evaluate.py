@@ -236,7 +236,8 @@ def test_evaluate_writes_every_report_with_scores_matching_the_references(sep_ck
     estimate = Separator.from_checkpoint(sep_ckpt).separate_at_model_rate(mixture).double().numpy()
     sdr, _, _, _ = bss_eval_sources(refs, estimate)  # mir_eval picks the permutation by SIR
     assert float(rows[0]["sdr"]) == pytest.approx(sdr.mean(), abs=0.05)
-    assert "| si_snri |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert re.search(r"\| si_snri \| -?\d+\.\d{3} \| dB \| \d+ \|", report)  # units: dB beside STOI's 0-1
 
 
 def test_cascade_reports_wer_for_mixture_separated_and_clean(sep_ckpt: Path, asr_ckpt: Path, librimix: Path,
