@@ -515,7 +515,7 @@ def test_pesq_and_its_mixture_baseline_are_averaged_over_the_same_mixtures(monke
     summary = summarise([row, other], {"data_dir": "d", "split": "test", "task": "sep_clean"}, 1.0)
     assert summary["mean_over"]["pesq"] == summary["mean_over"]["pesq_mixture"] == 1
     assert summary["mean_over"]["stoi"] == 2
-    assert "| pesq | 3.000 | 1 |" in to_markdown(summary)
+    assert "| pesq | 3.000 | MOS 1-4.5 | 1 |" in to_markdown(summary)
 
 
 def test_spaces_a_ctc_decoder_leaves_are_no_character_errors() -> None:
