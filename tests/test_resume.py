@@ -381,6 +381,30 @@ def test_an_older_torchs_checkpoint_of_the_same_optimizer_resumes() -> None:
         guards.load_guards({"optimizer_states": [saved]})
 
 
+def test_a_saved_optimizer_state_of_another_shape_is_refused_before_the_first_step() -> None:
+    """An ``exp_avg`` of [1] for a [3, 2] parameter passed every check and ended in a size-mismatch traceback at
+    Adam's first step (reviewer)."""
+    import types
+
+    from audiosep.errors import ConfigError
+    from audiosep.tasks.guards import TrainingGuards
+
+    weight = torch.nn.Parameter(torch.zeros(3, 2))
+    trained = torch.optim.Adam([weight], lr=1e-3)
+    weight.grad = torch.ones(3, 2)
+    trained.step()
+    saved = trained.state_dict()
+    guards = TrainingGuards()
+    guards._trainer = types.SimpleNamespace(optimizers=[torch.optim.Adam([weight], lr=1e-3)], lr_scheduler_configs=[])
+    guards.load_guards({"optimizer_states": [saved]})  # accepted
+    saved["state"][0]["exp_avg"] = torch.zeros(1)
+    with pytest.raises(ConfigError, match=r"Adam state 'exp_avg' of parameter 0 has shape \(1,\), not its parameter's \(3, 2\)"):
+        guards.load_guards({"optimizer_states": [saved]})
+    saved["state"] = {5: {"exp_avg": torch.zeros(3, 2)}}
+    with pytest.raises(ConfigError, match="state 'exp_avg' is for parameter 5, and the recipe's Adam has 1"):
+        guards.load_guards({"optimizer_states": [saved]})
+
+
 def test_a_resume_checkpoint_with_a_storage_record_shorter_than_its_tensor_is_one_line(tmp_path: Path) -> None:
     """Read with mmap, the check took the neighbouring bytes for the tensor's; Lightning's own load then ended in
     a traceback (record size does not match) under --ckpt_path last (reviewer)."""

@@ -35,6 +35,33 @@ NONFINITE_KEY = "audiosep_nonfinite_steps"
 MAX_CONSECUTIVE_NONFINITE = 20  # skipped steps in a row that end the run: the weights or the data are broken
 
 
+def _state_shapes(state: Any) -> dict[Any, dict[str, tuple[int, ...]]]:
+    """A saved optimizer state's per-parameter tensor shapes (``exp_avg``, ``momentum_buffer``, ...; not scalars)."""
+    if not isinstance(state, dict):
+        return {}
+    return {index: {key: tuple(value.shape) for key, value in entry.items() if isinstance(value, Tensor) and value.dim()}
+            for index, entry in state.items() if isinstance(entry, dict)}  # fmt: skip
+
+
+def _check_state_shapes(optimizer: Any, shapes: dict[Any, dict[str, tuple[int, ...]]]) -> None:
+    """Refuse a saved optimizer state whose tensors do not have their parameter's shape (a damaged or edited
+    checkpoint): Adam's first step ended in a size-mismatch traceback.
+
+    Raises:
+        ConfigError: naming the first mismatch.
+    """
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    for index, entries in shapes.items():
+        param = params[index] if isinstance(index, int) and 0 <= index < len(params) else None
+        for key, shape in entries.items():
+            if param is None or shape != tuple(param.shape):
+                name = type(optimizer).__name__
+                problem = (f"is for parameter {index!r}, and the recipe's {name} has {len(params)}" if param is None
+                           else f"of parameter {index!r} has shape {shape}, not its parameter's {tuple(param.shape)}")
+                raise ConfigError(f"--ckpt_path: the checkpoint's {name} state {key!r} {problem}; the file is damaged "
+                                  "or of another model")  # fmt: skip
+
+
 class TrainingGuards:
     """Mixin (list it before ``LightningModule``); call :meth:`init_guards` in ``__init__``."""
 
@@ -108,7 +135,9 @@ class TrainingGuards:
     def load_guards(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get(RNG_KEY)
         self.nonfinite_steps = int(checkpoint.get(NONFINITE_KEY, 0))
-        self._saved_param_groups = [state.get("param_groups", []) for state in checkpoint.get("optimizer_states", [])]
+        states = checkpoint.get("optimizer_states", [])
+        self._saved_param_groups = [state.get("param_groups", []) for state in states]
+        self._saved_state_shapes = [_state_shapes(state.get("state", {})) for state in states]
         self.check_resumed_optimizers()
 
     def on_fit_start(self) -> None:
@@ -143,6 +172,8 @@ class TrainingGuards:
                                   f"{type(optimizer).__name__} (its settings {', '.join(foreign) or 'groups'}); "
                                   "resume with the optimizer it was trained with (its run's config.yaml names it)")  # fmt: skip
             self._warn_replaced_learning_rates(saved_groups, groups, bool(trainer.lr_scheduler_configs))
+        for optimizer, shapes in zip(trainer.optimizers, getattr(self, "_saved_state_shapes", []), strict=False):
+            _check_state_shapes(optimizer, shapes)
 
     @staticmethod
     def _warn_replaced_learning_rates(saved: list[dict], groups: list[dict], scheduled: bool) -> None:
