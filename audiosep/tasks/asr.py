@@ -9,6 +9,7 @@ and vocabulary in the metadata) into every Lightning checkpoint, so that
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,7 +20,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from audiosep.asr_metadata import asr_metadata
 from audiosep.checkpoint import LIGHTNING_KEY, model_record
-from audiosep.data.tokenizer import CharTokenizer
+from audiosep.data.tokenizer import CharTokenizer, dropped_characters
 from audiosep.decoding import greedy_decode, single_spaces
 from audiosep.errors import ConfigError
 from audiosep.nn.features import LogMelFeatures, SpecAugment, SpecCutout
@@ -144,6 +145,22 @@ class ASRTask(TrainingGuards, pl.LightningModule):
         """
         self.restore_rng()
         self.prepare_step_schedules()
+        self.warn_dropped_characters()
+
+    def warn_dropped_characters(self) -> None:
+        """Warn when training transcripts lose letters or digits to the tokenizer (silently, "CHAPTER 12" trained
+        as "chapter"), and how many lose every character (an empty CTC target: the model learns silence)."""
+        datasets = getattr(getattr(self.trainer, "datamodule", None), "datasets", {})
+        train = datasets.get("train") if isinstance(datasets, dict) else None
+        texts = [utterance.text for utterance in getattr(train, "utterances", [])]
+        vocabulary = self.tokenizer.vocabulary
+        hit = [chars for chars in (dropped_characters(text, vocabulary) for text in texts) if chars]
+        if hit:
+            empty = sum(not self.tokenizer.encode(text) for text in texts)
+            shown = "".join(sorted(set().union(*hit)))[:20]
+            warnings.warn(f"{len(hit)} of {len(texts)} training transcript(s) hold letters or digits outside the "
+                          f"vocabulary ({shown!r}), dropped from their CTC targets ({empty} left empty); spell "
+                          "numbers as words or extend the vocabulary", stacklevel=2)  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the model record without weights: Lightning's ``state_dict`` already holds them."""

@@ -174,3 +174,22 @@ def test_validation_transcripts_are_spaced_as_evaluate_scores_them():
     log_probs[0, range(len(path)), path] = 0.0
     (hypothesis,) = task.decode(log_probs.log_softmax(-1), torch.tensor([len(path)]))
     assert hypothesis == "the cat" and float(char_error_rate([hypothesis], ["the cat"])) == 0.0
+
+
+def test_training_transcripts_that_lose_characters_to_the_tokenizer_are_warned_about(tiny_asr, tmp_path):
+    """"CHAPTER 12" trained as "chapter" and "12345 !!!" as an empty target, silently (reviewer)."""
+    import json
+
+    rows = [json.loads(line) for line in tiny_asr["train"].read_text().splitlines()]
+    rows[0]["text"], rows[1]["text"] = "CHAPTER 12", "12345 !!!"
+    for row in rows:
+        row["audio_filepath"] = str(tiny_asr["train"].parent / row["audio_filepath"])
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = ASRTask(QuartzNet(64, 29, TINY_BLOCKS), features=LogMelFeatures())
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"2 of 4 training transcript\(s\) hold letters or digits outside the "
+                                         r"vocabulary \('12345'\), dropped from their CTC targets \(1 left empty\)"):
+        trainer.fit(task, ASRDataModule(train, tiny_asr["val"], batch_size=2))
