@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.errors import UserError
 
     subsets = subset_names(args.subsets)
+    if args.workers < 1:  # -3 ran as 1, silently
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")

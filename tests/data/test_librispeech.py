@@ -94,6 +94,17 @@ def test_missing_subset_is_a_one_line_error(tmp_path, capsys):
     assert str(tmp_path / "dev-clean") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("workers", ["0", "-3"])
+def test_a_worker_count_below_one_is_refused(tmp_path, capsys, workers):
+    """-3 ran as 1, silently (reviewer)."""
+    fabricate_librispeech(tmp_path / "LibriSpeech", "dev-clean")
+    argv = ["data", "librispeech", "--root", str(tmp_path / "LibriSpeech"), "--subsets", "dev-clean",
+            "--out", str(tmp_path / "out"), "--workers", workers]  # fmt: skip
+    assert main(argv) == 1
+    assert f"--workers must be at least 1, got {workers}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_missing_second_subset_is_refused_before_the_first_is_written(tmp_path, capsys):
     """dev-clean was decoded and written, then test-clean was found missing (study reviewer)."""
     fabricate_librispeech(tmp_path / "LibriSpeech", "dev-clean")
