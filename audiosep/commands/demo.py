@@ -51,6 +51,19 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from audiosep.io import folder_lock
+
+    check_arguments(args)
+    started = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    with folder_lock(out, "--out"):  # a second demo there trained into the same checkpoints and wrote the same files
+        return _run_locked(args, out, started)
+
+
+def _run_locked(args: argparse.Namespace, out: Path, started: float) -> int:
+    """:func:`run` in its locked ``--out`` folder."""
     from audiosep.checkpoint import save_model
     from audiosep.data.prep.demo_set import build_demo_set
     from audiosep.demo_report import ValidationHistory, evaluate_separator, plot_spectrograms, write_examples
@@ -64,11 +77,6 @@ def run(args: argparse.Namespace) -> int:
         weight_shapes,
     )
 
-    check_arguments(args)
-    started = time.monotonic()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
     claim_training_folder(out / "train", {"seed": args.seed, "num_train": args.num_train, "num_dev": args.num_dev,
                                           "num_test": args.num_test})  # fmt: skip
     print(f"[1/4] building the demo data set in {out / 'data'}")

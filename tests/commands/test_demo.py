@@ -87,3 +87,16 @@ def test_the_spectrogram_plot_of_digital_silence_warns_nothing(tmp_path: Path) -
         warnings.simplefilter("error")
         plot_spectrograms(example, 8000, tmp_path / "spec.png")
     assert (tmp_path / "spec.png").stat().st_size > 1000
+
+
+def test_a_second_demo_into_a_folder_in_use_is_refused(tmp_path: Path, capsys) -> None:
+    """It trained into the same checkpoints and would have written the same model and report (reviewer)."""
+    from audiosep.io import folder_lock
+
+    out = tmp_path / "demo"
+    with folder_lock(out, "--out"):  # what a running demo holds
+        assert main(["demo", "--out", str(out), "--num-train", "8", "--num-dev", "2", "--num-test", "2",
+                     "--max-steps", "2"]) == 1  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "demo: in use by a running audiosep command" in error[0]
+    assert [path.name for path in out.iterdir()] == [".audiosep.lock"]  # nothing built or trained
