@@ -660,3 +660,16 @@ def test_macs_of_a_prepared_or_int8_model_are_refused_not_undercounted(transform
     assert count_macs(plain, x) == conv_tasnet_macs(TINY, 800)
     with pytest.raises(ValueError, match="count the plain model"):
         count_macs(fast, x)
+
+
+def test_a_peer_whose_encoder_lacks_our_relu_is_noted(tmp_path: Path) -> None:
+    """A checkpoint with ReLU after the encoder (every demo checkpoint) got a torchaudio peer without it, and no
+    note said so: the same cost to within one pass, other outputs (reviewer)."""
+    pytest.importorskip("torchaudio")
+    save_model(ConvTasNet(**TINY, encoder_activation="relu"), tmp_path / "relu.ckpt", {"sample_rate": 8000})
+    _, peers, notes = resolve_models(BenchSettings(checkpoints=[str(tmp_path / "relu.ckpt")], peers=True))
+    assert len(peers) == 1
+    assert any(note.startswith("relu.ckpt: its encoder has a relu; torchaudio ConvTasNet") for note in notes), notes
+    save_model(ConvTasNet(**TINY, encoder_activation="linear"), tmp_path / "linear.ckpt", {"sample_rate": 8000})
+    _, _, notes = resolve_models(BenchSettings(checkpoints=[str(tmp_path / "linear.ckpt")], peers=True))
+    assert not any("its encoder has" in note for note in notes)

@@ -158,6 +158,11 @@ def resolve_models(settings: BenchSettings) -> tuple[list[LoadedModel], list[Loa
         if isinstance(peer, str):
             notes.append(f"{model.spec.label}: no peer ({peer})")
             continue
+        if getattr(model.module, "init_args", {}).get("encoder_activation", "linear") != "linear":
+            # torchaudio's encoder has no activation: the peer computes one ReLU pass less (its cost is the same
+            # to within that pass, its outputs are not) (reviewer)
+            notes.append(f"{model.spec.label}: its encoder has a {model.module.init_args['encoder_activation']}; "
+                         f"{peer.label}'s has none (one elementwise pass less: same cost, other outputs)")  # fmt: skip
         key = json.dumps([peer.name, peer.overrides, peer.sample_rate], sort_keys=True)
         if key not in peers:
             peer.label += (
