@@ -116,7 +116,9 @@ def test_lightnings_ddp_wrapper_shards_our_samplers_and_forwards_set_epoch(sampl
     for rank in (0, 1):
         resumed, unbroken = rank_draws(rank, 1, resume=(1, 4)), rank_draws(rank, 1)
         assert resumed[:3] == unbroken[2:] and sorted(resumed) == sorted(unbroken)
-        assert rank_draws(rank, 2, resume=(1, 4)) == rank_draws(rank, 2)  # the skip is for epoch 1 only
+        # the resumed epoch is drawn whatever set_epoch said since: after a checkpoint a validation saved at an
+        # epoch's end, Lightning's count runs one ahead (it drew epoch 2's order for epoch 1)
+        assert rank_draws(rank, 2, resume=(1, 4)) == resumed
 
 
 def test_sampler_order_is_a_function_of_seed_and_epoch() -> None:

@@ -449,3 +449,29 @@ def test_a_resume_checkpoint_whose_training_state_cannot_be_restored_is_one_line
     torch.save(good | extra, tmp_path / "bad.ckpt")
     problem = checkpoint_problem(tmp_path / "bad.ckpt", {"w": (3,)})
     assert problem is not None and problem.startswith(says), problem
+
+
+def test_a_resume_from_the_checkpoint_a_validation_saved_ends_with_the_unbroken_weights(
+    tiny_librimix: Path, tmp_path: Path
+) -> None:
+    """Saved when epoch 0's validation ended (as the demo recipe saves), a resume made Lightning pass set_epoch its
+    processed-epoch count, one ahead for the rest of the run: each later epoch drew the next one's batches, and a
+    killed-and-rerun `audiosep demo` ended with other weights than an unbroken one (reviewer)."""
+    from unittest import mock
+
+    def fit(root: Path, steps: int, ckpt_path: str | None = None) -> dict[str, torch.Tensor]:
+        argv = ["--config", RECIPE, f"--data.root={tiny_librimix}", "--data.train_split=train-360",
+                "--data.segment=0.25", "--data.batch_size=1", "--data.num_workers=0", "--seed_everything=0",
+                f"--trainer.max_steps={steps}", "--trainer.val_check_interval=1.0", "--trainer.limit_val_batches=1",
+                "--trainer.max_time=null", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+                f"--trainer.default_root_dir={root}", *TINY_MODEL]  # fmt: skip
+        with mock.patch.dict(os.environ):
+            cli = run_lightning_cli(argv, run=False)
+            cli.trainer.checkpoint_callback.dirpath = str(root / "checkpoints")
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        return {k: v.clone() for k, v in cli.model.state_dict().items()}
+
+    unbroken = fit(tmp_path / "a", 18)  # 6 mixtures, batch 1: 3 epochs, a validation and a save at each epoch's end
+    fit(tmp_path / "b", 6)  # stopped after epoch 0: its last.ckpt is the one its validation saved
+    resumed = fit(tmp_path / "b", 18, str(tmp_path / "b" / "checkpoints" / "last.ckpt"))
+    assert all(torch.equal(resumed[name], value) for name, value in unbroken.items())

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audiosep.data.audio import read_audio, resample, to_mono
-from audiosep.data.sampling import resume_position, resume_state, trained_batches
+from audiosep.data.sampling import follow_trainer_epoch, resume_position, resume_state, trained_batches
 from audiosep.errors import ConfigError, UserError, brief_repr
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
@@ -192,6 +192,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.num_replicas, self.rank = num_replicas, rank
         self._skip: tuple[int, int] | None = None
+        self.epoch_source: Callable[[], int] | None = None  # see audiosep.data.sampling.follow_trainer_epoch
 
     @property
     def sampler(self) -> DurationBucketSampler:
@@ -242,6 +243,10 @@ class DurationBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        if self._skip is not None:  # a resume's first epoch (audiosep.data.sampling.follow_trainer_epoch)
+            self.epoch = self._skip[0]
+        elif self.epoch_source is not None:
+            self.epoch = self.epoch_source()
         batches = self._rank_batches()
         if self._skip is not None and self._skip[0] == self.epoch:
             skip = self._skip[1] % max(1, len(batches))
@@ -336,6 +341,7 @@ class ASRDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         loader = self._loader("train", shuffle=True)
         self._train_sampler = loader.batch_sampler  # type: ignore[assignment]
+        follow_trainer_epoch(self._train_sampler, self.trainer)
         if "batches" in self._resume:
             sampler = self._train_sampler
             sampler.set_epoch(self._resume["epoch"])  # its batch count may change with the epoch's order

@@ -33,6 +33,7 @@ from audiosep.data.sampling import (
     EpochSeeded,
     EpochShuffleSampler,
     check_segment,
+    follow_trainer_epoch,
     resume_position,
     resume_state,
     trained_batches,
@@ -364,6 +365,7 @@ class LibriMixDataModule(L.LightningDataModule):
                 drop_last=True,
                 persistent_workers=self.num_workers > 0,
             )
+        follow_trainer_epoch(self._train_sampler, self.trainer)
         if "batches" in self._resume:
             per_rank = self._rank_share(len(self._train_sampler)) // self.batch_size  # type: ignore[arg-type]
             epoch, skip = resume_position(self._train_sampler, self._resume, trained_batches(self.trainer, per_rank))

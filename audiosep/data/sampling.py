@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ class EpochSampler(Sampler[int]):
         self.epoch = 0
         self._epoch_is_set = False
         self._skip: tuple[int, int] | None = None
+        self.epoch_source: Callable[[], int] | None = None  # see follow_trainer_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._epoch_is_set = epoch, True
@@ -67,6 +69,10 @@ class EpochSampler(Sampler[int]):
         raise NotImplementedError
 
     def __iter__(self):
+        if self._skip is not None:  # a resume's first epoch: resume_position's, whatever set_epoch said since
+            self.set_epoch(self._skip[0])
+        elif self.epoch_source is not None:
+            self.set_epoch(self.epoch_source())
         epoch = self.epoch
         if not self._epoch_is_set:
             self.epoch += 1
@@ -110,6 +116,20 @@ class EpochSeeded(Dataset):
             offset = self.dataset.cumulative_sizes[part - 1] if part else 0
             return self.dataset.datasets[part].get(index - offset, rng)  # type: ignore[attr-defined]
         return self.dataset.get(index, rng)  # type: ignore[attr-defined]
+
+
+def follow_trainer_epoch(sampler: Any, trainer: Any) -> None:
+    """Make ``sampler`` draw the epoch the trainer counts (``trainer.current_epoch``) whatever ``set_epoch`` says,
+    once a resume's first epoch (set by :func:`resume_position`) is drawn.
+
+    Why: Lightning passes ``set_epoch`` its count of processed epochs, which after a resume from a checkpoint
+    saved at an epoch's end by a validation (as ``audiosep demo`` saves) stays one ahead for the rest of the
+    run: every later epoch drew the next one's order and crops, and the resumed run left the unbroken one's path.
+    The resumed epoch itself is resume_position's: with DataLoader workers Lightning makes its iterator before
+    it counts the epoch before it as done.
+    """
+    if trainer is not None:
+        sampler.epoch_source = lambda: int(trainer.current_epoch)
 
 
 def trained_batches(trainer: Any, batches: int) -> int:
