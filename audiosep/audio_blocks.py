@@ -25,6 +25,7 @@ from torch import Tensor
 
 from audiosep.data.audio import resample
 from audiosep.errors import UserError
+from audiosep.io import soundfile_name
 
 BLOCK_BYTES = 1 << 20  # bytes of float32 frames decoded per read
 BLOCK_FRAMES = 1 << 16  # frames per block for callers that scan a file (256 KiB per channel as float32)
@@ -281,12 +282,6 @@ def _unmeasured_truncation(path: Path, extra_info: str) -> str | None:
 def _libsndfile_message(err: Exception) -> str:
     message = getattr(err, "error_string", None) or str(err)
     return message.strip().rstrip(".")
-
-
-def soundfile_name(path: str | os.PathLike) -> str | bytes:
-    """``path`` as soundfile should get it: bytes on POSIX, where a name need not be UTF-8 (a Latin-1 name on
-    Linux, which soundfile's own UTF-8 encoding refuses); text elsewhere (Windows opens text by wide characters)."""
-    return os.fsencode(path) if os.name == "posix" else os.fspath(path)
 
 
 def _open(path: Path) -> sf.SoundFile:

@@ -40,11 +40,17 @@ from audiosep.audio_blocks import (
     CheckedAudio,
     resample_span,
     resampled_length,
-    soundfile_name,
 )
 from audiosep.checkpoint import CheckpointError, load_model
 from audiosep.data.audio import resample, to_mono
-from audiosep.io import TEMP_SUFFIX, atomic_paths, output_subtype, temp_prefix
+from audiosep.io import (
+    TEMP_SUFFIX,
+    atomic_paths,
+    check_output_subtype,
+    output_subtype,
+    soundfile_name,
+    temp_prefix,
+)
 from audiosep.losses import best_permutation
 from audiosep.models.base import eval_copy, model_window, weights_sha256
 from audiosep.models.registry import SEPARATOR_CLASSES
@@ -719,7 +725,7 @@ class Separator:
                 :class:`~audiosep.audio_blocks.CheckedAudio`, :meth:`separate`); ``err.path`` names it.
             ValueError: an unknown ``subtype``.
         """
-        output_subtype("", subtype)  # an unknown subtype fails before any work
+        check_output_subtype(subtype)  # before any work
         path = Path(path)
         name = Path(relative_name) if relative_name is not None else Path(path.stem)
         try:

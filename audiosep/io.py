@@ -249,6 +249,12 @@ OUTPUT_SUBTYPES = ("auto", "PCM_16", "PCM_24", "FLOAT")
 WIDE_INTEGER_SUBTYPES = frozenset({"PCM_24", "PCM_32", "ALAC_20", "ALAC_24", "ALAC_32", "DWVW_24"})  # > 16 bits
 
 
+def check_output_subtype(requested: str) -> None:
+    """Raise ``ValueError`` unless ``requested`` is one of :data:`OUTPUT_SUBTYPES`."""
+    if requested not in OUTPUT_SUBTYPES:
+        raise ValueError(f"unknown output subtype {requested!r}; choose one of {', '.join(OUTPUT_SUBTYPES)}")
+
+
 def output_subtype(input_subtype: str, requested: str = "auto") -> str:
     """The WAV subtype of the sources separated from a file of ``input_subtype`` (soundfile's name).
 
@@ -260,8 +266,7 @@ def output_subtype(input_subtype: str, requested: str = "auto") -> str:
     Raises:
         ValueError: ``requested`` is not one of :data:`OUTPUT_SUBTYPES`.
     """
-    if requested not in OUTPUT_SUBTYPES:
-        raise ValueError(f"unknown output subtype {requested!r}; choose one of {', '.join(OUTPUT_SUBTYPES)}")
+    check_output_subtype(requested)
     if requested != "auto":
         return requested
     if input_subtype in ("FLOAT", "DOUBLE"):
@@ -275,7 +280,13 @@ def input_output_subtype(path: str | os.PathLike, requested: str = "auto") -> st
     import soundfile as sf
 
     try:
-        subtype = sf.info(os.fspath(path)).subtype
+        subtype = sf.info(soundfile_name(path)).subtype
     except (RuntimeError, TypeError, ValueError, OSError):  # LibsndfileError is a RuntimeError
         subtype = "PCM_16"
     return output_subtype(subtype, requested)
+
+
+def soundfile_name(path: str | os.PathLike) -> str | bytes:
+    """``path`` as soundfile should get it: bytes on POSIX, where a name need not be UTF-8 (a Latin-1 name on
+    Linux, which soundfile's own UTF-8 encoding refuses); text elsewhere (Windows opens text by wide characters)."""
+    return os.fsencode(path) if os.name == "posix" else os.fspath(path)

@@ -747,7 +747,7 @@ def test_the_api_returns_ordinary_tensors_and_takes_float64(ckpt: Path) -> None:
 def test_file_names_go_to_soundfile_as_bytes_on_posix_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bytes let a Latin-1 name open on Linux; on Windows soundfile opens text names by wide characters, which
     bytes would bypass (non-ASCII names there would fail)."""
-    from audiosep.audio_blocks import soundfile_name
+    from audiosep.io import soundfile_name
 
     name = os.fsdecode(b"/tmp/caf\xe9.wav") if os.name == "posix" else "café.wav"
     assert soundfile_name(name) == (os.fsencode(name) if os.name == "posix" else name)

@@ -257,7 +257,7 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
         written = separator.separate_file(
             plan.input.path, out_dir, keep_model_rate=args.keep_model_rate,
             relative_name=plan.name, channel=args.channel, warn=report.warning, settings=settings,
-            subtype=args.subtype,
+            subtype=subtype,  # resolved once above, for the settings digest and the file alike
         )  # fmt: skip
     except SeparationError as err:
         report.error(label, err.reason)
