@@ -61,27 +61,30 @@ def temp_prefix(path: Path) -> str:
     return f".{start}~{digest}."
 
 
+def _temp_name_prefix(name: str) -> str | None:
+    """The :func:`temp_prefix` a temp file's ``name`` was made with (mkstemp's random part holds no dot), or None."""
+    return name[: -len(TEMP_SUFFIX)].rpartition(".")[0] + "." if name.endswith(TEMP_SUFFIX) else None
+
+
 def is_temp_for(candidate: Path, path: Path) -> bool:
-    """Whether ``candidate`` is a temporary file left by an interrupted write of ``path``."""
-    return (
-        candidate.parent == path.parent
-        and candidate.name.startswith(temp_prefix(path))
-        and candidate.name.endswith(TEMP_SUFFIX)
-    )
+    """Whether ``candidate`` is a temporary file left by an interrupted write of ``path`` (its exact prefix: a
+    temp of ``a.wav`` is not one of ``a``)."""
+    return candidate.parent == path.parent and _temp_name_prefix(candidate.name) == temp_prefix(path)
 
 
 def remove_temp_files(folder: Path, names: set[str]) -> int:
     """Delete the temp files that interrupted atomic writes of ``folder/<name>`` left (any of ``names``).
 
     Only names :mod:`audiosep.io` really gives a temp file of one of our outputs are removed
-    (``.<name>.<random>.tmp``); anything else in the folder is left alone. Returns how many went.
+    (``.<name>.<random>.tmp``, see :func:`is_temp_for`); anything else in the folder is left alone. Returns how
+    many went.
     """
     removed = 0
     if not folder.is_dir():
         return removed
     prefixes = {temp_prefix(folder / name) for name in names}
-    for candidate in folder.glob(f".*{TEMP_SUFFIX}"):  # mkstemp's random part holds no dot
-        if candidate.name[: -len(TEMP_SUFFIX)].rpartition(".")[0] + "." in prefixes and candidate.is_file():
+    for candidate in folder.glob(f".*{TEMP_SUFFIX}"):
+        if _temp_name_prefix(candidate.name) in prefixes and candidate.is_file():
             candidate.unlink()
             removed += 1
     return removed

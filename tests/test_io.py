@@ -27,6 +27,7 @@ def test_a_failure_leaves_neither_output_nor_temp(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_paths(targets) as temps:
         Path(temps[0]).write_text("partial")
         assert all(is_temp_for(Path(t), p) for t, p in zip(temps, targets, strict=True))
+        assert not is_temp_for(Path(temps[0]), tmp_path / "x")  # ".x.wav.<random>.tmp" is x.wav's, not x's
         raise RuntimeError("killed mid-way")
     assert list(tmp_path.iterdir()) == []
 
