@@ -271,12 +271,14 @@ def _unwrap(raw: Any) -> dict[str, Any]:
 
 
 def zip_problem(file: BinaryIO) -> str | None:
-    """Why ``file`` is not a zip of uncompressed entries as ``torch.save`` writes; None if it is one.
+    """Why ``file`` is not a zip of uncompressed entries as ``torch.save`` writes, or holds a pickle that stands
+    for far more than its size (:func:`pickle_problem`); None if it is a sound one.
 
     Why: ``torch.load`` inflates a compressed entry in memory before anything can be checked, and
     reads a file that does not start as a zip in the legacy format, whose pickle states storage
     sizes that are allocated before any data is read. Stored entries hold their own bytes, so the
-    file's size bounds what loading it allocates. Reads the zip directory only; rewinds ``file``.
+    file's size bounds what loading it allocates. Reads the zip directory and the pickles (``data.pkl``), once
+    their entries passed; rewinds ``file``.
     """
     try:
         file.seek(0)
@@ -285,10 +287,17 @@ def zip_problem(file: BinaryIO) -> str | None:
         size = file.seek(0, os.SEEK_END)
         with zipfile.ZipFile(file) as archive:
             entries = archive.infolist()
+            problem = _entries_problem(entries, size)
+            pickles = [] if problem else [archive.read(e) for e in entries if e.filename.endswith("data.pkl")]
     except Exception as err:  # noqa: BLE001 (zipfile raises several types for damaged archives)
         return f"a damaged zip file: {_one_line(err)}"
     finally:
         file.seek(0)
+    return problem or next(filter(None, map(pickle_problem, pickles)), None)
+
+
+def _entries_problem(entries: list[zipfile.ZipInfo], size: int) -> str | None:
+    """Why a zip's entries are not ``torch.save``'s (stored, each within the ``size``-byte file); None if they are."""
     for entry in entries:
         name = brief_repr(entry.filename)
         if entry.compress_type != zipfile.ZIP_STORED:
@@ -299,15 +308,7 @@ def zip_problem(file: BinaryIO) -> str | None:
     declared = sum(entry.file_size for entry in entries)
     if declared > size:
         return f"zip entries declare {declared} bytes in all, more than the {size}-byte file holds"
-    try:
-        file.seek(0)
-        with zipfile.ZipFile(file) as archive:
-            pickles = [archive.read(entry) for entry in entries if entry.filename.endswith("data.pkl")]
-    except Exception as err:  # noqa: BLE001 (zipfile raises several types for damaged archives)
-        return f"a damaged zip file: {_one_line(err)}"
-    finally:
-        file.seek(0)
-    return next(filter(None, map(pickle_problem, pickles)), None)
+    return None
 
 
 PICKLE_VALUES_BASE = 1_000_000  # values a pickle may stand for, plus PICKLE_VALUES_PER_BYTE per byte of it
