@@ -24,7 +24,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audiosep.data.audio import read_audio, resample, to_mono
-from audiosep.data.sampling import follow_trainer_epoch, resume_position, resume_state, trained_batches
+from audiosep.data.sampling import (
+    follow_trainer_epoch,
+    pinned_epoch,
+    resume_position,
+    resume_state,
+    trained_batches,
+)
 from audiosep.errors import ConfigError, UserError, brief_repr
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
@@ -243,10 +249,9 @@ class DurationBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self._skip is not None:  # a resume's first epoch (audiosep.data.sampling.follow_trainer_epoch)
-            self.epoch = self._skip[0]
-        elif self.epoch_source is not None:
-            self.epoch = self.epoch_source()
+        pinned = pinned_epoch(self)
+        if pinned is not None:
+            self.epoch = pinned
         batches = self._rank_batches()
         if self._skip is not None and self._skip[0] == self.epoch:
             skip = self._skip[1] % max(1, len(batches))

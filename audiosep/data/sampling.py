@@ -69,10 +69,9 @@ class EpochSampler(Sampler[int]):
         raise NotImplementedError
 
     def __iter__(self):
-        if self._skip is not None:  # a resume's first epoch: resume_position's, whatever set_epoch said since
-            self.set_epoch(self._skip[0])
-        elif self.epoch_source is not None:
-            self.set_epoch(self.epoch_source())
+        pinned = pinned_epoch(self)
+        if pinned is not None:
+            self.set_epoch(pinned)
         epoch = self.epoch
         if not self._epoch_is_set:
             self.epoch += 1
@@ -130,6 +129,14 @@ def follow_trainer_epoch(sampler: Any, trainer: Any) -> None:
     """
     if trainer is not None:
         sampler.epoch_source = lambda: int(trainer.current_epoch)
+
+
+def pinned_epoch(sampler: Any) -> int | None:
+    """The epoch a sampler's next pass draws whatever ``set_epoch`` said (:func:`follow_trainer_epoch`): a
+    resume's first, else the trainer's; None without a trainer (``set_epoch`` or its own count decides)."""
+    if sampler._skip is not None:
+        return sampler._skip[0]
+    return sampler.epoch_source() if sampler.epoch_source is not None else None
 
 
 def trained_batches(trainer: Any, batches: int) -> int:
