@@ -93,6 +93,17 @@ def pad_batch(waveforms: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return batch, lengths
 
 
+def check_batching(
+    batch_size: int, segment_seconds: float, names: tuple[str, str] = ("batch_size", "segment_seconds")
+) -> None:
+    """Raise ``ValueError`` for a batch size below 1 or a segment too short (or infinite) to cut; ``names``: what
+    the message calls the two (the arguments, or a command's flags)."""
+    if batch_size < 1:
+        raise ValueError(f"{names[0]} must be >= 1, got {batch_size}")
+    if not 2 * CUT_SEARCH_SECONDS <= segment_seconds < math.inf:
+        raise ValueError(f"{names[1]} must be finite and at least {2 * CUT_SEARCH_SECONDS:g}, got {segment_seconds}")
+
+
 class Transcriber:
     """Audio in, text out.
 
@@ -121,12 +132,7 @@ class Transcriber:
         batch_size: int = 8,
         segment_seconds: float = SEGMENT_SECONDS,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 2 * CUT_SEARCH_SECONDS <= segment_seconds < math.inf:
-            raise ValueError(
-                f"segment_seconds must be finite and at least {2 * CUT_SEARCH_SECONDS:g}, got {segment_seconds}"
-            )
+        check_batching(batch_size, segment_seconds)
         self.segment_seconds = segment_seconds
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)

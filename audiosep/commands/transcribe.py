@@ -56,13 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log resampling and mixdown")
 
 
-TRANSCRIBER_OPTIONS = ("batch_size", "segment_seconds")  # Transcriber's arguments that its errors name first
-
-
 def _load_transcriber(args: argparse.Namespace):  # noqa: ANN202 (lazy import keeps --help fast)
     from audiosep.checkpoint import CheckpointError
-    from audiosep.transcriber import Transcriber
+    from audiosep.transcriber import Transcriber, check_batching
 
+    try:  # the options first, named as flags (they read as the checkpoint's fault once prefixed with its path)
+        check_batching(args.batch_size, args.segment_seconds, ("--batch-size", "--segment-seconds"))
+    except ValueError as err:
+        raise UserError(str(err)) from None
     try:
         return Transcriber.from_checkpoint(
             args.ckpt,
@@ -77,11 +78,8 @@ def _load_transcriber(args: argparse.Namespace):  # noqa: ANN202 (lazy import ke
         )
     except CheckpointError as err:
         raise UserError(str(err)) from err
-    except ValueError as err:  # an option's value (named as its flag), or the checkpoint's content
-        message = str(err)
-        option = next((name for name in TRANSCRIBER_OPTIONS if message.startswith(f"{name} ")), None)
-        where = f"--{option.replace('_', '-')}" if option else str(args.ckpt)
-        raise UserError(f"{where}{message[len(option):]}" if option else f"{where}: {message}") from err
+    except ValueError as err:
+        raise UserError(f"{args.ckpt}: {err}") from err
 
 
 def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[str]:  # noqa: ANN001
