@@ -43,6 +43,13 @@ def dropped_characters(text: str, vocabulary: Sequence[str] = DEFAULT_VOCABULARY
     return {ch for ch in plain if ch.isalnum() and ch not in allowed}
 
 
+def dropped_summary(texts: Sequence[str], vocabulary: Sequence[str] = DEFAULT_VOCABULARY) -> tuple[int, str]:
+    """How many ``texts`` lose letters or digits to :func:`normalize_text` (:func:`dropped_characters`), and
+    those characters, sorted (the first 20), for a warning."""
+    hit = [chars for chars in (dropped_characters(text, vocabulary) for text in texts) if chars]
+    return len(hit), "".join(sorted(set().union(*hit)))[:20]
+
+
 class CharTokenizer:
     """Text <-> label ids over a character vocabulary; the CTC blank is ``len(vocabulary)``.
 

@@ -20,7 +20,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from audiosep.asr_metadata import asr_metadata
 from audiosep.checkpoint import LIGHTNING_KEY, model_record
-from audiosep.data.tokenizer import CharTokenizer, dropped_characters
+from audiosep.data.tokenizer import CharTokenizer, dropped_summary
 from audiosep.decoding import greedy_decode, single_spaces
 from audiosep.errors import ConfigError
 from audiosep.nn.features import LogMelFeatures, SpecAugment, SpecCutout
@@ -153,12 +153,10 @@ class ASRTask(TrainingGuards, pl.LightningModule):
         datasets = getattr(getattr(self.trainer, "datamodule", None), "datasets", {})
         train = datasets.get("train") if isinstance(datasets, dict) else None
         texts = [utterance.text for utterance in getattr(train, "utterances", [])]
-        vocabulary = self.tokenizer.vocabulary
-        hit = [chars for chars in (dropped_characters(text, vocabulary) for text in texts) if chars]
+        hit, shown = dropped_summary(texts, self.tokenizer.vocabulary)
         if hit:
             empty = sum(not self.tokenizer.encode(text) for text in texts)
-            shown = "".join(sorted(set().union(*hit)))[:20]
-            warnings.warn(f"{len(hit)} of {len(texts)} training transcript(s) hold letters or digits outside the "
+            warnings.warn(f"{hit} of {len(texts)} training transcript(s) hold letters or digits outside the "
                           f"vocabulary ({shown!r}), dropped from their CTC targets ({empty} left empty); spell "
                           "numbers as words or extend the vocabulary", stacklevel=2)  # fmt: skip
 
