@@ -106,13 +106,12 @@ def warn_dropped_characters(mixture_ids: Sequence[str], num_sources: int, transc
     Why: "CHAPTER 12 BEGINS" is scored as "chapter begins", so a perfect "chapter twelve begins" counts
     33 % WER; LibriSpeech's transcripts are words only, other corpora's may not be.
     """
-    from audiosep.data.tokenizer import dropped_characters
+    from audiosep.data.tokenizer import dropped_summary
 
-    lost = {i: dropped_characters(transcripts[i], vocabulary) for m in mixture_ids for i in source_ids(m, num_sources)}
-    hit = {i: chars for i, chars in lost.items() if chars}
+    ids = dict.fromkeys(i for m in mixture_ids for i in source_ids(m, num_sources))  # each speaker's once
+    hit, shown = dropped_summary([transcripts[i] for i in ids], vocabulary)
     if hit:
-        shown = "".join(sorted(set().union(*hit.values())))[:20]
-        warnings.warn(f"{len(hit)} reference transcript(s) hold letters or digits outside the recogniser's "
+        warnings.warn(f"{hit} reference transcript(s) hold letters or digits outside the recogniser's "
                       f"vocabulary ({shown!r}), dropped before scoring; spell numbers as words for a fair WER",
                       stacklevel=3)  # fmt: skip
 
@@ -259,7 +258,8 @@ def sources_problem(sources: Tensor) -> str | None:
     separator's SI-SNRi came out near -140 dB and pulled a set's mean down 50 dB; a source 120 dB below the
     other makes the mixture's score against it as extreme the other way.
     """
-    centred = sources.double() - sources.double().mean(-1, keepdim=True)
+    values = sources.double()
+    centred = values - values.mean(-1, keepdim=True)
     energy = centred.square().sum(-1)
     for first, second in itertools.combinations(range(len(sources)), 2):
         correlation = float((centred[first] * centred[second]).sum() / (energy[first] * energy[second]).sqrt())
