@@ -176,8 +176,9 @@ def plot_reports(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out_di
     written.append(("si_snri_vs_input.png", fig))
     if summary["asr"]:
         fig, axis = plt.subplots(figsize=(5, 4))
-        names = list(summary["asr"])
-        axis.bar(names, [summary["asr"][n]["wer"] or 0.0 for n in names], color=["tab:red", "tab:green", "tab:gray"])
+        colours = dict(zip(CONDITIONS, ("tab:red", "tab:green", "tab:gray"), strict=True))
+        names = [n for n in summary["asr"] if summary["asr"][n]["wer"] is not None]  # n/a: no bar, not a 0 % one
+        axis.bar(names, [summary["asr"][n]["wer"] for n in names], color=[colours[n] for n in names])
         axis.set(ylabel="WER (%)", title="recognition of mixture, separated and clean speech")
         fig.tight_layout()
         written.append(("wer.png", fig))
