@@ -14,11 +14,12 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from audiosep import __version__
-from audiosep.errors import UserError, user_message
+from audiosep.errors import UserError, shown, user_message
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model from a recipe YAML (LightningCLI)",
@@ -128,6 +129,31 @@ def signals_raise() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:  # fmt: skip
+    """Our own warnings as one ``audiosep: warning: ...`` line (Python's format adds our source path and a
+    line of our code, which tell a user nothing); other libraries' as Python prints them."""
+    if os.path.abspath(filename).startswith(PACKAGE_DIR):
+        return f"audiosep: warning: {shown(message)}\n"
+    return DEFAULT_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
+DEFAULT_FORMAT_WARNING = warnings.formatwarning
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Within the block, warnings are formatted by :func:`_format_warning`."""
+    previous, warnings.formatwarning = warnings.formatwarning, _format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def _silence_stdout() -> None:
     """Point stdout at the null device, so that Python's final flush into a closed pipe raises nothing more."""
     try:
@@ -154,10 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "_module"):
             (getattr(args, "_group_parser", None) or parser).print_help()
             return 2
-        with signals_raise():
+        with signals_raise(), one_line_warnings():
             return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as err:
-        print(f"audiosep: error: {user_message(err)}", file=sys.stderr)
+        print(f"audiosep: error: {shown(user_message(err))}", file=sys.stderr)  # a newline in a name: still one line
         return 1
     except BrokenPipeError:  # `audiosep ... | head` closed stdout: stop quietly, as a shell tool does
         _silence_stdout()

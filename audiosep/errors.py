@@ -27,6 +27,14 @@ def user_message(err: UserError) -> str:
     return message if sep and kind.endswith("Error") else last
 
 
+def shown(text: object) -> str:
+    """``text`` on one printable line (control characters in file names are escaped)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def one_line(err: BaseException | str, limit: int = 200) -> str:
     """An exception (or text) on one line, cut to ``limit`` characters."""
     text = err if isinstance(err, str) else (str(err) or type(err).__name__)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from audiosep.errors import UserError, one_line
+from audiosep.errors import UserError, one_line, shown
 
 log = logging.getLogger("audiosep.inputs")
 
@@ -30,14 +30,6 @@ def one_line_text(text: str) -> str:
     or Hindi text) as it is."""
     text = text.replace("\\", "\\\\")
     return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
-
-
-def shown(text: object) -> str:
-    """``text`` on one printable line (control characters in file names are escaped)."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass

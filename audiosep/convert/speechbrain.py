@@ -243,6 +243,25 @@ def _converted_state(
     return state
 
 
+# One transformer stack's key prefix in a masknet state dict, per model kind.
+_STACK_PREFIXES: dict[ModelKind, str] = {
+    "sepformer": r"dual_mdl\.\d+\.(?:intra|inter)_mdl\.",
+    "resepformer": r"model\.(?:seg|mem)_model\.\d+\.",
+}
+
+
+def _check_positional_encodings(masknet_sd: StateDict, kind: ModelKind) -> None:
+    """Refuse stacks saved without positional encodings: SpeechBrain stores each stack's ``pos_enc.pe`` table,
+    and ours always add them (a model without them converted 0.225 off SpeechBrain's; reviewer)."""
+    stacks = {match.group(0) for key in masknet_sd if (match := re.match(_STACK_PREFIXES[kind], key))}
+    lacking = sorted(stack for stack in stacks if stack + "pos_enc.pe" not in masknet_sd)
+    if lacking:
+        raise ConversionError(
+            f"masknet.ckpt: no positional encoding table ({lacking[0]}pos_enc.pe): a model built with "
+            "use_positional_encoding=False, which audiosep does not implement"
+        )
+
+
 def _default_norm(masknet_sd: StateDict, norm_key: str, causal: bool) -> str:
     """``[C, 1]``-shaped weights are SpeechBrain's gLN; ``[C]`` is GroupNorm ("ln") or cLN."""
     if _get(masknet_sd, norm_key, "masknet").dim() > 1:
@@ -271,7 +290,9 @@ def sepformer_from_speechbrain(
     args["tail"] = "drop"  # SpeechBrain's handling of the samples after the last frame: its numbers at every length
     args.update(overrides)
     meta = _build_meta(SepFormer, args)
-    return _load(meta, _fit(meta, _converted_state(encoder_sd, masknet_sd, decoder_sd, _SEPFORMER_RENAMES)))
+    state = _fit(meta, _converted_state(encoder_sd, masknet_sd, decoder_sd, _SEPFORMER_RENAMES))
+    _check_positional_encodings(masknet_sd, "sepformer")  # the tables are dropped above: not in the model's state
+    return _load(meta, state)
 
 
 def resepformer_from_speechbrain(
@@ -300,6 +321,7 @@ def resepformer_from_speechbrain(
     args.update(overrides)
     meta = _build_meta(RESepFormer, args)
     state = _fit(meta, _converted_state(encoder_sd, masknet_sd, decoder_sd, _RESEPFORMER_RENAMES))
+    _check_positional_encodings(masknet_sd, "resepformer")
     # SpeechBrain orders the mask channels (channel, source); ours are (source, channel).
     channels, sources = args["encoder_channels"], args["num_sources"]
     for name in ("masker.to_masks.weight", "masker.to_masks.bias"):
@@ -403,29 +425,31 @@ _NODES = {
     "sepformer": {"masknet": "Dual_Path_Model", "intra": "intra_model", "inter": "inter_model"},
     "resepformer": {"masknet": "ResourceEfficientSeparator", "intra": "seg_model", "inter": "mem_model"},
 }
-# (model kinds, node, key, SpeechBrain's default, the values we implement); others are refused.
+# (model kinds, node, key, SpeechBrain's default, the values we implement); others are refused. Node
+# "stack" is both transformer stacks (intra and inter; seg and mem): SpeechBrain builds each from its own
+# entry, and ours share one setting, so the two must agree.
 _SUPPORTED_SETTINGS = [
-    (("sepformer", "resepformer"), "intra", "attention_type", "regularMHA", ("regularMHA",)),
-    (("sepformer", "resepformer"), "intra", "activation", "relu", ("relu",)),
-    (("sepformer", "resepformer"), "intra", "use_positional_encoding", False, (True,)),
+    (("sepformer", "resepformer"), "stack", "attention_type", "regularMHA", ("regularMHA",)),
+    (("sepformer", "resepformer"), "stack", "activation", "relu", ("relu",)),
+    (("sepformer", "resepformer"), "stack", "use_positional_encoding", False, (True,)),
     (("sepformer",), "masknet", "linear_layer_after_inter_intra", True, (False,)),
     (("sepformer",), "masknet", "skip_around_intra", True, (True,)),
     (("sepformer",), "masknet", "use_global_pos_enc", False, (False,)),
     (("resepformer",), "masknet", "mem_type", "hc", ("av",)),
     (("resepformer",), "masknet", "nonlinear", "relu", ("relu",)),
-    (("resepformer",), "intra", "use_skip", True, (True,)),
-    (("resepformer",), "intra", "use_norm", True, (True,)),
+    (("resepformer",), "stack", "use_skip", True, (True,)),
+    (("resepformer",), "stack", "use_norm", True, (True,)),
 ]
 # (our argument, node, key, SpeechBrain's default).
 _ARGUMENTS = {
     "sepformer": [("chunk_size", "masknet", "K", 200), ("norm", "masknet", "norm", "ln")],
     "resepformer": [
         ("chunk_size", "masknet", "segment_size", 20),
-        ("norm", "intra", "norm_type", "gln"),
-        ("causal", "intra", "causal", False),
+        ("norm", "stack", "norm_type", "gln"),
+        ("causal", "stack", "causal", False),
     ],
 }
-_SHARED_BY_INTRA_AND_INTER = [("num_heads", "nhead", None), ("pre_norm", "norm_before", False)]
+_STACK_ARGUMENTS = [("num_heads", "stack", "nhead", None), ("pre_norm", "stack", "norm_before", False)]
 # The type each argument read from the YAML must have (``type(value) is``: no bool for an int).
 _ARGUMENT_TYPES = {"chunk_size": int, "norm": str, "causal": bool, "num_heads": int, "pre_norm": bool}
 
@@ -440,6 +464,30 @@ def _yaml_nodes(hparams: dict[str, Any], kind: ModelKind) -> dict[str, dict[str,
     return nodes
 
 
+def missing_yaml_nodes(hparams: dict[str, Any], kind: ModelKind) -> list[str]:
+    """The nodes of ``kind`` (masknet, intra and inter stacks) that ``hparams`` does not hold: their settings
+    are SpeechBrain's defaults, not this model's, so the caller warns."""
+    names = _NODES[kind]
+    nodes = _yaml_nodes(hparams, kind)
+    return [names[part] for part in ("masknet", "intra", "inter") if nodes[part] is None]
+
+
+def _setting(nodes: dict[str, dict[str, Any] | None], node: str, key: str, top: dict[str, Any], default: Any) -> Any:
+    """``key`` of ``node``; of "stack", the value both stacks state (None where neither node is there).
+
+    Raises:
+        ConversionError: the intra and inter stacks state different values (ours share one).
+    """
+    if node != "stack":
+        return _option(nodes[node], key, top, default)
+    intra, inter = (_option(nodes[part], key, top, default) for part in ("intra", "inter"))
+    if None not in (intra, inter) and intra != inter:
+        raise ConversionError(
+            f"unsupported SpeechBrain setting: intra {key}={brief_repr(intra)}, inter {key}={brief_repr(inter)}"
+        )
+    return inter if intra is None else intra
+
+
 def hyperparams_overrides(hparams: dict[str, Any], kind: ModelKind) -> dict[str, Any]:
     """Constructor arguments that ``hyperparams.yaml`` states and tensor shapes cannot show.
 
@@ -452,7 +500,7 @@ def hyperparams_overrides(hparams: dict[str, Any], kind: ModelKind) -> dict[str,
     """
     nodes = _yaml_nodes(hparams, kind)
     for kinds, node, key, default, supported in _SUPPORTED_SETTINGS:
-        value = _option(nodes[node], key, hparams, default) if kind in kinds else None
+        value = _setting(nodes, node, key, hparams, default) if kind in kinds else None
         if value is not None and value not in supported:
             raise ConversionError(
                 f"unsupported SpeechBrain setting {key}={brief_repr(value)} (supported: {supported})"
@@ -466,16 +514,9 @@ def hyperparams_overrides(hparams: dict[str, Any], kind: ModelKind) -> dict[str,
             f"!= kernel {brief_repr(kernel)} / 2"
         )
     overrides = {
-        arg: _option(nodes[node], key, hparams, default) for arg, node, key, default in _ARGUMENTS[kind]
+        arg: _setting(nodes, node, key, hparams, default)
+        for arg, node, key, default in (*_ARGUMENTS[kind], *_STACK_ARGUMENTS)
     }
-    for arg, key, default in _SHARED_BY_INTRA_AND_INTER:
-        intra, inter = (_option(nodes[part], key, hparams, default) for part in ("intra", "inter"))
-        if None not in (intra, inter) and intra != inter:
-            raise ConversionError(
-                f"unsupported SpeechBrain setting: intra {key}={brief_repr(intra)}, "
-                f"inter {key}={brief_repr(inter)}"
-            )
-        overrides[arg] = intra
     for arg, value in overrides.items():
         if value is not None and type(value) is not _ARGUMENT_TYPES[arg]:
             raise ConversionError(
@@ -519,12 +560,15 @@ def convert_speechbrain_folder(
     encoder_sd, masknet_sd, decoder_sd = (_load_state(folder / name) for name in CHECKPOINT_FILES)
     yaml_path = folder / HYPERPARAMS_FILE
     hparams = read_hyperparams(yaml_path) if yaml_path.is_file() else {}
-    if not hparams:  # the heads and the chunk size are in no weight's shape
-        warnings.warn(f"{folder}: no {HYPERPARAMS_FILE}: the number of heads, the chunk size and the norm placement "
-                      "are SpeechBrain's pretrained defaults, not read from this model; copy its hyperparams.yaml "
-                      "into the folder if they differ", stacklevel=2)  # fmt: skip
     with prefixed_errors(str(folder), ConversionError):
         kind = detect_model_kind(masknet_sd) if kind == "auto" else kind
+    with prefixed_errors(str(yaml_path), ConversionError):
+        missing = missing_yaml_nodes(hparams, kind)
+    if missing:  # the heads and the chunk size are in no weight's shape
+        where = f"no {HYPERPARAMS_FILE}" if not yaml_path.is_file() else f"{HYPERPARAMS_FILE} has no {', '.join(missing)} entry"
+        warnings.warn(f"{folder}: {where}: the number of heads, the chunk size and the norm placement "
+                      "are SpeechBrain's pretrained defaults, not read from this model; copy its hyperparams.yaml "
+                      "into the folder if they differ", stacklevel=2)  # fmt: skip
     with prefixed_errors(str(yaml_path), ConversionError):
         overrides = hyperparams_overrides(hparams, kind)
     if sample_rate is None:

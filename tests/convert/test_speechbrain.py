@@ -404,3 +404,78 @@ def test_a_huge_base_60_float_in_yaml_is_one_line() -> None:
 
     with pytest.raises(UserError, match="not valid YAML"):
         parse_untrusted_yaml(("bad: " + "1:" * 200 + "1.5\n").encode())
+
+
+RESEPFORMER_STACK = {"__tag__": "speechbrain.lobes.models.resepformer.SBTransformerBlock_wnormandskip",
+                     "nhead": 2, "norm_before": True, "use_positional_encoding": True}  # fmt: skip
+
+
+def resepformer_hparams(mem: dict[str, object]) -> dict[str, object]:
+    """Parsed RE-SepFormer hyperparams whose mem stack states ``mem`` besides the seg stack's settings."""
+    masknet = {"__tag__": "speechbrain.lobes.models.resepformer.ResourceEfficientSeparator", "mem_type": "av",
+               "segment_size": 12, "seg_model": dict(RESEPFORMER_STACK), "mem_model": RESEPFORMER_STACK | mem}  # fmt: skip
+    return {"sample_rate": 8000, "MaskNet": masknet}
+
+
+@pytest.mark.parametrize(
+    ("mem", "message"),
+    [
+        ({"activation": "gelu"}, "intra activation='relu', inter activation='gelu'"),
+        ({"causal": True}, "intra causal=False, inter causal=True"),
+        ({"norm_type": "cln"}, "intra norm_type='gln', inter norm_type='cln'"),
+        ({"use_skip": False}, "intra use_skip=True, inter use_skip=False"),
+        ({"use_positional_encoding": False}, "intra use_positional_encoding=True, inter use_positional_encoding=False"),
+    ],
+)
+def test_an_inter_stack_setting_unlike_the_intra_one_is_refused(mem: dict[str, object], message: str) -> None:
+    """Only the intra (seg) stack's settings were read: a mem stack with GELU, no skip, cLN or causal attention
+    converted silently, 0.013 to 1.32 off SpeechBrain's outputs (reviewer)."""
+    assert hyperparams_overrides(resepformer_hparams({}), "resepformer")["chunk_size"] == 12
+    with pytest.raises(ConversionError, match=f"unsupported SpeechBrain setting: {message}"):
+        hyperparams_overrides(resepformer_hparams(mem), "resepformer")
+
+
+def test_a_sepformer_inter_stack_with_gelu_is_refused(tmp_path: Path) -> None:
+    text = HYPERPARAMS.format(marker=tmp_path / "m").replace("inter_model: !ref <SBtfintra>", "inter_model: !ref <SBtfinter>")
+    text += "SBtfinter: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock\n    nhead: 2\n    norm_before: True\n"
+    text += "    use_positional_encoding: True\n    activation: gelu\n"
+    (tmp_path / "h.yaml").write_text(text)
+    with pytest.raises(ConversionError, match="intra activation='relu', inter activation='gelu'"):
+        hyperparams_overrides(read_hyperparams(tmp_path / "h.yaml"), "sepformer")
+
+
+def test_a_stack_saved_without_positional_encodings_is_refused(tmp_path: Path, capsys) -> None:
+    """Weights without ``pos_enc.pe`` come from ``use_positional_encoding=False``: converted as if with them,
+    0.225 off (reviewer)."""
+    encoder, _, decoder = sepformer_parts()
+    intra = dual_path.SBTransformerBlock(2, CHANNELS, HEADS, d_ffn=FFN, use_positional_encoding=True, norm_before=True)
+    inter = dual_path.SBTransformerBlock(2, CHANNELS, HEADS, d_ffn=FFN, use_positional_encoding=False, norm_before=True)
+    masknet = dual_path.Dual_Path_Model(CHANNELS, CHANNELS, intra, inter, num_layers=2, K=10, num_spks=3,
+                                        linear_layer_after_inter_intra=False)  # fmt: skip
+    with pytest.raises(ConversionError, match=r"no positional encoding table \(dual_mdl.0.inter_mdl.pos_enc.pe\)"):
+        sepformer_from_speechbrain(*state_dicts(encoder, masknet, decoder), num_heads=HEADS)
+
+
+def test_hyperparams_without_the_model_entry_warn_in_one_line(tmp_path: Path) -> None:
+    """A hyperparams.yaml with no Dual_Path_Model entry took the defaults silently (0.56 off on a 2-head post-norm
+    model; reviewer), and the CLI printed Python's two-line warning with our source path."""
+    import subprocess
+    import sys
+
+    folder = write_folder(tmp_path / "sb", sepformer_parts(), "sample_rate: 8000\n")
+    result = subprocess.run([sys.executable, "-m", "audiosep", "convert", "speechbrain", str(folder), "--out",
+                             str(tmp_path / "m.ckpt")], capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "Dual_Path_Model" in line]
+    assert warned == [f"audiosep: warning: {folder}: hyperparams.yaml has no Dual_Path_Model, intra_model, inter_model "
+                      "entry: the number of heads, the chunk size and the norm placement are SpeechBrain's pretrained "
+                      "defaults, not read from this model; copy its hyperparams.yaml into the folder if they differ"]
+    assert "UserWarning" not in result.stderr and "site-packages" not in result.stderr and "audiosep/" not in result.stderr
+
+
+def test_a_newline_in_a_folder_name_stays_on_one_error_line(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "bad\nname"
+    folder.mkdir()
+    assert main(["convert", "speechbrain", str(folder), "--out", str(tmp_path / "m.ckpt")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad\\nname: missing encoder.ckpt" in err

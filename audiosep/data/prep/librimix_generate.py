@@ -330,8 +330,8 @@ def check_inputs(rows: list[MixtureRow], config: GenerationConfig, metadata_csv:
         hint = ""
         if any("sp08" in p or "sp12" in p for p in missing):
             hint = " (the *sp08/*sp12 WHAM! train files come from LibriMix's augment_train_noise.py)"
-        listed = "\n  ".join(missing[:10])
-        raise UserError(f"{len(missing)} input file(s) missing{hint}, e.g.:\n  {listed}")
+        listed = "; ".join(missing[:3])
+        raise UserError(f"{len(missing)} input file(s) missing{hint}, e.g. {listed}")
 
 
 def csv_text(header: list[str], rows: list[list[str]]) -> str:
