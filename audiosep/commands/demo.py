@@ -120,7 +120,8 @@ def _run_locked(args: argparse.Namespace, out: Path, started: float) -> int:
         "best_val_si_snri_db": max((h["val_si_snri"] for h in history.rows), default=None),
         "validation_curve": history.rows,
         "best_checkpoint": best,
-        "wall_time_s": round(time.monotonic() - started, 1),
+        "wall_time_s": round(time.monotonic() - started, 1),  # this run only
+        "training_time_s": round(history.elapsed(), 1),  # every run's training, a resumed one's included
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     print("[4/4] validation SI-SNRi per epoch: " + ", ".join(f"{h['val_si_snri']:.1f}" for h in history.rows))
