@@ -785,7 +785,24 @@ def test_a_full_disk_is_named_not_a_libsndfile_system_error(ckpt, tmp_path, caps
     wav = tmp_path / "x.wav"
     sf.write(wav, speech(0), RATE)
     assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), str(wav)]) == 1
-    assert "cannot write outputs (No space left on device); nothing written for it" in capsys.readouterr().err
+    assert (f"cannot write outputs in {tmp_path / 'out'} (No space left on device); nothing written for it"
+            in capsys.readouterr().err)
+
+
+def test_a_refused_write_names_the_file(ckpt, tmp_path, capsys, monkeypatch) -> None:
+    """An OSError while writing said only "cannot write outputs (No space left on device)": which disk?"""
+    import errno
+
+    target = tmp_path / "out" / "x_s1.wav"
+
+    def refused(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(Separator, "separate_file", refused)
+    wav = tmp_path / "x.wav"
+    sf.write(wav, speech(0), RATE)
+    assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), str(wav)]) == 1
+    assert f"cannot write outputs in {target} (No space left on device)" in capsys.readouterr().err
 
 
 def test_an_out_dir_that_cannot_be_made_is_one_line_and_no_empty_folders_stay(ckpt, tmp_path, capsys) -> None:

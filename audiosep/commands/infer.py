@@ -264,11 +264,13 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
     except UserError as err:
         report.error(label, str(err))
     except OSError as err:
-        report.error(label, f"cannot write outputs ({err.strerror or err}); nothing written for it")
+        where = err.filename or plan.outputs[0].parent
+        report.error(label, f"cannot write outputs in {where} ({err.strerror or err}); nothing written for it")
     except sf.LibsndfileError as err:  # libsndfile says only "System error." when a write finds the disk full
         folder = next(path for path in plan.outputs[0].parents if path.exists())
         if shutil.disk_usage(folder).free == 0:
-            report.error(label, "cannot write outputs (No space left on device); nothing written for it")
+            report.error(label, f"cannot write outputs in {plan.outputs[0].parent} (No space left on device); "
+                         "nothing written for it")
         else:
             report.error(label, f"separation failed (LibsndfileError: {err.error_string})")
     except MemoryError:
