@@ -69,6 +69,7 @@ MAX_SUB_BLOCKS = 512  # QuartzNet 15x5 has 79 sub-blocks, Jasper 10x5 54
 # MAX_WEIGHTS_BYTES, read in memory), however small the config is.
 WEIGHT_BYTES_PER_VALUE, WEIGHT_BYTES_PER_TENSOR, MAX_WEIGHTS_BYTES = 8, 4096, 2 << 30
 MAX_ARCHIVE_BYTES = MAX_WEIGHTS_BYTES + (64 << 20)  # the weights, the config and a few tokenizer files
+ZIP_MAGIC = b"PK\x03\x04"  # how torch.save's files start
 MAX_EXTENDED_HEADER_BYTES = 1 << 16  # a pax header or GNU long name: a path and a few attributes
 MEMBER_LIMITS = {CONFIG_MEMBER: (MAX_YAML_BYTES, "a NeMo config needs"), WEIGHTS_MEMBER: (MAX_WEIGHTS_BYTES, "audiosep reads")}
 EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
@@ -297,8 +298,8 @@ def _member_bytes(archive: tarfile.TarFile, weights_limit: Callable[[bytes], int
     Each must be exactly one regular file (in whatever folder); the members' declared sizes add up
     to at most :data:`MAX_ARCHIVE_BYTES`, checked before a member is read or skipped, so a compressed
     archive is decompressed once and never past that (a 8 KB bz2 file of 3 GiB of zeros took 25 s).
-    The weights are refused before reading when larger than ``weights_limit(config)`` allows, once the
-    config was read (it comes first in NeMo's archives; else the flat :data:`MAX_WEIGHTS_BYTES`).
+    The weights are refused before reading when larger than ``weights_limit(config)`` allows; so the config
+    must come first (as in NeMo's archives), and the weights must start as a zip file (``torch.save``).
     """
     found: dict[str, tuple[str, bytes]] = {}
     total = 0
@@ -317,7 +318,10 @@ def _member_bytes(archive: tarfile.TarFile, weights_limit: Callable[[bytes], int
         if not member.isfile():
             raise UserError(f"{name} is a link or a special file, not a regular file")
         limit, what = MEMBER_LIMITS[name]
-        if name == WEIGHTS_MEMBER and CONFIG_MEMBER in found:
+        if name == WEIGHTS_MEMBER and CONFIG_MEMBER not in found:  # the flat 2 GiB bound: 4.7 GB of memory (reviewer)
+            raise UserError(f"{WEIGHTS_MEMBER} comes before {CONFIG_MEMBER}, which bounds its size (NeMo writes the "
+                            "config first); repack the archive with the config first")  # fmt: skip
+        if name == WEIGHTS_MEMBER:
             limit, what = weights_limit(found[CONFIG_MEMBER][1]), "the model can hold"
         with prefixed_errors(name):
             found[name] = (member.name, _read_member(archive, member, limit, what))
@@ -335,7 +339,11 @@ def _check_size(size: int, limit: int, what: str) -> None:
 def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, limit: int, what: str) -> bytes:
     """A member's bytes, refused from the size in its header, before any reading, when over ``limit``."""
     _check_size(member.size, limit, what)
-    return archive.extractfile(member).read()
+    file = archive.extractfile(member)
+    head = file.read(len(ZIP_MAGIC))
+    if PurePosixPath(member.name).name == WEIGHTS_MEMBER and head != ZIP_MAGIC:  # refused before the rest is inflated
+        raise UserError(f"not a readable PyTorch checkpoint (not a zip file: it starts with {head!r})")
+    return head + file.read()
 
 
 def _read_config(data: bytes) -> dict[str, Any]:

@@ -300,3 +300,31 @@ def test_members_past_the_archive_budget_are_refused_before_they_are_decompresse
     archive = write_archive(tmp_path / "bomb.nemo", mode="w:bz2", extra=padding)
     assert_one_line_refusal(archive, capsys, f"its members hold more than {1 << 20} bytes")
     assert convert(write_archive(tmp_path / "ok.nemo", mode="w:bz2", extra=(("x.txt", b"x"),)), capsys)[0] == 0
+
+
+def test_weights_before_the_config_are_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Weights first were read up to a flat 2 GiB before the config bounded them: a 2 MB gzipped archive took
+    4.7 GB of memory and 30 s (reviewer). NeMo writes the config first."""
+    archive = tmp_path / "first.nemo"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in (("./model_weights.ckpt", bytes(8 << 20)), ("./model_config.yaml", config_with(lambda c: None))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    extracted: list[str] = []
+    real = tarfile.TarFile.extractfile
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tarfile.TarFile, "extractfile", lambda self, member: extracted.append(member.name) or real(self, member))
+        assert_one_line_refusal(archive, capsys, "model_weights.ckpt comes before model_config.yaml")
+    assert extracted == []
+
+
+def test_weights_that_do_not_start_as_a_zip_file_are_refused_before_the_rest_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    real = tarfile.ExFileObject.read
+    monkeypatch.setattr(tarfile.ExFileObject, "read", lambda self, size=-1: reads.append(size) or real(self, size))
+    archive = write_archive(tmp_path / "zeros.nemo", state=bytes(1 << 16))
+    assert_one_line_refusal(archive, capsys, r"model_weights.ckpt: not a readable PyTorch checkpoint (not a zip file: it starts with b'\x00\x00\x00\x00')")
+    assert reads[-1] == 4  # the weights' first 4 bytes, and nothing after them
