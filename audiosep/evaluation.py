@@ -66,15 +66,40 @@ def source_ids(mixture_id: str, num_sources: int) -> list[str]:
     return parts
 
 
+def _merge_transcripts(texts: dict[str, str], origins: dict[str, Path], found: Mapping[str, str], where: Path) -> None:
+    """Add ``found`` (read from ``where``) to ``texts``; refuse an id that already has another text.
+
+    Why: the last text read won, so a second chapter or manifest with the same id scored WER against
+    the wrong reference, silently (reviewer).
+    """
+    for utterance, text in found.items():
+        if utterance in texts and texts[utterance] != text:
+            raise UserError(f"{where}: utterance {utterance!r} has another transcript in {origins[utterance]}; "
+                            "references must be unique per id (the audio file's stem)")  # fmt: skip
+        texts.setdefault(utterance, text)
+        origins.setdefault(utterance, where)
+
+
 def _manifest_transcripts(paths: Sequence[Path]) -> dict[str, str]:
     """``{utterance id: text}`` of JSON-lines manifests; the id is the audio file's stem."""
     texts: dict[str, str] = {}
+    origins: dict[str, Path] = {}
     for path in paths:
         try:
             utterances = read_manifest(path, audio=False)  # the references' text only
         except ValueError as err:
             raise UserError(str(err)) from err
-        texts.update({Path(u.audio_filepath).stem: u.text for u in utterances})
+        for utterance in utterances:  # one by one: two files of one stem in one manifest collide too
+            _merge_transcripts(texts, origins, {Path(utterance.audio_filepath).stem: utterance.text}, path)
+    return texts
+
+
+def _librispeech_transcripts(root: Path) -> dict[str, str]:
+    """``{utterance id: text}`` of every ``*.trans.txt`` below ``root``."""
+    texts: dict[str, str] = {}
+    origins: dict[str, Path] = {}
+    for chapter in sorted({t.parent for t in root.rglob("*.trans.txt")}):
+        _merge_transcripts(texts, origins, read_transcripts(chapter), chapter)
     return texts
 
 
@@ -82,16 +107,13 @@ def load_transcripts(source: str | os.PathLike) -> dict[str, str]:
     """Reference transcripts from a LibriSpeech root (its ``*.trans.txt``), a manifest, or a folder of manifests.
 
     Raises:
-        UserError: the path does not exist or holds no transcript.
+        UserError: the path does not exist or holds no transcript, or an id has two different texts.
     """
     path = Path(source).expanduser()
     if path.is_file():
         texts = _manifest_transcripts([path])
     elif path.is_dir():
-        chapters = sorted({t.parent for t in path.rglob("*.trans.txt")})
-        texts = {k: v for chapter in chapters for k, v in read_transcripts(chapter).items()}
-        if not texts:
-            texts = _manifest_transcripts(sorted(path.glob("*.jsonl")))
+        texts = _librispeech_transcripts(path) or _manifest_transcripts(sorted(path.glob("*.jsonl")))
     else:
         raise UserError(f"{path}: transcript source not found (a LibriSpeech folder or a .jsonl manifest)")
     if not texts:

@@ -182,6 +182,29 @@ def test_source_ids_and_transcripts_from_librispeech_and_manifests(tmp_path: Pat
         load_transcripts(tmp_path / "missing")
 
 
+def test_an_utterance_id_with_two_transcripts_is_refused(tmp_path: Path) -> None:
+    """The last text read won: WER against the wrong reference, silently (reviewer)."""
+    line = {"audio_filepath": "/a/7-0003.wav", "duration": 1.0, "text": "hi there"}
+    first, second = tmp_path / "manifests" / "a.jsonl", tmp_path / "manifests" / "b.jsonl"
+    first.parent.mkdir()
+    first.write_text(json.dumps(line) + "\n")
+    second.write_text(json.dumps(line) + "\n")  # the same text again: harmless
+    assert load_transcripts(first.parent) == {"7-0003": "hi there"}
+    second.write_text(json.dumps(line | {"text": "completely different words"}) + "\n")
+    with pytest.raises(UserError, match=f"{second}: utterance '7-0003' has another transcript in {first}"):
+        load_transcripts(first.parent)
+    both = tmp_path / "one.jsonl"  # two files of one stem in one manifest
+    both.write_text(json.dumps(line) + "\n" + json.dumps(line | {"audio_filepath": "/b/7-0003.wav", "text": "no"}) + "\n")
+    with pytest.raises(UserError, match="utterance '7-0003' has another transcript"):
+        load_transcripts(both)
+    for speaker, text in (("103", "HELLO"), ("104", "BYE")):  # one id in two chapters
+        chapter = tmp_path / "LibriSpeech" / speaker / "1"
+        chapter.mkdir(parents=True)
+        (chapter / f"{speaker}-1.trans.txt").write_text(f"100-1-0000 {text}\n")
+    with pytest.raises(UserError, match="utterance '100-1-0000' has another transcript"):
+        load_transcripts(tmp_path / "LibriSpeech")
+
+
 # ---------------------------------------------------------------- the command
 
 
