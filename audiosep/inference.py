@@ -351,8 +351,11 @@ class Separator:
         self.progress = False  # a chunks bar for long inputs (on a terminal only); audiosep infer sets it
         if stream_block_ms is not None:
             self.stream()  # refuses a model that cannot stream (or int8), before any file is read
-            if not 0 < stream_block_ms < math.inf:
-                raise ValueError(f"a stream's block must be a positive, finite number of ms, got {stream_block_ms}")
+            from audiosep.streaming import MAX_BLOCK_MS
+
+            if not 0 < stream_block_ms <= MAX_BLOCK_MS:  # 1e308 overflowed per file; 1e9 read whole files at once
+                raise ValueError(f"a stream's block must be a positive number of ms, at most {MAX_BLOCK_MS:g}, "
+                                 f"got {stream_block_ms:g}")  # fmt: skip
             if self.device.type != "cpu":
                 raise ValueError(f"streaming runs on CPU, not {self.device}")
         if dtype not in ("fp32", "int8"):

@@ -9,10 +9,10 @@ of the whole signal (tested within 1e-4), for any block sizes.
 
 Latency: an output sample is final once every encoder window that covers it has been read (the
 window starting at it: ``window - 1`` samples ahead), so after a block that ends on a frame boundary
-the stream has returned everything up to ``window - stride`` samples before the end of the input;
+the stream has returned everything up to ``window - stride`` samples before the end of the input (a window
+that is a multiple of the stride; ``window - window mod stride`` otherwise);
 :attr:`ConvTasNetStream.algorithmic_latency` is that in samples, for blocks a multiple of the stride
-(others wait up to a stride more: ``block + window - gcd(block, stride)`` in all; :func:`block_latency`,
-which ``audiosep bench`` reports).
+(others wait longer: :func:`block_latency`, which ``audiosep bench`` reports).
 
 :class:`RESepFormerStream` does the same for a causal RE-SepFormer: it separates one chunk of
 ``chunk_size`` encoder frames at a time (the intra-chunk transformer sees the whole chunk, and the
@@ -105,18 +105,27 @@ def _check_block(block: Tensor, pending: Tensor | None) -> None:
         raise ValueError("a stream block holds NaN or Inf samples")
 
 
+MAX_BLOCK_MS = 10_000.0  # a stream's block is a piece of a live signal: 1e9 ms read a whole file at once (GBs)
+# Modules of these packages are transforms of a model (fused, folded or quantized), not its plain layers: torch's
+# own dynamic int8 streamed 7.8e-3 off offline (reviewer).
+TRANSFORM_MODULES = ("audiosep.optimize", "audiosep.quantize", "torch.ao.", "torch.nn.quantized", "torch.nn.intrinsic")
+
+
 def _stream_copy(model: nn.Module, kind: type, name: str) -> nn.Module:
-    """An eval-mode copy of a plain causal ``kind`` model for a stream, or ``ValueError`` saying why not."""
+    """An eval-mode copy of a plain causal float32 ``kind`` model for a stream, or ``ValueError`` saying why not."""
     from audiosep.optimize import refuse_hooks
 
     if type(model) is not kind:
         raise ValueError(f"streaming runs a plain causal {name}, not a {type(model).__name__}")
     if not model.init_args.get("causal", False):
         raise ValueError(f"streaming needs a causal {name} (causal=True): other models look ahead")
-    transformed = [type(m).__name__ for m in model.modules() if type(m).__module__ in ("audiosep.optimize", "audiosep.quantize")]
+    transformed = [type(m).__name__ for m in model.modules() if type(m).__module__.startswith(TRANSFORM_MODULES)]
     if transformed:
         raise ValueError(f"streaming runs the plain {name}, and this one is prepared or int8 ({transformed[0]}); "
                          "stream the model it was made from")  # fmt: skip
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    if dtypes - {torch.float32}:  # blocks are float32: a float64 model opened, then failed on every block
+        raise ValueError(f"streaming runs float32 models; this {name} holds {', '.join(sorted(map(str, dtypes)))} weights")
     refuse_hooks(model, "streaming", "the stream calls the layers block by block in its own order")
     return copy.deepcopy(model).eval()
 
@@ -128,7 +137,8 @@ def block_latency(block: int, period: int, lag: int) -> int:
     ``t`` once its input holds ``t + lag`` samples, i.e. at the end of the first block reaching that. Over
     the periods' alignments with the blocks (``t`` a multiple of ``period``), the wait ``lag + e`` is longest
     for the smallest positive ``x = t + lag`` modulo ``block``, which is ``r = lag mod gcd`` (``gcd`` when 0):
-    ``lag + block - r``. Blocks a multiple of a Conv-TasNet's stride give ``block + window - stride``.
+    ``lag + block - r``. Blocks a multiple of a Conv-TasNet's stride give ``block + window - stride`` when the
+    window is a multiple of the stride too (``block + window - 1`` for window 7, stride 3).
     """
     step = math.gcd(block, period)
     return lag + block - (lag % step or step)
@@ -161,8 +171,8 @@ class ConvTasNetStream(_LatencyMixin):
     def __init__(self, model: ConvTasNet) -> None:
         self.model = _stream_copy(model, ConvTasNet, "Conv-TasNet")
         self.window, self.stride = model.enc_kernel_size, model.stride
-        self.algorithmic_latency = self.window - self.stride
         self.period, self.lag = self.stride, self.window  # a frame's output is final once its window is in
+        self.algorithmic_latency = self.latency(self.stride) - self.stride  # window - stride for an even window
         self.reset()
 
     def reset(self) -> None:

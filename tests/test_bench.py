@@ -493,6 +493,19 @@ def test_streaming_latency_of_a_causal_resepformer_is_a_chunk_and_a_window() -> 
     assert row["compute_ms"] > 0 and row["compute_rtf"] > 0
 
 
+def test_a_stream_slower_than_real_time_has_no_total_latency() -> None:
+    """Above compute RTF 1 the backlog grows without bound: 2.5 ms blocks at RTF 1.5 were "ok", 6 ms in all (reviewer)."""
+    from audiosep.bench.report import format_streaming
+    from audiosep.bench.streaming import streaming_latency
+    from audiosep.models import conv_tasnet_demo
+
+    model = conv_tasnet_demo(num_repeats=1, num_layers=2, causal=True, norm="cLN").eval()
+    row = streaming_latency("ctn", model, 1_000_000, 0.001, torch.device("cpu"), repeats=3)  # 1 µs blocks
+    assert row["compute_rtf"] > 1 and row["total_latency_ms"] is None
+    assert row["status"].startswith(f"too slow (compute RTF {row['compute_rtf']:.2f} >= 1: the backlog grows")
+    assert "| unbounded (RTF >= 1) |" in format_streaming([row])
+
+
 @pytest.mark.parametrize(("block_ms", "latency_ms"), [(1.0, 4.0), (2.5, 6.0), (20.0, 22.0)])
 def test_streaming_latency_is_the_longest_wait_for_blocks_not_a_multiple_of_the_stride(
     block_ms: float, latency_ms: float

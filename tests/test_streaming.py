@@ -96,10 +96,45 @@ def test_models_that_look_ahead_are_refused() -> None:
         Separator(conv_tasnet_demo(num_repeats=1, num_layers=2), 8000, stream_block_ms=20)
 
 
-@pytest.mark.parametrize("block_ms", [0.0, -5.0, float("nan"), float("inf")])
-def test_a_block_length_that_is_not_positive_and_finite_is_refused(block_ms: float) -> None:
-    with pytest.raises(ValueError, match="a stream's block must be a positive, finite number of ms"):
+@pytest.mark.parametrize("block_ms", [0.0, -5.0, float("nan"), float("inf"), 1e308, 1e9, 10_001.0])
+def test_a_block_length_that_is_not_positive_and_at_most_10_s_is_refused(block_ms: float) -> None:
+    """1e308 ms overflowed for every file; 1e9 ms read a whole file in one block (2.8 GB for 30 s; reviewer)."""
+    with pytest.raises(ValueError, match="a stream's block must be a positive number of ms, at most 10000"):
         Separator(causal_model(), 8000, stream_block_ms=block_ms)
+    assert Separator(causal_model(), 8000, stream_block_ms=10_000.0).stream_block_ms == 10_000.0
+
+
+def test_models_of_other_dtypes_or_quantized_by_torch_are_refused() -> None:
+    """torch's own dynamic int8 streamed 7.8e-3 off offline; a float64 model opened a stream that failed on every
+    block (reviewer)."""
+    quantized = torch.ao.quantization.quantize_dynamic(causal_resepformer("channel_ln"), {torch.nn.Linear})
+    with pytest.raises(ValueError, match="prepared or int8 \\(DynamicQuantizedLinear|prepared or int8 \\(Linear"):
+        open_stream(quantized)
+    with pytest.raises(ValueError, match="streaming runs float32 models; this Conv-TasNet holds torch.float64 weights"):
+        open_stream(causal_model().double())
+
+
+def test_a_conv_tasnet_stream_states_its_lag_for_odd_windows() -> None:
+    """window - stride (4 for window 7, stride 3) understated the wait of blocks a multiple of the stride:
+    they wait block + window - 1 (reviewer)."""
+    model = causal_model(enc_kernel_size=7)
+    stream = open_stream(model)
+    assert (stream.window, stream.stride) == (7, 3)
+    assert stream.algorithmic_latency == 6 == longest_wait(stream, 3) - 3 == longest_wait(open_stream(model), 6) - 6
+    even = open_stream(causal_model())
+    assert even.algorithmic_latency == 4 == longest_wait(even, 4) - 4  # window 8, stride 4
+
+
+def test_infer_refuses_chunk_options_with_stream(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """They were accepted and ignored: a 10 s file streamed 0.34 off the chunked infer asked for (reviewer)."""
+    ckpt = tmp_path / "causal.ckpt"
+    save_model(causal_model(), ckpt, {"sample_rate": 8000})
+    sf.write(tmp_path / "mix.wav", (0.1 * torch.randn(4000)).numpy(), 8000)
+    for option in (["--chunk-seconds", "2"], ["--overlap-seconds", "0.5"], ["--chunk-batch", "2"], ["--max-memory", "900"]):
+        argv = ["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), *option, "--stream", "--", str(tmp_path / "mix.wav")]
+        assert main(argv) == 1
+        assert capsys.readouterr().err == f"audiosep: error: {option[0]} does not apply to --stream (the stream separates the whole file block by block)\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_int8_separator_refuses_to_stream() -> None:

@@ -64,6 +64,12 @@ def _joined(values: Sequence[Any], pattern: str) -> str:
     return " / ".join("-" if v is None else pattern.format(v) for v in values)
 
 
+def _total_latency(row: dict[str, Any]) -> str:
+    """A streaming row's total latency, or why there is none (a stream slower than real time falls behind)."""
+    total = row["total_latency_ms"]
+    return "unbounded (RTF >= 1)" if total is None else f"{total:.2f}"
+
+
 def format_streaming(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the streaming rows (:mod:`audiosep.bench.streaming`); empty without a causal model."""
     measured = [row for row in rows if "compute_ms" in row]
@@ -75,7 +81,7 @@ def format_streaming(rows: list[dict[str, Any]]) -> str:
     ]
     lines += [
         f"| {row['model']} | {row['block_ms']:g} | {row['algorithmic_latency_ms']:g} | {row['compute_ms']:.2f} "
-        f"| {row['compute_rtf']:.2f} | {row['total_latency_ms']:.2f} |"
+        f"| {row['compute_rtf']:.2f} | {_total_latency(row)} |"
         for row in measured
     ]
     return "\n".join(lines)

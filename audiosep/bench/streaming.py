@@ -53,10 +53,13 @@ def streaming_latency(
             emitting.append(walls[-1])
     compute_ms = 1000 * sorted(emitting)[len(emitting) // 2]
     algorithmic = 1000 * stream.latency(block) / sample_rate
+    rtf = round(sum(walls) / (len(walls) * block / sample_rate), 3)
+    keeps_up = rtf < 1  # else the backlog, and the real latency, grow without bound
     return row | {
-        "status": f"ok ({type(stream).__name__}, batch 1)",
+        "status": f"ok ({type(stream).__name__}, batch 1)" if keeps_up
+        else f"too slow (compute RTF {rtf:.2f} >= 1: the backlog grows; try longer blocks)",
         "algorithmic_latency_ms": round(algorithmic, 2),
         "compute_ms": round(compute_ms, 3),
-        "compute_rtf": round(sum(walls) / (len(walls) * block / sample_rate), 3),
-        "total_latency_ms": round(algorithmic + compute_ms, 2),
+        "compute_rtf": rtf,
+        "total_latency_ms": round(algorithmic + compute_ms, 2) if keeps_up else None,
     }

@@ -211,7 +211,6 @@ def _check_device(device: str, dtypes: list[str]) -> None:
 
 
 MAX_LENGTH_S = 3600  # an hour of audio per benchmarked input
-MAX_BLOCK_MS = 10_000.0  # a stream's block: 1e9 ms asked for 32 GB (a traceback)
 
 
 def _check_at_most_an_hour(flag: str, seconds: float) -> None:
@@ -253,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
     if max(args.lengths) * max(args.batch_sizes) > MAX_LENGTH_S:  # --batch-sizes 1000000 asked for 32 GB: a traceback
         raise UserError(f"--batch-sizes x --lengths: at most {MAX_LENGTH_S} s of audio per call, got "
                         f"{max(args.batch_sizes)} x {max(args.lengths):g} s")  # fmt: skip
+    from audiosep.streaming import MAX_BLOCK_MS
+
     if args.block_ms > MAX_BLOCK_MS:
         raise UserError(f"--block-ms: at most {MAX_BLOCK_MS:g} (a stream's block is a chunk of a live signal), "
                         f"got {args.block_ms:g}")  # fmt: skip

@@ -68,15 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sample format of the output WAVs; auto: float inputs give FLOAT (level kept), 24- and 32-bit "
         "ones PCM_24, others PCM_16 (integer outputs are scaled as one so that none clips; default: %(default)s)",
     )  # fmt: skip
-    parser.add_argument("--chunk-seconds", type=float, default=16.0, help="chunk length for long files")
-    parser.add_argument("--overlap-seconds", type=float, default=2.0, help="overlap between chunks")
+    parser.add_argument("--chunk-seconds", type=float, default=None, help="chunk length for long files (default: 16)")
+    parser.add_argument("--overlap-seconds", type=float, default=None, help="overlap between chunks (default: 2)")
     parser.add_argument(
         "--max-memory", type=float, default=None, metavar="MIB",
         help="pick the chunk length so that memory stays under MIB (process RAM on CPU, allocated memory "
         "on CUDA), measured on this model; replaces --chunk-seconds",
     )  # fmt: skip
-    parser.add_argument("--chunk-batch", type=int, default=1,
-                        help="chunks of a long file per forward pass (faster on a GPU; default: %(default)s)")
+    parser.add_argument("--chunk-batch", type=int, default=None,
+                        help="chunks of a long file per forward pass (faster on a GPU; default: 1)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument(
         "--no-optimize", action="store_true",
@@ -282,18 +282,31 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
         report.wrote(label, written)
 
 
+def check_chunk_options(args: argparse.Namespace) -> None:
+    """Refuse chunking options with ``--stream``, which separates the whole file block by block and would
+    ignore them (its output is the model's on the whole file, not the chunked one's), and a bad --max-memory."""
+    if args.max_memory is not None and not (math.isfinite(args.max_memory) and args.max_memory > 0):
+        raise UserError("--max-memory takes a positive number of MiB")
+    chunking = {"--chunk-seconds": args.chunk_seconds, "--overlap-seconds": args.overlap_seconds,
+                "--chunk-batch": args.chunk_batch, "--max-memory": args.max_memory}  # fmt: skip
+    given = [flag for flag, value in chunking.items() if value is not None]
+    if args.stream is not None and given:
+        raise UserError(f"{given[0]} does not apply to --stream (the stream separates the whole file block by block)")
+
+
 def load_separator(args: argparse.Namespace):
     from audiosep.checkpoint import CheckpointError
     from audiosep.inference import ChunkConfig, Separator
 
-    if args.max_memory is not None and not (math.isfinite(args.max_memory) and args.max_memory > 0 and args.stream is None):
-        raise UserError("--max-memory takes a positive number of MiB, and does not apply to --stream")
+    check_chunk_options(args)
     check_device(args.device)  # as evaluate: one line, not the driver's message
     try:
-        chunk = ChunkConfig(args.chunk_seconds, args.overlap_seconds)
+        defaults = ChunkConfig()
+        chunk = ChunkConfig(defaults.seconds if args.chunk_seconds is None else args.chunk_seconds,
+                            defaults.overlap_seconds if args.overlap_seconds is None else args.overlap_seconds)  # fmt: skip
         separator = Separator.from_checkpoint(
             args.ckpt, chunk=chunk, device=args.device, optimize=not args.no_optimize, dtype=args.dtype,
-            stream_block_ms=args.stream, chunk_batch=args.chunk_batch,
+            stream_block_ms=args.stream, chunk_batch=args.chunk_batch or 1,
         )
         if args.max_memory is not None:
             chunk = separator.fit_chunk_to_memory(args.max_memory)
