@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         report = write_subset_manifest(
             args.root, subset, args.out, workers=args.workers, decode=not args.headers_only
         )
-        print(f"{subset}: {report.num_written} utterances -> {report.manifest}")
+        if report.num_written:
+            print(f"{subset}: {report.num_written} utterances -> {report.manifest}")
         if report.skipped:
             print(
                 f"{subset}: skipped {len(report.skipped)} file(s), listed in "
@@ -73,4 +74,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {path}: {reason}", file=sys.stderr)
             if len(report.skipped) > MAX_LISTED:
                 print(f"  ... and {len(report.skipped) - MAX_LISTED} more", file=sys.stderr)
+        if not report.num_written:
+            subset_dir = Path(args.root).expanduser() / subset
+            _refuse_empty_manifest(subset_dir, len(report.skipped))
     return 0
+
+
+def _refuse_empty_manifest(subset_dir: Path, num_skipped: int) -> None:
+    """Raise for a subset with nothing usable (say an empty .trans.txt): it exited 0 with an empty .jsonl,
+    found only when training read it (no manifest is written for it now)."""
+    from audiosep.errors import UserError
+
+    raise UserError(f"{subset_dir}: no utterances written (all {num_skipped} file(s) skipped, listed above)")

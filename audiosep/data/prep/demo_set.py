@@ -302,9 +302,45 @@ def _read_marker(marker: Path) -> dict:
     return stored if isinstance(stored, dict) else {}
 
 
+def _wav_has_length(path: Path, frames: int, sample_rate: int) -> bool:
+    """Whether ``path`` is a mono wav of ``frames`` samples at ``sample_rate`` (its header only: fast)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError):
+        return False
+    return (info.frames, info.samplerate, info.channels) == (frames, sample_rate, 1)
+
+
+def _split_is_intact(out_dir: Path, config: DemoSetConfig, split: str) -> bool:
+    """Whether every wav that ``split``'s metadata CSV and manifest list is there with its recorded length."""
+    rate = config.sample_rate
+    metadata = out_dir / "Libri2Mix" / f"wav{rate // 1000}k" / "min" / "metadata"
+    with (metadata / f"mixture_{split}_mix_clean.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if len(rows) != config.mixtures(split):
+        return False
+    for row in rows:
+        if not all(_wav_has_length(Path(row[key]), int(row["length"]), rate)
+                   for key in ("mixture_path", "source_1_path", "source_2_path")):
+            return False
+    lines = (out_dir / "manifests" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    return bool(records) and all(
+        _wav_has_length(Path(r["audio_filepath"]), round(r["duration"] * rate), rate) for r in records)
+
+
+def _set_is_intact(out_dir: Path, config: DemoSetConfig) -> bool:
+    """Whether the files of a set marked complete are all still there, whole (else it is rebuilt: a deleted
+    or truncated wav, or a deleted manifest, said "ready" and failed later inside training)."""
+    try:
+        return all(_split_is_intact(out_dir, config, split) for split in SPLITS)
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):  # a damaged CSV or manifest
+        return False
+
+
 def _prepare_out_dir(out_dir: Path, config: DemoSetConfig) -> bool:
-    """True when out_dir already holds a complete set built with ``config``; else empties our folders
-    after a run of this ``config`` that did not finish (its partial files).
+    """True when out_dir already holds a complete set built with ``config`` whose listed files are all
+    intact; else empties our folders (partial files of a run that did not finish, or a damaged set).
 
     Why nothing else is ever deleted: ``Libri2Mix`` may also hold a LibriMix that ``audiosep data
     librimix`` generated there, and a rerun with other settings removed it whole (reviewer).
@@ -320,7 +356,7 @@ def _prepare_out_dir(out_dir: Path, config: DemoSetConfig) -> bool:
         if stored.get("config") != asdict(config) or stored.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{out_dir}: holds a demo set of other settings (or data written by something else); "
                             "choose another folder, or delete it first")  # fmt: skip
-        if stored.get("complete"):
+        if stored.get("complete") and _set_is_intact(out_dir, config):
             return True
         for name in ours:
             shutil.rmtree(out_dir / name, ignore_errors=True)

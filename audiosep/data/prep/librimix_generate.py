@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -131,8 +132,9 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
     """Rows of an official mixture CSV (``mixture_ID,source_1_path,source_1_gain,...,noise_gain``).
 
     Raises:
-        UserError: a column is missing, a gain is not a number, or a ``mixture_ID`` is not a plain
-            file name or repeats (it names the files written in every output folder).
+        UserError: a column is missing, a row has more fields than the header, a gain is not a number,
+            or a ``mixture_ID`` is not a plain file name or repeats (it names the files written in
+            every output folder).
     """
     needed = ["mixture_ID", "noise_path", "noise_gain"]
     needed += [f"source_{i + 1}_{k}" for i in range(n_src) for k in ("path", "gain")]
@@ -148,6 +150,9 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
             raise UserError(f"{path}: not a Libri{n_src}Mix metadata file (missing columns {missing})")
         try:
             for row in reader:
+                if None in row:  # csv puts the fields beyond the header under None: a shifted or broken row
+                    raise UserError(f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(row[None])} "
+                                    f"fields, but the header has {len(reader.fieldnames)} columns")
                 if bool(row["noise_path"]) != bool(row["noise_gain"]):  # one without the other: NaN noise
                     raise ValueError("noise_path and noise_gain must be both set or both empty")
                 rows.append(
@@ -166,15 +171,29 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
     return rows
 
 
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # as `data librispeech --subsets`: no separator, . or ..
+
+
 def split_name(csv_path: Path, n_src: int) -> str:
-    """Output folder of a metadata CSV, as the official script names it (``dev-clean`` -> ``dev``)."""
-    return csv_path.stem.replace(f"libri{n_src}mix_", "").replace("-clean", "")
+    """Output folder of a metadata CSV, as the official script names it (``dev-clean`` -> ``dev``).
+
+    Raises:
+        UserError: the name is not a plain folder name (``libri2mix_...csv`` wrote outside the mode folder).
+    """
+    name = csv_path.stem.replace(f"libri{n_src}mix_", "").replace("-clean", "")
+    if not SPLIT_NAME.fullmatch(name):
+        raise UserError(f"{csv_path}: gives the split name {name!r}, not a plain folder name (such as dev)")
+    return name
 
 
 def find_metadata_csvs(metadata_dir: str | Path, n_src: int, splits: list[str] | None = None) -> list[Path]:
     """The ``libri{n}mix_*.csv`` files in ``metadata_dir`` (or its ``Libri{n}Mix``/``metadata/Libri{n}Mix``).
 
     ``splits`` selects by subset (``dev-clean``) or output name (``dev``).
+
+    Raises:
+        UserError: none found, a CSV's split name is not a plain folder name, two CSVs give the same
+            split name, or a requested split is not there.
     """
     root = Path(metadata_dir).expanduser()
     for folder in (root, root / f"Libri{n_src}Mix", root / "metadata" / f"Libri{n_src}Mix"):
@@ -183,6 +202,11 @@ def find_metadata_csvs(metadata_dir: str | Path, n_src: int, splits: list[str] |
             break
     else:
         raise UserError(f"{root}: no libri{n_src}mix_*.csv metadata found (nor in Libri{n_src}Mix/)")
+    first_of: dict[str, Path] = {}
+    for path in found:  # one output folder each: two CSVs of one split overwrote each other's metadata
+        other = first_of.setdefault(split_name(path, n_src), path)
+        if other != path:
+            raise UserError(f"{other} and {path}: both give split {split_name(path, n_src)!r}; keep one")
     if splits is None:
         return found
     by_name = {split_name(p, n_src): p for p in found} | {p.stem.split("_", 1)[1]: p for p in found}
@@ -394,12 +418,14 @@ def generate_split(
         workers: worker processes.
 
     Raises:
-        UserError: a metadata column or input file is missing, a row names a file outside the output
-            folders or an input outside its corpus root, or an input cannot be read.
+        UserError: the CSV lists no mixtures, a metadata column or input file is missing, a row names a
+            file outside the output folders or an input outside its corpus root, or an input cannot be read.
     """
     start = time.perf_counter()
     split = split_name(metadata_csv, config.n_src)
     all_rows = read_metadata_csv(metadata_csv, config.n_src)
+    if not all_rows:  # exit 0 with empty metadata CSVs, found only when training read them
+        raise UserError(f"{metadata_csv}: lists no mixtures")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
     rows = all_rows[:limit]

@@ -77,8 +77,9 @@ def draw_groups(speech: list[Clip], n_src: int, rng: np.random.Generator) -> lis
 class NoisePool:
     """Draws unused noises at least as long as a group, as the recipe does (reused once exhausted).
 
-    Non-augmented noises only, unless the mixtures outnumber them; with none long enough, train
-    takes the longest left and dev/test drop the group.
+    Non-augmented noises only, unless the mixtures outnumber them. With no unused noise long enough,
+    train takes the longest left (the recipe) and dev/test reuse the pool, dropping the group only
+    when no noise at all is long enough.
     """
 
     def __init__(self, noises: list[Clip], num_mixtures: int, rng: np.random.Generator) -> None:
@@ -89,8 +90,12 @@ class NoisePool:
         self.lengths: list[int] = []
 
     def take(self, min_length: int, longest_if_none: bool) -> int | None:
-        """A random unused noise of at least ``min_length`` samples (``None``: none and not train)."""
-        if not self.unused:
+        """A random unused noise of at least ``min_length`` samples (``None``: none and not train).
+
+        Why dev/test refill when no unused noise is long enough, not only when none is unused: a leftover
+        short noise blocked the refill and every later group was dropped.
+        """
+        if not self.unused or (self.lengths[-1] < min_length and not longest_if_none):
             self.unused = sorted(self.candidates, key=lambda i: self.noises[i].length)
             self.lengths = [self.noises[i].length for i in self.unused]
         position = bisect.bisect_left(self.lengths, min_length)
@@ -108,18 +113,20 @@ def draw_plan(
     speech: list[Clip],
     noises: list[Clip],
     n_src: int,
-    is_train: bool,
+    subset: str,
     num_mixtures: int | None,
     rng: np.random.Generator,
 ) -> list[tuple[list[int], int | None]]:
     """``(clip indices, noise index)`` of each new mixture.
 
     Train subsets use each clip once (more passes only when ``num_mixtures`` asks for more); others
-    draw passes until ``num_mixtures`` (default 3000) distinct groups, or until none is new.
+    draw passes until ``num_mixtures`` (default 3000) distinct groups, or until none is new. Fewer
+    than an explicit ``num_mixtures`` is logged as a warning with the reason (it was silent).
     """
+    is_train = subset.startswith("train")
     target = num_mixtures or (None if is_train else DEFAULT_EVAL_MIXTURES)
     pool = NoisePool(noises, target or len(speech) // n_src, rng) if noises else None
-    plan, seen = [], set()
+    plan, seen, no_noise = [], set(), 0
     while target is None or len(plan) < target:
         added = 0
         for group in draw_groups(speech, n_src, rng):
@@ -130,12 +137,19 @@ def draw_plan(
             if pool is not None:
                 noise = pool.take(max(speech[i].length for i in group), longest_if_none=is_train)
                 if noise is None:
+                    no_noise += 1
                     continue
             seen.add(key)
             plan.append((group, noise))
             added += 1
         if added == 0 or target is None:
             break
+    if num_mixtures is not None and len(plan) < num_mixtures:
+        dropped = f" ({no_noise} group(s) dropped: no noise as long as their longest utterance)" if no_noise else ""
+        logger.warning(
+            "%s: drew only %d of the %d mixtures asked for: a pass over the utterances added no new group "
+            "of %d distinct speakers%s", subset, len(plan), num_mixtures, n_src, dropped
+        )
     return plan
 
 
@@ -213,7 +227,8 @@ def draw_metadata(
         The written mixture CSV, which :func:`generate_split` reads like an official one.
 
     Raises:
-        UserError: a folder is missing or holds too few speakers, or an input is not 16 kHz.
+        UserError: a folder is missing or holds too few speakers, an input is not 16 kHz, or no
+            mixture could be drawn.
     """
     if num_mixtures is not None and num_mixtures < 1:
         raise UserError(f"the number of mixtures must be at least 1, got {num_mixtures}")
@@ -231,9 +246,7 @@ def draw_metadata(
     if wham_dir is not None:
         wham_dir = Path(wham_dir).expanduser()
         noises = list_clips(wham_dir, noise_folder(subset), "**/*.wav", False, workers)
-    plan = draw_plan(
-        speech, noises, n_src, subset.startswith("train"), num_mixtures, np.random.default_rng(seed)
-    )
+    plan = draw_plan(speech, noises, n_src, subset, num_mixtures, np.random.default_rng(seed))
     jobs = [
         GainJob(
             i,
@@ -255,6 +268,9 @@ def draw_metadata(
         row = [mixture_id, *(x for c, g in zip(clips, gains[i], strict=False) for x in (c.path, repr(g)))]
         rows.append(row + ([noises[noise].path, repr(gains[i][-1])] if noise is not None else ["", ""]))
         info.append([mixture_id, *(x for c in clips for x in (c.speaker, sexes.get(c.speaker, "")))])
+    if not rows:  # an empty CSV was written, then reused on every rerun and refused by generation
+        raise UserError(f"{librispeech_dir / subset}: no mixtures drawn (no noise as long as the utterances, "
+                        "or only silent ones)")
     header = ["mixture_ID", *(f"source_{i + 1}_{k}" for i in range(n_src) for k in ("path", "gain"))]
     csv_path = out_dir / f"libri{n_src}mix_{subset}.csv"
     atomic_write_text(csv_path, csv_text([*header, "noise_path", "noise_gain"], rows))

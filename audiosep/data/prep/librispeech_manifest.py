@@ -103,7 +103,8 @@ def write_subset_manifest(
             }
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     manifest = out_dir / f"{subset}.jsonl"
-    atomic_write_text(manifest, "".join(lines))
+    if lines:  # none: the caller refuses the subset, and an earlier run's manifest stays as it was
+        atomic_write_text(manifest, "".join(lines))
     skip_list = out_dir / f"{subset}.skipped.tsv"
     if skipped:
         atomic_write_text(skip_list, "".join(f"{path}\t{reason}\n" for path, reason in skipped))
