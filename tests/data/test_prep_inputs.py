@@ -1,4 +1,4 @@
-"""Review findings on data preparation: stale demo sets, split names, noise reuse, empty inputs, long rows."""
+"""Data preparation refuses or rebuilds what it cannot trust: stale demo sets, split names, noise reuse, empty inputs, long rows."""
 
 from __future__ import annotations
 
