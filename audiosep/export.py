@@ -458,9 +458,15 @@ def check_opset(path: Path, format: str, opset: int) -> None:
                         f"newest this onnx knows), got {opset}")  # fmt: skip
 
 
-def _check_lengths(path: Path, lengths: Sequence[int], atol: float) -> None:
+MAX_CHECK_SECONDS = 600  # a check length of 1e11 samples asked for 400 GB: a traceback (reviewer)
+
+
+def _check_lengths(path: Path, lengths: Sequence[int], atol: float, sample_rate: int) -> None:
     if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
         raise UserError(f"{path}: check lengths must be positive sample counts, got {list(lengths)}")
+    if max(lengths) > MAX_CHECK_SECONDS * sample_rate:
+        raise UserError(f"{path}: check lengths of at most {MAX_CHECK_SECONDS} s ({MAX_CHECK_SECONDS * sample_rate} "
+                        f"samples at {sample_rate} Hz), got {max(lengths)}")  # fmt: skip
     if not 0 <= atol < math.inf:  # an infinite atol passed a file that could not even be loaded
         raise UserError(f"{path}: atol must be a finite number >= 0, got {atol}")
 
@@ -486,7 +492,7 @@ def check_export(
     check_format(path, format)
     graph = build_graph(model, features, str(path))
     lengths = list(lengths or default_check_lengths(sample_rate, graph.window))
-    _check_lengths(path, lengths, atol)
+    _check_lengths(path, lengths, atol, sample_rate)
     if not path.is_file():
         raise UserError(f"{path}: exported file not found")
     start = time.perf_counter()
@@ -556,7 +562,7 @@ def export_model(
     check_opset(path, format, opset)
     graph = build_graph(model, features, str(path))
     lengths = list(check_lengths or default_check_lengths(sample_rate, graph.window))
-    _check_lengths(path, lengths, atol)
+    _check_lengths(path, lengths, atol, sample_rate)
     info = {"sample_rate": sample_rate, "model": type(model).__name__, "task": graph.task,
             "inputs": graph.input_names, "outputs": graph.output_names, **(metadata or {})}  # fmt: skip
     example = _example(graph, sample_rate, lengths)

@@ -686,3 +686,62 @@ def test_a_peer_whose_encoder_lacks_our_relu_is_noted(tmp_path: Path) -> None:
     save_model(ConvTasNet(**TINY, encoder_activation="linear"), tmp_path / "linear.ckpt", {"sample_rate": 8000})
     _, _, notes = resolve_models(BenchSettings(checkpoints=[str(tmp_path / "linear.ckpt")], peers=True))
     assert not any("its encoder has" in note for note in notes)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--models", "conv_tasnet_demo", "--override", "hidden_channels=1000000000", "--lengths", "0.25", "--no-memory"],
+        ["sweep", "--X", "1", "--R", "1", "--H", "1000000000", "--seconds", "0.25", "--repeats", "1"],
+    ],
+)
+def test_an_override_too_large_to_build_is_one_line_and_allocates_nothing(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hidden_channels=1e9 asked for 256 GB and ended in a 48-line traceback (reviewer)."""
+    from audiosep.cli import main
+
+    built: list[str] = []
+    real_build = torch.nn.Module.__init__
+
+    def watching(self: nn.Module, *args: object, **kwargs: object) -> None:
+        built.append(str(torch.empty(0).device))
+        real_build(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "__init__", watching)
+    assert main(["bench", *argv, "--out-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weights; at most 500,000,000 are benchmarked" in err, err
+    assert set(built) == {"meta"}  # nothing built on the CPU
+
+
+def test_threads_far_beyond_the_cores_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from audiosep.cli import main
+
+    limit = 8 * (os.cpu_count() or 1)
+    assert main(["bench", "--models", "conv_tasnet_demo", "--threads", str(limit + 1), "--out-dir", str(tmp_path)]) == 1
+    assert f"--threads: at most {limit} (8 per CPU core of this machine), got {limit + 1}" in capsys.readouterr().err
+
+
+def test_bf16_rows_on_a_cpu_without_bf16_say_they_time_an_emulation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 rows were "ok" at 8x the fp32 time with only a footer flag (reviewer)."""
+    monkeypatch.setattr(measure, "bf16_native", lambda device: False)
+    settings = BenchSettings(models=["conv_tasnet_demo"], overrides=TINY, lengths=[0.25], dtypes=["fp32", "bf16"],
+                             backends=["eager"], repeats=1, memory=False, progress=False)  # fmt: skip
+    assert any(note.startswith("bf16 is emulated on this device") for note in run_bench(settings)["notes"])
+    fp32_only = BenchSettings(models=["conv_tasnet_demo"], overrides=TINY, lengths=[0.25], backends=["eager"],
+                              repeats=1, memory=False, progress=False)  # fmt: skip
+    assert not any(note.startswith("bf16") for note in run_bench(fp32_only)["notes"])
+
+
+def test_an_emulated_dtype_is_timed_on_a_smaller_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2048**3 emulated bf16 matmul took 13 s a pass on an AVX2 EPYC, 80 s of every bench with bf16."""
+    sizes: list[tuple[torch.dtype, int]] = []
+    monkeypatch.setattr(measure, "matmul_mac_per_s", lambda device, dtype=torch.float32, size=2048: sizes.append((dtype, size)) or 1.0)
+    for native in (False, True):
+        monkeypatch.setattr(measure, "bf16_native", lambda device, native=native: native)
+        info = measure.machine_info(torch.device("cpu"), 1, [torch.float32, torch.bfloat16])
+        assert info["matmul_bf16_size"] == (2048 if native else measure.EMULATED_MATMUL_SIZE) == sizes[-1][1]
+    assert sizes[0] == (torch.float32, 2048)

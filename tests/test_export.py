@@ -332,6 +332,9 @@ def test_unknown_format_and_bad_lengths_are_user_errors(tmp_path: Path) -> None:
         export_model(family("conv_tasnet"), tmp_path / "out.x", "tflite", RATE)  # type: ignore[arg-type]
     with pytest.raises(UserError, match=r"check lengths must be positive sample counts, got \[0\]"):
         export_model(family("conv_tasnet"), tmp_path / "out.pt", "torchscript", RATE, check_lengths=[0])
+    with pytest.raises(UserError, match=r"check lengths of at most 600 s \(4800000 samples at 8000 Hz\), got 100000000000"):
+        export_model(family("conv_tasnet"), tmp_path / "out.pt", "torchscript", RATE, check_lengths=[100_000_000_000])
+    assert not (tmp_path / "out.pt").exists()
     with pytest.raises(UserError, match=r"nope\.pt: exported file not found"):
         check_export(tmp_path / "nope.pt", family("conv_tasnet"), "torchscript", RATE)
 
@@ -398,6 +401,7 @@ def test_cli_failed_check_exits_1_with_one_line_and_no_file(
             "m.ckpt: the checkpoint records no sample_rate; pass --sample-rate",
         ),
         ("bare_asr", ["--ckpt", "{d}/m.ckpt"], "m.ckpt: not an ASR checkpoint"),
+        ("no_rate", ["--ckpt", "{d}/m.ckpt", "--sample-rate", "1000000000"], "--sample-rate must be in 1..384000"),
     ],
 )
 def test_cli_user_errors_are_one_line(

@@ -27,6 +27,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 MATMUL_SIZE = 2048
+# An emulated bf16 / fp16 matmul runs at ~0.7 GMAC/s on an AVX2 EPYC: 2048**3 MACs took 13 s a pass (80 s of
+# every bench run with --dtypes bf16); its figure is informational (rooflines are fp32's), so a smaller one.
+EMULATED_MATMUL_SIZE = 512
 MIN_REPEATS, MAX_REPEATS = 3, 30
 WARMUP_PASSES, WARMUP_SECONDS = 3, 0.5
 MACS_CHECK_SECONDS = 0.5  # the meta-device count is checked against a real one at this length
@@ -124,8 +127,20 @@ def machine_info(device: torch.device, threads: int, dtypes: Sequence[torch.dtyp
     }
     for dtype in dtypes:
         if dtype != torch.float32:
-            info[f"matmul_{DTYPE_NAMES[dtype]}_mac_per_s"] = matmul_mac_per_s(device, dtype)
+            size = MATMUL_SIZE if dtype_native(dtype, device) else EMULATED_MATMUL_SIZE
+            info[f"matmul_{DTYPE_NAMES[dtype]}_size"] = size
+            info[f"matmul_{DTYPE_NAMES[dtype]}_mac_per_s"] = matmul_mac_per_s(device, dtype, size)
     return info
+
+
+def dtype_native(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether ``dtype``'s matmuls run in hardware on ``device`` (fp32 always; bf16 per :func:`bf16_native`;
+    fp16 on CUDA or a CPU with AVX-512 FP16 or AMX FP16)."""
+    if dtype == torch.float32 or device.type == "cuda":
+        return True
+    if dtype == torch.bfloat16:
+        return bf16_native(device)
+    return bool(cpu_flags() & {"avx512_fp16", "amx_fp16"})
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

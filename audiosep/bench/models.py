@@ -23,6 +23,9 @@ ASR_RATE = 16000
 FEATURE_FRAMES_PER_SECOND = 100  # QuartzNet's log-mel hop: 10 ms
 SPEECH_LEVEL = 0.1  # standard deviation of the random test signal
 BUILD_SEED = 0  # seed of the untrained presets and peers (the same weights in every run)
+# Weights a preset with overrides may hold (2 GB in float32; sepformer_base holds 26 M): hidden_channels=1e9
+# asked for 256 GB, a traceback (reviewer). Checked on a meta-device build, which allocates nothing.
+MAX_PRESET_VALUES = 500_000_000
 PEER_PACKAGES = {"torchaudio-conv-tasnet": "torchaudio", "speechbrain-sepformer": "speechbrain",
                  "speechbrain-resepformer": "speechbrain"}  # fmt: skip
 PEER_LABELS = {"torchaudio-conv-tasnet": "torchaudio ConvTasNet", "speechbrain-sepformer": "SpeechBrain SepFormer",
@@ -76,6 +79,19 @@ def importable(package: str) -> bool:
         return False
 
 
+def check_preset_size(name: str, overrides: dict[str, Any]) -> None:
+    """Refuse a preset whose overrides make it hold more than :data:`MAX_PRESET_VALUES` weights (built on the
+    meta device first: nothing allocated). Raises ``ValueError``, or what the constructor raises."""
+    from audiosep.models import build
+
+    with torch.device("meta"):
+        meta = build(name, **overrides)
+    values = sum(t.numel() for t in (*meta.parameters(), *meta.buffers()))
+    if values > MAX_PRESET_VALUES:
+        raise ValueError(f"these overrides make a model of {values:,} weights; at most {MAX_PRESET_VALUES:,} "
+                         "are benchmarked")  # fmt: skip
+
+
 def load(spec: ModelSpec) -> LoadedModel:
     """Build ``spec`` (raises ``ValueError``/``TypeError`` for a bad preset, override or file)."""
     from audiosep.models import QuartzNet, build
@@ -90,6 +106,8 @@ def load(spec: ModelSpec) -> LoadedModel:
         # Untrained weights drawn from a fixed seed: every run benchmarks the same model (the int8
         # rows' SI-SNR moved by 2 dB between runs with fresh random weights). Models are built on the
         # CPU, so only the CPU generator is seeded (and restored): the caller's RNGs are untouched.
+        if spec.kind == "preset":
+            check_preset_size(spec.name, spec.overrides)
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(BUILD_SEED)
             module = build(spec.name, **spec.overrides) if spec.kind == "preset" else build_peer(spec.name, spec.overrides)

@@ -128,6 +128,16 @@ def _check_override_targets(settings: BenchSettings) -> list[str]:
     return []
 
 
+def load_checked(spec: ModelSpec) -> LoadedModel:
+    """:func:`load`, with what a bad name, override or file raises as a one-line :class:`BenchError`."""
+    try:
+        return load(spec)
+    except CheckpointError as err:  # one line that names the file itself
+        raise BenchError(str(err)) from err
+    except (ValueError, TypeError, KeyError, RuntimeError, ArithmeticError) as err:  # bad name or override
+        raise BenchError(f"{spec.label}: {one_line(err)}") from err
+
+
 def resolve_models(settings: BenchSettings) -> tuple[list[LoadedModel], list[LoadedModel], list[str]]:
     """Our models, their peers (when asked and importable) and notes on what was adjusted or skipped."""
     notes = _check_override_targets(settings)
@@ -144,14 +154,7 @@ def resolve_models(settings: BenchSettings) -> tuple[list[LoadedModel], list[Loa
     for spec in specs:  # labels are keys: make them unique
         seen[spec.label] = seen.get(spec.label, 0) + 1
         spec.label += f"#{seen[spec.label]}" if seen[spec.label] > 1 else ""
-    ours = []
-    for spec in specs:
-        try:
-            ours.append(load(spec))
-        except CheckpointError as err:  # one line that names the file itself
-            raise BenchError(str(err)) from err
-        except (ValueError, TypeError, KeyError) as err:  # bad name or override
-            raise BenchError(f"{spec.label}: {one_line(err)}") from err
+    ours = [load_checked(spec) for spec in specs]
     peers: dict[str, LoadedModel] = {}
     for model in ours if settings.peers else []:
         peer = peer_spec(model)
@@ -399,6 +402,9 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     notes += oversubscription_note(device, threads)
     models = {m.spec.label: m for m in ours + peers}
     machine = machine_info(device, threads, dtypes)
+    if torch.bfloat16 in dtypes and not machine["bf16_native"]:  # its rows were "ok" at 8x fp32's time (reviewer)
+        notes.append("bf16 is emulated on this device (no avx512_bf16 or AMX): its rows time the emulation, "
+                     "slower than fp32; never pick bf16 here")  # fmt: skip
     counted = {label: count_macs_at(m.module, functools.partial(example_inputs, m, 1), lengths, m.spec.kind != "peer")
                for label, m in models.items()}  # fmt: skip
     macs = {label: per_length for label, (per_length, _) in counted.items()}

@@ -28,12 +28,13 @@ from typing import Any
 import torch
 
 from audiosep.bench.measure import count_macs_at, machine_info
-from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs, load
+from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs
 from audiosep.bench.report import CSV_FIELDS, _pyplot, csv_rows, write_csv
 from audiosep.bench.run import (
     BenchSettings,
     build_runners,
     check_lengths,
+    load_checked,
     measure_memory,
     memory_jobs,
     run_case,
@@ -178,7 +179,7 @@ def run_sweep(settings: SweepSettings) -> dict[str, Any]:
     labels = [
         f"X{c['num_layers']}-R{c['num_repeats']}-H{c['hidden_channels']}" for c in sweep_configs(settings)
     ]
-    models = {label: load(ModelSpec(label, "preset", settings.base, c))
+    models = {label: load_checked(ModelSpec(label, "preset", settings.base, c))
               for label, c in zip(labels, sweep_configs(settings), strict=True)}  # fmt: skip
     check_lengths(models.values(), [settings.seconds], "--seconds")
     machine = machine_info(device, threads, [torch.float32])

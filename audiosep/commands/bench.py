@@ -219,6 +219,15 @@ def _check_at_most_an_hour(flag: str, seconds: float) -> None:
         raise UserError(f"{flag}: at most {MAX_LENGTH_S} s per input, got {seconds:g}")
 
 
+def _check_threads(threads: int | None) -> None:
+    """At most 8 threads per CPU core (100000 was accepted, then died in the reference matmul; reviewer)."""
+    import os
+
+    limit = 8 * (os.cpu_count() or 1)
+    if threads is not None and threads > limit:
+        raise UserError(f"--threads: at most {limit} (8 per CPU core of this machine), got {threads}")
+
+
 def _check_positive(**values: object) -> None:
     """Each value (or every item of a list) must be a finite number > 0 (``nan`` and ``inf`` included)."""
     for name, value in values.items():
@@ -249,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
     _check_positive(lengths=args.lengths, batch_sizes=args.batch_sizes, threads=args.threads, repeats=args.repeats,
                     time_budget=args.time_budget, block_ms=args.block_ms)  # fmt: skip
     _check_at_most_an_hour("--lengths", max(args.lengths))
+    _check_threads(args.threads)
     if max(args.lengths) * max(args.batch_sizes) > MAX_LENGTH_S:  # --batch-sizes 1000000 asked for 32 GB: a traceback
         raise UserError(f"--batch-sizes x --lengths: at most {MAX_LENGTH_S} s of audio per call, got "
                         f"{max(args.batch_sizes)} x {max(args.lengths):g} s")  # fmt: skip
@@ -282,11 +292,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_sweep(args: argparse.Namespace) -> int:
     from audiosep.bench import SweepSettings, format_sweep_table, run_sweep, write_sweep_outputs
+    from audiosep.bench.run import BenchError
 
     _check_positive(num_layers=args.num_layers, num_repeats=args.num_repeats, hidden_channels=args.hidden_channels,
                     seconds=args.seconds, batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
                     time_budget=args.time_budget, train_minutes=args.train_minutes)  # fmt: skip
     _check_at_most_an_hour("--seconds", args.seconds)
+    _check_threads(args.threads)
     _check_device(args.device, ["fp32"])
     check_output_folder(args.out_dir, "--out-dir")
     if args.train_minutes is not None and not args.data:
@@ -303,7 +315,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
         train_minutes=args.train_minutes, data=args.data, train_config=args.train_config,
         train_args=args.train_args, train_dir=str(Path(args.out_dir) / "train"), progress=not args.no_progress,
     )  # fmt: skip
-    report = run_sweep(settings)
+    try:
+        report = run_sweep(settings)
+    except BenchError as err:  # --H 1000000000 asked for 256 GB: a traceback (reviewer)
+        raise UserError(str(err)) from None
     print(format_sweep_table(report))
     paths = write_sweep_outputs(report, args.out_dir)
     print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)

@@ -98,10 +98,11 @@ def load_for_export(ckpt: Path, sample_rate: int | None) -> tuple[Any, Any, int,
 
 def run(args: argparse.Namespace) -> int:
     """Export, check, print the report; a failed check raises (exit code 1)."""
+    from audiosep.checkpoint import MAX_SAMPLE_RATE
     from audiosep.export import ExportCheckError, check_format, check_opset, export_model
 
-    if args.sample_rate is not None and args.sample_rate < 1:
-        raise UserError(f"--sample-rate must be positive, got {args.sample_rate}")
+    if args.sample_rate is not None and not 1 <= args.sample_rate <= MAX_SAMPLE_RATE:  # 1e9: a 64 GB check
+        raise UserError(f"--sample-rate must be in 1..{MAX_SAMPLE_RATE}, got {args.sample_rate}")
     ckpt = Path(args.ckpt)
     out = Path(args.out) if args.out else default_output(ckpt, args.format)
     check_format(out, args.format)  # before loading: a missing onnxruntime fails fast

@@ -315,6 +315,8 @@ def per_block_widths(widths: int | Sequence[int], num_blocks: int) -> list[int]:
     Raises:
         ValueError: a list of the wrong length or a width that is not a positive int.
     """
+    if not isinstance(widths, int | list | tuple):  # 1.5 said "'float' object is not iterable" (reviewer)
+        raise ValueError(f"hidden_channels must be a positive int or a list of them, got {widths!r}")
     values = [widths] * num_blocks if isinstance(widths, int) else list(widths)
     if len(values) != num_blocks:
         raise ValueError(f"hidden_channels needs {num_blocks} widths (X * R), got {len(values)}: {values}")

@@ -196,6 +196,9 @@ class QuartzNet(RebuildableModule):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        for name, size in (("in_features", in_features), ("num_classes", num_classes)):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:  # 0 said "groups must be positive"
+                raise ValueError(f"{name} must be a positive int, got {size!r}")
         specs = [parse_block(spec) for spec in (blocks or quartznet_blocks(5, 5))]
         self.in_features, self.num_classes = in_features, num_classes
         layers, channels = [], in_features
@@ -257,11 +260,19 @@ def quartznet_blocks(num_blocks: int, repeat: int, block_copies: int | None = No
     ]
 
 
+def _refuse_blocks(kwargs: dict[str, Any], preset: str) -> None:
+    """A preset fixes its blocks (an override said "multiple values for argument 'blocks'")."""
+    if "blocks" in kwargs:
+        raise ValueError(f"{preset} fixes its blocks; build QuartzNet(blocks=...) for others")
+
+
 def quartznet_5x5(in_features: int = 64, num_classes: int = 29, **kwargs: Any) -> QuartzNet:
     """QuartzNet 5x5 (NeMo ``QuartzNet5x5``): 6.7 M parameters."""
+    _refuse_blocks(kwargs, "quartznet_5x5")
     return QuartzNet(in_features, num_classes, quartznet_blocks(5, 5), **kwargs)
 
 
 def quartznet_15x5(in_features: int = 64, num_classes: int = 29, **kwargs: Any) -> QuartzNet:
     """QuartzNet 15x5 (NeMo ``QuartzNet15x5``): 18.9 M parameters."""
+    _refuse_blocks(kwargs, "quartznet_15x5")
     return QuartzNet(in_features, num_classes, quartznet_blocks(15, 5), **kwargs)

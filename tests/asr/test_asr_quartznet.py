@@ -130,3 +130,14 @@ def test_every_conv_of_a_padded_batch_sees_zeros_past_each_length():
         if name != "head":  # the CTC head has no norm after it: its padded frames are never read
             valid = 23 if inputs.shape[-1] == 40 else 12  # the second row's frames before and after the stride of 2
             assert not inputs[1, :, valid:].any(), name
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"in_features": 0}, "in_features must be a positive int, got 0"),
+    ({"num_classes": 1.5}, "num_classes must be a positive int, got 1.5"),
+    ({"blocks": []}, "quartznet_5x5 fixes its blocks; build QuartzNet"),
+])  # fmt: skip
+def test_bad_preset_arguments_name_themselves(kwargs: dict, message: str) -> None:
+    """in_features=0 said "groups must be a positive integer", blocks=[] "multiple values for argument" (reviewer)."""
+    with pytest.raises(ValueError, match=message):
+        quartznet_5x5(**kwargs)

@@ -179,7 +179,7 @@ def test_per_block_hidden_channels_build_and_round_trip(tmp_path: Path) -> None:
     assert torch.equal(loaded(x), model(x))
 
 
-@pytest.mark.parametrize("bad", [[12] * 5, [12, 0, 12, 12, 12, 12], 0])
+@pytest.mark.parametrize("bad", [[12] * 5, [12, 0, 12, 12, 12, 12], 0, 1.5, "12"])
 def test_wrong_per_block_widths_raise(bad: object) -> None:
     with pytest.raises(ValueError, match="hidden_channels"):
         tiny(hidden_channels=bad)
