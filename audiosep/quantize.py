@@ -254,7 +254,12 @@ class Int8Linear(nn.Module):
             # A ReLU runs inside the kernel (``linear_relu_dynamic``): no pass over the feed-forward hidden
             # layer, the widest tensor of a transformer layer.
             kernel = torch.ops.quantized.linear_relu_dynamic if self.activation == "relu" else torch.ops.quantized.linear_dynamic
-            y = kernel(flat, self._packed, self.reduce_range)
+            try:
+                y = kernel(flat, self._packed, self.reduce_range)
+            except RuntimeError as err:  # NaN: "In ChooseQuantizationParams, min should be less than or equal to max"
+                if not torch.isfinite(flat).all():
+                    raise ValueError("an int8 layer's input holds NaN or Inf") from err
+                raise
             if self.activation == "prelu":  # in place: ``y`` is the kernel's fresh output
                 y = F.leaky_relu_(y, self.slope)
         if self.activation == "sigmoid":

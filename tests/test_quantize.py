@@ -172,7 +172,8 @@ def test_int8_linear_applies_its_activation_in_place_on_its_own_output(
     if kernel == "dynamic":
         assert name == ("linear_relu_dynamic" if activation == "relu" else "linear_dynamic")  # ReLU inside the kernel
     assert output.data_ptr() == kernel_output.data_ptr()  # no second buffer for the activation
-    assert float((output - expected).abs().max()) < 0.03 * float(expected.abs().max())
+    tolerance = 0.06 if layer.reduce_range else 0.03  # 7-bit activations on CPUs without VNNI: half the steps
+    assert float((output - expected).abs().max()) < tolerance * float(expected.abs().max())
 
 
 def test_activation_qparams_are_torchs_dynamic_quantization_parameters() -> None:
@@ -374,8 +375,10 @@ def test_an_int8_layer_loaded_on_a_cpu_without_vnni_takes_its_safe_settings(monk
     loaded = pickle.loads(saved)
     assert loaded.reduce_range and loaded.kernel == "dynamic"
     x = torch.randn(5, 16)
+    # against the float product of the int8 weights: the saved layer's own 8-bit kernel saturates on such a CPU
+    expected = torch.nn.functional.linear(x, layer.weight, layer._bias)
     with torch.inference_mode():
-        assert float(si_snr(loaded(x).flatten(), layer(x).flatten())) > 30.0
+        assert float(si_snr(loaded(x).flatten(), expected.flatten())) > 30.0
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
