@@ -23,6 +23,8 @@ import numpy as np
 import soundfile as sf
 
 from audiosep.data.asr import Utterance, write_manifest
+from audiosep.data.safe_paths import path_inside
+from audiosep.errors import UserError
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TARGET_RMS = 0.05  # about -26 dBFS
@@ -54,21 +56,35 @@ class FSDDSplits:
     max_pause: float = 0.15
 
 
+FSDD_COLUMNS = ("id", "path", "speaker", "text")
+
+
 def read_fsdd(root: str | os.PathLike) -> list[Recording]:
     """Recordings listed in ``root/manifest.csv`` (``id,path,speaker,...,text``; ids end in ``_take``).
 
     Raises:
-        ValueError: ``manifest.csv`` is missing.
+        UserError: ``manifest.csv`` is missing, lacks a column, or a row has no numeric take or a path
+            outside ``root`` (one line naming the file and line; they were tracebacks, and absolute paths
+            were read from anywhere).
     """
     root = Path(root)
     manifest = root / "manifest.csv"
     if not manifest.is_file():
-        raise ValueError(f"{manifest}: FSDD manifest not found")
-    with manifest.open(newline="") as handle:
-        return [
-            Recording(root / row["path"], row["speaker"], int(row["id"].rsplit("_", 1)[1]), row["text"])
-            for row in csv.DictReader(handle)
-        ]
+        raise UserError(f"{manifest}: FSDD manifest not found")
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM said KeyError: 'id'
+        reader = csv.DictReader(handle)
+        missing = [column for column in FSDD_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{manifest}: not an FSDD manifest (missing columns {missing})")
+        return [_recording(root, row, f"{manifest}:{reader.line_num}") for row in reader]
+
+
+def _recording(root: Path, row: dict[str, str], where: str) -> Recording:
+    """One manifest row as a :class:`Recording` (its take from the id's last ``_`` field)."""
+    take = row["id"].rsplit("_", 1)[-1]
+    if not take.isdigit():
+        raise UserError(f"{where}: id {row['id']!r} does not end in _TAKE (a take number)")
+    return Recording(path_inside(root, row["path"], f"{where}: path"), row["speaker"], int(take), row["text"])
 
 
 def _pools(recordings: list[Recording], splits: FSDDSplits) -> dict[str, dict[str, list[Recording]]]:
@@ -126,6 +142,9 @@ def build_fsdd_asr(
     for offset, (split, count) in enumerate(counts.items()):
         rng = random.Random(seed * 1000 + offset)
         speakers = sorted(pools[split])
+        if count and not speakers:  # train_takes=45, val_takes=5 left test none: "integer modulo by zero"
+            raise UserError(f"no FSDD recordings for the {split} split (train_takes {splits.train_takes}, "
+                            f"val_takes {splits.val_takes}); it asks for {count} utterances")  # fmt: skip
         (out_dir / split).mkdir(parents=True, exist_ok=True)
         utterances = []
         for index in range(count):

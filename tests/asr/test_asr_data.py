@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -132,3 +133,31 @@ def test_a_file_far_longer_than_its_manifest_row_is_refused_when_read(tmp_path):
     with pytest.raises(UserError, match=r"long.wav: 3.00 s of audio, but its manifest row says 1.00 s"):
         dataset[0]
     assert dataset[1][0].shape == (8000 * 3,)  # within rounding of its row: read
+
+
+@pytest.mark.parametrize(("manifest", "message"), [
+    ("\ufeffid,path,speaker,text\n0_a_0,r/0_a_0.wav,a,zero\n", None),  # a BOM: read (it said KeyError: 'id')
+    ("id,path,speaker\n0_a_0,r/0_a_0.wav,a\n", "not an FSDD manifest (missing columns ['text'])"),
+    ("id,path,speaker,text\n0_a_x,r/0_a_x.wav,a,zero\n", "manifest.csv:2: id '0_a_x' does not end in _TAKE"),
+    ("id,path,speaker,text\n0_a_0,/etc/passwd,a,zero\n", "manifest.csv:2: path '/etc/passwd' is not a path inside"),
+    ("id,path,speaker,text\n0_a_0,../x.wav,a,zero\n", "manifest.csv:2: path '../x.wav' is not a path inside"),
+])  # fmt: skip
+def test_a_crafted_fsdd_manifest_is_one_line_and_paths_stay_inside(tmp_path: Path, manifest: str, message: str | None) -> None:
+    from audiosep.data.fsdd import read_fsdd
+    from audiosep.errors import UserError
+
+    (tmp_path / "manifest.csv").write_text(manifest, encoding="utf-8")
+    if message is None:
+        [recording] = read_fsdd(tmp_path)
+        assert (recording.path, recording.take, recording.text) == (tmp_path / "r/0_a_0.wav", 0, "zero")
+        return
+    with pytest.raises(UserError, match=re.escape(message)):
+        read_fsdd(tmp_path)
+
+
+def test_fsdd_splits_that_leave_one_empty_are_one_line(fsdd_dir, tmp_path):
+    """train_takes=45, val_takes=5 left the test split no take: "integer modulo by zero" (reviewer)."""
+    from audiosep.errors import UserError
+
+    with pytest.raises(UserError, match="no FSDD recordings for the test split"):
+        build_fsdd_asr(fsdd_dir, tmp_path, FSDDSplits(train_takes=45, val_takes=5, num_train=1, num_val=1, num_unseen=1))

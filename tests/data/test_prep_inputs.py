@@ -141,6 +141,27 @@ def test_a_mixture_csv_row_with_extra_fields_fails_naming_its_line(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("rate", "content", "problem"), [(8000, None, "8000 Hz, not 16000"),
+                                                       (16000, b"fLaC" + bytes(296), "Error")])  # fmt: skip
+def test_an_input_of_another_rate_or_a_broken_header_fails_before_any_mixture_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rate: int, content: bytes | None, problem: str
+) -> None:
+    """Inputs were only checked to exist: a bad second row failed after the first row's files were written."""
+    chapter = tmp_path / "ls" / "dev-clean" / "1" / "2"
+    chapter.mkdir(parents=True)
+    for index in range(4):
+        sf.write(chapter / f"1-2-000{index}.flac", np.full(1600, 0.1, "float32"), 16000)
+    bad = chapter / "1-2-0003.flac"
+    sf.write(bad, np.full(800, 0.1, "float32"), rate)
+    if content is not None:
+        bad.write_bytes(content)
+    second = ROW.replace("a_b", "c_d").replace("1-2-0000", "1-2-0002").replace("1-2-0001", "1-2-0003")
+    code, err = _librimix(tmp_path, HEADER + ROW + second, capsys)
+    assert code == 1 and err[-1].startswith("audiosep: error: 1 input file(s) unusable (LibriMix reads 16000 Hz audio)")
+    assert f"{bad}: " in err[-1] and problem in err[-1]
+    assert not list((tmp_path / "out").rglob("*.wav"))
+
+
 def test_a_librispeech_subset_with_no_usable_utterance_fails_and_leaves_no_manifest(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

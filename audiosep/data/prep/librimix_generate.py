@@ -31,6 +31,7 @@ from scipy.signal import resample_poly
 from audiosep.data.audio import read_audio, write_audio_atomic
 from audiosep.data.mixing import MIX_TYPES, RATE
 from audiosep.data.parallel import imap_with_progress
+from audiosep.data.prep.librispeech_manifest import probe_many
 from audiosep.data.safe_paths import check_mixture_ids, path_inside
 from audiosep.errors import UserError
 from audiosep.io import atomic_write_text, remove_temp_files
@@ -339,9 +340,10 @@ def is_complete(result: RowResult | None, row: MixtureRow, config: GenerationCon
     return True
 
 
-def check_inputs(rows: list[MixtureRow], config: GenerationConfig, metadata_csv: Path) -> None:
-    """Raise naming an input path of ``metadata_csv`` that leads out of its corpus root, or the missing
-    inputs, before any work starts (rather than hours into a run)."""
+def check_inputs(rows: list[MixtureRow], config: GenerationConfig, metadata_csv: Path, workers: int = 1) -> None:
+    """Raise naming an input path of ``metadata_csv`` that leads out of its corpus root, the missing inputs,
+    or those whose header is unreadable or not 16 kHz, before any work starts (rather than hours into a run;
+    a bad rate or header failed after the earlier rows were written)."""
     paths = set()
     for row in rows:
         for i, source in enumerate(row.source_paths):
@@ -356,6 +358,11 @@ def check_inputs(rows: list[MixtureRow], config: GenerationConfig, metadata_csv:
             hint = " (the *sp08/*sp12 WHAM! train files come from LibriMix's augment_train_noise.py)"
         listed = "; ".join(missing[:3])
         raise UserError(f"{len(missing)} input file(s) missing{hint}, e.g. {listed}")
+    probes = probe_many(sorted(paths), workers, decode=False, desc="checking inputs")
+    bad = [f"{p.path}: {p.error or f'{p.sample_rate} Hz, not {RATE}'}" for p in probes.values()
+           if p.error is not None or p.sample_rate != RATE]  # fmt: skip
+    if bad:
+        raise UserError(f"{len(bad)} input file(s) unusable (LibriMix reads {RATE} Hz audio), e.g. {bad[0]}")
 
 
 def csv_text(header: list[str], rows: list[list[str]]) -> str:
@@ -429,7 +436,7 @@ def generate_split(
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
     rows = all_rows[:limit]
-    check_inputs(rows, config, metadata_csv)
+    check_inputs(rows, config, metadata_csv, workers)
     split_dir = config.mode_dir / split
     wavs = {f"{row.mixture_id}.wav" for row in all_rows}
     for folder in config.folders():
