@@ -475,3 +475,15 @@ def test_a_resume_from_the_checkpoint_a_validation_saved_ends_with_the_unbroken_
     fit(tmp_path / "b", 6)  # stopped after epoch 0: its last.ckpt is the one its validation saved
     resumed = fit(tmp_path / "b", 18, str(tmp_path / "b" / "checkpoints" / "last.ckpt"))
     assert all(torch.equal(resumed[name], value) for name, value in unbroken.items())
+
+
+def test_lightnings_litlogger_advertisement_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """Every demo printed "💡 Tip: ... try installing [litlogger]" (Lightning 2.6): noise between our own lines."""
+    import logging
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/project/litlogger/)")
+        rank_zero_info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
