@@ -74,15 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {path}: {reason}", file=sys.stderr)
             if len(report.skipped) > MAX_LISTED:
                 print(f"  ... and {len(report.skipped) - MAX_LISTED} more", file=sys.stderr)
-        if not report.num_written:
-            subset_dir = Path(args.root).expanduser() / subset
-            _refuse_empty_manifest(subset_dir, len(report.skipped))
+        if not report.num_written:  # nothing usable (say an empty .trans.txt): it exited 0 with an empty .jsonl
+            raise UserError(f"{Path(args.root).expanduser() / subset}: no utterances written "
+                            f"(all {len(report.skipped)} file(s) skipped, listed above)")  # fmt: skip
     return 0
-
-
-def _refuse_empty_manifest(subset_dir: Path, num_skipped: int) -> None:
-    """Raise for a subset with nothing usable (say an empty .trans.txt): it exited 0 with an empty .jsonl,
-    found only when training read it (no manifest is written for it now)."""
-    from audiosep.errors import UserError
-
-    raise UserError(f"{subset_dir}: no utterances written (all {num_skipped} file(s) skipped, listed above)")
