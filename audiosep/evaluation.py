@@ -17,7 +17,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,13 +66,15 @@ def source_ids(mixture_id: str, num_sources: int) -> list[str]:
     return parts
 
 
-def _merge_transcripts(texts: dict[str, str], origins: dict[str, Path], found: Mapping[str, str], where: Path) -> None:
-    """Add ``found`` (read from ``where``) to ``texts``; refuse an id that already has another text.
+def _merge_transcripts(texts: dict[str, str], origins: dict[str, Path], found: Iterable[tuple[str, str]],
+                       where: Path) -> None:  # fmt: skip
+    """Add the ``(id, text)`` pairs ``found`` (read from ``where``) to ``texts``; refuse an id that already has
+    another text (two files of one stem in one manifest included).
 
     Why: the last text read won, so a second chapter or manifest with the same id scored WER against
     the wrong reference, silently (reviewer).
     """
-    for utterance, text in found.items():
+    for utterance, text in found:
         if utterance in texts and texts[utterance] != text:
             raise UserError(f"{where}: utterance {utterance!r} has another transcript in {origins[utterance]}; "
                             "references must be unique per id (the audio file's stem)")  # fmt: skip
@@ -89,8 +91,7 @@ def _manifest_transcripts(paths: Sequence[Path]) -> dict[str, str]:
             utterances = read_manifest(path, audio=False)  # the references' text only
         except ValueError as err:
             raise UserError(str(err)) from err
-        for utterance in utterances:  # one by one: two files of one stem in one manifest collide too
-            _merge_transcripts(texts, origins, {Path(utterance.audio_filepath).stem: utterance.text}, path)
+        _merge_transcripts(texts, origins, ((Path(u.audio_filepath).stem, u.text) for u in utterances), path)
     return texts
 
 
@@ -99,7 +100,7 @@ def _librispeech_transcripts(root: Path) -> dict[str, str]:
     texts: dict[str, str] = {}
     origins: dict[str, Path] = {}
     for chapter in sorted({t.parent for t in root.rglob("*.trans.txt")}):
-        _merge_transcripts(texts, origins, read_transcripts(chapter), chapter)
+        _merge_transcripts(texts, origins, read_transcripts(chapter).items(), chapter)
     return texts
 
 
