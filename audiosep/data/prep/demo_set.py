@@ -25,7 +25,6 @@ import csv
 import io
 import json
 import math
-import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from audiosep.data.parallel import worker_pool
+from audiosep.data.parallel import imap_unordered
 from audiosep.data.prep import synth
 from audiosep.data.prep.demo_config import SPLITS, DemoSetConfig
 from audiosep.errors import UserError
@@ -277,21 +276,13 @@ def _write_manifests(out_dir: Path, jobs: list[_SpeakerJob], audio: dict[str, np
 def _synthesise_all(jobs: list[_SpeakerJob], num_workers: int, progress: tqdm) -> dict[str, np.ndarray]:
     """Run every speaker job (in worker processes when num_workers > 0); results do not depend on it."""
     audio: dict[str, np.ndarray] = {}
-    if num_workers <= 0:
-        results: Iterator[list[tuple[str, np.ndarray]]] = map(_run_job, jobs)
-        for result in results:
-            audio.update(result)
-            progress.update(len(result))
-        return audio
-    synth.native_sample_rate()  # load the engine here: forked workers share its library copy
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    # Workers leave Ctrl-C to the parent and die on SIGTERM: with the command's raising handlers inherited
-    # through fork, one raised while writing its result and the parent waited on it forever
-    with worker_pool(context, num_workers) as pool:
-        for result in pool.imap(_run_job, jobs):
-            audio.update(result)
-            progress.update(len(result))
+    results: Iterator[list[tuple[str, np.ndarray]]] = map(_run_job, jobs)
+    if num_workers > 0:
+        synth.native_sample_rate()  # load the engine here: forked workers share its library copy
+        results = imap_unordered(_run_job, jobs, num_workers, chunk=1)  # a job: one speaker's utterances
+    for result in results:
+        audio.update(result)
+        progress.update(len(result))
     return audio
 
 
