@@ -24,7 +24,10 @@ What it does:
   BatchNorm-like norm after an intra/inter transformer stack is composed into that stack's final
   LayerNorm affine and disappears.
 - **Every model**: each linear layer becomes one oneDNN call with its bias (and a ReLU right after
-  it in an ``nn.Sequential``, as in the transformer feed-forward) inside (:class:`FusedLinear`).
+  it in an ``nn.Sequential``, as in the transformer feed-forward) inside (:class:`FusedLinear`) on
+  AVX-512 CPUs, ``F.linear`` and an in-place ReLU elsewhere; self-attention over short sequences runs
+  as two matrix products and a softmax on CPUs without AVX-512 (:class:`ShortSequenceAttention`).
+  Which kernel wins was measured on each kind of CPU (:data:`ONEDNN_MATMULS`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet, TemporalConvNet, 
 from audiosep.models.masking import DualPathMasker, MaskingSeparator
 from audiosep.models.quartznet import QuartzNet
 from audiosep.models.resepformer import ChunkSummaryMasker
+from audiosep.nn.attention import MultiHeadSelfAttention
 from audiosep.nn.dual_path import SequenceStack
 from audiosep.nn.norms import (
     CumulativeLayerNorm,
@@ -96,6 +100,7 @@ def prepare_for_inference(model: nn.Module, fold_norm_scales: bool = True) -> nn
         fold_quartznet_batchnorms(plain)
     if isinstance(plain, MaskingSeparator):
         fold_masknet_norms(plain, fold_norm_scales)
+    short_sequence_attention(plain)
     fuse_linears(plain)
     return _inference_only(plain)  # the folding made new modules, in training mode
 
@@ -148,6 +153,17 @@ def _oneDNN_usable(x: Tensor) -> bool:
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
     )
+
+
+# Which kernels run the matrix products of linear layers and short attention on this CPU. oneDNN's fused
+# linear (bias and ReLU inside) and torch's fused attention were the fastest on an AVX-512 Xeon (Sapphire
+# Rapids: F.linear's bias copy was 10-17 % of a SepFormer forward; bmm + softmax 2-3x slower there). On an
+# AVX2 EPYC (Zen 3) both lost: F.linear (MKL) made SepFormer and RE-SepFormer 1.15-1.2x faster at 1 s, and
+# the fused attention kernel ran sequences of 8-128 positions 1.2-4x slower than bmm + softmax (interleaved
+# A/B, 2 threads; benchmarks/cpu_kernels.py). Without AVX-512 the measured winners are used.
+ONEDNN_MATMULS = torch.backends.cpu.get_cpu_capability() == "AVX512"
+SHORT_ATTENTION_MAX = 64  # positions: up to here bmm + softmax beat the fused kernel on the AVX2 EPYC (at 128 it lost as often)
+SHORT_ATTENTION_MAX_SCORES = 1 << 24  # score values (64 MiB): longer inputs run the fused kernel, which stores none
 
 
 def conv_time(
@@ -239,15 +255,43 @@ class FusedLinear(nn.Module):
         self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
-        if _oneDNN_usable(x):
+        if ONEDNN_MATMULS and _oneDNN_usable(x):
             y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.weight, self.bias,
                                                    self.activation, [], "")  # fmt: skip
             return y.view(*x.shape[:-1], self.out_features)
         y = F.linear(x, self.weight, self.bias)
-        return torch.relu(y) if self.activation == "relu" else y
+        return torch.relu_(y) if self.activation == "relu" else y  # y is this layer's own temporary
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, activation={self.activation}"
+
+
+class ShortSequenceAttention(MultiHeadSelfAttention):
+    """:class:`MultiHeadSelfAttention` whose short non-causal sequences run as ``matmul``, ``softmax``,
+    ``matmul`` on CPUs without AVX-512 (see :data:`ONEDNN_MATMULS`); the fused kernel everywhere else.
+
+    Why: the dual-path models attend over many short sequences (SepFormer's inter-chunk attention: as
+    many positions as chunks), where the fused CPU kernel's blocking costs more than the score matrix.
+    """
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        batch, heads, length, _ = q.shape
+        short = length <= SHORT_ATTENTION_MAX and batch * heads * length * length <= SHORT_ATTENTION_MAX_SCORES
+        if ONEDNN_MATMULS or self.causal or not short or not _oneDNN_usable(q):
+            return super().attend(q, k, v)
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # [B, H, L, L]
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def short_sequence_attention(module: nn.Module) -> int:
+    """Make every :class:`MultiHeadSelfAttention` below ``module`` a :class:`ShortSequenceAttention`, in
+    place (its class only: weights, and a pruned layer's shapes, stay as they are); returns how many."""
+    swapped = 0
+    for child in module.modules():
+        if type(child) is MultiHeadSelfAttention:
+            child.__class__ = ShortSequenceAttention
+            swapped += 1
+    return swapped
 
 
 def fuse_linears(module: nn.Module) -> int:

@@ -12,6 +12,7 @@ from torch import nn
 
 import audiosep.optimize as optimize
 from audiosep.models import ConvTasNet, QuartzNet, RESepFormer, SepFormer, TinySepformer
+from audiosep.nn.attention import MultiHeadSelfAttention
 from audiosep.nn.norms import NORM_NAMES, PowerNorm, UnifiedNorm, is_causal_norm
 from audiosep.optimize import FastConvTasNet, FusedConv, FusedLinear, fuse_linears, prepare_for_inference
 
@@ -81,8 +82,12 @@ def test_forward_hooks_fire_on_every_conv_and_linear_in_eval_mode(name: str) -> 
     assert sorted(set(layers) - fired) == []
 
 
+@pytest.mark.parametrize("onednn_matmuls", [True, False])  # the kernels of an AVX-512 CPU, of others
 @pytest.mark.parametrize("name", MODELS)
-def test_prepared_model_matches_the_plain_model_and_leaves_it_untouched(name: str) -> None:
+def test_prepared_model_matches_the_plain_model_and_leaves_it_untouched(
+    name: str, onednn_matmuls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(optimize, "ONEDNN_MATMULS", onednn_matmuls)
     model = _randomise(MODELS[name]())
     before = copy.deepcopy(model.state_dict())
     with torch.inference_mode():
@@ -358,9 +363,13 @@ def test_fused_conv_portable_path_equals_conv1d() -> None:
     torch.testing.assert_close(fused(x.unsqueeze(3)).squeeze(3), expected.detach(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("onednn_matmuls", [True, False])
 @pytest.mark.parametrize("activation", ["none", "relu"])
 @pytest.mark.parametrize("shape", [(2, 5, 6), (7, 6), (5, 2, 6)])
-def test_fused_linear_equals_linear_then_activation_on_both_paths(activation: str, shape: tuple[int, ...]) -> None:
+def test_fused_linear_equals_linear_then_activation_on_both_paths(
+    activation: str, shape: tuple[int, ...], onednn_matmuls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(optimize, "ONEDNN_MATMULS", onednn_matmuls)
     torch.manual_seed(0)
     linear = nn.Linear(6, 9)
     x = torch.randn(*shape)
@@ -372,6 +381,57 @@ def test_fused_linear_equals_linear_then_activation_on_both_paths(activation: st
         torch.testing.assert_close(fused(x), expected.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused(x), expected.detach(), rtol=1e-5, atol=1e-6)  # F.linear (autograd on)
     assert (fused.in_features, fused.out_features) == (6, 9)
+
+
+def _sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record each call of torch's fused attention (by the length it attends over)."""
+    calls: list[int] = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(q.shape[-2])
+        return fused(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("length", [1, 7, optimize.SHORT_ATTENTION_MAX, optimize.SHORT_ATTENTION_MAX + 1])
+def test_short_sequence_attention_equals_the_fused_kernel_and_takes_only_short_non_causal_inputs(
+    length: int, causal: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(optimize, "ONEDNN_MATMULS", False)
+    torch.manual_seed(0)
+    plain = MultiHeadSelfAttention(16, 4, causal=causal).eval()
+    x = torch.randn(3, length, 16)
+    with torch.inference_mode():
+        expected = plain(x)
+        prepared = prepare_for_inference(plain)
+        assert type(prepared) is optimize.ShortSequenceAttention
+        calls = _sdpa_calls(monkeypatch)
+        actual = prepared(x)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+    explicit = length <= optimize.SHORT_ATTENTION_MAX and not causal
+    assert calls == ([] if explicit else [length])
+
+
+def test_short_sequence_attention_leaves_autograd_avx512_and_huge_score_matrices_to_the_fused_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prepared = prepare_for_inference(MultiHeadSelfAttention(8, 2).eval())
+    x = torch.randn(2, 5, 8)
+    calls = _sdpa_calls(monkeypatch)
+    monkeypatch.setattr(optimize, "ONEDNN_MATMULS", False)
+    prepared(x)  # autograd on: a prepared layer does not train, but its input may ask for gradients
+    with torch.inference_mode():
+        monkeypatch.setattr(optimize, "SHORT_ATTENTION_MAX_SCORES", 2 * 2 * 5 * 5 - 1)  # one score too many
+        prepared(x)
+        monkeypatch.setattr(optimize, "SHORT_ATTENTION_MAX_SCORES", 2 * 2 * 5 * 5)
+        prepared(x)
+        monkeypatch.setattr(optimize, "ONEDNN_MATMULS", True)
+        prepared(x)
+    assert calls == [5, 5, 5]
 
 
 def test_fuse_linears_takes_only_a_relu_that_directly_follows_a_linear() -> None:

@@ -332,8 +332,9 @@ def test_hooked_prepared_and_int8_models_are_refused_with_the_reason() -> None:
     handle.remove()
     with pytest.raises(ValueError, match="streaming runs a plain causal Conv-TasNet, not a FastConvTasNet"):
         ConvTasNetStream(prepare_for_inference(model))
-    with pytest.raises(ValueError, match="prepared or int8 .Int8Linear.; stream the model it was made from"):
-        open_stream(quantize_for_inference(causal_resepformer("channel_ln", 2)))
+    for transformed in (quantize_for_inference, prepare_for_inference):  # an int8 model, a prepared one
+        with pytest.raises(ValueError, match=r"prepared or int8 \(\w+\); stream the model it was made from"):
+            open_stream(transformed(causal_resepformer("channel_ln", 2)))
 
 
 def test_a_resepformer_that_drops_the_tail_streams_its_offline_output() -> None:

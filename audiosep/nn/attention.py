@@ -50,10 +50,13 @@ class MultiHeadSelfAttention(nn.Module):
         batch, length, dim = x.shape
         # [B, L, 3D] -> [3, B, H, L, D/H]: strided views, SDPA reads them without copies.
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal)
         # [B, H, L, D/H] -> [B, L, D]
-        return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+        return self.out(self.attend(q, k, v).transpose(1, 2).reshape(batch, length, dim))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """``softmax(q k^T / sqrt(D/H)) v`` per head of ``[B, H, L, D/H]`` (causal, with dropout as set)."""
+        dropout = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, dropout={self.dropout}, causal={self.causal}"
