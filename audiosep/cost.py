@@ -16,6 +16,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from audiosep.nn.attention import MultiHeadSelfAttention
 
 UNCOUNTED_NAMESPACES = frozenset({"mkldnn", "onednn", "quantized"})  # fused CPU kernels FlopCounterMode counts as 0
+# Modules of the inference transforms and of torch's quantization: layers that compute the plain model's
+# outputs with other kernels (fused, int8, explicit attention products the hooks below would count again).
+TRANSFORM_MODULES = ("audiosep.optimize", "audiosep.quantize", "torch.ao.", "torch.nn.quantized", "torch.nn.intrinsic")
+
+
+def transformed_layer(model: nn.Module) -> str | None:
+    """The class name of the first layer of ``model`` made by an inference transform or torch's
+    quantization (see :data:`TRANSFORM_MODULES`); None for a plain model."""
+    for module in model.modules():
+        if type(module).__module__.startswith(TRANSFORM_MODULES):
+            return type(module).__name__
+    return None
 
 
 class _FusedOps(TorchDispatchMode):
@@ -38,6 +50,10 @@ def count_macs(model: nn.Module, *inputs: Tensor) -> float:
         ValueError: the forward pass runs fused kernels the counter cannot see (a prepared or int8
             model from :mod:`audiosep.optimize` / :mod:`audiosep.quantize`): count its plain model.
     """
+    transformed = transformed_layer(model)
+    if transformed is not None:  # its kernels may be fused (counted as 0) or count attention twice
+        raise ValueError(f"{type(model).__name__} is prepared or int8 ({transformed}): its MACs cannot be counted "
+                         "reliably; count the plain model it was prepared from")  # fmt: skip
     attention = 0.0
 
     def add_attention(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:

@@ -27,7 +27,7 @@ What it does:
   it in an ``nn.Sequential``, as in the transformer feed-forward) inside (:class:`FusedLinear`) on
   AVX-512 CPUs, ``F.linear`` and an in-place ReLU elsewhere; self-attention over short sequences runs
   as two matrix products and a softmax on CPUs without AVX-512 (:class:`ShortSequenceAttention`).
-  Which kernel wins was measured on each kind of CPU (:data:`ONEDNN_MATMULS`).
+  Which kernels win was measured on one CPU of each kind (:data:`ONEDNN_MATMULS`).
 """
 
 from __future__ import annotations
@@ -143,26 +143,31 @@ def refuse_hooks(model: nn.Module, user: str = "prepare_for_inference", why: str
         )
 
 
-def _oneDNN_usable(x: Tensor) -> bool:
-    """Whether the fused oneDNN call applies: CPU float32 without autograd, not traced/compiled."""
+def _cpu_inference(x: Tensor) -> bool:
+    """Whether ``x`` is CPU float32 without autograd, not traced or compiled: where the CPU kernel choices apply."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
-        and torch.backends.mkldnn.is_available()
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
     )
 
 
+def _oneDNN_usable(x: Tensor) -> bool:
+    """Whether the fused oneDNN call applies: CPU float32 inference on a build with oneDNN."""
+    return _cpu_inference(x) and torch.backends.mkldnn.is_available()
+
+
 # Which kernels run the matrix products of linear layers and short attention on this CPU. oneDNN's fused
 # linear (bias and ReLU inside) and torch's fused attention were the fastest on an AVX-512 Xeon (Sapphire
-# Rapids: F.linear's bias copy was 10-17 % of a SepFormer forward; bmm + softmax 2-3x slower there). On an
+# Rapids: F.linear's bias copy was 10-17 % of a SepFormer forward; matmul + softmax 2-3x slower there). On an
 # AVX2 EPYC (Zen 3) both lost: F.linear (MKL) made SepFormer and RE-SepFormer 1.15-1.2x faster at 1 s, and
-# the fused attention kernel ran sequences of 8-128 positions 1.2-4x slower than bmm + softmax (interleaved
-# A/B, 2 threads; benchmarks/cpu_kernels.py). Without AVX-512 the measured winners are used.
+# the fused attention kernel ran sequences of 8-64 positions up to 4x slower than matmul + softmax (interleaved
+# A/B, 2 threads; benchmarks/cpu_kernels.py). Only those two CPUs were measured: every CPU without AVX-512
+# (ARM, older x86) gets the EPYC's choice, every AVX-512 one (Zen 4 too) the Xeon's.
 ONEDNN_MATMULS = torch.backends.cpu.get_cpu_capability() == "AVX512"
-SHORT_ATTENTION_MAX = 64  # positions: up to here bmm + softmax beat the fused kernel on the AVX2 EPYC (at 128 it lost as often)
+SHORT_ATTENTION_MAX = 64  # positions: up to here matmul + softmax beat the fused kernel on the AVX2 EPYC (at 128 it lost as often)
 SHORT_ATTENTION_MAX_SCORES = 1 << 24  # score values (64 MiB): longer inputs run the fused kernel, which stores none
 
 
@@ -237,10 +242,10 @@ class FusedConv(nn.Module):
 class FusedLinear(nn.Module):
     """``activation(x @ W^T + b)`` over the last dim of ``x``; ``activation`` is ``none`` or ``relu``.
 
-    On CPU float32 without autograd the matrix product, its bias and the ReLU are one oneDNN call
-    (why: ``F.linear`` first copies the broadcast bias into the output, then reads it back in the
-    product, and a ReLU after it is one more pass over the widest tensor of a transformer layer);
-    elsewhere ``F.linear`` then the activation.
+    On an AVX-512 CPU (:data:`ONEDNN_MATMULS`), float32 without autograd, the matrix product, its bias and
+    the ReLU are one oneDNN call (why: ``F.linear`` first copies the broadcast bias into the output, then
+    reads it back in the product, and a ReLU after it is one more pass over the widest tensor of a
+    transformer layer); elsewhere ``F.linear`` then the ReLU in place (faster on an AVX2 EPYC).
 
     Args:
         linear: the layer whose weight and bias are copied.
@@ -277,7 +282,7 @@ class ShortSequenceAttention(MultiHeadSelfAttention):
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         batch, heads, length, _ = q.shape
         short = length <= SHORT_ATTENTION_MAX and batch * heads * length * length <= SHORT_ATTENTION_MAX_SCORES
-        if ONEDNN_MATMULS or self.causal or not short or not _oneDNN_usable(q):
+        if ONEDNN_MATMULS or self.causal or not short or not _cpu_inference(q):
             return super().attend(q, k, v)
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # [B, H, L, L]
         return torch.matmul(torch.softmax(scores, dim=-1), v)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiosep.cost import transformed_layer
 from audiosep.models.conv_tasnet import ConvBlock, ConvTasNet
 from audiosep.models.masking import frame_padding
 from audiosep.models.resepformer import RESepFormer
@@ -108,7 +109,6 @@ def _check_block(block: Tensor, pending: Tensor | None) -> None:
 MAX_BLOCK_MS = 10_000.0  # a stream's block is a piece of a live signal: 1e9 ms read a whole file at once (GBs)
 # Modules of these packages are transforms of a model (fused, folded or quantized), not its plain layers: torch's
 # own dynamic int8 streamed 7.8e-3 off offline (reviewer).
-TRANSFORM_MODULES = ("audiosep.optimize", "audiosep.quantize", "torch.ao.", "torch.nn.quantized", "torch.nn.intrinsic")
 
 
 def _stream_copy(model: nn.Module, kind: type, name: str) -> nn.Module:
@@ -119,9 +119,9 @@ def _stream_copy(model: nn.Module, kind: type, name: str) -> nn.Module:
         raise ValueError(f"streaming runs a plain causal {name}, not a {type(model).__name__}")
     if not model.init_args.get("causal", False):
         raise ValueError(f"streaming needs a causal {name} (causal=True): other models look ahead")
-    transformed = [type(m).__name__ for m in model.modules() if type(m).__module__.startswith(TRANSFORM_MODULES)]
-    if transformed:
-        raise ValueError(f"streaming runs the plain {name}, and this one is prepared or int8 ({transformed[0]}); "
+    transformed = transformed_layer(model)
+    if transformed is not None:
+        raise ValueError(f"streaming runs the plain {name}, and this one is prepared or int8 ({transformed}); "
                          "stream the model it was made from")  # fmt: skip
     dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
     if dtypes - {torch.float32}:  # blocks are float32: a float64 model opened, then failed on every block

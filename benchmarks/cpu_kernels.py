@@ -5,7 +5,7 @@
 
 ``models``: each model prepared by :func:`audiosep.optimize.prepare_for_inference` runs with
 :data:`audiosep.optimize.ONEDNN_MATMULS` True (oneDNN's fused linear layers, torch's fused attention) and
-False (``F.linear``, ``bmm`` + softmax for short sequences), alternating every round; prints the median
+False (``F.linear``, ``matmul`` + softmax for short sequences), alternating every round; prints the median
 latency of each and their ratio. ``attention``: the fused kernel against ``matmul`` + softmax on
 ``[B, 8, L, D/H]`` heads of 256k values, per sequence length ``L``. The transform picks by CPU
 capability (AVX-512 or not), so run this on a new kind of CPU before trusting that choice there.
@@ -33,7 +33,7 @@ def seconds_of(call: Callable[[], object]) -> float:
 
 
 def model_ab(name: str, lengths: list[float], rounds: int) -> None:
-    """Median latency with oneDNN kernels (A) and the MKL/bmm ones (B), interleaved, per input length."""
+    """Median latency with oneDNN kernels (A) and the MKL/matmul ones (B), interleaved, per input length."""
     prepared = optimize.prepare_for_inference(build(name).eval())
     for seconds in lengths:
         mixture = torch.randn(1, int(8000 * seconds))
@@ -45,7 +45,7 @@ def model_ab(name: str, lengths: list[float], rounds: int) -> None:
                     prepared(mixture)  # warm: the other kernel ran last
                     times[onednn].append(seconds_of(lambda x=mixture: prepared(x)))
         a, b = (statistics.median(times[k]) for k in (True, False))
-        print(f"{name} {seconds:g} s: oneDNN {a * 1e3:.1f} ms, F.linear/bmm {b * 1e3:.1f} ms, "
+        print(f"{name} {seconds:g} s: oneDNN {a * 1e3:.1f} ms, F.linear/matmul {b * 1e3:.1f} ms, "
               f"oneDNN / F.linear {a / b:.3f}")  # fmt: skip
 
 
@@ -61,14 +61,14 @@ def attention_ab(rounds: int) -> None:
         for length in (8, 16, 32, 64, 128, 256):
             batch = max(1, (1 << 18) // (length * 8 * head_dim))
             heads = torch.randn(batch, length, 3, 8, head_dim).permute(2, 0, 3, 1, 4)  # as the layer's views
-            times: dict[str, list[float]] = {"fused": [], "bmm": []}
+            times: dict[str, list[float]] = {"fused": [], "matmul": []}
             with torch.inference_mode():
                 for _ in range(rounds):
                     times["fused"].append(seconds_of(lambda h=heads: F.scaled_dot_product_attention(*h)))
-                    times["bmm"].append(seconds_of(lambda h=heads: explicit_attention(*h)))
-            fused, bmm = (statistics.median(times[k]) for k in ("fused", "bmm"))
+                    times["matmul"].append(seconds_of(lambda h=heads: explicit_attention(*h)))
+            fused, matmul = (statistics.median(times[k]) for k in ("fused", "matmul"))
             print(f"attention heads of {head_dim}, {length} positions, batch {batch}: fused {fused * 1e3:.2f} ms, "
-                  f"bmm + softmax {bmm * 1e3:.2f} ms, fused / bmm {fused / bmm:.2f}")  # fmt: skip
+                  f"matmul + softmax {matmul * 1e3:.2f} ms, fused / matmul {fused / matmul:.2f}")  # fmt: skip
 
 
 def main() -> None:
@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, transform picks "
-          f"{'oneDNN' if optimize.ONEDNN_MATMULS else 'F.linear/bmm'}, {args.threads} threads")  # fmt: skip
+          f"{'oneDNN' if optimize.ONEDNN_MATMULS else 'F.linear/matmul'}, {args.threads} threads")  # fmt: skip
     attention_ab(args.rounds)
     for name in args.models.split(","):
         model_ab(name, [float(s) for s in args.seconds.split(",")], args.rounds)

@@ -21,7 +21,7 @@ from audiosep.bench.report import CSV_FIELDS
 from audiosep.bench.run import BenchSettings, parse_overrides, resolve_models, run_bench
 from audiosep.checkpoint import save_model
 from audiosep.commands import bench as bench_command
-from audiosep.models import ConvTasNet
+from audiosep.models import ConvTasNet, SepFormer
 from audiosep.nn.attention import MultiHeadSelfAttention
 
 TINY = {"enc_num_filters": 16, "enc_kernel_size": 8, "bottleneck_channels": 8, "hidden_channels": 12,
@@ -673,6 +673,24 @@ def test_macs_of_a_prepared_or_int8_model_are_refused_not_undercounted(transform
     assert count_macs(plain, x) == conv_tasnet_macs(TINY, 800)
     with pytest.raises(ValueError, match="count the plain model"):
         count_macs(fast, x)
+
+
+@pytest.mark.parametrize("onednn_matmuls", [True, False])
+def test_macs_of_a_prepared_sepformer_are_refused_on_every_cpu(
+    onednn_matmuls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without AVX-512 its layers run F.linear and explicit attention products, kernels the counter sees: a
+    prepared SepFormer was counted, its short attention twice (+0.18 % for sepformer_base; review)."""
+    import audiosep.optimize as optimize
+    from audiosep.cost import count_macs
+
+    monkeypatch.setattr(optimize, "ONEDNN_MATMULS", onednn_matmuls)
+    plain = SepFormer(encoder_channels=16, model_channels=16, chunk_size=10, num_blocks=1, num_intra_layers=1,
+                      num_inter_layers=1, num_heads=2, ffn_dim=24).eval()  # fmt: skip
+    x = torch.randn(1, 800)
+    assert count_macs(plain, x) > 0
+    with pytest.raises(ValueError, match=r"prepared or int8 \(\w+\).*count the plain model"):
+        count_macs(optimize.prepare_for_inference(plain), x)
 
 
 def test_a_peer_whose_encoder_lacks_our_relu_is_noted(tmp_path: Path) -> None:
