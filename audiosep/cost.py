@@ -47,8 +47,9 @@ def count_macs(model: nn.Module, *inputs: Tensor) -> float:
     """MACs of ``model(*inputs)`` (flops / 2), fused attention counted from its shapes.
 
     Raises:
-        ValueError: the forward pass runs fused kernels the counter cannot see (a prepared or int8
-            model from :mod:`audiosep.optimize` / :mod:`audiosep.quantize`): count its plain model.
+        ValueError: ``model`` is a prepared or int8 model (a layer of :mod:`audiosep.optimize`,
+            :mod:`audiosep.quantize` or torch's quantization), or its forward pass runs fused kernels
+            the counter cannot see: count its plain model.
     """
     transformed = transformed_layer(model)
     if transformed is not None:  # its kernels may be fused (counted as 0) or count attention twice
