@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,14 +33,28 @@ STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 @contextmanager
 def stop_signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block ends (taken then; POSIX only): for steps that must not stop halfway."""
+    """Hold Ctrl-C and SIGTERM until the block ends (taken then): for steps that must not stop halfway.
+
+    Two holds: this thread's signal mask (POSIX; also what a process forked inside the block starts
+    with), and, in the main thread, handlers that only note the signal. Why both: a signal sent to the
+    process goes to any thread that does not block it (torch's OpenMP threads), and Python then runs
+    its handler in the main thread at once, mask or not: a pair of renames was left half old, half new.
+    """
     masks = hasattr(signal, "pthread_sigmask")
+    noted: list[int] = []
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum)) for sig in STOP_SIGNALS}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if masks else None
     try:
         yield
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         if previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal held by the mask is taken here
+        for sig in dict.fromkeys(noted):  # one that reached another thread meanwhile, now
+            signal.raise_signal(sig)
 
 
 NAME_MAX = 255  # bytes in a file name: ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units there)

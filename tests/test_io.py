@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,49 @@ def test_a_signal_between_two_renames_waits_until_all_are_renamed(tmp_path: Path
         signal.signal(signal.SIGTERM, previous)
     assert [target.read_text() for target in targets] == ["new", "new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_s1.wav", "a_s2.wav"]  # no temp file left
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX threads")
+def test_a_signal_that_reaches_another_thread_between_two_renames_also_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal to the process goes to any thread that does not block it (torch's OpenMP threads), and Python
+    runs its handler in the main thread at once: the mask alone left the pair half new (CI, flaky)."""
+    import threading
+
+    import audiosep.io as io
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped
+
+    targets = [tmp_path / "a_s1.wav", tmp_path / "a_s2.wav"]
+    for target in targets:
+        target.write_text("old")
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)  # started before the block: no mask
+    other.start()
+    replace, renamed = os.replace, []
+
+    def replace_then_signal(source: str, target: Path) -> None:
+        replace(source, target)
+        renamed.append(target)
+        if len(renamed) == 1:
+            signal.pthread_kill(other.ident, signal.SIGTERM)  # as the kernel may pick that thread
+            time.sleep(0.05)  # the main thread's next bytecodes would run the handler
+
+    monkeypatch.setattr(io.os, "replace", replace_then_signal)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stopped), io.atomic_paths(targets) as temps:
+            for temp in temps:
+                Path(temp).write_text("new")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        release.set()
+    assert [target.read_text() for target in targets] == ["new", "new"]
 
 
 @pytest.mark.parametrize("length", [200, 241, 242, 255])
