@@ -763,3 +763,109 @@ def test_an_emulated_dtype_is_timed_on_a_smaller_matmul(monkeypatch: pytest.Monk
         info = measure.machine_info(torch.device("cpu"), 1, [torch.float32, torch.bfloat16])
         assert info["matmul_bf16_size"] == (2048 if native else measure.EMULATED_MATMUL_SIZE) == sizes[-1][1]
     assert sizes[0] == (torch.float32, 2048)
+
+
+# --- an interrupted run resumes ------------------------------------------------------------------
+
+
+def _bench_argv(out: Path, lengths: str = "0.1,0.2,0.3", *extra: str) -> list[str]:
+    return ["--models", "conv_tasnet_demo", *TINY_OVERRIDES, "--lengths", lengths, "--backends", "eager,prepared",
+            "--repeats", "1", "--no-progress", "--out-dir", str(out), *extra]  # fmt: skip
+
+
+def _interrupt_call(monkeypatch: pytest.MonkeyPatch, target: object, name: str, at: int) -> list[tuple]:
+    """Wrap ``target.name`` to record its calls and raise KeyboardInterrupt on call number ``at`` (1-based)."""
+    real, calls = getattr(target, name), []
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, wrapper)
+    return calls
+
+
+def test_an_interrupted_bench_keeps_its_finished_cases_and_times_only_the_rest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from audiosep.bench import run as bench_run_module
+    from audiosep.bench.resume import PARTIAL_FILE
+
+    out = tmp_path / "out"
+    _interrupt_call(monkeypatch, bench_run_module, "run_case", at=2)
+    with pytest.raises(KeyboardInterrupt):
+        bench_command.run(parse(_bench_argv(out, "0.1,0.2,0.3", "--no-memory")))
+    partial = json.loads((out / PARTIAL_FILE).read_text())
+    assert list(partial["cases"]) == ["fp32 batch 1 0.1 s"] and not (out / "bench.json").exists()
+    first = {r["backend"]: r["latency_s"] for r in partial["cases"]["fp32 batch 1 0.1 s"]}
+
+    monkeypatch.undo()
+    calls = _interrupt_call(monkeypatch, bench_run_module, "run_case", at=0)
+    assert bench_command.run(parse(_bench_argv(out, "0.1,0.2,0.3", "--no-memory"))) == 0
+    assert "resuming the interrupted benchmark" in capsys.readouterr().err
+    assert [args[1] for args in calls] == [0.2, 0.3]  # run_case(runners, seconds, ...): only the cases left
+    results = json.loads((out / "bench.json").read_text())["results"]
+    assert sorted({r["seconds"] for r in results}) == [0.1, 0.2, 0.3] and len(results) == 6
+    assert {r["backend"]: r["latency_s"] for r in results if r["seconds"] == 0.1} == first
+    assert not (out / PARTIAL_FILE).exists()
+
+
+def test_memory_figures_measured_before_an_interruption_are_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from audiosep.bench import run as bench_run_module
+
+    class CountingWorkers:
+        """Peak memory = 1 MiB per measurement so far (so each figure says when it was measured)."""
+
+        measured: list[dict] = []
+
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def __enter__(self) -> CountingWorkers:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def measure(self, job: dict) -> float:
+            CountingWorkers.measured.append(job)
+            if len(CountingWorkers.measured) == 3:
+                raise KeyboardInterrupt
+            return float(len(CountingWorkers.measured))
+
+    monkeypatch.setattr(bench_run_module, "MemoryWorkers", CountingWorkers)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        bench_command.run(parse(_bench_argv(out, "0.1,0.2")))
+    run_cases = _interrupt_call(monkeypatch, bench_run_module, "run_case", at=0)
+    assert bench_command.run(parse(_bench_argv(out, "0.1,0.2"))) == 0
+    assert run_cases == []  # every case was finished: none is timed again
+    results = json.loads((out / "bench.json").read_text())["results"]
+    peaks = sorted(r["peak_memory_mib"] for r in results)
+    assert len(CountingWorkers.measured) == 3 + 2 and peaks == [1.0, 2.0, 4.0, 5.0]  # 2 kept, 2 measured after
+
+
+def test_a_partial_benchmark_of_other_settings_is_refused_naming_what_differs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from audiosep.bench import run as bench_run_module
+    from audiosep.bench.resume import PARTIAL_FILE
+    from audiosep.errors import UserError
+
+    out = tmp_path / "out"
+    _interrupt_call(monkeypatch, bench_run_module, "run_case", at=2)
+    with pytest.raises(KeyboardInterrupt):
+        bench_command.run(parse(_bench_argv(out, "0.1,0.2", "--no-memory")))
+    monkeypatch.undo()
+    saved = (out / PARTIAL_FILE).read_text()
+    with pytest.raises(UserError) as refused:
+        bench_command.run(parse(_bench_argv(out, "0.1,0.3", "--no-memory", "--threads", "2")))
+    message = str(refused.value)
+    assert message.startswith(f"{out / PARTIAL_FILE}: an interrupted benchmark with other settings.lengths, "
+                              "settings.threads;") and "\n" not in message  # fmt: skip
+    assert (out / PARTIAL_FILE).read_text() == saved  # refused, not overwritten
+    (out / PARTIAL_FILE).write_text("{not json")
+    with pytest.raises(UserError, match="not a partial benchmark of this audiosep version; delete it"):
+        bench_command.run(parse(_bench_argv(out, "0.1,0.2", "--no-memory")))

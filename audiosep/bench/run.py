@@ -38,6 +38,7 @@ from audiosep.bench.measure import (
 )
 from audiosep.bench.memory import MemoryWorkers, cuda_peak, rss_supported
 from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs, load, peer_spec
+from audiosep.bench.resume import CaseLog
 from audiosep.bench.streaming import streaming_latency
 from audiosep.checkpoint import CheckpointError
 from audiosep.errors import UserError, one_line
@@ -306,10 +307,9 @@ def memory_jobs(records: list[dict[str, Any]], models: dict[str, LoadedModel], a
     """(record, worker job or None) for every record that ran, on CPU."""
     jobs = []
     for record in records:
-        if record["status"] != "ok" or record["device"] != "cpu" or not settings.memory:
-            continue
-        if record["backend"] == "compile":
+        if record["status"] == "ok" and record["device"] == "cpu" and settings.memory and record["backend"] == "compile":
             record["memory"] = "not measured: compiling again in a fresh process costs minutes"
+        if not _needs_memory(record, settings):
             continue
         jobs.append((record, {
             "spec": models[record["model"]].spec.as_dict(), "backend": record["backend"],
@@ -320,9 +320,22 @@ def memory_jobs(records: list[dict[str, Any]], models: dict[str, LoadedModel], a
     return jobs
 
 
+def _needs_memory(record: dict[str, Any], settings: BenchSettings) -> bool:
+    """Whether a record's peak memory is measured in a fresh process (CPU records that ran, not compiled ones)."""
+    cpu_run = record["status"] == "ok" and record["device"] == "cpu"
+    return cpu_run and settings.memory and record["backend"] != "compile"
+
+
 def measure_memory(jobs: list[tuple[dict[str, Any], dict[str, Any]]], threads: int, preload: tuple[str, ...],
-                   bar: Any) -> None:  # fmt: skip
-    """Fill ``peak_memory_mib`` and ``memory`` of each record from its job, a fresh process each."""
+                   bar: Any, log: CaseLog | None = None) -> None:  # fmt: skip
+    """Fill ``peak_memory_mib`` and ``memory`` of each record from its job, a fresh process each (from
+    ``log`` where it holds the figure already; each new one goes there as it comes)."""
+    if log:
+        for record, _ in jobs:
+            record.update(log.memory_of(record) or {})
+        jobs = [(record, job) for record, job in jobs if log.memory_of(record) is None]
+    if not jobs:
+        return
     bar.total += len(jobs)
     with MemoryWorkers(threads, preload) as workers:
         for record, job in jobs:
@@ -331,6 +344,8 @@ def measure_memory(jobs: list[tuple[dict[str, Any], dict[str, Any]]], threads: i
                 record["peak_memory_mib"], record["memory"] = workers.measure(job), "rss in a fresh process"
             except RuntimeError as err:
                 record["memory"] = f"failed: {one_line(err)}"
+            if log:
+                log.add_memory(record)
             bar.update()
 
 
@@ -390,8 +405,23 @@ def check_lengths(models: Iterable[LoadedModel], lengths: Iterable[float], optio
                                 f"{model.spec.label}'s {window}-sample window")  # fmt: skip
 
 
-def run_bench(settings: BenchSettings) -> dict[str, Any]:
-    """Measure everything ``settings`` asks for; returns the report (schema :data:`SCHEMA`, see README)."""
+def _nothing_left(done: dict[tuple, list | None], log: CaseLog | None, settings: BenchSettings,
+                  device: torch.device) -> bool:  # fmt: skip
+    """Whether a dtype's cases are all in ``log`` with their memory figures (its runners need not be built:
+    exports for the memory workers included)."""
+    if log is None or any(case is None for case in done.values()):
+        return False
+    measured = settings.memory and device.type == "cpu"
+    return not measured or all(log.memory_of(r) is not None or not _needs_memory(r, settings)
+                               for case in done.values() for r in case)  # fmt: skip
+
+
+def run_bench(settings: BenchSettings, log: CaseLog | None = None) -> dict[str, Any]:
+    """Measure everything ``settings`` asks for; returns the report (schema :data:`SCHEMA`, see README).
+
+    With ``log`` (the command line's ``bench.partial.json``), each finished case and memory figure is kept
+    there as it comes, and the ones it holds already (an interrupted run of the same identity) are not run again.
+    """
     device = torch.device(settings.device)
     threads = settings.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -419,18 +449,28 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
         _progress(cases, settings.progress) as bar,
     ):
         for dtype in dtypes:
+            name = DTYPE_NAMES[dtype]
+            done = {(batch, seconds): log.case(name, batch, seconds) if log else None
+                    for batch in settings.batch_sizes for seconds in lengths}  # fmt: skip
+            if _nothing_left(done, log, settings, device):
+                records += [record for case in done.values() for record in case]
+                bar.update(len(done))
+                continue
             runners = build_runners(
                 list(models.values()), settings.backends, dtype, device, Path(workdir), threads, lengths
             )
-            artifacts |= {(r.model, r.backend, DTYPE_NAMES[dtype]): r.artifact for _, r, _ in runners}
-            for batch in settings.batch_sizes:
-                for seconds in lengths:
-                    bar.set_postfix_str(f"{DTYPE_NAMES[dtype]} b{batch} {seconds:g} s")
-                    records += run_case(runners, seconds, batch, macs, settings, device, threads)
-                    bar.update()
+            artifacts |= {(r.model, r.backend, name): r.artifact for _, r, _ in runners}
+            for (batch, seconds), case in done.items():
+                if case is None:
+                    bar.set_postfix_str(f"{name} b{batch} {seconds:g} s")
+                    case = run_case(runners, seconds, batch, macs, settings, device, threads)
+                    if log:
+                        log.add_case(name, batch, seconds, case)
+                records += case
+                bar.update()
             del runners
         jobs = memory_jobs(records, models, artifacts, settings)
-        measure_memory(jobs, threads, tuple(PEER_MODULES[p.spec.name] for p in peers), bar)
+        measure_memory(jobs, threads, tuple(PEER_MODULES[p.spec.name] for p in peers), bar, log)
     add_peer_ratios(records, peers)
     streaming = [streaming_latency(m.spec.label, m.module, m.sample_rate, settings.block_ms, device)
                  for m in ours if not m.is_asr]  # fmt: skip
