@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         save_atomically(checkpoint, path)
+
+    def remove_checkpoint(self, path) -> None:
+        """Remove one local checkpoint file (or a link to one); never a folder, nor a file not named ``*.ckpt``.
+
+        Lightning removes the checkpoints it replaces with ``fs.rm(path, recursive=True)``, and the paths
+        come from the resumed file's callback state: a crafted one deleted any folder (reviewer). The
+        state is checked before the restore (:func:`audiosep.training_cli.callbacks_problem`); this is the
+        second wall. What is refused is left alone, with a warning.
+        """
+        if not _is_local(path):
+            super().remove_checkpoint(path)
+            return
+        target = Path(str(path).removeprefix("file://"))
+        if not target.name.endswith(".ckpt") or (target.exists() and not target.is_symlink() and not target.is_file()):
+            warnings.warn(f"audiosep: not removing {target}: not a checkpoint file", stacklevel=2)
+            return
+        target.unlink(missing_ok=True)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import os
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -280,11 +282,112 @@ def resume_state_problem(checkpoint: dict[str, Any]) -> str | None:
     for key, state in checkpoint.items():  # Lightning keeps a data module's state under its class name
         if key.endswith("DataModule") and not (isinstance(state, dict) and all(map(_count, state.values()))):
             return f"its {key} position is {brief_repr(state)}, not counts of epochs and batches"
-    return None
+    return callbacks_problem(checkpoint.get("callbacks", {})) or loops_problem(checkpoint.get("loops", {})) or (
+        schedulers_problem(checkpoint.get("lr_schedulers", []))
+    )
 
 
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+CALLBACK_COUNT_KEYS = ("wait_count", "stopped_epoch", "patience")  # EarlyStopping's
+
+
+def _score(value: Any) -> bool:
+    """A monitored score as Lightning saves it: None, a number or a one-value tensor (inf before the first)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and value.is_floating_point()
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _checkpoint_in(path: Any, folder: str) -> bool:
+    """Whether ``path`` is empty (none yet) or names a ``.ckpt`` file right inside ``folder``, links resolved."""
+    if path == "":
+        return True
+    if not isinstance(path, str) or not path.endswith(".ckpt"):
+        return False
+    return os.path.dirname(os.path.realpath(path)) == os.path.realpath(folder)
+
+
+def model_checkpoint_problem(state: Any) -> str | None:
+    """Why a ``ModelCheckpoint`` state cannot be restored; None if it can.
+
+    Why: Lightning restores its paths (the last, the k-th best, the top-k files) from the file and later
+    removes them, recursively, when it replaces them; its test that they lie in the checkpoint folder does
+    not resolve ``..``, and a state without ``dirpath`` skips the test. A crafted file made ``audiosep fit``
+    delete any folder (reviewer). So every path must be a ``.ckpt`` file right inside the saved ``dirpath``.
+    """
+    if not isinstance(state, dict) or not isinstance(state.get("dirpath"), str):
+        return "has no checkpoint folder (dirpath)"
+    folder = state["dirpath"]
+    paths = [state.get(key, "") for key in CHECKPOINT_PATH_KEYS]
+    best = state.get("best_k_models", {})
+    if not isinstance(best, dict) or not all(map(_score, best.values())):
+        return f"has best_k_models {brief_repr(best)}, not checkpoint files and their scores"
+    outside = [path for path in [*paths, *best] if not _checkpoint_in(path, folder)]
+    if outside:
+        return f"names {brief_repr(outside[0])}, not a .ckpt file in its checkpoint folder {brief_repr(folder)}"
+    scores = [state.get(key) for key in ("best_model_score", "current_score", "kth_value")]
+    if not all(map(_score, scores)):
+        return f"has scores {brief_repr(scores)}, not numbers"
+    return None
+
+
+def callbacks_problem(callbacks: Any) -> str | None:
+    """Why the saved callback states cannot be restored (checkpoint paths, early-stopping counts); None if they can."""
+    if not isinstance(callbacks, dict):
+        return f"its callbacks state is {brief_repr(callbacks)}, not one state per callback"
+    for name, state in callbacks.items():
+        if str(name).startswith("ModelCheckpoint") and (problem := model_checkpoint_problem(state)):
+            return f"its {brief_repr(name, 60)} state {problem}"
+        counts = {key: state[key] for key in CALLBACK_COUNT_KEYS if isinstance(state, dict) and key in state}
+        if not isinstance(state, dict) or not all(map(_count, counts.values())):
+            return f"its {brief_repr(name, 60)} state is {brief_repr(state)}, not counts"
+    return None
+
+
+def _leaves(state: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every non-dict value below ``state``."""
+    if not isinstance(state, dict):
+        yield prefix, state
+        return
+    for key, value in state.items():
+        yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+
+
+def loops_problem(loops: Any) -> str | None:
+    """Why the saved loop progress cannot be restored (every entry must be a count or a flag); None if it can."""
+    for key, value in _leaves(loops):
+        if not (_count(value) or isinstance(value, bool)):
+            return f"its loop progress {brief_repr(key, 80)} is {brief_repr(value)}, not a count"
+    return None
+
+
+SCHEDULER_NUMBERS = ("last_epoch", "_step_count", "base_lrs", "_last_lr")
+
+
+def schedulers_problem(schedulers: Any) -> str | None:
+    """Why the saved learning-rate scheduler states cannot be restored; None if they can.
+
+    torch restores one by ``scheduler.__dict__.update(state)``: a file could set any attribute (the
+    optimizer it steps included), and a text where a count belongs failed the run mid-training.
+    """
+    if not isinstance(schedulers, list) or not all(isinstance(state, dict) for state in schedulers):
+        return f"its lr_schedulers state is {brief_repr(schedulers)}, not one state per scheduler"
+    for state in schedulers:
+        for key, value in state.items():
+            if not isinstance(key, str) or key == "optimizer" or key.startswith("__"):
+                return f"its lr_schedulers state sets {brief_repr(key, 60)}, not a scheduler setting"
+            numbers = value if key in SCHEDULER_NUMBERS and isinstance(value, list) else [value]
+            if key in SCHEDULER_NUMBERS and not all(map(_finite_number, numbers)):
+                return f"its lr_schedulers state has {key} {brief_repr(value, 60)}, not a number"
+    return None
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def allowed_import_paths() -> list[str]:

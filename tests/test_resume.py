@@ -424,6 +424,17 @@ def test_a_resume_checkpoint_with_a_storage_record_shorter_than_its_tensor_is_on
     assert problem is not None and problem.startswith("not a readable checkpoint") and "\n" not in problem
 
 
+DIRPATH = "/runs/a/checkpoints"
+CHECKPOINT_CALLBACK = "ModelCheckpoint{...}"
+SAVED_CHECKPOINTS = {  # a ModelCheckpoint state as Lightning saves it
+    "monitor": "val_si_snri", "best_model_score": torch.tensor(-15.6), "best_model_path": f"{DIRPATH}/best.ckpt",
+    "current_score": torch.tensor(-15.6), "dirpath": DIRPATH, "best_k_models": {f"{DIRPATH}/best.ckpt": torch.tensor(-15.6)},
+    "kth_best_model_path": f"{DIRPATH}/best.ckpt", "kth_value": torch.tensor(float("inf")), "last_model_path": "",
+}  # fmt: skip
+SAVED_SCHEDULER = {"step_size": 1, "gamma": 0.1, "base_lrs": [0.002], "last_epoch": 1, "_step_count": 2,
+                   "_is_initial": False, "_get_lr_called_within_step": False, "_last_lr": [0.0002]}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("extra", "says"),
     [
@@ -432,18 +443,38 @@ def test_a_resume_checkpoint_with_a_storage_record_shorter_than_its_tensor_is_on
         ({"audiosep_nonfinite_steps": "abc"}, "its audiosep_nonfinite_steps is 'abc', not a count"),
         ({"LibriMixDataModule": {"epoch": 1, "batches": "x"}}, "its LibriMixDataModule position is"),
         ({"LibriMixDataModule": {"epoch": -1, "batches": 0}}, "its LibriMixDataModule position is"),
+        # A crafted ModelCheckpoint state made `audiosep fit` delete any folder: Lightning removes the paths it
+        # restores when it replaces them, recursively, and `..` passed its folder test (reviewer).
+        ({"callbacks": {CHECKPOINT_CALLBACK: SAVED_CHECKPOINTS | {"last_model_path": f"{DIRPATH}/../../victim"}}},
+         "its 'ModelCheckpoint{...}' state names '/runs/a/checkpoints/../../victim', not a .ckpt file in its"),
+        ({"callbacks": {CHECKPOINT_CALLBACK: SAVED_CHECKPOINTS | {"last_model_path": f"{DIRPATH}/../../x.ckpt"}}},
+         "its 'ModelCheckpoint{...}' state names"),
+        ({"callbacks": {CHECKPOINT_CALLBACK: SAVED_CHECKPOINTS | {"best_k_models": {"/etc/passwd": 1.0}}}},
+         "its 'ModelCheckpoint{...}' state names '/etc/passwd'"),
+        ({"callbacks": {CHECKPOINT_CALLBACK: {k: v for k, v in SAVED_CHECKPOINTS.items() if k != "dirpath"}}},
+         "its 'ModelCheckpoint{...}' state has no checkpoint folder (dirpath)"),
+        ({"callbacks": {CHECKPOINT_CALLBACK: SAVED_CHECKPOINTS | {"kth_value": "x"}}}, "its 'ModelCheckpoint{...}' state has scores"),
+        ({"callbacks": {"EarlyStopping{...}": {"wait_count": "x", "patience": 3}}}, "its 'EarlyStopping{...}' state is"),
+        # Strings where counts belong ended `fit` mid-training in a traceback (reviewer).
+        ({"loops": {"fit_loop": {"epoch_progress": {"total": {"ready": "x"}}}}},
+         "its loop progress 'fit_loop.epoch_progress.total.ready' is 'x', not a count"),
+        ({"lr_schedulers": [SAVED_SCHEDULER | {"last_epoch": "x"}]}, "its lr_schedulers state has last_epoch 'x', not a number"),
+        ({"lr_schedulers": [SAVED_SCHEDULER | {"optimizer": {}}]}, "its lr_schedulers state sets 'optimizer', not a scheduler"),
     ],
 )
 def test_a_resume_checkpoint_whose_training_state_cannot_be_restored_is_one_line(
     tmp_path: Path, extra: dict, says: str
 ) -> None:
-    """Each passed the pre-check and then ended in a traceback in the restore hooks (reviewer)."""
+    """Each passed the pre-check and then ended in a traceback in the restore hooks (reviewer), or worse."""
     from audiosep.rng import collect_rng_states
     from audiosep.training_cli import checkpoint_problem
 
     good = {"pytorch-lightning_version": "2.6", "state_dict": {"w": torch.zeros(3)},
             "audiosep_rng_states": collect_rng_states(), "audiosep_nonfinite_steps": 2,
-            "LibriMixDataModule": {"epoch": 1, "batches": 4, "seed": 7}}  # fmt: skip
+            "LibriMixDataModule": {"epoch": 1, "batches": 4, "seed": 7},
+            "callbacks": {CHECKPOINT_CALLBACK: SAVED_CHECKPOINTS, "EarlyStopping{...}": {"wait_count": 0, "patience": 3}},
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 1}, "is_last_batch": False}}},
+            "lr_schedulers": [SAVED_SCHEDULER]}  # fmt: skip
     torch.save(good, tmp_path / "good.ckpt")
     assert checkpoint_problem(tmp_path / "good.ckpt", {"w": (3,)}) is None
     torch.save(good | extra, tmp_path / "bad.ckpt")
@@ -487,3 +518,23 @@ def test_lightnings_litlogger_advertisement_is_dropped(caplog: pytest.LogCapture
         rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/project/litlogger/)")
         rank_zero_info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_the_checkpoint_io_removes_checkpoint_files_only(tmp_path: Path) -> None:
+    """Lightning removes replaced checkpoints with a recursive ``rm``; ours never removes a folder or another file."""
+    from audiosep.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    folder, other, ckpt, link = tmp_path / "precious.ckpt", tmp_path / "notes.txt", tmp_path / "last.ckpt", tmp_path / "link.ckpt"
+    folder.mkdir()
+    (folder / "data.txt").write_text("keep")
+    other.write_text("keep")
+    ckpt.write_bytes(b"x")
+    link.symlink_to(folder)
+    for refused in (folder, other):
+        with pytest.warns(UserWarning, match="not a checkpoint file"):
+            io.remove_checkpoint(refused)
+        assert refused.exists()
+    io.remove_checkpoint(link)  # a link goes, never what it points to
+    io.remove_checkpoint(ckpt)
+    assert not link.is_symlink() and not ckpt.exists() and (folder / "data.txt").read_text() == "keep"
