@@ -481,6 +481,9 @@ def test_an_out_that_is_a_pipe_a_link_or_a_folder_name_is_refused(tmp_path: Path
     assert audiosep.cli.main(argv) == 1
     assert (tmp_path / "pipe").is_fifo() and (tmp_path / "link.pt").is_symlink()
     assert "is a device, pipe or socket" in capsys.readouterr().err
+    argv[-1] = f"{tmp_path}/models/"  # the command's Path(--out) dropped the "/": a file named models (reviewer)
+    assert audiosep.cli.main(argv) == 1
+    assert "ends with a path separator" in capsys.readouterr().err and not (tmp_path / "models").exists()
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, a folder that holds no new files")

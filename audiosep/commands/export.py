@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     check_opset(out, args.format, args.opset)
     if out.resolve() == ckpt.resolve():
         raise UserError(f"{out}: the export would replace the checkpoint; pass another --out")
-    check_output_file(out, "--out")
+    check_output_file(args.out or out, "--out")  # the text as given: Path() drops a trailing "/" (DIR/ wrote a file DIR)
     model, features, rate, extra = load_for_export(ckpt, args.sample_rate)
     try:
         report = export_model(

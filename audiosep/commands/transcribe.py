@@ -20,6 +20,7 @@ from audiosep.commands.inputs import (
     Report,
     check_device,
     check_glob,
+    check_output_file,
     collect_inputs,
     file_id,
     one_line_text,
@@ -129,15 +130,25 @@ def _texts(transcriber, labels: list[str], segments: list, report: Report) -> li
     return transcribed
 
 
-def run(args: argparse.Namespace) -> int:
+def _write_transcripts(out: Path, text: str) -> None:
+    """Write ``text`` to ``out`` atomically; where that fails (a full disk), print it instead: never a lost result."""
     from audiosep.io import atomic_write_text
 
+    try:
+        atomic_write_text(out, text)
+    except OSError as err:
+        sys.stdout.write(text)
+        raise UserError(f"--out {out}: cannot write it ({err.strerror or err}); the transcripts went to stdout") from None
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     check_glob(args.glob)
     check_device(args.device)
     out = Path(args.out) if args.out is not None else None
-    if out is not None and out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name")
+    if out is not None:  # before any work: a bad --out found at the end lost every transcript
+        reads = [path for path in (args.ckpt, args.lm, args.lexicon) if path is not None]
+        check_output_file(args.out, "--out", reads, "a file this command reads (--ckpt, --lm or --lexicon)")
     transcriber = _load_transcriber(args)
     report = Report()
     inputs = collect_inputs(args.inputs, args.glob, report)
@@ -154,6 +165,6 @@ def run(args: argparse.Namespace) -> int:
             lines.extend(group_lines)
             bar.update(len(group))
     if out is not None:
-        atomic_write_text(out, "".join(lines))
+        _write_transcripts(out, "".join(lines))
     report.summary("transcribed")
     return 1 if report.failed else 0

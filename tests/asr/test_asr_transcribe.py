@@ -159,3 +159,46 @@ def test_transcripts_keep_their_letters_and_escape_only_what_breaks_a_line():
 
     assert one_line_text("می\u200cخواهم café\u00a0ok") == "می\u200cخواهم café\u00a0ok"
     assert one_line_text("a\tb\nc\u2028d\\t") == "a\\tb\\nc\\u2028d\\\\t"
+
+
+@pytest.mark.parametrize("case", ["the checkpoint", "a pipe", "a symbolic link", "below a file", "a folder/"])
+def test_an_out_that_would_destroy_a_file_or_cannot_be_written_is_refused_before_any_work(
+    asr_ckpt, audio_files, tmp_path, capsys, case
+):
+    """``--out model.ckpt`` replaced the model with one line of text, a FIFO or link became a regular file, and a
+    --out below a file was found after every file was transcribed: all with exit 0 but the last (reviewers)."""
+    import os
+    import shutil
+    from unittest import mock
+
+    ckpt = tmp_path / "model.ckpt"
+    shutil.copy(asr_ckpt, ckpt)
+    (tmp_path / "notes.txt").write_text("notes")
+    if case == "a pipe":
+        os.mkfifo(tmp_path / "out.fifo")
+    if case == "a symbolic link":
+        (tmp_path / "out.link").symlink_to(tmp_path / "notes.txt")
+    out = {"the checkpoint": ckpt, "a pipe": tmp_path / "out.fifo", "a symbolic link": tmp_path / "out.link",
+           "below a file": tmp_path / "notes.txt" / "out.tsv", "a folder/": f"{tmp_path}/texts/"}[case]  # fmt: skip
+    before = ckpt.read_bytes()
+    with mock.patch("audiosep.commands.transcribe._load_transcriber", side_effect=AssertionError("work began")):
+        assert main(["transcribe", "--ckpt", str(ckpt), "--out", str(out), str(audio_files[0])]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"audiosep: error: --out {out}") and "\n" not in err
+    assert ckpt.read_bytes() == before and (tmp_path / "notes.txt").read_text() == "notes"
+    assert not (tmp_path / "texts").exists()
+
+
+def test_transcripts_that_cannot_be_written_go_to_stdout(asr_ckpt, audio_files, tmp_path, capsys, monkeypatch):
+    """A full disk at the final write lost every transcript of the run."""
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("audiosep.io.atomic_write_text", full_disk)
+    out = tmp_path / "out.tsv"
+    assert main(["transcribe", "--ckpt", str(asr_ckpt), "--out", str(out), *map(str, audio_files[:2])]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("\t") == 2 and str(audio_files[0]) in captured.out
+    assert f"--out {out}: cannot write it (No space left on device); the transcripts went to stdout" in captured.err
+    assert not out.exists()
