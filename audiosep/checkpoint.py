@@ -126,9 +126,9 @@ def model_record(
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file then rename: the file appears whole or not at all."""
-    from audiosep.io import atomic_write
+    from audiosep.io import atomic_write_bytes
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write_bytes(path, lambda buffer: torch.save(obj, buffer))  # a full disk: an OSError, not a C++ trace
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import io
 import json
 import logging
 import math
@@ -304,7 +305,9 @@ def _write(graph: _Graph, example: Inputs, tmp: str, format: str, opset: int, me
     with _quiet_exporters(), torch.enable_grad():
         if format == "torchscript":
             traced = torch.jit.trace(graph.module, example, check_trace=False)
-            torch.jit.save(traced, tmp, _extra_files={f"{METADATA_KEY}.json": metadata})
+            buffer = io.BytesIO()  # jit.save to a path aborted the process on a full disk (a C++ destructor threw)
+            torch.jit.save(traced, buffer, _extra_files={f"{METADATA_KEY}.json": metadata})
+            Path(tmp).write_bytes(buffer.getbuffer())
             return
         program = torch.onnx.export(
             with_float64_gln_statistics(graph.module), example, None, dynamo=True,
@@ -572,6 +575,8 @@ def export_model(
     def write(tmp: str) -> None:
         try:
             _write(graph, example, tmp, format, opset, json.dumps(info))
+        except OSError:
+            raise  # the disk's refusal (full, read-only): atomic_write names the file
         except Exception as err:  # the exporters raise many types, with pages of detail
             name = type(model).__name__
             raise UserError(
@@ -594,10 +599,12 @@ def export_model(
 def _refuse(report: ExportReport, tmp: str, keep_failed: bool) -> None:
     """Raise :class:`ExportCheckError`; the temp file goes (atomic_write) or becomes ``<path>.failed``."""
     kept = report.path.with_name(report.path.name + ".failed")
-    if keep_failed:
+    fate = "not written"
+    if keep_failed and (kept.is_symlink() or (kept.exists() and not kept.is_file())):
+        fate = f"not kept: {kept} exists and is not a file"
+    elif keep_failed:
+        fate = f"kept as {kept}" + (" (replacing the file of that name)" if kept.exists() else "")
         os.replace(tmp, kept)
     raise ExportCheckError(
-        f"{report.path}: the exported file differs from the PyTorch model: {report.verdict_text()}; "
-        + (f"kept as {kept}" if keep_failed else "not written"),
-        report,
+        f"{report.path}: the exported file differs from the PyTorch model: {report.verdict_text()}; {fate}", report
     )

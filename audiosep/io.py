@@ -9,6 +9,7 @@ killed run leaves at most such a temp file, never a half-written output under th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -140,10 +141,31 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call ``write(temp_path)``, then rename the temp file to ``path``; returns ``Path(path)``."""
+    """Call ``write(temp_path)``, then rename the temp file to ``path``; returns ``Path(path)``.
+
+    An ``OSError`` of the write names ``path``, not the temp file nor nothing (a full disk was reported as
+    "No space left on device" alone).
+    """
     with atomic_paths([path]) as (tmp,):
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as err:
+            if err.filename not in (None, tmp):
+                raise
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, save: Callable[[io.BytesIO], object]) -> Path:
+    """``save(buffer)`` into memory, then write the bytes to ``path`` atomically.
+
+    Why: ``torch.save`` and ``torch.jit.save`` on a full disk raise a ``RuntimeError`` with a C++ trace, or
+    abort the process (``jit.save``: a C++ exception in a destructor), leaving their temp file; written
+    from Python, a full disk is an ``OSError`` naming ``path``.
+    """
+    buffer = io.BytesIO()
+    save(buffer)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def read_json(path: str | os.PathLike) -> Any:

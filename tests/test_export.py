@@ -296,6 +296,13 @@ def test_keep_failed_keeps_the_file_under_a_failed_name(
         export_model(family("conv_tasnet"), path, "torchscript", RATE, keep_failed=True)
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt.failed"]
     assert not caught.value.report.passed and caught.value.report.max_abs_error >= 1e-2
+    with pytest.raises(ExportCheckError, match=r"kept as .*model.pt.failed \(replacing the file of that name\)$"):
+        export_model(family("conv_tasnet"), path, "torchscript", RATE, keep_failed=True)  # said nothing (reviewer)
+    (tmp_path / "model.pt.failed").unlink()
+    (tmp_path / "model.pt.failed").mkdir()
+    with pytest.raises(ExportCheckError, match=r"not kept: .*model.pt.failed exists and is not a file$"):
+        export_model(family("conv_tasnet"), path, "torchscript", RATE, keep_failed=True)
+    assert (tmp_path / "model.pt.failed").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt.failed"]
 
 
 def test_the_check_sees_a_weight_changed_after_export(tmp_path: Path) -> None:

@@ -773,20 +773,28 @@ def test_a_second_run_on_one_output_folder_is_refused_while_the_first_runs(ckpt,
 
 
 def test_a_full_disk_is_named_not_a_libsndfile_system_error(ckpt, tmp_path, capsys, monkeypatch) -> None:
-    """libsndfile reports a full disk as "System error."; the user saw "separation failed (... System error.)"."""
+    """libsndfile reports a full disk as "System error."; the user saw "separation failed (... System error.)",
+    also once the check looked at the disk: after the failed write's temp files were gone, it had room (reviewer)."""
     import shutil
     from collections import namedtuple
 
-    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        raise sf.LibsndfileError(2, "Error opening output: ")
-
-    monkeypatch.setattr(Separator, "separate_file", full)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: namedtuple("Usage", "total used free")(1, 1, 0))
     wav = tmp_path / "x.wav"
     sf.write(wav, speech(0), RATE)
+    temps_while_asked = []
+
+    def full(self, data):  # noqa: ANN001, ANN202 (SoundFile.write: its temp file exists, with a header)
+        raise sf.LibsndfileError(2, "System error.")
+
+    def usage(path):  # noqa: ANN001, ANN202
+        temps_while_asked.append([p.name for p in (tmp_path / "out").iterdir()])
+        return namedtuple("Usage", "total used free")(1, 1, 0 if temps_while_asked[-1] else 1)
+
+    monkeypatch.setattr(sf.SoundFile, "write", full)
+    monkeypatch.setattr(shutil, "disk_usage", usage)
     assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), str(wav)]) == 1
-    assert (f"cannot write outputs in {tmp_path / 'out'} (No space left on device); nothing written for it"
+    assert (f"cannot write outputs in {tmp_path / 'out' / 'x_s1.wav'} (No space left on device); nothing written for it"
             in capsys.readouterr().err)
+    assert not any((tmp_path / "out").glob("*"))  # no output, no temp file
 
 
 def test_a_refused_write_names_the_file(ckpt, tmp_path, capsys, monkeypatch) -> None:

@@ -155,3 +155,26 @@ def test_an_output_with_a_name_near_the_file_system_limit_is_written_and_its_lef
     other.write_text("someone else's")
     assert remove_temp_files(tmp_path, {target.name}) == 1
     assert not Path(left).exists() and other.exists() and target.exists()
+
+
+def test_a_full_disk_is_an_oserror_naming_the_target_and_leaves_no_temp_file(tmp_path: Path, monkeypatch) -> None:
+    """torch.save on a full disk raised a RuntimeError with a C++ trace and torch.jit.save aborted the process,
+    leaving its temp file; atomic_write_text's OSError named no file ("No space left on device") (reviewer)."""
+    import errno
+
+    import torch
+
+    from audiosep.checkpoint import atomic_torch_save
+    from audiosep.io import atomic_write_text
+
+    def full(self, data):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full(self, None))
+    for save, target in ((lambda p: atomic_torch_save({"w": torch.zeros(3)}, p), tmp_path / "m.ckpt"),
+                         (lambda p: atomic_write_text(p, "x"), tmp_path / "run.json")):  # fmt: skip
+        with pytest.raises(OSError) as raised:
+            save(target)
+        assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(target))
+    assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,13 +265,8 @@ def process(plan: Plan, separator, args: argparse.Namespace, out_dir: Path, repo
     except OSError as err:
         where = err.filename or plan.outputs[0].parent
         report.error(label, f"cannot write outputs in {where} ({err.strerror or err}); nothing written for it")
-    except sf.LibsndfileError as err:  # libsndfile says only "System error." when a write finds the disk full
-        folder = next(path for path in plan.outputs[0].parents if path.exists())
-        if shutil.disk_usage(folder).free == 0:
-            report.error(label, f"cannot write outputs in {plan.outputs[0].parent} (No space left on device); "
-                         "nothing written for it")
-        else:
-            report.error(label, f"separation failed (LibsndfileError: {err.error_string})")
+    except sf.LibsndfileError as err:  # a full disk is an OSError (write_sources asks while its temp files fill it)
+        report.error(label, f"separation failed (LibsndfileError: {err.error_string})")
     except MemoryError:
         report.error(label, "out of memory; try a smaller --chunk-seconds")
     except Exception as err:  # noqa: BLE001 - one bad file must not end the batch with a traceback
