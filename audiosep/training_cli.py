@@ -439,7 +439,9 @@ def yaml_without_aliases(text: str) -> Any:
     from jsonargparse._loaders_dumpers import yaml_load
 
     depth = 0
+    keys = MappingKeys()
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        keys.see(event)
         if isinstance(event, yaml.AliasEvent):
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not supported", event.start_mark)
         if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_YAML_INT_CHARS and _plain_int(event):
@@ -453,6 +455,39 @@ def yaml_without_aliases(text: str) -> Any:
 
 
 MAX_YAML_DEPTH = 64  # recipes nest 4-6 levels
+
+
+class MappingKeys:
+    """Follows YAML parse events and refuses a key given twice in one mapping.
+
+    Why: PyYAML keeps the last value without a word: a recipe with two ``trainer:`` blocks silently lost
+    the first block's ``max_epochs`` and ``precision`` (reviewer). YAML itself requires unique keys.
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any] | None] = []  # per open collection: a mapping's keys so far, or None
+
+    def see(self, event: Any) -> None:
+        """Take the next parse event; raise ``yaml.composer.ComposerError`` at a repeated key."""
+        import yaml
+
+        if isinstance(event, yaml.CollectionEndEvent):
+            self.frames.pop()
+            return
+        if not isinstance(event, yaml.NodeEvent):
+            return
+        frame = self.frames[-1] if self.frames else None
+        if frame is not None:
+            if frame["expect_key"] and isinstance(event, yaml.ScalarEvent):
+                if event.value in frame["keys"]:
+                    raise yaml.composer.ComposerError(None, None, f"key {brief_repr(event.value, 60)} given twice "
+                                                      f"(first on line {frame['keys'][event.value]})", event.start_mark)  # fmt: skip
+                frame["keys"][event.value] = event.start_mark.line + 1
+            frame["expect_key"] = not frame["expect_key"]
+        if isinstance(event, yaml.MappingStartEvent):
+            self.frames.append({"keys": {}, "expect_key": True})
+        elif isinstance(event, yaml.SequenceStartEvent):
+            self.frames.append(None)
 
 
 def _plain_int(event: Any) -> bool:

@@ -449,8 +449,10 @@ def convert_nemo(path: str | os.PathLike) -> tuple[QuartzNet, dict[str, Any]]:
             weights that do not match the config; one line that names ``path``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a .nemo file")
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     try:
         archive = tarfile.open(path, "r|*", tarinfo=_BoundedTarInfo)  # one pass: no member decompressed twice
     except UserError as err:  # the first member's header is read on opening

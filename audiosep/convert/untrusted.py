@@ -45,6 +45,20 @@ class UntrustedYamlLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not supported", mark)
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A mapping whose keys are unique (PyYAML keeps the last value of a repeated key without a word)."""
+        first: dict[str, int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            if key.value in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {brief_repr(key.value, 60)} given twice (first on line {first[key.value]})",
+                    key.start_mark,
+                )  # fmt: skip
+            first[key.value] = key.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
     def construct_short_int(self, node: yaml.ScalarNode) -> int:
         """An int scalar of bounded length (huge ints cannot even be printed in an error message)."""
         if len(node.value) > MAX_YAML_INT_CHARS:

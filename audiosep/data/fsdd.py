@@ -73,10 +73,15 @@ def read_fsdd(root: str | os.PathLike) -> list[Recording]:
         raise UserError(f"{manifest}: FSDD manifest not found")
     with manifest.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM said KeyError: 'id'
         reader = csv.DictReader(handle)
-        missing = [column for column in FSDD_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{manifest}: not an FSDD manifest (missing columns {missing})")
-        return [_recording(root, row, f"{manifest}:{reader.line_num}") for row in reader]
+        try:
+            missing = [column for column in FSDD_COLUMNS if column not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{manifest}: not an FSDD manifest (missing columns {missing})")
+            return [_recording(root, row, f"{manifest}:{reader.line_num}") for row in reader]
+        except UnicodeDecodeError as err:  # tracebacks both (reviewer)
+            raise UserError(f"{manifest}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+        except csv.Error as err:  # a cell over csv's field limit (128 KiB)
+            raise UserError(f"{manifest}:{reader.line_num + 1}: not a CSV row ({err})") from None
 
 
 def _recording(root: Path, row: dict[str, str], where: str) -> Recording:

@@ -97,6 +97,8 @@ def read_mixture_rows(metadata_csv: Path, n_src: int) -> tuple[list[str], list[i
             rows = [(reader.line_num, row["mixture_ID"], row["length"] if has_length else None) for row in reader]
     except UnicodeDecodeError as err:
         raise UserError(f"{metadata_csv}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except csv.Error as err:  # a cell over csv's field limit (128 KiB): not a metadata file
+        raise UserError(f"{metadata_csv}:{reader.line_num + 1}: not a CSV row ({err})") from None
     check_mixture_ids([(line, mixture_id) for line, mixture_id, _ in rows], metadata_csv)
     ids = [mixture_id for _, mixture_id, _ in rows]
     if not has_length:

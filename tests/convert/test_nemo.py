@@ -328,3 +328,15 @@ def test_weights_that_do_not_start_as_a_zip_file_are_refused_before_the_rest_is_
     archive = write_archive(tmp_path / "zeros.nemo", state=bytes(1 << 16))
     assert_one_line_refusal(archive, capsys, r"model_weights.ckpt: not a readable PyTorch checkpoint (not a zip file: it starts with b'\x00\x00\x00\x00')")
     assert reads[-1] == 4  # the weights' first 4 bytes, and nothing after them
+
+
+def test_a_folder_or_a_missing_path_is_named_as_what_it_is(tmp_path: Path) -> None:
+    """A folder was reported as "no such file" (reviewer)."""
+    from audiosep.convert.nemo import convert_nemo
+    from audiosep.errors import UserError
+
+    (tmp_path / "model.nemo").mkdir()
+    with pytest.raises(UserError, match=r"model.nemo: a folder, not a .nemo file$"):
+        convert_nemo(tmp_path / "model.nemo")
+    with pytest.raises(UserError, match=r"other.nemo: no such file$"):
+        convert_nemo(tmp_path / "other.nemo")

@@ -406,6 +406,16 @@ def test_a_huge_base_60_float_in_yaml_is_one_line() -> None:
         parse_untrusted_yaml(("bad: " + "1:" * 200 + "1.5\n").encode())
 
 
+def test_a_config_key_given_twice_is_refused_not_the_last_one_kept() -> None:
+    """A NeMo config with two ``preprocessor:`` sections was converted with the last (reviewer)."""
+    from audiosep.convert.untrusted import parse_untrusted_yaml
+    from audiosep.errors import UserError
+
+    with pytest.raises(UserError, match=r"key 'preprocessor' given twice \(first on line 1\)"):
+        parse_untrusted_yaml(b"preprocessor: {sample_rate: 16000}\npreprocessor: {sample_rate: 8000}\n")
+    assert parse_untrusted_yaml(b"a: {x: 1}\nb: [{x: 2}, {x: 3}]\n") == {"a": {"x": 1}, "b": [{"x": 2}, {"x": 3}]}
+
+
 RESEPFORMER_STACK = {"__tag__": "speechbrain.lobes.models.resepformer.SBTransformerBlock_wnormandskip",
                      "nhead": 2, "norm_before": True, "use_positional_encoding": True}  # fmt: skip
 

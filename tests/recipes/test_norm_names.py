@@ -107,3 +107,19 @@ def test_a_parse_error_is_one_line_with_exit_code_2(capsys: pytest.CaptureFixtur
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("audiosep: error: ") and says in lines[0], lines
     assert lines[0].endswith("(`audiosep fit --help` lists the options)")
+
+
+def test_a_recipe_key_given_twice_is_refused_not_the_last_one_kept(
+    capsys: pytest.CaptureFixture[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two ``trainer:`` blocks: the first's max_epochs and precision were lost without a word (reviewer)."""
+    recipe = tmp_path_factory.mktemp("recipe") / "dup.yaml"
+    recipe.write_text("trainer:\n  max_epochs: 3\n  precision: 16-mixed\nseed_everything: 0\ntrainer:\n  accelerator: cpu\n")
+    assert main(["fit", "--config", "demo/convtasnet_tiny.yaml", "--config", str(recipe), "--print_config"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"audiosep: error: {recipe}: not valid YAML (key 'trainer' given twice (first on line 1), line 5, column 1)"
+    nested = tmp_path_factory.mktemp("recipe") / "nested.yaml"  # the same key in two mappings, a list of mappings: fine
+    nested.write_text("trainer:\n  max_epochs: 2\n  callbacks:\n  - {class_path: a}\n  - {class_path: b}\ndata:\n  max_epochs: 1\n")
+    from audiosep.training_cli import yaml_without_aliases
+
+    assert yaml_without_aliases(nested.read_text())["data"] == {"max_epochs": 1}

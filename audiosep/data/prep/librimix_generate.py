@@ -146,7 +146,11 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
         raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
     with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle, restval="")
-        missing = [name for name in needed if name not in (reader.fieldnames or [])]
+        try:
+            fieldnames = reader.fieldnames or []
+        except csv.Error as err:
+            raise UserError(f"{path}:{reader.line_num + 1}: not a CSV row ({err})") from None
+        missing = [name for name in needed if name not in fieldnames]
         if missing:
             raise UserError(f"{path}: not a Libri{n_src}Mix metadata file (missing columns {missing})")
         try:
@@ -168,6 +172,8 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
                 )
         except ValueError as err:
             raise UserError(f"{path}:{reader.line_num}: bad gain value ({err})") from err
+        except csv.Error as err:  # a cell over csv's field limit (128 KiB): not a metadata file
+            raise UserError(f"{path}:{reader.line_num + 1}: not a CSV row ({err})") from None
     check_mixture_ids(((row.line, row.mixture_id) for row in rows), path)
     return rows
 
