@@ -311,6 +311,16 @@ def _open(path: Path) -> sf.SoundFile:
         raise AudioError(f"cannot read audio ({kind}{message})", path) from err
 
 
+MIXDOWN_LOSS_WARN_DB = 20.0  # a mixdown this much quieter than its channels has lost the signal
+
+
+def mixdown_loss_db(mixdown_energy: float, channel_energy: float) -> float:
+    """``10 log10(channel / mixdown energy)``: 0 where nothing cancels, inf where everything does."""
+    if channel_energy <= 0.0:
+        return 0.0
+    return math.inf if mixdown_energy <= 0.0 else 10.0 * math.log10(channel_energy / mixdown_energy)
+
+
 class CheckedAudio:
     """One audio file, checked whole in blocks on opening, then read span by span (in increasing order).
 
@@ -339,7 +349,7 @@ class CheckedAudio:
             self.channel = channel
             self.channels = 1 if channel is not None else available
             self._block = max(1024, BLOCK_BYTES // (4 * available))  # frames per read, whatever the channel count
-            self.frames, self.silent = self._check()
+            self.frames, self.silent, self.mixdown_loss_db = self._check()
             self._rewind()
         except BaseException:
             self.handle.close()
@@ -348,13 +358,17 @@ class CheckedAudio:
     def _used(self, block: np.ndarray) -> np.ndarray:
         return block if self.channel is None else block[:, self.channel : self.channel + 1]
 
-    def _check(self) -> tuple[int, bool]:
-        """Read every frame once: ``(frames, all zero)``; raise on truncation and non-finite samples."""
+    def _check(self) -> tuple[int, bool, float]:
+        """Read every frame once: ``(frames, all zero, mixdown loss)``; raise on truncation and non-finite samples.
+
+        The mixdown loss is how far (dB) the mono mixdown's energy lies below the channels' mean energy: 0 for
+        one channel or identical ones, large where the channels cancel (one of opposite polarity).
+        """
         handle, path, rate = self.handle, self.path, self.sample_rate
         declared = _declared_frames(path, handle)
         promised = int(handle.frames) if declared is None else declared  # libsndfile's: FLAC's header, Ogg's end
         unmeasured = None if declared is not None else _unmeasured_truncation(path, handle.extra_info)
-        got, silent = 0, True
+        got, silent, mixdown_energy, channel_energy = 0, True, 0.0, 0.0
         while True:
             try:
                 block = self._used(handle.read(self._block, dtype="float32", always_2d=True))
@@ -375,7 +389,10 @@ class CheckedAudio:
                     f"(frame {frame}, channel {channel if self.channel is None else self.channel})",
                     path,
                 )
-            silent = silent and not block.mean(axis=1).any()  # the mono mixdown: channels may cancel out
+            mixdown = block.mean(axis=1, dtype=np.float64)
+            silent = silent and not mixdown.any()  # the mono mixdown: channels may cancel out
+            mixdown_energy += float(np.dot(mixdown, mixdown))
+            channel_energy += float(np.square(block, dtype=np.float64).sum()) / max(1, block.shape[1])
             got += block.shape[0]
             if block.shape[0] < self._block:
                 break
@@ -393,7 +410,7 @@ class CheckedAudio:
             )
         if got == 0:
             raise AudioError("holds no audio samples", path)
-        return got, silent
+        return got, silent, mixdown_loss_db(mixdown_energy, channel_energy)
 
     def read(self, start: int, stop: int) -> Tensor:
         """Frames ``[start, stop)`` of the used channels as ``float32 [C, n]`` (clipped to the file).

@@ -243,6 +243,12 @@ MIN_SUM_SNR_DB = 30.0
 ROUNDING_RMS = 4 / 32768
 
 
+def _mixture_file(dataset: Any, mixture_id: str) -> str:
+    """The mixture's file in a LibriMix-layout split (its sources sit beside it in ``s1``, ``s2``...), else its id."""
+    split_dir, folder = getattr(dataset, "split_dir", None), getattr(dataset, "mixture_folder", None)
+    return str(Path(split_dir) / folder / f"{mixture_id}.wav") if split_dir and folder else f"mixture {mixture_id}"
+
+
 def check_references(mixture_id: str, mixture: Tensor, sources: Tensor, clean: bool = False) -> None:
     """Refuses what makes the scores undefined: NaN/Inf, a silent source, sources not as long as the mixture;
     with ``clean`` (``sep_clean``), a mixture that is not the sum of its sources (a wrong, shifted or swapped
@@ -511,8 +517,13 @@ def _evaluate_locked(separator: Any, dataset: Any, out_dir: Path, identity: RunI
         for index in tqdm(todo, desc="evaluating", unit="mix", disable=not progress):
             mixture, sources, mixture_id = dataset[index]
             texts = None if references is None else references[mixture_id]
-            log.append(score_utterance(separator, mixture, sources, mixture_id, transcriber, texts,
-                                       clean=identity.task == "sep_clean"))  # fmt: skip
+            try:
+                row = score_utterance(separator, mixture, sources, mixture_id, transcriber, texts,
+                                      clean=identity.task == "sep_clean")  # fmt: skip
+            except UserError as err:  # named only the mixture id, and the scores so far seemed lost (reviewer)
+                raise UserError(f"{_mixture_file(dataset, mixture_id)}: {err}; the {len(log.rows)} mixture(s) scored "
+                                "so far are kept in the output folder: a rerun resumes after it is fixed") from None  # fmt: skip
+            log.append(row)
     rows = [row for row in log.rows if row["id"] in wanted]
     if not rows:
         raise UserError(f"{identity.data_dir}: no mixture to evaluate in split {identity.split}")

@@ -39,8 +39,10 @@ from torch import Tensor, nn
 
 from audiosep.audio_blocks import (
     MAX_SAMPLE,
+    MIXDOWN_LOSS_WARN_DB,
     AudioError,
     CheckedAudio,
+    mixdown_loss_db,
     resample_span,
     resampled_length,
 )
@@ -671,9 +673,16 @@ class Separator:
                                   "dtype='float32')")  # fmt: skip
         if waveform.dim() not in (1, 2) or waveform.shape[0] == 0:
             raise SeparationError(f"the waveform must be [T] or [C, T] with C >= 1, got shape {tuple(waveform.shape)}")
+        if waveform.dim() == 2 and waveform.shape[0] > waveform.shape[1]:  # [T, C] was averaged over T (reviewer)
+            raise SeparationError(f"the waveform must be [C, T], got shape {tuple(waveform.shape)}: more channels "
+                                  "than samples (soundfile reads [T, C]: pass its .T)")  # fmt: skip
+        mono = to_mono(waveform).float()
         if waveform.dim() == 2 and waveform.shape[0] > 1:
             log.info("mixing %d channels down to mono", waveform.shape[0])
-        return to_mono(waveform).float()
+            loss = mixdown_loss_db(float(mono.double().square().sum()), float(waveform.double().square().mean(0).sum()))
+            if loss >= MIXDOWN_LOSS_WARN_DB:
+                log.warning(cancelling_channels_message("the waveform", waveform.shape[0], loss))
+        return mono
 
     def separate(self, waveform: Tensor, sample_rate: int, keep_model_rate: bool = False) -> Tensor:
         """Separate ``waveform`` (``[T]`` or ``[C, T]``, any rate) into ``[num_sources, T']``.
@@ -739,7 +748,9 @@ class Separator:
                 if audio.channels > 1:
                     log.info("mixing %d channels down to mono", audio.channels)
                 self.check_length(audio.frames, audio.sample_rate)
-                if audio.silent:
+                if audio.channels > 1 and audio.mixdown_loss_db >= MIXDOWN_LOSS_WARN_DB:  # separated into silence
+                    (warn or log.warning)(cancelling_channels_message(str(path), audio.channels, audio.mixdown_loss_db))
+                elif audio.silent:
                     (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")
                 outputs = output_paths(out_dir, name, self.num_sources)
                 written = output_subtype(audio.subtype, subtype)
@@ -877,6 +888,13 @@ def write_sources_atomic(
             with full_disk_named(Path(path)):
                 sf.write(soundfile_name(tmp), source.detach().cpu().numpy(), sample_rate, subtype=subtype, format="WAV")
     return [Path(p) for p in paths]
+
+
+def cancelling_channels_message(what: str, channels: int, loss_db: float) -> str:
+    """The warning for channels that cancel in the mono mixdown (a stereo file with one channel inverted)."""
+    below = "silent" if math.isinf(loss_db) else f"{loss_db:.0f} dB below them"
+    return (f"{what}: its {channels} channels cancel in the mono mixdown ({below}: one of opposite polarity?); "
+            "the outputs will be near silent: separate one channel (--channel N, or waveform[N])")
 
 
 @contextlib.contextmanager

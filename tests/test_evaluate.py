@@ -437,7 +437,10 @@ def test_a_silent_source_a_file_as_out_dir_and_a_damaged_run_file_are_refused(se
     audio, rate = sf.read(victim, dtype="float32")
     sf.write(victim, np.zeros_like(audio), rate, subtype="FLOAT")
     assert main([*args, "--out-dir", str(tmp_path / "silent")]) == 1
-    assert f"mixture {victim.stem}: source s2 is silent" in capsys.readouterr().err
+    mixture_file = victim.parent.parent / "mix_clean" / victim.name  # the error named only the id (reviewer)
+    assert (f"audiosep: error: {mixture_file}: mixture {victim.stem}: source s2 is silent, so SI-SNR and SDR are "
+            "undefined; the 2 mixture(s) scored so far are kept in the output folder: a rerun resumes after it is "
+            "fixed") in capsys.readouterr().err  # fmt: skip
     # the rows scored before the bad mixture are kept for the rerun
     assert len((tmp_path / "silent" / "utterances.jsonl").read_text().splitlines()) == 2
 

@@ -919,3 +919,36 @@ def test_a_rerun_naming_the_subtype_auto_chose_takes_the_outputs_for_its_own(ckp
     assert infer(ckpt, "--out-dir", out, "--subtype", "PCM_16", narrow) == 0
     assert capsys.readouterr().err.count("0 written, 1 skipped, 0 failed") == 2
     assert infer(ckpt, "--out-dir", out, "--subtype", "PCM_16", wide) == 1  # a different file would be written
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX named pipes")
+def test_unreadable_entries_of_a_folder_are_named_not_skipped(ckpt, tmp_path, capsys) -> None:
+    """A folder's broken link, link loop and pipe named *.wav were skipped without a word, exit 0 (reviewer);
+    letting them through unchecked would block on the pipe."""
+    takes = tmp_path / "takes"
+    takes.mkdir()
+    sf.write(takes / "take1.wav", speech(0), RATE)
+    (takes / "take2.wav").symlink_to(tmp_path / "unmounted" / "take2.wav")
+    (takes / "take3.wav").symlink_to(takes / "take3.wav")
+    os.mkfifo(takes / "take4.wav")
+    assert main(["infer", "--ckpt", str(ckpt), "--no-progress", "--out-dir", str(tmp_path / "out"), str(takes)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"audiosep: error: {takes / 'take2.wav'}: broken symbolic link",
+                   f"audiosep: error: {takes / 'take3.wav'}: broken symbolic link",
+                   f"audiosep: error: {takes / 'take4.wav'}: not a regular file",
+                   "audiosep: 1 written, 0 skipped, 3 failed"]  # fmt: skip
+
+
+def test_channels_that_cancel_in_the_mixdown_are_warned_about(ckpt, tmp_path, capsys) -> None:
+    """A stereo file with one channel inverted was separated into one-LSB silence with exit 0 and no word
+    (reviewer); an exact cancellation was called "all samples are zero"."""
+    voice = speech(0)
+    files = {"inverted.wav": ("PCM_16", np.stack([voice, -voice], 1)), "exact.wav": ("FLOAT", np.stack([voice, -voice], 1)),
+             "fine.wav": ("PCM_16", np.stack([voice, 0.5 * voice], 1))}  # fmt: skip
+    for name, (subtype, samples) in files.items():
+        sf.write(tmp_path / name, samples, RATE, subtype=subtype)
+    assert main(["infer", "--ckpt", str(ckpt), "--no-progress", "--out-dir", str(tmp_path / "out"),
+                 *(str(tmp_path / name) for name in files)]) == 0  # fmt: skip
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 2 and all("channels cancel in the mono mixdown" in line for line in warnings)
+    assert "inverted.wav: its 2 channels cancel" in warnings[0] and "(silent: one of opposite polarity?)" in warnings[1]

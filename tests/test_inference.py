@@ -413,3 +413,20 @@ def test_the_weights_probe_takes_nan_weights_and_complex_buffers() -> None:
     separator._sync_runtime()
     separator._sync_runtime()
     assert separator.runtime is runtime
+
+
+def test_a_time_major_waveform_is_refused_and_cancelling_channels_are_warned_about(
+    tiny_checkpoint: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``sf.read(..., always_2d=True)`` gives ``[T, C]``: ``[16000, 64]`` was averaged over its 16000 "channels"
+    into 64 samples and ``[16000, 2]`` said "too short: 2 samples" (reviewer)."""
+    separator = Separator.from_checkpoint(tiny_checkpoint)
+    voice = 0.1 * torch.randn(SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
+    for channels in (2, 64):
+        with pytest.raises(SeparationError, match=r"must be \[C, T\], got shape \(8000, \d+\): more channels than"):
+            separator.separate(voice[:, None].repeat(1, channels), SAMPLE_RATE)
+    with caplog.at_level("WARNING", logger="audiosep.inference"):
+        separator.separate(torch.stack([voice, 0.5 * voice]), SAMPLE_RATE)
+        assert not caplog.records
+        separator.separate(torch.stack([voice, -voice + 1e-4 * voice.flip(0)]), SAMPLE_RATE)
+    assert "its 2 channels cancel in the mono mixdown" in caplog.text

@@ -281,3 +281,25 @@ def test_an_output_past_the_wav_size_limit_is_refused_before_any_work(
         separator.separate_file(path, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert separator.separate_file(path, tmp_path / "out", subtype="PCM_16")
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        (["--chunk-batch", "0"], "--chunk-batch takes a number of chunks of at least 1, got 0"),  # was taken as 1
+        (["--chunk-seconds", "0"], "--chunk-seconds takes a positive number of seconds, got 0"),  # blamed the overlap
+        (["--chunk-seconds", "nan"], "--chunk-seconds takes a positive number of seconds, got nan"),
+        (["--overlap-seconds", "-1"], "--overlap-seconds takes a positive number of seconds, got -1"),
+        (["--chunk-seconds", "3", "--overlap-seconds", "1.5"],
+         "--chunk-seconds / --overlap-seconds: overlap 1.5 s must be in (0, chunk/2) for a 3.0 s chunk"),
+    ],
+)
+def test_a_bad_chunk_option_is_one_line_naming_its_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        option: list[str], says: str) -> None:  # fmt: skip
+    ckpt = tmp_path / "model.ckpt"
+    save_model(tiny_model(), ckpt, {"sample_rate": RATE})
+    wav = tmp_path / "x.wav"
+    sf.write(wav, mixture(RATE, RATE), RATE)
+    assert main(["infer", "--ckpt", str(ckpt), "--out-dir", str(tmp_path / "out"), *option, str(wav)]) == 1
+    assert capsys.readouterr().err.strip() == f"audiosep: error: {says}"
+    assert not (tmp_path / "out").exists()

@@ -281,6 +281,12 @@ def check_chunk_options(args: argparse.Namespace) -> None:
     ignore them (its output is the model's on the whole file, not the chunked one's), and a bad --max-memory."""
     if args.max_memory is not None and not (math.isfinite(args.max_memory) and args.max_memory > 0):
         raise UserError("--max-memory takes a positive number of MiB")
+    if args.chunk_seconds is not None and not (math.isfinite(args.chunk_seconds) and args.chunk_seconds > 0):
+        raise UserError(f"--chunk-seconds takes a positive number of seconds, got {args.chunk_seconds:g}")
+    if args.overlap_seconds is not None and not (math.isfinite(args.overlap_seconds) and args.overlap_seconds > 0):
+        raise UserError(f"--overlap-seconds takes a positive number of seconds, got {args.overlap_seconds:g}")
+    if args.chunk_batch is not None and args.chunk_batch < 1:  # 0 was taken as 1 silently (reviewer)
+        raise UserError(f"--chunk-batch takes a number of chunks of at least 1, got {args.chunk_batch}")
     chunking = {"--chunk-seconds": args.chunk_seconds, "--overlap-seconds": args.overlap_seconds,
                 "--chunk-batch": args.chunk_batch, "--max-memory": args.max_memory}  # fmt: skip
     given = [flag for flag, value in chunking.items() if value is not None]
@@ -294,13 +300,16 @@ def load_separator(args: argparse.Namespace):
 
     check_chunk_options(args)
     check_device(args.device)  # as evaluate: one line, not the driver's message
+    defaults = ChunkConfig()
     try:
-        defaults = ChunkConfig()
         chunk = ChunkConfig(defaults.seconds if args.chunk_seconds is None else args.chunk_seconds,
                             defaults.overlap_seconds if args.overlap_seconds is None else args.overlap_seconds)  # fmt: skip
+    except ValueError as err:  # named no flag (reviewer)
+        raise UserError(f"--chunk-seconds / --overlap-seconds: {err}") from None
+    try:
         separator = Separator.from_checkpoint(
             args.ckpt, chunk=chunk, device=args.device, optimize=not args.no_optimize, dtype=args.dtype,
-            stream_block_ms=args.stream, chunk_batch=args.chunk_batch or 1,
+            stream_block_ms=args.stream, chunk_batch=1 if args.chunk_batch is None else args.chunk_batch,
         )
         if args.max_memory is not None:
             chunk = separator.fit_chunk_to_memory(args.max_memory)

@@ -92,7 +92,8 @@ def file_id(path: Path) -> tuple[int, int] | None:
 
 
 def walk(root: Path, pattern: str | None, exclude: Path | None) -> list[Path]:
-    """Audio files below ``root`` (sorted; hidden files and folders and ``exclude`` left out)."""
+    """Audio files below ``root`` (sorted; hidden files and folders and ``exclude`` left out), and whatever else
+    bears their names (broken links, pipes): each is then refused with its reason, never skipped silently."""
     suffixes = audio_suffixes() if pattern is None else frozenset()
     found: list[Path] = []
     for folder, subfolders, names in os.walk(root):
@@ -109,7 +110,7 @@ def walk(root: Path, pattern: str | None, exclude: Path | None) -> list[Path]:
                 matches = path.suffix[1:].lower() in suffixes
             else:
                 matches = PurePosixPath(path.relative_to(root).as_posix()).match(pattern)
-            if matches and path.is_file():
+            if matches:  # a broken link, a loop or a pipe too: the user asked for it, so it is reported, not dropped
                 found.append(path)
     return found
 
@@ -156,20 +157,24 @@ def collect_inputs(
         else:  # another name of it (a symbolic or hard link): one outcome per name, and this one says so
             report.skip_same(label, first.label)
 
-    def expand(path: Path, label: str) -> None:
-        if path.is_dir():
-            found = walk(path, pattern, exclude)
-            if not found:
-                what = f"matching --glob {pattern!r}" if pattern else "with an audio suffix"
-                report.error(label, f"folder holds no files {what}")
-            for file in found:
-                add(file, str(file))
-        elif not path.exists():
+    def add_file(path: Path, label: str) -> None:  # never opened unless a regular file: a pipe blocks the reader
+        if not path.exists():
             report.error(label, "no such file" if not path.is_symlink() else "broken symbolic link")
         elif not path.is_file():
             report.error(label, "not a regular file")
         else:
             add(path, label)
+
+    def expand(path: Path, label: str) -> None:
+        if not path.is_dir():
+            add_file(path, label)
+            return
+        found = walk(path, pattern, exclude)
+        if not found:
+            what = f"matching --glob {pattern!r}" if pattern else "with an audio suffix"
+            report.error(label, f"folder holds no files {what}")
+        for file in found:
+            add_file(file, str(file))
 
     for argument in arguments:
         if argument.startswith("@") and len(argument) > 1:
