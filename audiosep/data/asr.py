@@ -32,6 +32,7 @@ from audiosep.data.sampling import (
     trained_batches,
 )
 from audiosep.errors import ConfigError, UserError, brief_repr
+from audiosep.io import atomic_write_text
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
 DURATION_SLACK, DURATION_SLACK_S = 0.05, 0.1  # a file may run 5 % + 0.1 s past its row's (rounded) duration
@@ -119,7 +120,7 @@ def write_manifest(path: str | os.PathLike, utterances: Sequence[Utterance]) -> 
         json.dumps({"audio_filepath": u.audio_filepath, "duration": u.duration, "text": u.text})
         for u in utterances
     ]
-    Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    atomic_write_text(path, "".join(line + "\n" for line in lines))  # whole or not at all
 
 
 class ASRDataset(Dataset):

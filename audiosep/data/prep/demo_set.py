@@ -39,6 +39,7 @@ from audiosep.data.parallel import imap_unordered
 from audiosep.data.prep import synth
 from audiosep.data.prep.demo_config import SPLITS, DemoSetConfig
 from audiosep.errors import UserError
+from audiosep.eval_report import guarded_csv
 from audiosep.io import atomic_write_text, directory_lock, read_json
 
 FORMAT_VERSION = 1
@@ -254,12 +255,15 @@ def _write_split(split: str, config: DemoSetConfig, librimix_dir: Path, audio: d
         s1, s2, mix = _mix(audio[first], audio[second], rng)
         for path, samples in zip(paths, (mix, s1, s2), strict=True):
             _write_wav(path, samples, config.sample_rate)
-        rows.append([mixture_id, *(str(path) for path in paths), len(mix)])
+        rows.append(dict(zip(METADATA_COLUMNS, [mixture_id, *(str(path) for path in paths), len(mix)], strict=True)))
         progress.update(1)
-    with (librimix_dir / "metadata" / f"mixture_{split}_mix_clean.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["mixture_ID", "mixture_path", "source_1_path", "source_2_path", "length"])
-        writer.writerows(rows)
+    # atomic: a killed build never leaves a metadata file listing half the mixtures; the cells are kept as they are
+    # (the file is read back by the loader, not a spreadsheet; the ids are our own "speaker-utterance" names)
+    text = guarded_csv(rows, METADATA_COLUMNS, cell=lambda value: value, lineterminator="\n")
+    atomic_write_text(librimix_dir / "metadata" / f"mixture_{split}_mix_clean.csv", text)
+
+
+METADATA_COLUMNS = ("mixture_ID", "mixture_path", "source_1_path", "source_2_path", "length")
 
 
 def _write_manifests(out_dir: Path, jobs: list[_SpeakerJob], audio: dict[str, np.ndarray], sample_rate: int) -> None:
