@@ -869,3 +869,21 @@ def test_a_partial_benchmark_of_other_settings_is_refused_naming_what_differs(
     (out / PARTIAL_FILE).write_text("{not json")
     with pytest.raises(UserError, match="not a partial benchmark of this audiosep version; delete it"):
         bench_command.run(parse(_bench_argv(out, "0.1,0.2", "--no-memory")))
+
+
+def test_onnxruntime_threads_do_not_spin_into_the_next_runner_of_a_round(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    """ORT's threads spin after each run by default: the runner timed after it in an interleaved round was
+    1.36x slower (2 cores), which moved that row's figures, a peer's included."""
+    ort = pytest.importorskip("onnxruntime")
+    from audiosep.bench.backends import export_onnx, onnxruntime_runner
+    from audiosep.bench.models import load
+
+    model = load(ModelSpec("demo", "preset", "conv_tasnet_demo", TINY))
+    export_onnx(model.module, example_inputs(model, 1, 0.1), False, tmp_path / "m.onnx")
+    options = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda path, opts, **kw: options.append(opts) or real(path, opts, **kw))
+    run = onnxruntime_runner(tmp_path / "m.onnx", threads=2)
+    assert run(*example_inputs(model, 1, 0.1)).shape[-1] == 800
+    assert options[0].get_session_config_entry("session.intra_op.allow_spinning") == "0"

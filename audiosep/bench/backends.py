@@ -185,6 +185,9 @@ def onnxruntime_runner(
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # ORT's threads spin after each run by default, taking the cores from whatever runs next: the model timed
+    # after it in an interleaved round ran 1.36x slower (Conv-TasNet at 1 s, 2 cores: 193 ms against 142)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=providers)
     names = [node.name for node in session.get_inputs()]
 
