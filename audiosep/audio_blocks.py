@@ -311,7 +311,7 @@ def _open(path: Path) -> sf.SoundFile:
         raise AudioError(f"cannot read audio ({kind}{message})", path) from err
 
 
-MIXDOWN_LOSS_WARN_DB = 20.0  # a mixdown this much quieter than its channels has lost the signal
+MIXDOWN_LOSS_WARN_DB = 20.0  # a mixdown this much quieter than unrelated channels would give has lost the signal
 
 
 def mixdown_loss_db(mixdown_energy: float, channel_energy: float) -> float:
@@ -319,6 +319,12 @@ def mixdown_loss_db(mixdown_energy: float, channel_energy: float) -> float:
     if channel_energy <= 0.0:
         return 0.0
     return math.inf if mixdown_energy <= 0.0 else 10.0 * math.log10(channel_energy / mixdown_energy)
+
+
+def channels_cancel(loss_db: float, channels: int) -> bool:
+    """Whether a mixdown's loss means its channels cancel: :data:`MIXDOWN_LOSS_WARN_DB` beyond the
+    ``10 log10(C)`` dB that the mean of ``C`` unrelated channels loses anyway (128 channels of noise: 21 dB)."""
+    return channels > 1 and loss_db >= MIXDOWN_LOSS_WARN_DB + 10.0 * math.log10(channels)
 
 
 class CheckedAudio:

@@ -72,7 +72,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         save_atomically(checkpoint, path)
 
     def remove_checkpoint(self, path) -> None:
-        """Remove one local checkpoint file (or a link to one); never a folder, nor a file not named ``*.ckpt``.
+        """Remove one local checkpoint file (or a link to one); never a folder, a file not named ``*.ckpt`` or a
+        path with a ``..`` part (Lightning's test that it lies in the checkpoint folder keeps them).
 
         Lightning removes the checkpoints it replaces with ``fs.rm(path, recursive=True)``, and the paths
         come from the resumed file's callback state: a crafted one deleted any folder (reviewer). The
@@ -83,7 +84,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().remove_checkpoint(path)
             return
         target = Path(str(path).removeprefix("file://"))
-        if not target.name.endswith(".ckpt") or (target.exists() and not target.is_symlink() and not target.is_file()):
+        folder_or_other = target.exists() and not target.is_symlink() and not target.is_file()
+        if not target.name.endswith(".ckpt") or ".." in target.parts or folder_or_other:
             warnings.warn(f"audiosep: not removing {target}: not a checkpoint file", stacklevel=2)
             return
         target.unlink(missing_ok=True)

@@ -39,9 +39,9 @@ from torch import Tensor, nn
 
 from audiosep.audio_blocks import (
     MAX_SAMPLE,
-    MIXDOWN_LOSS_WARN_DB,
     AudioError,
     CheckedAudio,
+    channels_cancel,
     mixdown_loss_db,
     resample_span,
     resampled_length,
@@ -680,7 +680,7 @@ class Separator:
         if waveform.dim() == 2 and waveform.shape[0] > 1:
             log.info("mixing %d channels down to mono", waveform.shape[0])
             loss = mixdown_loss_db(float(mono.double().square().sum()), float(waveform.double().square().mean(0).sum()))
-            if loss >= MIXDOWN_LOSS_WARN_DB:
+            if channels_cancel(loss, waveform.shape[0]):
                 log.warning(cancelling_channels_message("the waveform", waveform.shape[0], loss))
         return mono
 
@@ -748,7 +748,7 @@ class Separator:
                 if audio.channels > 1:
                     log.info("mixing %d channels down to mono", audio.channels)
                 self.check_length(audio.frames, audio.sample_rate)
-                if audio.channels > 1 and audio.mixdown_loss_db >= MIXDOWN_LOSS_WARN_DB:  # separated into silence
+                if channels_cancel(audio.mixdown_loss_db, audio.channels):  # it would be separated into silence
                     (warn or log.warning)(cancelling_channels_message(str(path), audio.channels, audio.mixdown_loss_db))
                 elif audio.silent:
                     (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")

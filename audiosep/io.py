@@ -150,9 +150,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
         try:
             write(tmp)
         except OSError as err:
-            if err.filename not in (None, tmp):
-                raise
-            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+            if err.filename in (None, tmp):
+                err.filename = str(path)  # the same error (type, errno, message), naming the target
+            raise
     return Path(path)
 
 

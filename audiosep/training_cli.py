@@ -149,15 +149,16 @@ class AudiosepCLI(LightningCLI):
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         kwargs["weights_only"] = True  # a recipe's `weights_only: false` would let a checkpoint's pickle run code
         if kwargs.get("ckpt_path") is not None:
-            kwargs["ckpt_path"] = str(self._checked_ckpt_path(str(kwargs["ckpt_path"])))
+            checked = self._checked_ckpt_path(str(kwargs["ckpt_path"]))
+            kwargs["ckpt_path"] = None if checked is None else str(checked)
         elif subcommand in ("validate", "test"):  # the scores would be those of freshly initialised weights
             print(f"audiosep: warning: no --ckpt_path: {subcommand} scores the model as the recipe builds it "
                   "(untrained, unless the recipe loads a model file)", file=sys.stderr)  # fmt: skip
         return kwargs
 
-    def _checked_ckpt_path(self, ckpt_path: str) -> Path | str:
-        """``--ckpt_path`` as Lightning should get it: a checked local file, resolved, or ``last`` unresolved
-        when none is found yet (Lightning then starts from scratch).
+    def _checked_ckpt_path(self, ckpt_path: str) -> Path | None:
+        """``--ckpt_path`` as Lightning should get it: a checked local file, resolved, or None for ``last``
+        when none of this model is found yet (training starts from scratch).
 
         Raises:
             UserError: a URL, a Lightning keyword audiosep does not run (``best``, ``hpc``, ``registry``),
@@ -174,12 +175,16 @@ class AudiosepCLI(LightningCLI):
                 f"--ckpt_path {shown}: not used by audiosep's training commands; give a checkpoint file, or "
                 "'last' (the newest last.ckpt or SLURM hpc_ckpt_N.ckpt below --trainer.default_root_dir)"
             )
-        if ckpt_path == "last":  # this model's newest; one with NaN weights is this run's, broken: refused
+        if ckpt_path == "last":  # this model's newest; one with NaN weights or a bad state is this run's: refused
             found = find_last_checkpoint(self.trainer.default_root_dir, weight_shapes(self.model))
-            problem = None if found is None else checkpoint_problem(found, weight_shapes(self.model))
+            if found is None:  # not "last": Lightning would then look for one itself, unchecked
+                print(f"audiosep: --ckpt_path last: no checkpoint of this model below "
+                      f"{self.trainer.default_root_dir}; training starts from scratch", file=sys.stderr)  # fmt: skip
+                return None
+            problem = checkpoint_problem(found, weight_shapes(self.model))
             if problem:
                 raise UserError(f"--ckpt_path last ({found}): {problem}")
-            return "last" if found is None else found.resolve()
+            return found.resolve()
         path = Path(ckpt_path).expanduser()
         if path.is_dir():
             raise UserError(f"--ckpt_path {shown}: a folder; give a checkpoint file (e.g. its last.ckpt)")
@@ -205,7 +210,9 @@ def find_last_checkpoint(root: str | Path, expected: dict[str, tuple[int, ...]] 
     candidates.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
     if expected is None:
         return candidates[0] if candidates else None
-    return next((path for path in candidates if checkpoint_problem(path, expected, finite=False) is None), None)
+    # the model decides which is this run's (the file's state is checked after: a bad one is refused, not passed over
+    # for an older run's)
+    return next((path for path in candidates if checkpoint_problem(path, expected, finite=False, state=False) is None), None)
 
 
 def weight_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -232,11 +239,13 @@ def claim_training_folder(root: Path, identity: dict[str, Any], record: str = "r
     return identity
 
 
-def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]], finite: bool = True) -> str | None:
+def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]], finite: bool = True,
+                       state: bool = True) -> str | None:  # fmt: skip
     """Why ``path`` is not a Lightning training checkpoint of a model with weights ``expected``; None if it is.
 
     Checked before Lightning reads it, which otherwise ends in a multi-line traceback. ``finite``: also
-    refuse NaN or infinite weights (with them every step was skipped to the end of the run).
+    refuse NaN or infinite weights (with them every step was skipped to the end of the run). ``state``: also
+    check the training state beside the weights (:func:`resume_state_problem`).
     """
     if not path.is_file():
         return "no such file"
@@ -263,7 +272,7 @@ def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]], finite:
         problem = tensor_problem(tensor) if isinstance(tensor, torch.Tensor) else None
         if problem:
             return f"its weight {brief_repr(name)} {problem}"
-    return resume_state_problem(checkpoint)
+    return resume_state_problem(checkpoint) if state else None
 
 
 def resume_state_problem(checkpoint: dict[str, Any]) -> str | None:
@@ -296,19 +305,27 @@ CALLBACK_COUNT_KEYS = ("wait_count", "stopped_epoch", "patience")  # EarlyStoppi
 
 
 def _score(value: Any) -> bool:
-    """A monitored score as Lightning saves it: None, a number or a one-value tensor (inf before the first)."""
+    """A monitored score as Lightning saves it: None, a number or a one-value tensor (inf before the first; an
+    int tensor for ``monitor="step"``)."""
     if isinstance(value, torch.Tensor):
-        return value.numel() == 1 and value.is_floating_point()
+        return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
+def _no_parent_steps(path: str) -> bool:
+    """Whether ``path`` has no ``..`` part: Lightning's folder test keeps them (``dirpath/../..`` passed it)."""
+    return ".." not in Path(path).parts
+
+
 def _checkpoint_in(path: Any, folder: str) -> bool:
-    """Whether ``path`` is empty (none yet) or names a ``.ckpt`` file right inside ``folder``, links resolved."""
+    """Whether ``path`` is empty (none yet) or names a ``.ckpt`` file below ``folder`` (a ``filename`` with a
+    ``/`` makes subfolders), links resolved, and neither holds a ``..`` part."""
     if path == "":
         return True
-    if not isinstance(path, str) or not path.endswith(".ckpt"):
+    if not isinstance(path, str) or not path.endswith(".ckpt") or not (_no_parent_steps(path) and _no_parent_steps(folder)):
         return False
-    return os.path.dirname(os.path.realpath(path)) == os.path.realpath(folder)
+    real, real_folder = os.path.realpath(path), os.path.realpath(folder)
+    return real != real_folder and os.path.commonpath([real, real_folder]) == real_folder
 
 
 def model_checkpoint_problem(state: Any) -> str | None:
@@ -317,7 +334,8 @@ def model_checkpoint_problem(state: Any) -> str | None:
     Why: Lightning restores its paths (the last, the k-th best, the top-k files) from the file and later
     removes them, recursively, when it replaces them; its test that they lie in the checkpoint folder does
     not resolve ``..``, and a state without ``dirpath`` skips the test. A crafted file made ``audiosep fit``
-    delete any folder (reviewer). So every path must be a ``.ckpt`` file right inside the saved ``dirpath``.
+    delete any folder (reviewer), and ``dirpath`` itself comes from the file. So every path must be a ``.ckpt``
+    file below the saved ``dirpath``, and none of them may hold a ``..``.
     """
     if not isinstance(state, dict) or not isinstance(state.get("dirpath"), str):
         return "has no checkpoint folder (dirpath)"
@@ -328,7 +346,7 @@ def model_checkpoint_problem(state: Any) -> str | None:
         return f"has best_k_models {brief_repr(best)}, not checkpoint files and their scores"
     outside = [path for path in [*paths, *best] if not _checkpoint_in(path, folder)]
     if outside:
-        return f"names {brief_repr(outside[0])}, not a .ckpt file in its checkpoint folder {brief_repr(folder)}"
+        return f"names {brief_repr(outside[0])}, not a .ckpt file below its checkpoint folder {brief_repr(folder)}"
     scores = [state.get(key) for key in ("best_model_score", "current_score", "kth_value")]
     if not all(map(_score, scores)):
         return f"has scores {brief_repr(scores)}, not numbers"
@@ -357,10 +375,19 @@ def _leaves(state: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
 
 
+PROGRESS_KEYS = ("ready", "started", "processed", "completed", "_batches_that_stepped")
+
+
 def loops_problem(loops: Any) -> str | None:
-    """Why the saved loop progress cannot be restored (every entry must be a count or a flag); None if it can."""
+    """Why the saved loop progress cannot be restored (its counters must be counts); None if it can.
+
+    Only the counters are checked: other entries (a stateful data loader's state, an older Lightning's
+    layout that it migrates on loading) are Lightning's to read.
+    """
+    if not isinstance(loops, dict):
+        return f"its loops state is {brief_repr(loops)}, not the loops' progress"
     for key, value in _leaves(loops):
-        if not (_count(value) or isinstance(value, bool)):
+        if key.rsplit(".", 1)[-1] in PROGRESS_KEYS and not _count(value):
             return f"its loop progress {brief_repr(key, 80)} is {brief_repr(value)}, not a count"
     return None
 
@@ -372,17 +399,25 @@ def schedulers_problem(schedulers: Any) -> str | None:
     """Why the saved learning-rate scheduler states cannot be restored; None if they can.
 
     torch restores one by ``scheduler.__dict__.update(state)``: a file could set any attribute (the
-    optimizer it steps included), and a text where a count belongs failed the run mid-training.
+    optimizer it steps included), and a text where a count belongs failed the run mid-training. Nested
+    states (SequentialLR's, ChainedScheduler's) are checked alike.
     """
     if not isinstance(schedulers, list) or not all(isinstance(state, dict) for state in schedulers):
         return f"its lr_schedulers state is {brief_repr(schedulers)}, not one state per scheduler"
-    for state in schedulers:
-        for key, value in state.items():
+    pending: list[Any] = list(schedulers)
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list | tuple):
+            pending.extend(item)
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
             if not isinstance(key, str) or key == "optimizer" or key.startswith("__"):
                 return f"its lr_schedulers state sets {brief_repr(key, 60)}, not a scheduler setting"
             numbers = value if key in SCHEDULER_NUMBERS and isinstance(value, list) else [value]
             if key in SCHEDULER_NUMBERS and not all(map(_finite_number, numbers)):
                 return f"its lr_schedulers state has {key} {brief_repr(value, 60)}, not a number"
+            pending.append(value)
     return None
 
 

@@ -805,6 +805,7 @@ def test_an_interrupted_bench_keeps_its_finished_cases_and_times_only_the_rest(
     calls = _interrupt_call(monkeypatch, bench_run_module, "run_case", at=0)
     assert bench_command.run(parse(_bench_argv(out, "0.1,0.2,0.3", "--no-memory"))) == 0
     assert "resuming the interrupted benchmark" in capsys.readouterr().err
+    assert any(note.startswith("resumed: 1 case(s)") for note in json.loads((out / "bench.json").read_text())["notes"])
     assert [args[1] for args in calls] == [0.2, 0.3]  # run_case(runners, seconds, ...): only the cases left
     results = json.loads((out / "bench.json").read_text())["results"]
     assert sorted({r["seconds"] for r in results}) == [0.1, 0.2, 0.3] and len(results) == 6

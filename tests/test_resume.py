@@ -426,10 +426,10 @@ def test_a_resume_checkpoint_with_a_storage_record_shorter_than_its_tensor_is_on
 
 DIRPATH = "/runs/a/checkpoints"
 CHECKPOINT_CALLBACK = "ModelCheckpoint{...}"
-SAVED_CHECKPOINTS = {  # a ModelCheckpoint state as Lightning saves it
-    "monitor": "val_si_snri", "best_model_score": torch.tensor(-15.6), "best_model_path": f"{DIRPATH}/best.ckpt",
-    "current_score": torch.tensor(-15.6), "dirpath": DIRPATH, "best_k_models": {f"{DIRPATH}/best.ckpt": torch.tensor(-15.6)},
-    "kth_best_model_path": f"{DIRPATH}/best.ckpt", "kth_value": torch.tensor(float("inf")), "last_model_path": "",
+SAVED_CHECKPOINTS = {  # a ModelCheckpoint state as Lightning saves it (monitor="step": int scores; a filename with
+    "monitor": "step", "best_model_score": torch.tensor(7), "best_model_path": f"{DIRPATH}/best.ckpt",  # a "/" in it)
+    "current_score": torch.tensor(7), "dirpath": DIRPATH, "best_k_models": {f"{DIRPATH}/epoch/e1.ckpt": torch.tensor(7)},
+    "kth_best_model_path": f"{DIRPATH}/epoch/e1.ckpt", "kth_value": torch.tensor(float("inf")), "last_model_path": "",
 }  # fmt: skip
 SAVED_SCHEDULER = {"step_size": 1, "gamma": 0.1, "base_lrs": [0.002], "last_epoch": 1, "_step_count": 2,
                    "_is_initial": False, "_get_lr_called_within_step": False, "_last_lr": [0.0002]}  # fmt: skip
@@ -446,9 +446,12 @@ SAVED_SCHEDULER = {"step_size": 1, "gamma": 0.1, "base_lrs": [0.002], "last_epoc
         # A crafted ModelCheckpoint state made `audiosep fit` delete any folder: Lightning removes the paths it
         # restores when it replaces them, recursively, and `..` passed its folder test (reviewer).
         ({"callbacks": {CHECKPOINT_CALLBACK: SAVED_CHECKPOINTS | {"last_model_path": f"{DIRPATH}/../../victim"}}},
-         "its 'ModelCheckpoint{...}' state names '/runs/a/checkpoints/../../victim', not a .ckpt file in its"),
+         "its 'ModelCheckpoint{...}' state names '/runs/a/checkpoints/../../victim', not a .ckpt file below its"),
         ({"callbacks": {CHECKPOINT_CALLBACK: SAVED_CHECKPOINTS | {"last_model_path": f"{DIRPATH}/../../x.ckpt"}}},
          "its 'ModelCheckpoint{...}' state names"),
+        ({"callbacks": {CHECKPOINT_CALLBACK: SAVED_CHECKPOINTS | {"dirpath": f"{DIRPATH}/../../victim",
+                                                                  "best_model_path": f"{DIRPATH}/../../victim/x.ckpt"}}},
+         "its 'ModelCheckpoint{...}' state names '/runs/a/checkpoints/../../victim/x.ckpt'"),  # dirpath is the file's too
         ({"callbacks": {CHECKPOINT_CALLBACK: SAVED_CHECKPOINTS | {"best_k_models": {"/etc/passwd": 1.0}}}},
          "its 'ModelCheckpoint{...}' state names '/etc/passwd'"),
         ({"callbacks": {CHECKPOINT_CALLBACK: {k: v for k, v in SAVED_CHECKPOINTS.items() if k != "dirpath"}}},
@@ -538,3 +541,18 @@ def test_the_checkpoint_io_removes_checkpoint_files_only(tmp_path: Path) -> None
     io.remove_checkpoint(link)  # a link goes, never what it points to
     io.remove_checkpoint(ckpt)
     assert not link.is_symlink() and not ckpt.exists() and (folder / "data.txt").read_text() == "keep"
+
+
+def test_last_takes_the_newest_of_this_model_and_refuses_its_bad_state_rather_than_an_older_run(tmp_path: Path) -> None:
+    """A refused newest last.ckpt was passed over for an older run's, without a word (reviewer)."""
+    from audiosep.training_cli import checkpoint_problem, find_last_checkpoint
+
+    good = {"pytorch-lightning_version": "2.6", "state_dict": {"w": torch.zeros(3)}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    torch.save(good, tmp_path / "old" / "last.ckpt")
+    torch.save(good | {"loops": {"fit_loop": {"epoch_progress": {"total": {"ready": "x"}}}}}, tmp_path / "new" / "last.ckpt")
+    os.utime(tmp_path / "old" / "last.ckpt", ns=(1, 1))
+    found = find_last_checkpoint(tmp_path, {"w": (3,)})
+    assert found == tmp_path / "new" / "last.ckpt"
+    assert checkpoint_problem(found, {"w": (3,)}).startswith("its loop progress")

@@ -430,6 +430,9 @@ def run_bench(settings: BenchSettings, log: CaseLog | None = None) -> dict[str, 
     ours, peers, notes = resolve_models(settings)
     check_lengths(ours, lengths)
     notes += oversubscription_note(device, threads)
+    if log is not None and log.resumed:  # a reader must know the cases were timed in two sittings
+        notes.append(f"resumed: {len(log.cases)} case(s) and {len(log.memory)} memory figure(s) were measured before "
+                     f"an interruption ({log.path}), the rest after")  # fmt: skip
     models = {m.spec.label: m for m in ours + peers}
     machine = machine_info(device, threads, dtypes)
     if torch.bfloat16 in dtypes and not machine["bf16_native"]:  # its rows were "ok" at 8x fp32's time (reviewer)

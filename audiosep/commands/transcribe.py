@@ -147,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     out = Path(args.out) if args.out is not None else None
     if out is not None:  # before any work: a bad --out found at the end lost every transcript
-        reads = [path for path in (args.ckpt, args.lm, args.lexicon) if path is not None]
-        check_output_file(args.out, "--out", reads, "a file this command reads (--ckpt, --lm or --lexicon)")
+        lists = [argument[1:] for argument in args.inputs if argument.startswith("@") and len(argument) > 1]
+        reads = [path for path in (args.ckpt, args.lm, args.lexicon, *lists) if path is not None]
+        check_output_file(args.out, "--out", reads, "a file this command reads (--ckpt, --lm, --lexicon or a @list)")
     transcriber = _load_transcriber(args)
     report = Report()
     inputs = collect_inputs(args.inputs, args.glob, report)

@@ -161,7 +161,7 @@ def test_transcripts_keep_their_letters_and_escape_only_what_breaks_a_line():
     assert one_line_text("a\tb\nc\u2028d\\t") == "a\\tb\\nc\\u2028d\\\\t"
 
 
-@pytest.mark.parametrize("case", ["the checkpoint", "a pipe", "a symbolic link", "below a file", "a folder/"])
+@pytest.mark.parametrize("case", ["the checkpoint", "a pipe", "a symbolic link", "below a file", "a folder/", "the list"])
 def test_an_out_that_would_destroy_a_file_or_cannot_be_written_is_refused_before_any_work(
     asr_ckpt, audio_files, tmp_path, capsys, case
 ):
@@ -178,14 +178,17 @@ def test_an_out_that_would_destroy_a_file_or_cannot_be_written_is_refused_before
         os.mkfifo(tmp_path / "out.fifo")
     if case == "a symbolic link":
         (tmp_path / "out.link").symlink_to(tmp_path / "notes.txt")
+    (tmp_path / "inputs.txt").write_text(f"{audio_files[0]}\n")
     out = {"the checkpoint": ckpt, "a pipe": tmp_path / "out.fifo", "a symbolic link": tmp_path / "out.link",
-           "below a file": tmp_path / "notes.txt" / "out.tsv", "a folder/": f"{tmp_path}/texts/"}[case]  # fmt: skip
+           "below a file": tmp_path / "notes.txt" / "out.tsv", "a folder/": f"{tmp_path}/texts/",
+           "the list": tmp_path / "inputs.txt"}[case]  # fmt: skip
     before = ckpt.read_bytes()
     with mock.patch("audiosep.commands.transcribe._load_transcriber", side_effect=AssertionError("work began")):
-        assert main(["transcribe", "--ckpt", str(ckpt), "--out", str(out), str(audio_files[0])]) == 1
+        assert main(["transcribe", "--ckpt", str(ckpt), "--out", str(out), f"@{tmp_path / 'inputs.txt'}"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"audiosep: error: --out {out}") and "\n" not in err
     assert ckpt.read_bytes() == before and (tmp_path / "notes.txt").read_text() == "notes"
+    assert (tmp_path / "inputs.txt").read_text() == f"{audio_files[0]}\n"
     assert not (tmp_path / "texts").exists()
 
 
