@@ -221,6 +221,22 @@ def _try_flock(target: Any, folder: Path) -> bool:
     return True
 
 
+def folders_to_make(path: Path) -> list[Path]:
+    """The folders on ``path`` that do not exist yet, deepest first, up to its first ``..``.
+
+    Why stop there: past ``new/..`` a name means another folder once ``new`` exists (``new/../x`` is the
+    user's ``x``), and it would be removed as one made by this run.
+    """
+    missing = []
+    for depth in range(1, len(path.parts) + 1):
+        prefix = Path(*path.parts[:depth])
+        if ".." in prefix.parts:
+            break
+        if not os.path.lexists(prefix):
+            missing.append(prefix)
+    return missing[::-1]
+
+
 @contextmanager
 def directory_lock(folder: Path, option: str) -> Iterator[None]:
     """:func:`folder_lock` that leaves no file behind: the lock is on the folder itself (Linux, macOS).

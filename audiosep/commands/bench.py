@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.bench import BenchSettings, format_table, parse_overrides, run_bench, write_outputs
     from audiosep.bench.resume import PARTIAL_FILE, CaseLog, run_identity
     from audiosep.bench.run import BenchError
-    from audiosep.io import folder_lock
+    from audiosep.io import directory_lock, folders_to_make
     from audiosep.models import list_models
 
     if args.list:
@@ -284,18 +284,25 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, threads=args.threads, repeats=args.repeats, time_budget_s=args.time_budget,
         peers=args.peers, memory=not args.no_memory, progress=not args.no_progress, block_ms=args.block_ms,
     )  # fmt: skip
-    with folder_lock(Path(args.out_dir), "--out-dir"):  # two runs would share one partial file
-        log = CaseLog(Path(args.out_dir) / PARTIAL_FILE, run_identity(settings, args.threads or torch.get_num_threads()))
-        if log.resumed:
-            print(f"resuming the interrupted benchmark in {log.path}: {len(log.cases)} case(s) and "
-                  f"{len(log.memory)} memory figure(s) done", file=sys.stderr)  # fmt: skip
-        try:
-            report = run_bench(settings, log)
-        except BenchError as err:
-            raise UserError(str(err)) from None
-        print(format_table(report))
-        paths = write_outputs(report, args.out_dir)
-        log.finish()
+    out = Path(args.out_dir)
+    missing = folders_to_make(out)
+    try:
+        with directory_lock(out, "--out-dir"):  # two runs would share one partial file
+            log = CaseLog(out / PARTIAL_FILE, run_identity(settings, args.threads or torch.get_num_threads()))
+            if log.resumed:
+                print(f"resuming the interrupted benchmark in {log.path}: {len(log.cases)} case(s) and "
+                      f"{len(log.memory)} memory figure(s) done", file=sys.stderr)  # fmt: skip
+            try:
+                report = run_bench(settings, log)
+            except BenchError as err:
+                raise UserError(str(err)) from None
+            print(format_table(report))
+            paths = write_outputs(report, out)
+            log.finish()
+    finally:
+        for folder in missing:  # made for the lock: left only if something was written in it (a refused run)
+            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                folder.rmdir()
     print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
 

@@ -36,7 +36,7 @@ from audiosep.commands.inputs import (
     shown,
 )
 from audiosep.errors import UserError
-from audiosep.io import OUTPUT_SUBTYPES, directory_lock, input_output_subtype
+from audiosep.io import OUTPUT_SUBTYPES, directory_lock, folders_to_make, input_output_subtype
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -324,22 +324,6 @@ def load_separator(args: argparse.Namespace):
     except (RuntimeError, AssertionError) as err:
         first_line = (str(err).splitlines() or [""])[0]
         raise UserError(f"cannot run the model on --device {args.device} ({first_line})") from err
-
-
-def folders_to_make(path: Path) -> list[Path]:
-    """The folders on ``path`` that do not exist yet, deepest first, up to its first ``..``.
-
-    Why stop there: past ``new/..`` a name means another folder once ``new`` exists (``new/../x`` is the
-    user's ``x``), and it would be removed as one made by this run.
-    """
-    missing = []
-    for depth in range(1, len(path.parts) + 1):
-        prefix = Path(*path.parts[:depth])
-        if ".." in prefix.parts:
-            break
-        if not os.path.lexists(prefix):
-            missing.append(prefix)
-    return missing[::-1]
 
 
 def run(args: argparse.Namespace) -> int:
