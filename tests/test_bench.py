@@ -867,6 +867,13 @@ def test_a_partial_benchmark_of_other_settings_is_refused_naming_what_differs(
     assert message.startswith(f"{out / PARTIAL_FILE}: an interrupted benchmark with other settings.lengths, "
                               "settings.threads;") and "\n" not in message  # fmt: skip
     assert (out / PARTIAL_FILE).read_text() == saved  # refused, not overwritten
+    from audiosep.bench import resume
+
+    real_version = resume._version
+    monkeypatch.setattr(resume, "_version", lambda package: "0.0" if package == "speechbrain" else real_version(package))
+    with pytest.raises(UserError, match=r"an interrupted benchmark with other machine.speechbrain; rerun"):  # a peer
+        bench_command.run(parse(_bench_argv(out, "0.1,0.2", "--no-memory")))
+    monkeypatch.undo()
     (out / PARTIAL_FILE).write_text("{not json")
     with pytest.raises(UserError, match="not a partial benchmark of this audiosep version; delete it"):
         bench_command.run(parse(_bench_argv(out, "0.1,0.2", "--no-memory")))

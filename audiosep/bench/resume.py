@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,14 @@ PARTIAL_SCHEMA = "audiosep.bench.partial/1"
 
 def run_identity(settings: Any, threads: int) -> dict[str, Any]:
     """What a resumed run must share with the interrupted one: settings (less the progress bar), the
-    checkpoints' SHA-256, the device, CPU and versions (a figure measured under other ones is another figure)."""
+    checkpoints' SHA-256, the device, CPU and versions, the peers' included (a figure measured under other ones
+    is another figure)."""
     import audiosep
     from audiosep.bench.measure import cpu_flags, cpu_name
 
     device = torch.device(settings.device)
     fields = asdict(settings)
     fields.pop("progress")
-    try:
-        import onnxruntime
-
-        ort_version: str | None = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
     identity = {
         "settings": fields | {"threads": threads},
         "checkpoints": {path: file_sha256(path) for path in settings.checkpoints},
@@ -48,11 +44,19 @@ def run_identity(settings: Any, threads: int) -> dict[str, Any]:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "cpu_flags": sorted(cpu_flags()),
             "torch": torch.__version__,
-            "onnxruntime": ort_version,
             "audiosep": audiosep.__version__,
+            **{package: _version(package) for package in ("onnxruntime", "torchaudio", "speechbrain")},  # peers too
         },
     }
     return json.loads(json.dumps(identity))  # as it reads back from the file (tuples become lists)
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version (from its metadata: no import), or None."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _differences(saved: Any, current: dict[str, Any]) -> list[str]:
