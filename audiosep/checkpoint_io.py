@@ -15,7 +15,6 @@ checkpoint. Remote URLs (``s3://`` ...) go to Lightning's implementation unchang
 
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from audiosep.io import atomic_write
+from audiosep.io import atomic_write_bytes
 
 
 def _is_local(path: str | os.PathLike) -> bool:
@@ -48,16 +47,7 @@ def _fsync_dir(folder: Path) -> None:
 def save_atomically(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
     """``torch.save`` ``checkpoint`` to ``path`` through a fsync'ed temp file in the same folder."""
     target = Path(str(path).removeprefix("file://"))
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)  # serialise first: the temp file is written in one go
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    atomic_write(target, write)
+    atomic_write_bytes(target, lambda buffer: torch.save(checkpoint, buffer), fsync=True)
     _fsync_dir(target.parent)
     return target
 

@@ -68,3 +68,9 @@ _BOUNDED_REPR = _BoundedRepr()
 def brief_repr(value: Any, limit: int = 120) -> str:
     """A bounded ``repr(value)`` on one line, cut to ``limit`` characters (file contents can be anything)."""
     return one_line(_BOUNDED_REPR.repr(value), limit)
+
+
+def csv_row_error(path: object, reader: Any, err: Exception) -> UserError:
+    """One line for a CSV row that ``csv`` cannot read (``err``, e.g. a cell beyond its 128 KiB field limit):
+    the file and the row's line (``reader.line_num`` counts the lines read before it)."""
+    return UserError(f"{path}:{reader.line_num + 1}: not a CSV row ({err})")

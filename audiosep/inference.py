@@ -679,7 +679,9 @@ class Separator:
         mono = to_mono(waveform).float()
         if waveform.dim() == 2 and waveform.shape[0] > 1:
             log.info("mixing %d channels down to mono", waveform.shape[0])
-            loss = mixdown_loss_db(float(mono.double().square().sum()), float(waveform.double().square().mean(0).sum()))
+            # norms, not squares: no copy of the waveform (an hour of stereo is 1 GB in float64)
+            channel_energy = float(torch.linalg.vector_norm(waveform.float(), dim=-1).square().mean())
+            loss = mixdown_loss_db(float(torch.linalg.vector_norm(mono).square()), channel_energy)
             if channels_cancel(loss, waveform.shape[0]):
                 log.warning(cancelling_channels_message("the waveform", waveform.shape[0], loss))
         return mono

@@ -156,8 +156,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     return Path(path)
 
 
-def atomic_write_bytes(path: str | os.PathLike, save: Callable[[io.BytesIO], object]) -> Path:
-    """``save(buffer)`` into memory, then write the bytes to ``path`` atomically.
+def atomic_write_bytes(path: str | os.PathLike, save: Callable[[io.BytesIO], object], fsync: bool = False) -> Path:
+    """``save(buffer)`` into memory, then write the bytes to ``path`` atomically (``fsync``: on disk before the
+    rename, for files a crash must not leave empty).
 
     Why: ``torch.save`` and ``torch.jit.save`` on a full disk raise a ``RuntimeError`` with a C++ trace, or
     abort the process (``jit.save``: a C++ exception in a destructor), leaving their temp file; written
@@ -165,7 +166,15 @@ def atomic_write_bytes(path: str | os.PathLike, save: Callable[[io.BytesIO], obj
     """
     buffer = io.BytesIO()
     save(buffer)
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    return atomic_write(path, write)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -235,6 +244,14 @@ def folders_to_make(path: Path) -> list[Path]:
         if not os.path.lexists(prefix):
             missing.append(prefix)
     return missing[::-1]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first, as :func:`folders_to_make` lists them) that is still empty:
+    what a command made for its output and then wrote nothing in."""
+    for folder in folders:
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 @contextmanager

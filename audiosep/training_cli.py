@@ -30,7 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from audiosep.checkpoint import tensor_problem, zip_problem
-from audiosep.convert.untrusted import MAX_YAML_INT_CHARS
+from audiosep.convert.untrusted import MAX_YAML_INT_CHARS, MappingKeys
 from audiosep.errors import UserError, brief_repr, one_line
 from audiosep.io import atomic_write_text, read_json
 
@@ -360,8 +360,7 @@ def callbacks_problem(callbacks: Any) -> str | None:
     for name, state in callbacks.items():
         if str(name).startswith("ModelCheckpoint") and (problem := model_checkpoint_problem(state)):
             return f"its {brief_repr(name, 60)} state {problem}"
-        counts = {key: state[key] for key in CALLBACK_COUNT_KEYS if isinstance(state, dict) and key in state}
-        if not isinstance(state, dict) or not all(map(_count, counts.values())):
+        if not isinstance(state, dict) or not all(_count(state[key]) for key in CALLBACK_COUNT_KEYS if key in state):
             return f"its {brief_repr(name, 60)} state is {brief_repr(state)}, not counts"
     return None
 
@@ -490,39 +489,6 @@ def yaml_without_aliases(text: str) -> Any:
 
 
 MAX_YAML_DEPTH = 64  # recipes nest 4-6 levels
-
-
-class MappingKeys:
-    """Follows YAML parse events and refuses a key given twice in one mapping.
-
-    Why: PyYAML keeps the last value without a word: a recipe with two ``trainer:`` blocks silently lost
-    the first block's ``max_epochs`` and ``precision`` (reviewer). YAML itself requires unique keys.
-    """
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any] | None] = []  # per open collection: a mapping's keys so far, or None
-
-    def see(self, event: Any) -> None:
-        """Take the next parse event; raise ``yaml.composer.ComposerError`` at a repeated key."""
-        import yaml
-
-        if isinstance(event, yaml.CollectionEndEvent):
-            self.frames.pop()
-            return
-        if not isinstance(event, yaml.NodeEvent):
-            return
-        frame = self.frames[-1] if self.frames else None
-        if frame is not None:
-            if frame["expect_key"] and isinstance(event, yaml.ScalarEvent):
-                if event.value in frame["keys"]:
-                    raise yaml.composer.ComposerError(None, None, f"key {brief_repr(event.value, 60)} given twice "
-                                                      f"(first on line {frame['keys'][event.value]})", event.start_mark)  # fmt: skip
-                frame["keys"][event.value] = event.start_mark.line + 1
-            frame["expect_key"] = not frame["expect_key"]
-        if isinstance(event, yaml.MappingStartEvent):
-            self.frames.append({"keys": {}, "expect_key": True})
-        elif isinstance(event, yaml.SequenceStartEvent):
-            self.frames.append(None)
 
 
 def _plain_int(event: Any) -> bool:

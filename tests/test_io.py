@@ -170,8 +170,11 @@ def test_a_full_disk_is_an_oserror_naming_the_target_and_leaves_no_temp_file(tmp
     def full(self, data):  # noqa: ANN001, ANN202
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_bytes", full)
-    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full(self, None))
+    def full_open(file, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("audiosep.io.open", full_open, raising=False)  # atomic_write_bytes's writes
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full(self, None))  # atomic_write_text's
     for save, target in ((lambda p: atomic_torch_save({"w": torch.zeros(3)}, p), tmp_path / "m.ckpt"),
                          (lambda p: atomic_write_text(p, "x"), tmp_path / "run.json")):  # fmt: skip
         with pytest.raises(OSError) as raised:

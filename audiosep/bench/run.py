@@ -307,9 +307,10 @@ def memory_jobs(records: list[dict[str, Any]], models: dict[str, LoadedModel], a
     """(record, worker job or None) for every record that ran, on CPU."""
     jobs = []
     for record in records:
-        if record["status"] == "ok" and record["device"] == "cpu" and settings.memory and record["backend"] == "compile":
+        if not _measured_in_a_worker(record, settings):
+            continue
+        if record["backend"] == "compile":
             record["memory"] = "not measured: compiling again in a fresh process costs minutes"
-        if not _needs_memory(record, settings):
             continue
         jobs.append((record, {
             "spec": models[record["model"]].spec.as_dict(), "backend": record["backend"],
@@ -320,20 +321,28 @@ def memory_jobs(records: list[dict[str, Any]], models: dict[str, LoadedModel], a
     return jobs
 
 
+def _measured_in_a_worker(record: dict[str, Any], settings: BenchSettings) -> bool:
+    """Whether a record's peak memory belongs to the fresh-process phase: a CPU record that ran, memory asked for."""
+    return settings.memory and record["status"] == "ok" and record["device"] == "cpu"
+
+
 def _needs_memory(record: dict[str, Any], settings: BenchSettings) -> bool:
-    """Whether a record's peak memory is measured in a fresh process (CPU records that ran, not compiled ones)."""
-    cpu_run = record["status"] == "ok" and record["device"] == "cpu"
-    return cpu_run and settings.memory and record["backend"] != "compile"
+    """Whether a fresh process measures a record's peak memory (compiled ones are not: minutes to compile again)."""
+    return _measured_in_a_worker(record, settings) and record["backend"] != "compile"
 
 
 def measure_memory(jobs: list[tuple[dict[str, Any], dict[str, Any]]], threads: int, preload: tuple[str, ...],
                    bar: Any, log: CaseLog | None = None) -> None:  # fmt: skip
     """Fill ``peak_memory_mib`` and ``memory`` of each record from its job, a fresh process each (from
     ``log`` where it holds the figure already; each new one goes there as it comes)."""
-    if log:
-        for record, _ in jobs:
-            record.update(log.memory_of(record) or {})
-        jobs = [(record, job) for record, job in jobs if log.memory_of(record) is None]
+    pending = []
+    for record, job in jobs:
+        saved = log.memory_of(record) if log else None
+        if saved is None:
+            pending.append((record, job))
+        else:
+            record.update(saved)
+    jobs = pending
     if not jobs:
         return
     bar.total += len(jobs)
@@ -405,15 +414,13 @@ def check_lengths(models: Iterable[LoadedModel], lengths: Iterable[float], optio
                                 f"{model.spec.label}'s {window}-sample window")  # fmt: skip
 
 
-def _nothing_left(done: dict[tuple, list | None], log: CaseLog | None, settings: BenchSettings,
-                  device: torch.device) -> bool:  # fmt: skip
+def _nothing_left(done: dict[tuple, list | None], log: CaseLog | None, settings: BenchSettings) -> bool:
     """Whether a dtype's cases are all in ``log`` with their memory figures (its runners need not be built:
     exports for the memory workers included)."""
     if log is None or any(case is None for case in done.values()):
         return False
-    measured = settings.memory and device.type == "cpu"
-    return not measured or all(log.memory_of(r) is not None or not _needs_memory(r, settings)
-                               for case in done.values() for r in case)  # fmt: skip
+    records = [record for case in done.values() for record in case]
+    return all(log.memory_of(record) is not None or not _needs_memory(record, settings) for record in records)
 
 
 def run_bench(settings: BenchSettings, log: CaseLog | None = None) -> dict[str, Any]:
@@ -455,7 +462,7 @@ def run_bench(settings: BenchSettings, log: CaseLog | None = None) -> dict[str, 
             name = DTYPE_NAMES[dtype]
             done = {(batch, seconds): log.case(name, batch, seconds) if log else None
                     for batch in settings.batch_sizes for seconds in lengths}  # fmt: skip
-            if _nothing_left(done, log, settings, device):
+            if _nothing_left(done, log, settings):
                 records += [record for case in done.values() for record in case]
                 bar.update(len(done))
                 continue

@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.bench import BenchSettings, format_table, parse_overrides, run_bench, write_outputs
     from audiosep.bench.resume import PARTIAL_FILE, CaseLog, run_identity
     from audiosep.bench.run import BenchError
-    from audiosep.io import directory_lock, folders_to_make
+    from audiosep.io import directory_lock, folders_to_make, remove_empty_folders
     from audiosep.models import list_models
 
     if args.list:
@@ -300,9 +300,7 @@ def run(args: argparse.Namespace) -> int:
             paths = write_outputs(report, out)
             log.finish()
     finally:
-        for folder in missing:  # made for the lock: left only if something was written in it (a refused run)
-            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
-                folder.rmdir()
+        remove_empty_folders(missing)  # made for the lock: a refused run leaves none
     print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
 

@@ -36,7 +36,13 @@ from audiosep.commands.inputs import (
     shown,
 )
 from audiosep.errors import UserError
-from audiosep.io import OUTPUT_SUBTYPES, directory_lock, folders_to_make, input_output_subtype
+from audiosep.io import (
+    OUTPUT_SUBTYPES,
+    directory_lock,
+    folders_to_make,
+    input_output_subtype,
+    remove_empty_folders,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -346,8 +352,6 @@ def run(args: argparse.Namespace) -> int:
         for plan in plans:
             process(plan, separator, args, out_dir, report)
             bar.update()
-    for folder in missing:  # made for the lock: left only if something was written in it
-        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
-            folder.rmdir()
+    remove_empty_folders(missing)  # made for the lock: left only if something was written in it
     report.summary()
     return 1 if report.failed else 0

@@ -45,20 +45,6 @@ class UntrustedYamlLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not supported", mark)
         return super().compose_node(parent, index)
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        """A mapping whose keys are unique (PyYAML keeps the last value of a repeated key without a word)."""
-        first: dict[str, int] = {}
-        for key, _ in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                continue
-            if key.value in first:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {brief_repr(key.value, 60)} given twice (first on line {first[key.value]})",
-                    key.start_mark,
-                )  # fmt: skip
-            first[key.value] = key.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
     def construct_short_int(self, node: yaml.ScalarNode) -> int:
         """An int scalar of bounded length (huge ints cannot even be printed in an error message)."""
         if len(node.value) > MAX_YAML_INT_CHARS:
@@ -69,6 +55,37 @@ class UntrustedYamlLoader(yaml.SafeLoader):
 
 
 UntrustedYamlLoader.add_constructor("tag:yaml.org,2002:int", UntrustedYamlLoader.construct_short_int)
+
+
+class MappingKeys:
+    """Follows YAML parse events and refuses a key given twice in one mapping.
+
+    Why: PyYAML keeps the last value without a word: a recipe with two ``trainer:`` blocks silently lost
+    the first block's ``max_epochs`` and ``precision`` (reviewer). YAML itself requires unique keys.
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any] | None] = []  # per open collection: a mapping's keys so far, or None
+
+    def see(self, event: Any) -> None:
+        """Take the next parse event; raise ``yaml.composer.ComposerError`` at a repeated key."""
+        if isinstance(event, yaml.CollectionEndEvent):
+            self.frames.pop()
+            return
+        if not isinstance(event, yaml.NodeEvent):
+            return
+        frame = self.frames[-1] if self.frames else None
+        if frame is not None:
+            if frame["expect_key"] and isinstance(event, yaml.ScalarEvent):
+                if event.value in frame["keys"]:
+                    raise yaml.composer.ComposerError(None, None, f"key {brief_repr(event.value, 60)} given twice "
+                                                      f"(first on line {frame['keys'][event.value]})", event.start_mark)  # fmt: skip
+                frame["keys"][event.value] = event.start_mark.line + 1
+            frame["expect_key"] = not frame["expect_key"]
+        if isinstance(event, yaml.MappingStartEvent):
+            self.frames.append({"keys": {}, "expect_key": True})
+        elif isinstance(event, yaml.SequenceStartEvent):
+            self.frames.append(None)
 
 
 @contextmanager
@@ -85,7 +102,11 @@ def parse_untrusted_yaml(data: bytes, loader: type[UntrustedYamlLoader] = Untrus
     if len(data) > MAX_YAML_BYTES:
         raise UserError(f"more than {MAX_YAML_BYTES} bytes of YAML; a config is a few KB")
     try:
-        return yaml.load(data.decode("utf-8"), Loader=loader)  # noqa: S506 (a SafeLoader)
+        text = data.decode("utf-8")
+        keys = MappingKeys()
+        for event in yaml.parse(text, Loader=loader):  # PyYAML keeps a repeated key's last value without a word
+            keys.see(event)
+        return yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader)
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text") from None
     except (yaml.YAMLError, ValueError, TypeError, RecursionError, OverflowError) as err:  # bad dates, deep nesting, huge base-60 floats

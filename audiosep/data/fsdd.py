@@ -24,7 +24,7 @@ import soundfile as sf
 
 from audiosep.data.asr import Utterance, write_manifest
 from audiosep.data.safe_paths import path_inside
-from audiosep.errors import UserError
+from audiosep.errors import UserError, csv_row_error
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TARGET_RMS = 0.05  # about -26 dBFS
@@ -81,7 +81,7 @@ def read_fsdd(root: str | os.PathLike) -> list[Recording]:
         except UnicodeDecodeError as err:  # tracebacks both (reviewer)
             raise UserError(f"{manifest}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
         except csv.Error as err:  # a cell over csv's field limit (128 KiB)
-            raise UserError(f"{manifest}:{reader.line_num + 1}: not a CSV row ({err})") from None
+            raise csv_row_error(manifest, reader, err) from None
 
 
 def _recording(root: Path, row: dict[str, str], where: str) -> Recording:

@@ -38,7 +38,7 @@ from audiosep.data.sampling import (
     resume_state,
     trained_batches,
 )
-from audiosep.errors import UserError
+from audiosep.errors import UserError, csv_row_error
 
 Task = Literal["sep_clean", "sep_noisy"]
 Mode = Literal["min", "max"]
@@ -98,7 +98,7 @@ def read_mixture_rows(metadata_csv: Path, n_src: int) -> tuple[list[str], list[i
     except UnicodeDecodeError as err:
         raise UserError(f"{metadata_csv}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except csv.Error as err:  # a cell over csv's field limit (128 KiB): not a metadata file
-        raise UserError(f"{metadata_csv}:{reader.line_num + 1}: not a CSV row ({err})") from None
+        raise csv_row_error(metadata_csv, reader, err) from None
     check_mixture_ids([(line, mixture_id) for line, mixture_id, _ in rows], metadata_csv)
     ids = [mixture_id for _, mixture_id, _ in rows]
     if not has_length:

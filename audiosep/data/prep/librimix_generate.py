@@ -33,7 +33,7 @@ from audiosep.data.mixing import MIX_TYPES, RATE
 from audiosep.data.parallel import imap_with_progress
 from audiosep.data.prep.librispeech_manifest import probe_many
 from audiosep.data.safe_paths import check_mixture_ids, path_inside
-from audiosep.errors import UserError
+from audiosep.errors import UserError, csv_row_error
 from audiosep.io import atomic_write_text, remove_temp_files
 
 EPS = 1e-10  # the official SNR's guard
@@ -147,13 +147,9 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
     with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle, restval="")
         try:
-            fieldnames = reader.fieldnames or []
-        except csv.Error as err:
-            raise UserError(f"{path}:{reader.line_num + 1}: not a CSV row ({err})") from None
-        missing = [name for name in needed if name not in fieldnames]
-        if missing:
-            raise UserError(f"{path}: not a Libri{n_src}Mix metadata file (missing columns {missing})")
-        try:
+            missing = [name for name in needed if name not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path}: not a Libri{n_src}Mix metadata file (missing columns {missing})")
             for row in reader:
                 if None in row:  # csv puts the fields beyond the header under None: a shifted or broken row
                     raise UserError(f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(row[None])} "
@@ -173,7 +169,7 @@ def read_metadata_csv(path: Path, n_src: int) -> list[MixtureRow]:
         except ValueError as err:
             raise UserError(f"{path}:{reader.line_num}: bad gain value ({err})") from err
         except csv.Error as err:  # a cell over csv's field limit (128 KiB): not a metadata file
-            raise UserError(f"{path}:{reader.line_num + 1}: not a CSV row ({err})") from None
+            raise csv_row_error(path, reader, err) from None
     check_mixture_ids(((row.line, row.mixture_id) for row in rows), path)
     return rows
 
