@@ -879,6 +879,35 @@ def test_a_partial_benchmark_of_other_settings_is_refused_naming_what_differs(
         bench_command.run(parse(_bench_argv(out, "0.1,0.2", "--no-memory")))
 
 
+def test_a_partial_benchmark_from_other_audiosep_code_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An editable install keeps its version through every edit: the sources' digest tells the runs apart."""
+    from audiosep.bench import resume
+    from audiosep.bench import run as bench_run_module
+    from audiosep.errors import UserError
+
+    package = tmp_path / "package"
+    (package / "sub").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    before = resume.source_digest(package)
+    (package / "sub" / "b.py").write_text("y = 3\n")
+    assert resume.source_digest(package) != before
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    assert resume.source_digest(package) == before
+    (package / "sub" / "b.py").rename(package / "b.py")  # same contents, other module
+    assert resume.source_digest(package) != before
+
+    out = tmp_path / "out"
+    _interrupt_call(monkeypatch, bench_run_module, "run_case", at=2)
+    with pytest.raises(KeyboardInterrupt):
+        bench_command.run(parse(_bench_argv(out, "0.1,0.2", "--no-memory")))
+    monkeypatch.undo()
+    real_digest = resume.source_digest
+    monkeypatch.setattr(resume, "source_digest", lambda path: "edited" + real_digest(path)[6:])
+    with pytest.raises(UserError, match=r"an interrupted benchmark with other machine.audiosep_code; rerun"):
+        bench_command.run(parse(_bench_argv(out, "0.1,0.2", "--no-memory")))
+
+
 def test_onnxruntime_threads_do_not_spin_into_the_next_runner_of_a_round(monkeypatch: pytest.MonkeyPatch,
                                                                         tmp_path: Path) -> None:  # fmt: skip
     """ORT's threads spin after each run by default: the runner timed after it in an interleaved round was

@@ -11,6 +11,7 @@ the cases left; one with another identity is refused, since its figures would no
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from importlib import metadata
@@ -45,10 +46,22 @@ def run_identity(settings: Any, threads: int) -> dict[str, Any]:
             "cpu_flags": sorted(cpu_flags()),
             "torch": torch.__version__,
             "audiosep": audiosep.__version__,
+            "audiosep_code": source_digest(Path(audiosep.__file__).parent),
             **{package: _version(package) for package in ("onnxruntime", "torchaudio", "speechbrain")},  # peers too
         },
     }
     return json.loads(json.dumps(identity))  # as it reads back from the file (tuples become lists)
+
+
+def source_digest(package_dir: Path) -> str:
+    """SHA-256 of a package's Python sources (relative names and contents, sorted): an edit between an
+    interrupted run and its rerun changes the figures as much as a new version, and an editable install
+    keeps its version number through every edit."""
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _version(package: str) -> str | None:
