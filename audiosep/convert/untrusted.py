@@ -57,15 +57,35 @@ class UntrustedYamlLoader(yaml.SafeLoader):
 UntrustedYamlLoader.add_constructor("tag:yaml.org,2002:int", UntrustedYamlLoader.construct_short_int)
 
 
+def loaded_key(event: yaml.ScalarEvent) -> Any:
+    """A scalar mapping key as SafeLoader constructs it (``true``, ``True`` -> True; ``1`` -> 1, ``'1'`` -> '1'),
+    or its text where that fails, is unhashable or is too long to resolve cheaply."""
+    if len(event.value) > MAX_YAML_INT_CHARS:  # no config key is that long; base-60 ints parse in quadratic time
+        return ("text", event.value)
+    tag = event.tag if event.tag not in (None, "!") else _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+    node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+    try:
+        key = yaml.constructor.SafeConstructor().construct_object(node)
+        hash(key)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError):
+        return ("text", event.value)
+    return key
+
+
+_RESOLVER = yaml.resolver.Resolver()
+
+
 class MappingKeys:
     """Follows YAML parse events and refuses a key given twice in one mapping.
 
     Why: PyYAML keeps the last value without a word: a recipe with two ``trainer:`` blocks silently lost
     the first block's ``max_epochs`` and ``precision`` (reviewer). YAML itself requires unique keys.
+    Keys are compared as the loaded dict will hold them (``true`` and ``True`` are one key, ``1`` and
+    ``'1'`` two), not as text.
     """
 
     def __init__(self) -> None:
-        self.frames: list[dict[str, Any] | None] = []  # per open collection: a mapping's keys so far, or None
+        self.frames: list[dict[Any, Any] | None] = []  # per open collection: a mapping's keys so far, or None
 
     def see(self, event: Any) -> None:
         """Take the next parse event; raise ``yaml.composer.ComposerError`` at a repeated key."""
@@ -77,10 +97,11 @@ class MappingKeys:
         frame = self.frames[-1] if self.frames else None
         if frame is not None:
             if frame["expect_key"] and isinstance(event, yaml.ScalarEvent):
-                if event.value in frame["keys"]:
+                key = loaded_key(event)
+                if key in frame["keys"]:
                     raise yaml.composer.ComposerError(None, None, f"key {brief_repr(event.value, 60)} given twice "
-                                                      f"(first on line {frame['keys'][event.value]})", event.start_mark)  # fmt: skip
-                frame["keys"][event.value] = event.start_mark.line + 1
+                                                      f"(first on line {frame['keys'][key]})", event.start_mark)  # fmt: skip
+                frame["keys"][key] = event.start_mark.line + 1
             frame["expect_key"] = not frame["expect_key"]
         if isinstance(event, yaml.MappingStartEvent):
             self.frames.append({"keys": {}, "expect_key": True})

@@ -416,6 +416,28 @@ def test_a_config_key_given_twice_is_refused_not_the_last_one_kept() -> None:
     assert parse_untrusted_yaml(b"a: {x: 1}\nb: [{x: 2}, {x: 3}]\n") == {"a": {"x": 1}, "b": [{"x": 2}, {"x": 3}]}
 
 
+@pytest.mark.parametrize("text", ["true: a\nTrue: b\n", "1: a\n1.0: b\n", "0x10: a\n16: b\n", "x: 1\n'x': 2\n",
+                                  "null: a\n~: b\n", "s: {k: 1, 'k': 2}\n"])  # fmt: skip
+def test_yaml_keys_that_load_as_one_key_are_refused(text: str) -> None:
+    """Keys are compared as the loaded dict holds them: ``true`` and ``True`` (two texts) were accepted and
+    the last one kept (reviewer)."""
+    from audiosep.convert.untrusted import parse_untrusted_yaml
+    from audiosep.errors import UserError
+
+    with pytest.raises(UserError, match=r"given twice \(first on line 1\)"):
+        parse_untrusted_yaml(text.encode())
+
+
+def test_yaml_keys_that_load_as_two_keys_are_kept() -> None:
+    """``1`` and ``'1'`` are text-equal but load as an int and a str: both kept (they were refused)."""
+    from audiosep.convert.untrusted import parse_untrusted_yaml
+
+    assert parse_untrusted_yaml(b"1: a\n'1': b\n") == {1: "a", "1": "b"}
+    assert parse_untrusted_yaml(b"yes: a\n'yes': b\n") == {True: "a", "yes": "b"}
+    long_key = "1:" * 200 + "1"  # a base-60 int too long to resolve: compared as text
+    assert parse_untrusted_yaml(f"{long_key}x: a\n{long_key}y: b\n".encode()) == {f"{long_key}x": "a", f"{long_key}y": "b"}
+
+
 RESEPFORMER_STACK = {"__tag__": "speechbrain.lobes.models.resepformer.SBTransformerBlock_wnormandskip",
                      "nhead": 2, "norm_before": True, "use_positional_encoding": True}  # fmt: skip
 
