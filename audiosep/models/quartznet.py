@@ -2,8 +2,8 @@
 
 Shapes: ``B`` batch, ``F`` feature bins, ``T`` frames, ``C`` channels, ``V`` outputs (labels + blank).
 Every convolution with a kernel wider than one frame sees its input zeroed past each utterance's
-length (NeMo's masked convolution), so in eval mode padding never changes the valid outputs (with a
-per-frame norm: ``batch_norm``, ``channel_ln``, ``rms_norm``, ``dyt``, ``cumulative_ln``, ``none``).
+length (NeMo's masked convolution), and the norms that take statistics over time (``global_ln``,
+``time_ln``) take them over the valid frames, so in eval mode padding never changes the valid outputs.
 Layer layout mirrors NeMo's ``JasperBlock`` so that :mod:`audiosep.convert.nemo` maps weights 1:1.
 """
 
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from audiosep.models.base import RebuildableModule
 from audiosep.nn.features import length_mask
-from audiosep.nn.norms import build_norm
+from audiosep.nn.norms import build_norm, norm_over_valid_frames
 
 # Order of the fields of a block given as a list: [channels, kernel_size, repeat, stride, dilation,
 # residual, separable, dropout]; trailing fields take the defaults below.
@@ -104,7 +104,7 @@ class SubBlock(nn.Module):
         out_lengths = conv_out_lengths(lengths, conv)
         if self.pointwise is not None:  # NeMo masks every conv's input: padding stays out of BatchNorm's statistics
             x = self.pointwise(masked(x, out_lengths))
-        return self.norm(x), out_lengths
+        return norm_over_valid_frames(self.norm, x, out_lengths), out_lengths
 
 
 def masked(x: Tensor, lengths: Tensor) -> Tensor:
@@ -120,8 +120,8 @@ class Residual(nn.Module):
         self.conv = nn.Conv1d(in_channels, out_channels, 1, bias=False)
         self.norm = build_norm(norm, out_channels, eps)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.conv(x))
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        return norm_over_valid_frames(self.norm, self.conv(x), lengths)
 
 
 class QuartzBlock(nn.Module):
@@ -156,7 +156,7 @@ class QuartzBlock(nn.Module):
                 out = masked(self.dropout(self.activation(out)), out_lengths)
             out, out_lengths = layer(out, out_lengths)
         if self.residual is not None:
-            out = out + self.residual(x)
+            out = out + self.residual(x, lengths)
         return self.dropout(self.activation(out)), out_lengths
 
 

@@ -421,6 +421,24 @@ _DEFAULT_EPS: dict[str, float] = {
 }
 
 
+def norm_over_valid_frames(norm: nn.Module, x: Tensor, valid: Tensor) -> Tensor:
+    """``norm(x)`` for a padded batch ``x [B, C, T]`` whose row ``b`` holds ``valid[b]`` frames, the rest padding.
+
+    Why: gLN and time LN take their statistics over time, so padding moved every valid output of a row
+    with the longest row of its batch (a QuartzNet's greedy transcript changed with its batch, reviewer);
+    here they see the valid frames only. Every other norm is per frame (or an affine at inference) and
+    runs as is. No branch on the data: traced and exported models keep the masked statistics.
+    """
+    if not isinstance(norm, GlobalLayerNorm | TimeLayerNorm):
+        return norm(x)
+    mask = (torch.arange(x.shape[-1], device=x.device) < valid.unsqueeze(1)).unsqueeze(1).to(x.dtype)  # [B, 1, T]
+    dims = (1, 2) if isinstance(norm, GlobalLayerNorm) else (2,)
+    count = (mask.sum(dim=2, keepdim=True) * (x.shape[1] if len(dims) == 2 else 1)).clamp_min(1)  # [B, 1, 1]
+    mean = (x * mask).sum(dim=dims, keepdim=True) / count
+    var = ((x - mean) * mask).square().sum(dim=dims, keepdim=True) / count
+    return norm._affine((x - mean) * torch.rsqrt(var + norm.eps))
+
+
 def build_norm(name: NormName, num_channels: int, eps: float | None = None) -> nn.Module:
     """Build the norm called ``name`` (or a paper alias) for ``num_channels`` channels.
 

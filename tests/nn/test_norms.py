@@ -257,3 +257,33 @@ def test_the_mask_networks_channel_ln_is_speechbrains_cln_on_quiet_frames() -> N
             norm.weight.copy_(torch.linspace(0.5, 1.5, 16))
             norm.bias.copy_(torch.linspace(-0.1, 0.1, 16))
         torch.testing.assert_close(ours(x), theirs(x), atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["global_ln", "time_ln"])
+def test_norm_over_valid_frames_takes_each_rows_statistics_from_its_valid_frames(name: str) -> None:
+    """Against the norm of each row's valid frames alone, in float64; rows of 0 frames give no NaN."""
+    from audiosep.nn.norms import norm_over_valid_frames
+
+    torch.manual_seed(0)
+    norm = build_norm(name, 6)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    valid = torch.tensor([9, 4, 1, 0])
+    x = torch.randn(4, 6, 9) * 3 + 5
+    x[1, :, 4:] = 1e3  # padding that would dominate the statistics
+    y = norm_over_valid_frames(norm, x, valid)
+    reference = norm.double()
+    for row, frames in enumerate(valid.tolist()):
+        if frames:
+            expected = reference(x[row : row + 1, :, :frames].double())[0]
+            torch.testing.assert_close(y[row, :, :frames].double(), expected, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ["channel_ln", "batch_norm", "rms_norm", "cumulative_ln", "dyt"])
+def test_norm_over_valid_frames_runs_per_frame_norms_as_they_are(name: str) -> None:
+    from audiosep.nn.norms import norm_over_valid_frames
+
+    norm = build_norm(name, 6).eval()
+    x = torch.randn(2, 6, 9)
+    assert torch.equal(norm_over_valid_frames(norm, x, torch.tensor([9, 3])), norm(x))
