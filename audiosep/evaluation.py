@@ -389,6 +389,23 @@ def _parse_row(line: bytes) -> dict[str, Any]:
     return row
 
 
+def audio_stamp(dataset: Any, index: int) -> list[list[int]] | None:
+    """Size and modification time of each of item ``index``'s files (``[-1, -1]`` for one that is gone), or
+    None for a dataset that does not name its files: a resumed row stands only while they are unchanged."""
+    files = getattr(dataset, "files", None)
+    if files is None:
+        return None
+    stamp = []
+    for path in files(index):
+        try:
+            status = os.stat(path)
+        except OSError:
+            stamp.append([-1, -1])
+        else:
+            stamp.append([status.st_size, status.st_mtime_ns])
+    return stamp
+
+
 class RowLog:
     """The append-only ``utterances.jsonl`` of a run, and the ``run.json`` that names the run.
 
@@ -439,6 +456,11 @@ class RowLog:
     def done(self) -> set[str]:
         return {row["id"] for row in self.rows}
 
+    def forget(self, ids: set[str]) -> None:
+        """Drop the rows of ``ids`` (their audio changed since they were scored): the file is rewritten."""
+        self.rows = [row for row in self.rows if row["id"] not in ids]
+        atomic_write_text(self.rows_path, "".join(json.dumps(row) + "\n" for row in self.rows))
+
     def append(self, row: dict[str, Any]) -> None:
         """Write one row durably (a kill after this returns cannot lose it)."""
         with self.rows_path.open("a", encoding="utf-8") as handle:
@@ -452,6 +474,18 @@ def pending(ids: Sequence[str], done: set[str], limit: int | None) -> Iterator[i
     """Indices of the first ``limit`` ids (all when ``None``) whose rows are not written yet."""
     selected = range(len(ids)) if limit is None else range(min(limit, len(ids)))
     return (index for index in selected if ids[index] not in done)
+
+
+def _forget_changed_audio(log: RowLog, dataset: Any, ids: Sequence[str]) -> None:
+    """Drop resumed rows whose mixture or source files changed (or went) since they were scored, and say so:
+    a fixed or replaced file kept its old scores in the report (reviewer)."""
+    index_of = {mixture_id: index for index, mixture_id in enumerate(ids)}
+    changed = {row["id"] for row in log.rows if row["id"] in index_of
+               and row.get("audio_stamp") != audio_stamp(dataset, index_of[row["id"]])}  # fmt: skip
+    if changed:
+        warnings.warn(f"{len(changed)} mixture(s) scored before have changed files since (e.g. {sorted(changed)[0]}): "
+                      "scoring them again", stacklevel=2)  # fmt: skip
+        log.forget(changed)
 
 
 # ---------------------------------------------------------------- the whole run
@@ -509,12 +543,14 @@ def _evaluate_locked(separator: Any, dataset: Any, out_dir: Path, identity: RunI
         references = {i: references_for(i, separator.num_sources, transcripts, normalize) for i in selected}
         warn_dropped_characters(selected, separator.num_sources, transcripts, transcriber.tokenizer.vocabulary)
     log = RowLog(out_dir, identity, restart=restart)
+    _forget_changed_audio(log, dataset, ids)
     todo = list(pending(ids, log.done, limit))
     if todo or restart:  # the reports of the rows so far (or of a run restarted) no longer hold
         remove_reports(out_dir)
     started = time.perf_counter()
     with torch.inference_mode():
         for index in tqdm(todo, desc="evaluating", unit="mix", disable=not progress):
+            stamp = audio_stamp(dataset, index)  # before reading: a file changed while it is scored is rescored later
             mixture, sources, mixture_id = dataset[index]
             texts = None if references is None else references[mixture_id]
             try:
@@ -523,8 +559,9 @@ def _evaluate_locked(separator: Any, dataset: Any, out_dir: Path, identity: RunI
             except UserError as err:  # named only the mixture id, and the scores so far seemed lost (reviewer)
                 raise UserError(f"{_mixture_file(dataset, mixture_id)}: {err}; the {len(log.rows)} mixture(s) scored "
                                 "so far are kept in the output folder: a rerun resumes after it is fixed") from None  # fmt: skip
-            log.append(row)
-    rows = [row for row in log.rows if row["id"] in wanted]
+            log.append(row if stamp is None else row | {"audio_stamp": stamp})
+    order = {mixture_id: index for index, mixture_id in enumerate(ids)}  # the split's order, rescored rows too
+    rows = sorted((row for row in log.rows if row["id"] in wanted), key=lambda row: order[row["id"]])
     if not rows:
         raise UserError(f"{identity.data_dir}: no mixture to evaluate in split {identity.split}")
     if references is not None:  # rows resumed from an older run hold the texts it compared with

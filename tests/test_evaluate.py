@@ -328,6 +328,28 @@ def test_a_killed_run_resumes_where_it_stopped_and_a_torn_line_is_dropped(sep_ck
     assert "torn" not in (partial / "utterances.jsonl").read_text()
 
 
+def test_a_resumed_row_whose_audio_changed_is_scored_again(sep_ckpt: Path, librimix: Path, tmp_path: Path) -> None:
+    """A mixture's files replaced by other audio of the same length kept their old scores on a rerun (reviewer)."""
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--no-progress", "--no-plots"]
+    out = tmp_path / "eval"
+    assert main([*args, "--out-dir", str(out)]) == 0
+    before = _rows(out)
+    split = librimix / "wav8k" / "min" / "test"
+    changed = sorted((split / "mix_clean").iterdir())[1]
+    s1, s2 = (sf.read(split / f"s{i}" / changed.name, dtype="float32")[0] for i in (1, 2))
+    s1 = np.roll(s1, len(s1) // 3) * 0.5  # other audio, same length; the mixture still their sum
+    sf.write(split / "s1" / changed.name, s1, RATE, subtype="FLOAT")
+    sf.write(split / "mix_clean" / changed.name, s1 + s2, RATE, subtype="FLOAT")
+    with pytest.warns(UserWarning, match=rf"1 mixture\(s\) scored before have changed files since \(e.g. {changed.stem}\)"):
+        assert main([*args, "--out-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored_this_run"] == 1 and summary["utterances"] == 3
+    fresh = tmp_path / "fresh"
+    assert main([*args, "--out-dir", str(fresh)]) == 0
+    assert _rows(out) == _rows(fresh) and _rows(out) != before
+    assert len((out / "utterances.jsonl").read_text().splitlines()) == 3  # the stale row is gone, not shadowed
+
+
 def test_results_of_another_model_are_never_mixed_in(sep_ckpt: Path, librimix: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "eval"

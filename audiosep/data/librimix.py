@@ -154,6 +154,11 @@ class LibriMixDataset(Dataset):
         """The wav of ``mixture_id`` in one folder of the split (``mix_clean``, ``s1``, ...)."""
         return self.split_dir / folder / f"{mixture_id}.wav"
 
+    def files(self, index: int) -> list[Path]:
+        """Item ``index``'s files: its mixture, then its sources ``s1``, ``s2``, ..."""
+        mixture_id = self.ids[index]
+        return [self._path(folder, mixture_id) for folder in (self.mixture_folder, *(f"s{i + 1}" for i in range(self.n_src)))]
+
     def _read(self, folder: str, mixture_id: str, start: int, frames: int) -> Tensor:
         path = self._path(folder, mixture_id)
         try:
