@@ -327,6 +327,55 @@ def channels_cancel(loss_db: float, channels: int) -> bool:
     return channels > 1 and loss_db >= MIXDOWN_LOSS_WARN_DB + 10.0 * math.log10(channels)
 
 
+def cancelling_channels_message(what: str, channels: int, loss_db: float, advice: str) -> str:
+    """The warning for channels that cancel in the mono mixdown (a stereo file with one channel inverted)."""
+    below = "silent" if math.isinf(loss_db) else f"{loss_db:.0f} dB below them"
+    return f"{what}: its {channels} channels cancel in the mono mixdown ({below}: one of opposite polarity?); {advice}"
+
+
+def check_sample_rate(sample_rate: object, error: type[AudioError] = AudioError) -> int:
+    """``sample_rate`` as an int; ``error`` unless it is a positive whole number of Hz (a string, 0, 8000.5)."""
+    number = sample_rate if isinstance(sample_rate, int | float | np.integer | np.floating) else None
+    if isinstance(sample_rate, bool) or number is None or not math.isfinite(number) or not float(number).is_integer() or number < 1:
+        raise error(f"sample rate {sample_rate!r}: a positive whole number of Hz is needed")
+    return int(number)
+
+
+def mono_waveform(waveform: object, error: type[AudioError] = AudioError) -> tuple[Tensor, float]:
+    """``(mono float32 [T], mixdown loss in dB)`` of a float ``[T]`` or ``[C, T]`` tensor; other inputs raise ``error``.
+
+    Why refuse integer PCM rather than guess its scale: ``[T]`` int16 was processed at 32768 times speech
+    level, ``[C, T]`` failed inside ``mean``; and ``[T, C]`` (soundfile's layout) was averaged over time into
+    a few samples (reviewers). The loss (:func:`mixdown_loss_db`; 0 for one channel) says whether channels cancel.
+    """
+    if not isinstance(waveform, Tensor) or not waveform.is_floating_point():
+        kind = waveform.dtype if isinstance(waveform, Tensor) else type(waveform).__name__
+        raise error(f"the waveform must be a float tensor in [-1, 1], got {kind} (read files with dtype='float32')")
+    if waveform.dim() not in (1, 2) or waveform.shape[0] == 0:
+        raise error(f"the waveform must be [T] or [C, T] with C >= 1, got shape {tuple(waveform.shape)}")
+    if waveform.dim() == 2 and waveform.shape[0] > waveform.shape[1]:
+        raise error(f"the waveform must be [C, T], got shape {tuple(waveform.shape)}: more channels than samples "
+                    "(soundfile reads [T, C]: pass its .T)")  # fmt: skip
+    if waveform.dim() == 1 or waveform.shape[0] == 1:
+        return waveform.reshape(-1).float(), 0.0
+    mono = waveform.float().mean(dim=0)
+    # norms, not squares: no copy of the waveform (an hour of stereo is 1 GB in float64)
+    channel_energy = float(torch.linalg.vector_norm(waveform.float(), dim=-1).square().mean())
+    return mono, mixdown_loss_db(float(torch.linalg.vector_norm(mono).square()), channel_energy)
+
+
+def check_sample_values(waveform: Tensor, error: type[AudioError] = AudioError) -> None:
+    """Raise ``error`` counting the NaN/Inf samples of a waveform, or those beyond :data:`MAX_SAMPLE` (no
+    recording: a corrupt value), if any."""
+    if bool((waveform.abs() <= MAX_SAMPLE).all()):  # one pass for the usual input: False for NaN too
+        return
+    non_finite = int((~torch.isfinite(waveform)).sum())
+    if non_finite:
+        raise error(f"{non_finite} non-finite sample(s) (NaN/Inf) in the input")
+    loud = int((waveform.abs() > MAX_SAMPLE).sum())
+    raise error(f"{loud} sample(s) beyond +-{MAX_SAMPLE:g} (+80 dBFS; full scale is 1) in the input: not audio")
+
+
 class CheckedAudio:
     """One audio file, checked whole in blocks on opening, then read span by span (in increasing order).
 

@@ -41,13 +41,17 @@ from audiosep.audio_blocks import (
     MAX_SAMPLE,
     AudioError,
     CheckedAudio,
+    cancelling_channels_message,
     channels_cancel,
-    mixdown_loss_db,
+    check_sample_rate,
+    check_sample_values,
+    mono_waveform,
     resample_span,
     resampled_length,
 )
 from audiosep.checkpoint import CheckpointError, load_model
 from audiosep.data.audio import resample, to_mono
+from audiosep.errors import UserError
 from audiosep.io import (
     TEMP_SUFFIX,
     atomic_paths,
@@ -75,6 +79,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+SEPARATE_ONE_CHANNEL = "the outputs will be near silent: separate one channel (--channel N, or waveform[N])"
 InferenceDtype = Literal["fp32", "int8"]
 
 OUTPUT_BLOCK = 1 << 16  # samples per block when reading, resampling and writing long audio
@@ -197,16 +202,14 @@ def align_to_previous(current: Tensor, previous: Tensor) -> Tensor:
     return current[perm] * signs.unsqueeze(-1).to(current.dtype)
 
 
-def check_finite_input(waveform: Tensor) -> None:
-    """Raise :class:`SeparationError` counting the NaN/Inf samples of an input waveform, or those beyond
-    :data:`audiosep.audio_blocks.MAX_SAMPLE` (no recording: a corrupt value), if any."""
-    if bool((waveform.abs() <= MAX_SAMPLE).all()):  # one pass for the usual input: False for NaN too
-        return
-    non_finite = int((~torch.isfinite(waveform)).sum())
-    if non_finite:
-        raise SeparationError(f"{non_finite} non-finite sample(s) (NaN/Inf) in the input")
-    loud = int((waveform.abs() > MAX_SAMPLE).sum())
-    raise SeparationError(f"{loud} sample(s) beyond +-{MAX_SAMPLE:g} (+80 dBFS; full scale is 1) in the input: not audio")
+def resampled(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
+    """:func:`~audiosep.data.audio.resample`, whose refusal of a rate pair (a filter of gigabytes, e.g. 44101 Hz)
+    is a ``SeparationError`` here: the ``ValueError`` :meth:`Separator.separate` promises (it was a bare
+    ``UserError``, reviewer)."""
+    try:
+        return resample(waveform, orig_rate, new_rate)
+    except UserError as err:
+        raise SeparationError(str(err)) from None
 
 
 def model_grids(model: nn.Module) -> list[int]:
@@ -453,8 +456,7 @@ class Separator:
     def check_length(self, num_samples: int, sample_rate: int) -> None:
         """Raise :class:`SeparationError` when ``sample_rate`` is not a positive integer or ``num_samples``
         at that rate is under the window."""
-        if isinstance(sample_rate, bool) or not float(sample_rate).is_integer() or sample_rate < 1:
-            raise SeparationError(f"sample rate {sample_rate!r}: a positive whole number of Hz is needed")
+        sample_rate = check_sample_rate(sample_rate, SeparationError)
         at_model_rate = math.ceil(num_samples * self.sample_rate / sample_rate)
         if at_model_rate < self.window:
             raise SeparationError(
@@ -626,7 +628,7 @@ class Separator:
         if not isinstance(mixture, Tensor) or not mixture.is_floating_point() or mixture.dim() != 1:
             shown = f"{mixture.dtype} {tuple(mixture.shape)}" if isinstance(mixture, Tensor) else type(mixture).__name__
             raise SeparationError(f"the mixture must be a float [T] tensor at the model's rate, got {shown}")
-        check_finite_input(mixture)
+        check_sample_values(mixture, SeparationError)
         self.check_length(mixture.shape[-1], self.sample_rate)
         return self._separated(mixture)
 
@@ -662,28 +664,13 @@ class Separator:
                 bar.update(len(group))
 
     def _to_mono(self, waveform: Tensor) -> Tensor:
-        """``waveform`` (``[T]`` or ``[C, T]`` float) averaged to mono float32; other inputs raise ``SeparationError``.
-
-        Why refuse integer PCM rather than guess its scale: ``[T]`` int16 was separated at 32768 times
-        speech level, ``[C, T]`` failed inside ``mean``; read files with ``dtype="float32"``.
-        """
-        if not isinstance(waveform, Tensor) or not waveform.is_floating_point():
-            kind = waveform.dtype if isinstance(waveform, Tensor) else type(waveform).__name__
-            raise SeparationError(f"the waveform must be a float tensor in [-1, 1], got {kind} (read files with "
-                                  "dtype='float32')")  # fmt: skip
-        if waveform.dim() not in (1, 2) or waveform.shape[0] == 0:
-            raise SeparationError(f"the waveform must be [T] or [C, T] with C >= 1, got shape {tuple(waveform.shape)}")
-        if waveform.dim() == 2 and waveform.shape[0] > waveform.shape[1]:  # [T, C] was averaged over T (reviewer)
-            raise SeparationError(f"the waveform must be [C, T], got shape {tuple(waveform.shape)}: more channels "
-                                  "than samples (soundfile reads [T, C]: pass its .T)")  # fmt: skip
-        mono = to_mono(waveform).float()
+        """``waveform`` (``[T]`` or ``[C, T]`` float) averaged to mono float32 (:func:`mono_waveform`), with a
+        warning where its channels cancel; other inputs raise ``SeparationError``."""
+        mono, loss = mono_waveform(waveform, SeparationError)
         if waveform.dim() == 2 and waveform.shape[0] > 1:
             log.info("mixing %d channels down to mono", waveform.shape[0])
-            # norms, not squares: no copy of the waveform (an hour of stereo is 1 GB in float64)
-            channel_energy = float(torch.linalg.vector_norm(waveform.float(), dim=-1).square().mean())
-            loss = mixdown_loss_db(float(torch.linalg.vector_norm(mono).square()), channel_energy)
             if channels_cancel(loss, waveform.shape[0]):
-                log.warning(cancelling_channels_message("the waveform", waveform.shape[0], loss))
+                log.warning(cancelling_channels_message("the waveform", waveform.shape[0], loss, SEPARATE_ONE_CHANNEL))
         return mono
 
     def separate(self, waveform: Tensor, sample_rate: int, keep_model_rate: bool = False) -> Tensor:
@@ -697,14 +684,14 @@ class Separator:
                 non-finite model output.
         """
         mono = self._to_mono(waveform)
-        check_finite_input(mono)
+        check_sample_values(mono, SeparationError)
         self.check_length(mono.shape[-1], sample_rate)
         if sample_rate != self.sample_rate:
             log.info("resampling %d Hz -> %d Hz for the model", sample_rate, self.sample_rate)
-        sources = self._separated(resample(mono, sample_rate, self.sample_rate))  # checked above: no second pass
+        sources = self._separated(resampled(mono, sample_rate, self.sample_rate))  # checked above: no second pass
         if keep_model_rate or sample_rate == self.sample_rate:
             return sources
-        restored = resample(sources, self.sample_rate, sample_rate)
+        restored = resampled(sources, self.sample_rate, sample_rate)
         restored = torch.nn.functional.pad(restored, (0, max(0, mono.shape[-1] - restored.shape[-1])))
         restored = restored[:, : mono.shape[-1]]
         if not torch.isfinite(restored).all():
@@ -751,7 +738,8 @@ class Separator:
                     log.info("mixing %d channels down to mono", audio.channels)
                 self.check_length(audio.frames, audio.sample_rate)
                 if channels_cancel(audio.mixdown_loss_db, audio.channels):  # it would be separated into silence
-                    (warn or log.warning)(cancelling_channels_message(str(path), audio.channels, audio.mixdown_loss_db))
+                    (warn or log.warning)(cancelling_channels_message(str(path), audio.channels, audio.mixdown_loss_db,
+                                                                      SEPARATE_ONE_CHANNEL))
                 elif audio.silent:
                     (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")
                 outputs = output_paths(out_dir, name, self.num_sources)
@@ -875,28 +863,32 @@ def write_sources_atomic(
     On any error no output of this set appears and no temp file is left (:func:`audiosep.io.atomic_paths`).
 
     Raises:
-        ValueError: a count mismatch, or samples that are not finite or (integer PCM) beyond [-1, 1],
-            which would be written as full-scale clicks or clipped (scale with :func:`limit_peak` first).
+        ValueError: sources that are not a float ``[S, T]`` tensor, a count mismatch, two paths naming one file,
+            a sample rate that is not a positive whole number, a subtype WAV cannot hold, or samples that are
+            not finite or (any subtype but FLOAT and DOUBLE) beyond [-1, 1], which would be written as
+            full-scale clicks or clipped (scale with :func:`limit_peak` first).
     """
+    if not isinstance(sources, Tensor) or not sources.is_floating_point() or sources.dim() != 2:
+        shape = f"{sources.dtype} {tuple(sources.shape)}" if isinstance(sources, Tensor) else type(sources).__name__
+        raise ValueError(f"sources must be a float [S, T] tensor, got {shape}")  # [S, 1, T] was S files of T channels
     if len(sources) != len(paths):
         raise ValueError(f"{len(sources)} sources for {len(paths)} paths")
+    same = len({os.path.realpath(path) for path in paths}) != len(paths)
+    if same:  # "a.wav" and "./a.wav": one file written twice, a source lost (reviewer)
+        raise ValueError(f"two of the paths name one file: {', '.join(map(str, paths))}")
+    check_sample_rate(sample_rate)
+    if not sf.check_format("WAV", subtype):
+        raise ValueError(f"subtype {subtype!r} cannot be written as WAV")
     if not torch.isfinite(sources).all():
         raise ValueError(f"{int((~torch.isfinite(sources)).sum())} non-finite sample(s) (NaN/Inf) in the sources")
     peak = float(sources.abs().max()) if sources.numel() else 0.0
-    if subtype.startswith("PCM") and peak > 1.0:
+    if subtype not in ("FLOAT", "DOUBLE") and peak > 1.0:  # PCM, but ULAW and ALAW clip too (reviewer)
         raise ValueError(f"peak {peak:.3g} is beyond [-1, 1] and would clip in {subtype}; scale with limit_peak first")
     with atomic_paths(paths) as temps:
         for source, tmp, path in zip(sources, temps, paths, strict=True):
             with full_disk_named(Path(path)):
                 sf.write(soundfile_name(tmp), source.detach().cpu().numpy(), sample_rate, subtype=subtype, format="WAV")
     return [Path(p) for p in paths]
-
-
-def cancelling_channels_message(what: str, channels: int, loss_db: float) -> str:
-    """The warning for channels that cancel in the mono mixdown (a stereo file with one channel inverted)."""
-    below = "silent" if math.isinf(loss_db) else f"{loss_db:.0f} dB below them"
-    return (f"{what}: its {channels} channels cancel in the mono mixdown ({below}: one of opposite polarity?); "
-            "the outputs will be near silent: separate one channel (--channel N, or waveform[N])")
 
 
 @contextlib.contextmanager

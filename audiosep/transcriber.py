@@ -19,7 +19,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from audiosep.audio_blocks import BLOCK_FRAMES, AudioError, CheckedAudio, resample_span, resampled_length
+from audiosep.audio_blocks import (
+    BLOCK_FRAMES,
+    AudioError,
+    CheckedAudio,
+    cancelling_channels_message,
+    channels_cancel,
+    check_sample_rate,
+    check_sample_values,
+    mono_waveform,
+    resample_span,
+    resampled_length,
+)
 from audiosep.checkpoint import CheckpointError, build_untrusted, load_model
 from audiosep.data.audio import resample, to_mono
 from audiosep.data.tokenizer import CharTokenizer
@@ -29,6 +40,7 @@ from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.features import LogMelFeatures
 
 log = logging.getLogger(__name__)
+TRANSCRIBE_ONE_CHANNEL = "the transcript will be of near silence: transcribe one channel (waveform[N], or a mono copy of the file)"
 
 SEGMENT_SECONDS = 30.0  # longer files are cut into segments of at most this
 CUT_SEARCH_SECONDS = 5.0  # each cut is at the quietest frame of the last this-many seconds of a segment
@@ -190,13 +202,28 @@ class Transcriber:
         return cls(model, features, tokenizer, decoder, device, batch_size, segment_seconds)
 
     def prepare(self, waveform: Tensor, sample_rate: int, name: str = "input") -> Tensor:
-        """Mono mixdown of ``[C, N]`` (or ``[N]``) audio and resampling to :attr:`sample_rate`."""
+        """A float ``[N]`` or ``[C, N]`` waveform, checked, mixed down to mono and resampled to :attr:`sample_rate`.
+
+        Raises:
+            AudioError: not a float tensor of that layout (soundfile's ``[N, C]`` is refused: pass its ``.T``;
+                integer PCM: read files as float32), a sample rate that is not a positive whole number, NaN/Inf
+                or samples beyond +-1e4, or fewer samples than one analysis window (as the files' path:
+                their transcript was noise, and int16 was heard at 32768 times the level, reviewer).
+        """
+        rate = check_sample_rate(sample_rate)
+        mono, loss = mono_waveform(waveform)
         if waveform.dim() == 2 and waveform.shape[0] > 1:
             log.info("%s: mixing %d channels down to mono", name, waveform.shape[0])
-        mono = to_mono(waveform).float()
-        if sample_rate != self.sample_rate:
-            log.info("%s: resampling %d Hz -> %d Hz", name, sample_rate, self.sample_rate)
-        return resample(mono, sample_rate, self.sample_rate)
+            if channels_cancel(loss, waveform.shape[0]):
+                log.warning(cancelling_channels_message(name, waveform.shape[0], loss, TRANSCRIBE_ONE_CHANNEL))
+        check_sample_values(mono)
+        self._check_frames(mono.shape[-1], rate)
+        if rate != self.sample_rate:
+            log.info("%s: resampling %d Hz -> %d Hz", name, rate, self.sample_rate)
+        try:
+            return resample(mono, rate, self.sample_rate)
+        except UserError as err:  # a rate pair whose filter would be huge: an AudioError as documented
+            raise AudioError(str(err)) from None
 
     @torch.inference_mode()
     def log_probs(self, waveforms: Sequence[Tensor]) -> list[Tensor]:
@@ -212,6 +239,12 @@ class Transcriber:
         Raises:
             NonFiniteOutputError: the model's output for some waveform is not finite.
         """
+        for index, waveform in enumerate(waveforms):  # a [C, N] or integer tensor was taken as it came (reviewer)
+            if not isinstance(waveform, Tensor) or not waveform.is_floating_point() or waveform.dim() != 1:
+                kind = f"{waveform.dtype} {tuple(waveform.shape)}" if isinstance(waveform, Tensor) else type(waveform).__name__
+                raise AudioError(f"waveform {index}: a mono float [N] tensor at {self.sample_rate} Hz is needed "
+                                 f"(Transcriber.prepare makes one), got {kind}")  # fmt: skip
+            check_sample_values(waveform)
         order = sorted(range(len(waveforms)), key=lambda i: waveforms[i].shape[-1])
         texts: dict[int, str] = {}
         for start in range(0, len(order), self.batch_size):
@@ -258,13 +291,15 @@ class Transcriber:
 
         Why: the features of a few samples are all padding, and their transcript is noise, not speech.
         """
+        self._check_frames(audio.frames, audio.sample_rate, audio.path)
+
+    def _check_frames(self, frames: int, rate: int, path: os.PathLike | None = None) -> None:
         window = self.features.win_length
-        if resampled_length(audio.frames, audio.sample_rate, self.sample_rate) < window:
+        if resampled_length(frames, rate, self.sample_rate) < window:
             raise AudioError(
-                f"too short: {audio.frames} samples at {audio.sample_rate} Hz "
-                f"({1000 * audio.frames / audio.sample_rate:.1f} ms); the recogniser needs at least one "
-                f"{1000 * window / self.sample_rate:.0f} ms analysis window",
-                audio.path,
+                f"too short: {frames} samples at {rate} Hz ({1000 * frames / rate:.1f} ms); the recogniser needs "
+                f"at least one {1000 * window / self.sample_rate:.0f} ms analysis window",
+                path,
             )
 
     def transcribe_file(self, path: str | os.PathLike) -> str:

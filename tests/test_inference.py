@@ -279,6 +279,8 @@ def _band_split_separator() -> Separator:
         (torch.zeros(800), -8000, "sample rate -8000"),
         (torch.zeros(800), float("nan"), "sample rate nan"),
         (torch.zeros(800), 44100.5, "sample rate 44100.5"),
+        (torch.zeros(800), "8000", "sample rate '8000'"),  # a TypeError inside a comparison (reviewer)
+        (torch.zeros(44101), 44101, "needs a \\d+ MiB filter"),  # a bare UserError, not a ValueError (reviewer)
     ],
 )
 def test_separate_refuses_what_it_cannot_separate_with_one_clear_error(waveform: Tensor, rate: float, message: str) -> None:
@@ -306,6 +308,30 @@ def test_write_sources_atomic_refuses_non_finite_or_clipping_samples(tmp_path: P
     assert float(np.abs(sf.read(paths[0])[0]).max()) < 1.0
     write_sources_atomic(loud, SAMPLE_RATE, paths, subtype="FLOAT")  # float WAV holds any finite value
     assert sf.read(paths[0])[0][1] == -3.0
+
+
+@pytest.mark.parametrize(
+    ("sources", "names", "rate", "subtype", "message"),
+    [
+        (torch.zeros(2, 1, 800), ["a.wav", "b.wav"], SAMPLE_RATE, "PCM_16", r"float \[S, T\] tensor, got torch.float32 \(2, 1, 800\)"),
+        (torch.zeros(2, 800, dtype=torch.int16), ["a.wav", "b.wav"], SAMPLE_RATE, "PCM_16", "got torch.int16"),
+        (torch.zeros(2, 800), ["a.wav", "./a.wav"], SAMPLE_RATE, "PCM_16", "two of the paths name one file"),
+        (torch.zeros(2, 800), ["a.wav", "b.wav"], 0, "PCM_16", "sample rate 0: a positive whole number"),
+        (torch.zeros(2, 800), ["a.wav", "b.wav"], SAMPLE_RATE, "VORBIS", "subtype 'VORBIS' cannot be written as WAV"),
+        (torch.full((2, 800), 3.0), ["a.wav", "b.wav"], SAMPLE_RATE, "ULAW", r"peak 3 is beyond \[-1, 1\] and would clip in ULAW"),
+    ],
+)  # fmt: skip
+def test_write_sources_atomic_refuses_what_would_lose_or_corrupt_a_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sources: Tensor, names: list[str], rate: int, subtype: str, message: str
+) -> None:
+    """Reviewer: one path given twice kept one source of two, [S, 1, T] became S files of T channels, ULAW clipped
+    silently, a rate of 0 was libsndfile's error naming a temp file."""
+    from audiosep.inference import write_sources_atomic
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        write_sources_atomic(sources, rate, names, subtype=subtype)
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_chunk_longer_than_ten_minutes_is_refused_not_overflowed() -> None:

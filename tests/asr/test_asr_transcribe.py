@@ -37,6 +37,50 @@ def test_prepare_mixes_down_and_resamples(asr_ckpt):
     assert mono.shape == (16000,)
 
 
+@pytest.mark.parametrize(
+    ("waveform", "rate", "message"),
+    [
+        (torch.zeros(16000, 1), 16000, r"must be \[C, T\], got shape \(16000, 1\): more channels than samples"),
+        (torch.zeros(16000, dtype=torch.int16), 16000, "must be a float tensor in \\[-1, 1\\], got torch.int16"),
+        (np.zeros(16000, dtype=np.float32), 16000, "got ndarray"),
+        (torch.zeros(16000), 0, "sample rate 0: a positive whole number"),
+        (torch.zeros(16000), "16000", "sample rate '16000'"),
+        (torch.full((16000,), 1e6), 16000, "16000 sample\\(s\\) beyond \\+-10000"),
+        (torch.full((16000,), float("nan")), 16000, "16000 non-finite sample"),
+        (torch.zeros(5), 16000, "too short: 5 samples at 16000 Hz"),
+        (torch.zeros(44101), 44101, "needs a \\d+ MiB filter"),
+    ],
+)
+def test_prepare_refuses_what_it_cannot_transcribe_with_one_clear_error(asr_ckpt, waveform, rate, message):
+    """``[T, C]`` from soundfile was averaged over time into one sample and transcribed, int16 heard at 32768 times
+    its level (reviewer): the same contract as ``Separator.separate``."""
+    with pytest.raises(AudioError, match=message):
+        Transcriber.from_checkpoint(asr_ckpt).prepare(waveform, rate)
+
+
+@pytest.mark.parametrize(("waveform", "message"), [(torch.zeros(2, 16000), r"waveform 0: a mono float \[N\] tensor"),
+                                                    (torch.zeros(16000, dtype=torch.int16), "got torch.int16"),
+                                                    (torch.full((16000,), 1e6), "beyond \\+-10000")])  # fmt: skip
+def test_transcribe_refuses_waveforms_that_are_not_prepared(asr_ckpt, waveform, message):
+    with pytest.raises(AudioError, match=message):
+        Transcriber.from_checkpoint(asr_ckpt).transcribe([waveform])
+
+
+def test_prepare_warns_where_channels_cancel(asr_ckpt, caplog):
+    voice = torch.from_numpy(speechlike(8000, 16000, seed=5))
+    with caplog.at_level("WARNING", logger="audiosep.transcriber"):
+        Transcriber.from_checkpoint(asr_ckpt).prepare(torch.stack([voice, -voice]), 16000, name="inverted")
+    assert "inverted: its 2 channels cancel in the mono mixdown (silent" in caplog.text
+
+
+def test_cli_warns_about_a_file_whose_channels_cancel(asr_ckpt, tmp_path, capsys):
+    """It was transcribed as silence without a word, where ``infer`` warns (reviewer)."""
+    voice = speechlike(8000, 16000, seed=5)
+    sf.write(tmp_path / "inverted.wav", np.stack([voice, -voice], axis=1), 16000, subtype="FLOAT")
+    assert main(["transcribe", "--ckpt", str(asr_ckpt), str(tmp_path / "inverted.wav")]) == 0
+    assert "inverted.wav: its 2 channels cancel in the mono mixdown" in capsys.readouterr().err
+
+
 def test_batch_of_one_equals_batch_of_four(asr_ckpt):
     transcriber = Transcriber.from_checkpoint(asr_ckpt, batch_size=4)
     waves = [torch.from_numpy(speechlike(n, 16000, seed=n)) for n in (4000, 9000, 6100, 2500)]
