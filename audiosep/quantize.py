@@ -8,10 +8,10 @@ with the range and zero point torch's dynamic quantization picks), output float3
 never modified; depthwise and grouped convolutions, norms and the encoder stay float32 (the decoder too,
 unless one source makes its grouped conv an ungrouped 1x1 one).
 
-The kernel: oneDNN's ``qlinear_pointwise`` where this torch has it and the CPU has VNNI, fed by our own
-quantization pass, with the activation (ReLU, PReLU) and, in Conv-TasNet's blocks, the residual and skip
-sums applied as it writes its output (:class:`Int8ResidualSkip`); else torch's
-``quantized::linear_dynamic``. On this project's layer shapes the first was 1.1-1.45x faster per layer
+The kernel: oneDNN's ``qlinear_pointwise`` where this torch has it and the CPU has VNNI (without VNNI, for
+Conv-TasNet's layers only: :func:`best_int8_kernel`), fed by our own quantization pass, with the activation
+(ReLU, PReLU) and, in Conv-TasNet's blocks, the residual and skip sums applied as it writes its output
+(:class:`Int8ResidualSkip`); else torch's ``quantized::linear_dynamic``. On this project's layer shapes the first was 1.1-1.45x faster per layer
 where its output's memory is reused (its matrix product uses AMX on Sapphire Rapids; ``linear_dynamic``
 quantizes through a slower oneDNN reorder; a fresh 8 MB output each call costs both ~1 ms of page faults);
 with it, ``conv_tasnet_base``'s int8 over fp32 went from 1.39-1.41x to 1.62-1.68x at 4 s
@@ -133,13 +133,14 @@ class QuantizedInput(NamedTuple):
     zero_point: int
 
 
-def activation_qparams(low: float, high: float) -> tuple[float, int]:
+def activation_qparams(low: float, high: float, reduce_range: bool = False) -> tuple[float, int]:
     """The scale and zero point torch's dynamic int8 kernels pick for values in ``[low, high]``.
 
-    A port of ATen's ``ChooseQuantizationParams`` (uint8, 0..255, range widened to hold 0, steps below
-    :data:`SMALL_SCALE` widened to it), so the oneDNN kernel computes what ``quantized::linear_dynamic`` does.
+    A port of ATen's ``ChooseQuantizationParams`` (uint8, 0..255, or 0..127 with ``reduce_range``; range
+    widened to hold 0, steps below :data:`SMALL_SCALE` widened to it), so the oneDNN kernel computes what
+    ``quantized::linear_dynamic`` does.
     """
-    qmax = 255
+    qmax = 127 if reduce_range else 255
     low, high = min(low, 0.0), max(high, 0.0)
     scale = (high - low) / qmax
     single = float(np.float32(scale))  # ATen tests the float32 step: zero, or a reciprocal beyond float32
@@ -158,8 +159,9 @@ def activation_qparams(low: float, high: float) -> tuple[float, int]:
     return scale, int(min(max(round(zero_point), 0), qmax))  # round(): nearest, ties to even, as nearbyint
 
 
-def quantize_input(x: Tensor) -> QuantizedInput:
-    """``x[rows, C]`` quantized per tensor for :meth:`Int8Linear.run` (one pass for the range, one to round).
+def quantize_input(x: Tensor, reduce_range: bool = False) -> QuantizedInput:
+    """``x[rows, C]`` quantized per tensor for :meth:`Int8Linear.run` (one pass for the range, one to round);
+    ``reduce_range``: to 7 bits (0..127), which CPUs without VNNI multiply without saturating.
 
     Raises:
         ValueError: ``x`` holds NaN or Inf (no int8 range covers them).
@@ -170,7 +172,7 @@ def quantize_input(x: Tensor) -> QuantizedInput:
     low, high = (float(v) for v in torch.aminmax(x))
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError("an int8 layer's input holds NaN or Inf")
-    scale, zero_point = activation_qparams(low, high)
+    scale, zero_point = activation_qparams(low, high, reduce_range)
     with _quantized_tensors():
         quantized = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
     # Its bytes as a plain uint8 tensor, without a copy (``int_repr`` copies; ``view(torch.uint8)`` keeps the
@@ -182,11 +184,24 @@ def quantize_input(x: Tensor) -> QuantizedInput:
 Int8Kernel = Literal["onednn", "dynamic"]
 
 
-def best_int8_kernel(engine: str, reduce_range: bool) -> Int8Kernel:
-    """oneDNN's kernel where weights are packed for oneDNN on an x86 CPU with VNNI and this torch has it (the
-    only place it was measured), else torch's."""
-    onednn = engine == "onednn" and x86_cpu() and not reduce_range and onednn_int8_linear_available()
-    return "onednn" if onednn else "dynamic"
+def best_int8_kernel(engine: str, reduce_range: bool, post_op: bool = False) -> Int8Kernel:
+    """oneDNN's kernel where weights are packed for oneDNN on an x86 CPU and this torch has it: on CPUs with VNNI
+    for every layer; without (7-bit activations, ``reduce_range``) only for a layer whose PReLU or residual/skip
+    sum it applies as it writes (``post_op``; torch's kernel needs one more pass for it). Else torch's.
+
+    Measured on an AVX2 EPYC (interleaved, 2 threads, int8 over fp32): ``conv_tasnet_base`` 1.36-1.37x with
+    oneDNN for its blocks' layers against 1.13x with torch's at 4 s, even at 1 s; RE-SepFormer's plain linear
+    layers 1.01-1.17x with oneDNN against 1.11-1.26x with torch's at 1 s (our quantization pass costs more than
+    torch's inside its kernel there), 1.24-1.28x against 1.19-1.23x at 4 s.
+    """
+    if not (engine == "onednn" and x86_cpu() and onednn_int8_linear_available()):
+        return "dynamic"
+    return "onednn" if not reduce_range or post_op else "dynamic"
+
+
+def activation_reduce_range(engine: str) -> bool:
+    """Whether layers packed for ``engine`` take 7-bit activations here (x86 without VNNI; qnnpack never)."""
+    return engine != "qnnpack" and reduced_activation_range()
 
 
 # Int8Linear's activations as oneDNN post-ops (run as the kernel writes its output); sigmoid is not one.
@@ -218,8 +233,10 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.activation, self.slope = activation, float(slope)
         self.engine = quantized_engine()
-        self.reduce_range = self.engine != "qnnpack" and reduced_activation_range()
-        self.kernel = best_int8_kernel(self.engine, self.reduce_range) if kernel is None else kernel
+        self.reduce_range = activation_reduce_range(self.engine)
+        if kernel is None:
+            kernel = best_int8_kernel(self.engine, self.reduce_range, post_op=activation == "prelu")
+        self.kernel = kernel
         if self.kernel == "onednn" and not onednn_int8_linear_available():
             raise ValueError("this torch has no oneDNN int8 linear kernel")
         bias = None if bias is None else bias.detach().float().clone()
@@ -242,14 +259,14 @@ class Int8Linear(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        if self.engine != "qnnpack" and reduced_activation_range() and not self.reduce_range:
+        if activation_reduce_range(self.engine) and not self.reduce_range:
             self.reduce_range, self.kernel = True, "dynamic"  # saved on a VNNI CPU, loaded on one without
         self._pack(self._qweight, self._bias)
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features).float()
         if self.kernel == "onednn":
-            y = self.run(quantize_input(flat))
+            y = self.run(quantize_input(flat, self.reduce_range))
         else:
             # A ReLU runs inside the kernel (``linear_relu_dynamic``): no pass over the feed-forward hidden
             # layer, the widest tensor of a transformer layer.
@@ -333,8 +350,10 @@ class Int8ResidualSkip(nn.Module):
         super().__init__()
         weight, bias = conv.weight[..., 0, 0], conv.bias
         rows = slice(0, residual_channels), slice(residual_channels, weight.shape[0])
+        engine = quantized_engine()
+        kernel = best_int8_kernel(engine, activation_reduce_range(engine), post_op=True)  # adds into the sums
         self.residual, self.skip = (
-            Int8Linear(weight[part], None if bias is None else bias[part]) if part.stop > part.start else None
+            Int8Linear(weight[part], None if bias is None else bias[part], kernel=kernel) if part.stop > part.start else None
             for part in rows
         )
 
@@ -343,7 +362,7 @@ class Int8ResidualSkip(nn.Module):
         ``skips`` (the TCN's own sums) are updated in place where the kernel allows."""
         rows = _rows(h)
         first = self.residual if self.residual is not None else self.skip
-        quantized = quantize_input(rows) if first.kernel == "onednn" else None  # one for both parts
+        quantized = quantize_input(rows, first.reduce_range) if first.kernel == "onednn" else None  # one for both
 
         def add(layer: Int8Linear, total: Tensor | None) -> Tensor:
             """``total + layer(h)`` channels-last (the product alone without ``total``)."""

@@ -1,4 +1,4 @@
-"""benchmarks/int8_bound.py: the Amdahl arithmetic, which profiled ops count as int8's, and a run on tiny models."""
+"""benchmarks/int8_bound.py: the Amdahl arithmetic, the "free products" variant, and a run on tiny models."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import audiosep.optimize as optimize
+from audiosep.models import build
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_bound.py"
 TINY_CONV_TASNET = {"enc_num_filters": 16, "enc_kernel_size": 8, "bottleneck_channels": 8, "hidden_channels": 12,
@@ -19,38 +23,46 @@ TINY_SEPFORMER = {"encoder_channels": 16, "model_channels": 16, "num_blocks": 1,
 def _load():
     spec = importlib.util.spec_from_file_location("int8_bound", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
+    sys.modules[spec.name] = module  # its dataclass looks its module up
     spec.loader.exec_module(module)
     return module
 
 
 def test_the_bounds_follow_amdahls_law() -> None:
     bound = _load()
-    # fp32: 100 ms, 60 of them in products; int8 runs those in 30 ms
-    b = bound.Bound(bound.Split(100.0, 60.0), bound.Split(70.0, 30.0))
+    b = bound.Bound(fp32=100.0, int8=70.0, free=40.0)  # products 60 of 100 ms in fp32, 30 in int8
     assert b.fraction == pytest.approx(0.6) and b.kernel_speedup == pytest.approx(2.0)
     assert b.free_products_bound == pytest.approx(2.5)
-    assert b.kernel_bound == pytest.approx(1 / (0.4 + 0.3))
     assert b.needed_kernel_speedup(1.5) == pytest.approx(0.6 / (1 / 1.5 - 0.4))
-    assert math.isinf(bound.Bound(bound.Split(100.0, 30.0), bound.Split(80.0, 10.0)).needed_kernel_speedup(1.5))
+    assert math.isinf(bound.Bound(fp32=100.0, int8=90.0, free=70.0).needed_kernel_speedup(1.5))
 
 
-def test_only_linear_products_and_ungrouped_1x1_convolutions_count_as_quantizable() -> None:
+def test_free_products_zero_the_linear_and_1x1_layers_only_and_restore_them() -> None:
     bound = _load()
-    pointwise = [[1, 128, 1001, 1], [512, 128, 1, 1], [512], [], []]
-    assert bound.is_float_product("mkldnn::_convolution_pointwise", pointwise)
-    assert bound.is_float_product("mkldnn::_convolution_pointwise_", [[1, 128, 1001, 1], *pointwise])  # adds into a sum
-    assert not bound.is_float_product("mkldnn::_convolution_pointwise", [[1, 512, 1001, 1], [512, 1, 3, 1], [512]])
-    assert not bound.is_float_product("mkldnn::_convolution_pointwise", [[1, 512, 1001, 1], [512, 1, 1, 1], [512]])
-    assert not bound.is_float_product("aten::_convolution", [[1, 1, 8000], [128, 1, 16], []])  # the encoder
-    assert bound.is_float_product("aten::addmm", []) and not bound.is_float_product("aten::bmm", [])
-    assert bound.is_int8_product("quantized::linear_dynamic") and bound.is_int8_product("onednn::qlinear_pointwise")
-    assert not bound.is_int8_product("aten::addmm")
+    x = torch.randn(1, 16, 50, 1).contiguous(memory_format=torch.channels_last)
+    pointwise, depthwise = torch.randn(8, 16, 1, 1), torch.randn(16, 1, 3, 1)
+    linear = optimize.FusedLinear(torch.nn.Linear(16, 4))
+    with torch.inference_mode():
+        real = optimize.conv_time(x, depthwise, None, padding=1, groups=16)
+        with bound.free_products():
+            assert not optimize.conv_time(x, pointwise, None).any()
+            assert optimize.conv_time(x, pointwise, None).shape == (1, 8, 50, 1)
+            assert torch.equal(optimize.conv_time(x, depthwise, None, padding=1, groups=16), real)
+            assert not linear(torch.randn(3, 16)).any() and linear(torch.randn(3, 16)).shape == (3, 4)
+        assert linear(torch.ones(3, 16)).any() and optimize.conv_time(x, pointwise, None).any()
 
 
 @pytest.mark.parametrize(("name", "overrides"), [("conv_tasnet_base", TINY_CONV_TASNET), ("sepformer_base", TINY_SEPFORMER)])
-def test_a_profile_finds_the_products_int8_replaces(name: str, overrides: dict) -> None:
-    """The op names this torch emits are the ones the script looks for: neither share is 0 or all."""
-    measured = _load().measure(name, 0.1, forwards=1, **overrides)
-    for split in (measured.fp32, measured.int8):
-        assert 0 < split.products_ms < split.total_ms
+def test_a_model_with_free_products_computes_something_else(name: str, overrides: dict) -> None:
+    """The patch reaches the prepared model's products (else the bound would be the model itself)."""
+    bound = _load()
+    prepared = optimize.prepare_for_inference(build(name, **overrides).eval())
+    mixture = torch.randn(1, 800)
+    with torch.inference_mode():
+        real = prepared(mixture)
+        with bound.free_products():
+            free = prepared(mixture)
+        assert free.shape == real.shape and not torch.allclose(free, real)
+        assert torch.equal(prepared(mixture), real)
+    measured = bound.measure(name, 0.1, rounds=1, **overrides)
+    assert min(measured.fp32, measured.int8, measured.free) > 0
