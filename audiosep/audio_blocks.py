@@ -333,12 +333,22 @@ def cancelling_channels_message(what: str, channels: int, loss_db: float, advice
     return f"{what}: its {channels} channels cancel in the mono mixdown ({below}: one of opposite polarity?); {advice}"
 
 
+MAX_RATE = (1 << 31) - 1  # Hz: what a WAV header (and libsndfile) can hold
+
+
 def check_sample_rate(sample_rate: object, error: type[AudioError] = AudioError) -> int:
-    """``sample_rate`` as an int; ``error`` unless it is a positive whole number of Hz (a string, 0, 8000.5)."""
+    """``sample_rate`` as an int; ``error`` unless it is a whole number of Hz in 1..:data:`MAX_RATE` (not a
+    string, 0, 8000.5 or 1e300)."""
     number = sample_rate if isinstance(sample_rate, int | float | np.integer | np.floating) else None
-    if isinstance(sample_rate, bool) or number is None or not math.isfinite(number) or not float(number).is_integer() or number < 1:
-        raise error(f"sample rate {sample_rate!r}: a positive whole number of Hz is needed")
+    if (isinstance(sample_rate, bool) or number is None or not math.isfinite(number) or not float(number).is_integer()
+            or not 1 <= number <= MAX_RATE):  # fmt: skip
+        raise error(f"sample rate {sample_rate!r}: a whole number of Hz from 1 to {MAX_RATE} is needed")
     return int(number)
+
+
+def kind_of(value: object) -> str:
+    """What an argument is, for an error message: a tensor's dtype and shape, else its type."""
+    return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
 def mono_waveform(waveform: object, error: type[AudioError] = AudioError) -> tuple[Tensor, float]:
@@ -349,8 +359,8 @@ def mono_waveform(waveform: object, error: type[AudioError] = AudioError) -> tup
     a few samples (reviewers). The loss (:func:`mixdown_loss_db`; 0 for one channel) says whether channels cancel.
     """
     if not isinstance(waveform, Tensor) or not waveform.is_floating_point():
-        kind = waveform.dtype if isinstance(waveform, Tensor) else type(waveform).__name__
-        raise error(f"the waveform must be a float tensor in [-1, 1], got {kind} (read files with dtype='float32')")
+        raise error(f"the waveform must be a float tensor in [-1, 1], got {kind_of(waveform)} (read files with "
+                    "dtype='float32')")  # fmt: skip
     if waveform.dim() not in (1, 2) or waveform.shape[0] == 0:
         raise error(f"the waveform must be [T] or [C, T] with C >= 1, got shape {tuple(waveform.shape)}")
     if waveform.dim() == 2 and waveform.shape[0] > waveform.shape[1]:
@@ -364,16 +374,25 @@ def mono_waveform(waveform: object, error: type[AudioError] = AudioError) -> tup
     return mono, mixdown_loss_db(float(torch.linalg.vector_norm(mono).square()), channel_energy)
 
 
-def check_sample_values(waveform: Tensor, error: type[AudioError] = AudioError) -> None:
-    """Raise ``error`` counting the NaN/Inf samples of a waveform, or those beyond :data:`MAX_SAMPLE` (no
-    recording: a corrupt value), if any."""
-    if bool((waveform.abs() <= MAX_SAMPLE).all()):  # one pass for the usual input: False for NaN too
+def check_sample_values(waveform: Tensor, error: type[AudioError] = AudioError, limit: float = MAX_SAMPLE) -> None:
+    """Raise ``error`` counting the NaN/Inf samples of a waveform, or those beyond ``limit`` (by default
+    :data:`MAX_SAMPLE`: no recording, a corrupt value), if any."""
+    if bool((waveform.abs() <= limit).all()):  # one pass for the usual input: False for NaN too
         return
     non_finite = int((~torch.isfinite(waveform)).sum())
     if non_finite:
         raise error(f"{non_finite} non-finite sample(s) (NaN/Inf) in the input")
-    loud = int((waveform.abs() > MAX_SAMPLE).sum())
-    raise error(f"{loud} sample(s) beyond +-{MAX_SAMPLE:g} (+80 dBFS; full scale is 1) in the input: not audio")
+    loud = int((waveform.abs() > limit).sum())
+    raise error(f"{loud} sample(s) beyond +-{limit:g} (full scale is 1) in the input: not audio")
+
+
+def resampled(waveform: Tensor, orig_rate: int, new_rate: int, error: type[AudioError] = AudioError) -> Tensor:
+    """:func:`~audiosep.data.audio.resample`, whose refusal of a rate pair (a filter of gigabytes, e.g. 44101 Hz)
+    is ``error`` here: the ``ValueError`` the Python APIs promise (it was a bare ``UserError``, reviewer)."""
+    try:
+        return resample(waveform, orig_rate, new_rate)
+    except UserError as err:
+        raise error(str(err)) from None
 
 
 class CheckedAudio:

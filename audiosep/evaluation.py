@@ -477,15 +477,26 @@ def pending(ids: Sequence[str], done: set[str], limit: int | None) -> Iterator[i
 
 
 def _forget_changed_audio(log: RowLog, dataset: Any, ids: Sequence[str]) -> None:
-    """Drop resumed rows whose mixture or source files changed (or went) since they were scored, and say so:
-    a fixed or replaced file kept its old scores in the report (reviewer)."""
+    """Drop resumed rows whose mixture or source files changed (or went) since they were scored, or that hold
+    no file stamps (written by an older audiosep), and say which: a fixed or replaced file kept its old
+    scores in the report (reviewer)."""
     index_of = {mixture_id: index for index, mixture_id in enumerate(ids)}
-    changed = {row["id"] for row in log.rows if row["id"] in index_of
-               and row.get("audio_stamp") != audio_stamp(dataset, index_of[row["id"]])}  # fmt: skip
-    if changed:
-        warnings.warn(f"{len(changed)} mixture(s) scored before have changed files since (e.g. {sorted(changed)[0]}): "
-                      "scoring them again", stacklevel=2)  # fmt: skip
-        log.forget(changed)
+    stale: dict[str, set[str]] = {"changed": set(), "unstamped": set()}
+    for row in log.rows:
+        if row["id"] not in index_of:
+            continue
+        stamp = audio_stamp(dataset, index_of[row["id"]])
+        if stamp is not None and "audio_stamp" not in row:
+            stale["unstamped"].add(row["id"])
+        elif row.get("audio_stamp") != stamp:
+            stale["changed"].add(row["id"])
+    reasons = {"changed": "have changed files since", "unstamped": "hold no file stamps (an older audiosep wrote them)"}
+    for kind, rows in stale.items():
+        if rows:
+            warnings.warn(f"{len(rows)} mixture(s) scored before {reasons[kind]} (e.g. {sorted(rows)[0]}): scoring "
+                          "them again", stacklevel=2)  # fmt: skip
+    if stale["changed"] or stale["unstamped"]:
+        log.forget(stale["changed"] | stale["unstamped"])
 
 
 # ---------------------------------------------------------------- the whole run

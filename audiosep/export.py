@@ -246,6 +246,8 @@ class Float64StatisticsGlobalLayerNorm(GlobalLayerNorm):
     The price: 1.4x to 1.6x ONNX Runtime's CPU time for that model (16 s to 60 s).
     """
 
+    statistics_dtype = torch.float64
+
     def normalize(self, x: Tensor) -> Tensor:
         dims = tuple(range(1, x.dim()))
         wide = x.double()

@@ -45,13 +45,14 @@ from audiosep.audio_blocks import (
     channels_cancel,
     check_sample_rate,
     check_sample_values,
+    kind_of,
     mono_waveform,
     resample_span,
+    resampled,
     resampled_length,
 )
 from audiosep.checkpoint import CheckpointError, load_model
-from audiosep.data.audio import resample, to_mono
-from audiosep.errors import UserError
+from audiosep.data.audio import to_mono
 from audiosep.io import (
     TEMP_SUFFIX,
     atomic_paths,
@@ -200,16 +201,6 @@ def align_to_previous(current: Tensor, previous: Tensor) -> Tensor:
     perm = best_permutation(products.abs().unsqueeze(0))[0]
     signs = torch.where(products[perm, torch.arange(len(perm))] < 0, -1.0, 1.0)
     return current[perm] * signs.unsqueeze(-1).to(current.dtype)
-
-
-def resampled(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
-    """:func:`~audiosep.data.audio.resample`, whose refusal of a rate pair (a filter of gigabytes, e.g. 44101 Hz)
-    is a ``SeparationError`` here: the ``ValueError`` :meth:`Separator.separate` promises (it was a bare
-    ``UserError``, reviewer)."""
-    try:
-        return resample(waveform, orig_rate, new_rate)
-    except UserError as err:
-        raise SeparationError(str(err)) from None
 
 
 def model_grids(model: nn.Module) -> list[int]:
@@ -688,10 +679,10 @@ class Separator:
         self.check_length(mono.shape[-1], sample_rate)
         if sample_rate != self.sample_rate:
             log.info("resampling %d Hz -> %d Hz for the model", sample_rate, self.sample_rate)
-        sources = self._separated(resampled(mono, sample_rate, self.sample_rate))  # checked above: no second pass
+        sources = self._separated(resampled(mono, sample_rate, self.sample_rate, SeparationError))  # checked above: no second pass
         if keep_model_rate or sample_rate == self.sample_rate:
             return sources
-        restored = resampled(sources, self.sample_rate, sample_rate)
+        restored = resampled(sources, self.sample_rate, sample_rate, SeparationError)
         restored = torch.nn.functional.pad(restored, (0, max(0, mono.shape[-1] - restored.shape[-1])))
         restored = restored[:, : mono.shape[-1]]
         if not torch.isfinite(restored).all():
@@ -864,21 +855,22 @@ def write_sources_atomic(
 
     Raises:
         ValueError: sources that are not a float ``[S, T]`` tensor, a count mismatch, two paths naming one file,
-            a sample rate that is not a positive whole number, a subtype WAV cannot hold, or samples that are
+            a sample rate that is not a whole number of Hz in range, a subtype WAV cannot hold, or samples that are
             not finite or (any subtype but FLOAT and DOUBLE) beyond [-1, 1], which would be written as
             full-scale clicks or clipped (scale with :func:`limit_peak` first).
     """
     if not isinstance(sources, Tensor) or not sources.is_floating_point() or sources.dim() != 2:
-        shape = f"{sources.dtype} {tuple(sources.shape)}" if isinstance(sources, Tensor) else type(sources).__name__
-        raise ValueError(f"sources must be a float [S, T] tensor, got {shape}")  # [S, 1, T] was S files of T channels
+        raise ValueError(f"sources must be a float [S, T] tensor, got {kind_of(sources)}")  # [S, 1, T]: S files of T channels
     if len(sources) != len(paths):
         raise ValueError(f"{len(sources)} sources for {len(paths)} paths")
     same = len({os.path.realpath(path) for path in paths}) != len(paths)
     if same:  # "a.wav" and "./a.wav": one file written twice, a source lost (reviewer)
         raise ValueError(f"two of the paths name one file: {', '.join(map(str, paths))}")
-    check_sample_rate(sample_rate)
+    sample_rate, subtype = check_sample_rate(sample_rate), str(subtype).upper()
     if not sf.check_format("WAV", subtype):
         raise ValueError(f"subtype {subtype!r} cannot be written as WAV")
+    if sources.dtype in (torch.float16, torch.bfloat16):  # soundfile writes float32 and float64 arrays only
+        sources = sources.float()
     if not torch.isfinite(sources).all():
         raise ValueError(f"{int((~torch.isfinite(sources)).sum())} non-finite sample(s) (NaN/Inf) in the sources")
     peak = float(sources.abs().max()) if sources.numel() else 0.0

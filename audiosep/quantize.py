@@ -161,7 +161,8 @@ def activation_qparams(low: float, high: float, reduce_range: bool = False) -> t
 
 def quantize_input(x: Tensor, reduce_range: bool = False) -> QuantizedInput:
     """``x[rows, C]`` quantized per tensor for :meth:`Int8Linear.run` (one pass for the range, one to round);
-    ``reduce_range``: to 7 bits (0..127), which CPUs without VNNI multiply without saturating.
+    ``reduce_range``: to 7 bits (0..127, as torch's kernels; a value at a rounding tie of the zero point may
+    reach 128, and 2 x 128 x 127 still fits the int16 pair sums of CPUs without VNNI).
 
     Raises:
         ValueError: ``x`` holds NaN or Inf (no int8 range covers them).
@@ -213,30 +214,33 @@ class Int8Linear(nn.Module):
 
     Two kernels, one quantization (the activations quantised per call with the same range and zero point;
     values within float rounding of half a step may round apart, so model outputs agreed to 41-73 dB in a
-    reviewer's runs): oneDNN's ``qlinear_pointwise`` where this torch has it and the CPU has VNNI (our own
+    reviewer's runs): oneDNN's ``qlinear_pointwise`` where :func:`best_int8_kernel` picks it (our own
     quantisation pass and the activation as a post-op; speed in the module docstring), else torch's
     ``quantized::linear_dynamic``.
 
     The packed weights are not in ``state_dict`` (an int8 model is made from a float one, not saved);
     a copy or pickle repacks them for the engine they were packed for, so it computes the same numbers,
-    unless it is loaded on a CPU that needs other settings (no VNNI: 7-bit activations, torch's kernel).
+    unless it is loaded on a CPU that needs other settings (no VNNI: 7-bit activations, and the kernel
+    :func:`best_int8_kernel` picks there).
 
     Args:
         weight: float ``[C_out, C_in]``, quantized per output channel.
         bias: ``[C_out]`` or None.
         activation, slope: as in :class:`audiosep.optimize.FusedConv` (``prelu`` is a leaky ReLU).
+        kernel: which kernel runs it; by default :func:`best_int8_kernel`'s choice.
+        adds_into_sums: the layer's output is added into a running sum (:meth:`run` with ``total``), which
+            oneDNN's kernel does as it writes: that choice counts it as a post-op.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, activation: FusedActivation = "none",
-                 slope: float = 0.0, kernel: Int8Kernel | None = None) -> None:  # fmt: skip
+                 slope: float = 0.0, kernel: Int8Kernel | None = None, adds_into_sums: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.activation, self.slope = activation, float(slope)
+        self.post_op = adds_into_sums or activation == "prelu"
         self.engine = quantized_engine()
         self.reduce_range = activation_reduce_range(self.engine)
-        if kernel is None:
-            kernel = best_int8_kernel(self.engine, self.reduce_range, post_op=activation == "prelu")
-        self.kernel = kernel
+        self.kernel = best_int8_kernel(self.engine, self.reduce_range, self.post_op) if kernel is None else kernel
         if self.kernel == "onednn" and not onednn_int8_linear_available():
             raise ValueError("this torch has no oneDNN int8 linear kernel")
         bias = None if bias is None else bias.detach().float().clone()
@@ -259,8 +263,8 @@ class Int8Linear(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        if activation_reduce_range(self.engine) and not self.reduce_range:
-            self.reduce_range, self.kernel = True, "dynamic"  # saved on a VNNI CPU, loaded on one without
+        if activation_reduce_range(self.engine) and not self.reduce_range:  # saved on a VNNI CPU, loaded on one without
+            self.reduce_range, self.kernel = True, best_int8_kernel(self.engine, True, self.post_op)
         self._pack(self._qweight, self._bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -350,12 +354,11 @@ class Int8ResidualSkip(nn.Module):
         super().__init__()
         weight, bias = conv.weight[..., 0, 0], conv.bias
         rows = slice(0, residual_channels), slice(residual_channels, weight.shape[0])
-        engine = quantized_engine()
-        kernel = best_int8_kernel(engine, activation_reduce_range(engine), post_op=True)  # adds into the sums
         self.residual, self.skip = (
-            Int8Linear(weight[part], None if bias is None else bias[part], kernel=kernel) if part.stop > part.start else None
+            Int8Linear(weight[part], None if bias is None else bias[part], adds_into_sums=True)
+            if part.stop > part.start else None
             for part in rows
-        )
+        )  # fmt: skip
 
     def forward(self, h: Tensor, x: Tensor, skips: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """``(x + residual(h), skips + skip(h))`` for channels-last ``[B, C, M, 1]`` tensors; ``x`` and

@@ -21,18 +21,21 @@ from torch import Tensor, nn
 
 from audiosep.audio_blocks import (
     BLOCK_FRAMES,
+    MAX_SAMPLE,
     AudioError,
     CheckedAudio,
     cancelling_channels_message,
     channels_cancel,
     check_sample_rate,
     check_sample_values,
+    kind_of,
     mono_waveform,
     resample_span,
+    resampled,
     resampled_length,
 )
 from audiosep.checkpoint import CheckpointError, build_untrusted, load_model
-from audiosep.data.audio import resample, to_mono
+from audiosep.data.audio import to_mono
 from audiosep.data.tokenizer import CharTokenizer
 from audiosep.decoding import Decoder, build_decoder, single_spaces
 from audiosep.errors import UserError
@@ -40,7 +43,8 @@ from audiosep.models.quartznet import QuartzNet
 from audiosep.nn.features import LogMelFeatures
 
 log = logging.getLogger(__name__)
-TRANSCRIBE_ONE_CHANNEL = "the transcript will be of near silence: transcribe one channel (waveform[N], or a mono copy of the file)"
+TRANSCRIBE_ONE_CHANNEL = ("the transcript will be of near silence: transcribe one channel (waveform[N] in Python; "
+                          "a one-channel copy of the file, e.g. sox in.wav out.wav remix 1)")
 
 SEGMENT_SECONDS = 30.0  # longer files are cut into segments of at most this
 CUT_SEARCH_SECONDS = 5.0  # each cut is at the quietest frame of the last this-many seconds of a segment
@@ -206,7 +210,7 @@ class Transcriber:
 
         Raises:
             AudioError: not a float tensor of that layout (soundfile's ``[N, C]`` is refused: pass its ``.T``;
-                integer PCM: read files as float32), a sample rate that is not a positive whole number, NaN/Inf
+                integer PCM: read files as float32), a sample rate that is not a whole number of Hz in range, NaN/Inf
                 or samples beyond +-1e4, or fewer samples than one analysis window (as the files' path:
                 their transcript was noise, and int16 was heard at 32768 times the level, reviewer).
         """
@@ -220,10 +224,7 @@ class Transcriber:
         self._check_frames(mono.shape[-1], rate)
         if rate != self.sample_rate:
             log.info("%s: resampling %d Hz -> %d Hz", name, rate, self.sample_rate)
-        try:
-            return resample(mono, rate, self.sample_rate)
-        except UserError as err:  # a rate pair whose filter would be huge: an AudioError as documented
-            raise AudioError(str(err)) from None
+        return resampled(mono, rate, self.sample_rate)
 
     @torch.inference_mode()
     def log_probs(self, waveforms: Sequence[Tensor]) -> list[Tensor]:
@@ -240,11 +241,11 @@ class Transcriber:
             NonFiniteOutputError: the model's output for some waveform is not finite.
         """
         for index, waveform in enumerate(waveforms):  # a [C, N] or integer tensor was taken as it came (reviewer)
-            if not isinstance(waveform, Tensor) or not waveform.is_floating_point() or waveform.dim() != 1:
-                kind = f"{waveform.dtype} {tuple(waveform.shape)}" if isinstance(waveform, Tensor) else type(waveform).__name__
-                raise AudioError(f"waveform {index}: a mono float [N] tensor at {self.sample_rate} Hz is needed "
-                                 f"(Transcriber.prepare makes one), got {kind}")  # fmt: skip
-            check_sample_values(waveform)
+            if not isinstance(waveform, Tensor) or not waveform.is_floating_point() or waveform.dim() != 1 or not len(waveform):
+                raise AudioError(f"waveform {index}: a non-empty mono float [N] tensor at {self.sample_rate} Hz is "
+                                 f"needed (Transcriber.prepare makes one), got {kind_of(waveform)}")  # fmt: skip
+            # resampling a waveform within +-MAX_SAMPLE overshoots by a fifth at most (Gibbs): beyond twice that, no audio
+            check_sample_values(waveform, limit=2 * MAX_SAMPLE)
         order = sorted(range(len(waveforms)), key=lambda i: waveforms[i].shape[-1])
         texts: dict[int, str] = {}
         for start in range(0, len(order), self.batch_size):

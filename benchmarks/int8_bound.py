@@ -67,7 +67,8 @@ class Bound:
 @contextlib.contextmanager
 def free_products() -> Iterator[None]:
     """Within the block, the prepared models' linear layers and ungrouped 1x1 convolutions return cached zeros
-    of their output's shape instead of computing it (the rest of the forward runs as it is)."""
+    of their output's shape instead of computing it (a sigmoid, which int8 applies as a pass, still runs; the
+    rest of the forward runs as it is)."""
     zeros: dict[tuple, Tensor] = {}
 
     def zeros_like_output(shape: tuple[int, ...], channels_last: bool) -> Tensor:
@@ -82,11 +83,12 @@ def free_products() -> Iterator[None]:
     def linear(self: optimize.FusedLinear, x: Tensor) -> Tensor:
         return zeros_like_output((*x.shape[:-1], self.out_features), False)
 
-    def conv_time(x: Tensor, weight: Tensor, bias: Tensor | None, *args: object, **kwargs: object) -> Tensor:
-        groups = kwargs.get("groups", args[5] if len(args) > 5 else 1)
-        if weight.shape[2:] != (1, 1) or groups != 1:
-            return real_conv_time(x, weight, bias, *args, **kwargs)
-        return zeros_like_output((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), True)
+    def conv_time(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str = "none", slope: float = 0.0,
+                  padding: int = 0, dilation: int = 1, groups: int = 1) -> Tensor:  # fmt: skip
+        if weight.shape[2:] != (1, 1) or groups != 1 or padding != 0:  # not one int8 replaces (is_pointwise)
+            return real_conv_time(x, weight, bias, activation, slope, padding, dilation, groups)
+        out = zeros_like_output((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), True)
+        return torch.sigmoid(out) if activation == "sigmoid" else out  # int8 runs its sigmoid as a pass too
 
     def conv_add(total: Tensor | None, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return conv_time(x, weight, bias) if total is None else total  # adding zeros

@@ -350,6 +350,21 @@ def test_a_resumed_row_whose_audio_changed_is_scored_again(sep_ckpt: Path, libri
     assert len((out / "utterances.jsonl").read_text().splitlines()) == 3  # the stale row is gone, not shadowed
 
 
+def test_rows_written_without_file_stamps_are_scored_again_saying_why(sep_ckpt: Path, librimix: Path,
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    """Rows of an older audiosep hold no stamps: they were rescored under "have changed files" (reviewer)."""
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--no-progress", "--no-plots"]
+    out = tmp_path / "eval"
+    assert main([*args, "--out-dir", str(out), "--limit", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "utterances.jsonl").read_text().splitlines()]
+    (out / "utterances.jsonl").write_text("".join(json.dumps({k: v for k, v in row.items() if k != "audio_stamp"}) + "\n"
+                                                  for row in rows))  # fmt: skip
+    with pytest.warns(UserWarning, match=r"2 mixture\(s\) scored before hold no file stamps") as caught:
+        assert main([*args, "--out-dir", str(out)]) == 0
+    assert not [w for w in caught if "have changed files" in str(w.message)]
+    assert json.loads((out / "summary.json").read_text())["scored_this_run"] == 3
+
+
 def test_results_of_another_model_are_never_mixed_in(sep_ckpt: Path, librimix: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "eval"

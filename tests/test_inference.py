@@ -275,7 +275,7 @@ def _band_split_separator() -> Separator:
         (torch.zeros(800, dtype=torch.bool), SAMPLE_RATE, "got torch.bool"),
         (torch.zeros(0, 800), SAMPLE_RATE, "C >= 1, got shape \\(0, 800\\)"),
         (torch.zeros(1, 2, 800), SAMPLE_RATE, "got shape \\(1, 2, 800\\)"),
-        (torch.zeros(800), 0, "sample rate 0: a positive whole number"),
+        (torch.zeros(800), 0, "sample rate 0: a whole number of Hz from 1"),
         (torch.zeros(800), -8000, "sample rate -8000"),
         (torch.zeros(800), float("nan"), "sample rate nan"),
         (torch.zeros(800), 44100.5, "sample rate 44100.5"),
@@ -316,9 +316,11 @@ def test_write_sources_atomic_refuses_non_finite_or_clipping_samples(tmp_path: P
         (torch.zeros(2, 1, 800), ["a.wav", "b.wav"], SAMPLE_RATE, "PCM_16", r"float \[S, T\] tensor, got torch.float32 \(2, 1, 800\)"),
         (torch.zeros(2, 800, dtype=torch.int16), ["a.wav", "b.wav"], SAMPLE_RATE, "PCM_16", "got torch.int16"),
         (torch.zeros(2, 800), ["a.wav", "./a.wav"], SAMPLE_RATE, "PCM_16", "two of the paths name one file"),
-        (torch.zeros(2, 800), ["a.wav", "b.wav"], 0, "PCM_16", "sample rate 0: a positive whole number"),
+        (torch.zeros(2, 800), ["a.wav", "b.wav"], 0, "PCM_16", "sample rate 0: a whole number of Hz from 1"),
         (torch.zeros(2, 800), ["a.wav", "b.wav"], SAMPLE_RATE, "VORBIS", "subtype 'VORBIS' cannot be written as WAV"),
         (torch.full((2, 800), 3.0), ["a.wav", "b.wav"], SAMPLE_RATE, "ULAW", r"peak 3 is beyond \[-1, 1\] and would clip in ULAW"),
+        (torch.full((2, 800), 3.0), ["a.wav", "b.wav"], SAMPLE_RATE, "pcm_16", r"peak 3 is beyond \[-1, 1\] and would clip in PCM_16"),
+        (torch.zeros(2, 800), ["a.wav", "b.wav"], 1e300, "PCM_16", "sample rate 1e\\+300: a whole number of Hz from 1"),
     ],
 )  # fmt: skip
 def test_write_sources_atomic_refuses_what_would_lose_or_corrupt_a_source(
@@ -332,6 +334,16 @@ def test_write_sources_atomic_refuses_what_would_lose_or_corrupt_a_source(
     with pytest.raises(ValueError, match=message):
         write_sources_atomic(sources, rate, names, subtype=subtype)
     assert not list(tmp_path.iterdir())
+
+
+def test_write_sources_atomic_takes_a_float_rate_half_precision_and_a_lower_case_subtype(tmp_path: Path) -> None:
+    """8000.0 passed the rate check and failed in soundfile; float16 sources too; "float" clipped a peak of 3."""
+    from audiosep.inference import write_sources_atomic
+
+    sources = torch.tensor([[3.0, -0.5], [0.25, 0.125]], dtype=torch.float16)
+    paths = write_sources_atomic(sources, 8000.0, [tmp_path / "a.wav", tmp_path / "b.wav"], subtype="float")
+    data, rate = sf.read(paths[0])
+    assert rate == 8000 and sf.info(paths[0]).subtype == "FLOAT" and data.tolist() == [3.0, -0.5]
 
 
 def test_a_chunk_longer_than_ten_minutes_is_refused_not_overflowed() -> None:

@@ -422,14 +422,27 @@ def test_without_vnni_only_layers_with_a_fused_post_op_take_onednns_kernel(
     assert best_int8_kernel(engine, reduce_range, post_op) == kernel
 
 
-def test_an_int8_conv_tasnet_takes_the_post_op_kernel_for_its_blocks_and_the_other_for_plain_layers() -> None:
+@ONEDNN
+def test_without_vnni_an_int8_conv_tasnet_runs_its_blocks_on_onednn_and_plain_layers_on_torchs_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Built on a CPU without VNNI, and copied there from one with VNNI (a pickle repacks for the CPU it is on)."""
+    import copy
+
     import audiosep.quantize as quantize
 
-    engine = quantize.quantized_engine()
-    reduce_range = quantize.activation_reduce_range(engine)
-    quantized = quantize_for_inference(conv_tasnet(norm="gLN").eval())
-    block = quantized.masker.blocks[0]
-    assert block.out.conv.skip.kernel == best_int8_kernel(engine, reduce_range, post_op=True)
-    assert block.in_conv.linear.activation == "prelu"
-    assert block.in_conv.linear.kernel == best_int8_kernel(engine, reduce_range, post_op=True)
-    assert quantized.masker.bottleneck.conv.linear.kernel == best_int8_kernel(engine, reduce_range)
+    def kernels(model: torch.nn.Module) -> dict[str, str]:
+        block = model.masker.blocks[0]
+        return {"in_conv": block.in_conv.linear.kernel, "residual": block.out.conv.residual.kernel,
+                "skip": block.out.conv.skip.kernel, "bottleneck": model.masker.bottleneck.conv.linear.kernel}  # fmt: skip
+
+    expected = {"in_conv": "onednn", "residual": "onednn", "skip": "onednn", "bottleneck": "dynamic"}
+    model = conv_tasnet(norm="gLN").eval()
+    monkeypatch.setattr(quantize, "activation_reduce_range", lambda engine: False)  # a VNNI CPU
+    with_vnni = quantize_for_inference(model)
+    assert set(kernels(with_vnni).values()) == {"onednn"}
+    monkeypatch.setattr(quantize, "activation_reduce_range", lambda engine: True)  # no VNNI
+    assert kernels(quantize_for_inference(model)) == expected
+    moved = copy.deepcopy(with_vnni)
+    assert kernels(moved) == expected
+    assert all(m.reduce_range for m in moved.modules() if isinstance(m, Int8Linear))

@@ -59,16 +59,17 @@ UntrustedYamlLoader.add_constructor("tag:yaml.org,2002:int", UntrustedYamlLoader
 
 def loaded_key(event: yaml.ScalarEvent) -> Any:
     """A scalar mapping key as SafeLoader constructs it (``true``, ``True`` -> True; ``1`` -> 1, ``'1'`` -> '1'),
-    or its text where that fails, is unhashable or is too long to resolve cheaply."""
-    if len(event.value) > MAX_YAML_INT_CHARS:  # no config key is that long; base-60 ints parse in quadratic time
-        return ("text", event.value)
+    or its text where that fails (a custom tag such as SpeechBrain's ``!ref x``, a str equal to ``'x'``; an
+    unhashable value) or would be slow (keys longer than any config's: base-60 ints parse in quadratic time)."""
+    if len(event.value) > MAX_YAML_INT_CHARS:
+        return event.value
     tag = event.tag if event.tag not in (None, "!") else _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
     node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
     try:
         key = yaml.constructor.SafeConstructor().construct_object(node)
         hash(key)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError):
-        return ("text", event.value)
+        return event.value
     return key
 
 

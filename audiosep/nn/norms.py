@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiosep.nn.features import length_mask
+
 CanonicalNormName = Literal[
     "global_ln", "cumulative_ln", "channel_ln", "time_ln", "batch_norm", "unified_norm", "power_norm",
     "rms_norm", "dyt", "elementwise_ln", "none",
@@ -124,6 +126,7 @@ class GlobalLayerNorm(_AffineNorm):
     """gLN: one mean/variance per utterance over channels and time (Luo & Mesgarani 2019, eq. 14)."""
 
     causal = causal_in_training = False
+    statistics_dtype: torch.dtype | None = None  # a subclass's wider sums (:func:`norm_over_valid_frames` keeps them)
 
     def normalize(self, x: Tensor) -> Tensor:
         return F.group_norm(_channels_first(x), 1, None, None, self.eps)
@@ -426,17 +429,29 @@ def norm_over_valid_frames(norm: nn.Module, x: Tensor, valid: Tensor) -> Tensor:
 
     Why: gLN and time LN take their statistics over time, so padding moved every valid output of a row
     with the longest row of its batch (a QuartzNet's greedy transcript changed with its batch, reviewer);
-    here they see the valid frames only. Every other norm is per frame (or an affine at inference) and
-    runs as is. No branch on the data: traced and exported models keep the masked statistics.
+    here they see the valid frames only, summed in float32 at least (the norm's ``statistics_dtype`` where it
+    asks for more; float16 sums of 256 x 600 values overflowed to NaN, reviewer). Every other norm is per frame
+    (or an affine at inference) and runs as is. No branch on the data: traced and exported models keep the
+    masked statistics.
     """
     if not isinstance(norm, GlobalLayerNorm | TimeLayerNorm):
         return norm(x)
-    mask = (torch.arange(x.shape[-1], device=x.device) < valid.unsqueeze(1)).unsqueeze(1).to(x.dtype)  # [B, 1, T]
+    dtype = getattr(norm, "statistics_dtype", None) or torch.promote_types(x.dtype, torch.float32)
+    wide = x.to(dtype)
+    mask = length_mask(valid.to(x.device), x.shape[-1]).unsqueeze(1).to(dtype)  # [B, 1, T]
     dims = (1, 2) if isinstance(norm, GlobalLayerNorm) else (2,)
     count = (mask.sum(dim=2, keepdim=True) * (x.shape[1] if len(dims) == 2 else 1)).clamp_min(1)  # [B, 1, 1]
-    mean = (x * mask).sum(dim=dims, keepdim=True) / count
-    var = ((x - mean) * mask).square().sum(dim=dims, keepdim=True) / count
-    return norm._affine((x - mean) * torch.rsqrt(var + norm.eps))
+    mean, var = weighted_moments(wide, mask, dims, count)
+    return norm._affine((x - mean.to(x.dtype)) * torch.rsqrt(var + norm.eps).to(x.dtype))
+
+
+def weighted_moments(x: Tensor, weight: Tensor, dims: tuple[int, ...], count: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and variance of ``x`` over ``dims`` counting only where the 0/1 ``weight`` is 1 (``count`` such
+    values): the padding-free statistics above and SepPrune's open-channel ones
+    (:func:`audiosep.pruning.masked_norms.normalize_open`, whose gate carries a gradient through ``weight``)."""
+    mean = (x * weight).sum(dim=dims, keepdim=True) / count
+    var = ((x - mean).square() * weight).sum(dim=dims, keepdim=True) / count
+    return mean, var
 
 
 def build_norm(name: NormName, num_channels: int, eps: float | None = None) -> nn.Module:

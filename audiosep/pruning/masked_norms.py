@@ -15,7 +15,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from audiosep.nn.norms import ChannelLayerNorm, CumulativeLayerNorm, GlobalLayerNorm, RMSNorm
+from audiosep.nn.norms import (
+    ChannelLayerNorm,
+    CumulativeLayerNorm,
+    GlobalLayerNorm,
+    RMSNorm,
+    weighted_moments,
+)
 
 POOLED_NORMS = (GlobalLayerNorm, CumulativeLayerNorm, ChannelLayerNorm, RMSNorm)
 
@@ -36,13 +42,10 @@ def normalize_open(norm: nn.Module, x: Tensor, gate: Tensor) -> Tensor:
     weight = gate.to(x.dtype).view(1, -1, 1)
     count = weight.sum().clamp_min(1.0)  # open channels, with the gate's gradient (a fully closed group: 1, no 0/0)
     if isinstance(norm, GlobalLayerNorm):
-        frames = x.shape[2]
-        mean = (x * weight).sum(dim=(1, 2), keepdim=True) / (count * frames)
-        var = ((x - mean).square() * weight).sum(dim=(1, 2), keepdim=True) / (count * frames)
+        mean, var = weighted_moments(x, weight, (1, 2), count * x.shape[2])
         normalised = (x - mean) * torch.rsqrt(var + norm.eps)
     elif isinstance(norm, ChannelLayerNorm):
-        mean = (x * weight).sum(dim=1, keepdim=True) / count
-        var = ((x - mean).square() * weight).sum(dim=1, keepdim=True) / count
+        mean, var = weighted_moments(x, weight, (1,), count)
         normalised = (x - mean) * torch.rsqrt(var + norm.eps)
     elif isinstance(norm, RMSNorm):
         power = (x.square() * weight).sum(dim=1, keepdim=True) / count

@@ -43,7 +43,7 @@ def test_prepare_mixes_down_and_resamples(asr_ckpt):
         (torch.zeros(16000, 1), 16000, r"must be \[C, T\], got shape \(16000, 1\): more channels than samples"),
         (torch.zeros(16000, dtype=torch.int16), 16000, "must be a float tensor in \\[-1, 1\\], got torch.int16"),
         (np.zeros(16000, dtype=np.float32), 16000, "got ndarray"),
-        (torch.zeros(16000), 0, "sample rate 0: a positive whole number"),
+        (torch.zeros(16000), 0, "sample rate 0: a whole number of Hz from 1"),
         (torch.zeros(16000), "16000", "sample rate '16000'"),
         (torch.full((16000,), 1e6), 16000, "16000 sample\\(s\\) beyond \\+-10000"),
         (torch.full((16000,), float("nan")), 16000, "16000 non-finite sample"),
@@ -58,12 +58,23 @@ def test_prepare_refuses_what_it_cannot_transcribe_with_one_clear_error(asr_ckpt
         Transcriber.from_checkpoint(asr_ckpt).prepare(waveform, rate)
 
 
-@pytest.mark.parametrize(("waveform", "message"), [(torch.zeros(2, 16000), r"waveform 0: a mono float \[N\] tensor"),
+@pytest.mark.parametrize(("waveform", "message"), [(torch.zeros(2, 16000), r"waveform 0: a non-empty mono float \[N\]"),
                                                     (torch.zeros(16000, dtype=torch.int16), "got torch.int16"),
-                                                    (torch.full((16000,), 1e6), "beyond \\+-10000")])  # fmt: skip
+                                                    (torch.zeros(0), r"got torch.float32 \(0,\)"),
+                                                    (torch.full((16000,), 1e6), "beyond \\+-20000")])  # fmt: skip
 def test_transcribe_refuses_waveforms_that_are_not_prepared(asr_ckpt, waveform, message):
     with pytest.raises(AudioError, match=message):
         Transcriber.from_checkpoint(asr_ckpt).transcribe([waveform])
+
+
+def test_a_prepared_waveform_that_overshoots_in_resampling_is_transcribed(asr_ckpt):
+    """A 9999-amplitude square wave passes prepare's check and overshoots to ~1.2e4 when resampled: transcribe
+    refused it (reviewer); it allows resampling's overshoot."""
+    transcriber = Transcriber.from_checkpoint(asr_ckpt)
+    square = 9999.0 * torch.sign(torch.sin(torch.arange(44100) * 2 * torch.pi * 440 / 44100))
+    prepared = transcriber.prepare(square, 44100)
+    assert float(prepared.abs().max()) > 1e4
+    assert len(transcriber.transcribe([prepared])) == 1
 
 
 def test_prepare_warns_where_channels_cancel(asr_ckpt, caplog):

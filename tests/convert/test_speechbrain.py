@@ -428,6 +428,17 @@ def test_yaml_keys_that_load_as_one_key_are_refused(text: str) -> None:
         parse_untrusted_yaml(text.encode())
 
 
+@pytest.mark.parametrize("text", ["!ref x: 1\nx: 2\n", "!new:foo.Bar x: 1\nx: 2\n"])
+def test_a_tagged_key_and_the_same_plain_key_are_refused(text: str) -> None:
+    """SpeechBrain's loader builds ``!ref x`` as a str equal to ``'x'``: one key in the dict, the last kept (reviewer)."""
+    from audiosep.convert.speechbrain import _TaggedLoader
+    from audiosep.convert.untrusted import parse_untrusted_yaml
+    from audiosep.errors import UserError
+
+    with pytest.raises(UserError, match=r"key 'x' given twice \(first on line 1\)"):
+        parse_untrusted_yaml(text.encode(), _TaggedLoader)
+
+
 def test_yaml_keys_that_load_as_two_keys_are_kept() -> None:
     """``1`` and ``'1'`` are text-equal but load as an int and a str: both kept (they were refused)."""
     from audiosep.convert.untrusted import parse_untrusted_yaml

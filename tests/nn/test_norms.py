@@ -265,19 +265,46 @@ def test_norm_over_valid_frames_takes_each_rows_statistics_from_its_valid_frames
     from audiosep.nn.norms import norm_over_valid_frames
 
     torch.manual_seed(0)
-    norm = build_norm(name, 6)
+    norm = build_norm(name, 6).double()
     with torch.no_grad():
         norm.weight.normal_(), norm.bias.normal_()
     valid = torch.tensor([9, 4, 1, 0])
-    x = torch.randn(4, 6, 9) * 3 + 5
+    x = torch.randn(4, 6, 9, dtype=torch.float64) * 3 + 5
     x[1, :, 4:] = 1e3  # padding that would dominate the statistics
     y = norm_over_valid_frames(norm, x, valid)
-    reference = norm.double()
     for row, frames in enumerate(valid.tolist()):
         if frames:
-            expected = reference(x[row : row + 1, :, :frames].double())[0]
-            torch.testing.assert_close(y[row, :, :frames].double(), expected, atol=1e-5, rtol=1e-5)
+            expected = norm(x[row : row + 1, :, :frames])[0]
+            torch.testing.assert_close(y[row, :, :frames], expected, atol=1e-12, rtol=1e-12)
     assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["global_ln", "time_ln"])
+def test_norm_over_valid_frames_sums_half_precision_in_float32(name: str, dtype: torch.dtype) -> None:
+    """float16 sums of 256 channels x 600 frames overflowed to inf and the output was NaN (reviewer)."""
+    from audiosep.nn.norms import norm_over_valid_frames
+
+    norm = build_norm(name, 256)
+    x = torch.randn(2, 256, 600) * 4 + 3
+    valid = torch.tensor([600, 450])
+    expected = norm_over_valid_frames(norm, x, valid)
+    got = norm_over_valid_frames(norm.to(dtype), x.to(dtype), valid)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    step = 1e-2 if dtype == torch.float16 else 8e-2  # a few of the format's rounding steps at |y| ~ 3
+    assert float((got.float() - expected)[0].abs().max()) < step
+    assert float((got.float() - expected)[1, :, :450].abs().max()) < step
+
+
+def test_norm_over_valid_frames_keeps_a_subclass_s_wider_statistics() -> None:
+    """The ONNX export's gLN sums in float64 (statistics_dtype): the masked path keeps that."""
+    from audiosep.export import Float64StatisticsGlobalLayerNorm
+    from audiosep.nn.norms import norm_over_valid_frames
+
+    wide = Float64StatisticsGlobalLayerNorm(4, 1e-8)
+    x = torch.full((1, 4, 2000), 1000.0) + torch.randn(1, 4, 2000) * 1e-3  # float32 sums lose the spread here
+    y = norm_over_valid_frames(wide, x, torch.tensor([2000]))
+    torch.testing.assert_close(y, wide(x), atol=1e-6, rtol=0)  # float32 sums: 9e-5 off
 
 
 @pytest.mark.parametrize("name", ["channel_ln", "batch_norm", "rms_norm", "cumulative_ln", "dyt"])
