@@ -9,6 +9,7 @@ memory that follows the span.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -327,8 +328,11 @@ def channels_cancel(loss_db: float, channels: int) -> bool:
     return channels > 1 and loss_db >= MIXDOWN_LOSS_WARN_DB + 10.0 * math.log10(channels)
 
 
-def cancelling_channels_message(what: str, channels: int, loss_db: float, advice: str) -> str:
-    """The warning for channels that cancel in the mono mixdown (a stereo file with one channel inverted)."""
+def cancelling_channels_warning(what: str, channels: int, loss_db: float, advice: str) -> str | None:
+    """The warning for channels that cancel in the mono mixdown (a stereo file with one channel inverted), or
+    None where they do not (:func:`channels_cancel`); ``advice`` says what to do instead."""
+    if not channels_cancel(loss_db, channels):
+        return None
     below = "silent" if math.isinf(loss_db) else f"{loss_db:.0f} dB below them"
     return f"{what}: its {channels} channels cancel in the mono mixdown ({below}: one of opposite polarity?); {advice}"
 
@@ -351,12 +355,14 @@ def kind_of(value: object) -> str:
     return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
-def mono_waveform(waveform: object, error: type[AudioError] = AudioError) -> tuple[Tensor, float]:
-    """``(mono float32 [T], mixdown loss in dB)`` of a float ``[T]`` or ``[C, T]`` tensor; other inputs raise ``error``.
+def mono_waveform(waveform: object, what: str, advice: str, logger: logging.Logger,
+                  error: type[AudioError] = AudioError) -> Tensor:  # fmt: skip
+    """A float ``[T]`` or ``[C, T]`` tensor averaged to mono float32; other inputs raise ``error``. ``logger`` says
+    that channels were mixed down, and warns (with ``advice``) where they cancel, naming the input ``what``.
 
     Why refuse integer PCM rather than guess its scale: ``[T]`` int16 was processed at 32768 times speech
     level, ``[C, T]`` failed inside ``mean``; and ``[T, C]`` (soundfile's layout) was averaged over time into
-    a few samples (reviewers). The loss (:func:`mixdown_loss_db`; 0 for one channel) says whether channels cancel.
+    a few samples (reviewers).
     """
     if not isinstance(waveform, Tensor) or not waveform.is_floating_point():
         raise error(f"the waveform must be a float tensor in [-1, 1], got {kind_of(waveform)} (read files with "
@@ -367,11 +373,16 @@ def mono_waveform(waveform: object, error: type[AudioError] = AudioError) -> tup
         raise error(f"the waveform must be [C, T], got shape {tuple(waveform.shape)}: more channels than samples "
                     "(soundfile reads [T, C]: pass its .T)")  # fmt: skip
     if waveform.dim() == 1 or waveform.shape[0] == 1:
-        return waveform.reshape(-1).float(), 0.0
+        return waveform.reshape(-1).float()
+    channels = waveform.shape[0]
+    logger.info("%s: mixing %d channels down to mono", what, channels)
     mono = waveform.float().mean(dim=0)
     # norms, not squares: no copy of the waveform (an hour of stereo is 1 GB in float64)
     channel_energy = float(torch.linalg.vector_norm(waveform.float(), dim=-1).square().mean())
-    return mono, mixdown_loss_db(float(torch.linalg.vector_norm(mono).square()), channel_energy)
+    loss = mixdown_loss_db(float(torch.linalg.vector_norm(mono).square()), channel_energy)
+    if warning := cancelling_channels_warning(what, channels, loss, advice):
+        logger.warning(warning)
+    return mono
 
 
 def check_sample_values(waveform: Tensor, error: type[AudioError] = AudioError, limit: float = MAX_SAMPLE) -> None:

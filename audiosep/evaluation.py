@@ -476,27 +476,20 @@ def pending(ids: Sequence[str], done: set[str], limit: int | None) -> Iterator[i
     return (index for index in selected if ids[index] not in done)
 
 
-def _forget_changed_audio(log: RowLog, dataset: Any, ids: Sequence[str]) -> None:
+def _forget_changed_audio(log: RowLog, dataset: Any, index_of: Mapping[str, int]) -> None:
     """Drop resumed rows whose mixture or source files changed (or went) since they were scored, or that hold
     no file stamps (written by an older audiosep), and say which: a fixed or replaced file kept its old
-    scores in the report (reviewer)."""
-    index_of = {mixture_id: index for index, mixture_id in enumerate(ids)}
-    stale: dict[str, set[str]] = {"changed": set(), "unstamped": set()}
+    scores in the report (reviewer). ``index_of``: each mixture id's index in ``dataset``."""
+    changed, unstamped = [], []
     for row in log.rows:
-        if row["id"] not in index_of:
-            continue
-        stamp = audio_stamp(dataset, index_of[row["id"]])
-        if stamp is not None and "audio_stamp" not in row:
-            stale["unstamped"].add(row["id"])
-        elif row.get("audio_stamp") != stamp:
-            stale["changed"].add(row["id"])
-    reasons = {"changed": "have changed files since", "unstamped": "hold no file stamps (an older audiosep wrote them)"}
-    for kind, rows in stale.items():
-        if rows:
-            warnings.warn(f"{len(rows)} mixture(s) scored before {reasons[kind]} (e.g. {sorted(rows)[0]}): scoring "
-                          "them again", stacklevel=2)  # fmt: skip
-    if stale["changed"] or stale["unstamped"]:
-        log.forget(stale["changed"] | stale["unstamped"])
+        if row["id"] in index_of and row.get("audio_stamp") != audio_stamp(dataset, index_of[row["id"]]):
+            (changed if "audio_stamp" in row else unstamped).append(row["id"])
+    for ids, reason in ((changed, "have changed files since"), (unstamped, "hold no file stamps (an older audiosep wrote them)")):
+        if ids:
+            warnings.warn(f"{len(ids)} mixture(s) scored before {reason} (e.g. {min(ids)}): scoring them again",
+                          stacklevel=2)  # fmt: skip
+    if changed or unstamped:
+        log.forget({*changed, *unstamped})
 
 
 # ---------------------------------------------------------------- the whole run
@@ -553,8 +546,9 @@ def _evaluate_locked(separator: Any, dataset: Any, out_dir: Path, identity: RunI
         normalize = transcriber.tokenizer.normalize  # and before a --restart clears the folder's rows
         references = {i: references_for(i, separator.num_sources, transcripts, normalize) for i in selected}
         warn_dropped_characters(selected, separator.num_sources, transcripts, transcriber.tokenizer.vocabulary)
+    index_of = {mixture_id: index for index, mixture_id in enumerate(ids)}
     log = RowLog(out_dir, identity, restart=restart)
-    _forget_changed_audio(log, dataset, ids)
+    _forget_changed_audio(log, dataset, index_of)
     todo = list(pending(ids, log.done, limit))
     if todo or restart:  # the reports of the rows so far (or of a run restarted) no longer hold
         remove_reports(out_dir)
@@ -571,8 +565,7 @@ def _evaluate_locked(separator: Any, dataset: Any, out_dir: Path, identity: RunI
                 raise UserError(f"{_mixture_file(dataset, mixture_id)}: {err}; the {len(log.rows)} mixture(s) scored "
                                 "so far are kept in the output folder: a rerun resumes after it is fixed") from None  # fmt: skip
             log.append(row if stamp is None else row | {"audio_stamp": stamp})
-    order = {mixture_id: index for index, mixture_id in enumerate(ids)}  # the split's order, rescored rows too
-    rows = sorted((row for row in log.rows if row["id"] in wanted), key=lambda row: order[row["id"]])
+    rows = sorted((row for row in log.rows if row["id"] in wanted), key=lambda row: index_of[row["id"]])  # split's order
     if not rows:
         raise UserError(f"{identity.data_dir}: no mixture to evaluate in split {identity.split}")
     if references is not None:  # rows resumed from an older run hold the texts it compared with

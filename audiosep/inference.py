@@ -41,8 +41,7 @@ from audiosep.audio_blocks import (
     MAX_SAMPLE,
     AudioError,
     CheckedAudio,
-    cancelling_channels_message,
-    channels_cancel,
+    cancelling_channels_warning,
     check_sample_rate,
     check_sample_values,
     kind_of,
@@ -617,8 +616,7 @@ class Separator:
                 holds NaN/Inf, or the model's output is not finite.
         """
         if not isinstance(mixture, Tensor) or not mixture.is_floating_point() or mixture.dim() != 1:
-            shown = f"{mixture.dtype} {tuple(mixture.shape)}" if isinstance(mixture, Tensor) else type(mixture).__name__
-            raise SeparationError(f"the mixture must be a float [T] tensor at the model's rate, got {shown}")
+            raise SeparationError(f"the mixture must be a float [T] tensor at the model's rate, got {kind_of(mixture)}")
         check_sample_values(mixture, SeparationError)
         self.check_length(mixture.shape[-1], self.sample_rate)
         return self._separated(mixture)
@@ -654,16 +652,6 @@ class Separator:
                 yield from zip(group, estimates, strict=True)
                 bar.update(len(group))
 
-    def _to_mono(self, waveform: Tensor) -> Tensor:
-        """``waveform`` (``[T]`` or ``[C, T]`` float) averaged to mono float32 (:func:`mono_waveform`), with a
-        warning where its channels cancel; other inputs raise ``SeparationError``."""
-        mono, loss = mono_waveform(waveform, SeparationError)
-        if waveform.dim() == 2 and waveform.shape[0] > 1:
-            log.info("mixing %d channels down to mono", waveform.shape[0])
-            if channels_cancel(loss, waveform.shape[0]):
-                log.warning(cancelling_channels_message("the waveform", waveform.shape[0], loss, SEPARATE_ONE_CHANNEL))
-        return mono
-
     def separate(self, waveform: Tensor, sample_rate: int, keep_model_rate: bool = False) -> Tensor:
         """Separate ``waveform`` (``[T]`` or ``[C, T]``, any rate) into ``[num_sources, T']``.
 
@@ -674,7 +662,7 @@ class Separator:
             SeparationError: non-finite input, input shorter than the model's window, or
                 non-finite model output.
         """
-        mono = self._to_mono(waveform)
+        mono = mono_waveform(waveform, "the waveform", SEPARATE_ONE_CHANNEL, log, SeparationError)
         check_sample_values(mono, SeparationError)
         self.check_length(mono.shape[-1], sample_rate)
         if sample_rate != self.sample_rate:
@@ -728,9 +716,10 @@ class Separator:
                 if audio.channels > 1:
                     log.info("mixing %d channels down to mono", audio.channels)
                 self.check_length(audio.frames, audio.sample_rate)
-                if channels_cancel(audio.mixdown_loss_db, audio.channels):  # it would be separated into silence
-                    (warn or log.warning)(cancelling_channels_message(str(path), audio.channels, audio.mixdown_loss_db,
-                                                                      SEPARATE_ONE_CHANNEL))
+                cancelling = cancelling_channels_warning(str(path), audio.channels, audio.mixdown_loss_db,
+                                                         SEPARATE_ONE_CHANNEL)  # it would be separated into silence
+                if cancelling:
+                    (warn or log.warning)(cancelling)
                 elif audio.silent:
                     (warn or log.warning)(f"{path}: all samples are zero (silent); writing silent outputs")
                 outputs = output_paths(out_dir, name, self.num_sources)
@@ -863,8 +852,7 @@ def write_sources_atomic(
         raise ValueError(f"sources must be a float [S, T] tensor, got {kind_of(sources)}")  # [S, 1, T]: S files of T channels
     if len(sources) != len(paths):
         raise ValueError(f"{len(sources)} sources for {len(paths)} paths")
-    same = len({os.path.realpath(path) for path in paths}) != len(paths)
-    if same:  # "a.wav" and "./a.wav": one file written twice, a source lost (reviewer)
+    if len({os.path.realpath(path) for path in paths}) != len(paths):  # "a.wav", "./a.wav": a source lost (reviewer)
         raise ValueError(f"two of the paths name one file: {', '.join(map(str, paths))}")
     sample_rate, subtype = check_sample_rate(sample_rate), str(subtype).upper()
     if not sf.check_format("WAV", subtype):

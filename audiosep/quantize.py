@@ -190,10 +190,11 @@ def best_int8_kernel(engine: str, reduce_range: bool, post_op: bool = False) -> 
     for every layer; without (7-bit activations, ``reduce_range``) only for a layer whose PReLU or residual/skip
     sum it applies as it writes (``post_op``; torch's kernel needs one more pass for it). Else torch's.
 
-    Measured on an AVX2 EPYC (interleaved, 2 threads, int8 over fp32): ``conv_tasnet_base`` 1.36-1.37x with
-    oneDNN for its blocks' layers against 1.13x with torch's at 4 s, even at 1 s; RE-SepFormer's plain linear
-    layers 1.01-1.17x with oneDNN against 1.11-1.26x with torch's at 1 s (our quantization pass costs more than
-    torch's inside its kernel there), 1.24-1.28x against 1.19-1.23x at 4 s.
+    Measured on an AVX2 EPYC (interleaved, 2 threads, int8 over fp32), oneDNN for every layer against torch's
+    kernel for every layer: ``conv_tasnet_base`` 1.36-1.37x against 1.13x at 4 s, even at 1 s; RE-SepFormer
+    1.01-1.17x against 1.11-1.26x at 1 s (our quantization pass costs more than torch's inside its kernel
+    there), 1.24-1.28x against 1.19-1.23x at 4 s. With this choice ``conv_tasnet_base`` ran 1.32x (``audiosep
+    bench``) and 1.39x (``benchmarks/int8_bound.py``) at 4 s.
     """
     if not (engine == "onednn" and x86_cpu() and onednn_int8_linear_available()):
         return "dynamic"

@@ -24,8 +24,6 @@ from audiosep.audio_blocks import (
     MAX_SAMPLE,
     AudioError,
     CheckedAudio,
-    cancelling_channels_message,
-    channels_cancel,
     check_sample_rate,
     check_sample_values,
     kind_of,
@@ -211,15 +209,11 @@ class Transcriber:
         Raises:
             AudioError: not a float tensor of that layout (soundfile's ``[N, C]`` is refused: pass its ``.T``;
                 integer PCM: read files as float32), a sample rate that is not a whole number of Hz in range, NaN/Inf
-                or samples beyond +-1e4, or fewer samples than one analysis window (as the files' path:
-                their transcript was noise, and int16 was heard at 32768 times the level, reviewer).
+                or samples beyond +-1e4, or fewer samples than one analysis window (as for files: such input was
+                transcribed as noise, and int16 at 32768 times its level, reviewer).
         """
         rate = check_sample_rate(sample_rate)
-        mono, loss = mono_waveform(waveform)
-        if waveform.dim() == 2 and waveform.shape[0] > 1:
-            log.info("%s: mixing %d channels down to mono", name, waveform.shape[0])
-            if channels_cancel(loss, waveform.shape[0]):
-                log.warning(cancelling_channels_message(name, waveform.shape[0], loss, TRANSCRIBE_ONE_CHANNEL))
+        mono = mono_waveform(waveform, name, TRANSCRIBE_ONE_CHANNEL, log)
         check_sample_values(mono)
         self._check_frames(mono.shape[-1], rate)
         if rate != self.sample_rate:

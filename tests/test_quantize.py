@@ -413,8 +413,8 @@ def test_int8_of_an_int8_model_says_so() -> None:
 def test_without_vnni_only_layers_with_a_fused_post_op_take_onednns_kernel(
     engine: str, reduce_range: bool, post_op: bool, kernel: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """AVX2 EPYC, int8 over fp32: Conv-TasNet 1.36x with oneDNN for its PReLU and sum layers against 1.13x at 4 s;
-    plain linear layers were faster with torch's kernel at 1 s (our quantization pass)."""
+    """AVX2 EPYC, int8 over fp32 at 4 s: Conv-TasNet 1.36x with oneDNN against 1.13x with torch's kernel;
+    RE-SepFormer's plain linear layers were faster with torch's kernel at 1 s (our quantization pass)."""
     import audiosep.quantize as quantize
 
     monkeypatch.setattr(quantize, "x86_cpu", lambda: True)

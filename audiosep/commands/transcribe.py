@@ -85,7 +85,7 @@ def _load_transcriber(args: argparse.Namespace):  # noqa: ANN202 (lazy import ke
 
 def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[str]:  # noqa: ANN001
     """``PATH<TAB>TEXT`` lines of the readable inputs of ``group``; the others are reported."""
-    from audiosep.audio_blocks import AudioError, CheckedAudio, cancelling_channels_message, channels_cancel
+    from audiosep.audio_blocks import AudioError, CheckedAudio, cancelling_channels_warning
     from audiosep.transcriber import TRANSCRIBE_ONE_CHANNEL
 
     labels, segments = [], []
@@ -93,9 +93,10 @@ def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[s
         try:
             with CheckedAudio(item.path) as audio:
                 transcriber.check_length(audio)
-                if channels_cancel(audio.mixdown_loss_db, audio.channels):  # transcribed as silence (reviewer)
-                    report.warning(cancelling_channels_message(item.label, audio.channels, audio.mixdown_loss_db,
-                                                               TRANSCRIBE_ONE_CHANNEL))  # fmt: skip
+                cancelling = cancelling_channels_warning(item.label, audio.channels, audio.mixdown_loss_db,
+                                                         TRANSCRIBE_ONE_CHANNEL)  # transcribed as silence (reviewer)
+                if cancelling:
+                    report.warning(cancelling)
                 elif audio.silent:
                     report.warning(f"{item.label}: all samples are zero (silent); empty transcript")
                 segments.append([] if audio.silent else transcriber.segments(audio))

@@ -57,6 +57,9 @@ class UntrustedYamlLoader(yaml.SafeLoader):
 UntrustedYamlLoader.add_constructor("tag:yaml.org,2002:int", UntrustedYamlLoader.construct_short_int)
 
 
+_RESOLVER = yaml.resolver.Resolver()  # SafeLoader's implicit tags (int, bool, null, ...)
+
+
 def loaded_key(event: yaml.ScalarEvent) -> Any:
     """A scalar mapping key as SafeLoader constructs it (``true``, ``True`` -> True; ``1`` -> 1, ``'1'`` -> '1'),
     or its text where that fails (a custom tag such as SpeechBrain's ``!ref x``, a str equal to ``'x'``; an
@@ -71,9 +74,6 @@ def loaded_key(event: yaml.ScalarEvent) -> Any:
     except (yaml.YAMLError, ValueError, TypeError, OverflowError):
         return event.value
     return key
-
-
-_RESOLVER = yaml.resolver.Resolver()
 
 
 class MappingKeys:

@@ -439,9 +439,9 @@ def norm_over_valid_frames(norm: nn.Module, x: Tensor, valid: Tensor) -> Tensor:
     dtype = getattr(norm, "statistics_dtype", None) or torch.promote_types(x.dtype, torch.float32)
     wide = x.to(dtype)
     mask = length_mask(valid.to(x.device), x.shape[-1]).unsqueeze(1).to(dtype)  # [B, 1, T]
-    dims = (1, 2) if isinstance(norm, GlobalLayerNorm) else (2,)
-    count = (mask.sum(dim=2, keepdim=True) * (x.shape[1] if len(dims) == 2 else 1)).clamp_min(1)  # [B, 1, 1]
-    mean, var = weighted_moments(wide, mask, dims, count)
+    over_channels = isinstance(norm, GlobalLayerNorm)  # gLN: one mean per row; time LN: one per row and channel
+    count = (mask.sum(dim=2, keepdim=True) * (x.shape[1] if over_channels else 1)).clamp_min(1)  # [B, 1, 1]
+    mean, var = weighted_moments(wide, mask, (1, 2) if over_channels else (2,), count)
     return norm._affine((x - mean.to(x.dtype)) * torch.rsqrt(var + norm.eps).to(x.dtype))
 
 
