@@ -843,7 +843,8 @@ def write_sources_atomic(
     On any error no output of this set appears and no temp file is left (:func:`audiosep.io.atomic_paths`).
 
     Raises:
-        ValueError: sources that are not a float ``[S, T]`` tensor, a count mismatch, two paths naming one file,
+        ValueError: sources that are not a float ``[S, T]`` tensor, a count mismatch, two paths naming one file
+            (or differing only in case, one file on macOS and Windows disks),
             a sample rate that is not a whole number of Hz in range, a subtype WAV cannot hold, or samples that are
             not finite or (any subtype but FLOAT and DOUBLE) beyond [-1, 1], which would be written as
             full-scale clicks or clipped (scale with :func:`limit_peak` first).
@@ -852,8 +853,9 @@ def write_sources_atomic(
         raise ValueError(f"sources must be a float [S, T] tensor, got {kind_of(sources)}")  # [S, 1, T]: S files of T channels
     if len(sources) != len(paths):
         raise ValueError(f"{len(sources)} sources for {len(paths)} paths")
-    if len({os.path.realpath(path) for path in paths}) != len(paths):  # "a.wav", "./a.wav": a source lost (reviewer)
-        raise ValueError(f"two of the paths name one file: {', '.join(map(str, paths))}")
+    # "a.wav" and "./a.wav" (reviewer), or "A.wav" and "a.wav" on a case-insensitive disk: a source lost.
+    if len({os.path.realpath(path).casefold() for path in paths}) != len(paths):
+        raise ValueError(f"two of the paths name one file (names are compared ignoring case): {', '.join(map(str, paths))}")
     sample_rate, subtype = check_sample_rate(sample_rate), str(subtype).upper()
     if not sf.check_format("WAV", subtype):
         raise ValueError(f"subtype {subtype!r} cannot be written as WAV")

@@ -316,6 +316,7 @@ def test_write_sources_atomic_refuses_non_finite_or_clipping_samples(tmp_path: P
         (torch.zeros(2, 1, 800), ["a.wav", "b.wav"], SAMPLE_RATE, "PCM_16", r"float \[S, T\] tensor, got torch.float32 \(2, 1, 800\)"),
         (torch.zeros(2, 800, dtype=torch.int16), ["a.wav", "b.wav"], SAMPLE_RATE, "PCM_16", "got torch.int16"),
         (torch.zeros(2, 800), ["a.wav", "./a.wav"], SAMPLE_RATE, "PCM_16", "two of the paths name one file"),
+        (torch.zeros(2, 800), ["A.wav", "a.wav"], SAMPLE_RATE, "PCM_16", "two of the paths name one file"),  # one on macOS
         (torch.zeros(2, 800), ["a.wav", "b.wav"], 0, "PCM_16", "sample rate 0: a whole number of Hz from 1"),
         (torch.zeros(2, 800), ["a.wav", "b.wav"], SAMPLE_RATE, "VORBIS", "subtype 'VORBIS' cannot be written as WAV"),
         (torch.full((2, 800), 3.0), ["a.wav", "b.wav"], SAMPLE_RATE, "ULAW", r"peak 3 is beyond \[-1, 1\] and would clip in ULAW"),
