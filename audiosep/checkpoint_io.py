@@ -16,6 +16,8 @@ checkpoint. Remote URLs (``s3://`` ...) go to Lightning's implementation unchang
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,33 @@ def save_atomically(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path
     return target
 
 
+# What Lightning's sharded strategies write in a checkpoint folder (lightning 2.6): FSDP's ``meta.pt`` beside
+# torch.distributed.checkpoint's ``.metadata`` and ``*.distcp`` shards; DeepSpeed's ``latest`` and
+# ``zero_to_fp32.py`` beside the ``checkpoint`` tag folder of ``*.pt`` states.
+FSDP_FILES = re.compile(r"meta\.pt|\.metadata|[^/]+\.distcp")
+DEEPSPEED_FILES = re.compile(r"latest|zero_to_fp32\.py|checkpoint/[^/]+\.pt")
+
+
+def is_sharded_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` (a real folder, not a link) is an FSDP or DeepSpeed checkpoint of Lightning's and holds
+    nothing else: only regular files of those names, ``meta.pt`` or ``latest`` among them.
+
+    Why so strict: Lightning replaces top-k checkpoints by removing them, and a sharded one is a folder;
+    a folder holding anything more (a link, a user's file) is never removed.
+    """
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    names = []
+    for entry in folder.rglob("*"):
+        if entry.is_symlink() or not (entry.is_file() or (entry.is_dir() and entry.name == "checkpoint")):
+            return False
+        if entry.is_file():
+            names.append(entry.relative_to(folder).as_posix())
+    fsdp = "meta.pt" in names and all(FSDP_FILES.fullmatch(name) for name in names)
+    deepspeed = "latest" in names and all(DEEPSPEED_FILES.fullmatch(name) for name in names)
+    return fsdp or deepspeed
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local saves are atomic and durable (see the module docstring)."""
 
@@ -62,8 +91,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         save_atomically(checkpoint, path)
 
     def remove_checkpoint(self, path) -> None:
-        """Remove one local checkpoint file (or a link to one); never a folder, a file not named ``*.ckpt`` or a
-        path with a ``..`` part (Lightning's test that it lies in the checkpoint folder keeps them).
+        """Remove one local checkpoint file (or a link to one) or sharded checkpoint folder
+        (:func:`is_sharded_checkpoint`); never another folder, a file not named ``*.ckpt`` or a path with
+        a ``..`` part (Lightning's test that it lies in the checkpoint folder keeps them).
 
         Lightning removes the checkpoints it replaces with ``fs.rm(path, recursive=True)``, and the paths
         come from the resumed file's callback state: a crafted one deleted any folder (reviewer). The
@@ -74,8 +104,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().remove_checkpoint(path)
             return
         target = Path(str(path).removeprefix("file://"))
-        folder_or_other = target.exists() and not target.is_symlink() and not target.is_file()
-        if not target.name.endswith(".ckpt") or ".." in target.parts or folder_or_other:
+        if not target.name.endswith(".ckpt") or ".." in target.parts:
             warnings.warn(f"audiosep: not removing {target}: not a checkpoint file", stacklevel=2)
-            return
-        target.unlink(missing_ok=True)
+        elif is_sharded_checkpoint(target):
+            shutil.rmtree(target)
+        elif target.exists() and not target.is_symlink() and not target.is_file():
+            warnings.warn(f"audiosep: not removing {target}: not a checkpoint file, nor a sharded checkpoint folder "
+                          "holding only FSDP's or DeepSpeed's files", stacklevel=2)  # fmt: skip
+        else:
+            target.unlink(missing_ok=True)

@@ -544,6 +544,52 @@ def test_the_checkpoint_io_removes_checkpoint_files_only(tmp_path: Path) -> None
     assert not link.is_symlink() and not ckpt.exists() and (folder / "data.txt").read_text() == "keep"
 
 
+def fsdp_sharded_checkpoint(folder: Path) -> Path:
+    """A sharded checkpoint as Lightning's FSDP strategy writes one (its own save call and metadata file name)."""
+    import warnings
+
+    from lightning.fabric.strategies.fsdp import _distributed_checkpoint_save
+    from lightning.fabric.utilities.load import _METADATA_FILENAME
+
+    folder.mkdir()
+    with warnings.catch_warnings():  # torch.distributed.checkpoint warns that no process group is initialised
+        warnings.simplefilter("ignore")
+        _distributed_checkpoint_save({"model": {"weight": torch.randn(3, 3)}, "optimizer_0": {}}, folder)
+    torch.save({"epoch": 0, "global_step": 1}, folder / _METADATA_FILENAME)
+    return folder
+
+
+def deepspeed_checkpoint(folder: Path) -> Path:
+    """The files DeepSpeed's ``save_checkpoint(folder, tag="checkpoint")`` writes for Lightning (ZeRO stage 2)."""
+    (folder / "checkpoint").mkdir(parents=True)
+    for name in ("checkpoint/mp_rank_00_model_states.pt", "checkpoint/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                 "latest", "zero_to_fp32.py"):  # fmt: skip
+        (folder / name).write_bytes(b"x")
+    return folder
+
+
+def test_the_checkpoint_io_removes_sharded_checkpoint_folders_that_hold_nothing_else(tmp_path: Path) -> None:
+    """FSDP and DeepSpeed checkpoints are folders: refused as folders, Lightning's top-k kept every one (reviewer)."""
+    from audiosep.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    fsdp, deepspeed = fsdp_sharded_checkpoint(tmp_path / "epoch=0.ckpt"), deepspeed_checkpoint(tmp_path / "epoch=1.ckpt")
+    extra, linked = fsdp_sharded_checkpoint(tmp_path / "epoch=2.ckpt"), deepspeed_checkpoint(tmp_path / "epoch=3.ckpt")
+    (extra / "notes.txt").write_text("keep")
+    (linked / "checkpoint" / "link.pt").symlink_to(tmp_path / "epoch=2.ckpt" / "notes.txt")
+    partial = tmp_path / "epoch=4.ckpt"
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"x")  # shards, no meta.pt: not known to be a checkpoint
+    for folder in (fsdp, deepspeed):
+        io.remove_checkpoint(folder)
+        assert not folder.exists()
+    for refused in (extra, linked, partial):
+        with pytest.warns(UserWarning, match="not a checkpoint file, nor a sharded checkpoint folder"):
+            io.remove_checkpoint(refused)
+        assert refused.is_dir()
+    assert (extra / "notes.txt").read_text() == "keep"
+
+
 def test_last_takes_the_newest_of_this_model_and_refuses_its_bad_state_rather_than_an_older_run(tmp_path: Path) -> None:
     """A refused newest last.ckpt was passed over for an older run's, without a word (reviewer)."""
     from audiosep.training_cli import checkpoint_problem, find_last_checkpoint
