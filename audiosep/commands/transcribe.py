@@ -27,7 +27,7 @@ from audiosep.commands.inputs import (
     progress_bar,
     shown,
 )
-from audiosep.errors import UserError
+from audiosep.errors import UserError, one_line
 
 FILES_PER_GROUP = 32  # files read and transcribed together (their segments batched by length)
 
@@ -115,16 +115,18 @@ def _transcribe_group(group: list[Input], transcriber, report: Report) -> list[s
 
 
 def _texts(transcriber, labels: list[str], segments: list, report: Report) -> list[tuple[str, str]]:  # noqa: ANN001
-    """``(label, transcript)`` of each file; files whose model output is not finite are reported instead.
+    """``(label, transcript)`` of each file; files whose model output is not finite, or that fail (out of
+    memory), are reported instead.
 
-    The files are transcribed together; only when some output is NaN/Inf is each file run alone, to
-    name the ones that failed (no transcript is printed for them: it would be garbage).
+    The files are transcribed together; only when that fails is each file run alone, to name the ones
+    that failed (no transcript is printed for them: it would be garbage) and keep the others' (an
+    allocation failure ended the run with a traceback and lost every transcript; reviewer).
     """
     from audiosep.transcriber import NonFiniteOutputError
 
     try:
         return list(zip(labels, transcriber.transcribe_segmented(segments), strict=True))
-    except NonFiniteOutputError:
+    except (NonFiniteOutputError, RuntimeError, MemoryError):
         pass
     transcribed = []
     for label, parts in zip(labels, segments, strict=True):
@@ -132,6 +134,8 @@ def _texts(transcriber, labels: list[str], segments: list, report: Report) -> li
             transcribed.append((label, transcriber.transcribe_segmented([parts])[0]))
         except NonFiniteOutputError as err:
             report.error(label, str(err))
+        except (RuntimeError, MemoryError) as err:
+            report.error(label, f"transcription failed ({one_line(err, 200)})")
     return transcribed
 
 

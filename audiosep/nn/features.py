@@ -43,6 +43,10 @@ def normalize_per_feature(features: Tensor, lengths: Tensor) -> Tensor:
 
 
 FRAME_COUNTS = ("centred", "nemo")
+# Spectrum and mel values per input sample, ``(n_fft // 2 + 1 + n_mels) / hop``: 2 for QuartzNet's front end
+# (512-point FFT, 64 mels, 160-sample hop), 32 for a 4096-point FFT every 128 samples. A model file's
+# 1-sample hop with a 65536-point FFT was 32 769 (262 KB of spectrum a sample: 167 GB for 20 s; reviewer).
+MAX_VALUES_PER_SAMPLE = 64
 
 
 class LogMelFeatures(nn.Module):
@@ -65,7 +69,8 @@ class LogMelFeatures(nn.Module):
             out of the normalisation; 0.3-0.66 off on every frame otherwise). Converted NeMo models use it.
 
     Raises:
-        ValueError: a window shorter than the hop, an FFT shorter than the window, an unknown mode.
+        ValueError: a window shorter than the hop, an FFT shorter than the window, more than
+            :data:`MAX_VALUES_PER_SAMPLE` spectrum and mel values per input sample, an unknown mode.
     """
 
     def __init__(
@@ -91,6 +96,12 @@ class LogMelFeatures(nn.Module):
         if not 0 < hop_length <= win_length <= n_fft:
             raise ValueError(
                 f"need 0 < hop ({hop_length}) <= window ({win_length}) <= n_fft ({n_fft}) samples"
+            )
+        per_sample = (n_fft // 2 + 1 + n_mels) / hop_length
+        if per_sample > MAX_VALUES_PER_SAMPLE:
+            raise ValueError(
+                f"{n_fft // 2 + 1} FFT bins and {n_mels} mels every {hop_length} samples: {per_sample:.3g} values per "
+                f"input sample, more than {MAX_VALUES_PER_SAMPLE} (a longer hop, or a smaller n_fft or n_mels)"
             )
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZE_MODES)}")

@@ -71,6 +71,16 @@ def test_bad_settings_raise():
         LogMelFeatures(normalize="all")
 
 
+def test_front_ends_that_would_make_gigabytes_of_spectrum_per_second_are_refused():
+    """A model file's 1-sample hop and 65536-point FFT: 262 KB of spectrum per input sample (reviewer)."""
+    from audiosep.nn.features import MAX_VALUES_PER_SAMPLE
+
+    with pytest.raises(ValueError, match="32769 FFT bins and 64 mels every 1 samples"):
+        LogMelFeatures(window_size=1 / 16000, window_stride=1 / 16000, n_fft=1 << 16)
+    wide = LogMelFeatures(window_size=4096 / 16000, window_stride=128 / 16000, n_fft=4096)  # 16.5 per sample
+    assert (wide.n_fft // 2 + 1 + wide.n_mels) / wide.hop_length < MAX_VALUES_PER_SAMPLE
+
+
 def test_spec_augment_masks_within_lengths_and_widths():
     torch.manual_seed(0)
     feats = torch.randn(8, 64, 200) + 5  # no exact zeros before masking

@@ -113,6 +113,21 @@ def test_cli_transcribes_wav_and_flac_at_8k_and_44k(asr_ckpt, audio_files, capsy
     assert [line.split("\t", 1)[1] for line in lines] == [transcriber.transcribe_file(f) for f in audio_files]
 
 
+def test_a_model_file_whose_front_end_would_exhaust_memory_is_refused_on_load(tmp_path, audio_files, capsys):
+    """Its 1-sample hop and 65536-point FFT tried 4 GB for 1 s of audio, then a traceback (reviewer)."""
+    from audiosep.asr_metadata import asr_metadata
+    from audiosep.data.tokenizer import CharTokenizer
+    from audiosep.nn.features import LogMelFeatures
+
+    model = QuartzNet(64, 29, TINY_BLOCKS)
+    metadata = asr_metadata(LogMelFeatures(), CharTokenizer().vocabulary)
+    metadata["features"] |= {"window_size": 1 / 16000, "window_stride": 1 / 16000, "n_fft": 1 << 16}
+    save_model(model, tmp_path / "bomb.pt", metadata)
+    assert main(["transcribe", "--ckpt", str(tmp_path / "bomb.pt"), str(audio_files[0])]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bomb.pt: bad ASR metadata" in err and "values per input sample" in err
+
+
 def test_cli_reports_bad_files_and_still_writes_the_others(asr_ckpt, audio_files, tmp_path, capsys):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"not audio")
@@ -130,6 +145,30 @@ def test_cli_reports_bad_files_and_still_writes_the_others(asr_ckpt, audio_files
     assert any(f"{odd_rate}: resampling 15999 Hz" in line for line in errors)
     names = [line.split("\t")[0] for line in out.read_text().splitlines()]
     assert names == [str(audio_files[0]), str(audio_files[2])]
+
+
+def test_a_file_the_model_cannot_run_fails_alone_and_the_others_are_still_written(asr_ckpt, tmp_path, monkeypatch,
+                                                                                  capsys):  # fmt: skip
+    """An allocation failure in one file ended the run with a traceback and no --out at all (reviewer)."""
+    files = [tmp_path / "short.wav", tmp_path / "long.wav", tmp_path / "other.wav"]
+    for path, seconds in zip(files, (0.5, 2.0, 0.5), strict=True):
+        sf.write(path, speechlike(int(16000 * seconds), 16000, seed=1), 16000)
+    real = Transcriber.transcribe_segmented
+
+    def allocation_fails_past_a_second(self, batch):  # noqa: ANN001, ANN202
+        if any(sum(segment.numel() for segment in parts) > self.sample_rate for parts in batch):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory\nmore")
+        return real(self, batch)
+
+    monkeypatch.setattr(Transcriber, "transcribe_segmented", allocation_fails_past_a_second)
+    out = tmp_path / "transcripts.tsv"
+    assert main(["transcribe", "--ckpt", str(asr_ckpt), "--out", str(out), *map(str, files)]) == 1
+    stderr = capsys.readouterr().err.splitlines()
+    errors = [line for line in stderr if line.startswith("audiosep: error: ")]
+    assert errors == [f"audiosep: error: {files[1]}: transcription failed (RuntimeError: [enforce fail at "
+                      "alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory more)"]  # fmt: skip
+    assert stderr[-1] == "audiosep: 2 transcribed, 0 skipped, 1 failed"
+    assert [line.split("\t")[0] for line in out.read_text().splitlines()] == [str(files[0]), str(files[2])]
 
 
 def test_cli_rejects_non_asr_checkpoint(tmp_path, audio_files, capsys):
