@@ -382,11 +382,34 @@ def _parse_row(line: bytes) -> dict[str, Any]:
         raise ValueError("not JSON") from None
     if not isinstance(row, dict) or not isinstance(row.get("id"), str):
         raise ValueError("not an object with a string id")
-    for column in ("duration_s", *(column for column in SCORE_COLUMNS if column in row)):
-        value = row.get(column)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    present = (column for column in SCORE_COLUMNS if column in row)
+    for column in dict.fromkeys(("duration_s", *ROW_SCORES, *present, "overlap_ratio")):
+        if not _number(value := row.get(column)) or not math.isfinite(value):
             raise ValueError(f"{column} is {value!r:.40}, not a finite number")
+    if not _number(row.get("input_snr_db")) or math.isnan(row["input_snr_db"]):  # -inf: a silent source
+        raise ValueError(f"input_snr_db is {row.get('input_snr_db')!r:.40}, not a number")
+    if not _number(row.get("silent_sources")) or row["silent_sources"] != int(row["silent_sources"]) or row["silent_sources"] < 0:
+        raise ValueError(f"silent_sources is {row.get('silent_sources')!r:.40}, not a count")
+    if "references" in row and not _transcripts(row):
+        raise ValueError("its references and hypotheses are not texts, one per source")
     return row
+
+
+# What every row holds (a row without them averaged the others under the count of all; reviewer).
+ROW_SCORES = ("si_snr", "si_snri", "sdr", "sdri")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _transcripts(row: dict[str, Any]) -> bool:
+    """Whether a row's ASR columns are texts: a reference per source, a hypothesis of the mixture, and
+    one per source separated and clean."""
+    references = row["references"]
+    texts = (references, row.get("hyp_separated"), row.get("hyp_clean"))
+    per_source = all(isinstance(t, list) and len(t) == len(references) and all(isinstance(x, str) for x in t) for t in texts)
+    return per_source and isinstance(row.get("hyp_mixture"), str)
 
 
 def audio_stamp(dataset: Any, index: int) -> list[list[int]] | None:

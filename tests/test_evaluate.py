@@ -398,7 +398,7 @@ def test_rows_without_their_run_file_are_not_resumed_under_another_model(
     ("line", "problem"),
     [
         ('{"id": "a", "si_snr": 1.0}', "line 2: duration_s is None, not a finite number"),
-        ('{"id": "a", "duration_s": 1.0, "si_snri": "high"}', "line 2: si_snri is 'high', not a finite number"),
+        ('{"id": "a", "duration_s": 1.0, "si_snr": 1.0, "si_snri": "high"}', "line 2: si_snri is 'high', not a finite number"),
         ('["a"]', "line 2: not an object with a string id"),
         ("{damaged", "line 2: not JSON"),
     ],
@@ -417,6 +417,34 @@ def test_a_damaged_row_is_refused_naming_its_line_not_cut_off_with_the_rows_afte
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and f"utterances.jsonl: {problem}" in error[0]
     assert rows.read_text() == good + line + "\n" + good
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        ({"si_snri": None}, "si_snri is None, not a finite number"),  # deleted: a mean of 2 rows reported as of 3
+        ({"input_snr_db": "abc"}, "input_snr_db is 'abc', not a number"),  # written into scores.csv
+        ({"overlap_ratio": float("nan")}, "overlap_ratio is nan, not a finite number"),
+        ({"silent_sources": -1}, "silent_sources is -1, not a count"),
+        ({"references": ["a b", "c"], "hyp_mixture": 3}, "its references and hypotheses are not texts"),
+    ],
+)
+def test_a_resumed_row_lacking_a_score_or_with_a_wrong_type_is_refused(
+    sep_ckpt: Path, librimix: Path, tmp_path: Path, capsys: pytest.CaptureFixture, edit: dict, problem: str
+) -> None:
+    """A row without si_snri, or with input_snr_db "abc", ended in a traceback, or with --no-plots in a report
+    over fewer rows than it counted (reviewer)."""
+    out = tmp_path / "eval"
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--out-dir", str(out), "--no-progress",
+            "--no-plots"]  # fmt: skip
+    assert main([*args, "--limit", "1"]) == 0
+    rows = out / "utterances.jsonl"
+    row = json.loads(rows.read_text())
+    edited = {key: value for key, value in (row | edit).items() if value is not None}
+    rows.write_text(json.dumps(edited) + "\n")
+    assert main(args) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"utterances.jsonl: line 1: {problem}" in error[0]
 
 
 def test_a_run_file_that_is_a_folder_is_one_error_line(sep_ckpt: Path, librimix: Path, tmp_path: Path,
