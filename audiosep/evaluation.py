@@ -380,6 +380,8 @@ def _parse_row(line: bytes) -> dict[str, Any]:
         row = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError("not JSON") from None
+    except RecursionError:
+        raise ValueError("nested too deeply to be a row") from None
     if not isinstance(row, dict) or not isinstance(row.get("id"), str):
         raise ValueError("not an object with a string id")
     present = (column for column in SCORE_COLUMNS if column in row)

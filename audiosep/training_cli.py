@@ -291,9 +291,96 @@ def resume_state_problem(checkpoint: dict[str, Any]) -> str | None:
     for key, state in checkpoint.items():  # Lightning keeps a data module's state under its class name
         if key.endswith("DataModule") and not (isinstance(state, dict) and all(map(_count, state.values()))):
             return f"its {key} position is {brief_repr(state)}, not counts of epochs and batches"
-    return callbacks_problem(checkpoint.get("callbacks", {})) or loops_problem(checkpoint.get("loops", {})) or (
-        schedulers_problem(checkpoint.get("lr_schedulers", []))
-    )
+    return (
+        lightning_version_problem(checkpoint["pytorch-lightning_version"])
+        or callbacks_problem(checkpoint.get("callbacks", {})) or loops_problem(checkpoint.get("loops", {}))
+        or schedulers_problem(checkpoint.get("lr_schedulers", []))
+        or optimizers_problem(checkpoint.get("optimizer_states", []))
+    )  # fmt: skip
+
+
+OLDEST_LIGHTNING = "2.0"  # audiosep's checkpoints come from Lightning 2; its migration of 0.x ones failed (KeyError)
+
+
+def lightning_version_problem(version: Any) -> str | None:
+    """Why a checkpoint's ``pytorch-lightning_version`` cannot be resumed from (Lightning parses it, and migrates
+    older layouts, with a traceback on failure); None if it can."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        parsed = Version(version) if isinstance(version, str) else None
+    except InvalidVersion:
+        parsed = None
+    if parsed is None:
+        return f"its pytorch-lightning_version {brief_repr(version, 60)} is not a version"
+    if parsed < Version(OLDEST_LIGHTNING):
+        return f"it was saved by Lightning {version}: audiosep resumes checkpoints of Lightning {OLDEST_LIGHTNING} and newer"
+    return None
+
+
+# Optimizer settings that are rates, sizes or decays (never negative), and the moment tensors that are sums of
+# squares (negative ones made every weight NaN with exit 0; reviewer).
+NONNEGATIVE_SETTINGS = ("lr", "initial_lr", "eps", "weight_decay", "momentum", "dampening", "lr_decay", "alpha")
+SQUARE_STATES = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf")
+
+
+def optimizers_problem(states: Any) -> str | None:
+    """Why the saved optimizer states cannot be restored; None if they can.
+
+    Checked: one ``{"state", "param_groups"}`` dict per optimizer; settings that are numbers finite (rates and
+    decays not negative, ``betas`` in [0, 1)); state tensors finite (sums of squares not negative) and ``step``
+    counts numbers. A NaN learning rate or a negative second moment trained to NaN weights with exit 0, and a
+    text where a number belongs failed mid-run with a traceback (reviewer). Which settings the recipe's
+    optimizer knows is checked when it exists (:meth:`audiosep.tasks.guards.TrainingGuards.check_resumed_optimizers`).
+    """
+    if not isinstance(states, list) or not all(isinstance(state, dict) for state in states):
+        return f"its optimizer_states are {brief_repr(states)}, not one state per optimizer"
+    for index, state in enumerate(states):
+        groups, moments = state.get("param_groups"), state.get("state")
+        if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups) or not isinstance(moments, dict):
+            return f"its optimizer state {index} is not param_groups and state"
+        for group in groups:
+            for key, value in group.items():
+                if (problem := _setting_problem(key, value)) is not None:
+                    return f"its optimizer state {index} has {brief_repr(key, 40)} {brief_repr(value, 60)}: {problem}"
+        for param, values in moments.items():
+            if not isinstance(values, dict):
+                return f"its optimizer state {index} holds {brief_repr(values)} for parameter {brief_repr(param)}"
+            for key, value in values.items():
+                if (problem := _moment_problem(key, value)) is not None:
+                    return f"its optimizer state {index}, parameter {brief_repr(param)}: {brief_repr(key, 40)} {problem}"
+    return None
+
+
+def _setting_problem(key: str, value: Any) -> str | None:
+    """Why one optimizer setting cannot be trained with; None if it can (flags, None and texts are torch's to read)."""
+    if key == "params":
+        return None if isinstance(value, list) and all(map(_count, value)) else "not parameter indices"
+    numbers = list(value) if isinstance(value, list | tuple) else [value]
+    numbers = [float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point() else v for v in numbers]
+    if not any(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
+        return "not a number" if key in (*NONNEGATIVE_SETTINGS, "betas") else None
+    if not all(map(_finite_number, numbers)):
+        return "not finite numbers"
+    if key in NONNEGATIVE_SETTINGS and min(numbers) < 0:
+        return "negative"
+    if key == "betas" and not all(0 <= beta < 1 for beta in numbers):
+        return "not in [0, 1)"
+    return None
+
+
+def _moment_problem(key: Any, value: Any) -> str | None:
+    """Why one tensor or count of a parameter's optimizer state cannot be trained with; None if it can."""
+    if key == "step":
+        number = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+        return None if _finite_number(number) and number >= 0 else f"is {brief_repr(value, 40)}, not a count"
+    if not isinstance(value, torch.Tensor) or not (value.is_floating_point() or value.is_complex()):
+        return None
+    if (problem := tensor_problem(value)) is not None:
+        return problem
+    if key in SQUARE_STATES and value.numel() and float(value.min()) < 0:
+        return "is negative, though a sum of squares"
+    return None
 
 
 def _count(value: Any) -> bool:
@@ -365,13 +452,25 @@ def callbacks_problem(callbacks: Any) -> str | None:
     return None
 
 
-def _leaves(state: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """``(dotted key, value)`` of every non-dict value below ``state``."""
-    if not isinstance(state, dict):
-        yield prefix, state
-        return
-    for key, value in state.items():
-        yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+MAX_STATE_DEPTH = 64  # Lightning's loop state is about 6 dicts deep
+
+
+def _leaves(state: Any) -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every non-dict value below ``state``, walked without recursion.
+
+    Raises:
+        ValueError: dicts nested more than :data:`MAX_STATE_DEPTH` deep (a file's 100 000 levels ended in a
+            ``RecursionError`` traceback; reviewer).
+    """
+    pending: list[tuple[str, Any, int]] = [("", state, 0)]
+    while pending:
+        prefix, value, depth = pending.pop()
+        if not isinstance(value, dict):
+            yield prefix, value
+        elif depth >= MAX_STATE_DEPTH:
+            raise ValueError(f"nested more than {MAX_STATE_DEPTH} deep")
+        else:
+            pending.extend((f"{prefix}.{key}" if prefix else str(key), item, depth + 1) for key, item in reversed(value.items()))
 
 
 PROGRESS_KEYS = ("ready", "started", "processed", "completed", "_batches_that_stepped")
@@ -385,9 +484,12 @@ def loops_problem(loops: Any) -> str | None:
     """
     if not isinstance(loops, dict):
         return f"its loops state is {brief_repr(loops)}, not the loops' progress"
-    for key, value in _leaves(loops):
-        if key.rsplit(".", 1)[-1] in PROGRESS_KEYS and not _count(value):
-            return f"its loop progress {brief_repr(key, 80)} is {brief_repr(value)}, not a count"
+    try:
+        for key, value in _leaves(loops):
+            if key.rsplit(".", 1)[-1] in PROGRESS_KEYS and not _count(value):
+                return f"its loop progress {brief_repr(key, 80)} is {brief_repr(value)}, not a count"
+    except ValueError as err:
+        return f"its loops state is {err}"
     return None
 
 

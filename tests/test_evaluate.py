@@ -401,6 +401,8 @@ def test_rows_without_their_run_file_are_not_resumed_under_another_model(
         ('{"id": "a", "duration_s": 1.0, "si_snr": 1.0, "si_snri": "high"}', "line 2: si_snri is 'high', not a finite number"),
         ('["a"]', "line 2: not an object with a string id"),
         ("{damaged", "line 2: not JSON"),
+        pytest.param('{"id": "a", "z": ' + "[" * 100_000 + "]" * 100_000 + "}", "line 2: nested too deeply to be a row",
+                     id="nested-100000-deep"),
     ],
 )
 def test_a_damaged_row_is_refused_naming_its_line_not_cut_off_with_the_rows_after_it(

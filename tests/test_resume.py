@@ -431,6 +431,18 @@ SAVED_CHECKPOINTS = {  # a ModelCheckpoint state as Lightning saves it (monitor=
     "current_score": torch.tensor(7), "dirpath": DIRPATH, "best_k_models": {f"{DIRPATH}/epoch/e1.ckpt": torch.tensor(7)},
     "kth_best_model_path": f"{DIRPATH}/epoch/e1.ckpt", "kth_value": torch.tensor(float("inf")), "last_model_path": "",
 }  # fmt: skip
+def saved_adam(group: dict | None = None, moments: dict | None = None) -> dict:
+    """An Adam state as torch saves it after one step, with ``group`` and ``moments`` replacing entries."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    adam = torch.optim.Adam([weight], lr=0.002)
+    weight.sum().backward()
+    adam.step()
+    state = adam.state_dict()
+    state["param_groups"][0].update(group or {})
+    state["state"][0].update(moments or {})
+    return state
+
+
 SAVED_SCHEDULER = {"step_size": 1, "gamma": 0.1, "base_lrs": [0.002], "last_epoch": 1, "_step_count": 2,
                    "_is_initial": False, "_get_lr_called_within_step": False, "_last_lr": [0.0002]}  # fmt: skip
 
@@ -463,6 +475,20 @@ SAVED_SCHEDULER = {"step_size": 1, "gamma": 0.1, "base_lrs": [0.002], "last_epoc
          "its loop progress 'fit_loop.epoch_progress.total.ready' is 'x', not a count"),
         ({"lr_schedulers": [SAVED_SCHEDULER | {"last_epoch": "x"}]}, "its lr_schedulers state has last_epoch 'x', not a number"),
         ({"lr_schedulers": [SAVED_SCHEDULER | {"optimizer": {}}]}, "its lr_schedulers state sets 'optimizer', not a scheduler"),
+        # A NaN rate, a negative second moment or betas out of range trained to NaN weights with exit 0; texts
+        # and a Lightning version that is none, or too old to migrate, were tracebacks (reviewer).
+        ({"optimizer_states": [saved_adam({"lr": float("nan")})]}, "its optimizer state 0 has 'lr' nan: not finite"),
+        ({"optimizer_states": [saved_adam({"lr": "abc"})]}, "its optimizer state 0 has 'lr' 'abc': not a number"),
+        ({"optimizer_states": [saved_adam({"betas": (5.0, -3.0)})]}, "its optimizer state 0 has 'betas' (5.0, -3.0): not in"),
+        ({"optimizer_states": [saved_adam({"weight_decay": -1.0})]}, "its optimizer state 0 has 'weight_decay' -1.0: negative"),
+        ({"optimizer_states": [saved_adam(moments={"exp_avg_sq": -torch.ones(3)})]},
+         "its optimizer state 0, parameter 0: 'exp_avg_sq' is negative, though a sum of squares"),
+        ({"optimizer_states": [saved_adam(moments={"exp_avg": torch.full((3,), float("inf"))})]},
+         "its optimizer state 0, parameter 0: 'exp_avg' holds NaN or infinite values"),
+        ({"optimizer_states": [saved_adam(moments={"step": "x"})]}, "its optimizer state 0, parameter 0: 'step' is 'x', not a count"),
+        ({"optimizer_states": "x"}, "its optimizer_states are 'x', not one state per optimizer"),
+        ({"pytorch-lightning_version": "not.a.version"}, "its pytorch-lightning_version 'not.a.version' is not a version"),
+        ({"pytorch-lightning_version": "0.9.0"}, "it was saved by Lightning 0.9.0: audiosep resumes checkpoints of"),
     ],
 )
 def test_a_resume_checkpoint_whose_training_state_cannot_be_restored_is_one_line(
@@ -477,12 +503,24 @@ def test_a_resume_checkpoint_whose_training_state_cannot_be_restored_is_one_line
             "LibriMixDataModule": {"epoch": 1, "batches": 4, "seed": 7},
             "callbacks": {CHECKPOINT_CALLBACK: SAVED_CHECKPOINTS, "EarlyStopping{...}": {"wait_count": 0, "patience": 3}},
             "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 1}, "is_last_batch": False}}},
-            "lr_schedulers": [SAVED_SCHEDULER]}  # fmt: skip
+            "lr_schedulers": [SAVED_SCHEDULER], "optimizer_states": [saved_adam()]}  # fmt: skip
     torch.save(good, tmp_path / "good.ckpt")
     assert checkpoint_problem(tmp_path / "good.ckpt", {"w": (3,)}) is None
     torch.save(good | extra, tmp_path / "bad.ckpt")
     problem = checkpoint_problem(tmp_path / "bad.ckpt", {"w": (3,)})
     assert problem is not None and problem.startswith(says), problem
+
+
+def test_a_loop_state_nested_beyond_reason_is_one_line_not_a_recursion_error() -> None:
+    """100 000 nested dicts under ``loops`` (torch.load reads them) ended in a RecursionError traceback (reviewer)."""
+    from audiosep.training_cli import MAX_STATE_DEPTH, loops_problem
+
+    deep: dict = {}
+    inner = deep
+    for _ in range(100_000):
+        inner["a"] = inner = {}
+    assert loops_problem({"fit_loop": deep}) == f"its loops state is nested more than {MAX_STATE_DEPTH} deep"
+    assert loops_problem({"fit_loop": {"epoch_progress": {"total": {"ready": 2}}}}) is None
 
 
 def test_a_resume_from_the_checkpoint_a_validation_saved_ends_with_the_unbroken_weights(

@@ -95,6 +95,8 @@ def parse_manifest_line(line: bytes, folder: Path) -> Utterance:
         raise ValueError(f"not UTF-8 ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:
         raise ValueError(f"not JSON ({err.msg})") from err
+    except RecursionError:  # 100 000 nested brackets: a traceback (reviewer)
+        raise ValueError("nested too deeply to be a manifest line") from None
     if not isinstance(row, dict):
         raise ValueError(f"not a JSON object (got {type(row).__name__})")
     missing = [key for key in REQUIRED_KEYS if key not in row]

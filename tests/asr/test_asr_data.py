@@ -36,6 +36,8 @@ def test_read_manifest_resolves_relative_paths_and_filters(tiny_asr):
         (b'{"audio_filepath": "a.wav", "duration": -1, "text": "a"}', "duration must be a finite number"),
         (b'{"audio_filepath": "a.wav", "duration": 1, "text": ["a"]}', "text must be a string"),
         (b'{"audio_filepath": "a.wav", "duration": 1, "text": "\xff"}', "not UTF-8"),
+        pytest.param(b'{"audio_filepath": "a.wav", "z": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply",
+                     id="nested-100000-deep"),  # a RecursionError traceback (reviewer)
     ],
 )
 def test_bad_manifest_lines_name_the_file_line_and_problem(tmp_path, line, message):

@@ -322,7 +322,7 @@ def load_journal(path: Path) -> dict[str, RowResult]:
             try:
                 entry = json.loads(line)
                 done[entry["mixture_id"]] = RowResult(**entry)
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, RecursionError):
                 continue
     return done
 
