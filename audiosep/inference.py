@@ -316,8 +316,8 @@ class Separator:
     eval mode on ``device`` already, else an eval-mode copy there; ``separator.runtime`` is what
     runs: ``prepare_for_inference(model)`` when ``optimize`` (the default), else the plain model;
     with ``dtype="int8"``, :func:`audiosep.quantize.quantize_for_inference` (CPU). Edits to
-    ``separator.model``'s weights (pruned, retrained, loaded) are seen at the next separation: the
-    runtime is rebuilt from them; hooks on it need ``optimize=False`` (the runtime's fused layers
+    ``separator.model``'s weights (pruned, retrained, loaded) and layers (one swapped for another) are seen at
+    the next separation: the runtime is rebuilt from them; hooks on it need ``optimize=False`` (the runtime's fused layers
     cannot run them: an error, not a hook silently skipped). With
     ``stream_block_ms``, a causal Conv-TasNet or RE-SepFormer separates through its stateful stream in blocks of
     that length (:mod:`audiosep.streaming`; the same output as offline, no chunking). ``chunk_batch``
@@ -383,12 +383,17 @@ class Separator:
         return prepare_for_inference(self.model) if self.optimized else self.model
 
     def _weights_probe(self) -> tuple[tuple[object, ...], ...]:
-        """Per weight of :attr:`model`: its name, shape, storage, version, sum and norm.
+        """Per layer of :attr:`model` its name, class and settings; per weight its name, shape, storage, version,
+        sum and norm.
 
         Why sum and norm too: tensor version counters miss edits made through ``.data`` (a zeroed or
         pruned weight, another checkpoint's values still change both); two passes, no copy of the weights.
+        Why the layers: a layer without weights swapped in (``model.encoder_act = nn.Identity()``) left the
+        runtime built before it (reviewer).
         """
-        probe = []
+        probe: list[tuple[object, ...]] = [
+            (name, type(module), module.extra_repr(), module.training) for name, module in self.model.named_modules()
+        ]
         with torch.no_grad():
             for name, tensor in self.model.state_dict(keep_vars=True).items():
                 values = tensor.detach()

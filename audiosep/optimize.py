@@ -73,7 +73,7 @@ def prepare_for_inference(model: nn.Module, fold_norm_scales: bool = True) -> nn
         >>> torch.allclose(fast(x), model(x), atol=1e-5)             # doctest: +SKIP
         True
 
-    A model in training mode is prepared as in eval mode (with a warning): BatchNorm's running
+    A model with layers in training mode is prepared as in eval mode (with a warning): BatchNorm's running
     statistics, no dropout. A model holding a user's subclass of an audiosep or ``torch.nn`` layer (a
     masked linear layer, a Conv-TasNet with its own ``forward``) is returned as an eval-mode copy,
     untransformed, with a warning: the transforms rebuild layers from their weights and would drop
@@ -85,9 +85,11 @@ def prepare_for_inference(model: nn.Module, fold_norm_scales: bool = True) -> nn
             them would see other tensors, or silently stop changing the output.
     """
     refuse_hooks(model)
-    if model.training:
-        warnings.warn(f"prepare_for_inference: {type(model).__name__} is in training mode; the prepared copy "
-                      "computes what it computes in eval mode", stacklevel=3)  # fmt: skip
+    training = next((name or type(model).__name__ for name, module in model.named_modules() if _trains_otherwise(module)
+                     or (module is model and module.training)), None)  # fmt: skip
+    if training is not None:  # one BatchNorm left in training mode too (reviewer): it normalised by the batch
+        warnings.warn(f"prepare_for_inference: {type(model).__name__} has layers in training mode ({training}); the "
+                      "prepared copy computes what it computes in eval mode", stacklevel=3)  # fmt: skip
     plain = copy.deepcopy(model).eval()
     subclass = user_subclass(plain)
     if subclass is not None:
@@ -95,7 +97,12 @@ def prepare_for_inference(model: nn.Module, fold_norm_scales: bool = True) -> nn
                       "what it computes; the model is not transformed (it runs as it is)", stacklevel=3)  # fmt: skip
         return _inference_only(plain)
     if type(plain) is ConvTasNet:
-        return _inference_only(FastConvTasNet(plain, fold_norm_scales))
+        try:
+            return _inference_only(FastConvTasNet(plain, fold_norm_scales))
+        except NotFusable as err:  # a swapped layer: an AttributeError traceback before
+            warnings.warn(f"prepare_for_inference: {type(model).__name__} holds {err}; the model is not transformed "
+                          "(it runs as it is)", stacklevel=3)  # fmt: skip
+            return _inference_only(plain)
     if isinstance(plain, QuartzNet):
         fold_quartznet_batchnorms(plain)
     if isinstance(plain, MaskingSeparator):
@@ -103,6 +110,12 @@ def prepare_for_inference(model: nn.Module, fold_norm_scales: bool = True) -> nn
     short_sequence_attention(plain)
     fuse_linears(plain)
     return _inference_only(plain)  # the folding made new modules, in training mode
+
+
+def _trains_otherwise(module: nn.Module) -> bool:
+    """Whether ``module`` is in training mode and computes otherwise there: a dropout, or a layer with running
+    statistics (BatchNorm, Unified Norm, PowerNorm); not a stateless layer a user swapped in (an ``nn.Tanh()``)."""
+    return module.training and (isinstance(module, nn.modules.dropout._DropoutNd) or next(module.buffers(False), None) is not None)
 
 
 def _inference_only(model: nn.Module) -> nn.Module:
@@ -389,6 +402,10 @@ def normalise_temporary(norm: nn.Module, x: Tensor) -> Tensor:
     return norm(x, inplace=True) if isinstance(norm, ChannelsLastNorm) else norm(x)
 
 
+class NotFusable(TypeError):
+    """A layer where the fast Conv-TasNet fuses another kind (a user's swap): the model runs untransformed."""
+
+
 def norm_affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
     """``(scale, shift)`` of the per-channel affine a norm applies last; None for ``none``.
 
@@ -402,7 +419,7 @@ def norm_affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
         return norm.weight, norm.bias
     if isinstance(norm, nn.Identity):
         return None
-    raise TypeError(f"no folding rule for {type(norm).__name__}")
+    raise NotFusable(f"no folding rule for {type(norm).__name__}")
 
 
 def norm_then_conv(
@@ -440,9 +457,9 @@ def _standalone_norm(norm: nn.Module) -> nn.Module:
     return ChannelsLastNorm(norm)
 
 
-def _prelu_slope(prelu: nn.PReLU) -> float:
-    if prelu.weight.numel() != 1:
-        raise TypeError("only one-parameter PReLUs fuse into a conv")
+def _prelu_slope(prelu: nn.Module) -> float:
+    if type(prelu) is not nn.PReLU or prelu.weight.numel() != 1:
+        raise NotFusable(f"a {type(prelu).__name__} where a one-parameter PReLU fuses into a conv")
     return float(prelu.weight.detach())
 
 
@@ -653,8 +670,11 @@ class FastTemporalConvNet(nn.Module):
         self.bottleneck = NormPointwise(masker.bottleneck_norm, masker.bottleneck_conv, fold_scale=fold_norm_scales)
         self.blocks = nn.ModuleList(FastConvBlock(block, fold_norm_scales) for block in masker.blocks)
         self.output_prelu = masker.output_prelu
-        activation = "none" if masker.mask_activation == "softmax" else masker.mask_activation
-        self.output_conv = FusedConv(masker.output_conv.weight, masker.output_conv.bias, activation)
+        # The mask activation the constructor made is fused (sigmoid, ReLU) or a softmax over sources here; a
+        # layer swapped in for it (``masker.mask_act = nn.Tanh()``) runs itself, on the plain model's layout.
+        self.mask_act = None if stock_mask_activation(masker) else masker.mask_act
+        fused = "none" if masker.mask_activation == "softmax" or self.mask_act is not None else masker.mask_activation
+        self.output_conv = FusedConv(masker.output_conv.weight, masker.output_conv.bias, fused)
 
     def forward(self, features: Tensor) -> Tensor:
         x, skips = self.bottleneck(features), None
@@ -662,7 +682,18 @@ class FastTemporalConvNet(nn.Module):
             x, skips = block(x, skips)
         masks = self.output_conv(self.output_prelu(x if skips is None else skips))  # [B, S*N, M, 1]
         masks = masks.permute(0, 2, 3, 1).squeeze(2).unflatten(2, (self.num_sources, -1))  # [B, M, S, N]
+        if self.mask_act is not None:  # the plain model's [B, S, N, M]
+            return self.mask_act(masks.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return torch.softmax(masks, dim=2) if self.mask_activation == "softmax" else masks
+
+
+def stock_mask_activation(masker: TemporalConvNet) -> bool:
+    """Whether ``masker.mask_act`` is the layer its constructor made for ``mask_activation`` (the one the fast
+    path fuses), not a layer a user swapped in (which then runs as it is; it was ignored: reviewer)."""
+    layer, name = masker.mask_act, masker.mask_activation
+    if name == "softmax":
+        return type(layer) is nn.Softmax and layer.dim == 1
+    return type(layer) is {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}[name]
 
 
 def time_major_to_4d(x: Tensor) -> Tensor:
@@ -692,7 +723,8 @@ class FastConvTasNet(nn.Module):
         batch, num_samples = mixture.shape
         left, right = tasnet_padding(num_samples, self.enc_kernel_size, self.stride)
         padded = F.pad(mixture, (left, right))  # [B, T'']
-        features = self.encoder_act(self.encoder(padded.unsqueeze(1)).transpose(1, 2).contiguous())  # [B, M, N]
+        # the activation sees the plain model's [B, N, M] (a per-channel one, a PReLU(N), saw [B, M, N]: reviewer)
+        features = self.encoder_act(self.encoder(padded.unsqueeze(1))).transpose(1, 2).contiguous()  # [B, M, N]
         masks = self.masker(time_major_to_4d(features))  # [B, M, S, N]
         masked = time_major_to_4d((masks * features.unsqueeze(2)).flatten(2))  # [B, S*N, M, 1]
         frames = self.decoder(masked).squeeze(3).unflatten(1, (self.num_sources, -1))  # [B, S, L, M]

@@ -439,6 +439,24 @@ def test_edits_to_the_separators_model_are_used_and_hooks_are_not_skipped(option
     handle.remove()
 
 
+@pytest.mark.parametrize("options", [{}, {"dtype": "int8"}])
+def test_a_layer_without_weights_swapped_into_the_separators_model_is_used(options: dict) -> None:
+    """The runtime was rebuilt on weight edits only: ``model.encoder_act = nn.Identity()`` was ignored (0.43 off;
+    reviewer)."""
+    from audiosep.models import conv_tasnet_demo
+
+    torch.manual_seed(0)
+    separator = Separator(conv_tasnet_demo(num_repeats=1, num_layers=2).eval(), 8000, **options)
+    wave = 0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(1))
+    before = separator.separate(wave, 8000)
+    separator.model.encoder_act = torch.nn.Identity()
+    after = separator.separate(wave, 8000)
+    with torch.inference_mode():
+        plain = separator.model(wave[None])[0]
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, plain, rtol=0, atol=1e-5 if not options else 0.05)
+
+
 def test_the_weights_probe_takes_nan_weights_and_complex_buffers() -> None:
     """A NaN weight made every call rebuild the runtime (NaN != NaN); a complex buffer raised (diff reviewer)."""
     from audiosep.models import conv_tasnet_demo
