@@ -163,9 +163,14 @@ def _silence_stdout() -> None:
 
 
 def _run_lightning(argv: list[str]) -> int:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from audiosep.training_cli import run_lightning_cli
 
-    run_lightning_cli(argv)
+    try:
+        run_lightning_cli(argv)
+    except SIGTERMException:  # a SystemExit without a code: a terminated `fit` exited 0, as if done (reviewer)
+        raise Terminated from None
     return 0
 
 

@@ -83,6 +83,22 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_ends_with_the_weights_of_an_unbro
     assert not mismatched, f"weights differ after resume: {mismatched}"
 
 
+def test_a_terminated_fit_exits_143_not_0(tiny_librimix: Path, tmp_path: Path) -> None:
+    """Lightning stops on SIGTERM with a SystemExit of no code: exit 0, so `fit && test` or a scheduler's afterok
+    went on with an unfinished model (reviewer)."""
+    process = subprocess.Popen(fit_argv(tiny_librimix, tmp_path, pause_at=2), env=subprocess_env(), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not (tmp_path / "paused.json").is_file():
+        assert process.poll() is None, f"training ended before step 2: {process.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "training never reached step 2"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert process.stderr.read().splitlines()[-1] == "audiosep: terminated"
+    assert not (tmp_path / "final.pt").exists()
+
+
 def test_a_resume_from_an_other_step_does_not_match(tiny_librimix: Path, tmp_path: Path) -> None:
     """The comparison above can fail: an unbroken run of one step less ends with other weights."""
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()

@@ -30,7 +30,8 @@ class RecordTrainIds(L.Callback):
 
 
 class PauseAtStep(L.Callback):
-    """At global step ``step``, writes ``marker`` (with the step) and sleeps until killed."""
+    """At global step ``step``, writes ``marker`` (with the step) and sleeps until killed, or until a SIGTERM
+    (which Lightning notes) lets training go on to stop at the next check."""
 
     def __init__(self, step: int, marker: str) -> None:
         self.step, self.marker = step, Path(marker)
@@ -38,8 +39,8 @@ class PauseAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             self.marker.write_text(json.dumps({"step": trainer.global_step, "batch_idx": batch_idx}))
-            while True:
-                time.sleep(1)
+            while not trainer.received_sigterm:
+                time.sleep(0.2)
 
 
 class SaveFinalWeights(L.Callback):
