@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import TorchCheckpointIO
 
-from audiosep.checkpoint import tensor_problem, zip_problem
+from audiosep.checkpoint import LIGHTNING_KEY, tensor_problem, zip_problem
 from audiosep.convert.untrusted import MAX_YAML_INT_CHARS, MappingKeys
 from audiosep.errors import UserError, brief_repr, one_line
 from audiosep.io import atomic_write_text, read_json
@@ -149,22 +149,27 @@ class AudiosepCLI(LightningCLI):
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         kwargs["weights_only"] = True  # a recipe's `weights_only: false` would let a checkpoint's pickle run code
         if kwargs.get("ckpt_path") is not None:
-            checked = self._checked_ckpt_path(str(kwargs["ckpt_path"]))
+            checked = self._checked_ckpt_path(str(kwargs["ckpt_path"]), resume=subcommand == "fit")
             kwargs["ckpt_path"] = None if checked is None else str(checked)
         elif subcommand in ("validate", "test"):  # the scores would be those of freshly initialised weights
             print(f"audiosep: warning: no --ckpt_path: {subcommand} scores the model as the recipe builds it "
                   "(untrained, unless the recipe loads a model file)", file=sys.stderr)  # fmt: skip
         return kwargs
 
-    def _checked_ckpt_path(self, ckpt_path: str) -> Path | None:
+    def _checked_ckpt_path(self, ckpt_path: str, resume: bool = True) -> Path | None:
         """``--ckpt_path`` as Lightning should get it: a checked local file, resolved, or None for ``last``
         when none of this model is found yet (training starts from scratch).
 
+        ``resume`` (``fit``): the checkpoint must come from a run on this data too (``validate`` and ``test``
+        score it on any data, with its model's arguments).
+
         Raises:
             UserError: a URL, a Lightning keyword audiosep does not run (``best``, ``hpc``, ``registry``),
-                a folder, or a file that is not a training checkpoint of the recipe's model.
+                a folder, or a file that is not a training checkpoint of the recipe's model (or, resumed, of
+                its data).
         """
         shown = one_line(ckpt_path, 200)
+        self._resume_data = resume
         if "://" in ckpt_path:
             raise UserError(
                 f"--ckpt_path {shown}: a URL; only local checkpoint files are read (give the file's path; "
@@ -181,17 +186,56 @@ class AudiosepCLI(LightningCLI):
                 print(f"audiosep: --ckpt_path last: no checkpoint of this model below "
                       f"{self.trainer.default_root_dir}; training starts from scratch", file=sys.stderr)  # fmt: skip
                 return None
-            problem = checkpoint_problem(found, weight_shapes(self.model))
+            problem = checkpoint_problem(found, weight_shapes(self.model), same_run=self._other_run)
             if problem:
                 raise UserError(f"--ckpt_path last ({found}): {problem}")
             return found.resolve()
         path = Path(ckpt_path).expanduser()
         if path.is_dir():
             raise UserError(f"--ckpt_path {shown}: a folder; give a checkpoint file (e.g. its last.ckpt)")
-        problem = checkpoint_problem(path, weight_shapes(self.model))
+        problem = checkpoint_problem(path, weight_shapes(self.model), same_run=self._other_run)
         if problem:
             raise UserError(f"--ckpt_path {shown}: {problem}")
         return path.resolve()  # Lightning takes a relative path starting with "http" for a URL
+
+
+    def _other_run(self, checkpoint: dict[str, Any]) -> str | None:
+        """How the run ``checkpoint`` was saved in differs from this one (model arguments, data); None if it
+        does not. A resume with other data, a changed norm or batch size went on silently (reviewer)."""
+        datamodule = self.datamodule if getattr(self, "_resume_data", True) else None
+        return other_run_problem(checkpoint, getattr(self.model, "model", None), datamodule)
+
+
+def other_run_problem(checkpoint: dict[str, Any], model: Any, datamodule: Any) -> str | None:
+    """Why ``checkpoint`` is not a checkpoint of this run: its model's class or constructor arguments, or its
+    data (:data:`audiosep.tasks.guards.DATA_KEY`, where saved; unless ``datamodule`` is None), differ from
+    ``model``'s and ``datamodule``'s; None where they are the same."""
+    from audiosep.models.base import RebuildableModule
+    from audiosep.pruning.identity import as_json, data_identity
+    from audiosep.tasks.guards import DATA_KEY
+
+    saved, now = {}, {}
+    record = checkpoint.get(LIGHTNING_KEY)
+    if isinstance(model, RebuildableModule) and isinstance(record, dict):
+        saved["model"] = {"class_path": record.get("class_path"), "init_args": record.get("init_args")}
+        now["model"] = {"class_path": model.class_path(), "init_args": model.init_args}
+    if datamodule is not None and isinstance(checkpoint.get(DATA_KEY), dict):  # older checkpoints hold none
+        saved["data"], now["data"] = checkpoint[DATA_KEY], data_identity(datamodule)
+    changes = [f"{key} {brief_repr(old, 100)} -> {brief_repr(new, 100)}" for key, old, new in _differences(as_json(saved), as_json(now))]
+    if not changes:
+        return None
+    return (f"it was trained with other settings ({'; '.join(changes[:3])}{' ...' if len(changes) > 3 else ''}); resume "
+            "with the recipe and data it was trained with, or start a new run in another --trainer.default_root_dir "
+            "(to fine-tune its weights, pass its model file as the recipe's model)")  # fmt: skip
+
+
+def _differences(saved: Any, now: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(dotted key, saved, now)`` where two JSON records differ (dicts compared key by key, to a depth of 8)."""
+    if isinstance(saved, dict) and isinstance(now, dict) and prefix.count(".") < 8:
+        for key in sorted(saved.keys() | now.keys(), key=str):
+            yield from _differences(saved.get(key), now.get(key), f"{prefix}.{key}" if prefix else str(key))
+    elif saved != now:
+        yield prefix, saved, now
 
 
 LAST_CHECKPOINT = re.compile(r"^(last(-v\d+)?|hpc_ckpt_\d+)\.ckpt$")
@@ -240,12 +284,13 @@ def claim_training_folder(root: Path, identity: dict[str, Any], record: str = "r
 
 
 def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]], finite: bool = True,
-                       state: bool = True) -> str | None:  # fmt: skip
+                       state: bool = True, same_run: Callable[[dict[str, Any]], str | None] | None = None) -> str | None:  # fmt: skip
     """Why ``path`` is not a Lightning training checkpoint of a model with weights ``expected``; None if it is.
 
     Checked before Lightning reads it, which otherwise ends in a multi-line traceback. ``finite``: also
     refuse NaN or infinite weights (with them every step was skipped to the end of the run). ``state``: also
-    check the training state beside the weights (:func:`resume_state_problem`).
+    check the training state beside the weights (:func:`resume_state_problem`). ``same_run``: why the checkpoint
+    is another run's (:func:`other_run_problem`), or None.
     """
     if not path.is_file():
         return "no such file"
@@ -272,7 +317,8 @@ def checkpoint_problem(path: Path, expected: dict[str, tuple[int, ...]], finite:
         problem = tensor_problem(tensor) if isinstance(tensor, torch.Tensor) else None
         if problem:
             return f"its weight {brief_repr(name)} {problem}"
-    return resume_state_problem(checkpoint) if state else None
+    problem = resume_state_problem(checkpoint) if state else None
+    return problem or (same_run(checkpoint) if same_run is not None else None)
 
 
 def resume_state_problem(checkpoint: dict[str, Any]) -> str | None:

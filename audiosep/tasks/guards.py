@@ -32,6 +32,7 @@ from audiosep.rng import collect_rng_states, set_rng_states
 
 RNG_KEY = "audiosep_rng_states"
 NONFINITE_KEY = "audiosep_nonfinite_steps"
+DATA_KEY = "audiosep_data"  # what the run trains on: a resume must train on the same (training_cli checks it)
 MAX_CONSECUTIVE_NONFINITE = 20  # skipped steps in a row that end the run: the weights or the data are broken
 
 
@@ -131,6 +132,16 @@ class TrainingGuards:
     def save_guards(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RNG_KEY] = collect_rng_states()
         checkpoint[NONFINITE_KEY] = self.nonfinite_steps
+        checkpoint[DATA_KEY] = self.data_record()
+
+    def data_record(self) -> dict[str, Any] | None:
+        """The data this run trains on (:func:`audiosep.pruning.identity.data_identity`: folder, arguments,
+        metadata digests), computed once per process (the digests read every CSV)."""
+        from audiosep.pruning.identity import data_identity
+
+        if getattr(self, "_data_record", None) is None:
+            self._data_record = data_identity(getattr(self.trainer, "datamodule", None))  # type: ignore[attr-defined]
+        return self._data_record
 
     def load_guards(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get(RNG_KEY)

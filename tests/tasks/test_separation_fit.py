@@ -44,6 +44,35 @@ def test_test_command_writes_per_utterance_csv(tiny_librimix: Path, tmp_path: Pa
     assert all(len(line.split(",")) == 5 for line in lines[1:])
 
 
+@pytest.mark.parametrize(
+    ("changed", "says"),
+    [
+        (["--data.batch_size=1"], "data.arguments.batch_size 2 -> 1"),
+        (["--model.model.init_args.norm=cLN"], "model.init_args.norm 'gLN' -> 'cLN'"),  # the weights' shapes match
+        ([], "data.folder"),  # the other data folder (run with it below)
+    ],
+)
+def test_a_resume_with_other_data_or_model_settings_is_refused_naming_what_changed(
+    tiny_librimix: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture,
+    changed: list[str], says: str
+) -> None:
+    """`fit --ckpt_path last` resumed across another data folder, batch size, norm or seed without a word: the
+    only check was that the weights' names and shapes matched (reviewer)."""
+    from conftest import write_tiny_librimix
+
+    run_fit(tiny_librimix, tmp_path)
+    root = tiny_librimix if changed else write_tiny_librimix(tmp_path_factory.mktemp("other_data"), seed=5)
+    argv = ["fit", "--config", RECIPE, f"--data.root={root}", "--data.segment=0.25", "--data.batch_size=2",
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=4", "--trainer.limit_val_batches=2",
+            "--trainer.enable_progress_bar=false", *TINY_MODEL, *changed, "--ckpt_path=last"]  # fmt: skip
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("audiosep: error: --ckpt_path last (") and "it was trained with other settings" in error
+    assert says in error
+    validated = ["validate", *argv[1:-1], f"--ckpt_path={sorted(tmp_path.rglob('last.ckpt'))[0]}"]  # scored anywhere
+    assert main(validated) == (1 if "model." in says else 0)
+
+
 def test_typo_in_config_key_fails_at_parse_time(tiny_librimix: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", RECIPE, f"--data.root={tiny_librimix}", "--model.model.init_args.nrom=gLN"])
