@@ -203,6 +203,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def source_digest(package_dir: Path | None = None) -> str:
+    """SHA-256 of a package's Python sources (audiosep's by default; relative names and contents, sorted): an
+    edit between an interrupted run and its rerun changes the figures as much as a new version, and an
+    editable install keeps its version number through every edit."""
+    package_dir = Path(__file__).parent if package_dir is None else package_dir
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 LOCK_FILE = ".audiosep.lock"
 
 

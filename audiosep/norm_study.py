@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Subset
 from audiosep.bench.measure import cpu_name
 from audiosep.errors import UserError
 from audiosep.eval_report import csv_formula_guard
-from audiosep.io import LOCK_FILE, TEMP_SUFFIX, atomic_write_text, folder_lock, read_json
+from audiosep.io import LOCK_FILE, TEMP_SUFFIX, atomic_write_text, folder_lock, read_json, source_digest
 from audiosep.models import build
 from audiosep.nn.norms import (
     PowerNorm,
@@ -230,7 +230,8 @@ def run_conditions(data: StudyData) -> dict[str, Any]:
     import audiosep
 
     return {"data_fingerprint": data_fingerprint(data), "threads": torch.get_num_threads(), "cpu": cpu_name(),
-            "torch": torch.__version__, "audiosep": audiosep.__version__}  # fmt: skip
+            "torch": torch.__version__, "audiosep": audiosep.__version__,
+            "audiosep_code": source_digest()}  # an editable install keeps its version through edits (reviewer)  # fmt: skip
 
 
 def _seed(seed: int) -> None:
@@ -331,6 +332,9 @@ def _check_conditions(path: Path, kept: Any, now: dict[str, Any]) -> None:
         if key == "threads":
             raise UserError(f"{path}: this study ran with {kept[key]} threads, not {value}; "
                             f"give --threads {kept[key]} or use another --out")  # fmt: skip
+        if key == "audiosep_code":
+            raise UserError(f"{path}: this study's runs were trained by other audiosep code (its sources changed "
+                            "since: an edit or an update); use another --out")  # fmt: skip
         if key == "data_fingerprint":
             raise UserError(f"{path}: this study was trained on other data (the files under the data folder "
                             "changed since); use another --out")  # fmt: skip

@@ -903,7 +903,7 @@ def test_a_partial_benchmark_from_other_audiosep_code_is_refused(monkeypatch: py
         bench_command.run(parse(_bench_argv(out, "0.1,0.2", "--no-memory")))
     monkeypatch.undo()
     real_digest = resume.source_digest
-    monkeypatch.setattr(resume, "source_digest", lambda path: "edited" + real_digest(path)[6:])
+    monkeypatch.setattr(resume, "source_digest", lambda: "edited" + real_digest()[6:])
     with pytest.raises(UserError, match=r"an interrupted benchmark with other machine.audiosep_code; rerun"):
         bench_command.run(parse(_bench_argv(out, "0.1,0.2", "--no-memory")))
 

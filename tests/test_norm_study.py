@@ -277,6 +277,23 @@ def test_a_study_resumed_with_other_threads_is_refused(
     assert json.loads((out / "study.json").read_text())["conditions"]["threads"] == 1
 
 
+def test_a_study_resumed_by_other_audiosep_code_is_refused(
+    demo_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """An editable install keeps its version through edits: a study resumed after one trained the new norms
+    with other code than the kept runs, in one table (reviewer: a changed gradient clip)."""
+    import audiosep.norm_study as norm_study
+
+    out = tmp_path / "study"
+    assert main(_argv(demo_set, out, "none", "--baseline-seeds", "1")) == 0
+    real = norm_study.source_digest
+    monkeypatch.setattr(norm_study, "source_digest", lambda: "edited" + real()[6:])
+    capsys.readouterr()
+    assert main(_argv(demo_set, out, "none,BN", "--baseline-seeds", "1")) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "this study's runs were trained by other audiosep code" in error[0]
+
+
 def test_the_same_data_typed_relative_or_absolute_is_one_study(
     demo_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

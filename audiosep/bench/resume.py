@@ -11,7 +11,6 @@ the cases left; one with another identity is refused, since its figures would no
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from importlib import metadata
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from audiosep.errors import UserError
-from audiosep.io import atomic_write_text, file_sha256, read_json
+from audiosep.io import atomic_write_text, file_sha256, read_json, source_digest
 
 PARTIAL_FILE = "bench.partial.json"
 PARTIAL_SCHEMA = "audiosep.bench.partial/1"
@@ -46,22 +45,11 @@ def run_identity(settings: Any, threads: int) -> dict[str, Any]:
             "cpu_flags": sorted(cpu_flags()),
             "torch": torch.__version__,
             "audiosep": audiosep.__version__,
-            "audiosep_code": source_digest(Path(audiosep.__file__).parent),
+            "audiosep_code": source_digest(),
             **{package: _version(package) for package in ("onnxruntime", "torchaudio", "speechbrain")},  # peers too
         },
     }
     return json.loads(json.dumps(identity))  # as it reads back from the file (tuples become lists)
-
-
-def source_digest(package_dir: Path) -> str:
-    """SHA-256 of a package's Python sources (relative names and contents, sorted): an edit between an
-    interrupted run and its rerun changes the figures as much as a new version, and an editable install
-    keeps its version number through every edit."""
-    digest = hashlib.sha256()
-    for path in sorted(package_dir.rglob("*.py")):
-        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def _version(package: str) -> str | None:
