@@ -137,6 +137,14 @@ class AudiosepCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """Lightning's, with torch's refusal of the optimizer or scheduler settings (``Invalid learning rate:
+        -1.0``) as one error line instead of a traceback (reviewer): it builds them here, before any work."""
+        try:
+            super()._add_configure_optimizers_method_to_model(subcommand)
+        except ValueError as err:
+            raise UserError(f"optimizer or lr_scheduler settings: {one_line(err)}") from None
+
     def _parse_ckpt_path(self) -> None:
         """Take no configuration from ``--ckpt_path``'s ``hyper_parameters``: the recipe and the command line decide.
 

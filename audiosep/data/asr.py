@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audiosep.data.audio import read_audio, resample, to_mono
 from audiosep.data.sampling import (
+    check_loader_sizes,
     follow_trainer_epoch,
     pinned_epoch,
     resume_position,
@@ -319,6 +320,7 @@ class ASRDataModule(pl.LightningDataModule):
         return ASRDataset(utterances, self.sample_rate)
 
     def setup(self, stage: str | None = None) -> None:
+        check_loader_sizes(self.batch_size, self.num_workers)  # in __init__, a traceback from the recipe parser
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "fit", ())
         for split in splits:
             if split not in self.datasets:

@@ -32,6 +32,7 @@ from audiosep.data.sampling import (
     EpochSampler,
     EpochSeeded,
     EpochShuffleSampler,
+    check_loader_sizes,
     check_segment,
     follow_trainer_epoch,
     resume_position,
@@ -301,6 +302,11 @@ class LibriMixDataModule(L.LightningDataModule):
         self._train_sampler: EpochSampler | None = None
         self._resume: dict[str, int] = {}
         self._seed_used: int | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check the loader sizes before any loader exists (refused in ``__init__``, the recipe parser showed the
+        message inside a traceback)."""
+        check_loader_sizes(self.batch_size, self.num_workers)
 
     def split_dataset(self, split: str, segment: float | None) -> Dataset:
         """The dataset of one split (``train-100+train-360`` concatenates)."""

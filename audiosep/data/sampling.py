@@ -40,6 +40,15 @@ def check_segment(segment: float, sample_rate: int) -> None:
         raise UserError(f"segment must be positive seconds, at least one sample, got {segment}")
 
 
+def check_loader_sizes(batch_size: int | None, num_workers: int) -> None:
+    """Refuse a batch size below 1 and a negative worker count, which torch's DataLoader refused with a traceback
+    once training had started (reviewer). ``batch_size`` None: batches sized by duration (ASR)."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise UserError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise UserError(f"num_workers must be a whole number of at least 0, got {num_workers!r}")
+
+
 class EpochSampler(Sampler[int]):
     """Base class: ``set_epoch``, a one-off mid-epoch skip, and draws ``epoch * N + i``.
 

@@ -47,6 +47,21 @@ def test_a_nan_sample_in_a_data_file_is_an_error_naming_it(tiny_librimix, tmp_pa
         dataset.get(1)
 
 
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--data.batch_size=0"], "batch_size must be a whole number of at least 1, got 0"),  # 58-line traceback
+        (["--data.num_workers=-1"], "num_workers must be a whole number of at least 0, got -1"),
+        (["--optimizer=torch.optim.Adam", "--optimizer.lr=-1"],
+         "optimizer or lr_scheduler settings: ValueError: Invalid learning rate: -1.0"),  # fmt: skip
+    ],
+)
+def test_loader_and_optimizer_settings_torch_refuses_are_one_line(tiny_librimix, tmp_path, capsys, extra, says) -> None:
+    """Each ended in a traceback from torch's DataLoader or optimizer (reviewer)."""
+    assert main(fit_argv(tiny_librimix, tmp_path, *extra)) == 1
+    assert one_error_line(capsys) == f"audiosep: error: {says}"
+
+
 def test_a_split_with_fewer_mixtures_than_a_batch_or_none_is_refused(tiny_librimix, tmp_path, capsys) -> None:
     """drop_last made 0 batches of 4 mixtures at batch size 8: no step, no checkpoint, exit 0."""
     assert main(fit_argv(tiny_librimix, tmp_path / "a", "--data.batch_size=8")) == 1
