@@ -17,6 +17,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
 from audiosep import __version__
 from audiosep.errors import UserError, shown, user_message
@@ -63,9 +64,17 @@ def _add_command(subparsers: argparse._SubParsersAction, name: str, module: str,
     importlib.import_module(module).add_arguments(parser)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``audiosep: error:`` line (exit 2) naming the command's ``--help``,
+    as the training commands' are, instead of the whole usage block first (reviewer). Subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"audiosep: error: {' '.join(message.split())} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available command (Lightning commands are listed only)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="audiosep",
         description="Efficient speech separation and recognition.",
         epilog="Run `audiosep COMMAND --help` for a command's options.",

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multiple", type=int, default=8, help="round widths to a multiple of this (1: no rounding)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", help="Lightning checkpoints of the search and fine-tuning (resumable)")
-    parser.add_argument("--latency-seconds", type=float, default=4.0, help="audio length of the latency check")
+    parser.add_argument("--latency-seconds", type=float, default=4.0, help="audio length of the latency check (0: no latency check; default: %(default)s)")
     parser.add_argument("--report", help="write the report (or with --profile the profile) as JSON here")
     parser.add_argument("--profile", action="store_true", help="print per-layer and per-group costs and stop")
     parser.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu", "cuda"),

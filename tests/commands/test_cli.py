@@ -30,6 +30,23 @@ def test_group_without_subcommand_prints_its_help(capsys) -> None:
     assert "demo" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["prune", "--target-macs", "abc"], "argument --target-macs: invalid float value: 'abc' (`audiosep prune --help`"),
+        (["demo", "--max-steps", "x"], "argument --max-steps: invalid int value: 'x' (`audiosep demo --help`"),
+        (["data", "nosuch"], "argument COMMAND: invalid choice: 'nosuch' (choose from"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_commands_help(capsys, argv: list[str], says: str) -> None:
+    """argparse printed its whole usage block first (reviewer); the training commands already gave one line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"audiosep: error: {says}")
+
+
 def test_building_the_parser_imports_neither_torch_nor_lightning() -> None:
     """`audiosep --help` stays fast: every command module imports its heavy dependencies in run()."""
     code = (
