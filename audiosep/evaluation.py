@@ -579,7 +579,7 @@ def _evaluate_locked(separator: Any, dataset: Any, out_dir: Path, identity: RunI
         remove_reports(out_dir)
     started = time.perf_counter()
     with torch.inference_mode():
-        for index in tqdm(todo, desc="evaluating", unit="mix", disable=not progress):
+        for index in tqdm(todo, desc="evaluating", unit="mix", disable=None if progress else True):  # None: a terminal only
             stamp = audio_stamp(dataset, index)  # before reading: a file changed while it is scored is rescored later
             mixture, sources, mixture_id = dataset[index]
             texts = None if references is None else references[mixture_id]

@@ -449,6 +449,15 @@ def test_a_resumed_row_lacking_a_score_or_with_a_wrong_type_is_refused(
     assert len(error) == 1 and f"utterances.jsonl: line 1: {problem}" in error[0]
 
 
+def test_the_progress_bar_is_shown_on_a_terminal_only(sep_ckpt: Path, librimix: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """tqdm frames went into files and pipes that stderr was redirected to (reviewer)."""
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--out-dir", str(tmp_path), "--no-plots",
+            "--limit", "1"]  # fmt: skip
+    assert main(args) == 0
+    assert "evaluating" not in capsys.readouterr().err  # pytest's capture is not a terminal
+
+
 def test_a_run_file_that_is_a_folder_is_one_error_line(sep_ckpt: Path, librimix: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "eval"

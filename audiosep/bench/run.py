@@ -375,7 +375,7 @@ def add_peer_ratios(records: list[dict[str, Any]], peers: list[LoadedModel]) -> 
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="bench", unit="case", file=sys.stderr, disable=not enabled, leave=False)
+    return tqdm(total=total, desc="bench", unit="case", file=sys.stderr, disable=None if enabled else True, leave=False)  # None: a terminal only
 
 
 def _model_entry(model: LoadedModel, macs_counted_on: str) -> dict[str, Any]:

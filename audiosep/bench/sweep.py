@@ -186,7 +186,7 @@ def run_sweep(settings: SweepSettings) -> dict[str, Any]:
     bench = BenchSettings(repeats=settings.repeats, time_budget_s=settings.time_budget_s, memory=settings.memory,
                           device=settings.device, threads=threads)  # fmt: skip
     train = settings.train_minutes is not None and settings.data is not None
-    bar = tqdm(total=1 + (len(models) if train else 0), desc="sweep", file=sys.stderr, disable=not settings.progress,
+    bar = tqdm(total=1 + (len(models) if train else 0), desc="sweep", file=sys.stderr, disable=None if settings.progress else True,
                leave=False)  # fmt: skip
     seconds = [settings.seconds]
     macs = {label: count_macs_at(m.module, functools.partial(example_inputs, m, 1), seconds)[0]

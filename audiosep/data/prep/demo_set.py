@@ -410,7 +410,7 @@ def _build(out_dir: Path, config: DemoSetConfig, num_workers: int | None, progre
     (librimix_dir / "metadata").mkdir(parents=True, exist_ok=True)
     total = sum(len(job.utterances) for job in jobs) + sum(config.mixtures(split) for split in SPLITS)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
-    with tqdm(total=total, desc="demo set", unit="file", disable=not progress) as bar:
+    with tqdm(total=total, desc="demo set", unit="file", disable=None if progress else True) as bar:  # None: a terminal only
         audio = _synthesise_all(jobs, workers, bar)
         for split in SPLITS:
             speaker_of = {utt_id: job.speaker_id for job in jobs if job.split == split
