@@ -392,29 +392,38 @@ def test_sweep_costs_at_least_12_configurations_and_plots_the_pareto_front(tmp_p
 def test_sweep_training_fills_si_snri_and_resumes(
     tiny_librimix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import shutil
+
+    data = Path(shutil.copytree(tiny_librimix, tmp_path / "data"))
+    out = tmp_path / "out"
     argv = ["sweep", "--X", "2", "--R", "1", "--H", "16", "--seconds", "0.1", "--repeats", "1", "--train-minutes", "1",
-            "--data", str(tiny_librimix), "--out-dir", str(tmp_path), "--no-progress",
+            "--data", str(data), "--out-dir", str(out), "--no-progress",
             "--train-arg=--trainer.max_steps=2", "--train-arg=--data.segment=0.25", "--train-arg=--data.batch_size=2",
             "--train-arg=--trainer.limit_val_batches=2", "--train-arg=--trainer.logger=false"]  # fmt: skip
     assert bench_command.run(parse(argv)) == 0
-    (row,) = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    (row,) = json.loads((out / "sweep.json").read_text())["rows"]
     assert isinstance(row["si_snri_db"], float) and Path(row["checkpoint"]).is_file()
-    assert (tmp_path / "pareto.png").is_file()
+    assert (out / "pareto.png").is_file()
     # A rerun (a killed sweep) keeps the finished configuration instead of training it again ...
-    import audiosep.training_cli
+    import lightning.pytorch
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished configuration was trained again")
 
-    monkeypatch.setattr(audiosep.training_cli, "run_lightning_cli", no_training)
+    monkeypatch.setattr(lightning.pytorch.Trainer, "fit", no_training)
     assert bench_command.run(parse(argv)) == 0
-    (again,) = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    (again,) = json.loads((out / "sweep.json").read_text())["rows"]
     assert (again["si_snri_db"], again["checkpoint"]) == (row["si_snri_db"], row["checkpoint"])
-    # ... and refuses the folder for another budget.
+    # ... and refuses the folder for another budget, or for the data folder rebuilt in place (its score was kept
+    # under the unchanged path; reviewer).
     from audiosep.errors import UserError
 
     with pytest.raises(UserError, match="train.json: a run of other settings"):
         bench_command.run(parse([*argv, "--train-minutes", "2"]))
+    metadata = data / "wav8k" / "min" / "metadata" / "mixture_dev_mix_clean.csv"
+    metadata.write_text("".join(metadata.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(UserError, match="train.json: a run of other settings"):
+        bench_command.run(parse(argv))
 
 
 def test_the_command_works_under_the_top_level_parser(monkeypatch: pytest.MonkeyPatch, capsys) -> None:

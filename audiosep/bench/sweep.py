@@ -118,6 +118,7 @@ def train_and_score(
 ) -> tuple[float | None, str | None]:
     """Train the recipe with ``model``'s sizes for the budget; the best checkpoint's val SI-SNRi and path."""
     from audiosep.checkpoint import load_model
+    from audiosep.pruning.identity import data_identity
     from audiosep.pruning.pipeline import validation_si_snri
     from audiosep.training_cli import (
         claim_training_folder,
@@ -136,12 +137,14 @@ def train_and_score(
         "--trainer.enable_progress_bar=false", *[f"--model.model.init_args.{k}={v}" for k, v in sizes.items()],
         *settings.train_args,
     ]  # fmt: skip
-    identity = {"train_config": settings.train_config, "data": str(settings.data), "sizes": sizes,
+    cli = run_lightning_cli(argv, run=False)
+    # the data as the run reads it (folder resolved, metadata digests): a data folder rebuilt in place kept the
+    # old scores under its unchanged path (reviewer)
+    identity = {"train_config": settings.train_config, "data": data_identity(cli.datamodule), "sizes": sizes,
                 "train_minutes": settings.train_minutes, "train_args": list(settings.train_args)}  # fmt: skip
     record = claim_training_folder(root, identity, TRAIN_RECORD)
     if "si_snri_db" in record:
         return record["si_snri_db"], record["checkpoint"]
-    cli = run_lightning_cli(argv, run=False)
     resume = find_last_checkpoint(root, weight_shapes(cli.model))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=None if resume is None else str(resume))
     callback = cli.trainer.checkpoint_callback
