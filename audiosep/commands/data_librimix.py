@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from audiosep.commands.inputs import check_output_folder
 from audiosep.data.mixing import MIX_TYPES
 from audiosep.errors import UserError
+from audiosep.io import atomic_write_text, read_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--new-metadata",
         action="store_true",
         help="draw libri{n}mix_<subset>.csv for each --splits subset into --metadata first "
-        "(a CSV already there is reused), then generate from it",
+        "(a CSV already there is reused; one drawn with other options is refused), then generate from it",
     )
     new.add_argument("--seed", type=int, default=0, help="seed of the draws")
     new.add_argument(
@@ -82,7 +84,9 @@ def draw_missing_metadata(args: argparse.Namespace, splits: list[str] | None) ->
         )
     for subset in splits:
         csv_path = Path(args.metadata).expanduser() / f"libri{args.n_src}mix_{subset}.csv"
+        record_path, record = csv_path.with_name(f"{csv_path.name}.draw.json"), draw_record(args)
         if csv_path.is_file():
+            check_same_draw(csv_path, record_path, record)
             print(f"{csv_path}: already drawn, reused")
             continue
         draw_metadata(
@@ -96,7 +100,28 @@ def draw_missing_metadata(args: argparse.Namespace, splits: list[str] | None) ->
             min_seconds=args.min_seconds,
             workers=args.workers,
         )
+        atomic_write_text(record_path, json.dumps(record, indent=2))
         print(f"{csv_path}: drawn")
+
+
+def draw_record(args: argparse.Namespace) -> dict[str, object]:
+    """The options a drawn CSV depends on, kept beside it (``<csv>.draw.json``)."""
+    corpora = {"librispeech": args.librispeech, "wham": args.wham}
+    return {"seed": args.seed, "num_mixtures": args.num_mixtures, "min_seconds": args.min_seconds,
+            **{key: None if value is None else os.path.abspath(os.path.expanduser(value)) for key, value in corpora.items()}}  # fmt: skip
+
+
+def check_same_draw(csv_path: Path, record_path: Path, record: dict[str, object]) -> None:
+    """Refuse to reuse a CSV drawn with other options than these (a rerun with another --seed or --num-mixtures
+    kept the old draw and exited 0; reviewer). A CSV without a record (the official one, an older draw) is
+    reused as it is."""
+    kept = read_json(record_path) if record_path.is_file() else None
+    if not isinstance(kept, dict):
+        return
+    changed = [f"--{key.replace('_', '-')} {kept.get(key)} -> {value}" for key, value in record.items() if kept.get(key) != value]
+    if changed:
+        raise UserError(f"{csv_path}: drawn with other options ({', '.join(changed)}); delete it (and its "
+                        f"{record_path.name}) to draw again, or give another --metadata")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -324,7 +324,7 @@ def check_recipe_row(row: dict, root: Path) -> None:
             assert low - 1e-6 <= loud <= high + 1e-6 or np.max(np.abs(part)) == pytest.approx(0.9)
 
 
-def test_new_metadata_follows_the_recipe_and_generates(own_corpus, tmp_path):
+def test_new_metadata_follows_the_recipe_and_generates(own_corpus, tmp_path, capsys):
     def draw(metadata: Path, workers: str) -> int:
         return main(
             ["data", "librimix", "--new-metadata", "--librispeech", str(own_corpus / "corpus")]
@@ -360,6 +360,12 @@ def test_new_metadata_follows_the_recipe_and_generates(own_corpus, tmp_path):
     assert draw(tmp_path / "md2", "2") == 0  # seeded: same draws with another worker count
     for name in ("libri2mix_train-clean-5.csv", "libri2mix_dev-clean-2.csv"):
         assert (tmp_path / "md2" / name).read_text() == (tmp_path / "md" / name).read_text()
+    assert draw(tmp_path / "md2", "1") == 0  # reused: same options
+    # Another seed kept the old draw and exited 0 (reviewer).
+    assert main(["data", "librimix", "--new-metadata", "--librispeech", str(own_corpus / "corpus"), "--wham",
+                 str(own_corpus / "wham"), "--metadata", str(tmp_path / "md2"), "--out", str(tmp_path / "out"),
+                 "--splits", "dev-clean-2", "--min-seconds", "0.5", "--types", "mix_both", "--seed", "8"]) == 1  # fmt: skip
+    assert "libri2mix_dev-clean-2.csv: drawn with other options (--seed 7 -> 8); delete it" in capsys.readouterr().err
 
 
 def test_unreadable_input_in_a_worker_fails_naming_it(corpus, tmp_path, capsys):
