@@ -407,16 +407,20 @@ def optimizers_problem(states: Any) -> str | None:
 
 
 def _setting_problem(key: str, value: Any) -> str | None:
-    """Why one optimizer setting cannot be trained with; None if it can (flags, None and texts are torch's to read)."""
+    """Why one optimizer setting cannot be trained with; None if it can. ``None`` stands for "derived" in a
+    number's place (Adafactor's ``eps=(None, 1e-3)``, a relative-step ``lr=None``); flags and texts are torch's
+    to read, except where a rate, decay or beta belongs."""
     if key == "params":
         return None if isinstance(value, list) and all(map(_count, value)) else "not parameter indices"
-    numbers = list(value) if isinstance(value, list | tuple) else [value]
-    numbers = [float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point() else v for v in numbers]
-    if not any(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
-        return "not a number" if key in (*NONNEGATIVE_SETTINGS, "betas") else None
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    items = [float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point() else v for v in items]
+    numbers = [v for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
+    numeric = key in (*NONNEGATIVE_SETTINGS, "betas")
+    if numeric and any(v is not None and not (isinstance(v, int | float) and not isinstance(v, bool)) for v in items):
+        return "not a number"
     if not all(map(_finite_number, numbers)):
         return "not finite numbers"
-    if key in NONNEGATIVE_SETTINGS and min(numbers) < 0:
+    if key in NONNEGATIVE_SETTINGS and numbers and min(numbers) < 0:
         return "negative"
     if key == "betas" and not all(0 <= beta < 1 for beta in numbers):
         return "not in [0, 1)"

@@ -527,6 +527,30 @@ def test_a_resume_checkpoint_whose_training_state_cannot_be_restored_is_one_line
     assert problem is not None and problem.startswith(says), problem
 
 
+def test_the_optimizer_state_of_every_torch_optimizer_passes_the_resume_check() -> None:
+    """Adafactor's eps=(None, 1e-3) was refused as "not finite numbers" (diff review): None stands for a derived value."""
+    from audiosep.training_cli import optimizers_problem
+
+    for name in sorted(n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)):
+        cls = getattr(torch.optim, name)
+        if not issubclass(cls, torch.optim.Optimizer) or cls is torch.optim.Optimizer:
+            continue
+        weight = torch.nn.Parameter(torch.ones(3, 2))
+        optimizer = cls([weight], **({"lr": 0.01} if name in ("SGD", "LBFGS", "SparseAdam") else {}))
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = (weight**2).sum()
+            loss.backward()
+            return loss
+
+        if name != "SparseAdam":  # sparse gradients only
+            optimizer.step(closure)
+        assert optimizers_problem([optimizer.state_dict()]) is None, name
+    assert optimizers_problem([saved_adam({"lr": None})]) is None  # a relative-step schedule's "derived" rate
+    assert optimizers_problem([saved_adam({"eps": (None, "x")})]) == "its optimizer state 0 has 'eps' (None, 'x'): not a number"
+
+
 def test_a_loop_state_nested_beyond_reason_is_one_line_not_a_recursion_error() -> None:
     """100 000 nested dicts under ``loops`` (torch.load reads them) ended in a RecursionError traceback (reviewer)."""
     from audiosep.training_cli import MAX_STATE_DEPTH, loops_problem
