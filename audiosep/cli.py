@@ -68,8 +68,11 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """argparse whose usage errors are one ``audiosep: error:`` line (exit 2) naming the command's ``--help``,
     as the training commands' are, instead of the whole usage block first (reviewer). Subcommands inherit it."""
 
+    command = ""  # set by main(): the command named on the line, for errors argparse raises at the top level
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"audiosep: error: {' '.join(message.split())} (`{self.prog} --help` lists the options)\n")
+        prog = self.command or self.prog  # an unknown option of `infer` is found by the top-level parser
+        self.exit(2, f"audiosep: error: {' '.join(message.split())} (`{prog} --help` lists the options)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
         for sub_name, (module, help_text) in entry.items():
             _add_command(group_sub, sub_name, module, help_text)
     return parser
+
+
+def command_named(argv: Sequence[str]) -> str:
+    """``audiosep COMMAND [SUBCOMMAND]`` as far as ``argv`` names known commands (``audiosep`` for none)."""
+    words = ["audiosep"]
+    entry = COMMANDS.get(argv[0]) if argv else None
+    if entry is not None:
+        words.append(argv[0])
+        if isinstance(entry, dict) and len(argv) > 1 and argv[1] in entry:
+            words.append(argv[1])
+    return " ".join(words)
 
 
 class Terminated(BaseException):
@@ -190,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             return _run_lightning(argv)
         parser = build_parser()
+        parser.command = command_named(argv)
         args = parser.parse_args(argv)
         if not hasattr(args, "_module"):
             (getattr(args, "_group_parser", None) or parser).print_help()

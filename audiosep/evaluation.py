@@ -390,7 +390,8 @@ def _parse_row(line: bytes) -> dict[str, Any]:
             raise ValueError(f"{column} is {value!r:.40}, not a finite number")
     if not _number(row.get("input_snr_db")) or math.isnan(row["input_snr_db"]):  # -inf: a silent source
         raise ValueError(f"input_snr_db is {row.get('input_snr_db')!r:.40}, not a number")
-    if not _number(row.get("silent_sources")) or row["silent_sources"] != int(row["silent_sources"]) or row["silent_sources"] < 0:
+    silent = row.get("silent_sources")
+    if not (_number(silent) and math.isfinite(silent) and silent == int(silent) and silent >= 0):  # Infinity: OverflowError
         raise ValueError(f"silent_sources is {row.get('silent_sources')!r:.40}, not a count")
     if "references" in row and not _transcripts(row):
         raise ValueError("its references and hypotheses are not texts, one per source")

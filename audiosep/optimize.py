@@ -454,6 +454,8 @@ def _standalone_norm(norm: nn.Module) -> nn.Module:
         return ChannelAffine(*affine)
     if isinstance(norm, nn.Identity):
         return nn.Identity()
+    if not isinstance(norm, _AffineNorm):  # a user's swap (InstanceNorm1d): a crash on the 4-D input before
+        raise NotFusable(f"a {type(norm).__name__} norm, not one of audiosep's, where a norm runs channels-last")
     return ChannelsLastNorm(norm)
 
 
@@ -680,7 +682,10 @@ class FastTemporalConvNet(nn.Module):
         x, skips = self.bottleneck(features), None
         for block in self.blocks:
             x, skips = block(x, skips)
-        masks = self.output_conv(self.output_prelu(x if skips is None else skips))  # [B, S*N, M, 1]
+        h = x if skips is None else skips
+        # a PReLU works per channel on either layout; a layer swapped in gets the plain model's [B, C, M]
+        h = self.output_prelu(h) if isinstance(self.output_prelu, nn.PReLU) else self.output_prelu(h.squeeze(3)).unsqueeze(3)
+        masks = self.output_conv(h)  # [B, S*N, M, 1]
         masks = masks.permute(0, 2, 3, 1).squeeze(2).unflatten(2, (self.num_sources, -1))  # [B, M, S, N]
         if self.mask_act is not None:  # the plain model's [B, S, N, M]
             return self.mask_act(masks.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

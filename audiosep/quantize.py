@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audiosep.models.conv_tasnet import ConvTasNet
 from audiosep.optimize import (
     FastConvBlock,
     FusedActivation,
@@ -443,6 +444,9 @@ def quantize_for_inference(model: nn.Module) -> nn.Module:
         raise ValueError(f"int8 inference rebuilds the layers from their weights, and {subclass} subclasses an "
                          "audiosep or torch.nn layer (it may compute something else): run it in float32")  # fmt: skip
     prepared = prepare_for_inference(model, fold_norm_scales=False).cpu()  # a copy: the caller's model stays put
+    if type(prepared) is ConvTasNet:  # left untransformed (its warning says which layer): no fused 1x1 to swap
+        raise ValueError(f"int8 inference runs the fast {type(model).__name__}, and this one holds a layer it cannot "
+                         "fuse (see the warning): run it in float32")  # fmt: skip
     swapped = _swap_children(prepared)
     if swapped == 0:
         raise ValueError(f"{type(model).__name__} has no linear or pointwise-conv layer to quantize")

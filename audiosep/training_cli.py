@@ -228,13 +228,26 @@ def other_run_problem(checkpoint: dict[str, Any], model: Any, datamodule: Any) -
         saved["model"] = {"class_path": record.get("class_path"), "init_args": record.get("init_args")}
         now["model"] = {"class_path": model.class_path(), "init_args": model.init_args}
     if datamodule is not None and isinstance(checkpoint.get(DATA_KEY), dict):  # older checkpoints hold none
-        saved["data"], now["data"] = checkpoint[DATA_KEY], data_identity(datamodule)
-    changes = [f"{key} {brief_repr(old, 100)} -> {brief_repr(new, 100)}" for key, old, new in _differences(as_json(saved), as_json(now))]
+        saved["data"], now["data"] = _by_contents(checkpoint[DATA_KEY]), _by_contents(data_identity(datamodule))
+    try:
+        differences = list(_differences(as_json(saved), as_json(now)))
+    except RecursionError:  # a crafted record nested 100 000 deep (diff review)
+        return "its model or data record is nested too deeply to be one of audiosep's"
+    changes = [f"{key} {brief_repr(old, 100)} -> {brief_repr(new, 100)}" for key, old, new in differences]
     if not changes:
         return None
     return (f"it was trained with other settings ({'; '.join(changes[:3])}{' ...' if len(changes) > 3 else ''}); resume "
             "with the recipe and data it was trained with, or start a new run in another --trainer.default_root_dir "
             "(to fine-tune its weights, pass its model file as the recipe's model)")  # fmt: skip
+
+
+def _by_contents(record: Any) -> Any:
+    """A data record without its folder where its metadata digests name the data: the same data reached through a
+    link, or copied to a job's scratch disk, is the same run's (diff review)."""
+    digests = record.get("metadata_sha256") if isinstance(record, dict) else None
+    if isinstance(digests, dict) and any(digest is not None for digest in digests.values()):
+        return {key: value for key, value in record.items() if key != "folder"}
+    return record
 
 
 def _differences(saved: Any, now: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:

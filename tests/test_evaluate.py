@@ -428,6 +428,7 @@ def test_a_damaged_row_is_refused_naming_its_line_not_cut_off_with_the_rows_afte
         ({"input_snr_db": "abc"}, "input_snr_db is 'abc', not a number"),  # written into scores.csv
         ({"overlap_ratio": float("nan")}, "overlap_ratio is nan, not a finite number"),
         ({"silent_sources": -1}, "silent_sources is -1, not a count"),
+        ({"silent_sources": float("inf")}, "silent_sources is inf, not a count"),  # an OverflowError (diff review)
         ({"references": ["a b", "c"], "hyp_mixture": 3}, "its references and hypotheses are not texts"),
     ],
 )

@@ -135,6 +135,7 @@ def test_one_layer_left_in_training_mode_is_warned_about_and_a_swapped_stateless
         ("masker.mask_act", nn.Tanh()),  # the prepared model kept the sigmoid: 0.48 off (reviewer)
         ("masker.mask_act", nn.Softmax(dim=2)),  # over features, not sources
         ("encoder_act", nn.PReLU(16, init=-0.5)),  # per channel: it saw [B, M, N] (0.45 off, or a crash)
+        ("masker.output_prelu", nn.Softmax(dim=-1)),  # over time: it saw [B, C, M, 1] (4.6e-2 off; diff review)
     ],
 )
 def test_a_conv_tasnet_layer_swapped_for_another_runs_in_the_prepared_and_int8_models(layer: str,
@@ -152,15 +153,27 @@ def test_a_conv_tasnet_layer_swapped_for_another_runs_in_the_prepared_and_int8_m
     assert float(si_snr(int8, expected).min()) > 20
 
 
-def test_a_conv_tasnet_block_activation_it_cannot_fuse_leaves_the_model_untransformed() -> None:
-    """A Tanh for a block's PReLU ended prepare_for_inference in an AttributeError traceback."""
+@pytest.mark.parametrize(
+    ("layer", "swapped_in", "says"),
+    [
+        ("in_act", nn.Tanh(), "holds a Tanh where a one-parameter PReLU fuses into a conv"),  # an AttributeError
+        ("in_norm", nn.InstanceNorm1d(12), "holds a InstanceNorm1d norm, not one of audiosep's, where a norm runs "
+                                          "channels-last"),  # it crashed on the 4-D input
+    ],
+)
+def test_a_conv_tasnet_block_layer_it_cannot_fuse_leaves_the_model_untransformed(layer: str, swapped_in: nn.Module,
+                                                                                 says: str) -> None:  # fmt: skip
+    from audiosep.quantize import quantize_for_inference
+
     model = _randomise(conv_tasnet())
-    model.masker.blocks[0].in_act = nn.Tanh()
-    with pytest.warns(UserWarning, match="holds a Tanh where a one-parameter PReLU fuses into a conv; the model is not"):
+    setattr(model.masker.blocks[0], layer, swapped_in)
+    with pytest.warns(UserWarning, match=f"{says}; the model is not transformed"):
         prepared = prepare_for_inference(model)
     assert type(prepared) is ConvTasNet and not prepared.training
     with torch.inference_mode():
-        torch.testing.assert_close(_run(prepared), _run(model), rtol=0, atol=0)
+        torch.testing.assert_close(_run(prepared), _run(model.eval()), rtol=0, atol=0)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="holds a layer it cannot fuse .see the warning.: run"):
+        quantize_for_inference(model)  # said "no linear or pointwise-conv layer to quantize" (diff review)
 
 
 @pytest.mark.parametrize("name", MODELS)

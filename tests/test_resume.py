@@ -538,7 +538,7 @@ def test_the_optimizer_state_of_every_torch_optimizer_passes_the_resume_check() 
         weight = torch.nn.Parameter(torch.ones(3, 2))
         optimizer = cls([weight], **({"lr": 0.01} if name in ("SGD", "LBFGS", "SparseAdam") else {}))
 
-        def closure() -> torch.Tensor:
+        def closure(optimizer: torch.optim.Optimizer = optimizer, weight: torch.Tensor = weight) -> torch.Tensor:
             optimizer.zero_grad()
             loss = (weight**2).sum()
             loss.backward()
@@ -549,6 +549,21 @@ def test_the_optimizer_state_of_every_torch_optimizer_passes_the_resume_check() 
         assert optimizers_problem([optimizer.state_dict()]) is None, name
     assert optimizers_problem([saved_adam({"lr": None})]) is None  # a relative-step schedule's "derived" rate
     assert optimizers_problem([saved_adam({"eps": (None, "x")})]) == "its optimizer state 0 has 'eps' (None, 'x'): not a number"
+
+
+def test_a_model_record_nested_beyond_reason_is_a_problem_not_a_recursion_error() -> None:
+    """A checkpoint's model record nested 100 000 deep loads, then the run comparison raised RecursionError (diff
+    review)."""
+    from audiosep.models import conv_tasnet_demo
+    from audiosep.training_cli import other_run_problem
+
+    deep: dict = {}
+    inner = deep
+    for _ in range(100_000):
+        inner["a"] = inner = {}
+    record = {"class_path": "audiosep.models.conv_tasnet.ConvTasNet", "init_args": deep}
+    problem = other_run_problem({"audiosep_model": record}, conv_tasnet_demo(num_repeats=1), None)
+    assert problem == "its model or data record is nested too deeply to be one of audiosep's"
 
 
 def test_a_loop_state_nested_beyond_reason_is_one_line_not_a_recursion_error() -> None:

@@ -36,6 +36,7 @@ def test_group_without_subcommand_prints_its_help(capsys) -> None:
         (["prune", "--target-macs", "abc"], "argument --target-macs: invalid float value: 'abc' (`audiosep prune --help`"),
         (["demo", "--max-steps", "x"], "argument --max-steps: invalid int value: 'x' (`audiosep demo --help`"),
         (["data", "nosuch"], "argument COMMAND: invalid choice: 'nosuch' (choose from"),
+        (["infer", "x.wav", "--ckpt", "y", "--bogus"], "unrecognized arguments: --bogus (`audiosep infer --help`"),
     ],
 )
 def test_a_usage_error_is_one_line_naming_the_commands_help(capsys, argv: list[str], says: str) -> None:

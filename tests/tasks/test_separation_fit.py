@@ -49,7 +49,7 @@ def test_test_command_writes_per_utterance_csv(tiny_librimix: Path, tmp_path: Pa
     [
         (["--data.batch_size=1"], "data.arguments.batch_size 2 -> 1"),
         (["--model.model.init_args.norm=cLN"], "model.init_args.norm 'gLN' -> 'cLN'"),  # the weights' shapes match
-        ([], "data.folder"),  # the other data folder (run with it below)
+        ([], "data.metadata_sha256.dev"),  # a copy of the data with one dev mixture less (run with it below)
     ],
 )
 def test_a_resume_with_other_data_or_model_settings_is_refused_naming_what_changed(
@@ -62,6 +62,9 @@ def test_a_resume_with_other_data_or_model_settings_is_refused_naming_what_chang
 
     run_fit(tiny_librimix, tmp_path)
     root = tiny_librimix if changed else Path(shutil.copytree(tiny_librimix, tmp_path_factory.mktemp("other") / "data"))
+    if not changed:
+        metadata = root / "wav8k" / "min" / "metadata" / "mixture_dev_mix_clean.csv"
+        metadata.write_text("".join(metadata.read_text().splitlines(keepends=True)[:-1]))
     argv = ["fit", "--config", RECIPE, f"--data.root={root}", "--data.segment=0.25", "--data.batch_size=2",
             f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=4", "--trainer.limit_val_batches=2",
             "--trainer.enable_progress_bar=false", *TINY_MODEL, *changed, "--ckpt_path=last"]  # fmt: skip
@@ -71,6 +74,16 @@ def test_a_resume_with_other_data_or_model_settings_is_refused_naming_what_chang
     assert says in error
     validated = ["validate", *argv[1:-1], f"--ckpt_path={sorted(tmp_path.rglob('last.ckpt'))[0]}"]  # scored anywhere
     assert main(validated) == (1 if "model." in says else 0)
+
+
+def test_a_resume_from_a_copy_of_the_same_data_elsewhere_goes_on(tiny_librimix: Path, tmp_path: Path,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same data reached through a link, or copied to a job's scratch disk, was refused (diff review)."""
+    import shutil
+
+    run_fit(tiny_librimix, tmp_path)
+    copy = Path(shutil.copytree(tiny_librimix, tmp_path_factory.mktemp("scratch") / "data"))
+    run_fit(copy, tmp_path, "--trainer.max_steps=4", "--ckpt_path=last")
 
 
 def test_typo_in_config_key_fails_at_parse_time(tiny_librimix: Path, tmp_path: Path) -> None:
