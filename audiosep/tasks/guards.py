@@ -140,7 +140,8 @@ class TrainingGuards:
         from audiosep.pruning.identity import data_identity
 
         if getattr(self, "_data_record", None) is None:
-            self._data_record = data_identity(getattr(self.trainer, "datamodule", None))  # type: ignore[attr-defined]
+            trainer = getattr(self, "_trainer", None)  # a task saved outside a Trainer has no data
+            self._data_record = data_identity(getattr(trainer, "datamodule", None))
         return self._data_record
 
     def load_guards(self, checkpoint: dict[str, Any]) -> None:
