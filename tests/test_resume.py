@@ -49,6 +49,18 @@ def run(argv: list[str]) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
 
+def fit_paused_at(root: Path, out: Path, step: int) -> subprocess.Popen:
+    """A `fit` process, once it has paused at ``step`` (:class:`training_probes.PauseAtStep`)."""
+    process = subprocess.Popen(fit_argv(root, out, pause_at=step), env=subprocess_env(), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not (out / "paused.json").is_file():
+        assert process.poll() is None, f"training ended before step {step}: {process.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"training never reached step {step}"
+        time.sleep(0.2)
+    return process
+
+
 def test_sigkill_mid_epoch_then_ckpt_path_last_ends_with_the_weights_of_an_unbroken_run(
     tiny_librimix: Path, tmp_path: Path
 ) -> None:
@@ -56,13 +68,7 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_ends_with_the_weights_of_an_unbro
     unbroken.mkdir(), broken.mkdir()
     run(fit_argv(tiny_librimix, unbroken))
 
-    process = subprocess.Popen(fit_argv(tiny_librimix, broken, pause_at=KILL_AT), env=subprocess_env(), cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not (broken / "paused.json").is_file():
-        assert process.poll() is None, f"training ended before step {KILL_AT}: {process.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "training never reached the kill step"
-        time.sleep(0.2)
+    process = fit_paused_at(tiny_librimix, broken, KILL_AT)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=30) == -signal.SIGKILL
     assert not (broken / "final.pt").exists()
@@ -86,13 +92,7 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_ends_with_the_weights_of_an_unbro
 def test_a_terminated_fit_exits_143_not_0(tiny_librimix: Path, tmp_path: Path) -> None:
     """Lightning stops on SIGTERM with a SystemExit of no code: exit 0, so `fit && test` or a scheduler's afterok
     went on with an unfinished model (reviewer)."""
-    process = subprocess.Popen(fit_argv(tiny_librimix, tmp_path, pause_at=2), env=subprocess_env(), cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 180
-    while not (tmp_path / "paused.json").is_file():
-        assert process.poll() is None, f"training ended before step 2: {process.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "training never reached step 2"
-        time.sleep(0.2)
+    process = fit_paused_at(tiny_librimix, tmp_path, 2)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     assert process.stderr.read().splitlines()[-1] == "audiosep: terminated"
