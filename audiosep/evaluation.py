@@ -49,6 +49,7 @@ class RunIdentity:
     task: str
     dtype: str = "fp32"
     metadata_sha256: str | None = None  # the split's metadata CSV: data regenerated at the same path is other data
+    audiosep_code: str | None = None  # a digest of audiosep's sources: an editable install keeps its version
 
 
 # ---------------------------------------------------------------- transcripts
@@ -452,8 +453,8 @@ class RowLog:
         elif self.rows_path.is_file() and read_json(run_path) != asdict(identity):
             # Rows without the run.json that names them are refused too: they may be another run's.
             raise UserError(
-                f"{out_dir}: holds the results of a different evaluation (checkpoint, data, its metadata, split, task "
-                f"or dtype differ, or {RUN_FILE} is missing); use another --out-dir or --restart"
+                f"{out_dir}: holds the results of a different evaluation (checkpoint, data, its metadata, split, task, "
+                f"dtype or audiosep's code differ, or {RUN_FILE} is missing); use another --out-dir or --restart"
             )
         atomic_write_text(run_path, json.dumps(asdict(identity), indent=2))
         self.rows = self._read_rows()

@@ -394,6 +394,23 @@ def test_rows_without_their_run_file_are_not_resumed_under_another_model(
     assert len((out / "utterances.jsonl").read_text().splitlines()) == 2  # kept for the right run
 
 
+def test_rows_scored_by_other_audiosep_code_are_not_resumed(sep_ckpt: Path, librimix: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """An editable install keeps its version through edits: a rerun after one mixed scores of two codes (reviewer)."""
+    import audiosep.io
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--ckpt", str(sep_ckpt), "--data", str(librimix), "--out-dir", str(out), "--no-progress",
+            "--no-plots"]  # fmt: skip
+    assert main([*args, "--limit", "1"]) == 0
+    real = audiosep.io.source_digest
+    monkeypatch.setattr(audiosep.io, "source_digest", lambda: "edited" + real()[6:])
+    assert main(args) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "dtype or audiosep's code differ" in error[0]
+
+
 @pytest.mark.parametrize(
     ("line", "problem"),
     [

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.eval_report import rate_text
     from audiosep.evaluation import RunIdentity, evaluate, load_transcripts
     from audiosep.inference import Separator
-    from audiosep.io import file_sha256
+    from audiosep.io import file_sha256, source_digest
     from audiosep.metrics import SILENT_SOURCE_DB
     from audiosep.transcriber import Transcriber
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         separator_sha256=file_sha256(args.ckpt),
         recogniser_sha256=file_sha256(args.asr) if args.asr else None,
         data_dir=str(base.resolve()), split=args.split, task=args.task, dtype=args.dtype,
-        metadata_sha256=file_sha256(metadata),
+        metadata_sha256=file_sha256(metadata), audiosep_code=source_digest(),
     )
     result = evaluate(
         separator, dataset, args.out_dir, identity, transcriber, transcripts, limit=args.limit,
