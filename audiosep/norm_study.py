@@ -32,6 +32,7 @@ import json
 import math
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -296,7 +297,7 @@ def train_run(settings: StudySettings, data: StudyData, norm: str, seed: int, st
         accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, gradient_clip_val=5.0,
         val_check_interval=max(1, steps // settings.evals), check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=settings.progress, callbacks=[monitor],
+        enable_progress_bar=settings.progress and sys.stdout.isatty(), callbacks=[monitor],  # bars go to stdout
     )  # fmt: skip
     _seed(seed)  # the crops and the order no longer depend on what building the model consumed
     started = time.monotonic()

@@ -239,6 +239,14 @@ def test_summary_rows_are_keyed_by_canonical_norm() -> None:
 # --- a resumed study: same data, same threads -------------------------------------------------
 
 
+def test_training_bars_stay_out_of_a_redirected_stdout(demo_set: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Lightning's bars go to stdout: they went between the study's lines in a redirected log (reviewer)."""
+    argv = [arg for arg in _argv(demo_set, tmp_path / "study", "none", "--baseline-seeds", "1") if arg != "--no-progress"]
+    assert main(argv) == 0
+    assert "it/s" not in capsys.readouterr().out
+
+
 def test_a_study_resumed_on_other_data_is_refused(
     demo_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +89,8 @@ def _run_locked(args: argparse.Namespace, out: Path, started: float) -> int:
         "fit", "--config", str(recipe), "--data.root", str(out / "data"),
         "--trainer.default_root_dir", str(out / "train"), "--seed_everything", str(args.seed),
     ]
+    if not sys.stdout.isatty():  # Lightning's bars go to stdout, between the report's lines (reviewer)
+        overrides += ["--trainer.enable_progress_bar=false"]
     if args.max_time:
         overrides += ["--trainer.max_time", args.max_time]
     if args.max_steps:

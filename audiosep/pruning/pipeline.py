@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -206,6 +207,7 @@ def _trainer(root: Path, settings: PruneSettings, **kwargs) -> L.Trainer:
         default_root_dir=str(root), accelerator=settings.accelerator, devices=1, gradient_clip_val=5.0,
         logger=False, enable_model_summary=False, val_check_interval=0.5, max_epochs=-1,
         enable_checkpointing="callbacks" in kwargs,
+        enable_progress_bar=sys.stdout.isatty(),  # Lightning's bars go to stdout: not into a redirected report
     )  # fmt: skip
     if "callbacks" not in kwargs:  # saves by itself: Lightning's own ModelCheckpoint would add a file of its own
         kwargs["callbacks"] = [LastCheckpoint(root / "last.ckpt")]

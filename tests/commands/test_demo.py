@@ -16,6 +16,7 @@ def test_demo_writes_model_wavs_plot_and_report(tmp_path: Path, capsys) -> None:
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "before training" in printed and "after" in printed
+    assert "it/s" not in printed  # Lightning's bars went to a redirected stdout, between these lines (reviewer)
     report = json.loads((out / "report.json").read_text())
     assert set(report) >= {"si_snri_before_db", "si_snri_after_db", "validation_curve", "wall_time_s", "training_time_s"}
     assert len(report["validation_curve"]) >= 1
