@@ -60,7 +60,7 @@ def _add_command(subparsers: argparse._SubParsersAction, name: str, module: str,
     if not _available(module):
         return
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
-    parser.set_defaults(_module=module)
+    parser.set_defaults(_module=module, _command_parser=parser)  # its own usage errors name its --help
     importlib.import_module(module).add_arguments(parser)
 
 
@@ -68,11 +68,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """argparse whose usage errors are one ``audiosep: error:`` line (exit 2) naming the command's ``--help``,
     as the training commands' are, instead of the whole usage block first (reviewer). Subcommands inherit it."""
 
-    command = ""  # set by main(): the command named on the line, for errors argparse raises at the top level
-
     def error(self, message: str) -> NoReturn:
-        prog = self.command or self.prog  # an unknown option of `infer` is found by the top-level parser
-        self.exit(2, f"audiosep: error: {' '.join(message.split())} (`{prog} --help` lists the options)\n")
+        self.exit(2, f"audiosep: error: {' '.join(message.split())} (`{self.prog} --help` lists the options)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,17 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
         for sub_name, (module, help_text) in entry.items():
             _add_command(group_sub, sub_name, module, help_text)
     return parser
-
-
-def command_named(argv: Sequence[str]) -> str:
-    """``audiosep COMMAND [SUBCOMMAND]`` as far as ``argv`` names known commands (``audiosep`` for none)."""
-    words = ["audiosep"]
-    entry = COMMANDS.get(argv[0]) if argv else None
-    if entry is not None:
-        words.append(argv[0])
-        if isinstance(entry, dict) and len(argv) > 1 and argv[1] in entry:
-            words.append(argv[1])
-    return " ".join(words)
 
 
 class Terminated(BaseException):
@@ -204,8 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             return _run_lightning(argv)
         parser = build_parser()
-        parser.command = command_named(argv)
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # argparse finds them at the top level: the command's own parser says so, naming its --help
+            (getattr(args, "_command_parser", None) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
         if not hasattr(args, "_module"):
             (getattr(args, "_group_parser", None) or parser).print_help()
             return 2

@@ -389,11 +389,11 @@ def _parse_row(line: bytes) -> dict[str, Any]:
     for column in dict.fromkeys(("duration_s", *ROW_SCORES, *present, "overlap_ratio")):
         if not _number(value := row.get(column)) or not math.isfinite(value):
             raise ValueError(f"{column} is {value!r:.40}, not a finite number")
-    if not _number(row.get("input_snr_db")) or math.isnan(row["input_snr_db"]):  # -inf: a silent source
-        raise ValueError(f"input_snr_db is {row.get('input_snr_db')!r:.40}, not a number")
-    silent = row.get("silent_sources")
+    snr, silent = row.get("input_snr_db"), row.get("silent_sources")
+    if not _number(snr) or math.isnan(snr):  # -inf: a silent source
+        raise ValueError(f"input_snr_db is {snr!r:.40}, not a number")
     if not (_number(silent) and math.isfinite(silent) and silent == int(silent) and silent >= 0):  # Infinity: OverflowError
-        raise ValueError(f"silent_sources is {row.get('silent_sources')!r:.40}, not a count")
+        raise ValueError(f"silent_sources is {silent!r:.40}, not a count")
     if "references" in row and not _transcripts(row):
         raise ValueError("its references and hypotheses are not texts, one per source")
     return row

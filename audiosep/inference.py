@@ -362,7 +362,7 @@ class Separator:
             raise ValueError("int8 inference runs on CPU with the inference transform (no --no-optimize)")
         self.optimized = optimize
         self.runtime = self._build_runtime()
-        self._built_from = self._weights_probe()
+        self._built_from = self._model_probe()
         self.sample_rate = sample_rate
         self.chunk = chunk or ChunkConfig()
         self.window = model_window(self.model)
@@ -382,7 +382,7 @@ class Separator:
             return quantize_for_inference(self.model)
         return prepare_for_inference(self.model) if self.optimized else self.model
 
-    def _weights_probe(self) -> tuple[tuple[object, ...], ...]:
+    def _model_probe(self) -> tuple[tuple[object, ...], ...]:
         """Per layer of :attr:`model` its name, class and settings; per weight its name, shape, storage, version,
         sum and norm.
 
@@ -414,7 +414,7 @@ class Separator:
             from audiosep.optimize import refuse_hooks
 
             refuse_hooks(self.model)
-        probe = self._weights_probe()
+        probe = self._model_probe()
         if probe != self._built_from:
             self.runtime = self._build_runtime()
             self._built_from = probe

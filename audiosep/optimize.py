@@ -85,8 +85,9 @@ def prepare_for_inference(model: nn.Module, fold_norm_scales: bool = True) -> nn
             them would see other tensors, or silently stop changing the output.
     """
     refuse_hooks(model)
-    training = next((name or type(model).__name__ for name, module in model.named_modules() if _trains_otherwise(module)
-                     or (module is model and module.training)), None)  # fmt: skip
+    training = type(model).__name__ if model.training else next(
+        (name for name, module in model.named_modules() if _trains_otherwise(module)), None
+    )
     if training is not None:  # one BatchNorm left in training mode too (reviewer): it normalised by the batch
         warnings.warn(f"prepare_for_inference: {type(model).__name__} has layers in training mode ({training}); the "
                       "prepared copy computes what it computes in eval mode", stacklevel=3)  # fmt: skip

@@ -10,6 +10,7 @@ SLURM-requeue ``hpc_ckpt_N.ckpt``) of any earlier run below ``--trainer.default_
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -177,7 +178,9 @@ class AudiosepCLI(LightningCLI):
                 its data).
         """
         shown = one_line(ckpt_path, 200)
-        self._resume_data = resume
+        # the model's arguments always; the data where a run goes on (validate/test score it on any data)
+        datamodule = self.datamodule if resume else None
+        same_run = functools.partial(other_run_problem, model=getattr(self.model, "model", None), datamodule=datamodule)
         if "://" in ckpt_path:
             raise UserError(
                 f"--ckpt_path {shown}: a URL; only local checkpoint files are read (give the file's path; "
@@ -194,32 +197,26 @@ class AudiosepCLI(LightningCLI):
                 print(f"audiosep: --ckpt_path last: no checkpoint of this model below "
                       f"{self.trainer.default_root_dir}; training starts from scratch", file=sys.stderr)  # fmt: skip
                 return None
-            problem = checkpoint_problem(found, weight_shapes(self.model), same_run=self._other_run)
+            problem = checkpoint_problem(found, weight_shapes(self.model), same_run=same_run)
             if problem:
                 raise UserError(f"--ckpt_path last ({found}): {problem}")
             return found.resolve()
         path = Path(ckpt_path).expanduser()
         if path.is_dir():
             raise UserError(f"--ckpt_path {shown}: a folder; give a checkpoint file (e.g. its last.ckpt)")
-        problem = checkpoint_problem(path, weight_shapes(self.model), same_run=self._other_run)
+        problem = checkpoint_problem(path, weight_shapes(self.model), same_run=same_run)
         if problem:
             raise UserError(f"--ckpt_path {shown}: {problem}")
         return path.resolve()  # Lightning takes a relative path starting with "http" for a URL
 
 
-    def _other_run(self, checkpoint: dict[str, Any]) -> str | None:
-        """How the run ``checkpoint`` was saved in differs from this one (model arguments, data); None if it
-        does not. A resume with other data, a changed norm or batch size went on silently (reviewer)."""
-        datamodule = self.datamodule if getattr(self, "_resume_data", True) else None
-        return other_run_problem(checkpoint, getattr(self.model, "model", None), datamodule)
-
-
 def other_run_problem(checkpoint: dict[str, Any], model: Any, datamodule: Any) -> str | None:
     """Why ``checkpoint`` is not a checkpoint of this run: its model's class or constructor arguments, or its
     data (:data:`audiosep.tasks.guards.DATA_KEY`, where saved; unless ``datamodule`` is None), differ from
-    ``model``'s and ``datamodule``'s; None where they are the same."""
+    ``model``'s and ``datamodule``'s; None where they are the same. A resume with other data, a changed norm or
+    batch size went on silently (reviewer)."""
+    from audiosep.data.identity import as_json, data_identity
     from audiosep.models.base import RebuildableModule
-    from audiosep.pruning.identity import as_json, data_identity
     from audiosep.tasks.guards import DATA_KEY
 
     saved, now = {}, {}
@@ -427,9 +424,8 @@ def _setting_problem(key: str, value: Any) -> str | None:
         return None if isinstance(value, list) and all(map(_count, value)) else "not parameter indices"
     items = list(value) if isinstance(value, list | tuple) else [value]
     items = [float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point() else v for v in items]
-    numbers = [v for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
-    numeric = key in (*NONNEGATIVE_SETTINGS, "betas")
-    if numeric and any(v is not None and not (isinstance(v, int | float) and not isinstance(v, bool)) for v in items):
+    numbers = [v for v in items if _number(v)]
+    if key in (*NONNEGATIVE_SETTINGS, "betas") and len(numbers) + sum(v is None for v in items) < len(items):
         return "not a number"
     if not all(map(_finite_number, numbers)):
         return "not finite numbers"
@@ -467,7 +463,7 @@ def _score(value: Any) -> bool:
     int tensor for ``monitor="step"``)."""
     if isinstance(value, torch.Tensor):
         return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    return value is None or _number(value)
 
 
 def _no_parent_steps(path: str) -> bool:
@@ -593,8 +589,12 @@ def schedulers_problem(schedulers: Any) -> str | None:
     return None
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return _number(value) and math.isfinite(value)
 
 
 def allowed_import_paths() -> list[str]:

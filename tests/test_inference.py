@@ -457,7 +457,7 @@ def test_a_layer_without_weights_swapped_into_the_separators_model_is_used(optio
     torch.testing.assert_close(after, plain, rtol=0, atol=1e-5 if not options else 0.05)
 
 
-def test_the_weights_probe_takes_nan_weights_and_complex_buffers() -> None:
+def test_the_model_probe_takes_nan_weights_and_complex_buffers() -> None:
     """A NaN weight made every call rebuild the runtime (NaN != NaN); a complex buffer raised (diff reviewer)."""
     from audiosep.models import conv_tasnet_demo
 

@@ -118,7 +118,7 @@ def train_and_score(
 ) -> tuple[float | None, str | None]:
     """Train the recipe with ``model``'s sizes for the budget; the best checkpoint's val SI-SNRi and path."""
     from audiosep.checkpoint import load_model
-    from audiosep.pruning.identity import data_identity
+    from audiosep.data.identity import data_identity
     from audiosep.pruning.pipeline import validation_si_snri
     from audiosep.training_cli import (
         claim_training_folder,

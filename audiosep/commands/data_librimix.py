@@ -82,9 +82,10 @@ def draw_missing_metadata(args: argparse.Namespace, splits: list[str] | None) ->
         raise UserError(
             "--new-metadata needs --splits (LibriSpeech subset folders, e.g. train-clean-100,dev-clean)"
         )
+    record = draw_record(args)
     for subset in splits:
         csv_path = Path(args.metadata).expanduser() / f"libri{args.n_src}mix_{subset}.csv"
-        record_path, record = csv_path.with_name(f"{csv_path.name}.draw.json"), draw_record(args)
+        record_path = csv_path.with_name(f"{csv_path.name}.draw.json")
         if csv_path.is_file():
             check_same_draw(csv_path, record_path, record)
             print(f"{csv_path}: already drawn, reused")

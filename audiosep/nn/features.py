@@ -44,7 +44,7 @@ def normalize_per_feature(features: Tensor, lengths: Tensor) -> Tensor:
 
 FRAME_COUNTS = ("centred", "nemo")
 # Spectrum and mel values per input sample, ``(n_fft // 2 + 1 + n_mels) / hop``: 2 for QuartzNet's front end
-# (512-point FFT, 64 mels, 160-sample hop), 32 for a 4096-point FFT every 128 samples. A model file's
+# (512-point FFT, 64 mels, 160-sample hop), 16.5 for a 4096-point FFT every 128 samples. A model file's
 # 1-sample hop with a 65536-point FFT was 32 769 (262 KB of spectrum a sample: 167 GB for 20 s; reviewer).
 MAX_VALUES_PER_SAMPLE = 64
 

@@ -22,11 +22,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from audiosep.data.identity import as_json, data_identity, librimix_metadata_csvs
 from audiosep.errors import UserError
 from audiosep.io import LOCK_FILE, atomic_write_text, folder_lock, read_json
 from audiosep.pruning.gates import ChannelGates
 from audiosep.pruning.groups import ChannelGroup, find_groups, total_macs
-from audiosep.pruning.identity import as_json, data_identity, librimix_metadata_csvs, model_identity
+from audiosep.pruning.identity import model_identity
 from audiosep.pruning.latency import measure_latency_spread
 from audiosep.pruning.surgery import (
     Keep,

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from audiosep.data.identity import data_identity
 from audiosep.data.sampling import end_resume_quiet
 from audiosep.errors import ConfigError, UserError
 from audiosep.rng import collect_rng_states, set_rng_states
@@ -132,17 +133,8 @@ class TrainingGuards:
     def save_guards(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RNG_KEY] = collect_rng_states()
         checkpoint[NONFINITE_KEY] = self.nonfinite_steps
-        checkpoint[DATA_KEY] = self.data_record()
-
-    def data_record(self) -> dict[str, Any] | None:
-        """The data this run trains on (:func:`audiosep.pruning.identity.data_identity`: folder, arguments,
-        metadata digests), computed once per process (the digests read every CSV)."""
-        from audiosep.pruning.identity import data_identity
-
-        if getattr(self, "_data_record", None) is None:
-            trainer = getattr(self, "_trainer", None)  # a task saved outside a Trainer has no data
-            self._data_record = data_identity(getattr(trainer, "datamodule", None))
-        return self._data_record
+        trainer = getattr(self, "_trainer", None)  # a task saved outside a Trainer has no data
+        checkpoint[DATA_KEY] = data_identity(getattr(trainer, "datamodule", None))
 
     def load_guards(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get(RNG_KEY)
