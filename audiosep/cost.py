@@ -1,4 +1,4 @@
-"""Multiply-accumulates of a forward pass, attention included.
+"""Multiply-accumulates of a forward pass, attention included; the memory its activations hold at once.
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts convolutions and matmuls but not every
 attention kernel (on CPU it counts the fused ``scaled_dot_product_attention`` op as zero): the
@@ -8,9 +8,13 @@ attention products are added here from their shapes, ``2 * B * H * L_q * L_k * (
 
 from __future__ import annotations
 
+import copy
+import weakref
+
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from audiosep.nn.attention import MultiHeadSelfAttention
@@ -75,3 +79,44 @@ def count_macs(model: nn.Module, *inputs: Tensor) -> float:
     fused = counter.get_flop_counts().get("Global", {})
     counted_attention = sum(count for op, count in fused.items() if "scaled_dot_product" in str(op))
     return (counter.get_total_flops() - counted_attention) / 2 + attention
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Bytes of the tensors the ops of a forward pass made that are still alive: now and at the peak.
+
+    Only new storages count: views and in-place results share their input's memory. A tensor's bytes are
+    released when Python frees it (a weakref finalizer).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+
+    def _release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
+        output = func(*args, **(kwargs or {}))
+        if func._schema.is_mutable:  # in place, or into an ``out=`` tensor the caller made
+            return output
+        inputs = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)}
+        for tensor in tree_leaves(output):
+            if isinstance(tensor, Tensor) and id(tensor) not in inputs and tensor._base is None:
+                nbytes = tensor.untyped_storage().nbytes()
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(tensor, self._release, nbytes)
+        return output
+
+
+def activation_peak_bytes(model: nn.Module, *inputs: Tensor) -> int:
+    """The most bytes the tensors made by ``model(*inputs)`` (no autograd) hold at once, output included.
+
+    Run on a copy of ``model`` on the meta device: shapes only, nothing allocated, so a model file whose
+    activations would not fit in memory is found before it runs. Attention counts its ``[L, L]`` weights
+    (the meta device runs the math path; fused CPU and GPU kernels keep less), so this errs high there.
+    """
+    meta, meta_inputs = copy.deepcopy(model).to("meta"), [x.to("meta") for x in inputs]
+    with torch.no_grad(), _LiveBytes() as live:
+        meta(*meta_inputs)
+    return live.peak

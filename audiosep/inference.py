@@ -84,6 +84,9 @@ InferenceDtype = Literal["fp32", "int8"]
 
 OUTPUT_BLOCK = 1 << 16  # samples per block when reading, resampling and writing long audio
 MIN_CHUNK_SECONDS = 1.0  # --max-memory never picks a shorter chunk
+# One meta-device pass over this much audio, scaled to a chunk's length, estimates a pass's memory before any runs.
+MEMORY_PROBE_SECONDS = 1.0
+MEMORY_SHARE = 0.8  # a chunk's estimated pass may take this share of the memory available
 MAX_CHUNK_SECONDS = 600.0  # nor a longer one (the overlap-add keeps nothing longer)
 PEAK_LIMIT = 0.999  # sources are scaled as one so that no sample of an integer-PCM output exceeds this
 WAV_SAMPLE_BYTES = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}  # per sample of each output subtype
@@ -373,6 +376,7 @@ class Separator:
                 f"the model ({self.window} samples at {sample_rate} Hz)"
             )
         self._num_sources: int | None = None
+        self._memory_checked: tuple[ChunkConfig, int] | None = None  # the chunk and batch found to fit
 
     def _build_runtime(self) -> nn.Module:
         """What runs: the int8 or prepared transform of :attr:`model`, or the model itself."""
@@ -508,6 +512,58 @@ class Separator:
         } | ({} if subtype == "PCM_16" else {"subtype": subtype})  # fmt: skip
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    @functools.cached_property
+    def _probe_pass_mib(self) -> float | None:
+        """:func:`~audiosep.cost.activation_peak_bytes` (MiB) of one pass over ``chunk_batch`` chunks of
+        :data:`MEMORY_PROBE_SECONDS`; None when the model cannot run on the meta device."""
+        from audiosep.cost import activation_peak_bytes
+
+        probe = torch.zeros(self.chunk_batch, max(self.window, round(MEMORY_PROBE_SECONDS * self.sample_rate)))
+        try:
+            return activation_peak_bytes(self.model, probe) / 2**20
+        except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:  # an op without a meta kernel
+            log.debug("no memory estimate on the meta device: %s", err)
+            return None
+
+    def pass_memory_mib(self, seconds: float) -> float | None:
+        """Estimated memory (MiB) of one pass over ``chunk_batch`` chunks of ``seconds``, before any runs: the
+        meta-device pass over :data:`MEMORY_PROBE_SECONDS` scaled by length (high for models whose memory grows
+        with length more slowly than that); None where there is no estimate."""
+        probe = self._probe_pass_mib
+        return None if probe is None else probe * max(1.0, seconds / MEMORY_PROBE_SECONDS)
+
+    def fit_chunk_to_available_memory(self) -> ChunkConfig:
+        """Shorten the chunk when one pass over it would take more than :data:`MEMORY_SHARE` of the memory
+        available (estimated on the meta device, before any pass); returns the chunk.
+
+        Why: a small model file can describe a model whose activations need gigabytes per second of audio
+        (thousands of filters at a stride of one sample); run as it is, such a pass is killed by the system
+        or swaps, with nothing said. Streaming (small blocks) and a device without a figure are not checked.
+
+        Raises:
+            SeparationError: even a :data:`MIN_CHUNK_SECONDS` chunk (or the model's window) would not fit.
+        """
+        from audiosep.bench.memory import available_mib
+
+        if self._memory_checked == (self.chunk, self.chunk_batch) or self.stream_block_ms is not None:
+            return self.chunk
+        wanted = self.chunk.seconds
+        need, available = self.pass_memory_mib(wanted), available_mib(self.device)
+        if need is not None and available is not None and need > MEMORY_SHARE * available:
+            seconds = wanted * MEMORY_SHARE * available / need
+            shortest = max(MIN_CHUNK_SECONDS, self.window / self.sample_rate)
+            if seconds < shortest:
+                raise SeparationError(
+                    f"the model needs about {need:.0f} MiB of memory for a pass over {wanted:g} s of audio "
+                    f"({self.pass_memory_mib(shortest):.0f} MiB for {shortest:g} s, the shortest chunk); "
+                    f"{available:.0f} MiB are available on {self.device}"
+                )
+            self.chunk = ChunkConfig(seconds, min(self.chunk.overlap_seconds, seconds / 4))
+            log.warning("chunks of %.2f s: a pass over %g s would need about %.0f MiB, %.0f MiB are available",
+                        seconds, wanted, need, available)  # fmt: skip
+        self._memory_checked = (self.chunk, self.chunk_batch)
+        return self.chunk
+
     def fit_chunk_to_memory(self, max_mib: float) -> ChunkConfig:
         """Set and return the longest chunk whose passes keep memory under ``max_mib`` MiB (measured).
 
@@ -576,6 +632,7 @@ class Separator:
         Only the overlap still to be blended is kept between chunks, so memory follows the chunk size,
         not ``length``.
         """
+        self.fit_chunk_to_available_memory()
         chunk, overlap = self.chunk.samples(self.sample_rate)
         grid = next(g for g in model_grids(self.model) if g <= chunk - overlap)
         starts, chunk = chunk_layout(length, chunk, overlap, grid)

@@ -57,6 +57,19 @@ def peak_rss_mib() -> float:
     return _status_mib("VmHWM")
 
 
+def available_mib(device: torch.device) -> float | None:
+    """Memory a pass on ``device`` can still take, MiB: the kernel's ``MemAvailable`` (Linux ``/proc/meminfo``)
+    on CPU, the driver's free memory plus what torch's allocator holds unused on CUDA; None where unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return (free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)) / MIB
+    try:
+        match = re.search(r"MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+    except OSError:
+        return None
+    return None if match is None else int(match.group(1)) / 1024
+
+
 def rss_supported() -> bool:
     """Whether this system has the ``/proc`` files the CPU measurement needs (Linux)."""
     return Path("/proc/self/clear_refs").exists() and Path("/proc/self/status").exists()

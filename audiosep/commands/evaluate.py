@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from audiosep.data.librimix import LibriMixDataset, metadata_csv, resolve_librimix_dir
     from audiosep.eval_report import rate_text
     from audiosep.evaluation import RunIdentity, evaluate, load_transcripts
-    from audiosep.inference import Separator
+    from audiosep.inference import SeparationError, Separator
     from audiosep.io import file_sha256, source_digest
     from audiosep.metrics import SILENT_SOURCE_DB
     from audiosep.transcriber import Transcriber
@@ -63,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     try:
         separator = Separator.from_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
+        separator.fit_chunk_to_available_memory()  # before any mixture: a model too large for this machine
         transcriber = Transcriber.from_checkpoint(args.asr, device=args.device) if args.asr else None
+    except SeparationError as err:  # the model, not a mixture
+        raise UserError(f"{args.ckpt}: {err}") from err
     except (CheckpointError, ValueError) as err:
         raise UserError(str(err)) from err
     transcripts = load_transcripts(_transcript_source(args)) if transcriber else None

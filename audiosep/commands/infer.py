@@ -302,7 +302,7 @@ def check_chunk_options(args: argparse.Namespace) -> None:
 
 def load_separator(args: argparse.Namespace):
     from audiosep.checkpoint import CheckpointError
-    from audiosep.inference import ChunkConfig, Separator
+    from audiosep.inference import ChunkConfig, SeparationError, Separator
 
     check_chunk_options(args)
     check_device(args.device)  # as evaluate: one line, not the driver's message
@@ -317,6 +317,7 @@ def load_separator(args: argparse.Namespace):
             args.ckpt, chunk=chunk, device=args.device, optimize=not args.no_optimize, dtype=args.dtype,
             stream_block_ms=args.stream, chunk_batch=1 if args.chunk_batch is None else args.chunk_batch,
         )
+        separator.fit_chunk_to_available_memory()  # before any input is read: a model too large for this machine
         if args.max_memory is not None:
             chunk = separator.fit_chunk_to_memory(args.max_memory)
             print(
@@ -325,6 +326,8 @@ def load_separator(args: argparse.Namespace):
                 file=sys.stderr,
             )
         return separator
+    except SeparationError as err:  # the model, not an input
+        raise UserError(f"{args.ckpt}: {err}") from err
     except (CheckpointError, ValueError) as err:
         raise UserError(str(err)) from err
     except (RuntimeError, AssertionError) as err:

@@ -1,0 +1,133 @@
+"""A pass's memory is estimated before it runs: a model file too large for the machine is refused or its chunk
+shortened, never run until the system kills it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import Tensor, nn
+
+import audiosep.bench.memory as memory
+from audiosep.checkpoint import save_model
+from audiosep.cli import main
+from audiosep.cost import activation_peak_bytes
+from audiosep.inference import MIN_CHUNK_SECONDS, ChunkConfig, SeparationError, Separator
+from audiosep.models.conv_tasnet import ConvTasNet
+
+SAMPLE_RATE = 8000
+WIDE = {"enc_num_filters": 512, "enc_kernel_size": 2, "bottleneck_channels": 8, "hidden_channels": 16,
+        "skip_channels": 8, "num_layers": 1, "num_repeats": 1, "num_sources": 4}  # fmt: skip
+
+
+class Widening(nn.Module):
+    """``[B, T] -> [B, 2, T]`` through a ``[B, width, T]`` temporary that lives alongside a second one."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.num_sources, self.width = 2, width
+        self.up = nn.Conv1d(1, width, 1, bias=False)
+        self.down = nn.Conv1d(width, 2, 1, bias=False)
+
+    def forward(self, mixture: Tensor) -> Tensor:
+        wide = self.up(mixture.unsqueeze(1))  # [B, W, T]
+        doubled = wide * 2.0  # both alive here
+        return self.down(doubled)
+
+
+def test_the_estimate_is_the_largest_set_of_tensors_alive_at_once() -> None:
+    # two [1, W, T] float32 temporaries alive at once (locals live until forward returns), then the
+    # [1, 2, T] output beside them; the input is the caller's, not counted
+    def expected(width: int, length: int) -> int:
+        return (2 * width + 2) * length * 4
+
+    assert activation_peak_bytes(Widening(64), torch.zeros(1, 1000)) == expected(64, 1000)
+    assert activation_peak_bytes(Widening(128), torch.zeros(1, 1000)) == expected(128, 1000)
+    assert activation_peak_bytes(Widening(64), torch.zeros(3, 4000)) == 3 * expected(64, 4000)
+
+
+def test_the_estimate_allocates_nothing_and_leaves_the_model_alone() -> None:
+    model = ConvTasNet(**WIDE)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    # 10 minutes at 8 kHz: about 10 GB of activations, estimated on the meta device
+    assert activation_peak_bytes(model, torch.zeros(1, 600 * SAMPLE_RATE)) > 5e9
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_a_conv_tasnet_estimate_is_near_its_measured_peak() -> None:
+    model = ConvTasNet(**WIDE).eval()
+    mixture = 0.1 * torch.randn(1, 2 * SAMPLE_RATE)
+    estimate = activation_peak_bytes(model, mixture) / 2**20
+    with torch.inference_mode():
+        model(mixture)
+        before = memory.start_peak_window()
+        model(mixture)
+        measured = memory.peak_rss_mib() - before
+    assert 0.5 * measured <= estimate <= 2.0 * measured, (estimate, measured)
+
+
+def _separator(available_mib: float, monkeypatch: pytest.MonkeyPatch, chunk: ChunkConfig | None = None) -> Separator:
+    monkeypatch.setattr(memory, "available_mib", lambda device: available_mib)
+    return Separator(ConvTasNet(**WIDE), SAMPLE_RATE, chunk=chunk)
+
+
+def test_a_chunk_too_large_for_the_memory_available_is_shortened(monkeypatch: pytest.MonkeyPatch) -> None:
+    separator = _separator(1e9, monkeypatch)
+    per_second = separator.pass_memory_mib(1.0)
+    separator = _separator(8 * per_second, monkeypatch)  # a 16 s chunk needs 16 x, 0.8 x 8 fit: 6.4 s
+    mixture = 0.1 * torch.randn(2 * SAMPLE_RATE)
+    sources = separator.separate_at_model_rate(mixture)
+    assert separator.chunk.seconds == pytest.approx(6.4, rel=1e-3) and separator.chunk.overlap_seconds == pytest.approx(1.6, rel=1e-3)
+    assert sources.shape == (4, 2 * SAMPLE_RATE) and torch.isfinite(sources).all()
+
+
+def test_a_chunk_that_fits_is_kept_and_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    separator = _separator(1e9, monkeypatch, ChunkConfig(2.0, 0.5))
+    calls = []
+    monkeypatch.setattr(memory, "available_mib", lambda device: calls.append(device) or 1e9)
+    for _ in range(2):
+        separator.separate_at_model_rate(0.1 * torch.randn(SAMPLE_RATE))
+    assert separator.chunk == ChunkConfig(2.0, 0.5) and len(calls) == 1
+    separator.chunk = ChunkConfig(4.0, 0.5)  # another chunk: checked again
+    separator.separate_at_model_rate(0.1 * torch.randn(SAMPLE_RATE))
+    assert len(calls) == 2
+
+
+def test_a_model_that_fits_no_chunk_is_refused_before_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    separator = _separator(1.0, monkeypatch)  # 1 MiB
+    ran = []
+    separator.runtime.register_forward_pre_hook(lambda *args: ran.append(1))
+    with pytest.raises(SeparationError, match=rf"MiB of memory for a pass over 16 s .*{MIN_CHUNK_SECONDS:g} s, the shortest"):
+        separator.separate_at_model_rate(0.1 * torch.randn(SAMPLE_RATE))
+    assert not ran
+
+
+def test_streaming_is_not_estimated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "available_mib", lambda device: 1.0)
+    causal = {**WIDE, "causal": True, "norm": "cumulative_ln"}
+    separator = Separator(ConvTasNet(**causal), SAMPLE_RATE, stream_block_ms=20.0)
+    assert separator.separate_at_model_rate(0.1 * torch.randn(SAMPLE_RATE)).shape == (4, SAMPLE_RATE)
+
+
+@pytest.mark.parametrize("command", ["infer", "evaluate"])
+def test_the_cli_names_the_model_file_and_writes_nothing(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "wide.ckpt"
+    save_model(ConvTasNet(**WIDE), ckpt, {"sample_rate": SAMPLE_RATE})
+    wav = tmp_path / "mix.wav"
+    sf.write(wav, 0.1 * np.random.default_rng(0).standard_normal(SAMPLE_RATE), SAMPLE_RATE)
+    monkeypatch.setattr(memory, "available_mib", lambda device: 1.0)
+    out = tmp_path / "out"
+    if command == "infer":
+        args = ["infer", "--ckpt", str(ckpt), "--out-dir", str(out), str(wav)]
+    else:
+        args = ["evaluate", "--ckpt", str(ckpt), "--data", str(tmp_path / "nowhere"), "--out-dir", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"audiosep: error: {ckpt}: the model needs about") and "MiB are available" in err[0]
+    assert not out.exists()
