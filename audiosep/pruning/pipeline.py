@@ -24,7 +24,7 @@ from torch import nn
 
 from audiosep.data.identity import as_json, data_identity, librimix_metadata_csvs
 from audiosep.errors import UserError
-from audiosep.io import LOCK_FILE, atomic_write_text, folder_lock, read_json
+from audiosep.io import LOCK_FILE, atomic_write_text, folder_lock, read_json, source_digest
 from audiosep.pruning.gates import ChannelGates
 from audiosep.pruning.groups import ChannelGroup, find_groups, total_macs
 from audiosep.pruning.identity import model_identity
@@ -363,11 +363,12 @@ def _prune_claimed(model: nn.Module, sample_rate: int, settings: PruneSettings, 
 def run_identity(
     model: nn.Module, sample_rate: int, settings: PruneSettings, datamodule: L.LightningDataModule | None = None
 ) -> dict[str, object]:
-    """What a resumed phase must share with this run: the model (class, arguments, weights), settings and data."""
+    """What a resumed phase must share with this run: the model (class, arguments, weights), settings, data and
+    audiosep's code (a digest of its sources: an editable install keeps its version through edits)."""
     settings_record = {key: value for key, value in asdict(settings).items() if key != "accelerator"}
     return as_json({
         "model": model_identity(model), "sample_rate": sample_rate, "settings": settings_record,
-        "data": data_identity(datamodule),
+        "data": data_identity(datamodule), "audiosep_code": source_digest(),
     })  # fmt: skip
 
 
@@ -395,7 +396,8 @@ def claim_work_dir(work_dir: Path, identity: dict[str, object]) -> None:
         )
     if record.is_file() and kept != identity and holds_phase_checkpoints(work_dir):
         raise UserError(
-            f"{work_dir}: holds an earlier pruning of other weights or settings (model, recipe, data or options); "
+            f"{work_dir}: holds an earlier pruning of other weights or settings (model, recipe, data, options or "
+            "audiosep's code); "
             "delete it or pass another --work-dir (or --out)"
         )
     if record.is_file():

@@ -378,3 +378,16 @@ def test_the_inputs_are_checked_once_and_errors_name_the_files(
     assert main([*_argv(tmp_path, ckpt, tiny_librimix), "--finetune-epochs", "0"]) == 0
     assert len(calls) == 1
     assert calls[0][4:] == (str(ckpt), RECIPE)  # model_name, data_name: the one-line errors name the files
+
+
+def test_a_pruning_of_other_audiosep_code_is_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An editable install keeps its version through edits: the record holds a digest of audiosep's sources."""
+    import audiosep.pruning.pipeline as pipeline
+
+    claim_work_dir(tmp_path / "work", _identity(1))
+    (tmp_path / "work" / "finetune").mkdir()
+    (tmp_path / "work" / "finetune" / "last.ckpt").write_bytes(b"x")
+    claim_work_dir(tmp_path / "work", _identity(1))  # the same code: resumed
+    monkeypatch.setattr(pipeline, "source_digest", lambda: "0" * 64)
+    with pytest.raises(UserError, match="holds an earlier pruning .*audiosep's code"):
+        claim_work_dir(tmp_path / "work", _identity(1))
