@@ -22,9 +22,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from audiosep.errors import UserError
 from audiosep.io import atomic_write_bytes
 
 
@@ -113,3 +115,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                           "holding only FSDP's or DeepSpeed's files", stacklevel=2)  # fmt: skip
         else:
             target.unlink(missing_ok=True)
+
+
+LAST_EVERY_STEPS = 25  # training steps between saves of a long job's last.ckpt (a few ms each for these models)
+
+
+class LastCheckpoint(L.Callback):
+    """Save ``path`` every :data:`LAST_EVERY_STEPS` training steps and when training ends (pruning's phases, the
+    norm study's runs: jobs that resume from their last step).
+
+    Why not ``ModelCheckpoint(save_last=True, save_top_k=0)``: Lightning writes ``last.ckpt`` only beside a
+    top-k save, so with none it came when the search ended, and a killed search started over from step 0.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step % LAST_EVERY_STEPS == 0:
+            trainer.save_checkpoint(self.path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)
+
+
+def resume_last(root: Path, task: L.LightningModule) -> str | None:
+    """``root/last.ckpt`` of an interrupted job, if there is one; a damaged one (or one of other weight shapes)
+    is a one-line error naming it."""
+    from audiosep.training_cli import checkpoint_problem, weight_shapes
+
+    last = root / "last.ckpt"
+    if not last.is_file():
+        return None
+    problem = checkpoint_problem(last, weight_shapes(task))
+    if problem is not None:
+        raise UserError(f"{last}: {problem}; delete it to redo this part from its start")
+    return str(last)

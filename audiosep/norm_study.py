@@ -31,9 +31,11 @@ import itertools
 import json
 import math
 import random
+import shutil
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +47,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from audiosep.bench.measure import cpu_name
-from audiosep.errors import UserError
+from audiosep.checkpoint_io import AtomicCheckpointIO, LastCheckpoint, resume_last
+from audiosep.errors import UserError, one_line
 from audiosep.eval_report import csv_formula_guard
 from audiosep.io import LOCK_FILE, TEMP_SUFFIX, atomic_write_text, folder_lock, read_json, source_digest
 from audiosep.models import build
@@ -126,13 +129,42 @@ class _StudyTask(SeparationTask):
 
 
 class _StepMonitor(L.Callback):
-    """Times every training step, keeps the validation curve, stops at the first non-finite loss."""
+    """Times every training step and the whole training, keeps the validation curve, stops at the first
+    non-finite loss; all of it is saved in the run's checkpoints, so a resumed run reports the whole run."""
 
     def __init__(self) -> None:
         self.step_times: list[float] = []
         self.curve: list[dict[str, float]] = []
         self.diverged_at: int | None = None
         self._start = 0.0
+        self._wall_before = 0.0  # seconds trained before this process resumed the run
+        self._fit_start = time.monotonic()
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._fit_start = time.monotonic()
+
+    def wall_s(self) -> float:
+        """Training wall time of the run, resumed parts included."""
+        return self._wall_before + time.monotonic() - self._fit_start
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step_times": self.step_times, "curve": self.curve, "diverged_at": self.diverged_at,
+                "wall_s": self.wall_s()}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The saved state of a run being resumed; what is not this monitor's state is a one-line error."""
+        try:
+            step_times = [float(t) for t in state_dict["step_times"]]
+            curve = [{"step": int(p["step"]), "val_si_snri": float(p["val_si_snri"])} for p in state_dict["curve"]]
+            diverged_at = None if state_dict["diverged_at"] is None else int(state_dict["diverged_at"])
+            wall_before = float(state_dict["wall_s"])
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
+            raise UserError(f"a norm study run's checkpoint holds no valid progress record ({one_line(err)}); "
+                            "delete the run's folder under runs/ to train it from its start") from None  # fmt: skip
+        if not (math.isfinite(wall_before) and wall_before >= 0 and all(math.isfinite(t) and t >= 0 for t in step_times)):
+            raise UserError("a norm study run's checkpoint holds negative or non-finite times; delete the run's "
+                            "folder under runs/ to train it from its start")  # fmt: skip
+        self.step_times, self.curve, self.diverged_at, self._wall_before = step_times, curve, diverged_at, wall_before
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         self._start = time.perf_counter()
@@ -286,8 +318,15 @@ def real_time_factors(model: nn.Module, sample_rate: int, seconds: float, rounds
     return {key: value.median / seconds for key, value in timing.items()}
 
 
-def train_run(settings: StudySettings, data: StudyData, norm: str, seed: int, steps: int) -> dict[str, Any]:
-    """Train one (norm, seed) run for ``steps`` steps and measure it; returns its result record."""
+def train_run(
+    settings: StudySettings, data: StudyData, norm: str, seed: int, steps: int, checkpoints: Path
+) -> dict[str, Any]:
+    """Train one (norm, seed) run for ``steps`` steps and measure it; returns its result record.
+
+    The run saves ``checkpoints/last.ckpt`` every :data:`~audiosep.checkpoint_io.LAST_EVERY_STEPS` steps and goes
+    on from it when the study is run again after an interruption (its batches from there are drawn afresh, so
+    a resumed run is another draw of the same run, not a replay).
+    """
     L.seed_everything(seed, verbose=False)
     model = build_model(settings, norm)
     set_norm_warmup(model, int(settings.warmup_fraction * steps))
@@ -297,13 +336,17 @@ def train_run(settings: StudySettings, data: StudyData, norm: str, seed: int, st
         accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, gradient_clip_val=5.0,
         val_check_interval=max(1, steps // settings.evals), check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=settings.progress and sys.stdout.isatty(), callbacks=[monitor],  # bars go to stdout
+        enable_progress_bar=settings.progress and sys.stdout.isatty(),  # bars go to stdout
+        callbacks=[monitor, LastCheckpoint(checkpoints / "last.ckpt")], default_root_dir=str(checkpoints),
     )  # fmt: skip
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # a kill mid-save never leaves half a last.ckpt
+    resume = resume_last(checkpoints, task)
     _seed(seed)  # the crops and the order no longer depend on what building the model consumed
-    started = time.monotonic()
-    trainer.fit(task, train_dataloaders=data.train_loader(seed, settings.batch_size),
-                val_dataloaders=data.val_loader(full=False))  # fmt: skip
-    wall = time.monotonic() - started
+    with warnings.catch_warnings():  # a resumed run's fresh draw of batches is the documented behaviour here
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(task, train_dataloaders=data.train_loader(seed, settings.batch_size),
+                    val_dataloaders=data.val_loader(full=False), ckpt_path=resume)  # fmt: skip
+    wall = monitor.wall_s()
     final = mean_si_snri(model, data.val_loader(full=True)) if monitor.diverged_at is None else float("nan")
     diverged = monitor.diverged_at is not None or not math.isfinite(final)
     rtf = real_time_factors(model, data.sample_rate, settings.rtf_seconds)
@@ -421,12 +464,17 @@ def _run_locked(settings: StudySettings, data: StudyData, out: Path, conditions:
                 runs.append(_kept_run(path, study))
                 log(f"{norm} seed {seed}: finished earlier, kept ({path})")
                 continue
-            log(f"{norm} seed {seed}: training {steps} steps")
-            record = train_run(settings, data, norm, seed, steps) | {"study": study}
+            checkpoints = path.with_suffix("")  # runs/<norm>-seed<k>/last.ckpt while the run trains
+            resumed = (checkpoints / "last.ckpt").is_file()
+            log(f"{norm} seed {seed}: " + (f"resuming from {checkpoints / 'last.ckpt'}" if resumed
+                                           else f"training {steps} steps"))  # fmt: skip
+            record = train_run(settings, data, norm, seed, steps, checkpoints) | {"study": study}
             if record["steps"] != steps and not record["diverged"]:
                 log(f"{norm} seed {seed}: warning: trained {record['steps']} of {steps} steps without diverging")
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(strict_json(record), indent=2, allow_nan=False))
+            if checkpoints.exists():
+                shutil.rmtree(checkpoints)  # the record holds the run now
             runs.append(record)
     labels = {canonical_norm_name(norm): norm for norm in settings.norms}
     report = {"schema": SCHEMA, "model": settings.model, "steps": steps, "settings": asdict(settings),

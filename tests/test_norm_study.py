@@ -384,3 +384,52 @@ def test_results_json_is_strict_json_when_a_run_diverged(tmp_path: Path) -> None
 
     stored = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
     assert stored["runs"][1]["curve"][0]["val_si_snri"] is None and stored["runs"][1]["best_curve_si_snri_db"] is None
+
+
+def test_an_interrupted_run_goes_on_from_its_last_checkpoint(
+    demo_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A long job resumes from its last checkpoint: a run killed at step 28 of 30 trains 5 steps when the study is
+    run again (from step 25), and reports the whole run."""
+    out = tmp_path / "study"
+    argv = _argv(demo_set, out, "BN", "--baseline-seeds", "1")
+    argv[argv.index("--steps") + 1] = "30"
+    monitor_end = norm_study._StepMonitor.on_train_batch_end
+    trained: list[int] = []
+
+    def kill_at_28(self, trainer, *args) -> None:
+        monitor_end(self, trainer, *args)
+        trained.append(trainer.global_step)
+        if trainer.global_step == 28:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(norm_study._StepMonitor, "on_train_batch_end", kill_at_28)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(argv)
+    checkpoint = out / "runs" / "batch_norm-seed0" / "last.ckpt"
+    assert checkpoint.is_file() and not (out / "runs" / "batch_norm-seed0.json").exists()
+
+    def counted(self, trainer, *args) -> None:
+        monitor_end(self, trainer, *args)
+        trained.append(trainer.global_step)
+
+    monkeypatch.setattr(norm_study._StepMonitor, "on_train_batch_end", counted)
+    trained.clear()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"resuming from {checkpoint}" in capsys.readouterr().out
+    assert trained == [26, 27, 28, 29, 30]
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["steps"] == 30 and [p["step"] for p in run["curve"]] == [15, 30]
+    assert run["train_wall_s"] > 0 and not run["diverged"] and isinstance(run["final_si_snri_db"], float)
+    assert not checkpoint.parent.exists()  # the record holds the run now
+
+
+@pytest.mark.parametrize("state", [{}, {"step_times": ["x"], "curve": [], "diverged_at": None, "wall_s": 1.0},
+                                   {"step_times": [0.1], "curve": [], "diverged_at": None, "wall_s": -1.0},
+                                   {"step_times": [0.1], "curve": [{"step": 1}], "diverged_at": None, "wall_s": 1.0}])
+def test_a_run_checkpoint_without_a_valid_progress_record_is_one_error_line(state: dict[str, Any]) -> None:
+    from audiosep.errors import UserError
+
+    with pytest.raises(UserError, match="delete the run's folder under runs/"):
+        norm_study._StepMonitor().load_state_dict(state)

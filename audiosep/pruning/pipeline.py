@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from audiosep.checkpoint_io import AtomicCheckpointIO, LastCheckpoint, resume_last
 from audiosep.data.identity import as_json, data_identity, librimix_metadata_csvs
 from audiosep.errors import UserError
 from audiosep.io import LOCK_FILE, atomic_write_text, folder_lock, read_json, source_digest
@@ -114,7 +115,7 @@ def score_channels(
     gates = ChannelGates(groups, threshold=settings.threshold)
     task = ChannelGateTask(model, gates, macs, settings.target_macs, settings.budget_weight, settings.search_lr)
     trainer = _trainer(work_dir / "search", settings, max_steps=settings.search_steps)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=_resume(work_dir / "search", task))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_last(work_dir / "search", task))
     gates.detach()
     return {g.name: gates.score(g).detach().clone() for g in groups}, trainer.global_step
 
@@ -139,7 +140,7 @@ def finetune(
     best = ModelCheckpoint(dirpath=work_dir / "finetune", monitor="val_si_snri", mode="max", save_last=True)
     steps = _epochs_to_steps(settings.finetune_epochs, datamodule)
     trainer = _trainer(work_dir / "finetune", settings, max_steps=steps, callbacks=[best])
-    trainer.fit(task, datamodule=datamodule, ckpt_path=_resume(work_dir / "finetune", task))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_last(work_dir / "finetune", task))
     if best.best_model_path:
         path = own_checkpoint(best.best_model_path, work_dir / "finetune")
         task.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
@@ -179,31 +180,8 @@ def train_batches(datamodule: L.LightningDataModule) -> int | None:
     return len(datamodule.split_dataset(datamodule.train_split, datamodule.segment)) // datamodule.batch_size
 
 
-LAST_EVERY_STEPS = 25  # search steps between saves of its last.ckpt (a few ms each for these models)
-
-
-class LastCheckpoint(L.Callback):
-    """Save ``path`` every :data:`LAST_EVERY_STEPS` training steps and when training ends.
-
-    Why not ``ModelCheckpoint(save_last=True, save_top_k=0)``: Lightning writes ``last.ckpt`` only beside a
-    top-k save, so with none it came when the search ended, and a killed search started over from step 0.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if trainer.global_step % LAST_EVERY_STEPS == 0:
-            trainer.save_checkpoint(self.path)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
-
-
 def _trainer(root: Path, settings: PruneSettings, **kwargs) -> L.Trainer:
     """A Lightning trainer checkpointing to ``root`` atomically (a kill mid-save never leaves a half ``last.ckpt``)."""
-    from audiosep.checkpoint_io import AtomicCheckpointIO
-
     defaults = dict(
         default_root_dir=str(root), accelerator=settings.accelerator, devices=1, gradient_clip_val=5.0,
         logger=False, enable_model_summary=False, val_check_interval=0.5, max_epochs=-1,
@@ -215,19 +193,6 @@ def _trainer(root: Path, settings: PruneSettings, **kwargs) -> L.Trainer:
     trainer = L.Trainer(**(defaults | kwargs))
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     return trainer
-
-
-def _resume(root: Path, task: L.LightningModule) -> str | None:
-    """``last.ckpt`` of an interrupted phase, if there is one; a damaged one is a one-line error naming it."""
-    from audiosep.training_cli import checkpoint_problem, weight_shapes
-
-    last = root / "last.ckpt"
-    if not last.is_file():
-        return None
-    problem = checkpoint_problem(last, weight_shapes(task))
-    if problem is not None:
-        raise UserError(f"{last}: {problem}; delete it to redo this phase from its start")
-    return str(last)
 
 
 @torch.inference_mode()

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import audiosep.checkpoint_io as checkpoint_io
 from audiosep.checkpoint import load_model, save_model
 from audiosep.cli import main
 from audiosep.io import folder_lock
@@ -215,7 +216,6 @@ def test_a_search_killed_midway_resumes_from_its_last_save(
 ) -> None:
     """last.ckpt came only when the search ended (Lightning saves it beside a top-k save, and there was none):
     a search killed at step 366 of 600 started again from step 0."""
-    from audiosep.pruning import pipeline
     from audiosep.pruning.task import ChannelGateTask
 
     ckpt = _checkpoint(tmp_path)
@@ -231,7 +231,7 @@ def test_a_search_killed_midway_resumes_from_its_last_save(
     with pytest.raises(Killed):
         _prune(tmp_path / "b", tiny_librimix, ckpt, "--search-steps", "30", "--finetune-epochs", "0")
     last = tmp_path / "b" / "work" / "search" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == pipeline.LAST_EVERY_STEPS == 25
+    assert torch.load(last, weights_only=True)["global_step"] == checkpoint_io.LAST_EVERY_STEPS == 25
     monkeypatch.setattr(ChannelGateTask, "training_step", step)
     resumed = _prune(tmp_path / "b", tiny_librimix, ckpt, "--search-steps", "30", "--finetune-epochs", "0")
     assert resumed["widths"] == unbroken["widths"] and resumed["search_steps"] == unbroken["search_steps"] == 30
