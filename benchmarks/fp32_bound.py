@@ -25,12 +25,10 @@ conv and attention counted, as the bench counts them):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from int8_bound import free_products  # noqa: E402
+from int8_bound import bound_arguments, cases, elapsed, free_products  # noqa: E402
 
 import audiosep.optimize as optimize  # noqa: E402
 from audiosep.bench.measure import matmul_mac_per_s  # noqa: E402
@@ -146,12 +144,6 @@ def exp_pass(shapes: list[tuple[int, ...]]) -> Callable[[], None]:
     return run
 
 
-def _seconds(call: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
-
-
 def measure(name: str, seconds: float, rounds: int) -> Case:
     """The variants of preset ``name`` and its peer on ``seconds`` of the bench's seeded input, interleaved."""
     ours = load(ModelSpec(name, "preset", name))
@@ -178,7 +170,7 @@ def measure(name: str, seconds: float, rounds: int) -> Case:
             for key, (call, context) in variants.items():
                 with context():
                     call()  # warm: another variant ran last
-                    times[key].append(_seconds(call))
+                    times[key].append(elapsed(call))
             roofline = max(roofline, matmul_mac_per_s(torch.device("cpu"), repeats=2))
     attention_macs = sum(2.0 * b * h * n * n * d for b, h, n, d in shapes)
     medians = {key: statistics.median(values) for key, values in times.items()}
@@ -196,31 +188,22 @@ def _times(value: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="conv_tasnet_base,sepformer_base,resepformer_base")
-    parser.add_argument("--seconds", default="1,4")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--target", type=float, default=1.5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, median of {args.rounds}")
-    for name in args.models.split(","):
-        for seconds in (float(s) for s in args.seconds.split(",")):
-            c = measure(name, seconds, args.rounds)
-            head = (f"{name} {seconds:g} s: ours {c.ours * 1e3:.1f} ms, peer {c.peer * 1e3:.1f} ms (peer / ours "
-                    f"{c.peer / c.ours:.2f}, roofline {c.macs / c.roofline / c.ours:.0%} of {c.roofline / 1e9:.1f} "
-                    f"GMAC/s); products {(c.free_attention - c.rest) * 1e3:.1f} ms at {c.products_speed:.0%} of the "
-                    f"roofline; the rest {c.rest * 1e3:.1f} ms")  # fmt: skip
-            if not c.attention_macs:
-                print(f"{head}; products at the roofline and nothing else: peer / ours {c.arithmetic_limit():.2f}")
-                continue
-            ratio, fraction = c.at_exp_floor()
-            print(f"{head}; attention {c.attention_share:.0%} of ours, its exponentials {c.exp * 1e3:.1f} ms. "
-                  f"Attention at its exponential floor: peer / ours {ratio:.2f}, "
-                  f"roofline {fraction:.0%}; products at the roofline and nothing but the exponentials: peer / "
-                  f"ours {c.arithmetic_limit():.2f}; {args.target:g}x the peer needs attention "
-                  f"{_times(c.needed_attention_speedup(args.target))} faster")  # fmt: skip
+    args = bound_arguments(__doc__.splitlines()[0])
+    for name, seconds in cases(args):
+        c = measure(name, seconds, args.rounds)
+        head = (f"{name} {seconds:g} s: ours {c.ours * 1e3:.1f} ms, peer {c.peer * 1e3:.1f} ms (peer / ours "
+                f"{c.peer / c.ours:.2f}, roofline {c.macs / c.roofline / c.ours:.0%} of {c.roofline / 1e9:.1f} "
+                f"GMAC/s); products {(c.free_attention - c.rest) * 1e3:.1f} ms at {c.products_speed:.0%} of the "
+                f"roofline; the rest {c.rest * 1e3:.1f} ms")  # fmt: skip
+        if not c.attention_macs:
+            print(f"{head}; products at the roofline and nothing else: peer / ours {c.arithmetic_limit():.2f}")
+            continue
+        ratio, fraction = c.at_exp_floor()
+        print(f"{head}; attention {c.attention_share:.0%} of ours, its exponentials {c.exp * 1e3:.1f} ms. "
+              f"Attention at its exponential floor: peer / ours {ratio:.2f}, "
+              f"roofline {fraction:.0%}; products at the roofline and nothing but the exponentials: peer / "
+              f"ours {c.arithmetic_limit():.2f}; {args.target:g}x the peer needs attention "
+              f"{_times(c.needed_attention_speedup(args.target))} faster")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def free_products() -> Iterator[None]:
         optimize.FusedLinear.forward, optimize.conv_time, optimize.conv_add = real_linear, real_conv_time, real_conv_add
 
 
-def _seconds(call: Callable[[], object]) -> float:
+def elapsed(call: Callable[[], object]) -> float:
+    """Wall-clock seconds of one ``call()``."""
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
@@ -118,7 +119,7 @@ def measure(name: str, seconds: float, rounds: int, **overrides: object) -> Boun
             for variant, model in (("fp32", prepared), ("int8", int8), ("free", prepared)):
                 with free_products() if variant == "free" else contextlib.nullcontext():
                     model(mixture)  # warm: another variant ran last
-                    times[variant].append(_seconds(lambda m=model: m(mixture)))
+                    times[variant].append(elapsed(lambda m=model: m(mixture)))
     return Bound(**{variant: statistics.median(values) for variant, values in times.items()})
 
 
@@ -126,8 +127,9 @@ def _needed(value: float) -> str:
     return "never (free products fall short)" if math.isinf(value) else f"{value:.2f}x"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bound_arguments(description: str) -> argparse.Namespace:
+    """The options of this script and of ``fp32_bound.py``; sets the thread count and prints the run's header."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--models", default="conv_tasnet_base,sepformer_base,resepformer_base")
     parser.add_argument("--seconds", default="1,4")
     parser.add_argument("--rounds", type=int, default=7)
@@ -136,13 +138,24 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, median of {args.rounds}")
+    return args
+
+
+def cases(args: argparse.Namespace) -> Iterator[tuple[str, float]]:
+    """``(model, seconds)`` of every case ``args`` asks for."""
     for name in args.models.split(","):
-        for seconds in (float(s) for s in args.seconds.split(",")):
-            b = measure(name, seconds, args.rounds)
-            print(f"{name} {seconds:g} s: fp32 {b.fp32 * 1e3:.1f} ms, int8 {b.int8 * 1e3:.1f} ms (int8 / fp32 "
-                  f"{b.fp32 / b.int8:.2f}x), products free {b.free * 1e3:.1f} ms; products {b.fraction:.0%} of fp32, "
-                  f"int8 kernels {b.kernel_speedup:.2f}x the float ones; free products would give "
-                  f"{b.free_products_bound:.2f}x; {args.target:g}x needs kernels {_needed(b.needed_kernel_speedup(args.target))}")  # fmt: skip
+        for seconds in args.seconds.split(","):
+            yield name, float(seconds)
+
+
+def main() -> None:
+    args = bound_arguments(__doc__.splitlines()[0])
+    for name, seconds in cases(args):
+        b = measure(name, seconds, args.rounds)
+        print(f"{name} {seconds:g} s: fp32 {b.fp32 * 1e3:.1f} ms, int8 {b.int8 * 1e3:.1f} ms (int8 / fp32 "
+              f"{b.fp32 / b.int8:.2f}x), products free {b.free * 1e3:.1f} ms; products {b.fraction:.0%} of fp32, "
+              f"int8 kernels {b.kernel_speedup:.2f}x the float ones; free products would give "
+              f"{b.free_products_bound:.2f}x; {args.target:g}x needs kernels {_needed(b.needed_kernel_speedup(args.target))}")  # fmt: skip
 
 
 if __name__ == "__main__":

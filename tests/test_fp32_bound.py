@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import TINY_SEPFORMER, load_benchmark
 
 import audiosep.optimize as optimize
 from audiosep.models import build
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fp32_bound.py"
-TINY_SEPFORMER = {"encoder_channels": 16, "model_channels": 16, "num_blocks": 1, "num_intra_layers": 1,
-                  "num_inter_layers": 1, "num_heads": 2, "ffn_dim": 32, "chunk_size": 20}  # fmt: skip
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("fp32_bound", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("fp32_bound")
 
 
 def test_the_bounds_follow_from_the_variants() -> None:

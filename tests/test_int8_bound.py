@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import TINY_SEPFORMER, load_benchmark
 
 import audiosep.optimize as optimize
 from audiosep.models import build
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_bound.py"
 TINY_CONV_TASNET = {"enc_num_filters": 16, "enc_kernel_size": 8, "bottleneck_channels": 8, "hidden_channels": 12,
                     "skip_channels": 8, "num_layers": 2, "num_repeats": 1}  # fmt: skip
-TINY_SEPFORMER = {"encoder_channels": 16, "model_channels": 16, "num_blocks": 1, "num_intra_layers": 1,
-                  "num_inter_layers": 1, "num_heads": 2, "ffn_dim": 32, "chunk_size": 20}  # fmt: skip
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("int8_bound", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("int8_bound")
 
 
 def test_the_bounds_follow_amdahls_law() -> None:
