@@ -713,6 +713,9 @@ def run_lightning_cli(argv: list[str], run: bool = True) -> LightningCLI:
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "audiosep"},
             parser_class=OneLineErrorParser,
+            # Lightning's bars go to stdout: on a terminal by default, not into a redirected log (a recipe or
+            # --trainer.enable_progress_bar still decides)
+            trainer_defaults={"enable_progress_bar": sys.stdout.isatty()},
             run=run,
         )
     except MisconfigurationException as err:  # Lightning's verdict on trainer settings (accelerator, devices, ...)

@@ -696,3 +696,29 @@ def test_last_takes_the_newest_of_this_model_and_refuses_its_bad_state_rather_th
     found = find_last_checkpoint(tmp_path, {"w": (3,)})
     assert found == tmp_path / "new" / "last.ckpt"
     assert checkpoint_problem(found, {"w": (3,)}).startswith("its loop progress")
+
+
+class _Terminal:
+    """A stdout that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("terminal", "given", "shown"), [(True, [], True), (False, [], False),
+                                                          (False, ["--trainer.enable_progress_bar=true"], True)])  # fmt: skip
+def test_fit_shows_training_bars_on_a_terminal_unless_told(
+    terminal: bool, given: list[str], shown: bool, tiny_librimix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning's bars go to stdout: redirected into a log they were hundreds of lines of frames."""
+    if terminal:
+        monkeypatch.setattr(sys, "stdout", _Terminal())
+    cli = run_lightning_cli(["--config", RECIPE, f"--data.root={tiny_librimix}",
+                             f"--trainer.default_root_dir={tmp_path}", *TINY_MODEL, *given], run=False)  # fmt: skip
+    assert (cli.trainer.progress_bar_callback is not None) is shown
