@@ -104,3 +104,35 @@ def test_a_second_demo_into_a_folder_in_use_is_refused(tmp_path: Path, capsys) -
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "demo: in use by a running audiosep command" in error[0]
     assert [path.name for path in out.iterdir()] == [".audiosep.lock"]  # nothing built or trained
+
+
+def _set_lr_nan(checkpoint: dict) -> None:
+    checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] = float("nan")
+
+
+def _best_path_elsewhere(checkpoint: dict) -> None:
+    state = checkpoint["callbacks"][next(k for k in checkpoint["callbacks"] if k.startswith("ModelCheckpoint"))]
+    state["best_model_path"] = "/tmp/someone-elses-model.ckpt"  # the demo would ship that file as its model
+
+
+@pytest.mark.parametrize("tamper", [_set_lr_nan, _best_path_elsewhere])
+def test_a_rerun_checks_the_checkpoint_it_resumes_as_fit_does(tamper, tmp_path: Path, capsys) -> None:
+    """The demo resumed its last.ckpt after a weight-shape check only: a NaN learning rate trained NaN weights, a
+    saved best path named the model it shipped."""
+    import torch
+
+    from audiosep.training_cli import find_last_checkpoint
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--num-train", "8", "--num-dev", "2", "--num-test", "2", "--max-steps"]
+    assert main([*argv, "2"]) == 0
+    last = find_last_checkpoint(out / "train")
+    checkpoint = torch.load(last, weights_only=True)
+    tamper(checkpoint)
+    torch.save(checkpoint, last)
+    shipped = (out / "model.ckpt").read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "4"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("audiosep")]  # not Lightning's
+    assert len(err) == 1 and err[0].startswith(f"audiosep: error: {last}: ") and "to train the demo from its start" in err[0]
+    assert (out / "model.ckpt").read_bytes() == shipped
