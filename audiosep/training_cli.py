@@ -277,6 +277,21 @@ def find_last_checkpoint(root: str | Path, expected: dict[str, tuple[int, ...]] 
     return next((path for path in candidates if checkpoint_problem(path, expected, finite=False, state=False) is None), None)
 
 
+def checked_last_checkpoint(root: str | Path, model: torch.nn.Module, remedy: str) -> Path | None:
+    """:func:`find_last_checkpoint` of ``model``'s weights below ``root``, checked as ``fit --ckpt_path`` checks it
+    (finite weights, optimizer, loops, callbacks: :func:`checkpoint_problem`); a bad one is a one-line
+    :class:`UserError` naming it and ending in ``remedy``.
+
+    Why: the newest match was resumed after a weight-shape check only (``demo``, ``bench sweep``), so a NaN
+    learning rate trained NaN weights, and a saved best path named the model that was shipped.
+    """
+    expected = weight_shapes(model)
+    resume = find_last_checkpoint(root, expected)
+    if resume is not None and (problem := checkpoint_problem(resume, expected)) is not None:
+        raise UserError(f"{resume}: {problem}; {remedy}")
+    return resume
+
+
 def weight_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """``model``'s state-dict names and shapes: what a checkpoint must hold to resume it."""
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}

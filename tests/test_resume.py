@@ -722,3 +722,20 @@ def test_fit_shows_training_bars_on_a_terminal_unless_told(
     cli = run_lightning_cli(["--config", RECIPE, f"--data.root={tiny_librimix}",
                              f"--trainer.default_root_dir={tmp_path}", *TINY_MODEL, *given], run=False)  # fmt: skip
     assert (cli.trainer.progress_bar_callback is not None) is shown
+
+
+def test_checked_last_checkpoint_refuses_what_fit_would_refuse(tiny_librimix: Path, tmp_path: Path) -> None:
+    """demo and bench sweep resume the newest last.ckpt of their model: checked as fit --ckpt_path checks it."""
+    from audiosep.errors import UserError
+    from audiosep.training_cli import checked_last_checkpoint
+
+    cli = run_lightning_cli(["fit", "--config", RECIPE, f"--data.root={tiny_librimix}", f"--trainer.default_root_dir={tmp_path}",
+                             "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--data.batch_size=2",
+                             "--trainer.logger=false", "--trainer.enable_progress_bar=false", *TINY_MODEL])  # fmt: skip
+    last = checked_last_checkpoint(tmp_path, cli.model, "delete it")
+    assert last is not None and last.name == "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] = float("nan")
+    torch.save(checkpoint, last)
+    with pytest.raises(UserError, match=rf"^{last}: .*lr.*; delete it$"):
+        checked_last_checkpoint(tmp_path, cli.model, "delete it")

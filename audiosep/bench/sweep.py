@@ -120,12 +120,7 @@ def train_and_score(
     from audiosep.checkpoint import load_model
     from audiosep.data.identity import data_identity
     from audiosep.pruning.pipeline import validation_si_snri
-    from audiosep.training_cli import (
-        claim_training_folder,
-        find_last_checkpoint,
-        run_lightning_cli,
-        weight_shapes,
-    )
+    from audiosep.training_cli import checked_last_checkpoint, claim_training_folder, run_lightning_cli
 
     init_args = model.module.init_args
     sizes = {
@@ -145,7 +140,7 @@ def train_and_score(
     record = claim_training_folder(root, identity, TRAIN_RECORD)
     if "si_snri_db" in record:
         return record["si_snri_db"], record["checkpoint"]
-    resume = find_last_checkpoint(root, weight_shapes(cli.model))
+    resume = checked_last_checkpoint(root, cli.model, f"delete {root} to train this configuration from its start")
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=None if resume is None else str(resume))
     callback = cli.trainer.checkpoint_callback
     best = (callback.best_model_path or callback.last_model_path) if callback else ""

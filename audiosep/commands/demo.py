@@ -71,12 +71,10 @@ def _run_locked(args: argparse.Namespace, out: Path, started: float) -> int:
     from audiosep.inference import Separator
     from audiosep.io import atomic_write_text
     from audiosep.training_cli import (
-        checkpoint_problem,
+        checked_last_checkpoint,
         claim_training_folder,
-        find_last_checkpoint,
         packaged_recipe,
         run_lightning_cli,
-        weight_shapes,
     )
 
     claim_training_folder(out / "train", {"seed": args.seed, "num_train": args.num_train, "num_dev": args.num_dev,
@@ -107,13 +105,8 @@ def _run_locked(args: argparse.Namespace, out: Path, started: float) -> int:
     # only when the folder is the same (each run's own version_N folder made a resumed run's first,
     # possibly worse, validation the best, and the model shipped was that one)
     cli.trainer.checkpoint_callback.dirpath = str(out / "train" / "checkpoints")
-    resume = find_last_checkpoint(out / "train", weight_shapes(cli.model))
+    resume = checked_last_checkpoint(out / "train", cli.model, f"delete {out / 'train'} to train the demo from its start")
     if resume is not None:  # a killed or finished earlier demo of these settings: go on from its last step
-        # checked as `audiosep fit --ckpt_path` checks it: finite weights, optimizer, loops, callbacks (whose saved
-        # best path decides which model the demo ships)
-        problem = checkpoint_problem(resume, weight_shapes(cli.model))
-        if problem is not None:
-            raise UserError(f"{resume}: {problem}; delete {out / 'train'} to train the demo from its start")
         print(f"      resuming from {resume}")
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=None if resume is None else str(resume))
     best = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
