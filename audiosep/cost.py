@@ -12,7 +12,9 @@ import copy
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
@@ -109,14 +111,28 @@ class _LiveBytes(TorchDispatchMode):
         return output
 
 
+class _FusedAttention(TorchFunctionMode):
+    """``scaled_dot_product_attention`` as its fused kernels run it, memory-wise: only the output is made.
+
+    On the meta device it would run the math path, whose ``[L, L]`` weights the fused CPU and GPU kernels
+    never hold (an estimate 100 times too high for long attention: reviewer).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
+        if func is F.scaled_dot_product_attention:
+            query, value = args[0], (args[2] if len(args) > 2 else kwargs["value"])
+            return query.new_empty((*query.shape[:-1], value.shape[-1]))
+        return func(*args, **(kwargs or {}))
+
+
 def activation_peak_bytes(model: nn.Module, *inputs: Tensor) -> int:
     """The most bytes the tensors made by ``model(*inputs)`` (no autograd) hold at once, output included.
 
     Run on a copy of ``model`` on the meta device: shapes only, nothing allocated, so a model file whose
-    activations would not fit in memory is found before it runs. Attention counts its ``[L, L]`` weights
-    (the meta device runs the math path; fused CPU and GPU kernels keep less), so this errs high there.
+    activations would not fit in memory is found before it runs. Attention is counted as the fused kernels
+    run it (its output only). A kernel's own workspace is not seen.
     """
     meta, meta_inputs = copy.deepcopy(model).to("meta"), [x.to("meta") for x in inputs]
-    with torch.no_grad(), _LiveBytes() as live:
+    with torch.no_grad(), _FusedAttention(), _LiveBytes() as live:
         meta(*meta_inputs)
     return live.peak

@@ -86,7 +86,6 @@ OUTPUT_BLOCK = 1 << 16  # samples per block when reading, resampling and writing
 MIN_CHUNK_SECONDS = 1.0  # --max-memory never picks a shorter chunk
 # One meta-device pass over this much audio, scaled to a chunk's length, estimates a pass's memory before any runs.
 MEMORY_PROBE_SECONDS = 1.0
-MEMORY_SHARE = 0.8  # a chunk's estimated pass may take this share of the memory available
 MAX_CHUNK_SECONDS = 600.0  # nor a longer one (the overlap-add keeps nothing longer)
 PEAK_LIMIT = 0.999  # sources are scaled as one so that no sample of an integer-PCM output exceeds this
 WAV_SAMPLE_BYTES = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}  # per sample of each output subtype
@@ -518,7 +517,8 @@ class Separator:
         :data:`MEMORY_PROBE_SECONDS`; None when the model cannot run on the meta device."""
         from audiosep.cost import activation_peak_bytes
 
-        probe = torch.zeros(self.chunk_batch, max(self.window, round(MEMORY_PROBE_SECONDS * self.sample_rate)))
+        samples = max(self.window, round(MEMORY_PROBE_SECONDS * self.sample_rate))
+        probe = torch.zeros(self.chunk_batch, samples, device="meta")  # nothing allocated (a huge --chunk-batch)
         try:
             return activation_peak_bytes(self.model, probe) / 2**20
         except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:  # an op without a meta kernel
@@ -533,8 +533,8 @@ class Separator:
         return None if probe is None else probe * max(1.0, seconds / MEMORY_PROBE_SECONDS)
 
     def fit_chunk_to_available_memory(self) -> ChunkConfig:
-        """Shorten the chunk when one pass over it would take more than :data:`MEMORY_SHARE` of the memory
-        available (estimated on the meta device, before any pass); returns the chunk.
+        """Shorten the chunk when one pass over it would take more than
+        :func:`~audiosep.bench.memory.memory_room_mib` (estimated on the meta device, before any pass); returns the chunk.
 
         Why: a small model file can describe a model whose activations need gigabytes per second of audio
         (thousands of filters at a stride of one sample); run as it is, such a pass is killed by the system
@@ -543,24 +543,24 @@ class Separator:
         Raises:
             SeparationError: even a :data:`MIN_CHUNK_SECONDS` chunk (or the model's window) would not fit.
         """
-        from audiosep.bench.memory import available_mib
+        from audiosep.bench.memory import memory_room_mib
 
         if self._memory_checked == (self.chunk, self.chunk_batch) or self.stream_block_ms is not None:
             return self.chunk
         wanted = self.chunk.seconds
-        need, available = self.pass_memory_mib(wanted), available_mib(self.device)
-        if need is not None and available is not None and need > MEMORY_SHARE * available:
-            seconds = wanted * MEMORY_SHARE * available / need
+        need, room = self.pass_memory_mib(wanted), memory_room_mib(self.device)
+        if need is not None and room is not None and need > room:
+            seconds = wanted * room / need
             shortest = max(MIN_CHUNK_SECONDS, self.window / self.sample_rate)
             if seconds < shortest:
                 raise SeparationError(
                     f"the model needs about {need:.0f} MiB of memory for a pass over {wanted:g} s of audio "
                     f"({self.pass_memory_mib(shortest):.0f} MiB for {shortest:g} s, the shortest chunk); "
-                    f"{available:.0f} MiB are available on {self.device}"
+                    f"{room:.0f} MiB can be used on {self.device}"
                 )
             self.chunk = ChunkConfig(seconds, min(self.chunk.overlap_seconds, seconds / 4))
-            log.warning("chunks of %.2f s: a pass over %g s would need about %.0f MiB, %.0f MiB are available",
-                        seconds, wanted, need, available)  # fmt: skip
+            log.warning("chunks of %.2f s: a pass over %g s would need about %.0f MiB, %.0f MiB can be used",
+                        seconds, wanted, need, room)  # fmt: skip
         self._memory_checked = (self.chunk, self.chunk_batch)
         return self.chunk
 

@@ -185,6 +185,12 @@ SHORT_ATTENTION_MAX = 64  # positions: up to here matmul + softmax beat the fuse
 SHORT_ATTENTION_MAX_SCORES = 1 << 24  # score values (64 MiB): longer inputs run the fused kernel, which stores none
 
 
+# Beyond this many taps a conv along time runs channels-first: oneDNN's channels-last kernel (fused or through
+# conv2d) holds about 76 bytes x taps^2 of workspace whatever the input (2 GB at 4097 taps, from a 73 KB model
+# file: reviewer), the channels-first conv1d a few MiB. Stock models use 3.
+CHANNELS_LAST_MAX_TAPS = 256
+
+
 def conv_time(
     x: Tensor,
     weight: Tensor,
@@ -196,12 +202,17 @@ def conv_time(
     groups: int = 1,
 ) -> Tensor:
     """``activation(conv(x))`` along time of a channels-last ``[B, C, M, 1]``: one oneDNN call where usable."""
-    if _oneDNN_usable(x):
+    taps = weight.shape[2]
+    if _oneDNN_usable(x) and taps <= CHANNELS_LAST_MAX_TAPS:
         attr, scalars = ("leaky_relu", [slope]) if activation == "prelu" else (activation, [])
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, [padding, 0], [1, 1], [dilation, 1], groups, attr, scalars, ""
         )
-    y = F.conv2d(x, weight, bias, padding=(padding, 0), dilation=(dilation, 1), groups=groups)
+    if taps > CHANNELS_LAST_MAX_TAPS:
+        y = F.conv1d(x.squeeze(3).contiguous(), weight.squeeze(3), bias, padding=padding, dilation=dilation, groups=groups)
+        y = y.unsqueeze(3).contiguous(memory_format=torch.channels_last)
+    else:
+        y = F.conv2d(x, weight, bias, padding=(padding, 0), dilation=(dilation, 1), groups=groups)
     if activation == "prelu":
         return F.leaky_relu(y, slope)
     if activation == "sigmoid":

@@ -10,6 +10,7 @@ with spaces.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -107,6 +108,14 @@ def pad_batch(waveforms: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return batch, lengths
 
 
+def front_end_bytes_per_sample(features: LogMelFeatures) -> float:
+    """Bytes the front end holds per input sample at its peak, an upper estimate from its sizes (the STFT has no
+    meta kernel): the complex spectrum (8 B a bin) and its power (4 B), the mels and their log (4 B each), and
+    three float32 copies of the waveform (padding, pre-emphasis)."""
+    bins = features.n_fft // 2 + 1
+    return (12 * bins + 8 * features.n_mels) / features.hop_length + 12
+
+
 def check_batching(
     batch_size: int, segment_seconds: float, names: tuple[str, str] = ("batch_size", "segment_seconds")
 ) -> None:
@@ -154,6 +163,7 @@ class Transcriber:
         self.tokenizer = tokenizer
         self.decoder = decoder or build_decoder(tokenizer.vocabulary)
         self.batch_size = batch_size
+        self._memory_checked: tuple[int, float] | None = None  # the batch size and segment found to fit
 
     @property
     def sample_rate(self) -> int:
@@ -203,6 +213,65 @@ class Transcriber:
         decoder = build_decoder(tokenizer.vocabulary, **decoder_options)
         return cls(model, features, tokenizer, decoder, device, batch_size, segment_seconds)
 
+    @functools.cached_property
+    def _model_second_mib(self) -> float | None:
+        """:func:`~audiosep.cost.activation_peak_bytes` (MiB) of the model over one utterance of 1 s (its features,
+        on the meta device); None when it cannot run there."""
+        from audiosep.cost import activation_peak_bytes
+
+        samples = torch.tensor([self.sample_rate])
+        frames = self.features.frame_lengths(samples)
+        features = torch.zeros(1, self.features.n_mels, int(frames), device="meta")
+        try:
+            return activation_peak_bytes(self.model, features, frames.to("meta")) / 2**20
+        except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:  # an op without a meta kernel
+            log.debug("no memory estimate on the meta device: %s", err)
+            return None
+
+    def pass_memory_mib(self, batch_size: int, seconds: float) -> float | None:
+        """Estimated memory (MiB) of one forward pass over ``batch_size`` utterances of ``seconds``, before any runs:
+        the front end from its sizes, the model's meta-device pass over 1 s scaled by length and batch; None where
+        there is no estimate."""
+        model = self._model_second_mib
+        if model is None:
+            return None
+        front_end = front_end_bytes_per_sample(self.features) * self.sample_rate / 2**20
+        return batch_size * max(1.0, seconds) * (front_end + model)
+
+    def fit_to_available_memory(self) -> None:
+        """Lower the batch size, then shorten the segments, when a pass would take more than
+        :func:`~audiosep.bench.memory.memory_room_mib` (estimated before any pass).
+
+        Why: a small model file can describe a recogniser that needs a gigabyte per second of audio (one wide
+        block: reviewer); the default 8 segments of 30 s then asked for hundreds of gigabytes.
+
+        Raises:
+            ValueError: even one segment of the shortest length (:data:`CUT_SEARCH_SECONDS` twice) would not fit.
+        """
+        from audiosep.bench.memory import memory_room_mib
+
+        if self._memory_checked == (self.batch_size, self.segment_seconds):
+            return
+        wanted = (self.batch_size, self.segment_seconds)
+        need, room = self.pass_memory_mib(*wanted), memory_room_mib(self.device)
+        if need is not None and room is not None and need > room:
+            one = self.pass_memory_mib(1, self.segment_seconds)
+            if one <= room:
+                self.batch_size = max(1, int(self.batch_size * room / need))
+            else:
+                shortest = 2 * CUT_SEARCH_SECONDS
+                seconds = self.segment_seconds * room / one
+                if seconds < shortest:
+                    raise ValueError(
+                        f"the model needs about {one:.0f} MiB of memory for one {self.segment_seconds:g} s segment "
+                        f"({self.pass_memory_mib(1, shortest):.0f} MiB for {shortest:g} s, the shortest); "
+                        f"{room:.0f} MiB can be used on {self.device}"
+                    )
+                self.batch_size, self.segment_seconds = 1, seconds
+            log.warning("batches of %d segments of at most %.1f s: %d of %g s would need about %.0f MiB, %.0f MiB "
+                        "can be used", self.batch_size, self.segment_seconds, *wanted, need, room)  # fmt: skip
+        self._memory_checked = (self.batch_size, self.segment_seconds)
+
     def prepare(self, waveform: Tensor, sample_rate: int, name: str = "input") -> Tensor:
         """A float ``[N]`` or ``[C, N]`` waveform, checked, mixed down to mono and resampled to :attr:`sample_rate`.
 
@@ -240,6 +309,7 @@ class Transcriber:
                                  f"needed (Transcriber.prepare makes one), got {kind_of(waveform)}")  # fmt: skip
             # resampling a waveform within +-MAX_SAMPLE overshoots by a fifth at most (Gibbs): beyond twice that, no audio
             check_sample_values(waveform, limit=2 * MAX_SAMPLE)
+        self.fit_to_available_memory()
         order = sorted(range(len(waveforms)), key=lambda i: waveforms[i].shape[-1])
         texts: dict[int, str] = {}
         for start in range(0, len(order), self.batch_size):
@@ -254,6 +324,7 @@ class Transcriber:
 
     def segments(self, audio: CheckedAudio) -> list[Tensor]:
         """``audio`` as mono waveforms at :attr:`sample_rate`: whole, or cut at quiet moments when long."""
+        self.fit_to_available_memory()  # may shorten the segments: before any cut
         rate, frames = audio.sample_rate, audio.frames
         if audio.channels > 1:
             log.info("%s: mixing %d channels down to mono", audio.path, audio.channels)

@@ -57,17 +57,66 @@ def peak_rss_mib() -> float:
     return _status_mib("VmHWM")
 
 
+MEMORY_SHARE = 0.8  # a pass estimated before it runs may take this share of the memory available
+
+
 def available_mib(device: torch.device) -> float | None:
-    """Memory a pass on ``device`` can still take, MiB: the kernel's ``MemAvailable`` (Linux ``/proc/meminfo``)
-    on CPU, the driver's free memory plus what torch's allocator holds unused on CUDA; None where unknown."""
+    """Memory a pass on ``device`` can still take, MiB; None where unknown.
+
+    CPU: the least of the kernel's ``MemAvailable`` (``/proc/meminfo``), the room under this cgroup's
+    ``memory.max`` (v2; a container's ``/proc/meminfo`` shows the host's memory, and its limit ends the
+    process without a message) and under ``RLIMIT_AS`` (``ulimit -v``). CUDA: the driver's free memory plus what
+    torch's allocator holds unused.
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return (free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)) / MIB
+    limits = [_meminfo_available_mib(), _cgroup_room_mib(), _address_space_room_mib()]
+    known = [limit for limit in limits if limit is not None]
+    return min(known) if known else None
+
+
+def memory_room_mib(device: torch.device) -> float | None:
+    """The memory (MiB) a pass estimated before it runs may take: :data:`MEMORY_SHARE` of :func:`available_mib`."""
+    available = available_mib(device)
+    return None if available is None else MEMORY_SHARE * available
+
+
+def _read(path: str) -> str | None:
     try:
-        match = re.search(r"MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+        return Path(path).read_text()
     except OSError:
         return None
+
+
+def _meminfo_available_mib() -> float | None:
+    match = re.search(r"MemAvailable:\s+(\d+) kB", _read("/proc/meminfo") or "")
     return None if match is None else int(match.group(1)) / 1024
+
+
+def _cgroup_room_mib() -> float | None:
+    """``memory.max - memory.current`` of this process's cgroup (v2), MiB; None without a limit."""
+    relative = re.search(r"^0::(/.*)$", _read("/proc/self/cgroup") or "", re.MULTILINE)
+    if relative is None:
+        return None
+    folder = f"/sys/fs/cgroup{relative.group(1).rstrip('/')}"
+    limit, current = _read(f"{folder}/memory.max"), _read(f"{folder}/memory.current")
+    if limit is None or current is None or not limit.strip().isdigit() or not current.strip().isdigit():
+        return None  # "max": no limit
+    return max(0, int(limit) - int(current)) / MIB
+
+
+def _address_space_room_mib() -> float | None:
+    """``RLIMIT_AS`` less this process's virtual size, MiB; None without a limit (or off Linux)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    match = re.search(r"VmSize:\s+(\d+) kB", _read("/proc/self/status") or "")
+    if soft == resource.RLIM_INFINITY or match is None:
+        return None
+    return max(0, soft - int(match.group(1)) * 1024) / MIB
 
 
 def rss_supported() -> bool:

@@ -69,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.ckpt}: {err}") from err
     except (CheckpointError, ValueError) as err:
         raise UserError(str(err)) from err
+    try:
+        if transcriber is not None:
+            transcriber.fit_to_available_memory()
+    except ValueError as err:
+        raise UserError(f"{args.asr}: {err}") from err
     transcripts = load_transcripts(_transcript_source(args)) if transcriber else None
     base = resolve_librimix_dir(args.data, separator.num_sources, separator.sample_rate, args.mode)
     split_dir = base / args.split

@@ -66,7 +66,7 @@ def _load_transcriber(args: argparse.Namespace):  # noqa: ANN202 (lazy import ke
     except ValueError as err:
         raise UserError(str(err)) from None
     try:
-        return Transcriber.from_checkpoint(
+        transcriber = Transcriber.from_checkpoint(
             args.ckpt,
             device=args.device,
             batch_size=args.batch_size,
@@ -77,6 +77,8 @@ def _load_transcriber(args: argparse.Namespace):  # noqa: ANN202 (lazy import ke
             lm_weight=args.lm_weight,
             word_score=args.word_score,
         )
+        transcriber.fit_to_available_memory()  # before any input is read: a model too large for this machine
+        return transcriber
     except CheckpointError as err:
         raise UserError(str(err)) from err
     except ValueError as err:
