@@ -55,7 +55,7 @@ from audiosep.models.base import model_window
 from audiosep.models.masking import MaskingSeparator
 from audiosep.models.quartznet import QuartzNet
 from audiosep.models.registry import SEPARATOR_CLASSES
-from audiosep.nn.features import LogMelFeatures
+from audiosep.nn.features import LogMelFeatures, front_end_bytes_per_sample
 from audiosep.nn.norms import GlobalLayerNorm
 
 ExportFormat = Literal["onnx", "torchscript"]
@@ -506,6 +506,24 @@ def check_export(
     return ExportReport(path, format, opset, path.stat().st_size, atol, cases, time.perf_counter() - start)
 
 
+def _check_pass_memory(path: Path, model: nn.Module, features: LogMelFeatures | None, samples: int) -> None:
+    """Refuse, in one line, a model whose largest check (batch 2 of ``samples``) would not fit in memory, estimated
+    before anything runs (:func:`~audiosep.bench.memory.pass_memory_problem`); the front end's STFT has no meta
+    kernel, so a recogniser's is counted from its sizes."""
+    from audiosep.bench.memory import MIB, pass_memory_problem
+
+    if features is None:
+        problem = pass_memory_problem(model, (torch.zeros(2, samples, device="meta"),), torch.device("cpu"))
+    else:
+        frames = features.frame_lengths(torch.tensor([samples, samples]))
+        inputs = (torch.zeros(2, features.n_mels, int(frames[0]), device="meta"), frames.to("meta"))
+        front_end = 2 * samples * front_end_bytes_per_sample(features) / MIB
+        problem = pass_memory_problem(model, inputs, torch.device("cpu"), front_end)
+    if problem is not None:
+        raise UserError(f"{path}: checking the export over {samples} samples: {problem} (the model file describes a model "
+                        "too large for this machine, or pass shorter --check-lengths)")  # fmt: skip
+
+
 def _onnx_opset(path: str | os.PathLike) -> int | None:
     import onnx
 
@@ -568,6 +586,7 @@ def export_model(
     graph = build_graph(model, features, str(path))
     lengths = list(check_lengths or default_check_lengths(sample_rate, graph.window))
     _check_lengths(path, lengths, atol, sample_rate)
+    _check_pass_memory(path, model, features, max(lengths))
     info = {"sample_rate": sample_rate, "model": type(model).__name__, "task": graph.task,
             "inputs": graph.input_names, "outputs": graph.output_names, **(metadata or {})}  # fmt: skip
     example = _example(graph, sample_rate, lengths)

@@ -39,7 +39,7 @@ from audiosep.data.tokenizer import CharTokenizer
 from audiosep.decoding import Decoder, build_decoder, single_spaces
 from audiosep.errors import UserError
 from audiosep.models.quartznet import QuartzNet
-from audiosep.nn.features import LogMelFeatures
+from audiosep.nn.features import LogMelFeatures, front_end_bytes_per_sample
 
 log = logging.getLogger(__name__)
 TRANSCRIBE_ONE_CHANNEL = ("the transcript will be of near silence: transcribe one channel (waveform[N] in Python; "
@@ -106,14 +106,6 @@ def pad_batch(waveforms: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     for row, wave in enumerate(waveforms):
         batch[row, : wave.shape[-1]] = wave
     return batch, lengths
-
-
-def front_end_bytes_per_sample(features: LogMelFeatures) -> float:
-    """Bytes the front end holds per input sample at its peak, an upper estimate from its sizes (the STFT has no
-    meta kernel): the complex spectrum (8 B a bin) and its power (4 B), the mels and their log (4 B each), and
-    three float32 copies of the waveform (padding, pre-emphasis)."""
-    bins = features.n_fft // 2 + 1
-    return (12 * bins + 8 * features.n_mels) / features.hop_length + 12
 
 
 def check_batching(

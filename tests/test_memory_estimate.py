@@ -149,3 +149,27 @@ def test_a_long_depthwise_kernel_runs_in_the_memory_of_the_plain_model() -> None
         extra = memory.peak_rss_mib() - before
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert extra < 150, f"{extra:.0f} MiB for one pass (oneDNN's channels-last kernel: ~320 MiB)"
+
+
+def test_bench_skips_a_case_that_would_not_fit_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiosep.bench.run import BenchSettings, run_bench
+
+    monkeypatch.setattr(memory, "memory_room_mib", lambda device: 1.0)
+    settings = BenchSettings(models=["conv_tasnet_demo"], overrides=WIDE, lengths=[0.25], backends=["eager"], repeats=1,
+                             memory=False, progress=False)  # fmt: skip
+    (record,) = run_bench(settings)["results"]
+    assert record["status"].startswith("unsupported: a pass needs about") and "1 MiB can be used on cpu" in record["status"]
+    assert record.get("latency_ms") is None
+
+
+def test_export_refuses_a_model_whose_check_would_not_fit_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audiosep.errors import UserError
+    from audiosep.export import export_model
+
+    monkeypatch.setattr(memory, "memory_room_mib", lambda device: 1.0)
+    out = tmp_path / "wide.pt"
+    with pytest.raises(UserError, match=r"wide\.pt: checking the export over \d+ samples: a pass needs about"):
+        export_model(ConvTasNet(**WIDE), out, "torchscript", SAMPLE_RATE)
+    assert not out.exists() and not list(tmp_path.iterdir())

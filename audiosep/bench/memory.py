@@ -82,6 +82,27 @@ def memory_room_mib(device: torch.device) -> float | None:
     return None if available is None else MEMORY_SHARE * available
 
 
+def pass_memory_problem(
+    model: torch.nn.Module, inputs: tuple[Tensor, ...], device: torch.device, extra_mib: float = 0.0
+) -> str | None:
+    """Why one pass of ``model`` over ``inputs`` (plus ``extra_mib``, what runs before it) would not fit in
+    :func:`memory_room_mib`, estimated before it runs (:func:`~audiosep.cost.activation_peak_bytes`); None when it
+    fits or cannot be estimated. Why: a model file can need gigabytes per second of audio, and a 16 s pass then
+    ran into the system's out-of-memory killer (reviewer)."""
+    from audiosep.cost import activation_peak_bytes
+
+    room = memory_room_mib(device)
+    if room is None:
+        return None
+    try:
+        need = activation_peak_bytes(model, *inputs) / MIB + extra_mib
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):  # no meta kernel: not estimated
+        return None
+    if need <= room:
+        return None
+    return f"a pass needs about {need:.0f} MiB (estimated before it ran), {room:.0f} MiB can be used on {device.type}"
+
+
 def _read(path: str) -> str | None:
     try:
         return Path(path).read_text()

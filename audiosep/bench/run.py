@@ -36,7 +36,7 @@ from audiosep.bench.measure import (
     time_interleaved,
     warm_up,
 )
-from audiosep.bench.memory import MemoryWorkers, cuda_peak, rss_supported
+from audiosep.bench.memory import MemoryWorkers, cuda_peak, pass_memory_problem, rss_supported
 from audiosep.bench.models import LoadedModel, ModelSpec, example_inputs, load, peer_spec
 from audiosep.bench.resume import CaseLog
 from audiosep.bench.streaming import streaming_latency
@@ -231,6 +231,7 @@ def run_case(runners: list[tuple[LoadedModel, Runner, torch.nn.Module]], seconds
     pass in these rounds (the throughput the machine had while the case ran).
     """
     records, timed_fns, references = [], {}, {}
+    too_large: dict[str, str | None] = {}  # per model: why a pass of this case would not fit in memory
     for model, runner, plain in runners:
         dtype = DTYPES_BY_STR[runner.dtype]
         record = _record(model, runner, seconds, batch, macs[model.spec.label][seconds] * batch, runner.status,
@@ -239,6 +240,11 @@ def run_case(runners: list[tuple[LoadedModel, Runner, torch.nn.Module]], seconds
         if runner.fn is None:
             continue
         inputs = example_inputs(model, batch, seconds, dtype, device)
+        if model.spec.label not in too_large:
+            too_large[model.spec.label] = pass_memory_problem(plain, inputs, device)
+        if too_large[model.spec.label] is not None:
+            record["status"] = unsupported(too_large[model.spec.label])
+            continue
         try:
             with torch.inference_mode():
                 output, wall = warm_up(runner.fn, inputs, device, 2 if runner.backend == "compile" else 1)

@@ -172,6 +172,14 @@ class LogMelFeatures(nn.Module):
         return features.masked_fill(~frame_mask, 0.0), frames
 
 
+def front_end_bytes_per_sample(features: LogMelFeatures) -> float:
+    """Bytes the front end holds per input sample at its peak, an upper estimate from its sizes (the STFT has no
+    meta kernel): the complex spectrum (8 B a bin) and its power (4 B), the mels and their log (4 B each), and
+    three float32 copies of the waveform (padding, pre-emphasis)."""
+    bins = features.n_fft // 2 + 1
+    return (12 * bins + 8 * features.n_mels) / features.hop_length + 12
+
+
 def _random_starts(limit: Tensor, width: Tensor, generator: torch.Generator | None) -> Tensor:
     """Uniform integer starts in ``[0, limit - width]`` (clamped at 0), one per row."""
     span = (limit - width).clamp_min(0) + 1

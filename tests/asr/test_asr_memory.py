@@ -10,7 +10,8 @@ import torch
 
 import audiosep.bench.memory as memory
 from audiosep.cli import main
-from audiosep.transcriber import CUT_SEARCH_SECONDS, Transcriber, front_end_bytes_per_sample
+from audiosep.nn.features import front_end_bytes_per_sample
+from audiosep.transcriber import CUT_SEARCH_SECONDS, Transcriber
 
 RATE = 16000
 
