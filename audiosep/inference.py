@@ -421,8 +421,10 @@ class Separator:
         if probe != self._built_from:
             self.runtime = self._build_runtime()
             self._built_from = probe
-            self.__dict__.pop("_weights_sha256", None)
+            for derived in ("_weights_sha256", "_probe"):  # of the model as it was
+                self.__dict__.pop(derived, None)
             self._num_sources = None
+            self._memory_checked = None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> Separator:
@@ -511,26 +513,30 @@ class Separator:
         } | ({} if subtype == "PCM_16" else {"subtype": subtype})  # fmt: skip
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    @functools.cached_property
-    def _probe_pass_mib(self) -> float | None:
-        """:func:`~audiosep.cost.activation_peak_bytes` (MiB) of one pass over ``chunk_batch`` chunks of
-        :data:`MEMORY_PROBE_SECONDS`; None when the model cannot run on the meta device."""
+    def _probe_pass(self) -> tuple[float, float] | None:
+        """``(seconds, MiB)``: :func:`~audiosep.cost.activation_peak_bytes` of one item of
+        :data:`MEMORY_PROBE_SECONDS` (or the model's window, if longer) through the model as it is now; None when
+        it cannot run on the meta device. Kept until the model changes (:meth:`_sync_runtime`)."""
         from audiosep.cost import activation_peak_bytes
 
-        samples = max(self.window, round(MEMORY_PROBE_SECONDS * self.sample_rate))
-        probe = torch.zeros(self.chunk_batch, samples, device="meta")  # nothing allocated (a huge --chunk-batch)
-        try:
-            return activation_peak_bytes(self.model, probe) / 2**20
-        except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:  # an op without a meta kernel
-            log.debug("no memory estimate on the meta device: %s", err)
-            return None
+        if "_probe" not in self.__dict__:
+            samples = max(self.window, round(MEMORY_PROBE_SECONDS * self.sample_rate))
+            try:
+                mib = activation_peak_bytes(self.model, torch.zeros(1, samples, device="meta")) / 2**20
+                self._probe = (samples / self.sample_rate, mib)
+            except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:  # an op without a meta kernel
+                log.debug("no memory estimate on the meta device: %s", err)
+                self._probe = None
+        return self._probe
 
     def pass_memory_mib(self, seconds: float) -> float | None:
         """Estimated memory (MiB) of one pass over ``chunk_batch`` chunks of ``seconds``, before any runs: the
-        meta-device pass over :data:`MEMORY_PROBE_SECONDS` scaled by length (high for models whose memory grows
-        with length more slowly than that); None where there is no estimate."""
-        probe = self._probe_pass_mib
-        return None if probe is None else probe * max(1.0, seconds / MEMORY_PROBE_SECONDS)
+        meta-device pass over one short item scaled by batch and length; None where there is no estimate."""
+        probe = self._probe_pass()
+        if probe is None:
+            return None
+        probe_seconds, mib = probe
+        return mib * self.chunk_batch * max(1.0, seconds / probe_seconds)
 
     def fit_chunk_to_available_memory(self) -> ChunkConfig:
         """Shorten the chunk when one pass over it would take more than
@@ -592,6 +598,7 @@ class Separator:
             if used <= room:
                 overlap = min(self.chunk.overlap_seconds, seconds / 4)
                 self.chunk = ChunkConfig(seconds, overlap)
+                self._memory_checked = (self.chunk, self.chunk_batch)  # measured: the estimate does not overrule it
                 log.info("chunks of %.2f s (overlap %.2f s) keep memory under %.0f MiB", seconds, overlap, max_mib)
                 return self.chunk
             seconds *= 0.9 * room / used

@@ -57,7 +57,10 @@ def peak_rss_mib() -> float:
     return _status_mib("VmHWM")
 
 
-MEMORY_SHARE = 0.8  # a pass estimated before it runs may take this share of the memory available
+# A pass estimated before it runs may take this share of the memory available: the estimate
+# (:func:`audiosep.cost.activation_peak_bytes`) sees no kernel workspace, allocator slack or library buffer, which
+# made a plain Conv-TasNet's measured peak 1.4x its estimate at 1 and 16 s (SepFormers: 0.4-1.2x).
+MEMORY_SHARE = 0.5
 
 
 def available_mib(device: torch.device) -> float | None:
