@@ -64,19 +64,27 @@ class Bound:
         return self.fraction / room if room > 0 else math.inf
 
 
+def zeros_cache() -> Callable[..., Tensor]:
+    """``zeros(shape, channels_last=False)``: a zero tensor of that shape and layout, made once per shape (a free
+    layer's output: what it costs is a lookup)."""
+    zeros: dict[tuple, Tensor] = {}
+
+    def cached(shape: tuple[int, ...], channels_last: bool = False) -> Tensor:
+        key = (tuple(shape), channels_last)
+        if key not in zeros:
+            made = torch.zeros(shape)
+            zeros[key] = made.contiguous(memory_format=torch.channels_last) if channels_last else made
+        return zeros[key]
+
+    return cached
+
+
 @contextlib.contextmanager
 def free_products() -> Iterator[None]:
     """Within the block, the prepared models' linear layers and ungrouped 1x1 convolutions return cached zeros
     of their output's shape instead of computing it (a sigmoid, which int8 applies as a pass, still runs; the
     rest of the forward runs as it is)."""
-    zeros: dict[tuple, Tensor] = {}
-
-    def zeros_like_output(shape: tuple[int, ...], channels_last: bool) -> Tensor:
-        key = (shape, channels_last)
-        if key not in zeros:
-            made = torch.zeros(shape)
-            zeros[key] = made.contiguous(memory_format=torch.channels_last) if channels_last else made
-        return zeros[key]
+    zeros_like_output = zeros_cache()
 
     real_linear, real_conv_time, real_conv_add = optimize.FusedLinear.forward, optimize.conv_time, optimize.conv_add
 

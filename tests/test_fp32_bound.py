@@ -40,20 +40,23 @@ def test_free_attention_zeroes_every_head_and_restores_them() -> None:
     with torch.inference_mode():
         real = prepared(mixture)
         with bound.free_attention():
-            assert not plain.masker.blocks[0].intra.layers[0].attention.attend(q, k, v).any()
+            attention = plain.masker.blocks[0].intra.layers[0].attention
+            assert not attention.attend(q, k, v).any() and attention.attend(q, k, v) is attention.attend(q, k, v)
             free = prepared(mixture)
         assert free.shape == real.shape and not torch.allclose(free, real)
         assert torch.equal(prepared(mixture), real)
 
 
-def test_attention_shapes_and_their_exponentials() -> None:
+@pytest.mark.parametrize("chunk_size", [20, optimize.SHORT_ATTENTION_MAX + 36])  # matmul path; the fused kernel
+def test_attention_shapes_and_their_exponentials(chunk_size: int) -> None:
+    """Each attention call once (calls that fell back to the fused kernel were counted twice: diff review)."""
     bound = _load()
-    prepared = optimize.prepare_for_inference(build("sepformer_base", **TINY_SEPFORMER).eval())
+    prepared = optimize.prepare_for_inference(build("sepformer_base", **TINY_SEPFORMER | {"chunk_size": chunk_size}).eval())
     with torch.inference_mode():
-        shapes = bound.attention_shapes(prepared, torch.randn(1, 800))
+        shapes = bound.attention_shapes(prepared, torch.randn(1, 8 * 4 * chunk_size))
         assert len(shapes) == 2  # one intra and one inter layer
         assert all(len(s) == 4 and s[1] == 2 and s[3] == 8 for s in shapes)  # 2 heads of 16 / 2
-        assert {s[2] for s in shapes} >= {20}  # the intra layer attends over chunks of 20 frames
+        assert chunk_size in {s[2] for s in shapes}  # the intra layer attends over chunks of chunk_size frames
         bound.exp_pass(shapes)()
 
 
