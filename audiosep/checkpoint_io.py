@@ -121,8 +121,8 @@ LAST_EVERY_STEPS = 25  # training steps between saves of a long job's last.ckpt 
 
 
 class LastCheckpoint(L.Callback):
-    """Save ``path`` every :data:`LAST_EVERY_STEPS` training steps and when training ends (pruning's phases, the
-    norm study's runs: jobs that resume from their last step).
+    """Save ``path`` every :data:`LAST_EVERY_STEPS` training steps, after each validation and when training ends
+    (pruning's phases, the norm study's runs: jobs that resume from their last step).
 
     Why not ``ModelCheckpoint(save_last=True, save_top_k=0)``: Lightning writes ``last.ckpt`` only beside a
     top-k save, so with none it came when the search ended, and a killed search started over from step 0.
@@ -133,10 +133,16 @@ class LastCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step % LAST_EVERY_STEPS == 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save again after a validation: resumed from the save before it, Lightning skipped it (its curve point was
+        lost: diff review)."""
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 def resume_last(root: Path, task: L.LightningModule) -> str | None:

@@ -152,19 +152,12 @@ class _StepMonitor(L.Callback):
                 "wall_s": self.wall_s()}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """The saved state of a run being resumed; what is not this monitor's state is a one-line error."""
-        try:
-            step_times = [float(t) for t in state_dict["step_times"]]
-            curve = [{"step": int(p["step"]), "val_si_snri": float(p["val_si_snri"])} for p in state_dict["curve"]]
-            diverged_at = None if state_dict["diverged_at"] is None else int(state_dict["diverged_at"])
-            wall_before = float(state_dict["wall_s"])
-        except (KeyError, TypeError, ValueError, OverflowError) as err:
-            raise UserError(f"a norm study run's checkpoint holds no valid progress record ({one_line(err)}); "
-                            "delete the run's folder under runs/ to train it from its start") from None  # fmt: skip
-        if not (math.isfinite(wall_before) and wall_before >= 0 and all(math.isfinite(t) and t >= 0 for t in step_times)):
-            raise UserError("a norm study run's checkpoint holds negative or non-finite times; delete the run's "
-                            "folder under runs/ to train it from its start")  # fmt: skip
-        self.step_times, self.curve, self.diverged_at, self._wall_before = step_times, curve, diverged_at, wall_before
+        """The saved state of a run being resumed (checked before the resume: :func:`monitor_state_problem`)."""
+        self.step_times, self.curve, self.diverged_at, self._wall_before = _parse_monitor_state(state_dict, math.inf)
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.diverged_at is not None:  # a diverged run killed while it was scored: nothing more to train
+            trainer.should_stop = True
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         self._start = time.perf_counter()
@@ -181,6 +174,42 @@ class _StepMonitor(L.Callback):
         value = trainer.callback_metrics.get("val_si_snri")
         if value is not None and not trainer.sanity_checking:
             self.curve.append({"step": trainer.global_step, "val_si_snri": round(float(value), 4)})
+
+
+MonitorState = tuple[list[float], list[dict[str, float]], int | None, float]
+
+
+def _parse_monitor_state(state: Any, steps: float) -> MonitorState:
+    """``(step_times, curve, diverged_at, wall_s)`` of a saved :class:`_StepMonitor` state of a run of ``steps``
+    steps. Raises ``ValueError`` naming what is wrong."""
+    try:
+        step_times = [float(t) for t in state["step_times"]]
+        curve = [{"step": int(p["step"]), "val_si_snri": float(p["val_si_snri"])} for p in state["curve"]]
+        diverged_at = None if state["diverged_at"] is None else int(state["diverged_at"])
+        wall_s = float(state["wall_s"])
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"its progress record is not the study's ({one_line(err)})") from None
+    if not (math.isfinite(wall_s) and wall_s >= 0 and all(math.isfinite(t) and t >= 0 for t in step_times)):
+        raise ValueError("its progress record holds negative or non-finite times")
+    if len(step_times) > steps or not all(0 <= p["step"] <= steps for p in curve):
+        raise ValueError(f"its progress record holds more than the run's {steps:g} steps")
+    if diverged_at is not None and not 0 <= diverged_at <= steps:
+        raise ValueError(f"its progress record says the run diverged at step {diverged_at}, outside 0..{steps:g}")
+    return step_times, curve, diverged_at, wall_s
+
+
+def monitor_state_problem(path: Path, steps: int) -> str | None:
+    """Why the run checkpoint ``path`` holds no valid progress record of a run of ``steps`` steps (a damaged or
+    crafted file; one without it resumed with the curve and times of its resumed part only: diff review)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # resume_last has checked it loads
+    state = checkpoint.get("callbacks", {}).get(_StepMonitor.__qualname__) if isinstance(checkpoint, dict) else None
+    if state is None:
+        return "it holds no progress record of a norm study run"
+    try:
+        _parse_monitor_state(state, steps)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 @dataclass
@@ -341,6 +370,8 @@ def train_run(
     )  # fmt: skip
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # a kill mid-save never leaves half a last.ckpt
     resume = resume_last(checkpoints, task)
+    if resume is not None and (problem := monitor_state_problem(Path(resume), steps)) is not None:
+        raise UserError(f"{resume}: {problem}; delete {checkpoints} to train the run from its start")
     _seed(seed)  # the crops and the order no longer depend on what building the model consumed
     with warnings.catch_warnings():  # a resumed run's fresh draw of batches is the documented behaviour here
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
@@ -460,11 +491,13 @@ def _run_locked(settings: StudySettings, data: StudyData, out: Path, conditions:
     for norm in settings.norms:
         for seed in settings.seeds_of(norm):
             path = out / "runs" / f"{canonical_norm_name(norm)}-seed{seed}.json"
+            checkpoints = path.with_suffix("")  # runs/<norm>-seed<k>/last.ckpt while the run trains
             if path.exists():
                 runs.append(_kept_run(path, study))
                 log(f"{norm} seed {seed}: finished earlier, kept ({path})")
+                if checkpoints.exists():  # a kill came between the record and the folder's removal
+                    shutil.rmtree(checkpoints)
                 continue
-            checkpoints = path.with_suffix("")  # runs/<norm>-seed<k>/last.ckpt while the run trains
             resumed = (checkpoints / "last.ckpt").is_file()
             log(f"{norm} seed {seed}: " + (f"resuming from {checkpoints / 'last.ckpt'}" if resumed
                                            else f"training {steps} steps"))  # fmt: skip

@@ -277,17 +277,23 @@ def find_last_checkpoint(root: str | Path, expected: dict[str, tuple[int, ...]] 
     return next((path for path in candidates if checkpoint_problem(path, expected, finite=False, state=False) is None), None)
 
 
-def checked_last_checkpoint(root: str | Path, model: torch.nn.Module, remedy: str) -> Path | None:
-    """:func:`find_last_checkpoint` of ``model``'s weights below ``root``, checked as ``fit --ckpt_path`` checks it
-    (finite weights, optimizer, loops, callbacks: :func:`checkpoint_problem`); a bad one is a one-line
-    :class:`UserError` naming it and ending in ``remedy``.
+def checked_last_checkpoint(
+    root: str | Path, task: torch.nn.Module, datamodule: Any, remedy: str
+) -> Path | None:
+    """:func:`find_last_checkpoint` of ``task``'s weights below ``root``, checked as ``fit --ckpt_path`` checks it
+    (finite weights, optimizer, loops, callbacks, and that it is this run's: the model's constructor arguments and
+    the data; :func:`checkpoint_problem`); a bad one is a one-line :class:`UserError` naming it and ending in
+    ``remedy``.
 
     Why: the newest match was resumed after a weight-shape check only (``demo``, ``bench sweep``), so a NaN
     learning rate trained NaN weights, and a saved best path named the model that was shipped.
     """
-    expected = weight_shapes(model)
+    expected = weight_shapes(task)
     resume = find_last_checkpoint(root, expected)
-    if resume is not None and (problem := checkpoint_problem(resume, expected)) is not None:
+    if resume is None:
+        return None
+    same_run = functools.partial(other_run_problem, model=getattr(task, "model", None), datamodule=datamodule)
+    if (problem := checkpoint_problem(resume, expected, same_run=same_run)) is not None:
         raise UserError(f"{resume}: {problem}; {remedy}")
     return resume
 

@@ -65,8 +65,12 @@ def test_study_writes_table_csv_json_and_plot_and_resumes(
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(norm_study, "train_run", no_training)
+    leftover = out / "runs" / "batch_norm-seed0"  # a kill between a run's record and its folder's removal
+    leftover.mkdir()
+    (leftover / "last.ckpt").write_bytes(b"x")
     capsys.readouterr()
     assert main(_argv(demo_set, out)) == 0
+    assert not leftover.exists()
     assert capsys.readouterr().out.count("finished earlier, kept") == 5
     assert json.loads((out / "results.json").read_text())["runs"] == report["runs"]
 
@@ -408,6 +412,7 @@ def test_an_interrupted_run_goes_on_from_its_last_checkpoint(
         main(argv)
     checkpoint = out / "runs" / "batch_norm-seed0" / "last.ckpt"
     assert checkpoint.is_file() and not (out / "runs" / "batch_norm-seed0.json").exists()
+    first_state = torch.load(checkpoint, weights_only=True)
 
     def counted(self, trainer, *args) -> None:
         monitor_end(self, trainer, *args)
@@ -421,15 +426,88 @@ def test_an_interrupted_run_goes_on_from_its_last_checkpoint(
     assert trained == [26, 27, 28, 29, 30]
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert run["steps"] == 30 and [p["step"] for p in run["curve"]] == [15, 30]
-    assert run["train_wall_s"] > 0 and not run["diverged"] and isinstance(run["final_si_snri_db"], float)
+    assert not run["diverged"] and isinstance(run["final_si_snri_db"], float)
     assert not checkpoint.parent.exists()  # the record holds the run now
+    saved_state = first_state["callbacks"]["_StepMonitor"]
+    assert len(saved_state["step_times"]) == 25  # the resumed run's median covers both parts, its wall time too
+    assert run["train_wall_s"] >= round(saved_state["wall_s"], 1)
 
 
-@pytest.mark.parametrize("state", [{}, {"step_times": ["x"], "curve": [], "diverged_at": None, "wall_s": 1.0},
-                                   {"step_times": [0.1], "curve": [], "diverged_at": None, "wall_s": -1.0},
-                                   {"step_times": [0.1], "curve": [{"step": 1}], "diverged_at": None, "wall_s": 1.0}])
-def test_a_run_checkpoint_without_a_valid_progress_record_is_one_error_line(state: dict[str, Any]) -> None:
-    from audiosep.errors import UserError
+def _interrupted_study(demo_set: Path, out: Path, monkeypatch: pytest.MonkeyPatch, steps: int = 30,
+                       kill_at: int = 28) -> tuple[list[str], Path]:  # fmt: skip
+    """A one-run study of ``steps`` steps killed at step ``kill_at``: its argv and the run's last.ckpt."""
+    argv = _argv(demo_set, out, "BN", "--baseline-seeds", "1")
+    argv[argv.index("--steps") + 1] = str(steps)
+    monitor_end = norm_study._StepMonitor.on_train_batch_end
 
-    with pytest.raises(UserError, match="delete the run's folder under runs/"):
-        norm_study._StepMonitor().load_state_dict(state)
+    def kill(self, trainer, *args) -> None:
+        monitor_end(self, trainer, *args)
+        if trainer.global_step == kill_at:
+            raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(norm_study._StepMonitor, "on_train_batch_end", kill)
+        with pytest.raises(RuntimeError, match="killed"):
+            main(argv)
+    return argv, out / "runs" / "batch_norm-seed0" / "last.ckpt"
+
+
+def _without_state(checkpoint: dict) -> None:
+    del checkpoint["callbacks"]["_StepMonitor"]
+
+
+def _diverged_before_it_began(checkpoint: dict) -> None:
+    checkpoint["callbacks"]["_StepMonitor"]["diverged_at"] = -5
+
+
+def _times_as_text(checkpoint: dict) -> None:
+    checkpoint["callbacks"]["_StepMonitor"]["step_times"] = ["x"]
+
+
+@pytest.mark.parametrize("tamper", [_without_state, _diverged_before_it_began, _times_as_text])
+def test_a_run_checkpoint_without_a_valid_progress_record_is_one_error_line_naming_it(
+    tamper, demo_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    argv, checkpoint = _interrupted_study(demo_set, tmp_path / "study", monkeypatch)
+    saved = torch.load(checkpoint, weights_only=True)
+    tamper(saved)
+    torch.save(saved, checkpoint)
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("audiosep")]
+    assert len(err) == 1 and err[0].startswith(f"audiosep: error: {checkpoint}: ") and "to train the run from its start" in err[0]
+
+
+def test_a_resumed_run_keeps_the_validation_of_its_checkpoint_step(
+    demo_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint of step 25 was saved before that step's validation, which the resume then skipped."""
+    argv, _ = _interrupted_study(demo_set, tmp_path / "study", monkeypatch, steps=50, kill_at=30)  # evals at 25, 50
+    assert main(argv) == 0
+    run = json.loads((tmp_path / "study" / "results.json").read_text())["runs"][0]
+    assert [p["step"] for p in run["curve"]] == [25, 50]
+
+
+def test_a_diverged_run_killed_while_scored_is_not_trained_further(
+    demo_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "study"
+    argv = _argv(demo_set, out, "BN", "--baseline-seeds", "1")
+    argv[argv.index("--steps") + 1] = "20"
+    monitor_end = norm_study._StepMonitor.on_train_batch_end
+
+    def diverge_at_6(self, trainer, module, outputs, *args) -> None:
+        monitor_end(self, trainer, module, {"loss": torch.tensor(float("nan"))} if trainer.global_step == 6 else outputs, *args)
+
+    def killed_while_scored(*args) -> float:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(norm_study._StepMonitor, "on_train_batch_end", diverge_at_6)
+        patch.setattr(norm_study, "mean_si_snri", killed_while_scored)
+        patch.setattr(norm_study, "real_time_factors", killed_while_scored)
+        with pytest.raises(RuntimeError, match="killed"):
+            main(argv)
+    assert main(argv) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["diverged"] and run["diverged_at_step"] == 6 and run["steps"] == 6

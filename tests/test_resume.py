@@ -732,10 +732,16 @@ def test_checked_last_checkpoint_refuses_what_fit_would_refuse(tiny_librimix: Pa
     cli = run_lightning_cli(["fit", "--config", RECIPE, f"--data.root={tiny_librimix}", f"--trainer.default_root_dir={tmp_path}",
                              "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--data.batch_size=2",
                              "--trainer.logger=false", "--trainer.enable_progress_bar=false", *TINY_MODEL])  # fmt: skip
-    last = checked_last_checkpoint(tmp_path, cli.model, "delete it")
+    last = checked_last_checkpoint(tmp_path, cli.model, cli.datamodule, "delete it")
     assert last is not None and last.name == "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
     checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] = float("nan")
     torch.save(checkpoint, last)
     with pytest.raises(UserError, match=rf"^{last}: .*lr.*; delete it$"):
-        checked_last_checkpoint(tmp_path, cli.model, "delete it")
+        checked_last_checkpoint(tmp_path, cli.model, cli.datamodule, "delete it")
+    # another run's: same weight shapes, other model settings (fit --ckpt_path refuses it; demo and sweep resumed it)
+    checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] = 1e-3
+    checkpoint["audiosep_model"]["init_args"]["causal"] = not checkpoint["audiosep_model"]["init_args"]["causal"]
+    torch.save(checkpoint, last)
+    with pytest.raises(UserError, match=rf"^{last}: it was trained with other settings .*causal"):
+        checked_last_checkpoint(tmp_path, cli.model, cli.datamodule, "delete it")

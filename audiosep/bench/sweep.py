@@ -140,7 +140,7 @@ def train_and_score(
     record = claim_training_folder(root, identity, TRAIN_RECORD)
     if "si_snri_db" in record:
         return record["si_snri_db"], record["checkpoint"]
-    resume = checked_last_checkpoint(root, cli.model, f"delete {root} to train this configuration from its start")
+    resume = checked_last_checkpoint(root, cli.model, cli.datamodule, f"delete {root} to train this configuration from its start")
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=None if resume is None else str(resume))
     callback = cli.trainer.checkpoint_callback
     best = (callback.best_model_path or callback.last_model_path) if callback else ""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -88,8 +87,6 @@ def _run_locked(args: argparse.Namespace, out: Path, started: float) -> int:
         "fit", "--config", str(recipe), "--data.root", str(out / "data"),
         "--trainer.default_root_dir", str(out / "train"), "--seed_everything", str(args.seed),
     ]
-    if not sys.stdout.isatty():  # Lightning's bars go to stdout, between the report's lines (reviewer)
-        overrides += ["--trainer.enable_progress_bar=false"]
     if args.max_time:
         overrides += ["--trainer.max_time", args.max_time]
     if args.max_steps:
@@ -105,7 +102,8 @@ def _run_locked(args: argparse.Namespace, out: Path, started: float) -> int:
     # only when the folder is the same (each run's own version_N folder made a resumed run's first,
     # possibly worse, validation the best, and the model shipped was that one)
     cli.trainer.checkpoint_callback.dirpath = str(out / "train" / "checkpoints")
-    resume = checked_last_checkpoint(out / "train", cli.model, f"delete {out / 'train'} to train the demo from its start")
+    resume = checked_last_checkpoint(out / "train", cli.model, cli.datamodule,
+                                     f"delete {out / 'train'} to train the demo from its start")  # fmt: skip
     if resume is not None:  # a killed or finished earlier demo of these settings: go on from its last step
         print(f"      resuming from {resume}")
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=None if resume is None else str(resume))

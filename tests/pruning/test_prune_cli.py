@@ -231,7 +231,8 @@ def test_a_search_killed_midway_resumes_from_its_last_save(
     with pytest.raises(Killed):
         _prune(tmp_path / "b", tiny_librimix, ckpt, "--search-steps", "30", "--finetune-epochs", "0")
     last = tmp_path / "b" / "work" / "search" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == checkpoint_io.LAST_EVERY_STEPS == 25
+    saved = torch.load(last, weights_only=True)["global_step"]  # every 25 steps, and after each validation
+    assert checkpoint_io.LAST_EVERY_STEPS == 25 and 25 <= saved <= 27
     monkeypatch.setattr(ChannelGateTask, "training_step", step)
     resumed = _prune(tmp_path / "b", tiny_librimix, ckpt, "--search-steps", "30", "--finetune-epochs", "0")
     assert resumed["widths"] == unbroken["widths"] and resumed["search_steps"] == unbroken["search_steps"] == 30
