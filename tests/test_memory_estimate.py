@@ -219,3 +219,22 @@ def test_export_refuses_a_model_whose_check_would_not_fit_and_writes_nothing(
     with pytest.raises(UserError, match=r"wide\.pt: checking the export over \d+ samples: a pass needs about"):
         export_model(ConvTasNet(**WIDE), out, "torchscript", SAMPLE_RATE)
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_the_memory_available_is_the_least_of_the_system_the_cgroup_and_ulimit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container's /proc/meminfo shows the host's memory; its cgroup limit (or ulimit -v) ended the process without a
+    message (reviewers)."""
+    import resource
+
+    files = {"/proc/meminfo": "MemTotal: 99999999 kB\nMemAvailable:   20971520 kB\n",  # 20 GiB
+             "/proc/self/cgroup": "0::/job/42\n", "/sys/fs/cgroup/job/42/memory.max": f"{6 * 2**30}\n",
+             "/sys/fs/cgroup/job/42/memory.current": f"{2**30}\n", "/proc/self/status": "VmSize:  1048576 kB\n"}  # fmt: skip
+    monkeypatch.setattr(memory, "_read", files.get)
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert memory.available_mib(torch.device("cpu")) == 5 * 1024  # the cgroup: 6 GiB less 1 GiB in use
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (4 * 2**30, resource.RLIM_INFINITY))
+    assert memory.available_mib(torch.device("cpu")) == 3 * 1024  # ulimit -v: 4 GiB less a 1 GiB address space
+    files["/sys/fs/cgroup/job/42/memory.max"] = "max\n"  # no cgroup limit, no ulimit: the system's
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert memory.available_mib(torch.device("cpu")) == 20 * 1024
+    assert memory.memory_room_mib(torch.device("cpu")) == memory.MEMORY_SHARE * 20 * 1024
