@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,15 +146,19 @@ class LastCheckpoint(L.Callback):
         trainer.save_checkpoint(self.path, weights_only=False)
 
 
-def resume_last(root: Path, task: L.LightningModule) -> str | None:
-    """``root/last.ckpt`` of an interrupted job, if there is one; a damaged one (or one of other weight shapes)
-    is a one-line error naming it."""
+def resume_last(
+    root: Path, task: L.LightningModule, same_run: Callable[[dict[str, Any]], str | None] | None = None,
+    remedy: str = "delete it to redo this part from its start",
+) -> str | None:
+    """``root/last.ckpt`` of an interrupted job, if there is one; a damaged one, one of other weight shapes, or one
+    ``same_run`` finds wrong (the loaded checkpoint -> why, or None) is a one-line error naming it, ending in
+    ``remedy``."""
     from audiosep.training_cli import checkpoint_problem, weight_shapes
 
     last = root / "last.ckpt"
     if not last.is_file():
         return None
-    problem = checkpoint_problem(last, weight_shapes(task))
+    problem = checkpoint_problem(last, weight_shapes(task), same_run=same_run)
     if problem is not None:
-        raise UserError(f"{last}: {problem}; delete it to redo this part from its start")
+        raise UserError(f"{last}: {problem}; {remedy}")
     return str(last)

@@ -9,6 +9,7 @@ attention products are added here from their shapes, ``2 * B * H * L_q * L_k * (
 from __future__ import annotations
 
 import copy
+import logging
 import weakref
 from typing import Any
 
@@ -21,6 +22,8 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from audiosep.nn.attention import MultiHeadSelfAttention
+
+log = logging.getLogger(__name__)
 
 UNCOUNTED_NAMESPACES = frozenset({"mkldnn", "onednn", "quantized"})  # fused CPU kernels FlopCounterMode counts as 0
 # Modules of the inference transforms and of torch's quantization: layers that compute the plain model's
@@ -152,6 +155,16 @@ def activation_peak_bytes(model: nn.Module, *inputs: Tensor) -> int:
     with torch.inference_mode(False), torch.no_grad(), _FusedAttention(), _LiveBytes(external) as live:
         meta(*meta_inputs)
     return live.peak
+
+
+def estimated_peak_mib(model: nn.Module, *inputs: Tensor) -> float | None:
+    """:func:`activation_peak_bytes` in MiB, or None when the model cannot run on the meta device (an op without a
+    meta kernel): no estimate, and nothing refused for it."""
+    try:
+        return activation_peak_bytes(model, *inputs) / 2**20
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:
+        log.debug("no memory estimate on the meta device: %s", err)
+        return None
 
 
 def meta_copy(model: nn.Module) -> nn.Module:

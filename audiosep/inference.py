@@ -421,7 +421,7 @@ class Separator:
         if probe != self._built_from:
             self.runtime = self._build_runtime()
             self._built_from = probe
-            for derived in ("_weights_sha256", "_probe"):  # of the model as it was
+            for derived in ("_weights_sha256", "_probe_pass"):  # of the model as it was
                 self.__dict__.pop(derived, None)
             self._num_sources = None
             self._memory_checked = None
@@ -513,30 +513,21 @@ class Separator:
         } | ({} if subtype == "PCM_16" else {"subtype": subtype})  # fmt: skip
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def _probe_pass(self) -> tuple[float, float] | None:
-        """``(seconds, MiB)``: :func:`~audiosep.cost.activation_peak_bytes` of one item of
-        :data:`MEMORY_PROBE_SECONDS` (or the model's window, if longer) through the model as it is now; None when
-        it cannot run on the meta device. Kept until the model changes (:meth:`_sync_runtime`)."""
-        from audiosep.cost import activation_peak_bytes
+    @functools.cached_property
+    def _probe_pass(self) -> tuple[float, float | None]:
+        """``(seconds, MiB)``: :func:`~audiosep.cost.estimated_peak_mib` of one item of :data:`MEMORY_PROBE_SECONDS`
+        (or the model's window, if longer) through the model as it is now. Forgotten when the model changes
+        (:meth:`_sync_runtime`)."""
+        from audiosep.cost import estimated_peak_mib
 
-        if "_probe" not in self.__dict__:
-            samples = max(self.window, round(MEMORY_PROBE_SECONDS * self.sample_rate))
-            try:
-                mib = activation_peak_bytes(self.model, torch.zeros(1, samples, device="meta")) / 2**20
-                self._probe = (samples / self.sample_rate, mib)
-            except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:  # an op without a meta kernel
-                log.debug("no memory estimate on the meta device: %s", err)
-                self._probe = None
-        return self._probe
+        samples = max(self.window, round(MEMORY_PROBE_SECONDS * self.sample_rate))
+        return samples / self.sample_rate, estimated_peak_mib(self.model, torch.zeros(1, samples, device="meta"))
 
     def pass_memory_mib(self, seconds: float) -> float | None:
         """Estimated memory (MiB) of one pass over ``chunk_batch`` chunks of ``seconds``, before any runs: the
         meta-device pass over one short item scaled by batch and length; None where there is no estimate."""
-        probe = self._probe_pass()
-        if probe is None:
-            return None
-        probe_seconds, mib = probe
-        return mib * self.chunk_batch * max(1.0, seconds / probe_seconds)
+        probe_seconds, mib = self._probe_pass
+        return None if mib is None else mib * self.chunk_batch * max(1.0, seconds / probe_seconds)
 
     def fit_chunk_to_available_memory(self) -> ChunkConfig:
         """Shorten the chunk when one pass over it would take more than

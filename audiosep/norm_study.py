@@ -26,6 +26,7 @@ step was timed). Text cells go through the project's formula guard
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -198,11 +199,10 @@ def _parse_monitor_state(state: Any, steps: float) -> MonitorState:
     return step_times, curve, diverged_at, wall_s
 
 
-def monitor_state_problem(path: Path, steps: int) -> str | None:
-    """Why the run checkpoint ``path`` holds no valid progress record of a run of ``steps`` steps (a damaged or
-    crafted file; one without it resumed with the curve and times of its resumed part only: diff review)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # resume_last has checked it loads
-    state = checkpoint.get("callbacks", {}).get(_StepMonitor.__qualname__) if isinstance(checkpoint, dict) else None
+def monitor_state_problem(checkpoint: dict[str, Any], steps: int) -> str | None:
+    """Why a loaded run checkpoint holds no valid progress record of a run of ``steps`` steps (a damaged or crafted
+    file; one without it resumed with the curve and times of its resumed part only: diff review)."""
+    state = checkpoint.get("callbacks", {}).get(_StepMonitor.__qualname__)
     if state is None:
         return "it holds no progress record of a norm study run"
     try:
@@ -369,9 +369,8 @@ def train_run(
         callbacks=[monitor, LastCheckpoint(checkpoints / "last.ckpt")], default_root_dir=str(checkpoints),
     )  # fmt: skip
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # a kill mid-save never leaves half a last.ckpt
-    resume = resume_last(checkpoints, task)
-    if resume is not None and (problem := monitor_state_problem(Path(resume), steps)) is not None:
-        raise UserError(f"{resume}: {problem}; delete {checkpoints} to train the run from its start")
+    resume = resume_last(checkpoints, task, functools.partial(monitor_state_problem, steps=steps),
+                         f"delete {checkpoints} to train the run from its start")  # fmt: skip
     _seed(seed)  # the crops and the order no longer depend on what building the model consumed
     with warnings.catch_warnings():  # a resumed run's fresh draw of batches is the documented behaviour here
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")

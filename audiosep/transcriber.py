@@ -207,18 +207,13 @@ class Transcriber:
 
     @functools.cached_property
     def _model_second_mib(self) -> float | None:
-        """:func:`~audiosep.cost.activation_peak_bytes` (MiB) of the model over one utterance of 1 s (its features,
+        """:func:`~audiosep.cost.estimated_peak_mib` of the model over one utterance of 1 s (its features,
         on the meta device); None when it cannot run there."""
-        from audiosep.cost import activation_peak_bytes
+        from audiosep.cost import estimated_peak_mib
 
-        samples = torch.tensor([self.sample_rate])
-        frames = self.features.frame_lengths(samples)
+        frames = self.features.frame_lengths(torch.tensor([self.sample_rate]))
         features = torch.zeros(1, self.features.n_mels, int(frames), device="meta")
-        try:
-            return activation_peak_bytes(self.model, features, frames.to("meta")) / 2**20
-        except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:  # an op without a meta kernel
-            log.debug("no memory estimate on the meta device: %s", err)
-            return None
+        return estimated_peak_mib(self.model, features, frames.to("meta"))
 
     def pass_memory_mib(self, batch_size: int, seconds: float) -> float | None:
         """Estimated memory (MiB) of one forward pass over ``batch_size`` utterances of ``seconds``, before any runs:

@@ -92,17 +92,13 @@ def pass_memory_problem(
     :func:`memory_room_mib`, estimated before it runs (:func:`~audiosep.cost.activation_peak_bytes`); None when it
     fits or cannot be estimated. Why: a model file can need gigabytes per second of audio, and a 16 s pass then
     ran into the system's out-of-memory killer (reviewer)."""
-    from audiosep.cost import activation_peak_bytes
+    from audiosep.cost import estimated_peak_mib
 
     room = memory_room_mib(device)
-    if room is None:
+    peak = None if room is None else estimated_peak_mib(model, *inputs)
+    if peak is None or peak + extra_mib <= room:
         return None
-    try:
-        need = activation_peak_bytes(model, *inputs) / MIB + extra_mib
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):  # no meta kernel: not estimated
-        return None
-    if need <= room:
-        return None
+    need = peak + extra_mib
     return f"a pass needs about {need:.0f} MiB (estimated before it ran), {room:.0f} MiB can be used on {device.type}"
 
 
